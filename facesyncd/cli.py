@@ -1,0 +1,240 @@
+"""The command line: parse, load settings, build objects, call one core function, render.
+
+Every FacesyncError becomes one line `facesyncd: error: ...` and its documented exit code
+(tracebacks only with --debug). Heavy modules (onnxruntime, insightface, hnswlib) are imported only by
+the commands that need them, so `status` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from . import __version__
+from .config import Settings, find_config, load_settings
+from .errors import FacesyncError
+
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Keep numbered faceset folders in sync with an Immich library.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class _State:
+    config: Optional[Path] = None
+    debug: bool = False
+
+
+_state = _State()
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"facesyncd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="Config file (default: $FACESYNCD_CONFIG, "
+        "$XDG_CONFIG_HOME/facesyncd/config.toml, /etc/facesyncd/config.toml)."
+    ),
+    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    _state.config = config
+    _state.debug = debug
+    level = getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int):
+        raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="--log-level")
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # httpx logs every request at INFO; keep that for --log-level debug.
+    logging.getLogger("httpx").setLevel(max(level, logging.WARNING) if level > logging.DEBUG else logging.DEBUG)
+    logging.getLogger("httpcore").setLevel(max(level, logging.INFO))
+
+
+def _settings(*, secrets: bool = True) -> Settings:
+    return load_settings(find_config(_state.config), secrets=secrets)
+
+
+class _ProgressBar:
+    """tqdm on a terminal; nothing otherwise (the log has the summary)."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def stage(self, name: str, total: int | None) -> None:
+        self.finish()
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=name, unit="item", leave=False, file=sys.stderr)
+
+    def advance(self, count: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(count)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+@app.command()
+def sync(
+    reconcile: bool = typer.Option(
+        False, "--reconcile", help="Also list the whole library to catch assets deleted in Immich."
+    ),
+) -> None:
+    """Run one full cycle: poll Immich, download, embed, assign, open new facesets, export.
+
+    Example: facesyncd --config /etc/facesyncd/config.toml sync
+    """
+    from .embedder import FaceEmbedder
+    from .lock import state_lock
+    from .store import Store
+    from .sync import Syncer
+
+    settings = _settings()
+    with state_lock(settings.state_dir):
+        store = Store(settings.database_path)
+        try:
+            syncer = Syncer(settings, store, FaceEmbedder(settings.model, settings.faces), reporter=_ProgressBar())
+            report = syncer.run_cycle(reconcile=reconcile)
+        finally:
+            store.close()
+    created = ", ".join(f"{n:03d}" for n in report.identities_created) or "none"
+    typer.echo(
+        f"listed {report.listed}, downloaded {report.downloaded} ({report.deduplicated} duplicates), "
+        f"embedded {report.embedded_assets} assets with {report.faces_found} faces, "
+        f"{report.faces_assigned} faces assigned, new facesets: {created}, "
+        f"{report.skipped} skipped, {report.failed} failed, {report.removed_assets} removed, "
+        f"{report.facesets_written} folders written, {report.requests} requests, {report.seconds:.1f}s"
+    )
+
+
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Show assets per state, faces, identities, the last sync and each source's watermark.
+
+    Works while another process syncs. Example: facesyncd status --json
+    """
+    from .status import collect_status, render_status
+
+    data = collect_status(_settings(secrets=False))
+    typer.echo(json.dumps(data, indent=2, sort_keys=True) if as_json else render_status(data))
+
+
+@app.command("rebuild-index")
+def rebuild_index() -> None:
+    """Rebuild the face index (a cache) from the database.
+
+    Example: facesyncd rebuild-index
+    """
+    from .errors import StoreError
+    from .store import Store
+    from .sync import load_or_build_index
+
+    settings = _settings(secrets=False)
+    store = Store(settings.database_path)
+    try:
+        dimension = store.get_meta("embedding_dim")
+        if dimension is None:
+            raise StoreError("the database has no faces yet: nothing to index")
+        index = load_or_build_index(store, settings.state_dir, int(dimension), force=True)
+    finally:
+        store.close()
+    typer.echo(f"index rebuilt: {len(index)} faces")
+
+
+@app.command("import-facesets")
+def import_facesets(
+    directory: Path = typer.Argument(..., help="Folder holding faceset_NNN/ folders of face images."),
+) -> None:
+    """Adopt an existing tree of faceset_NNN/ folders as identities NNN (numbers kept).
+
+    Example: facesyncd import-facesets /srv/old-pipeline/facesets
+    """
+    from .embedder import FaceEmbedder
+    from .importer import import_facesets as run_import
+    from .lock import state_lock
+    from .store import Store
+    from .sync import Syncer
+
+    settings = _settings(secrets=False)
+    with state_lock(settings.state_dir):
+        store = Store(settings.database_path)
+        try:
+            embedder = FaceEmbedder(settings.model, settings.faces)
+            syncer = Syncer(settings, store, embedder)
+            report = run_import(
+                directory, store, embedder, syncer.crops_dir,
+                max_pixels=settings.faces.max_image_megapixels * 1_000_000,
+            )
+            syncer.open_index()
+            from .models import CycleReport
+
+            syncer.export(CycleReport())
+        finally:
+            store.close()
+    typer.echo(
+        f"imported {report.imported} faces into {len(report.identities)} facesets "
+        f"({report.already} already imported, {len(report.failed)} failed)"
+    )
+    for path, reason in sorted(report.failed.items()):
+        typer.echo(f"  failed: {path}: {reason}", err=True)
+
+
+@app.command()
+def retry() -> None:
+    """Queue failed and parked assets for another attempt at the next sync.
+
+    Example: facesyncd retry
+    """
+    from .lock import state_lock
+    from .store import Store
+
+    settings = _settings(secrets=False)
+    with state_lock(settings.state_dir):
+        store = Store(settings.database_path)
+        try:
+            count = store.retry_parked()
+        finally:
+            store.close()
+    typer.echo(f"{count} assets queued for retry")
+
+
+def main() -> None:
+    """Entry point: run the app, turning known errors into one line and an exit code."""
+    try:
+        app(standalone_mode=False)
+    except FacesyncError as error:
+        if _state.debug:
+            logging.getLogger("facesyncd").exception("error")
+        typer.echo(f"facesyncd: error: {error}", err=True)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("facesyncd: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except typer.Abort:
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as error:  # click usage errors
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        raise

@@ -1,0 +1,186 @@
+"""Face detection and embedding with an insightface model pack through onnxruntime.
+
+Only the detector and the recognizer of the pack are loaded (insightface's model zoo picks each file's
+task). The embedding size is whatever the recognizer gives (512 for buffalo_l, 128 for the test pack).
+The execution provider is chosen here and nowhere else. Models are never downloaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .config import FaceSettings, ModelSettings
+from .errors import ModelError
+from .imaging import DecodedImage, encode_jpeg
+from .models import DetectedFace
+
+log = logging.getLogger(__name__)
+
+# Preference order for providers = ["auto"].
+AUTO_PROVIDERS = ("DmlExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def choose_providers(requested: tuple[str, ...], available: list[str]) -> list[str]:
+    """Resolve the configured provider list against what this onnxruntime build offers.
+
+    "auto" expands to DirectML, CUDA, CPU in that order. Unavailable providers are dropped with a
+    warning; the CPU provider always ends the list, so a GPU provider that fails falls back to it.
+    """
+    wanted: list[str] = []
+    for name in requested:
+        for candidate in AUTO_PROVIDERS if name == "auto" else (name,):
+            if candidate not in wanted:
+                wanted.append(candidate)
+    chosen = [name for name in wanted if name in available]
+    for name in wanted:
+        if name not in available and "auto" not in requested:
+            log.warning("execution provider %s is not available in this onnxruntime (has: %s)", name, available)
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+class FaceEmbedder:
+    """Detects faces and computes L2-normalised embeddings. Loads lazily, under a lock."""
+
+    def __init__(self, model: ModelSettings, faces: FaceSettings) -> None:
+        self._model_settings = model
+        self._face_settings = faces
+        self._lock = threading.Lock()
+        self._detector: Any = None
+        self._recognizer: Any = None
+        self.providers: list[str] = []
+        self.dimension = 0
+
+    @property
+    def name(self) -> str:
+        return self._model_settings.pack_dir().name
+
+    def load(self) -> None:
+        with self._lock:
+            if self._detector is not None:
+                return
+            self._load()
+
+    def _load(self) -> None:
+        pack = self._model_settings.pack_dir()
+        files = sorted(pack.glob("*.onnx")) if pack.is_dir() else []
+        if not files:
+            raise ModelError(
+                f"model pack not found: no .onnx files in {pack}. Download the insightface pack "
+                f"'{pack.name}' (e.g. buffalo_l.zip from the insightface model releases) and unzip it "
+                f"there, or set [model] pack to the directory that holds it"
+            )
+        try:
+            import onnxruntime
+            from insightface.model_zoo import get_model
+        except ImportError as error:
+            raise ModelError(f"cannot import the model runtime ({error}); run ./install.sh") from error
+        onnxruntime.set_default_logger_severity(3)
+        providers = choose_providers(self._model_settings.providers, onnxruntime.get_available_providers())
+        for path in files:
+            try:
+                model = get_model(str(path), providers=providers)
+            except Exception as error:  # onnxruntime raises many types for a broken file
+                raise ModelError(f"cannot load model {path}: {error}") from error
+            task = getattr(model, "taskname", None)
+            if task == "detection" and self._detector is None:
+                self._detector = model
+            elif task == "recognition" and self._recognizer is None:
+                self._recognizer = model
+        if self._detector is None or self._recognizer is None:
+            missing = "detector" if self._detector is None else "recognizer"
+            raise ModelError(f"model pack {pack} has no {missing} model")
+        size = self._model_settings.det_size
+        self._detector.prepare(ctx_id=0, input_size=(size, size), det_thresh=self._face_settings.min_det_score)
+        self.providers = list(self._recognizer.session.get_providers())
+        self.dimension = self._probe_dimension()
+        log.info(
+            "model %s loaded from %s: %d-d embeddings, providers %s",
+            pack.name, pack, self.dimension, ", ".join(self.providers),
+        )
+
+    def _probe_dimension(self) -> int:
+        declared = self._recognizer.output_shape[-1] if self._recognizer.output_shape else None
+        if isinstance(declared, int) and declared > 0:
+            return declared
+        size = self._recognizer.input_size
+        return int(self._recognizer.get_feat([np.zeros((size[1], size[0], 3), np.uint8)]).shape[-1])
+
+    @property
+    def _batch_fixed(self) -> bool:
+        return isinstance(self._recognizer.input_shape[0], int) and self._recognizer.input_shape[0] == 1
+
+    def embed_aligned(self, aligned: list[NDArray[np.uint8]]) -> NDArray[np.float32]:
+        """Embed aligned face crops (recognizer input size, BGR); rows are L2-normalised.
+
+        Some exported recognizers have their batch dimension fixed at 1: those get one call per face.
+        """
+        self.load()
+        if not aligned:
+            return np.zeros((0, self.dimension), np.float32)
+        if self._batch_fixed:
+            raw = np.concatenate([self._recognizer.get_feat([crop]) for crop in aligned])
+        else:
+            raw = self._recognizer.get_feat(aligned)
+        raw = raw.astype(np.float32).reshape(len(aligned), -1)
+        norms = np.linalg.norm(raw, axis=1, keepdims=True)
+        return raw / np.maximum(norms, 1e-12)
+
+    def detect(self, image: DecodedImage) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Boxes (n, 5: x1, y1, x2, y2, score) and 5-point landmarks (n, 5, 2), in image pixels."""
+        self.load()
+        boxes, landmarks = self._detector.detect(image.pixels, max_num=0, metric="default")
+        if landmarks is None:
+            raise ModelError("the detector of this pack gives no landmarks; facesyncd needs a 5-point detector")
+        return boxes, landmarks
+
+    def faces(self, image: DecodedImage, *, min_face_px: int | None = None) -> list[DetectedFace]:
+        """Detect, filter by size and score, align and embed every face of an image."""
+        from insightface.utils import face_align
+
+        min_px = self._face_settings.min_face_px if min_face_px is None else min_face_px
+        boxes, landmarks = self.detect(image)
+        keep = [
+            i
+            for i in range(len(boxes))
+            if boxes[i, 4] >= self._face_settings.min_det_score
+            and min(boxes[i, 2] - boxes[i, 0], boxes[i, 3] - boxes[i, 1]) >= min_px
+        ]
+        if not keep:
+            return []
+        size = self._recognizer.input_size[0]
+        with warnings.catch_warnings():
+            # insightface calls a scikit-image API deprecated in 0.26; the result is unchanged.
+            warnings.simplefilter("ignore", FutureWarning)
+            aligned = [face_align.norm_crop(image.pixels, landmark=landmarks[i], image_size=size) for i in keep]
+        embeddings = self.embed_aligned(aligned)
+        return [
+            DetectedFace(
+                bbox=tuple(float(v) for v in boxes[i, :4]),  # type: ignore[arg-type]
+                det_score=float(boxes[i, 4]),
+                landmarks=tuple((float(x), float(y)) for x, y in landmarks[i]),
+                embedding=embeddings[row],
+                crop_jpeg=crop_face(image, boxes[i, :4], self._face_settings.crop_margin),
+            )
+            for row, i in enumerate(keep)
+        ]
+
+
+def crop_face(image: DecodedImage, box: NDArray[np.float32], margin: float) -> bytes:
+    """The face box widened by `margin` of its size on each side, clipped to the image, as JPEG."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    pad_x, pad_y = (x2 - x1) * margin, (y2 - y1) * margin
+    left = max(0, int(round(x1 - pad_x)))
+    top = max(0, int(round(y1 - pad_y)))
+    right = min(image.width, int(round(x2 + pad_x)))
+    bottom = min(image.height, int(round(y2 + pad_y)))
+    if right <= left or bottom <= top:
+        left, top, right, bottom = 0, 0, image.width, image.height
+    return encode_jpeg(image.pixels[top:bottom, left:right])

@@ -1,0 +1,61 @@
+"""One exception tree for facesyncd.
+
+Each boundary (HTTP, SQLite, the model runtime, the file system) translates its library's errors into
+one of these, so the CLI can turn any of them into one line and a documented exit code.
+"""
+
+from __future__ import annotations
+
+
+class FacesyncError(Exception):
+    """Base of every error facesyncd raises on purpose. `exit_code` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class ConfigError(FacesyncError):
+    """The configuration file is missing, unreadable or invalid."""
+
+    exit_code = 2
+
+
+class ImmichAuthError(FacesyncError):
+    """Immich refused the API key (401/403)."""
+
+    exit_code = 3
+
+
+class ImmichUnreachable(FacesyncError):
+    """Immich could not be reached, or kept failing after retries."""
+
+    exit_code = 4
+
+
+class ModelError(FacesyncError):
+    """The face model pack is missing or unusable."""
+
+    exit_code = 5
+
+
+class StoreError(FacesyncError):
+    """The state database cannot be opened, migrated or written."""
+
+    exit_code = 6
+
+
+class AlreadyRunning(FacesyncError):
+    """Another facesyncd process holds the state directory."""
+
+    exit_code = 7
+
+
+class ImmichError(FacesyncError):
+    """A request failed in a way that concerns one asset only (not found, bad answer)."""
+
+
+class AssetGone(ImmichError):
+    """The asset no longer exists on the server (or the key lost access to it)."""
+
+
+class ImageError(FacesyncError):
+    """A file could not be decoded as an image, or is too large to decode safely."""

@@ -1,0 +1,340 @@
+"""A small Immich API client over httpx: listing, faces, downloads.
+
+Transient faults (connection errors, timeouts, truncated bodies, 5xx, 429) are retried with exponential
+backoff and jitter, a bounded number of times; then ImmichUnreachable. 401/403 become ImmichAuthError.
+A missing asset (400 on JSON endpoints, 404 on /original) becomes AssetGone. The API key travels only
+in the x-api-key header and never appears in an error message or a log line.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import logging
+import os
+import random
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from .config import ImmichSettings, SyncSettings
+from .errors import AssetGone, ImmichAuthError, ImmichError, ImmichUnreachable
+from .models import RemoteAsset, RemoteFace
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+ASSET_ID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+CHUNK = 1 << 20
+
+
+class _Retry(Exception):
+    """A response worth retrying (5xx, 429); carries the server's Retry-After if any."""
+
+    def __init__(self, description: str, retry_after: float | None) -> None:
+        super().__init__(description)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Download:
+    path: Path
+    sha256: str
+    size: int
+
+
+def error_message(response: httpx.Response) -> str:
+    """The server's own words: 3.x {"message"}, 2.x {message, error, statusCode, correlationId}."""
+    try:
+        body = response.json()
+    except ValueError:
+        text = response.text.strip().replace("\n", " ")
+        return text[:200] or response.reason_phrase
+    if isinstance(body, dict):
+        message = body.get("message") or body.get("error") or ""
+        if isinstance(message, list):
+            message = "; ".join(str(part) for part in message)
+        return str(message)[:300] or response.reason_phrase
+    return response.reason_phrase
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def parse_asset(item: dict[str, Any]) -> RemoteAsset:
+    """AssetResponseDto -> RemoteAsset; raises ImmichError for an item facesyncd cannot use safely."""
+    asset_id = item.get("id")
+    if not isinstance(asset_id, str) or not ASSET_ID_RE.match(asset_id):
+        raise ImmichError(f"asset with invalid id {str(asset_id)[:60]!r}")
+
+    def dimension(key: str) -> int | None:
+        value = item.get(key)
+        return int(value) if isinstance(value, (int, float)) and value > 0 else None
+
+    return RemoteAsset(
+        id=asset_id.lower(),
+        type=str(item.get("type") or "OTHER"),
+        original_file_name=str(item.get("originalFileName") or "")[:255],
+        checksum=str(item.get("checksum") or ""),
+        updated_at=str(item.get("updatedAt") or ""),
+        file_created_at=str(item.get("fileCreatedAt") or ""),
+        is_trashed=bool(item.get("isTrashed")),
+        width=dimension("width"),
+        height=dimension("height"),
+        mime_type=item.get("originalMimeType"),
+    )
+
+
+class ImmichClient:
+    """One Immich user (one API key)."""
+
+    def __init__(
+        self,
+        settings: ImmichSettings,
+        sync: SyncSettings,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.name = settings.name
+        self.url = settings.url
+        self._sync = sync
+        self._sleep = sleep
+        if not settings.verify_tls:
+            log.warning("%s: TLS certificate verification is OFF for %s (verify_tls = false)", self.name, self.url)
+        self.http = httpx.Client(
+            base_url=f"{settings.url}/api",
+            headers={"x-api-key": settings.api_key.reveal(), "accept": "application/json"},
+            timeout=httpx.Timeout(settings.timeout_seconds, connect=min(10.0, settings.timeout_seconds)),
+            verify=settings.verify_tls,
+            follow_redirects=True,
+        )
+        self.requests = 0
+        self.last_server_time: datetime | None = None
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> ImmichClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transport ------------------------------------------------------------------------------
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self._sync.retry_max_seconds)
+        base = self._sync.retry_base_seconds * (2**attempt)
+        return min(self._sync.retry_max_seconds, base) * random.uniform(0.5, 1.0)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        consume: Callable[[httpx.Response], T],
+        *,
+        json_body: Any = None,
+        params: dict[str, Any] | None = None,
+        gone_statuses: tuple[int, ...] = (),
+        what: str = "",
+    ) -> T:
+        """Send with retries; `consume` reads the body of a 2xx response (also retried if it breaks)."""
+        what = what or f"{method} {path}"
+        last_problem = ""
+        attempts = self._sync.http_retries + 1
+        for attempt in range(attempts):
+            try:
+                self.requests += 1
+                with self.http.stream(method, path, json=json_body, params=params) as response:
+                    self._note_server_time(response)
+                    status = response.status_code
+                    if status in (401, 403):
+                        response.read()
+                        verb = "rejected the API key" if status == 401 else "refused access"
+                        raise ImmichAuthError(
+                            f"{self.name}: Immich at {self.url} {verb} ({status}: {error_message(response)}); "
+                            f"check the key and its permissions (asset.read, asset.view, asset.download, face.read)"
+                        )
+                    if status in gone_statuses:
+                        response.read()
+                        raise AssetGone(f"{what}: {status} {error_message(response)}")
+                    if status == 429 or status >= 500:
+                        response.read()
+                        raise _Retry(f"{status} {error_message(response)}", _retry_after(response))
+                    if status >= 400:
+                        response.read()
+                        raise ImmichError(f"{what}: {status} {error_message(response)}")
+                    return consume(response)
+            except _Retry as problem:
+                last_problem = str(problem)
+                delay = self._backoff(attempt, problem.retry_after)
+            except httpx.TransportError as problem:
+                last_problem = f"{type(problem).__name__}: {problem}" if str(problem) else type(problem).__name__
+                delay = self._backoff(attempt, None)
+            if attempt + 1 < attempts:
+                log.debug("%s: %s failed (%s); retry %d in %.1fs", self.name, what, last_problem, attempt + 1, delay)
+                self._sleep(delay)
+        raise ImmichUnreachable(f"{self.name}: {what} at {self.url} failed {attempts} times: {last_problem}")
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        def consume(response: httpx.Response) -> Any:
+            response.read()
+            try:
+                return response.json()
+            except ValueError as error:
+                # A truncated or garbled body is a transport fault: retry it like one.
+                raise httpx.DecodingError(f"invalid JSON from server: {error}") from error
+
+        return self._send(method, path, consume, **kwargs)
+
+    def _note_server_time(self, response: httpx.Response) -> None:
+        date = response.headers.get("date")
+        if date:
+            try:
+                self.last_server_time = email.utils.parsedate_to_datetime(date).astimezone(timezone.utc)
+            except (TypeError, ValueError):
+                pass
+
+    # -- API ------------------------------------------------------------------------------------
+
+    def whoami(self) -> dict[str, Any]:
+        """GET /users/me: proves the server is there and the key works."""
+        me = self._json("GET", "/users/me", what="checking the API key")
+        if not isinstance(me, dict):
+            raise ImmichError(f"{self.name}: unexpected answer to /users/me")
+        return me
+
+    def iter_changed(self, updated_after: str | None, page_size: int) -> Iterator[list[RemoteAsset]]:
+        """Yield pages of assets with updatedAt >= updated_after (trashed ones included).
+
+        Immich orders /search/metadata by fileCreatedAt then id and pages by offset, so an asset deleted
+        on the server while we page would shift every later asset back by one and one would be skipped.
+        Instead of offsets we page by key: each request asks again from page 1 with takenAfter (a
+        fileCreatedAt >= filter) set to the last fileCreatedAt seen, and drops the ids already seen at
+        that instant. Only a run of more than `page_size` assets sharing one instant falls back to
+        offsets, within that instant.
+        """
+        cursor: str | None = None
+        seen_at_cursor: set[str] = set()
+        page = 1
+        while True:
+            body: dict[str, Any] = {"page": page, "size": page_size, "order": "asc", "withDeleted": True}
+            if updated_after:
+                body["updatedAfter"] = updated_after
+            if cursor:
+                body["takenAfter"] = cursor
+            data = self._json("POST", "/search/metadata", json_body=body, what="listing assets")
+            try:
+                items = data["assets"]["items"]
+                next_page = data["assets"].get("nextPage")
+            except (KeyError, TypeError) as error:
+                raise ImmichError(f"{self.name}: unexpected answer to /search/metadata") from error
+            assets: list[RemoteAsset] = []
+            for item in items:
+                try:
+                    assets.append(parse_asset(item))
+                except ImmichError as error:
+                    log.warning("%s: ignoring listed asset: %s", self.name, error)
+            fresh = [a for a in assets if not (a.file_created_at == cursor and a.id in seen_at_cursor)]
+            if fresh:
+                yield fresh
+            if not next_page or not assets:
+                return
+            last = assets[-1].file_created_at
+            if last == cursor:
+                page += 1
+                seen_at_cursor.update(a.id for a in assets if a.file_created_at == last)
+            else:
+                cursor, page = last, 1
+                seen_at_cursor = {a.id for a in assets if a.file_created_at == last}
+
+    def all_asset_ids(self, page_size: int) -> set[str]:
+        """Every asset id the key can see, trashed ones excluded: for reconciliation."""
+        ids: set[str] = set()
+        for page in self.iter_changed(None, page_size):
+            ids.update(asset.id for asset in page if not asset.is_trashed)
+        return ids
+
+    def faces(self, asset_id: str) -> list[RemoteFace]:
+        data = self._json(
+            "GET", "/faces", params={"id": asset_id}, gone_statuses=(400, 404), what=f"faces of {asset_id}"
+        )
+        faces = []
+        for item in data if isinstance(data, list) else []:
+            try:
+                faces.append(
+                    RemoteFace(
+                        x1=int(item["boundingBoxX1"]),
+                        y1=int(item["boundingBoxY1"]),
+                        x2=int(item["boundingBoxX2"]),
+                        y2=int(item["boundingBoxY2"]),
+                        image_width=int(item["imageWidth"]),
+                        image_height=int(item["imageHeight"]),
+                    )
+                )
+            except (KeyError, TypeError, ValueError):
+                log.warning("%s: ignoring malformed face of asset %s", self.name, asset_id)
+        return faces
+
+    def download_original(self, asset_id: str, directory: Path, max_bytes: int) -> Download:
+        return self._download(f"/assets/{asset_id}/original", None, directory, max_bytes, f"original of {asset_id}")
+
+    def download_preview(self, asset_id: str, directory: Path, max_bytes: int) -> Download:
+        # size=preview is a JPEG/WebP Immich renders for every image type, RAW included.
+        return self._download(
+            f"/assets/{asset_id}/thumbnail", {"size": "preview"}, directory, max_bytes, f"preview of {asset_id}"
+        )
+
+    def _download(
+        self, path: str, params: dict[str, Any] | None, directory: Path, max_bytes: int, what: str
+    ) -> Download:
+        """Stream to a temporary file in `directory`, hashing as the bytes arrive."""
+        directory.mkdir(parents=True, exist_ok=True)
+
+        def consume(response: httpx.Response) -> Download:
+            declared = response.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > max_bytes:
+                raise ImmichError(f"{what}: {int(declared)} bytes is over the {max_bytes}-byte limit")
+            digest = hashlib.sha256()
+            size = 0
+            handle, name = tempfile.mkstemp(prefix="download-", suffix=".part", dir=directory)
+            try:
+                with os.fdopen(handle, "wb") as output:
+                    for chunk in response.iter_bytes(CHUNK):
+                        size += len(chunk)
+                        if size > max_bytes:
+                            raise ImmichError(f"{what}: over the {max_bytes}-byte limit")
+                        digest.update(chunk)
+                        output.write(chunk)
+            except BaseException:
+                Path(name).unlink(missing_ok=True)
+                raise
+            return Download(Path(name), digest.hexdigest(), size)
+
+        return self._send("GET", path, consume, params=params, gone_statuses=(400, 404), what=what)
+
+    def sweep_watermark(self, overlap_seconds: int) -> str:
+        """The watermark for a sweep that starts now: server time (Date header) minus an overlap,
+        since our clock and the server's may differ and updatedAfter is compared on the server."""
+        now = self.last_server_time or datetime.now(timezone.utc)
+        mark = now - timedelta(seconds=overlap_seconds)
+        return mark.isoformat(timespec="milliseconds").replace("+00:00", "Z")

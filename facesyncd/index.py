@@ -1,0 +1,128 @@
+"""The nearest-neighbour index of faces that belong to identities: a cache derived from SQLite.
+
+hnswlib with cosine space; labels are face ids. Next to the index file a JSON sidecar records what the
+index was built from (the store's index version, the dimension, the count). When the sidecar is missing
+or disagrees with the store, or the file does not load, the index is rebuilt from the store. Files are
+written beside their final name and renamed into place, so a crash leaves the old pair or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "faces.hnsw"
+SIDECAR_FILE = "faces.hnsw.json"
+M = 16
+EF_CONSTRUCTION = 200
+EF_SEARCH = 64
+
+
+def read_sidecar(state_dir: Path) -> dict[str, Any] | None:
+    """The sidecar alone (no hnswlib import): what `status` shows."""
+    try:
+        data = json.loads((state_dir / SIDECAR_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    handle, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(name)
+        with open(name, "rb") as done:
+            os.fsync(done.fileno())
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+
+
+class FaceIndex:
+    """add / query / save / load over hnswlib, with labels = face ids and values = identity numbers."""
+
+    def __init__(self, dimension: int, *, empty: bool = True) -> None:
+        import hnswlib
+
+        self.dimension = dimension
+        self._index = hnswlib.Index(space="cosine", dim=dimension)
+        if empty:
+            self._index.init_index(max_elements=1024, ef_construction=EF_CONSTRUCTION, M=M)
+            self._index.set_ef(EF_SEARCH)
+        self.identity_of: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.identity_of)
+
+    def add(self, face_ids: Sequence[int], embeddings: NDArray[np.float32], identities: Sequence[int]) -> None:
+        if not len(face_ids):
+            return
+        needed = len(self.identity_of) + len(face_ids)
+        capacity = self._index.get_max_elements()
+        if needed > capacity:
+            self._index.resize_index(max(needed, capacity * 2))
+        self._index.add_items(np.asarray(embeddings, np.float32), np.asarray(face_ids, np.int64))
+        self.identity_of.update(zip((int(f) for f in face_ids), (int(i) for i in identities)))
+
+    def query(self, embeddings: NDArray[np.float32], k: int) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """k nearest face ids and cosine distances per row; fewer columns when the index is small."""
+        k = min(k, len(self.identity_of))
+        if k == 0 or len(embeddings) == 0:
+            return np.zeros((len(embeddings), 0), np.int64), np.zeros((len(embeddings), 0), np.float32)
+        self._index.set_ef(max(EF_SEARCH, k))
+        labels, distances = self._index.knn_query(np.asarray(embeddings, np.float32), k=k)
+        return labels.astype(np.int64), distances.astype(np.float32)
+
+    def save(self, state_dir: Path, version: int) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(state_dir / INDEX_FILE, lambda name: self._index.save_index(name))
+        sidecar = {
+            "version": version,
+            "dimension": self.dimension,
+            "faces": len(self.identity_of),
+        }
+
+        def write_sidecar(name: str) -> None:
+            Path(name).write_text(json.dumps(sidecar), encoding="utf-8")
+
+        _atomic_write(state_dir / SIDECAR_FILE, write_sidecar)
+
+    @classmethod
+    def load(cls, state_dir: Path, dimension: int, version: int, identity_of: dict[int, int]) -> FaceIndex | None:
+        """The saved index if it was built from this store version; None if missing, stale or corrupt.
+
+        `identity_of` (face id -> identity, from the store) must be what the index holds.
+        """
+        sidecar = read_sidecar(state_dir)
+        if sidecar is None or sidecar.get("version") != version or sidecar.get("dimension") != dimension:
+            return None
+        index = cls(dimension, empty=False)
+        try:
+            count = int(sidecar["faces"])
+            index._index.load_index(str(state_dir / INDEX_FILE), max_elements=max(1024, count))
+            index.identity_of = dict(identity_of)
+        except (RuntimeError, OSError, ValueError, KeyError, TypeError, MemoryError) as error:
+            log.warning("face index in %s is unreadable (%s); rebuilding it", state_dir, error)
+            return None
+        if index._index.get_current_count() != count or len(index.identity_of) != count:
+            log.warning("face index in %s does not match its sidecar; rebuilding it", state_dir)
+            return None
+        index._index.set_ef(EF_SEARCH)
+        return index
+
+
+def needs_rebuild(state_dir: Path, version: int) -> bool:
+    sidecar = read_sidecar(state_dir)
+    return sidecar is None or sidecar.get("version") != version or not (state_dir / INDEX_FILE).exists()

@@ -1,0 +1,405 @@
+"""One sync cycle: poll -> stage -> embed -> assign -> cluster -> export.
+
+I/O (HTTP, decoding, inference) happens outside transactions; each asset's result is then written in
+one short transaction. One bad asset never stops a cycle; a source that fails (wrong key, server down)
+never stops the other sources. The HNSW index and the faceset folders are rebuilt from the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .config import ImmichSettings, Settings
+from .embedder import FaceEmbedder
+from .errors import (
+    AssetGone,
+    FacesyncError,
+    ImageError,
+    ImmichAuthError,
+    ImmichError,
+    ImmichUnreachable,
+)
+from .export import export_all
+from .identities import assign, cluster_pool
+from .imaging import DecodedImage, decode_image
+from .immich import ImmichClient
+from .index import FaceIndex
+from .models import CycleReport, DetectedFace, RemoteFace, StoredFace
+from .store import AssetRow, Store
+
+log = logging.getLogger(__name__)
+
+NEIGHBOURS = 16
+
+
+class Reporter(Protocol):
+    """Progress sink: the CLI passes a progress bar, the daemon a logger."""
+
+    def stage(self, name: str, total: int | None) -> None: ...
+
+    def advance(self, count: int = 1) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class SilentReporter:
+    def stage(self, name: str, total: int | None) -> None:
+        log.debug("stage %s (%s items)", name, total)
+
+    def advance(self, count: int = 1) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def faces_too_small(faces: Sequence[RemoteFace], width: int | None, height: int | None, min_px: int) -> bool:
+    """True when Immich found faces and every one, scaled to the original's size, is under min_px.
+
+    Immich's boxes are in the preview's pixel space. The longest sides are compared, so the scale is
+    right whether or not the preview was rotated upright relative to the stored original.
+    """
+    if not faces or min_px <= 0:
+        return False
+    for face in faces:
+        scale = 1.0
+        if width and height and face.image_width > 0 and face.image_height > 0:
+            scale = max(width, height) / max(face.image_width, face.image_height)
+        shortest = min(face.x2 - face.x1, face.y2 - face.y1) * scale
+        if shortest >= min_px:
+            return False
+    return True
+
+
+def crop_path(sha256: str, face_index: int) -> str:
+    """Crops live under state_dir/crops, named by content, so a retried asset rewrites the same files."""
+    return f"{sha256[:2]}/{sha256}_{face_index}.jpg"
+
+
+def write_crops(crops_dir: Path, sha256: str, faces: Sequence[DetectedFace]) -> list[str]:
+    names = []
+    for face_index, face in enumerate(faces):
+        name = crop_path(sha256, face_index)
+        target = crops_dir / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=".crop-", dir=target.parent)
+        try:
+            with os.fdopen(handle, "wb") as output:
+                output.write(face.crop_jpeg)
+                output.flush()
+                os.fsync(output.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        names.append(name)
+    return names
+
+
+def remove_crops(crops_dir: Path, names: Sequence[str]) -> None:
+    for name in names:
+        (crops_dir / name).unlink(missing_ok=True)
+
+
+def load_or_build_index(store: Store, state_dir: Path, dimension: int, *, force: bool = False) -> FaceIndex:
+    """The saved index when it was built from the store as it is now, else one rebuilt from the store."""
+    version = store.index_version()
+    index = None if force else FaceIndex.load(state_dir, dimension, version, store.identity_map())
+    if index is None:
+        index = FaceIndex(dimension)
+        faces = store.identity_faces()
+        if faces:
+            index.add(
+                [face.id for face in faces],
+                np.stack([face.embedding for face in faces]),
+                [face.identity or 0 for face in faces],
+            )
+        index.save(state_dir, version)
+        log.info("face index rebuilt from the database: %d faces", len(index))
+    return index
+
+
+class Syncer:
+    """Runs cycles over every configured source against one store, embedder and index."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        embedder: FaceEmbedder,
+        *,
+        client_factory: Callable[[ImmichSettings], ImmichClient] | None = None,
+        reporter: Reporter | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.embedder = embedder
+        self.reporter: Reporter = reporter or SilentReporter()
+        self._client_factory = client_factory or (lambda source: ImmichClient(source, settings.sync))
+        self.crops_dir = settings.state_dir / "crops"
+        self.download_dir = settings.state_dir / "tmp"
+        self._index: FaceIndex | None = None
+
+    # -- index ----------------------------------------------------------------------------------
+
+    def open_index(self) -> FaceIndex:
+        self.embedder.load()
+        self._index = load_or_build_index(self.store, self.settings.state_dir, self.embedder.dimension)
+        return self._index
+
+    # -- the cycle ------------------------------------------------------------------------------
+
+    def run_cycle(self, *, reconcile: bool = False, cluster: bool = True) -> CycleReport:
+        """One full cycle. Raises the first source's error (after finishing the others) if any failed."""
+        started = time.monotonic()
+        report = CycleReport()
+        self.embedder.load()
+        self.store.check_model(self.embedder.name, self.embedder.dimension)
+        cycle_id = self.store.start_cycle()
+        self.download_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in self.download_dir.glob("download-*.part"):
+            leftover.unlink(missing_ok=True)
+        first_error: FacesyncError | None = None
+        try:
+            self.open_index()
+            for source in self.settings.immich:
+                try:
+                    self._sync_source(source, report, reconcile=reconcile)
+                except (ImmichAuthError, ImmichUnreachable, ImmichError) as error:
+                    log.error("%s", error)
+                    report.source_errors[source.name] = str(error)
+                    self.store.set_source_error(source.name, str(error))
+                    first_error = first_error or error
+            self.assign_new_faces(report)
+            if cluster:
+                self.open_new_facesets(report)
+            self.export(report)
+        except BaseException as error:
+            report.seconds = round(time.monotonic() - started, 3)
+            message = str(error) or type(error).__name__
+            self.store.finish_cycle(cycle_id, ok=False, error=message, report=report.as_dict())
+            raise
+        finally:
+            self.reporter.finish()
+        report.seconds = round(time.monotonic() - started, 3)
+        error_text = "; ".join(f"{name}: {text}" for name, text in report.source_errors.items()) or None
+        self.store.finish_cycle(cycle_id, ok=first_error is None, error=error_text, report=report.as_dict())
+        if first_error is not None:
+            raise first_error
+        return report
+
+    def _sync_source(self, source: ImmichSettings, report: CycleReport, *, reconcile: bool) -> None:
+        self.store.ensure_source(source.name, source.url)
+        with self._client_factory(source) as client:
+            try:
+                client.whoami()
+                next_watermark = client.sweep_watermark(self.settings.sync.watermark_overlap_seconds)
+                self.reporter.stage(f"{source.name}: listing", None)
+                for page in client.iter_changed(self.store.watermark(source.name), self.settings.sync.page_size):
+                    report.listed += len(page)
+                    needing_work, trashed = self.store.record_listed(source.name, page)
+                    report.new_or_changed += needing_work
+                    for asset in trashed:
+                        self._remove(source.name, asset.id, "trashed", report)
+                    self.reporter.advance(len(page))
+                # Only a complete sweep moves the watermark: a broken one is redone from the old mark.
+                self.store.finish_sweep(source.name, next_watermark)
+                if reconcile:
+                    self._reconcile(source.name, client, report)
+                self._process_pending(source.name, client, report)
+            finally:
+                report.requests += client.requests
+
+    def _reconcile(self, source: str, client: ImmichClient, report: CycleReport) -> None:
+        """Full listing: assets we hold that the server no longer has were deleted there."""
+        remote = client.all_asset_ids(self.settings.sync.page_size)
+        for asset_id in sorted(self.store.known_asset_ids(source) - remote):
+            self._remove(source, asset_id, "deleted", report)
+        # Crops a crash left without a database row.
+        known = self.store.all_crops()
+        if self.crops_dir.is_dir():
+            for path in self.crops_dir.glob("*/*.jpg"):
+                if f"{path.parent.name}/{path.name}" not in known:
+                    path.unlink(missing_ok=True)
+
+    def _remove(self, source: str, asset_id: str, state: str, report: CycleReport) -> None:
+        crops = self.store.remove_asset(source, asset_id, state)
+        remove_crops(self.crops_dir, crops)
+        report.removed_assets += 1
+        self._index = None  # faces left identities: rebuild the index before the next query
+        log.info("%s: asset %s %s in Immich; its faces left the facesets", source, asset_id, state)
+
+    def _process_pending(self, source: str, client: ImmichClient, report: CycleReport) -> None:
+        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        rows = self.store.assets_to_process(source, now)
+        self.reporter.stage(f"{source}: processing", len(rows))
+        for row in rows:
+            self._process_asset(source, client, row, report)
+            self.reporter.advance()
+
+    def _process_asset(self, source: str, client: ImmichClient, row: AssetRow, report: CycleReport) -> None:
+        faces_settings = self.settings.faces
+        if row.type != "IMAGE":
+            self.store.mark_skipped(source, row.asset_id, f"not an image ({(row.type or 'unknown').lower()})")
+            report.skipped += 1
+            return
+        try:
+            if faces_settings.prefilter:
+                remote_faces = client.faces(row.asset_id)
+                if faces_too_small(remote_faces, row.width, row.height, faces_settings.min_face_px):
+                    self.store.mark_skipped(
+                        source, row.asset_id, f"all faces Immich found are under {faces_settings.min_face_px}px"
+                    )
+                    report.skipped += 1
+                    return
+            max_bytes = faces_settings.max_download_mb * 1024 * 1024
+            download = client.download_original(row.asset_id, self.download_dir, max_bytes)
+            report.downloaded += 1
+            try:
+                if self.store.blob_exists(download.sha256):
+                    self.store.link_asset(source, row.asset_id, download.sha256)
+                    report.deduplicated += 1
+                    return
+                image, decoded_from = self._decode(client, row, download.path, max_bytes)
+                faces = self.embedder.faces(image)
+                crops = write_crops(self.crops_dir, download.sha256, faces)
+                with self.store.transaction():
+                    self.store.save_blob_faces(
+                        download.sha256,
+                        size=download.size,
+                        width=image.width,
+                        height=image.height,
+                        decoded_from=decoded_from,
+                        model=self.embedder.name,
+                        faces=faces,
+                        crops=crops,
+                    )
+                    self.store.mark_done(
+                        source, row.asset_id, download.sha256,
+                        None if decoded_from == "original" else "decoded from Immich's preview",
+                    )
+                report.embedded_assets += 1
+                report.faces_found += len(faces)
+            finally:
+                download.path.unlink(missing_ok=True)
+        except AssetGone:
+            self._remove(source, row.asset_id, "deleted", report)
+        except (ImageError, ImmichError) as error:
+            self._fail(source, row, str(error), report)
+
+    def _decode(
+        self, client: ImmichClient, row: AssetRow, path: Path, max_bytes: int
+    ) -> tuple[DecodedImage, str]:
+        """The original if it decodes (RAW files do not), else Immich's preview of it."""
+        max_pixels = self.settings.faces.max_image_megapixels * 1_000_000
+        try:
+            return decode_image(path, max_pixels=max_pixels), "original"
+        except ImageError as original_error:
+            log.info("%s: original of %s does not decode (%s); using Immich's preview",
+                     client.name, row.asset_id, original_error)
+            preview = client.download_preview(row.asset_id, self.download_dir, max_bytes)
+            try:
+                return decode_image(preview.path, max_pixels=max_pixels), "preview"
+            except ImageError as preview_error:
+                raise ImageError(f"original: {original_error}; preview: {preview_error}") from None
+            finally:
+                preview.path.unlink(missing_ok=True)
+
+    def _fail(self, source: str, row: AssetRow, reason: str, report: CycleReport) -> None:
+        delay = self.settings.sync.retry_delay_seconds * (2 ** row.attempts)
+        retry_at = datetime.now(timezone.utc) + timedelta(seconds=min(delay, 7 * 86400))
+        state = self.store.mark_failed(
+            source, row.asset_id, reason,
+            max_attempts=self.settings.sync.max_attempts,
+            retry_at=retry_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        )
+        report.failed += 1
+        log.warning("%s: asset %s (%s) %s: %s", source, row.asset_id, row.original_file_name, state, reason)
+
+    # -- identities -----------------------------------------------------------------------------
+
+    def _match(self, faces: list[StoredFace], index: FaceIndex) -> dict[int, tuple[int, float]]:
+        if not faces or len(index) == 0:
+            return {}
+        embeddings = np.stack([face.embedding for face in faces])
+        neighbour_ids, neighbour_distances = index.query(embeddings, NEIGHBOURS)
+        blobs = [face.sha256 for face in faces]
+        taken = {blob: self.store.identities_of_blob(blob) for blob in set(blobs)}
+        matches = assign(
+            blobs, neighbour_ids, neighbour_distances, index.identity_of,
+            self.settings.identities.match_distance, taken,
+        )
+        return {faces[row].id: match for row, match in matches.items()}
+
+    def _add_to_index(self, index: FaceIndex, faces: list[StoredFace], matches: dict[int, tuple[int, float]]) -> None:
+        joined = [face for face in faces if face.id in matches]
+        if joined:
+            index.add(
+                [face.id for face in joined],
+                np.stack([face.embedding for face in joined]),
+                [matches[face.id][0] for face in joined],
+            )
+
+    def assign_new_faces(self, report: CycleReport) -> None:
+        """Step 4: each face not yet compared joins the closest identity within match_distance."""
+        faces = self.store.unmatched_new_faces()
+        if not faces:
+            return
+        index = self._index or self.open_index()
+        self.reporter.stage("assigning faces", len(faces))
+        matches = self._match(faces, index)
+        self.store.record_matches(matches, [face.id for face in faces])
+        self._add_to_index(index, faces, matches)
+        report.faces_assigned += len(matches)
+        self.reporter.advance(len(faces))
+
+    def open_new_facesets(self, report: CycleReport) -> None:
+        """Step 5: cluster the pool of unmatched faces; clusters that pass the gates become identities."""
+        pool = self.store.pool_faces()
+        identity_settings = self.settings.identities
+        if len(pool) < identity_settings.min_faceset_faces:
+            return
+        self.reporter.stage("clustering", len(pool))
+        clusters = cluster_pool(
+            np.stack([face.embedding for face in pool]),
+            [face.sha256 for face in pool],
+            cluster_distance=identity_settings.cluster_distance,
+            member_distance=identity_settings.match_distance,
+            min_faces=identity_settings.min_faceset_faces,
+        )
+        if not clusters:
+            return
+        index = self._index or self.open_index()
+        for cluster in clusters:
+            members = {pool[row].id: distance for row, distance in zip(cluster.rows, cluster.distances)}
+            number = self.store.create_identity(members)
+            index.add(
+                list(members),
+                np.stack([pool[row].embedding for row in cluster.rows]),
+                [number] * len(members),
+            )
+            report.identities_created.append(number)
+            log.info("opened faceset %03d with %d faces", number, len(members))
+        # Faces left in the pool may belong to the identities just opened.
+        remaining = self.store.pool_faces()
+        matches = self._match(remaining, index)
+        if matches:
+            self.store.record_matches(matches, [])
+            self._add_to_index(index, remaining, matches)
+            report.faces_assigned += len(matches)
+
+    def export(self, report: CycleReport) -> None:
+        """Step 6: faceset folders follow the store; then the index is saved for the next start."""
+        self.reporter.stage("exporting", None)
+        report.facesets_written = export_all(self.settings.facesets_dir, self.crops_dir, self.store.export_faces())
+        index = self._index or self.open_index()
+        index.save(self.settings.state_dir, self.store.index_version())

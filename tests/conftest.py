@@ -1,0 +1,119 @@
+"""Shared fixtures: the test data in ../shared, the fake Immich server, configs, the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fake_immich import FakeImmich
+from openapi_check import load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FACESYNCD_SHARED", REPO.parent / "shared")).resolve()
+PHOTOS = SHARED / "testdata" / "photos"
+MODELS = SHARED / "testdata" / "models"
+TEST_PACK = MODELS / "buffalo_test"
+API_KEY = "test-key-alice-0123456789abcdef"
+API_KEY_ENV = "FACESYNCD_TEST_KEY_ALICE"
+
+requires_shared = pytest.mark.skipif(
+    not (PHOTOS.is_dir() and TEST_PACK.is_dir()),
+    reason=f"test data not found at {SHARED} (../shared beside the repository, or set FACESYNCD_SHARED)",
+)
+
+
+def spec_path(version: str) -> Path:
+    return SHARED / "immich" / f"openapi-{version}.json"
+
+
+def validate_traffic(fake: FakeImmich) -> None:
+    """Every JSON answer of the fake and every request body facesyncd sent must follow the spec."""
+    spec = load_spec(spec_path(fake.version))
+    for method, template, status, body in fake.json_answers:
+        if template.startswith("/api/"):
+            continue  # unknown route: facesyncd never calls one (asserted below)
+        spec.check_response(method, template, status, body)
+    for template, body in fake.request_bodies:
+        spec.check_request("POST", template, body)
+    unknown = [t for _, t, _, _ in fake.json_answers if t.startswith("/api/")]
+    assert not unknown, f"requests to routes the fake does not serve: {unknown}"
+
+
+@pytest.fixture(params=["3.1.0"])
+def immich_version(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def fake(immich_version: str) -> Iterator[FakeImmich]:
+    if not spec_path(immich_version).exists():
+        pytest.skip(f"Immich OpenAPI spec not found at {spec_path(immich_version)}")
+    server = FakeImmich(version=immich_version)
+    server.add_user("alice", API_KEY)
+    server.start()
+    try:
+        yield server
+        validate_traffic(server)
+    finally:
+        server.stop()
+
+
+def write_config(
+    directory: Path,
+    url: str,
+    *,
+    extra: str = "",
+    faces: str = "",
+    sync: str = "",
+    sources: str | None = None,
+) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    if sources is None:
+        sources = f'[[immich]]\nname = "alice"\nurl = "{url}"\napi_key_env = "{API_KEY_ENV}"\n'
+    text = (
+        f'state_dir = "{directory / "state"}"\n'
+        f'facesets_dir = "{directory / "facesets"}"\n'
+        f"{extra}\n"
+        f"{sources}\n"
+        f'[model]\npack = "{TEST_PACK}"\nproviders = ["CPUExecutionProvider"]\n'
+        f"[faces]\n{faces}\n"
+        f"[sync]\nretry_base_seconds = 0.01\nretry_max_seconds = 0.05\nretry_delay_seconds = 0\n{sync}\n"
+    )
+    path = directory / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def env_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv(API_KEY_ENV, API_KEY)
+    return API_KEY
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, API_KEY_ENV: API_KEY, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "facesyncd", *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
+def add_photos(fake: FakeImmich, folders: list[str], owner: str = "alice") -> dict[str, str]:
+    """Serve every photo under the given testdata folders; returns asset id -> relative path."""
+    added: dict[str, Any] = {}
+    for folder in folders:
+        for path in sorted((PHOTOS / folder).rglob("*")):
+            if path.is_file() and path.name != "LABELS.tsv":
+                relative = str(path.relative_to(PHOTOS))
+                added[fake.add_file(owner, path, label=relative)] = relative
+    return added

@@ -1,0 +1,509 @@
+"""A fake Immich server: a real HTTP server on 127.0.0.1 speaking the endpoints facesyncd uses.
+
+Answers follow `../shared/immich/openapi-<version>.json` (the tests validate every JSON answer and
+request body against the spec), in the 3.x or the 2.x flavour (error bodies and some fields differ).
+It keeps assets per user (one API key per user), can change between pages, and injects the faults
+real servers have (5xx, 429, resets, timeouts, truncated bodies).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import mimetypes
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from PIL import Image, ImageOps
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@dataclass
+class FakeAsset:
+    id: str
+    owner: str
+    data: bytes
+    original_file_name: str
+    file_created_at: datetime
+    updated_at: datetime
+    type: str = "IMAGE"
+    is_trashed: bool = False
+    width: int | None = None
+    height: int | None = None
+    mime: str = "image/jpeg"
+    faces: list[dict[str, int]] = field(default_factory=list)
+    label: str = ""  # what the test knows about it (path under testdata/photos)
+    preview_data: bytes | None = None  # what Immich rendered, for files Pillow cannot open (RAW)
+
+    @property
+    def checksum(self) -> str:
+        return base64.b64encode(hashlib.sha1(self.data).digest()).decode()
+
+
+@dataclass
+class Fault:
+    """Answer the next matching request(s) with a fault instead of the real answer."""
+
+    kind: str  # "status", "reset", "timeout", "truncate"
+    path_contains: str = ""
+    status: int = 503
+    retry_after: str | None = None
+    times: int = 1
+
+
+class FakeImmich:
+    def __init__(self, *, version: str = "3.1.0") -> None:
+        self.version = version
+        self.major = int(version.split(".")[0])
+        self.users: dict[str, dict[str, str]] = {}  # api key -> {"id", "name", "email"}
+        self.assets: dict[str, FakeAsset] = {}
+        self.lock = threading.RLock()
+        self.requests: list[tuple[str, str, str]] = []  # (method, path, user name or "")
+        self.json_answers: list[tuple[str, str, int, Any]] = []  # (method, path template, status, body)
+        self.request_bodies: list[tuple[str, Any]] = []  # (path template, body)
+        self.faults: list[Fault] = []
+        self.on_search_page: Callable[[int], None] | None = None  # called before each search answer
+        self.search_calls = 0
+        self.clock_offset = timedelta(0)
+        self.slow_seconds = 0.0
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._previews: dict[str, bytes] = {}
+
+    # -- library ----------------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc) + self.clock_offset
+
+    def add_user(self, name: str, api_key: str) -> None:
+        self.users[api_key] = {"id": str(uuid.uuid4()), "name": name, "email": f"{name}@example.org"}
+
+    def _owner_id(self, name: str) -> str:
+        for user in self.users.values():
+            if user["name"] == name:
+                return user["id"]
+        raise KeyError(name)
+
+    def add_asset(
+        self,
+        owner: str,
+        data: bytes,
+        file_name: str,
+        *,
+        taken: datetime | None = None,
+        type: str = "IMAGE",
+        faces: list[dict[str, int]] | None = None,
+        label: str = "",
+    ) -> str:
+        width = height = None
+        mime = mimetypes.guess_type(file_name)[0] or "application/octet-stream"
+        if type == "IMAGE":
+            try:
+                with Image.open(io.BytesIO(data)) as image:
+                    upright = ImageOps.exif_transpose(image)
+                    width, height = upright.size
+            except Exception:
+                pass
+        asset_id = str(uuid.uuid4())
+        with self.lock:
+            moment = self.now()
+            self.assets[asset_id] = FakeAsset(
+                id=asset_id,
+                owner=self._owner_id(owner),
+                data=data,
+                original_file_name=file_name,
+                file_created_at=taken or moment,
+                updated_at=moment,
+                type=type,
+                width=width,
+                height=height,
+                mime=mime,
+                faces=list(faces or []),
+                label=label,
+            )
+        return asset_id
+
+    def add_file(self, owner: str, path: Path, *, taken: datetime | None = None, label: str = "", **kw: Any) -> str:
+        return self.add_asset(owner, path.read_bytes(), path.name, taken=taken, label=label or str(path), **kw)
+
+    def touch(self, asset_id: str) -> None:
+        """What Immich's own jobs do: bump updatedAt without changing the file."""
+        with self.lock:
+            self.assets[asset_id].updated_at = self.now()
+
+    def trash(self, asset_id: str) -> None:
+        with self.lock:
+            self.assets[asset_id].is_trashed = True
+            self.assets[asset_id].updated_at = self.now()
+
+    def restore(self, asset_id: str) -> None:
+        with self.lock:
+            self.assets[asset_id].is_trashed = False
+            self.assets[asset_id].updated_at = self.now()
+
+    def delete(self, asset_id: str) -> None:
+        with self.lock:
+            del self.assets[asset_id]
+
+    def count(self, method: str, path_prefix: str) -> int:
+        with self.lock:
+            return sum(1 for m, p, _ in self.requests if m == method and p.startswith(path_prefix))
+
+    # -- server -----------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> FakeImmich:
+        fake = self
+
+        class Handler(_Handler):
+            server_fake = fake
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def take_fault(self, path: str) -> Fault | None:
+        with self.lock:
+            for fault in self.faults:
+                if fault.times > 0 and fault.path_contains in path:
+                    fault.times -= 1
+                    if fault.times == 0:
+                        self.faults.remove(fault)
+                    return fault
+        return None
+
+    # -- answers ----------------------------------------------------------------------------
+
+    def error_body(self, status: int, message: str | list[str]) -> dict[str, Any]:
+        if self.major >= 3:
+            return {"message": message}
+        names = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests"}
+        return {
+            "message": message,
+            "error": names.get(status, "Internal Server Error"),
+            "statusCode": status,
+            "correlationId": uuid.uuid4().hex[:8],
+        }
+
+    def asset_dto(self, asset: FakeAsset) -> dict[str, Any]:
+        owner = next(u for u in self.users.values() if u["id"] == asset.owner)
+        dto: dict[str, Any] = {
+            "id": asset.id,
+            "checksum": asset.checksum,
+            "createdAt": iso(asset.updated_at),
+            "fileCreatedAt": iso(asset.file_created_at),
+            "fileModifiedAt": iso(asset.file_created_at),
+            "localDateTime": iso(asset.file_created_at),
+            "updatedAt": iso(asset.updated_at),
+            "hasMetadata": True,
+            "isArchived": False,
+            "isEdited": False,
+            "isFavorite": False,
+            "isOffline": False,
+            "isTrashed": asset.is_trashed,
+            "originalFileName": asset.original_file_name,
+            "originalPath": f"/data/library/{owner['name']}/{asset.original_file_name}",
+            "originalMimeType": asset.mime,
+            "ownerId": asset.owner,
+            "thumbhash": None,
+            "type": asset.type,
+            "visibility": "timeline",
+            "width": asset.width,
+            "height": asset.height,
+            "duration": None if self.major >= 3 else "0:00:00.00000",
+            "libraryId": None,
+            "livePhotoVideoId": None,
+            "duplicateId": None,
+            "people": [],
+            "tags": [],
+        }
+        if self.major < 3:
+            dto["deviceAssetId"] = f"web-{asset.original_file_name}"
+            dto["deviceId"] = "WEB"
+        return dto
+
+    def user_dto(self, user: dict[str, str]) -> dict[str, Any]:
+        stamp = iso(datetime(2024, 1, 1, tzinfo=timezone.utc))
+        return {
+            "id": user["id"], "email": user["email"], "name": user["name"], "avatarColor": "primary",
+            "createdAt": stamp, "updatedAt": stamp, "deletedAt": None, "isAdmin": False, "license": None,
+            "oauthId": "", "profileChangedAt": stamp, "profileImagePath": "", "quotaSizeInBytes": None,
+            "quotaUsageInBytes": 0, "shouldChangePassword": False, "status": "active", "storageLabel": None,
+        }
+
+    def visible(self, user: dict[str, str], asset_id: str) -> FakeAsset | None:
+        asset = self.assets.get(asset_id)
+        return asset if asset is not None and asset.owner == user["id"] else None
+
+    def search(self, user: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
+        problems = []
+        size = body.get("size", 250)
+        page = body.get("page", 1)
+        if not isinstance(size, int) or not 1 <= size <= 1000:
+            problems.append("size must not be greater than 1000" if isinstance(size, int) else "size must be a number")
+        if not isinstance(page, int) or page < 1:
+            problems.append("page must not be less than 1")
+        if problems:
+            return 400, self.error_body(400, problems)
+        with self.lock:
+            items = [a for a in self.assets.values() if a.owner == user["id"]]
+            if not body.get("withDeleted"):
+                items = [a for a in items if not a.is_trashed]
+            if body.get("updatedAfter"):
+                after = parse_iso(body["updatedAfter"])
+                items = [a for a in items if a.updated_at >= after]
+            if body.get("takenAfter"):
+                after = parse_iso(body["takenAfter"])
+                items = [a for a in items if a.file_created_at >= after]
+            if body.get("type"):
+                items = [a for a in items if a.type == body["type"]]
+            items.sort(key=lambda a: (a.file_created_at, a.id), reverse=body.get("order", "desc") == "desc")
+            start = (page - 1) * size
+            chunk = items[start : start + size]
+            more = len(items) > start + size
+            dtos = [self.asset_dto(a) for a in chunk]
+        return 200, {
+            "albums": {"total": 0, "count": 0, "items": [], "facets": [], "nextPage": None}
+            if self.major < 3 else {"total": 0, "count": 0, "items": [], "facets": []},
+            "assets": {
+                "total": len(dtos),
+                "count": len(dtos),
+                "items": dtos,
+                "facets": [],
+                "nextPage": str(page + 1) if more else None,
+            },
+        }
+
+    def faces_of(self, asset: FakeAsset) -> list[dict[str, Any]]:
+        answer = []
+        for face in asset.faces:
+            answer.append({
+                "id": str(uuid.uuid4()),
+                "boundingBoxX1": face["x1"], "boundingBoxY1": face["y1"],
+                "boundingBoxX2": face["x2"], "boundingBoxY2": face["y2"],
+                "imageWidth": face["image_width"], "imageHeight": face["image_height"],
+                "person": None, "sourceType": "machine-learning",
+            })
+        return answer
+
+    def preview(self, asset: FakeAsset) -> bytes:
+        if asset.preview_data is not None:
+            return asset.preview_data
+        if asset.id not in self._previews:
+            try:
+                with Image.open(io.BytesIO(asset.data)) as image:
+                    upright = ImageOps.exif_transpose(image).convert("RGB")
+                    upright.thumbnail((1440, 1440))
+                    buffer = io.BytesIO()
+                    upright.save(buffer, format="JPEG", quality=90)
+                    self._previews[asset.id] = buffer.getvalue()
+            except Exception:
+                self._previews[asset.id] = b""
+        return self._previews[asset.id]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_fake: FakeImmich
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
+        pass
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        moment = self.server_fake.now()
+        return moment.strftime("%a, %d %b %Y %H:%M:%S GMT")
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _send_json(self, status: int, body: Any, template: str, headers: dict[str, str] | None = None) -> None:
+        fake = self.server_fake
+        with fake.lock:
+            fake.json_answers.append((self.command, template, status, body))
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_bytes(self, data: bytes, mime: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", mime)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, message: str, template: str) -> None:
+        self._send_json(status, self.server_fake.error_body(status, message), template)
+
+    def _fault(self, path: str) -> bool:
+        """Apply an injected fault; True when the request was answered (or dropped) by it."""
+        fault = self.server_fake.take_fault(path)
+        if fault is None:
+            return False
+        if fault.kind == "status":
+            body = json.dumps(self.server_fake.error_body(fault.status, "injected fault")).encode()
+            self.send_response(fault.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            if fault.retry_after is not None:
+                self.send_header("Retry-After", fault.retry_after)
+            self.end_headers()
+            self.wfile.write(body)
+        elif fault.kind == "reset":
+            self.close_connection = True
+            self.connection.shutdown(2)
+        elif fault.kind == "timeout":
+            time.sleep(3.0)
+            self.close_connection = True
+            self.connection.shutdown(2)
+        elif fault.kind == "truncate":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"\xff\xd8\xff" + b"\0" * 100)
+            self.close_connection = True
+        return True
+
+    def _user(self, template: str) -> dict[str, str] | None:
+        key = self.headers.get("x-api-key")
+        user = self.server_fake.users.get(key or "")
+        if user is None:
+            self._error(401, "Invalid API key" if key else "Authentication required", template)
+        return user
+
+    def _record(self, user: dict[str, str] | None) -> None:
+        fake = self.server_fake
+        with fake.lock:
+            fake.requests.append((self.command, urlsplit(self.path).path, user["name"] if user else ""))
+
+    # -- routes -----------------------------------------------------------------------------
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        fake = self.server_fake
+        parts = urlsplit(self.path)
+        path, query = parts.path, parse_qs(parts.query)
+        if fake.slow_seconds:
+            time.sleep(fake.slow_seconds)
+        if path == "/api/server/version":
+            major, minor, patch = (int(x) for x in fake.version.split("."))
+            body: dict[str, Any] = {"major": major, "minor": minor, "patch": patch}
+            if fake.major >= 3:
+                body["prerelease"] = None
+            self._record(None)
+            return self._send_json(200, body, "/server/version")
+        if self._fault(path):
+            self._record(None)
+            return
+        if path == "/api/users/me":
+            user = self._user("/users/me")
+            self._record(user)
+            if user:
+                self._send_json(200, fake.user_dto(user), "/users/me")
+            return
+        if path == "/api/faces":
+            user = self._user("/faces")
+            self._record(user)
+            if not user:
+                return
+            asset_id = (query.get("id") or [""])[0]
+            with fake.lock:
+                asset = fake.visible(user, asset_id)
+                faces = fake.faces_of(asset) if asset else None
+            if faces is None:
+                return self._error(400, "Not found or no asset.read access", "/faces")
+            return self._send_json(200, faces, "/faces")
+        if path.startswith("/api/assets/") and path.count("/") == 4:
+            _, _, _, asset_id, what = path.split("/")
+            template = f"/assets/{{id}}/{what}"
+            user = self._user(template)
+            self._record(user)
+            if not user:
+                return
+            with fake.lock:
+                asset = fake.visible(user, asset_id)
+            if what == "original":
+                if asset is None:
+                    # /original answers 404 with an empty body for a missing asset
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                return self._send_bytes(asset.data, asset.mime)
+            if what == "thumbnail":
+                if asset is None:
+                    return self._error(400, "Not found or no asset.read access", template)
+                size = (query.get("size") or ["thumbnail"])[0]
+                if size == "fullsize" and asset.mime in ("image/jpeg", "image/png", "image/webp"):
+                    self.send_response(302)
+                    self.send_header("Location", f"/api/assets/{asset_id}/original")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                data = fake.preview(asset)
+                if not data:
+                    return self._error(400, "Asset has no preview", template)
+                return self._send_bytes(data, "image/jpeg")
+        self._record(None)
+        self._error(404, f"Cannot GET {path}", path)
+
+    def do_POST(self) -> None:  # noqa: N802
+        fake = self.server_fake
+        path = urlsplit(self.path).path
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if self._fault(path):
+            self._record(None)
+            return
+        if path == "/api/search/metadata":
+            user = self._user("/search/metadata")
+            self._record(user)
+            if not user:
+                return
+            try:
+                body = json.loads(raw or b"{}")
+            except ValueError:
+                return self._error(400, "Unexpected token in JSON", "/search/metadata")
+            with fake.lock:
+                fake.request_bodies.append(("/search/metadata", body))
+                fake.search_calls += 1
+                call = fake.search_calls
+            if fake.on_search_page is not None:
+                fake.on_search_page(call)
+            status, answer = fake.search(user, body)
+            return self._send_json(status, answer, "/search/metadata")
+        self._record(None)
+        self._error(404, f"Cannot POST {path}", path)
