@@ -1,0 +1,190 @@
+"""The Immich client against the fake server, in both API flavours, with faults."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from conftest import API_KEY, PHOTOS, requires_shared
+from facesyncd.config import ImmichSettings, Secret, SyncSettings
+from facesyncd.errors import AssetGone, ImmichAuthError, ImmichError, ImmichUnreachable
+from facesyncd.immich import ImmichClient
+from fake_immich import Fault, FakeImmich
+
+FAST = SyncSettings(http_retries=4, retry_base_seconds=0.01, retry_max_seconds=0.05)
+BASE = datetime(2020, 1, 1, tzinfo=timezone.utc)
+
+
+@pytest.fixture(params=["3.1.0", "2.7.5"])
+def immich_version(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def client_for(fake: FakeImmich, *, key: str = API_KEY, sync: SyncSettings = FAST, timeout: float = 5) -> ImmichClient:
+    settings = ImmichSettings(name="alice", url=fake.url, api_key=Secret(key), timeout_seconds=timeout)
+    return ImmichClient(settings, sync, sleep=lambda _: None)
+
+
+def add_blank(fake: FakeImmich, count: int, *, start: datetime = BASE, step: timedelta = timedelta(minutes=1)) -> list[str]:
+    return [
+        fake.add_asset("alice", f"not really a photo {i}".encode(), f"blank{i}.jpg", taken=start + step * i)
+        for i in range(count)
+    ]
+
+
+def listed(client: ImmichClient, updated_after: str | None = None, page_size: int = 10) -> list[str]:
+    return [asset.id for page in client.iter_changed(updated_after, page_size) for asset in page]
+
+
+def test_lists_every_asset_once_across_pages(fake: FakeImmich) -> None:
+    ids = add_blank(fake, 35)
+    with client_for(fake) as client:
+        assert sorted(listed(client)) == sorted(ids)
+        assert len(listed(client)) == 35
+
+
+def test_no_asset_is_lost_when_the_server_changes_between_pages(fake: FakeImmich) -> None:
+    """Offset paging would skip one asset per deletion in pages already read; keyset paging does not."""
+    ids = add_blank(fake, 40)
+    added: list[str] = []
+
+    def mutate(call: int) -> None:
+        if call in (2, 3):
+            fake.delete(ids[call])  # an asset from a page already answered
+            fake.trash(ids[call + 10])  # one from the page being read
+        if call == 4:
+            added.extend(add_blank(fake, 1, start=BASE - timedelta(days=1)))  # sorts before everything
+
+    fake.on_search_page = mutate
+    with client_for(fake) as client:
+        seen = listed(client)
+    gone = {ids[2], ids[3]}
+    survivors = set(ids) - gone
+    assert survivors <= set(seen), f"lost: {survivors - set(seen)}"
+    assert len(seen) == len(set(seen))
+
+
+def test_many_assets_sharing_one_instant_are_all_listed(fake: FakeImmich) -> None:
+    ids = add_blank(fake, 25, step=timedelta(0)) + add_blank(fake, 5, start=BASE + timedelta(hours=1))
+    with client_for(fake) as client:
+        seen = listed(client, page_size=10)
+    assert sorted(seen) == sorted(ids)
+
+
+def test_updated_after_filters_and_trashed_assets_are_reported(fake: FakeImmich) -> None:
+    ids = add_blank(fake, 5)
+    mark = (fake.now() + timedelta(seconds=1)).isoformat().replace("+00:00", "Z")
+    fake.clock_offset = timedelta(seconds=2)
+    fake.touch(ids[0])
+    fake.trash(ids[1])
+    with client_for(fake) as client:
+        pages = list(client.iter_changed(mark, 10))
+    assets = {asset.id: asset for page in pages for asset in page}
+    assert set(assets) == {ids[0], ids[1]}
+    assert assets[ids[1]].is_trashed and not assets[ids[0]].is_trashed
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        dict(kind="status", status=500, times=2),
+        dict(kind="status", status=502),
+        dict(kind="status", status=503, times=3),
+        dict(kind="status", status=429, retry_after="0", times=2),
+        dict(kind="status", status=429, times=1),
+        dict(kind="reset", times=2),
+        dict(kind="truncate", path_contains="/original", times=2),
+    ],
+    ids=["500x2", "502", "503x3", "429-retry-after", "429", "reset", "truncated-body"],
+)
+@requires_shared
+def test_transient_faults_are_retried(fake: FakeImmich, fault: dict, tmp_path: Path) -> None:
+    photo = PHOTOS / "wild" / "obama" / "obama.jpg"
+    asset_id = fake.add_file("alice", photo)
+    fake.faults.append(Fault(**fault))
+    with client_for(fake) as client:
+        assert listed(client) == [asset_id]
+        download = client.download_original(asset_id, tmp_path, 50_000_000)
+    assert download.path.read_bytes() == photo.read_bytes()
+    assert not fake.faults, "the fault was never triggered"
+
+
+def test_timeouts_are_retried(fake: FakeImmich) -> None:
+    ids = add_blank(fake, 2)
+    fake.faults.append(Fault("timeout", path_contains="/search"))
+    with client_for(fake, timeout=0.5) as client:
+        assert sorted(listed(client)) == sorted(ids)
+
+
+def test_retries_are_bounded(fake: FakeImmich) -> None:
+    add_blank(fake, 1)
+    fake.faults.append(Fault("status", status=503, times=100))
+    with client_for(fake) as client, pytest.raises(ImmichUnreachable, match="failed 5 times: 503"):
+        listed(client)
+    assert fake.count("POST", "/api/search/metadata") == 5
+
+
+def test_wrong_key_is_an_auth_error_that_never_shows_the_key(fake: FakeImmich, caplog: pytest.LogCaptureFixture) -> None:
+    secret = "wrong-key-do-not-print-me-42"
+    caplog.set_level(logging.DEBUG)
+    with client_for(fake, key=secret) as client, pytest.raises(ImmichAuthError) as raised:
+        client.whoami()
+    assert "401" in str(raised.value) and "rejected the API key" in str(raised.value)
+    assert secret not in str(raised.value) and secret not in caplog.text
+    assert fake.count("GET", "/api/users/me") == 1  # not retried
+
+
+def test_dead_server_is_unreachable() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = ImmichSettings(name="alice", url=f"http://127.0.0.1:{port}", api_key=Secret("k"), timeout_seconds=1)
+    with ImmichClient(settings, FAST, sleep=lambda _: None) as client, pytest.raises(ImmichUnreachable, match="ConnectError"):
+        client.whoami()
+
+
+def test_missing_asset_is_gone_on_json_and_download_endpoints(fake: FakeImmich, tmp_path: Path) -> None:
+    missing = "0b7f3c1e-2a3b-4c5d-8e9f-0a1b2c3d4e5f"
+    with client_for(fake) as client:
+        with pytest.raises(AssetGone, match="400 Not found"):
+            client.faces(missing)
+        with pytest.raises(AssetGone, match="404"):
+            client.download_original(missing, tmp_path, 1000)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_size_limit_leaves_no_file(fake: FakeImmich, tmp_path: Path) -> None:
+    asset_id = fake.add_asset("alice", b"x" * 5000, "big.jpg")
+    with client_for(fake) as client, pytest.raises(ImmichError, match="over the 1000-byte limit"):
+        client.download_original(asset_id, tmp_path, 1000)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_hashes_while_streaming(fake: FakeImmich, tmp_path: Path) -> None:
+    import hashlib
+
+    data = bytes(range(256)) * 10_000
+    asset_id = fake.add_asset("alice", data, "blob.jpg")
+    with client_for(fake) as client:
+        download = client.download_original(asset_id, tmp_path, len(data))
+    assert download.sha256 == hashlib.sha256(data).hexdigest() and download.size == len(data)
+
+
+def test_other_users_assets_are_invisible(fake: FakeImmich) -> None:
+    fake.add_user("bob", "bob-key")
+    bobs = fake.add_asset("bob", b"bob's", "bob.jpg")
+    alices = add_blank(fake, 1)
+    with client_for(fake) as client:
+        assert listed(client) == alices
+        with pytest.raises(AssetGone):
+            client.faces(bobs)
+
+
+def test_error_bodies_of_both_flavours_are_read(fake: FakeImmich) -> None:
+    fake.faults.append(Fault("status", status=400, path_contains="/users/me"))
+    with client_for(fake) as client, pytest.raises(ImmichError, match="400 injected fault"):
+        client.whoami()
