@@ -11,7 +11,7 @@ import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,13 @@ def _statements(script: str) -> Iterator[str]:
                 part.strip().startswith("--") or not part.strip() for part in statement.splitlines()
             ):
                 yield statement
+
+
+@dataclass
+class ListedPage:
+    needing_work: int = 0
+    trashed: list[str] = field(default_factory=list)
+    unused_crops: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -269,21 +276,20 @@ class Store:
         )
         return AssetRow(**rows[0]) if rows else None
 
-    def record_listed(self, source: str, assets: Sequence[RemoteAsset]) -> tuple[int, list[RemoteAsset]]:
-        """Save one listed page. Returns (how many need work, the trashed ones to remove).
+    def record_listed(self, source: str, assets: Sequence[RemoteAsset]) -> ListedPage:
+        """Save one listed page: what needs work, what was trashed, which crops lost their face.
 
         An asset whose checksum is unchanged and that was already handled is left alone: Immich's own
         jobs bump updatedAt all the time, and that must not cause a download.
         """
         now = utc_now()
-        needing_work = 0
-        trashed: list[RemoteAsset] = []
+        page = ListedPage()
         with self.transaction():
             for asset in assets:
                 known = self.get_asset(source, asset.id)
                 if asset.is_trashed:
                     if known is not None and known.state not in ("trashed", "deleted"):
-                        trashed.append(asset)
+                        page.trashed.append(asset.id)
                     continue
                 unchanged = (
                     known is not None
@@ -296,9 +302,9 @@ class Store:
                         (asset.updated_at, source, asset.id),
                     )
                     if known is not None and known.state in ("pending", "failed"):
-                        needing_work += 1
+                        page.needing_work += 1
                     continue
-                needing_work += 1
+                page.needing_work += 1
                 self._execute(
                     """
                     INSERT INTO assets (source, asset_id, type, original_file_name, checksum, updated_at,
@@ -319,8 +325,8 @@ class Store:
                 )
                 if known is not None and known.sha256 is not None:
                     # New bytes under a known asset: its old faces leave the facesets.
-                    self._detach_asset(source, asset.id)
-        return needing_work, trashed
+                    page.unused_crops.extend(self._detach_asset(source, asset.id))
+        return page
 
     def assets_to_process(self, source: str, now: str) -> list[AssetRow]:
         rows = self._rows(

@@ -206,10 +206,13 @@ class Syncer:
                 self.reporter.stage(f"{source.name}: listing", None)
                 for page in client.iter_changed(self.store.watermark(source.name), self.settings.sync.page_size):
                     report.listed += len(page)
-                    needing_work, trashed = self.store.record_listed(source.name, page)
-                    report.new_or_changed += needing_work
-                    for asset in trashed:
-                        self._remove(source.name, asset.id, "trashed", report)
+                    listed = self.store.record_listed(source.name, page)
+                    report.new_or_changed += listed.needing_work
+                    if listed.unused_crops:
+                        remove_crops(self.crops_dir, listed.unused_crops)
+                        self._index = None  # faces may have left identities: rebuild before querying
+                    for asset_id in listed.trashed:
+                        self._remove(source.name, asset_id, "trashed", report)
                     self.reporter.advance(len(page))
                 # Only a complete sweep moves the watermark: a broken one is redone from the old mark.
                 self.store.finish_sweep(source.name, next_watermark)

@@ -28,6 +28,11 @@ requires_shared = pytest.mark.skipif(
 )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("CI") and not (PHOTOS.is_dir() and TEST_PACK.is_dir()):
+        raise pytest.UsageError(f"CI run without test data: {SHARED} is missing")
+
+
 def spec_path(version: str) -> Path:
     return SHARED / "immich" / f"openapi-{version}.json"
 

@@ -1,0 +1,128 @@
+"""The CLI's errors: one clear line, a documented exit code, and never the API key."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from conftest import API_KEY, API_KEY_ENV, PHOTOS, add_photos, requires_shared, run_cli, write_config
+from fake_immich import FakeImmich
+
+pytestmark = requires_shared
+
+
+def test_bad_config_lists_every_problem_with_the_file_name(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        'state_dir = "s"\ncolour = "blue"\n[faces]\nmin_face_px = -1\n[identities]\nmatch_distance = "near"\n'
+        '[[immich]]\nname = "a"\nurl = "photos.example.org"\napi_key_env = "NO_SUCH_VARIABLE_X"\n'
+    )
+    result = run_cli("--config", str(config), "sync")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"facesyncd: error: {config}: 5 problem(s)")
+    for needle in ("colour: unknown key", "faces.min_face_px", "identities.match_distance", "immich[0].url",
+                   "NO_SUCH_VARIABLE_X is not set"):
+        assert needle in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    result = run_cli("--config", str(tmp_path / "none.toml"), "status")
+    assert result.returncode == 2 and "config file not found" in result.stderr
+
+
+def test_wrong_api_key_exits_3_without_showing_either_key(fake: FakeImmich, tmp_path: Path) -> None:
+    wrong = "wrong-key-that-must-never-be-printed"
+    config = write_config(tmp_path, fake.url)
+    result = run_cli("--config", str(config), "--log-level", "debug", "sync", env={API_KEY_ENV: wrong})
+    assert result.returncode == 3, result.stderr
+    assert "rejected the API key (401" in result.stderr
+    status = run_cli("--config", str(config), "status", "--json")
+    database = (tmp_path / "state" / "facesyncd.db").read_bytes()
+    for text in (result.stdout, result.stderr, status.stdout, status.stderr):
+        assert wrong not in text and API_KEY not in text
+    assert wrong.encode() not in database
+    assert json.loads(status.stdout)["sources"][0]["last_error"].startswith("alice: Immich at")
+
+
+def test_server_unreachable_exits_4(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = write_config(tmp_path, f"http://127.0.0.1:{port}", sync="http_retries = 1")
+    result = run_cli("--config", str(config), "sync")
+    assert result.returncode == 4, result.stderr
+    assert "failed 2 times: ConnectError" in result.stderr
+    assert result.stderr.count("facesyncd: error:") == 1
+
+
+def test_missing_model_pack_exits_5_and_names_the_path(fake: FakeImmich, tmp_path: Path) -> None:
+    config = write_config(tmp_path, fake.url)
+    text = config.read_text().replace(str(PHOTOS.parent / "models" / "buffalo_test"), str(tmp_path / "nopack"))
+    config.write_text(text)
+    result = run_cli("--config", str(config), "sync")
+    assert result.returncode == 5
+    assert f"model pack not found: no .onnx files in {tmp_path / 'nopack'}" in result.stderr
+    assert fake.count("GET", "/api/assets/") == 0
+
+
+def test_one_failing_source_does_not_stop_the_others(fake: FakeImmich, tmp_path: Path) -> None:
+    fake.add_user("bob", "bob-key-0123")
+    fake.add_file("bob", PHOTOS / "wild" / "obama" / "obama.jpg")
+    sources = (
+        f'[[immich]]\nname = "alice"\nurl = "{fake.url}"\napi_key_env = "ALICE_WRONG"\n'
+        f'[[immich]]\nname = "bob"\nurl = "{fake.url}"\napi_key_file = "{tmp_path / "bob.key"}"\n'
+    )
+    (tmp_path / "bob.key").write_text("bob-key-0123\n")
+    config = write_config(tmp_path, fake.url, sources=sources)
+    result = run_cli("--config", str(config), "sync", env={"ALICE_WRONG": "nope"})
+    assert result.returncode == 3
+    status = json.loads(run_cli("--config", str(config), "status", "--json").stdout)
+    assert status["assets"] == {"done": 1}
+    errors = {source["name"]: source["last_error"] for source in status["sources"]}
+    assert errors["alice"] and errors["bob"] is None
+    assert status["last_sync"]["ok"] is False and "alice" in status["last_sync"]["error"]
+
+
+def test_second_sync_on_the_same_state_dir_is_refused(fake: FakeImmich, tmp_path: Path) -> None:
+    from facesyncd.lock import state_lock
+
+    config = write_config(tmp_path, fake.url)
+    with state_lock(tmp_path / "state"):
+        result = run_cli("--config", str(config), "sync")
+    assert result.returncode == 7 and "another facesyncd process" in result.stderr
+
+
+def test_rebuild_index(fake: FakeImmich, tmp_path: Path) -> None:
+    add_photos(fake, ["wild/obama", "wild/biden", "groups"])
+    config = write_config(tmp_path, fake.url)
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    state = tmp_path / "state"
+    (state / "faces.hnsw").write_bytes(b"garbage")
+    before = json.loads(run_cli("--config", str(config), "status", "--json").stdout)
+    result = run_cli("--config", str(config), "rebuild-index")
+    assert result.returncode == 0, result.stderr
+    assigned = before["faces"]["assigned"]
+    assert result.stdout.strip() == f"index rebuilt: {assigned} faces"
+    after = json.loads(run_cli("--config", str(config), "status", "--json").stdout)
+    assert after["index"] == {"faces": assigned, "stale": False}
+
+
+def test_status_before_any_sync_says_so(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "http://127.0.0.1:9")
+    result = run_cli("--config", str(config), "status")
+    assert result.returncode == 6 and "run `facesyncd sync` first" in result.stderr
+
+
+@pytest.mark.parametrize("immich_version", ["2.7.5"])
+def test_sync_against_immich_2(fake: FakeImmich, tmp_path: Path) -> None:
+    ids = add_photos(fake, ["wild/obama", "wild/jack_dorsey", "noface"])
+    config = write_config(tmp_path, fake.url)
+    result = run_cli("--config", str(config), "sync")
+    assert result.returncode == 0, result.stderr
+    status = json.loads(run_cli("--config", str(config), "status", "--json").stdout)
+    assert status["assets"] == {"done": len(ids)}
+    assert status["identities"] == 2

@@ -1,0 +1,81 @@
+"""Config: lookup order, validation (every problem at once), secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from facesyncd.config import Secret, find_config, load_settings
+from facesyncd.errors import ConfigError
+
+MINIMAL = '[[immich]]\nname = "alice"\nurl = "https://photos.example.org/"\napi_key_env = "FSD_KEY"\n'
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FSD_KEY", "secret-value")
+    settings = load_settings(write(tmp_path, 'state_dir = "state"\n' + MINIMAL))
+    assert settings.state_dir == tmp_path / "state"
+    assert settings.facesets_dir == tmp_path / "state" / "facesets"
+    assert settings.immich[0].url == "https://photos.example.org"
+    assert settings.immich[0].api_key.reveal() == "secret-value"
+    assert settings.identities.match_distance == 0.45 and settings.identities.cluster_distance == 0.55
+    assert settings.faces.min_face_px == 90 and settings.model.pack == "buffalo_l"
+    assert "secret-value" not in repr(settings) and "secret-value" not in str(settings.immich[0].api_key)
+
+
+def test_key_file_and_systemd_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds" / "alice-key").write_text("from-credentials\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "creds"))
+    text = MINIMAL.replace('api_key_env = "FSD_KEY"', 'api_key_file = "alice-key"')
+    assert load_settings(write(tmp_path, text)).immich[0].api_key == Secret("from-credentials")
+
+
+def test_every_problem_is_reported_with_the_file_name(tmp_path: Path) -> None:
+    text = (
+        'state_dir = 5\nfoo = 1\n[model]\nproviders = "auto"\ndet_size = 641\n[faces]\nmin_det_score = 2\n'
+        '[identities]\nmin_faceset_faces = 1\nextra = true\n[[immich]]\nname = "bad name!"\nurl = "https://x"\n'
+    )
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: 9 problem(s)")
+    for needle in ("state_dir: must be a string", "foo: unknown key", "model.providers: must be a list",
+                   "model.det_size", "faces.min_det_score", "identities.min_faceset_faces",
+                   "identities.extra: unknown key", "immich[0].name", "set exactly one of api_key_env"):
+        assert needle in message
+
+
+def test_not_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(write(tmp_path, "state_dir = [\n"))
+
+
+def test_status_needs_no_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FSD_KEY", raising=False)
+    path = write(tmp_path, MINIMAL)
+    with pytest.raises(ConfigError, match="FSD_KEY is not set"):
+        load_settings(path)
+    assert load_settings(path, secrets=False).immich[0].name == "alice"
+
+
+def test_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    explicit = tmp_path / "explicit.toml"
+    monkeypatch.setenv("FACESYNCD_CONFIG", str(tmp_path / "from-env.toml"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert find_config(explicit) == explicit
+    assert find_config(None) == tmp_path / "from-env.toml"
+    monkeypatch.delenv("FACESYNCD_CONFIG")
+    assert find_config(None) == Path("/etc/facesyncd/config.toml")
+    user = tmp_path / "xdg" / "facesyncd" / "config.toml"
+    user.parent.mkdir(parents=True)
+    user.write_text("")
+    assert find_config(None) == user

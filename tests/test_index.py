@@ -1,0 +1,59 @@
+"""The HNSW index: a cache that knows what it was built from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from facesyncd.index import INDEX_FILE, SIDECAR_FILE, FaceIndex, needs_rebuild, read_sidecar
+
+
+def vectors(count: int, dimension: int = 32, seed: int = 0) -> np.ndarray:
+    rows = np.random.default_rng(seed).normal(size=(count, dimension)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def built(tmp_path: Path, count: int = 3000) -> tuple[FaceIndex, np.ndarray, dict[int, int]]:
+    data = vectors(count)
+    index = FaceIndex(32)
+    ids = list(range(100, 100 + count))
+    identity_of = {face: face % 7 + 1 for face in ids}
+    index.add(ids, data, [identity_of[f] for f in ids])
+    index.save(tmp_path, version=5)
+    return index, data, identity_of
+
+
+def test_query_finds_itself_and_grows(tmp_path: Path) -> None:
+    index, data, _ = built(tmp_path)
+    labels, distances = index.query(data[:50], k=3)
+    assert (labels[:, 0] == np.arange(100, 150)).all()
+    assert (distances[:, 0] < 1e-4).all()
+    assert len(index) == 3000
+
+
+def test_saved_index_loads_only_for_its_version(tmp_path: Path) -> None:
+    index, data, identity_of = built(tmp_path)
+    loaded = FaceIndex.load(tmp_path, 32, 5, identity_of)
+    assert loaded is not None and len(loaded) == 3000
+    assert (loaded.query(data[:5], 1)[0][:, 0] == np.arange(100, 105)).all()
+    assert FaceIndex.load(tmp_path, 32, 6, identity_of) is None, "stale index was used"
+    assert FaceIndex.load(tmp_path, 64, 5, identity_of) is None
+    assert needs_rebuild(tmp_path, 6) and not needs_rebuild(tmp_path, 5)
+    assert read_sidecar(tmp_path) == {"version": 5, "dimension": 32, "faces": 3000}
+
+
+def test_corrupt_or_missing_files_mean_rebuild(tmp_path: Path) -> None:
+    _, _, identity_of = built(tmp_path)
+    (tmp_path / INDEX_FILE).write_bytes(b"\0" * 100)
+    assert FaceIndex.load(tmp_path, 32, 5, identity_of) is None
+    (tmp_path / INDEX_FILE).unlink()
+    assert FaceIndex.load(tmp_path, 32, 5, identity_of) is None
+    (tmp_path / SIDECAR_FILE).write_text("{not json")
+    assert FaceIndex.load(tmp_path, 32, 5, identity_of) is None
+
+
+def test_index_disagreeing_with_the_store_is_refused(tmp_path: Path) -> None:
+    _, _, identity_of = built(tmp_path)
+    fewer = dict(list(identity_of.items())[:-1])
+    assert FaceIndex.load(tmp_path, 32, 5, fewer) is None

@@ -1,0 +1,168 @@
+"""Staging: prefilter, non-images, dedup, formats, preview fallback, failures; run in-process."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import PHOTOS, requires_shared, write_config
+from facesyncd.config import load_settings
+from facesyncd.embedder import FaceEmbedder
+from facesyncd.store import Store
+from facesyncd.sync import Syncer, faces_too_small
+from facesyncd.models import RemoteFace
+from fake_immich import FakeImmich
+
+pytestmark = requires_shared
+
+OBAMA = PHOTOS / "wild" / "obama" / "obama.jpg"
+
+
+@pytest.fixture
+def syncer(fake: FakeImmich, tmp_path: Path, env_key: str):
+    settings = load_settings(write_config(tmp_path, fake.url, faces="min_face_px = 60"))
+    store = Store(settings.database_path)
+    yield Syncer(settings, store, FaceEmbedder(settings.model, settings.faces))
+    store.close()
+
+
+def asset_rows(syncer: Syncer) -> dict[str, tuple[str, str | None]]:
+    return {
+        row["asset_id"]: (row["state"], row["reason"])
+        for row in syncer.store.db.query("SELECT asset_id, state, reason FROM assets")
+    }
+
+
+def test_faces_too_small_scales_preview_boxes_to_the_original() -> None:
+    # a 100px face on a 1440px-wide preview of a 4320px original is 300px in the original
+    face = RemoteFace(x1=0, y1=0, x2=100, y2=100, image_width=1440, image_height=960)
+    assert not faces_too_small([face], 4320, 2880, 200)
+    assert faces_too_small([face], 1440, 960, 200)
+    # rotation: the original stored sideways still scales by its longest side
+    assert not faces_too_small([face], 2880, 4320, 200)
+    assert not faces_too_small([], 100, 100, 200), "no faces from Immich (ML off) means process it"
+
+
+def test_prefilter_skips_assets_whose_faces_are_all_small_without_downloading(fake: FakeImmich, syncer: Syncer) -> None:
+    tiny = [{"x1": 10, "y1": 10, "x2": 30, "y2": 30, "image_width": 1440, "image_height": 1080}]
+    skipped = fake.add_file("alice", OBAMA, faces=tiny)
+    kept = fake.add_file("alice", PHOTOS / "wild" / "biden" / "biden.jpg")
+    syncer.run_cycle()
+    rows = asset_rows(syncer)
+    assert rows[skipped] == ("skipped", "all faces Immich found are under 60px")
+    assert rows[kept][0] == "done"
+    downloads = [p for m, p, _ in fake.requests if p.endswith("/original")]
+    assert downloads == [f"/api/assets/{kept}/original"]
+
+
+def test_videos_are_skipped_with_the_reason(fake: FakeImmich, syncer: Syncer) -> None:
+    video = fake.add_asset("alice", b"\x00\x00\x00\x18ftypmp42", "clip.mp4", type="VIDEO")
+    syncer.run_cycle()
+    assert asset_rows(syncer)[video] == ("skipped", "not an image (video)")
+    assert fake.count("GET", f"/api/assets/{video}") == 0
+
+
+def test_identical_bytes_are_embedded_once_across_assets_and_users(fake: FakeImmich, syncer: Syncer, tmp_path: Path) -> None:
+    fake.add_user("bob", "bob-key")
+    first = fake.add_file("alice", OBAMA)
+    second = fake.add_file("alice", OBAMA)
+    report = syncer.run_cycle()
+    assert report.embedded_assets == 1 and report.deduplicated == 1
+    assert {asset_rows(syncer)[first][0], asset_rows(syncer)[second][0]} == {"done"}
+    with sqlite3.connect(syncer.settings.database_path) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM blobs").fetchone()[0] == 1
+        face_count = connection.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
+    assert face_count == 1
+    # deleting one of the two keeps the face: the other asset still shows the same bytes
+    fake.delete(first)
+    syncer.run_cycle(reconcile=True)
+    with sqlite3.connect(syncer.settings.database_path) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM faces").fetchone()[0] == face_count
+
+
+def _encode(path: Path, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    with Image.open(path) as image:
+        image.convert("RGB").save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "TIFF", "HEIF", "AVIF"])
+def test_image_formats_decode(fake: FakeImmich, syncer: Syncer, fmt: str) -> None:
+    if fmt == "HEIF":
+        pillow_heif = pytest.importorskip("pillow_heif")
+        pillow_heif.register_heif_opener()
+    if fmt == "AVIF":
+        from PIL import features
+
+        if not features.check("avif"):
+            pytest.fail("this Pillow build cannot decode AVIF")
+    data = _encode(OBAMA, fmt)
+    asset_id = fake.add_asset("alice", data, f"obama.{fmt.lower()}")
+    report = syncer.run_cycle()
+    assert asset_rows(syncer)[asset_id] == ("done", None)
+    assert report.faces_found == 1
+
+
+def test_exif_orientation_is_applied(fake: FakeImmich, syncer: Syncer) -> None:
+    upright = fake.add_file("alice", PHOTOS / "groups" / "portrait.jpg")
+    rotated = fake.add_file("alice", PHOTOS / "groups" / "portrait-orientation-6.jpg")
+    syncer.run_cycle()
+    with sqlite3.connect(syncer.settings.database_path) as connection:
+        sizes = dict(connection.execute(
+            "SELECT a.asset_id, b.width || 'x' || b.height FROM assets a JOIN blobs b ON b.sha256 = a.sha256"
+        ).fetchall())
+        counts = dict(connection.execute(
+            "SELECT a.asset_id, COUNT(f.id) FROM assets a JOIN faces f ON f.sha256 = a.sha256 GROUP BY a.asset_id"
+        ).fetchall())
+    assert sizes[upright] == sizes[rotated]
+    assert counts[upright] == counts[rotated] == 2
+
+
+def test_undecodable_original_falls_back_to_the_preview(fake: FakeImmich, syncer: Syncer) -> None:
+    raw = b"II*\x00" + b"\x13" * 4000  # a camera RAW Pillow cannot open
+    asset_id = fake.add_asset("alice", raw, "IMG_0001.CR2")
+    fake.assets[asset_id].preview_data = OBAMA.read_bytes()
+    fake.assets[asset_id].mime = "image/x-canon-cr2"
+    report = syncer.run_cycle()
+    assert asset_rows(syncer)[asset_id] == ("done", "decoded from Immich's preview")
+    assert report.faces_found == 1
+    with sqlite3.connect(syncer.settings.database_path) as connection:
+        assert connection.execute("SELECT decoded_from FROM blobs").fetchone()[0] == "preview"
+
+
+def test_a_broken_file_fails_alone_and_is_parked_after_max_attempts(fake: FakeImmich, syncer: Syncer) -> None:
+    broken = fake.add_asset("alice", OBAMA.read_bytes()[:2000], "cut.jpg")
+    fake.assets[broken].preview_data = b"not an image either"
+    good = fake.add_file("alice", OBAMA)
+    report = syncer.run_cycle()
+    assert report.failed == 1 and asset_rows(syncer)[good][0] == "done"
+    state, reason = asset_rows(syncer)[broken]
+    assert state == "failed" and reason.startswith("original: cannot decode image")
+    for _ in range(syncer.settings.sync.max_attempts - 1):
+        syncer.run_cycle()
+    assert asset_rows(syncer)[broken][0] == "parked"
+    downloads = fake.count("GET", f"/api/assets/{broken}/original")
+    syncer.run_cycle()
+    assert fake.count("GET", f"/api/assets/{broken}/original") == downloads, "a parked asset was retried"
+    assert syncer.store.retry_parked() == 1
+    assert asset_rows(syncer)[broken][0] == "pending"
+
+
+def test_changed_bytes_replace_the_old_faces(fake: FakeImmich, syncer: Syncer) -> None:
+    asset_id = fake.add_file("alice", OBAMA)
+    syncer.run_cycle()
+    fake.assets[asset_id].data = (PHOTOS / "groups" / "two_people.jpg").read_bytes()
+    fake.touch(asset_id)
+    report = syncer.run_cycle()
+    assert report.embedded_assets == 1 and report.faces_found == 2
+    with sqlite3.connect(syncer.settings.database_path) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM faces").fetchone()[0] == 2
+        assert connection.execute("SELECT COUNT(*) FROM blobs").fetchone()[0] == 1
+        crops = {row[0] for row in connection.execute("SELECT crop FROM faces")}
+    on_disk = {f"{p.parent.name}/{p.name}" for p in syncer.crops_dir.glob("*/*.jpg")}
+    assert on_disk == crops, "the old bytes' crops were left behind"

@@ -1,0 +1,131 @@
+"""The store on real SQLite files: migrations, WAL, permissions, listing bookkeeping, numbering."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import facesyncd.store as store_module
+from facesyncd.errors import StoreError
+from facesyncd.models import DetectedFace, RemoteAsset
+from facesyncd.store import Store
+
+
+def asset(asset_id: str, checksum: str = "c1", trashed: bool = False) -> RemoteAsset:
+    return RemoteAsset(
+        id=asset_id, type="IMAGE", original_file_name=f"{asset_id}.jpg", checksum=checksum,
+        updated_at="2024-01-01T00:00:00.000Z", file_created_at="2023-01-01T00:00:00.000Z", is_trashed=trashed,
+    )
+
+
+def face(seed: int) -> DetectedFace:
+    vector = np.random.default_rng(seed).normal(size=8).astype(np.float32)
+    return DetectedFace((0, 0, 100, 100), 0.9, ((1, 1),) * 5, vector / np.linalg.norm(vector), b"jpeg")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    opened = Store(tmp_path / "state" / "facesyncd.db")
+    opened.ensure_source("alice", "http://immich")
+    yield opened
+    opened.close()
+
+
+def test_new_database_is_migrated_wal_and_private(store: Store) -> None:
+    assert store.schema_version() == len(store_module._migrations())
+    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+    assert {"assets", "faces", "identities", "blobs", "sources", "cycles"} <= set(store.db.table_names())
+
+
+def test_a_newer_migration_is_applied_after_a_backup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "facesyncd.db"
+    Store(path).close()
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    for existing in store_module.MIGRATIONS_DIR.glob("*.sql"):
+        (migrations / existing.name).write_text(existing.read_text())
+    (migrations / "9999_test_column.sql").write_text("ALTER TABLE identities ADD COLUMN note TEXT;\n")
+    monkeypatch.setattr(store_module, "MIGRATIONS_DIR", migrations)
+    upgraded = Store(path)
+    assert upgraded.schema_version() == 9999
+    assert "note" in upgraded.db["identities"].columns_dict
+    backup = tmp_path / f"facesyncd.db.bak-v{len(list(migrations.glob('*.sql'))) - 1}"
+    assert backup.exists()
+    assert "note" not in {row[1] for row in sqlite3.connect(backup).execute("PRAGMA table_info(identities)")}
+    upgraded.close()
+
+
+def test_a_failing_migration_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "facesyncd.db"
+    Store(path).close()
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    for existing in store_module.MIGRATIONS_DIR.glob("*.sql"):
+        (migrations / existing.name).write_text(existing.read_text())
+    (migrations / "9999_broken.sql").write_text("CREATE TABLE half (x);\nTHIS IS NOT SQL;\n")
+    monkeypatch.setattr(store_module, "MIGRATIONS_DIR", migrations)
+    with pytest.raises(StoreError):
+        Store(path)
+    check = sqlite3.connect(path)
+    assert "half" not in {row[0] for row in check.execute("SELECT name FROM sqlite_master")}
+
+
+def test_unchanged_assets_listed_again_need_no_work(store: Store) -> None:
+    first = store.record_listed("alice", [asset("a"), asset("b")])
+    assert first.needing_work == 2
+    with store.transaction():
+        store.save_blob_faces("sha-a", size=1, width=10, height=10, decoded_from="original", model="m",
+                              faces=[face(1)], crops=["x/a_0.jpg"])
+        store.mark_done("alice", "a", "sha-a", None)
+    again = store.record_listed("alice", [asset("a"), asset("b")])
+    assert again.needing_work == 1  # b is still pending; a is done and unchanged
+    changed = store.record_listed("alice", [asset("a", checksum="c2")])
+    assert changed.needing_work == 1 and changed.unused_crops == ["x/a_0.jpg"]
+    assert store.get_asset("alice", "a").state == "pending"
+
+
+def test_trashed_assets_are_reported_once(store: Store) -> None:
+    store.record_listed("alice", [asset("a")])
+    assert store.record_listed("alice", [asset("a", trashed=True)]).trashed == ["a"]
+    store.remove_asset("alice", "a", "trashed")
+    assert store.record_listed("alice", [asset("a", trashed=True)]).trashed == []
+    assert store.record_listed("alice", [asset("never-seen", trashed=True)]).trashed == []
+
+
+def test_identity_numbers_are_never_reused(store: Store) -> None:
+    store.record_listed("alice", [asset("a")])
+    with store.transaction():
+        store.save_blob_faces("sha-a", size=1, width=10, height=10, decoded_from="original", model="m",
+                              faces=[face(1), face(2)], crops=["a_0", "a_1"])
+        store.mark_done("alice", "a", "sha-a", None)
+    ids = [f.id for f in store.unmatched_new_faces()]
+    assert store.create_identity({ids[0]: 0.1}) == 1
+    assert store.create_identity({ids[1]: 0.1}) == 2
+    store.remove_asset("alice", "a", "deleted")
+    assert store.export_faces() == {}
+    with store.transaction():
+        store.ensure_identity(216, "import")
+    assert store.highest_identity() == 216
+    store.record_listed("alice", [asset("b")])
+    with store.transaction():
+        store.save_blob_faces("sha-b", size=1, width=10, height=10, decoded_from="original", model="m",
+                              faces=[face(3)], crops=["b_0"])
+        store.mark_done("alice", "b", "sha-b", None)
+    assert store.create_identity({store.unmatched_new_faces()[0].id: 0.1}) == 217
+
+
+def test_embeddings_of_another_size_are_refused(store: Store) -> None:
+    store.check_model("buffalo_test", 128)
+    store.check_model("buffalo_test", 128)
+    with pytest.raises(StoreError, match="holds 128-d embeddings"):
+        store.check_model("buffalo_l", 512)
+
+
+def test_readonly_store_refuses_a_missing_database(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="run `facesyncd sync` first"):
+        Store(tmp_path / "none.db", readonly=True)
