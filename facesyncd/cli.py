@@ -94,7 +94,9 @@ class _ProgressBar:
 @app.command()
 def sync(
     reconcile: bool = typer.Option(
-        False, "--reconcile", help="Also list the whole library to catch assets deleted in Immich."
+        False, "--reconcile",
+        help="List the whole library now to catch assets deleted in Immich (otherwise done every "
+        "[schedule] reconcile_seconds, default a day).",
     ),
 ) -> None:
     """Run one full cycle: poll Immich, download, embed, assign, open new facesets, export.

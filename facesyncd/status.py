@@ -31,6 +31,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             "url": row["url"],
             "watermark": row["watermark"],
             "last_sweep_at": row["last_sweep_at"],
+            "last_reconcile_at": row["last_reconcile_at"],
             "last_error": row["last_error"],
             "last_error_at": row["last_error_at"],
             "configured": row["name"] in configured,

@@ -260,6 +260,17 @@ class Store:
                 (watermark, utc_now(), name),
             )
 
+    def reconcile_due(self, name: str, every_seconds: int) -> bool:
+        last = self._scalar("SELECT last_reconcile_at FROM sources WHERE name = ?", (name,))
+        if last is None:
+            return True
+        age = datetime.now(timezone.utc) - datetime.fromisoformat(str(last).replace("Z", "+00:00"))
+        return age.total_seconds() >= every_seconds
+
+    def mark_reconciled(self, name: str) -> None:
+        with self.transaction():
+            self._execute("UPDATE sources SET last_reconcile_at = ? WHERE name = ?", (utc_now(), name))
+
     def set_source_error(self, name: str, error: str) -> None:
         with self.transaction():
             self._execute(
@@ -631,7 +642,8 @@ class Store:
                 "report": json.loads(row["report"]) if row["report"] else None,
             }
         sources = self._rows(
-            "SELECT name, url, watermark, last_sweep_at, last_error, last_error_at FROM sources ORDER BY name"
+            "SELECT name, url, watermark, last_sweep_at, last_reconcile_at, last_error, last_error_at "
+            "FROM sources ORDER BY name"
         )
         problems = self._rows(
             "SELECT source, asset_id, state, reason, attempts FROM assets WHERE state IN ('failed', 'parked') "

@@ -144,7 +144,7 @@ class Syncer:
         self.store = store
         self.embedder = embedder
         self.reporter: Reporter = reporter or SilentReporter()
-        self._client_factory = client_factory or (lambda source: ImmichClient(source, settings.sync))
+        self._client_factory = client_factory or (lambda source: ImmichClient(source, self.settings.sync))
         self.crops_dir = settings.state_dir / "crops"
         self.download_dir = settings.state_dir / "tmp"
         self._index: FaceIndex | None = None
@@ -203,8 +203,11 @@ class Syncer:
             try:
                 client.whoami()
                 next_watermark = client.sweep_watermark(self.settings.sync.watermark_overlap_seconds)
+                watermark = self.store.watermark(source.name)
+                # A sweep from no watermark lists everything: it doubles as a reconciliation.
+                everything: set[str] | None = set() if watermark is None else None
                 self.reporter.stage(f"{source.name}: listing", None)
-                for page in client.iter_changed(self.store.watermark(source.name), self.settings.sync.page_size):
+                for page in client.iter_changed(watermark, self.settings.sync.page_size):
                     report.listed += len(page)
                     listed = self.store.record_listed(source.name, page)
                     report.new_or_changed += listed.needing_work
@@ -213,20 +216,27 @@ class Syncer:
                         self._index = None  # faces may have left identities: rebuild before querying
                     for asset_id in listed.trashed:
                         self._remove(source.name, asset_id, "trashed", report)
+                    if everything is not None:
+                        everything.update(asset.id for asset in page if not asset.is_trashed)
                     self.reporter.advance(len(page))
                 # Only a complete sweep moves the watermark: a broken one is redone from the old mark.
                 self.store.finish_sweep(source.name, next_watermark)
-                if reconcile:
-                    self._reconcile(source.name, client, report)
+                due = reconcile or self.store.reconcile_due(source.name, self.settings.schedule.reconcile_seconds)
+                if everything is not None or due:
+                    remote = everything if everything is not None else client.all_asset_ids(
+                        self.settings.sync.page_size
+                    )
+                    self._reconcile(source.name, remote, report)
                 self._process_pending(source.name, client, report)
             finally:
                 report.requests += client.requests
 
-    def _reconcile(self, source: str, client: ImmichClient, report: CycleReport) -> None:
-        """Full listing: assets we hold that the server no longer has were deleted there."""
-        remote = client.all_asset_ids(self.settings.sync.page_size)
+    def _reconcile(self, source: str, remote: set[str], report: CycleReport) -> None:
+        """Assets we hold that the server no longer lists were deleted there (hard deletions never
+        show up in an incremental sweep)."""
         for asset_id in sorted(self.store.known_asset_ids(source) - remote):
             self._remove(source, asset_id, "deleted", report)
+        self.store.mark_reconciled(source)
         # Crops a crash left without a database row.
         known = self.store.all_crops()
         if self.crops_dir.is_dir():

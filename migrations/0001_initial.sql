@@ -13,6 +13,7 @@ CREATE TABLE sources (
     url              TEXT NOT NULL,
     watermark        TEXT,            -- updatedAfter for the next sweep; advances after a complete sweep
     last_sweep_at    TEXT,
+    last_reconcile_at TEXT,           -- last full listing, which catches assets deleted in Immich
     last_error       TEXT,
     last_error_at    TEXT
 );

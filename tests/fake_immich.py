@@ -66,6 +66,7 @@ class Fault:
     status: int = 503
     retry_after: str | None = None
     times: int = 1
+    skip: int = 0  # let this many matching requests through first
 
 
 class FakeImmich:
@@ -196,6 +197,9 @@ class FakeImmich:
         with self.lock:
             for fault in self.faults:
                 if fault.times > 0 and fault.path_contains in path:
+                    if fault.skip > 0:
+                        fault.skip -= 1
+                        continue
                     fault.times -= 1
                     if fault.times == 0:
                         self.faults.remove(fault)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import sqlite3
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,8 @@ from facesyncd.embedder import FaceEmbedder
 from facesyncd.store import Store
 from facesyncd.sync import Syncer, faces_too_small
 from facesyncd.models import RemoteFace
-from fake_immich import FakeImmich
+from facesyncd.errors import ImmichUnreachable
+from fake_immich import FakeImmich, Fault
 
 pytestmark = requires_shared
 
@@ -166,3 +169,45 @@ def test_changed_bytes_replace_the_old_faces(fake: FakeImmich, syncer: Syncer) -
         crops = {row[0] for row in connection.execute("SELECT crop FROM faces")}
     on_disk = {f"{p.parent.name}/{p.name}" for p in syncer.crops_dir.glob("*/*.jpg")}
     assert on_disk == crops, "the old bytes' crops were left behind"
+
+
+def test_watermark_moves_only_after_a_complete_sweep(fake: FakeImmich, syncer: Syncer) -> None:
+    for name in ("obama.jpg", "obama1.jpg", "obama2.jpg"):
+        fake.add_file("alice", PHOTOS / "wild" / "obama" / name)
+    syncer.settings = replace(syncer.settings, sync=replace(syncer.settings.sync, page_size=1, http_retries=0))
+    fake.faults.append(Fault("status", status=503, path_contains="/search", skip=1))
+    with pytest.raises(ImmichUnreachable):
+        syncer.run_cycle()
+    assert fake.count("POST", "/api/search/metadata") == 2, "the fault should hit the second page"
+    assert syncer.store.watermark("alice") is None
+    syncer.run_cycle()
+    assert syncer.store.watermark("alice") is not None
+    assert {state for state, _ in asset_rows(syncer).values()} == {"done"}
+
+
+def test_hard_deletions_are_caught_when_a_reconcile_is_due(fake: FakeImmich, syncer: Syncer) -> None:
+    kept = fake.add_file("alice", OBAMA)
+    gone = fake.add_file("alice", PHOTOS / "wild" / "biden" / "biden.jpg")
+    syncer.run_cycle()
+    fake.delete(gone)
+    syncer.run_cycle()  # the first full sweep counted as a reconcile: none is due yet
+    assert asset_rows(syncer)[gone][0] == "done"
+    syncer.settings = replace(syncer.settings, schedule=replace(syncer.settings.schedule, reconcile_seconds=1))
+    time.sleep(1.1)
+    syncer.run_cycle()
+    assert asset_rows(syncer)[gone][0] == "deleted" and asset_rows(syncer)[kept][0] == "done"
+
+
+def test_a_corrupt_index_is_rebuilt_by_itself(fake: FakeImmich, syncer: Syncer) -> None:
+    from facesyncd.index import INDEX_FILE, read_sidecar
+
+    for name in ("obama.jpg", "obama1.jpg", "obama2.jpg"):
+        fake.add_file("alice", PHOTOS / "wild" / "obama" / name)
+    syncer.run_cycle()
+    state = syncer.settings.state_dir
+    (state / INDEX_FILE).write_bytes(b"\x01" * 64)
+    syncer._index = None
+    fake.add_file("alice", PHOTOS / "wild" / "obama" / "obama3.jpg")
+    report = syncer.run_cycle()
+    assert report.faces_assigned == 1
+    assert read_sidecar(state)["faces"] == 4
