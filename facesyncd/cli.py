@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -30,7 +30,7 @@ app = typer.Typer(
 
 
 class _State:
-    config: Optional[Path] = None
+    config: Path | None = None
     debug: bool = False
 
 
@@ -45,9 +45,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    config: Optional[Path] = typer.Option(
-        None, "--config", "-c", help="Config file (default: $FACESYNCD_CONFIG, "
-        "$XDG_CONFIG_HOME/facesyncd/config.toml, /etc/facesyncd/config.toml)."
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="Config file (default: $FACESYNCD_CONFIG, "
+        "$XDG_CONFIG_HOME/facesyncd/config.toml, /etc/facesyncd/config.toml).",
     ),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
@@ -94,7 +97,8 @@ class _ProgressBar:
 @app.command()
 def sync(
     reconcile: bool = typer.Option(
-        False, "--reconcile",
+        False,
+        "--reconcile",
         help="List the whole library now to catch assets deleted in Immich (otherwise done every "
         "[schedule] reconcile_seconds, default a day).",
     ),
@@ -181,7 +185,10 @@ def import_facesets(
             embedder = FaceEmbedder(settings.model, settings.faces)
             syncer = Syncer(settings, store, embedder)
             report = run_import(
-                directory, store, embedder, syncer.crops_dir,
+                directory,
+                store,
+                embedder,
+                syncer.crops_dir,
                 max_pixels=settings.faces.max_image_megapixels * 1_000_000,
             )
             syncer.open_index()

@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import ConfigError
 
@@ -185,15 +186,15 @@ def _section(
 
 
 def _positive(v: Any) -> bool:
-    return v > 0
+    return bool(v > 0)
 
 
 def _distance(v: Any) -> bool:
-    return 0 < v < 2
+    return bool(0 < v < 2)
 
 
 def _fraction(v: Any) -> bool:
-    return 0 <= v <= 1
+    return bool(0 <= v <= 1)
 
 
 def _read_secret(entry: dict[str, Any], where: str, problems: _Problems, *, needed: bool) -> Secret | None:
@@ -276,8 +277,7 @@ def load_settings(path: Path, *, secrets: bool = True) -> Settings:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(
-            f"{path}: config file not found (use --config, $FACESYNCD_CONFIG or "
-            f"$XDG_CONFIG_HOME/facesyncd/config.toml)"
+            f"{path}: config file not found (use --config, $FACESYNCD_CONFIG or $XDG_CONFIG_HOME/facesyncd/config.toml)"
         ) from None
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config file: {error.strerror or error}") from None

@@ -103,7 +103,10 @@ class FaceEmbedder:
         self.dimension = self._probe_dimension()
         log.info(
             "model %s loaded from %s: %d-d embeddings, providers %s",
-            pack.name, pack, self.dimension, ", ".join(self.providers),
+            pack.name,
+            pack,
+            self.dimension,
+            ", ".join(self.providers),
         )
 
     def _probe_dimension(self) -> int:

@@ -129,9 +129,7 @@ def write_faceset(facesets_dir: Path, crops_dir: Path, number: int, faces: Seque
     return True
 
 
-def export_all(
-    facesets_dir: Path, crops_dir: Path, faces_by_identity: Mapping[int, Sequence[ExportFace]]
-) -> int:
+def export_all(facesets_dir: Path, crops_dir: Path, faces_by_identity: Mapping[int, Sequence[ExportFace]]) -> int:
     """Bring every faceset folder in line with the store. Returns how many folders were written.
 
     A folder whose identity has no live face left (all its photos deleted) is removed; its number

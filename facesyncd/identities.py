@@ -28,7 +28,7 @@ def assign(
     candidates: list[tuple[float, int, int]] = []
     for row in range(len(blobs)):
         best: dict[int, float] = {}
-        for face_id, distance in zip(neighbour_ids[row], neighbour_distances[row]):
+        for face_id, distance in zip(neighbour_ids[row], neighbour_distances[row], strict=True):
             identity = identity_of.get(int(face_id))
             if identity is None or distance > match_distance:
                 continue
@@ -93,7 +93,7 @@ def cluster_pool(
         centre = _centre(embeddings[rows])
         distances = 1.0 - embeddings[rows] @ centre
         closest: dict[str, tuple[float, int]] = {}
-        for row, distance in zip(rows, distances):
+        for row, distance in zip(rows, distances, strict=True):
             blob = blobs[int(row)]
             if blob not in closest or distance < closest[blob][0]:
                 closest[blob] = (float(distance), int(row))

@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,13 +56,13 @@ def error_message(response: httpx.Response) -> str:
         body = response.json()
     except ValueError:
         text = response.text.strip().replace("\n", " ")
-        return text[:200] or response.reason_phrase
+        return text[:200] or str(response.reason_phrase)
     if isinstance(body, dict):
         message = body.get("message") or body.get("error") or ""
         if isinstance(message, list):
             message = "; ".join(str(part) for part in message)
-        return str(message)[:300] or response.reason_phrase
-    return response.reason_phrase
+        return str(message)[:300] or str(response.reason_phrase)
+    return str(response.reason_phrase)
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -76,7 +76,7 @@ def _retry_after(response: httpx.Response) -> float | None:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError):
             return None
-        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def parse_asset(item: dict[str, Any]) -> RemoteAsset:
@@ -143,7 +143,7 @@ class ImmichClient:
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(retry_after, self._sync.retry_max_seconds)
-        base = self._sync.retry_base_seconds * (2**attempt)
+        base: float = self._sync.retry_base_seconds * (2**attempt)
         return min(self._sync.retry_max_seconds, base) * random.uniform(0.5, 1.0)
 
     def _send(
@@ -210,7 +210,7 @@ class ImmichClient:
         date = response.headers.get("date")
         if date:
             try:
-                self.last_server_time = email.utils.parsedate_to_datetime(date).astimezone(timezone.utc)
+                self.last_server_time = email.utils.parsedate_to_datetime(date).astimezone(UTC)
             except (TypeError, ValueError):
                 pass
 
@@ -335,6 +335,6 @@ class ImmichClient:
     def sweep_watermark(self, overlap_seconds: int) -> str:
         """The watermark for a sweep that starts now: server time (Date header) minus an overlap,
         since our clock and the server's may differ and updatedAfter is compared on the server."""
-        now = self.last_server_time or datetime.now(timezone.utc)
+        now = self.last_server_time or datetime.now(UTC)
         mark = now - timedelta(seconds=overlap_seconds)
         return mark.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -105,8 +105,14 @@ def import_facesets(
                 with store.transaction():
                     if image is not None:
                         store.save_blob_faces(
-                            sha256, size=size, width=image.width, height=image.height,
-                            decoded_from="import", model=embedder.name, faces=faces, crops=crops,
+                            sha256,
+                            size=size,
+                            width=image.width,
+                            height=image.height,
+                            decoded_from="import",
+                            model=embedder.name,
+                            faces=faces,
+                            crops=crops,
                         )
                     blob_faces = store.faces_of_blob(sha256)
                     if not blob_faces:

@@ -74,7 +74,7 @@ class FaceIndex:
         if needed > capacity:
             self._index.resize_index(max(needed, capacity * 2))
         self._index.add_items(np.asarray(embeddings, np.float32), np.asarray(face_ids, np.int64))
-        self.identity_of.update(zip((int(f) for f in face_ids), (int(i) for i in identities)))
+        self.identity_of.update(zip((int(f) for f in face_ids), (int(i) for i in identities), strict=True))
 
     def query(self, embeddings: NDArray[np.float32], k: int) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
         """k nearest face ids and cosine distances per row; fewer columns when the index is small."""

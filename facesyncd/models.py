@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 from numpy.typing import NDArray
 
-Embedding = NDArray[np.float32]
+Embedding: TypeAlias = NDArray[np.float32]
 
 
 @dataclass(frozen=True)

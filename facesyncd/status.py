@@ -47,8 +47,7 @@ def render_status(data: dict[str, Any]) -> str:
     lines = [f"state:      {data['state_dir']}", f"facesets:   {data['facesets_dir']}"]
     assets = data["assets"]
     lines.append(
-        "assets:     "
-        + (", ".join(f"{count} {state}" for state, count in sorted(assets.items())) or "none yet")
+        "assets:     " + (", ".join(f"{count} {state}" for state, count in sorted(assets.items())) or "none yet")
     )
     for reason, count in sorted(data["skipped_reasons"].items()):
         lines.append(f"  skipped:  {count} {reason}")

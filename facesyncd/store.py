@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import numpy as np
 import sqlite_utils
 
 from .errors import StoreError
-from .models import DetectedFace, Embedding, RemoteAsset, StoredFace
+from .models import DetectedFace, RemoteAsset, StoredFace
 
 MIGRATIONS_DIR = Path(os.environ.get("FACESYNCD_MIGRATIONS", Path(__file__).resolve().parent.parent / "migrations"))
 
@@ -29,7 +29,7 @@ LIVE_STATES = ("done",)
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _migrations() -> list[tuple[int, str, Path]]:
@@ -250,7 +250,8 @@ class Store:
             )
 
     def watermark(self, name: str) -> str | None:
-        return self._scalar("SELECT watermark FROM sources WHERE name = ?", (name,))
+        value = self._scalar("SELECT watermark FROM sources WHERE name = ?", (name,))
+        return None if value is None else str(value)
 
     def finish_sweep(self, name: str, watermark: str) -> None:
         with self.transaction():
@@ -264,7 +265,7 @@ class Store:
         last = self._scalar("SELECT last_reconcile_at FROM sources WHERE name = ?", (name,))
         if last is None:
             return True
-        age = datetime.now(timezone.utc) - datetime.fromisoformat(str(last).replace("Z", "+00:00"))
+        age = datetime.now(UTC) - datetime.fromisoformat(str(last).replace("Z", "+00:00"))
         return age.total_seconds() >= every_seconds
 
     def mark_reconciled(self, name: str) -> None:
@@ -330,8 +331,17 @@ class Store:
                         next_attempt_at = NULL, changed_at = excluded.changed_at
                     """,
                     (
-                        source, asset.id, asset.type, asset.original_file_name, asset.checksum,
-                        asset.updated_at, asset.file_created_at, asset.width, asset.height, now, now,
+                        source,
+                        asset.id,
+                        asset.type,
+                        asset.original_file_name,
+                        asset.checksum,
+                        asset.updated_at,
+                        asset.file_created_at,
+                        asset.width,
+                        asset.height,
+                        now,
+                        now,
                     ),
                 )
                 if known is not None and known.sha256 is not None:
@@ -364,10 +374,13 @@ class Store:
     def mark_failed(self, source: str, asset_id: str, reason: str, *, max_attempts: int, retry_at: str) -> str:
         """Count a failed attempt; park the asset after max_attempts. Returns the new state."""
         with self.transaction():
-            attempts = int(
-                self._scalar("SELECT attempts FROM assets WHERE source = ? AND asset_id = ?", (source, asset_id))
-                or 0
-            ) + 1
+            attempts = (
+                int(
+                    self._scalar("SELECT attempts FROM assets WHERE source = ? AND asset_id = ?", (source, asset_id))
+                    or 0
+                )
+                + 1
+            )
             state = "parked" if attempts >= max_attempts else "failed"
             self._execute(
                 "UPDATE assets SET state = ?, reason = ?, attempts = ?, next_attempt_at = ?, changed_at = ? "
@@ -459,9 +472,13 @@ class Store:
                 "INSERT INTO faces (sha256, face_index, x1, y1, x2, y2, det_score, landmarks, embedding, crop) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    sha256, face_index, *face.bbox, face.det_score,
+                    sha256,
+                    face_index,
+                    *face.bbox,
+                    face.det_score,
                     json.dumps([list(point) for point in face.landmarks]),
-                    np.asarray(face.embedding, dtype=np.float32).tobytes(), crop,
+                    np.asarray(face.embedding, dtype=np.float32).tobytes(),
+                    crop,
                 ),
             )
 
@@ -516,9 +533,7 @@ class Store:
     def identities_of_blob(self, sha256: str) -> set[int]:
         return {
             row[0]
-            for row in self._execute(
-                "SELECT identity FROM faces WHERE sha256 = ? AND identity IS NOT NULL", (sha256,)
-            )
+            for row in self._execute("SELECT identity FROM faces WHERE sha256 = ? AND identity IS NOT NULL", (sha256,))
         }
 
     def highest_identity(self) -> int:
@@ -549,11 +564,10 @@ class Store:
     # -- imports --------------------------------------------------------------------------------
 
     def import_state(self, path: str) -> str | None:
-        return self._scalar("SELECT state FROM imports WHERE path = ?", (path,))
+        value = self._scalar("SELECT state FROM imports WHERE path = ?", (path,))
+        return None if value is None else str(value)
 
-    def record_import(
-        self, path: str, sha256: str, identity: int, *, face_id: int | None, reason: str | None
-    ) -> None:
+    def record_import(self, path: str, sha256: str, identity: int, *, face_id: int | None, reason: str | None) -> None:
         self.ensure_identity(identity, "import")
         self._execute(
             "INSERT INTO imports (path, sha256, identity, state, reason, imported_at) VALUES (?, ?, ?, ?, ?, ?) "
@@ -625,7 +639,9 @@ class Store:
             )
 
     def status(self) -> dict[str, Any]:
-        assets = {row["state"]: row["n"] for row in self._rows("SELECT state, COUNT(*) AS n FROM assets GROUP BY state")}
+        assets = {
+            row["state"]: row["n"] for row in self._rows("SELECT state, COUNT(*) AS n FROM assets GROUP BY state")
+        }
         faces = self._rows(
             "SELECT COUNT(*) AS total, COUNT(identity) AS assigned, "
             "SUM(CASE WHEN identity IS NULL THEN 1 ELSE 0 END) AS pending FROM faces"
@@ -651,9 +667,7 @@ class Store:
         )
         skipped = {
             row["reason"]: row["n"]
-            for row in self._rows(
-                "SELECT reason, COUNT(*) AS n FROM assets WHERE state = 'skipped' GROUP BY reason"
-            )
+            for row in self._rows("SELECT reason, COUNT(*) AS n FROM assets WHERE state = 'skipped' GROUP BY reason")
         }
         return {
             "assets": assets,
@@ -668,4 +682,3 @@ class Store:
             "embedding_dim": self.get_meta("embedding_dim"),
             "model": self.get_meta("model"),
         }
-

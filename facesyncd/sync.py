@@ -12,7 +12,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -223,8 +223,8 @@ class Syncer:
                 self.store.finish_sweep(source.name, next_watermark)
                 due = reconcile or self.store.reconcile_due(source.name, self.settings.schedule.reconcile_seconds)
                 if everything is not None or due:
-                    remote = everything if everything is not None else client.all_asset_ids(
-                        self.settings.sync.page_size
+                    remote = (
+                        everything if everything is not None else client.all_asset_ids(self.settings.sync.page_size)
                     )
                     self._reconcile(source.name, remote, report)
                 self._process_pending(source.name, client, report)
@@ -252,7 +252,7 @@ class Syncer:
         log.info("%s: asset %s %s in Immich; its faces left the facesets", source, asset_id, state)
 
     def _process_pending(self, source: str, client: ImmichClient, report: CycleReport) -> None:
-        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         rows = self.store.assets_to_process(source, now)
         self.reporter.stage(f"{source}: processing", len(rows))
         for row in rows:
@@ -297,7 +297,9 @@ class Syncer:
                         crops=crops,
                     )
                     self.store.mark_done(
-                        source, row.asset_id, download.sha256,
+                        source,
+                        row.asset_id,
+                        download.sha256,
                         None if decoded_from == "original" else "decoded from Immich's preview",
                     )
                 report.embedded_assets += 1
@@ -309,16 +311,18 @@ class Syncer:
         except (ImageError, ImmichError) as error:
             self._fail(source, row, str(error), report)
 
-    def _decode(
-        self, client: ImmichClient, row: AssetRow, path: Path, max_bytes: int
-    ) -> tuple[DecodedImage, str]:
+    def _decode(self, client: ImmichClient, row: AssetRow, path: Path, max_bytes: int) -> tuple[DecodedImage, str]:
         """The original if it decodes (RAW files do not), else Immich's preview of it."""
         max_pixels = self.settings.faces.max_image_megapixels * 1_000_000
         try:
             return decode_image(path, max_pixels=max_pixels), "original"
         except ImageError as original_error:
-            log.info("%s: original of %s does not decode (%s); using Immich's preview",
-                     client.name, row.asset_id, original_error)
+            log.info(
+                "%s: original of %s does not decode (%s); using Immich's preview",
+                client.name,
+                row.asset_id,
+                original_error,
+            )
             preview = client.download_preview(row.asset_id, self.download_dir, max_bytes)
             try:
                 return decode_image(preview.path, max_pixels=max_pixels), "preview"
@@ -328,10 +332,12 @@ class Syncer:
                 preview.path.unlink(missing_ok=True)
 
     def _fail(self, source: str, row: AssetRow, reason: str, report: CycleReport) -> None:
-        delay = self.settings.sync.retry_delay_seconds * (2 ** row.attempts)
-        retry_at = datetime.now(timezone.utc) + timedelta(seconds=min(delay, 7 * 86400))
+        delay = self.settings.sync.retry_delay_seconds * (2**row.attempts)
+        retry_at = datetime.now(UTC) + timedelta(seconds=min(delay, 7 * 86400))
         state = self.store.mark_failed(
-            source, row.asset_id, reason,
+            source,
+            row.asset_id,
+            reason,
             max_attempts=self.settings.sync.max_attempts,
             retry_at=retry_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         )
@@ -348,8 +354,12 @@ class Syncer:
         blobs = [face.sha256 for face in faces]
         taken = {blob: self.store.identities_of_blob(blob) for blob in set(blobs)}
         matches = assign(
-            blobs, neighbour_ids, neighbour_distances, index.identity_of,
-            self.settings.identities.match_distance, taken,
+            blobs,
+            neighbour_ids,
+            neighbour_distances,
+            index.identity_of,
+            self.settings.identities.match_distance,
+            taken,
         )
         return {faces[row].id: match for row, match in matches.items()}
 
@@ -393,7 +403,7 @@ class Syncer:
             return
         index = self._index or self.open_index()
         for cluster in clusters:
-            members = {pool[row].id: distance for row, distance in zip(cluster.rows, cluster.distances)}
+            members = {pool[row].id: distance for row, distance in zip(cluster.rows, cluster.distances, strict=True)}
             number = self.store.create_identity(members)
             index.add(
                 list(members),

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from PIL import Image, ImageOps
 
 
 def iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_iso(text: str) -> datetime:
@@ -91,7 +91,7 @@ class FakeImmich:
     # -- library ----------------------------------------------------------------------------
 
     def now(self) -> datetime:
-        return datetime.now(timezone.utc) + self.clock_offset
+        return datetime.now(UTC) + self.clock_offset
 
     def add_user(self, name: str, api_key: str) -> None:
         self.users[api_key] = {"id": str(uuid.uuid4()), "name": name, "email": f"{name}@example.org"}
@@ -257,12 +257,25 @@ class FakeImmich:
         return dto
 
     def user_dto(self, user: dict[str, str]) -> dict[str, Any]:
-        stamp = iso(datetime(2024, 1, 1, tzinfo=timezone.utc))
+        stamp = iso(datetime(2024, 1, 1, tzinfo=UTC))
         return {
-            "id": user["id"], "email": user["email"], "name": user["name"], "avatarColor": "primary",
-            "createdAt": stamp, "updatedAt": stamp, "deletedAt": None, "isAdmin": False, "license": None,
-            "oauthId": "", "profileChangedAt": stamp, "profileImagePath": "", "quotaSizeInBytes": None,
-            "quotaUsageInBytes": 0, "shouldChangePassword": False, "status": "active", "storageLabel": None,
+            "id": user["id"],
+            "email": user["email"],
+            "name": user["name"],
+            "avatarColor": "primary",
+            "createdAt": stamp,
+            "updatedAt": stamp,
+            "deletedAt": None,
+            "isAdmin": False,
+            "license": None,
+            "oauthId": "",
+            "profileChangedAt": stamp,
+            "profileImagePath": "",
+            "quotaSizeInBytes": None,
+            "quotaUsageInBytes": 0,
+            "shouldChangePassword": False,
+            "status": "active",
+            "storageLabel": None,
         }
 
     def visible(self, user: dict[str, str], asset_id: str) -> FakeAsset | None:
@@ -298,7 +311,8 @@ class FakeImmich:
             dtos = [self.asset_dto(a) for a in chunk]
         return 200, {
             "albums": {"total": 0, "count": 0, "items": [], "facets": [], "nextPage": None}
-            if self.major < 3 else {"total": 0, "count": 0, "items": [], "facets": []},
+            if self.major < 3
+            else {"total": 0, "count": 0, "items": [], "facets": []},
             "assets": {
                 "total": len(dtos),
                 "count": len(dtos),
@@ -311,13 +325,19 @@ class FakeImmich:
     def faces_of(self, asset: FakeAsset) -> list[dict[str, Any]]:
         answer = []
         for face in asset.faces:
-            answer.append({
-                "id": str(uuid.uuid4()),
-                "boundingBoxX1": face["x1"], "boundingBoxY1": face["y1"],
-                "boundingBoxX2": face["x2"], "boundingBoxY2": face["y2"],
-                "imageWidth": face["image_width"], "imageHeight": face["image_height"],
-                "person": None, "sourceType": "machine-learning",
-            })
+            answer.append(
+                {
+                    "id": str(uuid.uuid4()),
+                    "boundingBoxX1": face["x1"],
+                    "boundingBoxY1": face["y1"],
+                    "boundingBoxX2": face["x2"],
+                    "boundingBoxY2": face["y2"],
+                    "imageWidth": face["image_width"],
+                    "imageHeight": face["image_height"],
+                    "person": None,
+                    "sourceType": "machine-learning",
+                }
+            )
         return answer
 
     def preview(self, asset: FakeAsset) -> bytes:

@@ -23,8 +23,13 @@ def test_bad_config_lists_every_problem_with_the_file_name(tmp_path: Path) -> No
     result = run_cli("--config", str(config), "sync")
     assert result.returncode == 2
     assert result.stderr.startswith(f"facesyncd: error: {config}: 5 problem(s)")
-    for needle in ("colour: unknown key", "faces.min_face_px", "identities.match_distance", "immich[0].url",
-                   "NO_SUCH_VARIABLE_X is not set"):
+    for needle in (
+        "colour: unknown key",
+        "faces.min_face_px",
+        "identities.match_distance",
+        "immich[0].url",
+        "NO_SUCH_VARIABLE_X is not set",
+    ):
         assert needle in result.stderr
     assert "Traceback" not in result.stderr
 

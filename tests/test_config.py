@@ -48,9 +48,17 @@ def test_every_problem_is_reported_with_the_file_name(tmp_path: Path) -> None:
         load_settings(path)
     message = str(raised.value)
     assert message.startswith(f"{path}: 9 problem(s)")
-    for needle in ("state_dir: must be a string", "foo: unknown key", "model.providers: must be a list",
-                   "model.det_size", "faces.min_det_score", "identities.min_faceset_faces",
-                   "identities.extra: unknown key", "immich[0].name", "set exactly one of api_key_env"):
+    for needle in (
+        "state_dir: must be a string",
+        "foo: unknown key",
+        "model.providers: must be a list",
+        "model.det_size",
+        "faces.min_det_score",
+        "identities.min_faceset_faces",
+        "identities.extra: unknown key",
+        "immich[0].name",
+        "set exactly one of api_key_env",
+    ):
         assert needle in message
 
 

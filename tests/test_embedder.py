@@ -46,7 +46,7 @@ def test_a_recognizer_fixed_at_batch_one_gives_the_same_embeddings(tmp_path: Pat
     batched = embedder_for(TEST_PACK, min_face_px=0).faces(image)
     single = embedder_for(pack, min_face_px=0).faces(image)
     assert len(batched) == len(single) == 6
-    for a, b in zip(batched, single):
+    for a, b in zip(batched, single, strict=True):
         assert float(a.embedding @ b.embedding) > 0.9999
 
 
@@ -88,6 +88,8 @@ def test_a_pack_without_recognizer_is_refused(tmp_path: Path) -> None:
 def test_provider_choice_falls_back_to_cpu() -> None:
     assert choose_providers(("auto",), ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     assert choose_providers(("auto",), ["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
-        "CUDAExecutionProvider", "CPUExecutionProvider"]
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
     assert choose_providers(("auto",), ["DmlExecutionProvider", "CPUExecutionProvider"])[0] == "DmlExecutionProvider"
     assert choose_providers(("CUDAExecutionProvider",), ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]

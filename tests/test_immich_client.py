@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,10 +13,10 @@ from conftest import API_KEY, PHOTOS, requires_shared
 from facesyncd.config import ImmichSettings, Secret, SyncSettings
 from facesyncd.errors import AssetGone, ImmichAuthError, ImmichError, ImmichUnreachable
 from facesyncd.immich import ImmichClient
-from fake_immich import Fault, FakeImmich
+from fake_immich import FakeImmich, Fault
 
 FAST = SyncSettings(http_retries=4, retry_base_seconds=0.01, retry_max_seconds=0.05)
-BASE = datetime(2020, 1, 1, tzinfo=timezone.utc)
+BASE = datetime(2020, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture(params=["3.1.0", "2.7.5"])
@@ -29,7 +29,9 @@ def client_for(fake: FakeImmich, *, key: str = API_KEY, sync: SyncSettings = FAS
     return ImmichClient(settings, sync, sleep=lambda _: None)
 
 
-def add_blank(fake: FakeImmich, count: int, *, start: datetime = BASE, step: timedelta = timedelta(minutes=1)) -> list[str]:
+def add_blank(
+    fake: FakeImmich, count: int, *, start: datetime = BASE, step: timedelta = timedelta(minutes=1)
+) -> list[str]:
     return [
         fake.add_asset("alice", f"not really a photo {i}".encode(), f"blank{i}.jpg", taken=start + step * i)
         for i in range(count)
@@ -128,7 +130,9 @@ def test_retries_are_bounded(fake: FakeImmich) -> None:
     assert fake.count("POST", "/api/search/metadata") == 5
 
 
-def test_wrong_key_is_an_auth_error_that_never_shows_the_key(fake: FakeImmich, caplog: pytest.LogCaptureFixture) -> None:
+def test_wrong_key_is_an_auth_error_that_never_shows_the_key(
+    fake: FakeImmich, caplog: pytest.LogCaptureFixture
+) -> None:
     secret = "wrong-key-do-not-print-me-42"
     caplog.set_level(logging.DEBUG)
     with client_for(fake, key=secret) as client, pytest.raises(ImmichAuthError) as raised:
@@ -143,7 +147,10 @@ def test_dead_server_is_unreachable() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     settings = ImmichSettings(name="alice", url=f"http://127.0.0.1:{port}", api_key=Secret("k"), timeout_seconds=1)
-    with ImmichClient(settings, FAST, sleep=lambda _: None) as client, pytest.raises(ImmichUnreachable, match="ConnectError"):
+    with (
+        ImmichClient(settings, FAST, sleep=lambda _: None) as client,
+        pytest.raises(ImmichUnreachable, match="ConnectError"),
+    ):
         client.whoami()
 
 

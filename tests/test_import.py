@@ -45,9 +45,7 @@ def test_imported_numbers_are_kept_and_new_facesets_follow_the_highest(fake: Fak
     labels = add_photos(fake, ["wild/obama", "wild/jack_dorsey", "wild/matt_damon", "wild/katy_perry"])
     result = run_cli("--config", str(config), "sync")
     assert result.returncode == 0, result.stderr
-    manifests = {
-        int(p.parent.name[8:]): json.loads(p.read_text()) for p in facesets.glob("faceset_*/faceset.json")
-    }
+    manifests = {int(p.parent.name[8:]): json.loads(p.read_text()) for p in facesets.glob("faceset_*/faceset.json")}
     people = {
         number: {labels[f["asset_id"]].split("/")[1] for f in data["faces"] if f["asset_id"]}
         for number, data in manifests.items()

@@ -14,10 +14,10 @@ from PIL import Image
 from conftest import PHOTOS, requires_shared, write_config
 from facesyncd.config import load_settings
 from facesyncd.embedder import FaceEmbedder
+from facesyncd.errors import ImmichUnreachable
+from facesyncd.models import RemoteFace
 from facesyncd.store import Store
 from facesyncd.sync import Syncer, faces_too_small
-from facesyncd.models import RemoteFace
-from facesyncd.errors import ImmichUnreachable
 from fake_immich import FakeImmich, Fault
 
 pytestmark = requires_shared
@@ -69,7 +69,9 @@ def test_videos_are_skipped_with_the_reason(fake: FakeImmich, syncer: Syncer) ->
     assert fake.count("GET", f"/api/assets/{video}") == 0
 
 
-def test_identical_bytes_are_embedded_once_across_assets_and_users(fake: FakeImmich, syncer: Syncer, tmp_path: Path) -> None:
+def test_identical_bytes_are_embedded_once_across_assets_and_users(
+    fake: FakeImmich, syncer: Syncer, tmp_path: Path
+) -> None:
     fake.add_user("bob", "bob-key")
     first = fake.add_file("alice", OBAMA)
     second = fake.add_file("alice", OBAMA)
@@ -116,12 +118,16 @@ def test_exif_orientation_is_applied(fake: FakeImmich, syncer: Syncer) -> None:
     rotated = fake.add_file("alice", PHOTOS / "groups" / "portrait-orientation-6.jpg")
     syncer.run_cycle()
     with sqlite3.connect(syncer.settings.database_path) as connection:
-        sizes = dict(connection.execute(
-            "SELECT a.asset_id, b.width || 'x' || b.height FROM assets a JOIN blobs b ON b.sha256 = a.sha256"
-        ).fetchall())
-        counts = dict(connection.execute(
-            "SELECT a.asset_id, COUNT(f.id) FROM assets a JOIN faces f ON f.sha256 = a.sha256 GROUP BY a.asset_id"
-        ).fetchall())
+        sizes = dict(
+            connection.execute(
+                "SELECT a.asset_id, b.width || 'x' || b.height FROM assets a JOIN blobs b ON b.sha256 = a.sha256"
+            ).fetchall()
+        )
+        counts = dict(
+            connection.execute(
+                "SELECT a.asset_id, COUNT(f.id) FROM assets a JOIN faces f ON f.sha256 = a.sha256 GROUP BY a.asset_id"
+            ).fetchall()
+        )
     assert sizes[upright] == sizes[rotated]
     assert counts[upright] == counts[rotated] == 2
 

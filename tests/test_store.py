@@ -17,8 +17,13 @@ from facesyncd.store import Store
 
 def asset(asset_id: str, checksum: str = "c1", trashed: bool = False) -> RemoteAsset:
     return RemoteAsset(
-        id=asset_id, type="IMAGE", original_file_name=f"{asset_id}.jpg", checksum=checksum,
-        updated_at="2024-01-01T00:00:00.000Z", file_created_at="2023-01-01T00:00:00.000Z", is_trashed=trashed,
+        id=asset_id,
+        type="IMAGE",
+        original_file_name=f"{asset_id}.jpg",
+        checksum=checksum,
+        updated_at="2024-01-01T00:00:00.000Z",
+        file_created_at="2023-01-01T00:00:00.000Z",
+        is_trashed=trashed,
     )
 
 
@@ -79,8 +84,16 @@ def test_unchanged_assets_listed_again_need_no_work(store: Store) -> None:
     first = store.record_listed("alice", [asset("a"), asset("b")])
     assert first.needing_work == 2
     with store.transaction():
-        store.save_blob_faces("sha-a", size=1, width=10, height=10, decoded_from="original", model="m",
-                              faces=[face(1)], crops=["x/a_0.jpg"])
+        store.save_blob_faces(
+            "sha-a",
+            size=1,
+            width=10,
+            height=10,
+            decoded_from="original",
+            model="m",
+            faces=[face(1)],
+            crops=["x/a_0.jpg"],
+        )
         store.mark_done("alice", "a", "sha-a", None)
     again = store.record_listed("alice", [asset("a"), asset("b")])
     assert again.needing_work == 1  # b is still pending; a is done and unchanged
@@ -100,8 +113,16 @@ def test_trashed_assets_are_reported_once(store: Store) -> None:
 def test_identity_numbers_are_never_reused(store: Store) -> None:
     store.record_listed("alice", [asset("a")])
     with store.transaction():
-        store.save_blob_faces("sha-a", size=1, width=10, height=10, decoded_from="original", model="m",
-                              faces=[face(1), face(2)], crops=["a_0", "a_1"])
+        store.save_blob_faces(
+            "sha-a",
+            size=1,
+            width=10,
+            height=10,
+            decoded_from="original",
+            model="m",
+            faces=[face(1), face(2)],
+            crops=["a_0", "a_1"],
+        )
         store.mark_done("alice", "a", "sha-a", None)
     ids = [f.id for f in store.unmatched_new_faces()]
     assert store.create_identity({ids[0]: 0.1}) == 1
@@ -113,8 +134,9 @@ def test_identity_numbers_are_never_reused(store: Store) -> None:
     assert store.highest_identity() == 216
     store.record_listed("alice", [asset("b")])
     with store.transaction():
-        store.save_blob_faces("sha-b", size=1, width=10, height=10, decoded_from="original", model="m",
-                              faces=[face(3)], crops=["b_0"])
+        store.save_blob_faces(
+            "sha-b", size=1, width=10, height=10, decoded_from="original", model="m", faces=[face(3)], crops=["b_0"]
+        )
         store.mark_done("alice", "b", "sha-b", None)
     assert store.create_identity({store.unmatched_new_faces()[0].id: 0.1}) == 217
 

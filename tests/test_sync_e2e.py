@@ -109,8 +109,7 @@ def test_noface_photos_give_no_faces_and_count_as_done(library) -> None:
     fake, labels, base, config, first = library
     with sqlite3.connect(base / "state" / "facesyncd.db") as connection:
         rows = connection.execute(
-            "SELECT a.asset_id, COUNT(f.id) FROM assets a LEFT JOIN faces f ON f.sha256 = a.sha256 "
-            "GROUP BY a.asset_id"
+            "SELECT a.asset_id, COUNT(f.id) FROM assets a LEFT JOIN faces f ON f.sha256 = a.sha256 GROUP BY a.asset_id"
         ).fetchall()
         states = dict(connection.execute("SELECT state, COUNT(*) FROM assets GROUP BY state").fetchall())
     noface = {asset_id for asset_id, label in labels.items() if label.startswith("noface/")}
@@ -182,10 +181,16 @@ def test_new_photos_join_the_right_facesets(library) -> None:
     """edge/ holds more photos of obama and angelina_jolie: they must land in those facesets."""
     fake, labels, base, config, first = library
     root, database = base / "facesets", base / "state" / "facesyncd.db"
-    owner = {number: counter.most_common(1)[0][0] for number, counter in labelled(root, database, labels).items() if counter}
+    by_faceset = labelled(root, database, labels)
+    owner = {number: counter.most_common(1)[0][0] for number, counter in by_faceset.items() if counter}
     faceset_of = {identity: number for number, identity in owner.items()}
     added = {}
-    for name, identity in [("obama_partial_face.jpg", "obama"), ("32bit.png", "obama"), ("img11_reflection.jpg", "angelina_jolie")]:
+    newcomers = [
+        ("obama_partial_face.jpg", "obama"),
+        ("32bit.png", "obama"),
+        ("img11_reflection.jpg", "angelina_jolie"),
+    ]
+    for name, identity in newcomers:
         added[fake.add_file("alice", PHOTOS / "edge" / name)] = identity
     highest_before = max(facesets(root))
     result = run_cli("--config", str(config), "sync", env={})
