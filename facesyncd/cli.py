@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import typer
 from . import __version__
 from .config import Settings, find_config, load_settings
 from .errors import FacesyncError
+from .logs import setup_logging
 
 EXIT_INTERRUPTED = 130
 
@@ -53,18 +56,18 @@ def _main(
         "$XDG_CONFIG_HOME/facesyncd/config.toml, /etc/facesyncd/config.toml).",
     ),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+    log_format: str = typer.Option("text", "--log-format", help="text, or json for log shippers."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
 ) -> None:
     _state.config = config
     _state.debug = debug
-    level = getattr(logging, log_level.upper(), None)
-    if not isinstance(level, int):
+    level = logging.getLevelNamesMapping().get(log_level.upper())
+    if level is None:
         raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="--log-level")
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    # httpx logs every request at INFO; keep that for --log-level debug.
-    logging.getLogger("httpx").setLevel(max(level, logging.WARNING) if level > logging.DEBUG else logging.DEBUG)
-    logging.getLogger("httpcore").setLevel(max(level, logging.INFO))
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter(f"unknown log format {log_format!r}", param_hint="--log-format")
+    setup_logging(level, log_format)
 
 
 def _settings(*, secrets: bool = True) -> Settings:
@@ -96,11 +99,11 @@ class _ProgressBar:
 
 @app.command()
 def sync(
-    reconcile: bool = typer.Option(
-        False,
-        "--reconcile",
+    reconcile: bool | None = typer.Option(
+        None,
+        "--reconcile/--no-reconcile",
         help="List the whole library now to catch assets deleted in Immich (otherwise done every "
-        "[schedule] reconcile_seconds, default a day).",
+        "[schedule] reconcile_seconds, default a day); --no-reconcile never.",
     ),
 ) -> None:
     """Run one full cycle: poll Immich, download, embed, assign, open new facesets, export.
@@ -113,10 +116,13 @@ def sync(
     from .sync import Syncer
 
     settings = _settings()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())  # stop after the asset in hand
     with state_lock(settings.state_dir):
         store = Store(settings.database_path)
         try:
-            syncer = Syncer(settings, store, FaceEmbedder(settings.model, settings.faces), reporter=_ProgressBar())
+            embedder = FaceEmbedder(settings.model, settings.faces)
+            syncer = Syncer(settings, store, embedder, reporter=_ProgressBar(), stop=stop)
             report = syncer.run_cycle(reconcile=reconcile)
         finally:
             store.close()
@@ -128,6 +134,20 @@ def sync(
         f"{report.skipped} skipped, {report.failed} failed, {report.removed_assets} removed, "
         f"{report.facesets_written} folders written, {report.requests} requests, {report.seconds:.1f}s"
     )
+
+
+@app.command()
+def run() -> None:
+    """Run as a service: sync now, then every [schedule] poll_seconds, until SIGTERM.
+
+    Clustering and a full reconciliation with Immich run on their own schedules. SIGHUP reloads
+    the config. Example: facesyncd --config /etc/facesyncd/config.toml run
+    """
+    from .daemon import Daemon
+
+    path = find_config(_state.config)
+    code = Daemon(path, load_settings(path)).run()
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -96,9 +96,10 @@ class SyncSettings:
 
 @dataclass(frozen=True)
 class ScheduleSettings:
-    poll_seconds: int = 300
-    cluster_seconds: int = 900
-    reconcile_seconds: int = 86400
+    poll_seconds: float = 300.0
+    cluster_seconds: float = 900.0
+    reconcile_seconds: float = 86400.0
+    stop_grace_seconds: float = 8.0  # on SIGTERM, then requests in flight are broken off
 
 
 @dataclass(frozen=True)
@@ -347,9 +348,10 @@ def settings_from_dict(data: dict[str, Any], path: Path, *, secrets: bool = True
         data.get("schedule"),
         "schedule",
         {
-            "poll_seconds": (int, _positive, "> 0"),
-            "cluster_seconds": (int, _positive, "> 0"),
-            "reconcile_seconds": (int, _positive, "> 0"),
+            "poll_seconds": (float, _positive, "> 0"),
+            "cluster_seconds": (float, _positive, "> 0"),
+            "reconcile_seconds": (float, _positive, "> 0"),
+            "stop_grace_seconds": (float, lambda v: 0 <= v <= 60, "between 0 and 60"),
         },
         problems,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -85,10 +86,7 @@ class FaceEmbedder:
         onnxruntime.set_default_logger_severity(3)
         providers = choose_providers(self._model_settings.providers, onnxruntime.get_available_providers())
         for path in files:
-            try:
-                model = get_model(str(path), providers=providers)
-            except Exception as error:  # onnxruntime raises many types for a broken file
-                raise ModelError(f"cannot load model {path}: {error}") from error
+            model, providers = self._load_file(get_model, path, providers)
             task = getattr(model, "taskname", None)
             if task == "detection" and self._detector is None:
                 self._detector = model
@@ -108,6 +106,26 @@ class FaceEmbedder:
             self.dimension,
             ", ".join(self.providers),
         )
+
+    @staticmethod
+    def _load_file(get_model: Any, path: Path, providers: list[str]) -> tuple[Any, list[str]]:
+        """Load one model file; a provider that fails to start (a GPU library missing, say) is
+        dropped with a warning and the next one is tried, down to the CPU."""
+        while True:
+            try:
+                return get_model(str(path), providers=providers), providers
+            except Exception as error:  # onnxruntime raises many types
+                if len(providers) > 1:
+                    log.warning(
+                        "execution provider %s failed for %s (%s); falling back to %s",
+                        providers[0],
+                        path.name,
+                        error,
+                        providers[1],
+                    )
+                    providers = providers[1:]
+                    continue
+                raise ModelError(f"cannot load model {path}: {error}") from error
 
     def _probe_dimension(self) -> int:
         declared = self._recognizer.output_shape[-1] if self._recognizer.output_shape else None

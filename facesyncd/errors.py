@@ -49,6 +49,12 @@ class AlreadyRunning(FacesyncError):
     exit_code = 7
 
 
+class Interrupted(FacesyncError):
+    """A stop was requested (SIGTERM, SIGINT); work in hand was finished or rolled back."""
+
+    exit_code = 130
+
+
 class ImmichError(FacesyncError):
     """A request failed in a way that concerns one asset only (not found, bad answer)."""
 

@@ -15,6 +15,7 @@ import os
 import random
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from typing import Any, TypeVar
 import httpx
 
 from .config import ImmichSettings, SyncSettings
-from .errors import AssetGone, ImmichAuthError, ImmichError, ImmichUnreachable
+from .errors import AssetGone, ImmichAuthError, ImmichError, ImmichUnreachable, Interrupted
 from .models import RemoteAsset, RemoteFace
 
 log = logging.getLogger(__name__)
@@ -112,11 +113,13 @@ class ImmichClient:
         sync: SyncSettings,
         *,
         sleep: Callable[[float], None] = time.sleep,
+        stop: threading.Event | None = None,
     ) -> None:
         self.name = settings.name
         self.url = settings.url
         self._sync = sync
-        self._sleep = sleep
+        self._stop = stop
+        self._sleep = sleep if stop is None else self._interruptible_sleep
         if not settings.verify_tls:
             log.warning("%s: TLS certificate verification is OFF for %s (verify_tls = false)", self.name, self.url)
         self.http = httpx.Client(
@@ -131,6 +134,15 @@ class ImmichClient:
 
     def close(self) -> None:
         self.http.close()
+
+    def _interruptible_sleep(self, seconds: float) -> None:
+        assert self._stop is not None
+        if self._stop.wait(seconds):
+            raise Interrupted("stop requested")
+
+    def _check_stop(self) -> None:
+        if self._stop is not None and self._stop.is_set():
+            raise Interrupted("stop requested")
 
     def __enter__(self) -> ImmichClient:
         return self
@@ -188,6 +200,7 @@ class ImmichClient:
                 last_problem = str(problem)
                 delay = self._backoff(attempt, problem.retry_after)
             except httpx.TransportError as problem:
+                self._check_stop()  # a read broken by a shutdown is not worth retrying
                 last_problem = f"{type(problem).__name__}: {problem}" if str(problem) else type(problem).__name__
                 delay = self._backoff(attempt, None)
             if attempt + 1 < attempts:
@@ -320,6 +333,7 @@ class ImmichClient:
             try:
                 with os.fdopen(handle, "wb") as output:
                     for chunk in response.iter_bytes(CHUNK):
+                        self._check_stop()
                         size += len(chunk)
                         if size > max_bytes:
                             raise ImmichError(f"{what}: over the {max_bytes}-byte limit")

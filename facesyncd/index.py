@@ -12,7 +12,8 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 INDEX_FILE = "faces.hnsw"
 SIDECAR_FILE = "faces.hnsw.json"
+LOCK_FILE = "faces.hnsw.lock"
 M = 16
 EF_CONSTRUCTION = 200
 EF_SEARCH = 64
@@ -35,6 +37,21 @@ def read_sidecar(state_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+@contextmanager
+def _save_lock(state_dir: Path) -> Iterator[None]:
+    descriptor = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        except ImportError:  # Windows: a single process writes in practice
+            pass
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -86,7 +103,13 @@ class FaceIndex:
         return labels.astype(np.int64), distances.astype(np.float32)
 
     def save(self, state_dir: Path, version: int) -> None:
+        """Write the index and its sidecar. A lock keeps two processes (the daemon and a
+        `rebuild-index`) from interleaving their two renames."""
         state_dir.mkdir(parents=True, exist_ok=True)
+        with _save_lock(state_dir):
+            self._save(state_dir, version)
+
+    def _save(self, state_dir: Path, version: int) -> None:
         _atomic_write(state_dir / INDEX_FILE, lambda name: self._index.save_index(name))
         sidecar = {
             "version": version,

@@ -76,7 +76,12 @@ class CycleReport:
     removed_assets: int = 0
     facesets_written: int = 0
     source_errors: dict[str, str] = field(default_factory=dict)
+    providers: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
+    @property
+    def faces_per_second(self) -> float:
+        return round(self.faces_found / self.seconds, 2) if self.seconds > 0 else 0.0
+
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "faces_per_second": self.faces_per_second}

@@ -10,6 +10,7 @@ from typing import Any
 
 from .config import Settings
 from .index import read_sidecar
+from .runstate import read_daemon_file
 from .store import Store
 
 
@@ -38,6 +39,10 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         }
         for row in data["sources"]
     ]
+    data["backlog"] = data["assets"].get("pending", 0) + data["assets"].get("failed", 0)
+    data["daemon"] = read_daemon_file(settings.state_dir)
+    report = (data["last_sync"] or {}).get("report") or {}
+    data["providers"] = (data["daemon"] or {}).get("providers") or report.get("providers") or []
     data["state_dir"] = str(settings.state_dir)
     data["facesets_dir"] = str(settings.facesets_dir)
     return data
@@ -54,6 +59,19 @@ def render_status(data: dict[str, Any]) -> str:
     faces = data["faces"]
     lines.append(f"faces:      {faces['total']} ({faces['assigned']} in facesets, {faces['pending']} waiting)")
     lines.append(f"identities: {data['identities']} (highest number {data['highest_identity']})")
+    lines.append(f"backlog:    {data['backlog']} assets to process")
+    daemon = data["daemon"]
+    if daemon is None:
+        lines.append("daemon:     not running")
+    else:
+        lines.append(
+            f"daemon:     running, pid {daemon['pid']} since {daemon['started_at']}, {daemon['state']}, "
+            f"next poll {daemon['next_poll_at'] or '(after the job in hand)'}"
+        )
+    if data["providers"]:
+        lines.append(f"providers:  {', '.join(data['providers'])}")
+    if data["faces_per_second"] is not None:
+        lines.append(f"throughput: {data['faces_per_second']} faces/s in the last cycle that embedded faces")
     index = data["index"]
     lines.append(
         f"index:      {index['faces'] if index['faces'] is not None else 'not built'} faces"

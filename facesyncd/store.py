@@ -90,17 +90,21 @@ class ExportFace:
 class Store:
     """Typed access to the state database. One instance per process; not shared between threads."""
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False, threaded: bool = False) -> None:
+        """threaded: the connection may be used from another thread than the one that opened it
+        (the daemon's worker); the caller makes sure one thread at a time uses it."""
         self.path = path
         try:
             if readonly:
                 if not path.exists():
                     raise StoreError(f"no database at {path}: run `facesyncd sync` first")
-                connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+                connection = sqlite3.connect(
+                    f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=not threaded
+                )
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fresh = not path.exists()
-                connection = sqlite3.connect(path, isolation_level=None)
+                connection = sqlite3.connect(path, isolation_level=None, check_same_thread=not threaded)
                 if fresh:
                     os.chmod(path, 0o600)
             connection.execute("PRAGMA busy_timeout = 30000")
@@ -261,7 +265,7 @@ class Store:
                 (watermark, utc_now(), name),
             )
 
-    def reconcile_due(self, name: str, every_seconds: int) -> bool:
+    def reconcile_due(self, name: str, every_seconds: float) -> bool:
         last = self._scalar("SELECT last_reconcile_at FROM sources WHERE name = ?", (name,))
         if last is None:
             return True
@@ -657,6 +661,10 @@ class Store:
                 "error": row["error"],
                 "report": json.loads(row["report"]) if row["report"] else None,
             }
+        throughput = self._rows(
+            "SELECT json_extract(report, '$.faces_per_second') AS rate, finished_at FROM cycles "
+            "WHERE json_extract(report, '$.faces_found') > 0 ORDER BY id DESC LIMIT 1"
+        )
         sources = self._rows(
             "SELECT name, url, watermark, last_sweep_at, last_reconcile_at, last_error, last_error_at "
             "FROM sources ORDER BY name"
@@ -676,6 +684,7 @@ class Store:
             "identities": int(self._scalar("SELECT COUNT(*) FROM identities")),
             "highest_identity": self.highest_identity(),
             "last_sync": last_sync,
+            "faces_per_second": throughput[0]["rate"] if throughput else None,
             "sources": sources,
             "problems": problems,
             "index_version": self.index_version(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,7 @@ from .errors import (
     ImmichAuthError,
     ImmichError,
     ImmichUnreachable,
+    Interrupted,
 )
 from .export import export_all
 from .identities import assign, cluster_pool
@@ -139,12 +141,17 @@ class Syncer:
         *,
         client_factory: Callable[[ImmichSettings], ImmichClient] | None = None,
         reporter: Reporter | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.embedder = embedder
         self.reporter: Reporter = reporter or SilentReporter()
-        self._client_factory = client_factory or (lambda source: ImmichClient(source, self.settings.sync))
+        self.stop = stop or threading.Event()
+        self._client_factory = client_factory or (
+            lambda source: ImmichClient(source, self.settings.sync, stop=self.stop)
+        )
+        self._clients: set[ImmichClient] = set()
         self.crops_dir = settings.state_dir / "crops"
         self.download_dir = settings.state_dir / "tmp"
         self._index: FaceIndex | None = None
@@ -158,12 +165,17 @@ class Syncer:
 
     # -- the cycle ------------------------------------------------------------------------------
 
-    def run_cycle(self, *, reconcile: bool = False, cluster: bool = True) -> CycleReport:
-        """One full cycle. Raises the first source's error (after finishing the others) if any failed."""
+    def run_cycle(self, *, reconcile: bool | None = None, cluster: bool = True) -> CycleReport:
+        """One full cycle. Raises the first source's error (after finishing the others) if any failed.
+
+        reconcile: True lists the whole library now, False never, None when [schedule]
+        reconcile_seconds have passed since the last one (and on a source's first sweep).
+        """
         started = time.monotonic()
         report = CycleReport()
         self.embedder.load()
         self.store.check_model(self.embedder.name, self.embedder.dimension)
+        report.providers = list(self.embedder.providers)
         cycle_id = self.store.start_cycle()
         self.download_dir.mkdir(parents=True, exist_ok=True)
         for leftover in self.download_dir.glob("download-*.part"):
@@ -197,9 +209,10 @@ class Syncer:
             raise first_error
         return report
 
-    def _sync_source(self, source: ImmichSettings, report: CycleReport, *, reconcile: bool) -> None:
+    def _sync_source(self, source: ImmichSettings, report: CycleReport, *, reconcile: bool | None) -> None:
         self.store.ensure_source(source.name, source.url)
         with self._client_factory(source) as client:
+            self._clients.add(client)
             try:
                 client.whoami()
                 next_watermark = client.sweep_watermark(self.settings.sync.watermark_overlap_seconds)
@@ -208,6 +221,7 @@ class Syncer:
                 everything: set[str] | None = set() if watermark is None else None
                 self.reporter.stage(f"{source.name}: listing", None)
                 for page in client.iter_changed(watermark, self.settings.sync.page_size):
+                    self._check_stop()
                     report.listed += len(page)
                     listed = self.store.record_listed(source.name, page)
                     report.new_or_changed += listed.needing_work
@@ -221,7 +235,10 @@ class Syncer:
                     self.reporter.advance(len(page))
                 # Only a complete sweep moves the watermark: a broken one is redone from the old mark.
                 self.store.finish_sweep(source.name, next_watermark)
-                due = reconcile or self.store.reconcile_due(source.name, self.settings.schedule.reconcile_seconds)
+                due = reconcile is True or (
+                    reconcile is None
+                    and self.store.reconcile_due(source.name, self.settings.schedule.reconcile_seconds)
+                )
                 if everything is not None or due:
                     remote = (
                         everything if everything is not None else client.all_asset_ids(self.settings.sync.page_size)
@@ -229,6 +246,7 @@ class Syncer:
                     self._reconcile(source.name, remote, report)
                 self._process_pending(source.name, client, report)
             finally:
+                self._clients.discard(client)
                 report.requests += client.requests
 
     def _reconcile(self, source: str, remote: set[str], report: CycleReport) -> None:
@@ -256,8 +274,18 @@ class Syncer:
         rows = self.store.assets_to_process(source, now)
         self.reporter.stage(f"{source}: processing", len(rows))
         for row in rows:
+            self._check_stop()
             self._process_asset(source, client, row, report)
             self.reporter.advance()
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise Interrupted("stop requested")
+
+    def abort(self) -> None:
+        """Break off requests in flight (called from another thread when a stop takes too long)."""
+        for client in list(self._clients):
+            client.close()
 
     def _process_asset(self, source: str, client: ImmichClient, row: AssetRow, report: CycleReport) -> None:
         faces_settings = self.settings.faces

@@ -93,3 +93,28 @@ def test_provider_choice_falls_back_to_cpu() -> None:
     ]
     assert choose_providers(("auto",), ["DmlExecutionProvider", "CPUExecutionProvider"])[0] == "DmlExecutionProvider"
     assert choose_providers(("CUDAExecutionProvider",), ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+def test_a_provider_that_fails_to_start_falls_back_to_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No GPU here, so a GPU provider's start failure is simulated: onnxruntime's CPU build is told
+    to start a provider it does not have. The fallback code runs for real on the real pack."""
+    import insightface.model_zoo as model_zoo
+
+    real_get_model = model_zoo.get_model
+    attempts: list[list[str]] = []
+
+    def get_model(path: str, providers: list[str]) -> object:
+        attempts.append(list(providers))
+        if providers[0] == "CUDAExecutionProvider":
+            raise RuntimeError("libcudnn.so.9: cannot open shared object file")
+        return real_get_model(path, providers=providers)
+
+    monkeypatch.setattr(model_zoo, "get_model", get_model)
+    monkeypatch.setattr(
+        "onnxruntime.get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    embedder = FaceEmbedder(ModelSettings(pack=str(TEST_PACK), providers=("auto",)), FaceSettings())
+    embedder.load()
+    assert embedder.providers == ["CPUExecutionProvider"]
+    assert attempts[0] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert ["CPUExecutionProvider"] in attempts

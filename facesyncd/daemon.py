@@ -1,0 +1,267 @@
+"""`facesyncd run`: the long-running service.
+
+Three apscheduler (3.x) jobs share one worker thread, so they never overlap and the store's single
+connection is used by one thread at a time: poll (sync every [schedule] poll_seconds, starting at
+once), cluster (open new facesets every cluster_seconds) and reconcile (a full listing every
+reconcile_seconds). Missed runs are coalesced. The main thread only waits for signals, feeds the
+systemd watchdog and keeps `daemon.json` (what `status` shows about the daemon) up to date.
+
+SIGTERM/SIGINT: the job in hand stops at its next safe point (between pages, between assets, inside a
+download); after stop_grace_seconds requests still in flight are broken off. Each asset's result is one
+transaction, so the asset in hand is either written whole or not at all. SIGHUP: the config file is
+read again and applied before the next job; a bad file is logged and the old settings are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from .config import Settings, load_settings
+from .embedder import FaceEmbedder
+from .errors import FacesyncError, Interrupted
+from .lock import state_lock
+from .models import CycleReport
+from .notify import Notifier
+from .runstate import remove_daemon_file, write_daemon_file
+from .store import Store, utc_now
+from .sync import Syncer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Runtime:
+    started_at: str
+    next_poll_at: str | None = None
+    last_cycle: dict[str, Any] | None = None
+    state: str = "starting"
+
+
+class Daemon:
+    def __init__(self, config_path: Path, settings: Settings, *, notifier: Notifier | None = None) -> None:
+        self.config_path = config_path
+        self.settings = settings
+        self.notifier = notifier or Notifier()
+        self.stop = threading.Event()
+        self._reload = threading.Event()
+        self._runtime = _Runtime(started_at=utc_now())
+        self._scheduler: Any = None
+        self._executor: Any = None
+        self._syncer: Syncer | None = None
+
+    # -- signals --------------------------------------------------------------------------------
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        if not self.stop.is_set():
+            log.info("%s received: stopping after the asset in hand", signal.Signals(signum).name)
+        self.stop.set()
+
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        log.info("SIGHUP received: the config is read again before the next job")
+        self._reload.set()
+
+    def _install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, self._on_hup)
+
+    # -- jobs (all on the one worker thread) ----------------------------------------------------
+
+    def _apply_reload(self) -> None:
+        if not self._reload.is_set():
+            return
+        self._reload.clear()
+        self.notifier.reloading()
+        try:
+            fresh = load_settings(self.config_path)
+        except FacesyncError as error:
+            log.error("config not reloaded, keeping the running one: %s", error)
+            self.notifier.ready("config reload failed; running with the old config")
+            return
+        if fresh.state_dir != self.settings.state_dir:
+            log.error("config not reloaded: state_dir cannot change while running (restart instead)")
+            self.notifier.ready("config reload refused")
+            return
+        assert self._syncer is not None
+        embedder = self._syncer.embedder
+        if fresh.model != self.settings.model or fresh.faces != self.settings.faces:
+            embedder = FaceEmbedder(fresh.model, fresh.faces)
+        self.settings = fresh
+        self._syncer = Syncer(fresh, self._syncer.store, embedder, stop=self.stop)
+        for job_id, seconds in self._intervals().items():
+            self._scheduler.reschedule_job(job_id, trigger="interval", seconds=seconds)
+        log.info("config reloaded from %s", self.config_path)
+        self.notifier.ready("config reloaded")
+
+    def _intervals(self) -> dict[str, float]:
+        schedule = self.settings.schedule
+        return {
+            "poll": schedule.poll_seconds,
+            "cluster": schedule.cluster_seconds,
+            "reconcile": schedule.reconcile_seconds,
+        }
+
+    def _run_job(self, kind: str) -> None:
+        if self.stop.is_set():
+            return
+        self._apply_reload()
+        assert self._syncer is not None
+        self._runtime.state = kind
+        started = time.monotonic()
+        try:
+            if kind == "cluster":
+                report = CycleReport()
+                self._syncer.open_new_facesets(report)
+                self._syncer.export(report)
+            else:
+                report = self._syncer.run_cycle(reconcile=kind == "reconcile", cluster=False)
+            report.seconds = round(time.monotonic() - started, 3)
+            self._summarise(kind, report, None)
+        except Interrupted:
+            log.info("%s interrupted by stop request", kind)
+        except FacesyncError as error:
+            # A source failing (server down, key revoked) is logged and retried at the next poll.
+            self._summarise(kind, None, str(error))
+        except Exception:
+            log.exception("%s failed unexpectedly; the daemon keeps running", kind)
+        finally:
+            self._runtime.state = "idle"
+            self._write_daemon_file()
+
+    def _summarise(self, kind: str, report: CycleReport | None, error: str | None) -> None:
+        if report is None:
+            log.error("%s failed: %s", kind, error)
+            self._runtime.last_cycle = {"kind": kind, "at": utc_now(), "error": error}
+            return
+        summary = {
+            "kind": kind,
+            "at": utc_now(),
+            "listed": report.listed,
+            "downloaded": report.downloaded,
+            "faces": report.faces_found,
+            "assigned": report.faces_assigned,
+            "new_facesets": report.identities_created,
+            "failed": report.failed,
+            "removed": report.removed_assets,
+            "requests": report.requests,
+            "seconds": report.seconds,
+            "faces_per_second": report.faces_per_second,
+        }
+        self._runtime.last_cycle = summary
+        created = ", ".join(f"{number:03d}" for number in report.identities_created) or "none"
+        if kind == "cluster":
+            log.info(
+                "cluster: new facesets %s, %d pool faces assigned, %d folders written, %.1fs",
+                created,
+                report.faces_assigned,
+                report.facesets_written,
+                report.seconds,
+                extra={"fields": {"cycle": summary}},
+            )
+            return
+        log.info(
+            "%s: listed %d, downloaded %d, %d faces (%.1f/s), %d assigned, %d failed, %d removed, %d requests, %.1fs",
+            kind,
+            report.listed,
+            report.downloaded,
+            report.faces_found,
+            report.faces_per_second,
+            report.faces_assigned,
+            report.failed,
+            report.removed_assets,
+            report.requests,
+            report.seconds,
+            extra={"fields": {"cycle": summary}},
+        )
+
+    # -- main loop ------------------------------------------------------------------------------
+
+    def _write_daemon_file(self) -> None:
+        poll = self._scheduler.get_job("poll") if self._scheduler is not None else None
+        next_poll = poll.next_run_time if poll is not None else None
+        data = {
+            "pid": os.getpid(),
+            "started_at": self._runtime.started_at,
+            "state": self._runtime.state,
+            "next_poll_at": next_poll.astimezone(UTC).isoformat(timespec="seconds") if next_poll else None,
+            "poll_seconds": self.settings.schedule.poll_seconds,
+            "providers": self._syncer.embedder.providers if self._syncer is not None else [],
+            "last_cycle": self._runtime.last_cycle,
+        }
+        try:
+            write_daemon_file(self.settings.state_dir, data)
+        except OSError as error:
+            log.warning("cannot write the daemon file in %s: %s", self.settings.state_dir, error)
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT. Returns the exit code (0 after a clean stop)."""
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self._install_signals()
+        with state_lock(self.settings.state_dir):
+            store = Store(self.settings.database_path, threaded=True)
+            try:
+                embedder = FaceEmbedder(self.settings.model, self.settings.faces)
+                embedder.load()  # fail fast, before reporting ready, if the model is missing
+                log.info("execution providers: %s", ", ".join(embedder.providers))
+                self._syncer = Syncer(self.settings, store, embedder, stop=self.stop)
+                self._executor = ThreadPoolExecutor(max_workers=1)
+                self._scheduler = BackgroundScheduler(
+                    executors={"default": self._executor},
+                    job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+                    timezone=UTC,
+                )
+                for job_id, seconds in self._intervals().items():
+                    # poll starts at once; the others first run one interval from now.
+                    # (next_run_time=None would add the job paused.)
+                    start = {"next_run_time": datetime.now(UTC)} if job_id == "poll" else {}
+                    self._scheduler.add_job(
+                        self._run_job, "interval", seconds=seconds, args=[job_id], id=job_id, **start
+                    )
+                self._scheduler.start()
+                self._write_daemon_file()
+                self.notifier.ready(
+                    f"polling {len(self.settings.immich)} source(s) every {self.settings.schedule.poll_seconds:g}s"
+                )
+                log.info("facesyncd running (pid %d); state in %s", os.getpid(), self.settings.state_dir)
+                self._wait()
+                return self._shutdown()
+            finally:
+                store.close()
+                remove_daemon_file(self.settings.state_dir)
+
+    def _wait(self) -> None:
+        beat = (self.notifier.watchdog_seconds or 20.0) / 2
+        while not self.stop.wait(timeout=min(beat, 5.0)):
+            self.notifier.watchdog()
+            self._write_daemon_file()
+
+    def _shutdown(self) -> int:
+        self.notifier.stopping()
+        assert self._scheduler is not None and self._syncer is not None and self._executor is not None
+        self._scheduler.shutdown(wait=False)  # no new jobs; the one in hand sees the stop flag
+        finished = threading.Event()
+
+        def wait_for_job() -> None:
+            assert self._executor is not None
+            self._executor.shutdown(wait=True)
+            finished.set()
+
+        threading.Thread(target=wait_for_job, daemon=True).start()
+        if not finished.wait(self.settings.schedule.stop_grace_seconds):
+            log.warning("the job in hand did not stop in time: breaking off requests in flight")
+            self._syncer.abort()
+            finished.wait(2.0)
+        log.info("facesyncd stopped")
+        return 0
