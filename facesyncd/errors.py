@@ -55,6 +55,12 @@ class Interrupted(FacesyncError):
     exit_code = 130
 
 
+class LocalWriteError(FacesyncError):
+    """A local file could not be written: disk full, read-only file system, permissions."""
+
+    exit_code = 8
+
+
 class ImmichError(FacesyncError):
     """A request failed in a way that concerns one asset only (not found, bad answer)."""
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .crashpoints import checkpoint
 from .store import ExportFace
 
 log = logging.getLogger(__name__)
@@ -112,15 +113,21 @@ def write_faceset(facesets_dir: Path, crops_dir: Path, number: int, faces: Seque
         log.warning("moved %s, which facesyncd did not write, to %s", final, keep)
     staging = facesets_dir / f".{final.name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for face in faces:
-        _link_or_copy(crops_dir / face.crop, staging / face_file(face))
-    (staging / MANIFEST).write_text(json.dumps(wanted, indent=1) + "\n", encoding="utf-8")
-    _fsync_dir(staging)
+    try:
+        staging.mkdir(parents=True)
+        for face in faces:
+            _link_or_copy(crops_dir / face.crop, staging / face_file(face))
+            checkpoint("export-file")
+        (staging / MANIFEST).write_text(json.dumps(wanted, indent=1) + "\n", encoding="utf-8")
+        _fsync_dir(staging)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)  # no half-written folder stays behind
+        raise
     if final.exists():
         retired = facesets_dir / f".{final.name}.old"
         shutil.rmtree(retired, ignore_errors=True)
         os.replace(final, retired)
+        checkpoint("export-swap")
         os.replace(staging, final)
         shutil.rmtree(retired, ignore_errors=True)
     else:

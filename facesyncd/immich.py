@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import httpx
 
 from .config import ImmichSettings, SyncSettings
+from .crashpoints import checkpoint
 from .errors import AssetGone, ImmichAuthError, ImmichError, ImmichUnreachable, Interrupted
 from .models import RemoteAsset, RemoteFace
 
@@ -339,6 +340,7 @@ class ImmichClient:
                             raise ImmichError(f"{what}: over the {max_bytes}-byte limit")
                         digest.update(chunk)
                         output.write(chunk)
+                        checkpoint("download-chunk")
             except BaseException:
                 Path(name).unlink(missing_ok=True)
                 raise

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .crashpoints import checkpoint
+
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "faces.hnsw"
@@ -110,7 +112,10 @@ class FaceIndex:
             self._save(state_dir, version)
 
     def _save(self, state_dir: Path, version: int) -> None:
+        for leftover in state_dir.glob(f"{INDEX_FILE}.*.tmp"):  # from a process killed mid-save
+            leftover.unlink(missing_ok=True)
         _atomic_write(state_dir / INDEX_FILE, lambda name: self._index.save_index(name))
+        checkpoint("index-save")
         sidecar = {
             "version": version,
             "dimension": self.dimension,

@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from .config import ImmichSettings, Settings
+from .crashpoints import checkpoint
 from .embedder import FaceEmbedder
 from .errors import (
     AssetGone,
@@ -29,6 +30,8 @@ from .errors import (
     ImmichError,
     ImmichUnreachable,
     Interrupted,
+    LocalWriteError,
+    StoreError,
 )
 from .export import export_all
 from .identities import assign, cluster_pool
@@ -177,11 +180,9 @@ class Syncer:
         self.store.check_model(self.embedder.name, self.embedder.dimension)
         report.providers = list(self.embedder.providers)
         cycle_id = self.store.start_cycle()
-        self.download_dir.mkdir(parents=True, exist_ok=True)
-        for leftover in self.download_dir.glob("download-*.part"):
-            leftover.unlink(missing_ok=True)
         first_error: FacesyncError | None = None
         try:
+            self._remove_leftovers()
             self.open_index()
             for source in self.settings.immich:
                 try:
@@ -195,10 +196,15 @@ class Syncer:
             if cluster:
                 self.open_new_facesets(report)
             self.export(report)
+        except OSError as error:
+            problem = LocalWriteError(
+                f"cannot write under {self.settings.state_dir} or {self.settings.facesets_dir}: "
+                f"{error.strerror or error}" + (f" ({error.filename})" if error.filename else "")
+            )
+            self._record_failure(cycle_id, started, report, problem)
+            raise problem from error
         except BaseException as error:
-            report.seconds = round(time.monotonic() - started, 3)
-            message = str(error) or type(error).__name__
-            self.store.finish_cycle(cycle_id, ok=False, error=message, report=report.as_dict())
+            self._record_failure(cycle_id, started, report, error)
             raise
         finally:
             self.reporter.finish()
@@ -208,6 +214,24 @@ class Syncer:
         if first_error is not None:
             raise first_error
         return report
+
+    def _record_failure(self, cycle_id: int, started: float, report: CycleReport, error: BaseException) -> None:
+        report.seconds = round(time.monotonic() - started, 3)
+        try:
+            self.store.finish_cycle(
+                cycle_id, ok=False, error=str(error) or type(error).__name__, report=report.as_dict()
+            )
+        except StoreError as store_error:  # a full disk may refuse this too; the original error matters more
+            log.error("could not record the failed cycle: %s", store_error)
+
+    def _remove_leftovers(self) -> None:
+        """Temporary files of a process that was killed: partial downloads and crops."""
+        self.download_dir.mkdir(parents=True, exist_ok=True)
+        for pattern in ("download-*.part",):
+            for leftover in self.download_dir.glob(pattern):
+                leftover.unlink(missing_ok=True)
+        for leftover in self.crops_dir.glob("*/.crop-*"):
+            leftover.unlink(missing_ok=True)
 
     def _sync_source(self, source: ImmichSettings, report: CycleReport, *, reconcile: bool | None) -> None:
         self.store.ensure_source(source.name, source.url)
@@ -224,6 +248,7 @@ class Syncer:
                     self._check_stop()
                     report.listed += len(page)
                     listed = self.store.record_listed(source.name, page)
+                    checkpoint("listed-page")
                     report.new_or_changed += listed.needing_work
                     if listed.unused_crops:
                         remove_crops(self.crops_dir, listed.unused_crops)
@@ -235,6 +260,7 @@ class Syncer:
                     self.reporter.advance(len(page))
                 # Only a complete sweep moves the watermark: a broken one is redone from the old mark.
                 self.store.finish_sweep(source.name, next_watermark)
+                checkpoint("sweep-finished")
                 due = reconcile is True or (
                     reconcile is None
                     and self.store.reconcile_due(source.name, self.settings.schedule.reconcile_seconds)
@@ -313,6 +339,7 @@ class Syncer:
                 image, decoded_from = self._decode(client, row, download.path, max_bytes)
                 faces = self.embedder.faces(image)
                 crops = write_crops(self.crops_dir, download.sha256, faces)
+                checkpoint("embedded")
                 with self.store.transaction():
                     self.store.save_blob_faces(
                         download.sha256,
@@ -330,6 +357,7 @@ class Syncer:
                         download.sha256,
                         None if decoded_from == "original" else "decoded from Immich's preview",
                     )
+                checkpoint("committed")
                 report.embedded_assets += 1
                 report.faces_found += len(faces)
             finally:
@@ -409,6 +437,7 @@ class Syncer:
         self.reporter.stage("assigning faces", len(faces))
         matches = self._match(faces, index)
         self.store.record_matches(matches, [face.id for face in faces])
+        checkpoint("assigned")
         self._add_to_index(index, faces, matches)
         report.faces_assigned += len(matches)
         self.reporter.advance(len(faces))
@@ -433,6 +462,7 @@ class Syncer:
         for cluster in clusters:
             members = {pool[row].id: distance for row, distance in zip(cluster.rows, cluster.distances, strict=True)}
             number = self.store.create_identity(members)
+            checkpoint("identity-created")
             index.add(
                 list(members),
                 np.stack([pool[row].embedding for row in cluster.rows]),

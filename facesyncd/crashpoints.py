@@ -1,0 +1,41 @@
+"""Named points where the crash-safety tests kill the process.
+
+With FACESYNCD_CRASH_AT="name:n" in the environment, the n-th arrival at checkpoint `name` kills the
+process with SIGKILL, as a power cut or the OOM killer would. Without the variable (always, in
+production) a checkpoint is one dictionary lookup. The points are listed in POINTS so tests can
+cover each one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+POINTS = (
+    "listed-page",  # a listing page was recorded
+    "sweep-finished",  # the watermark moved
+    "download-chunk",  # part of an original is on disk
+    "embedded",  # faces and crops exist, not yet committed
+    "committed",  # an asset's result was committed
+    "assigned",  # new faces were matched to identities
+    "identity-created",  # a new faceset number was committed
+    "export-file",  # a faceset folder is half staged
+    "export-swap",  # the old faceset folder moved aside, the new one not yet in place
+    "index-save",  # the index file is replaced, its sidecar not yet
+)
+
+_state: dict[str, object] = {}
+
+
+def checkpoint(name: str) -> None:
+    if "target" not in _state:
+        spec = os.environ.get("FACESYNCD_CRASH_AT", "")
+        point, _, nth = spec.partition(":")
+        _state["target"] = point or None
+        _state["nth"] = int(nth) if nth.isdigit() else 1
+        _state["count"] = 0
+    if _state["target"] != name:
+        return
+    _state["count"] = int(_state["count"]) + 1  # type: ignore[call-overload]
+    if _state["count"] == _state["nth"]:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,96 @@
+"""Kill -9 at every crash point of a cycle: after a completed sync the state equals an unkilled run's."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from conftest import PHOTOS, add_photos, requires_shared, run_cli, write_config
+from facesyncd.crashpoints import POINTS
+from fake_immich import FakeImmich
+
+pytestmark = requires_shared
+
+# (checkpoint, n-th arrival) in the order a cycle meets them; each is one `sync` killed there.
+FIRST_PHASE = [
+    ("listed-page", 2), ("download-chunk", 1), ("embedded", 1), ("committed", 1), ("download-chunk", 2),
+    ("embedded", 2), ("committed", 3), ("listed-page", 1), ("sweep-finished", 1), ("committed", 2),
+    ("assigned", 1), ("identity-created", 1), ("export-file", 1), ("identity-created", 1), ("export-file", 5),
+    ("index-save", 1),
+]
+SECOND_PHASE = [
+    ("download-chunk", 1), ("embedded", 1), ("committed", 1), ("assigned", 1), ("export-swap", 1),
+    ("export-file", 2), ("identity-created", 1), ("index-save", 1), ("export-swap", 1),
+]
+
+
+def snapshot(base: Path) -> dict:
+    """Everything that must match an unkilled run (face ids aside: they are not reused after a crash)."""
+    state, root = base / "state", base / "facesets"
+    with sqlite3.connect(state / "facesyncd.db") as connection:
+        assets = dict(connection.execute("SELECT asset_id, state FROM assets").fetchall())
+        faces = sorted(
+            connection.execute(
+                "SELECT a.asset_id, round(f.x1), round(f.y1), f.identity FROM faces f "
+                "JOIN assets a ON a.sha256 = f.sha256"
+            ).fetchall()
+        )
+        duplicates = connection.execute(
+            "SELECT COUNT(*) FROM (SELECT sha256, face_index FROM faces GROUP BY 1, 2 HAVING COUNT(*) > 1)"
+        ).fetchone()[0]
+        identities = [row[0] for row in connection.execute("SELECT number FROM identities ORDER BY 1")]
+        crops = {row[0] for row in connection.execute("SELECT crop FROM faces")}
+        assigned = connection.execute("SELECT COUNT(*) FROM faces WHERE identity IS NOT NULL").fetchone()[0]
+    facesets = {}
+    for folder in sorted(root.iterdir()):
+        assert folder.name.startswith("faceset_"), f"leftover in facesets: {folder.name}"
+        manifest = json.loads((folder / "faceset.json").read_text())
+        files = {p.name for p in folder.iterdir()}
+        assert files == {"faceset.json"} | {f["file"] for f in manifest["faces"]}, f"{folder} has stray files"
+        facesets[manifest["number"]] = sorted(f["asset_id"] for f in manifest["faces"])
+    on_disk = {str(p.relative_to(state / "crops")) for p in (state / "crops").rglob("*") if p.is_file()}
+    assert on_disk == crops, f"orphan or missing crops: {on_disk ^ crops}"
+    leftovers = [p.name for p in state.rglob("*") if p.name.endswith((".tmp", ".part")) or p.name.startswith(".")]
+    assert not leftovers, f"half-written files left: {leftovers}"
+    status = json.loads(run_cli("--config", str(base / "config.toml"), "status", "--json").stdout)
+    assert status["index"] == {"faces": assigned, "stale": False}
+    assert duplicates == 0
+    return {"assets": assets, "faces": faces, "identities": identities, "facesets": facesets}
+
+
+def test_kill_9_anywhere_loses_and_corrupts_nothing(fake: FakeImmich, tmp_path: Path) -> None:
+    add_photos(fake, ["wild/obama", "wild/biden", "wild/elon_musk", "noface/denali.webp"])
+    fake.add_file("alice", PHOTOS / "groups" / "two_people.jpg")
+    killed = write_config(tmp_path / "killed", fake.url, sync="page_size = 3")
+    clean = write_config(tmp_path / "clean", fake.url, sync="page_size = 3")
+    kills = 0
+    reached: set[str] = set()
+
+    def kill_sequence(sequence: list[tuple[str, int]]) -> None:
+        nonlocal kills
+        for point, nth in sequence:
+            result = run_cli("--config", str(killed), "sync", env={"FACESYNCD_CRASH_AT": f"{point}:{nth}"})
+            assert result.returncode in (0, -9), result.stderr
+            if result.returncode == -9:
+                kills += 1
+                reached.add(point)
+
+    kill_sequence(FIRST_PHASE)
+    assert run_cli("--config", str(killed), "sync").returncode == 0
+    assert run_cli("--config", str(clean), "sync").returncode == 0
+    assert snapshot(tmp_path / "killed") == snapshot(tmp_path / "clean")
+
+    # more photos of known people and a new person: assignment, folder swaps, a new number
+    for name in ("obama_partial_face.jpg", "obama_partial_face2.jpg", "32bit.png"):
+        fake.add_file("alice", PHOTOS / "edge" / name)
+    add_photos(fake, ["wild/george_clooney"])
+    kill_sequence(SECOND_PHASE)
+    assert run_cli("--config", str(killed), "sync").returncode == 0
+    assert run_cli("--config", str(clean), "sync").returncode == 0
+    final = snapshot(tmp_path / "killed")
+    assert final == snapshot(tmp_path / "clean")
+    assert len(final["identities"]) >= 4 and final["facesets"]
+
+    assert kills >= 20, f"only {kills} runs were killed"
+    assert reached == set(POINTS), f"crash points never reached: {set(POINTS) - reached}"
