@@ -81,6 +81,9 @@ def write_config(
     directory.mkdir(parents=True, exist_ok=True)
     if sources is None:
         sources = f'[[immich]]\nname = "alice"\nurl = "{url}"\napi_key_env = "{API_KEY_ENV}"\n'
+    defaults = {"retry_base_seconds": "0.01", "retry_max_seconds": "0.05", "retry_delay_seconds": "0"}
+    given = {line.split("=")[0].strip() for line in sync.splitlines() if "=" in line}
+    sync_text = "".join(f"{k} = {v}\n" for k, v in defaults.items() if k not in given) + sync
     text = (
         f'state_dir = "{directory / "state"}"\n'
         f'facesets_dir = "{directory / "facesets"}"\n'
@@ -88,7 +91,7 @@ def write_config(
         f"{sources}\n"
         f'[model]\npack = "{TEST_PACK}"\nproviders = ["CPUExecutionProvider"]\n'
         f"[faces]\n{faces}\n"
-        f"[sync]\nretry_base_seconds = 0.01\nretry_max_seconds = 0.05\nretry_delay_seconds = 0\n{sync}\n"
+        f"[sync]\n{sync_text}\n"
     )
     path = directory / "config.toml"
     path.write_text(text, encoding="utf-8")

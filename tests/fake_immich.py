@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import mimetypes
+import random
 import threading
 import time
 import uuid
@@ -69,6 +70,18 @@ class Fault:
     skip: int = 0  # let this many matching requests through first
 
 
+RANDOM_FAULTS: list[dict[str, Any]] = [
+    {"kind": "status", "status": 500},
+    {"kind": "status", "status": 502},
+    {"kind": "status", "status": 503},
+    {"kind": "status", "status": 429, "retry_after": "0"},
+    {"kind": "status", "status": 429},
+    {"kind": "reset"},
+    {"kind": "timeout"},
+    {"kind": "truncate"},
+]
+
+
 class FakeImmich:
     def __init__(self, *, version: str = "3.1.0") -> None:
         self.version = version
@@ -80,10 +93,16 @@ class FakeImmich:
         self.json_answers: list[tuple[str, str, int, Any]] = []  # (method, path template, status, body)
         self.request_bodies: list[tuple[str, Any]] = []  # (path template, body)
         self.faults: list[Fault] = []
+        # Random faults: each request fails with this probability, with the next of RANDOM_FAULTS.
+        self.fault_rate = 0.0
+        self.random = random.Random(1234)
+        self.faults_served: list[str] = []
         self.on_search_page: Callable[[int], None] | None = None  # called before each search answer
+        self.on_request: Callable[[str], None] | None = None  # called with each GET path before routing
         self.search_calls = 0
         self.clock_offset = timedelta(0)
         self.slow_seconds = 0.0
+        self.timeout_fault_seconds = 3.0  # longer than the client's read timeout in the tests
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._previews: dict[str, bytes] = {}
@@ -193,8 +212,29 @@ class FakeImmich:
             self._server.server_close()
             self._server = None
 
+    def restart(self, downtime: float = 0.2) -> None:
+        """Stop listening, wait, listen again on the same port (a server restart)."""
+        assert self._server is not None
+        address = self._server.server_address[:2]
+        self.stop()
+        time.sleep(downtime)
+        fake = self
+
+        class Handler(_Handler):
+            server_fake = fake
+
+        self._server = ThreadingHTTPServer(address, Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
     def take_fault(self, path: str) -> Fault | None:
         with self.lock:
+            if self.fault_rate and self.random.random() < self.fault_rate:
+                # which requests fail is random (seeded); the kinds take turns, so every kind is served
+                fault = Fault(**RANDOM_FAULTS[len(self.faults_served) % len(RANDOM_FAULTS)])
+                self.faults_served.append(f"{fault.kind}:{fault.status}")
+                return fault
             for fault in self.faults:
                 if fault.times > 0 and fault.path_contains in path:
                     if fault.skip > 0:
@@ -410,16 +450,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(2)
         elif fault.kind == "timeout":
-            time.sleep(3.0)
+            time.sleep(self.server_fake.timeout_fault_seconds)
             self.close_connection = True
             self.connection.shutdown(2)
         elif fault.kind == "truncate":
+            # promise more bytes than are sent, then close: a body cut short
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", "100000")
             self.end_headers()
             self.wfile.write(b"\xff\xd8\xff" + b"\0" * 100)
+            self.wfile.flush()
             self.close_connection = True
+            self.connection.shutdown(2)
         return True
 
     def _user(self, template: str) -> dict[str, str] | None:
@@ -442,6 +485,8 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = parts.path, parse_qs(parts.query)
         if fake.slow_seconds:
             time.sleep(fake.slow_seconds)
+        if fake.on_request is not None:
+            fake.on_request(path)
         if path == "/api/server/version":
             major, minor, patch = (int(x) for x in fake.version.split("."))
             body: dict[str, Any] = {"major": major, "minor": minor, "patch": patch}
