@@ -6,6 +6,7 @@ collected and reported together, with the file name, as one ConfigError. Nothing
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tomllib
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SYSTEM_CONFIG = Path("/etc/facesyncd/config.toml")
 SOURCE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -219,12 +222,15 @@ def _read_secret(entry: dict[str, Any], where: str, problems: _Problems, *, need
         path = Path(credentials) / path
     try:
         value = path.read_text(encoding="utf-8").strip()
+        mode = path.stat().st_mode
     except OSError as error:
         problems.add(f"{where}.api_key_file", f"cannot read {path}: {error.strerror or error}")
         return None
     if not value:
         problems.add(f"{where}.api_key_file", f"{path} is empty")
         return None
+    if os.name == "posix" and mode & 0o077:
+        log.warning("API key file %s can be read by other users (mode %o): chmod 600 it", path, mode & 0o777)
     return Secret(value)
 
 

@@ -57,6 +57,7 @@ def decode_image(path: Path, *, max_pixels: int) -> DecodedImage:
     _register_plugins()
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # corrupt metadata Pillow skips; we go on too
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 width, height = image.size
@@ -72,10 +73,10 @@ def decode_image(path: Path, *, max_pixels: int) -> DecodedImage:
         raise ImageError("not an image format facesyncd can decode") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageError(f"image too large to decode safely: {error}") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as error:
-        raise ImageError(f"cannot decode image: {error}") from None
     except MemoryError:
         raise ImageError("not enough memory to decode image") from None
+    except Exception as error:  # hostile files make Pillow raise many types (struct.error, ...)
+        raise ImageError(f"cannot decode image: {error or type(error).__name__}") from None
     pixels = np.asarray(rgb, dtype=np.uint8)[:, :, ::-1]
     return DecodedImage(np.ascontiguousarray(pixels), image_format)
 

@@ -313,13 +313,25 @@ class ImmichClient:
         return self._download(f"/assets/{asset_id}/original", None, directory, max_bytes, f"original of {asset_id}")
 
     def download_preview(self, asset_id: str, directory: Path, max_bytes: int) -> Download:
-        # size=preview is a JPEG/WebP Immich renders for every image type, RAW included.
+        # size=preview is a JPEG/WebP Immich renders for every image type, RAW included. A missing
+        # asset is 400 here (the access check); 404 means the asset exists but has no preview file.
         return self._download(
-            f"/assets/{asset_id}/thumbnail", {"size": "preview"}, directory, max_bytes, f"preview of {asset_id}"
+            f"/assets/{asset_id}/thumbnail",
+            {"size": "preview"},
+            directory,
+            max_bytes,
+            f"preview of {asset_id}",
+            gone_statuses=(400,),
         )
 
     def _download(
-        self, path: str, params: dict[str, Any] | None, directory: Path, max_bytes: int, what: str
+        self,
+        path: str,
+        params: dict[str, Any] | None,
+        directory: Path,
+        max_bytes: int,
+        what: str,
+        gone_statuses: tuple[int, ...] = (400, 404),
     ) -> Download:
         """Stream to a temporary file in `directory`, hashing as the bytes arrive."""
         directory.mkdir(parents=True, exist_ok=True)
@@ -346,7 +358,7 @@ class ImmichClient:
                 raise
             return Download(Path(name), digest.hexdigest(), size)
 
-        return self._send("GET", path, consume, params=params, gone_statuses=(400, 404), what=what)
+        return self._send("GET", path, consume, params=params, gone_statuses=gone_statuses, what=what)
 
     def sweep_watermark(self, overlap_seconds: int) -> str:
         """The watermark for a sweep that starts now: server time (Date header) minus an overlap,

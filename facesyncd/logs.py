@@ -41,5 +41,5 @@ def setup_logging(level: int, log_format: str) -> None:
     root.setLevel(level)
     # httpx logs every request at INFO: keep that for --log-level debug. It never logs headers.
     logging.getLogger("httpx").setLevel(logging.DEBUG if level <= logging.DEBUG else logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.INFO if level <= logging.DEBUG else logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.DEBUG if level <= logging.DEBUG else logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING if level > logging.DEBUG else logging.INFO)

@@ -379,7 +379,12 @@ class Syncer:
                 row.asset_id,
                 original_error,
             )
-            preview = client.download_preview(row.asset_id, self.download_dir, max_bytes)
+            try:
+                preview = client.download_preview(row.asset_id, self.download_dir, max_bytes)
+            except AssetGone:
+                raise
+            except ImmichError as preview_error:
+                raise ImageError(f"original: {original_error}; no preview: {preview_error}") from None
             try:
                 return decode_image(preview.path, max_pixels=max_pixels), "preview"
             except ImageError as preview_error:

@@ -106,7 +106,7 @@ def env_key(monkeypatch: pytest.MonkeyPatch) -> str:
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, API_KEY_ENV: API_KEY, **(env or {})}
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "facesyncd", *args],
         capture_output=True,
         text=True,
@@ -114,6 +114,10 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600)
         timeout=timeout,
         cwd=REPO,
     )
+    # Every command the suite runs is also a check that no API key leaks into its output.
+    for key in {API_KEY, environment[API_KEY_ENV]}:
+        assert key not in result.stdout and key not in result.stderr, f"API key printed by facesyncd {args}"
+    return result
 
 
 def add_photos(fake: FakeImmich, folders: list[str], owner: str = "alice") -> dict[str, str]:

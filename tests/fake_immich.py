@@ -543,8 +543,8 @@ class _Handler(BaseHTTPRequestHandler):
                     self.end_headers()
                     return
                 data = fake.preview(asset)
-                if not data:
-                    return self._error(400, "Asset has no preview", template)
+                if not data:  # the asset exists, its preview file does not
+                    return self._error(404, "Asset media not found", template)
                 return self._send_bytes(data, "image/jpeg")
         self._record(None)
         self._error(404, f"Cannot GET {path}", path)

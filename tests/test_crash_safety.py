@@ -14,14 +14,33 @@ pytestmark = requires_shared
 
 # (checkpoint, n-th arrival) in the order a cycle meets them; each is one `sync` killed there.
 FIRST_PHASE = [
-    ("listed-page", 2), ("download-chunk", 1), ("embedded", 1), ("committed", 1), ("download-chunk", 2),
-    ("embedded", 2), ("committed", 3), ("listed-page", 1), ("sweep-finished", 1), ("committed", 2),
-    ("assigned", 1), ("identity-created", 1), ("export-file", 1), ("identity-created", 1), ("export-file", 5),
+    ("listed-page", 2),
+    ("download-chunk", 1),
+    ("embedded", 1),
+    ("committed", 1),
+    ("download-chunk", 2),
+    ("embedded", 2),
+    ("committed", 3),
+    ("listed-page", 1),
+    ("sweep-finished", 1),
+    ("committed", 2),
+    ("assigned", 1),
+    ("identity-created", 1),
+    ("export-file", 1),
+    ("identity-created", 1),
+    ("export-file", 5),
     ("index-save", 1),
 ]
 SECOND_PHASE = [
-    ("download-chunk", 1), ("embedded", 1), ("committed", 1), ("assigned", 1), ("export-swap", 1),
-    ("export-file", 2), ("identity-created", 1), ("index-save", 1), ("export-swap", 1),
+    ("download-chunk", 1),
+    ("embedded", 1),
+    ("committed", 1),
+    ("assigned", 1),
+    ("export-swap", 1),
+    ("export-file", 2),
+    ("identity-created", 1),
+    ("index-save", 1),
+    ("export-swap", 1),
 ]
 
 

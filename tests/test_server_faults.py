@@ -14,7 +14,7 @@ from conftest import API_KEY_ENV, add_photos, requires_shared, run_cli, write_co
 from facesyncd.config import ImmichSettings, Secret, SyncSettings
 from facesyncd.errors import ImmichUnreachable
 from facesyncd.immich import ImmichClient
-from fake_immich import Fault, FakeImmich
+from fake_immich import FakeImmich, Fault
 
 pytestmark = requires_shared
 
@@ -29,9 +29,7 @@ def truth(fake: FakeImmich) -> dict[str, str]:
 
 def done_assets(base: Path) -> dict[str, str]:
     with sqlite3.connect(base / "state" / "facesyncd.db") as connection:
-        return dict(
-            connection.execute("SELECT asset_id, sha256 FROM assets WHERE state = 'done'").fetchall()
-        )
+        return dict(connection.execute("SELECT asset_id, sha256 FROM assets WHERE state = 'done'").fetchall())
 
 
 def faces_by_asset(base: Path) -> dict[str, int]:
@@ -99,7 +97,8 @@ def test_a_server_restart_mid_sweep(fake: FakeImmich, tmp_path: Path) -> None:
 
     fake.on_search_page = restart_on_third_page
     config = write_config(
-        tmp_path, fake.url,
+        tmp_path,
+        fake.url,
         sync="page_size = 2\nhttp_retries = 8\nretry_base_seconds = 0.05\nretry_max_seconds = 0.5",
     )
     result = run_cli("--config", str(config), "sync")

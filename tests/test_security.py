@@ -1,0 +1,122 @@
+"""Secrets, TLS, hostile identifiers, file modes."""
+
+from __future__ import annotations
+
+import json
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import API_KEY, API_KEY_ENV, PHOTOS, add_photos, requires_shared, run_cli, write_config
+from facesyncd.config import load_settings
+from fake_immich import FakeImmich, Fault
+
+pytestmark = requires_shared
+
+
+def files_containing(root: Path, needle: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_the_api_key_appears_nowhere(fake: FakeImmich, tmp_path: Path) -> None:
+    """A debug-level sync with faults, a failing asset, a kill -9, an error with --debug, status:
+    the key must be in no output and no file."""
+    add_photos(fake, ["wild/obama", "wild/biden"])
+    fake.add_asset("alice", b"broken", "broken.jpg")
+    config = write_config(tmp_path, fake.url)
+    fake.faults += [Fault("status", status=503, times=2), Fault("reset", path_contains="/original")]
+    outputs = [
+        run_cli("--config", str(config), "--log-level", "debug", "--log-format", "json", "sync"),
+        run_cli("--config", str(config), "--log-level", "debug", "sync", env={"FACESYNCD_CRASH_AT": "committed:1"}),
+        run_cli("--config", str(config), "--log-level", "debug", "--debug", "sync"),
+        run_cli("--config", str(config), "--debug", "--log-level", "debug", "sync", env={API_KEY_ENV: "wrong-key-x"}),
+        run_cli("--config", str(config), "status", "--json"),
+        run_cli("--config", str(config), "status"),
+    ]
+    # the debug log really is at debug level, httpx's own lines included
+    assert "DEBUG" in outputs[1].stderr and "HTTP Request:" in outputs[1].stderr
+    assert '"level": "debug"' in outputs[0].stderr
+    assert "Traceback" in outputs[3].stderr  # --debug shows the traceback of the auth error
+    for result in outputs:
+        for key in (API_KEY, "wrong-key-x"):
+            assert key not in result.stdout and key not in result.stderr
+    for key in (API_KEY, "wrong-key-x"):
+        assert files_containing(tmp_path, key.encode()) == []
+
+
+def test_tls_verification_is_on_unless_turned_off_explicitly(tmp_path: Path, monkeypatch, caplog) -> None:
+    monkeypatch.setenv(API_KEY_ENV, API_KEY)
+    config = write_config(tmp_path, "https://photos.example.org")
+    assert load_settings(config).immich[0].verify_tls is True
+    text = config.read_text().replace('api_key_env = "', 'verify_tls = false\napi_key_env = "')
+    config.write_text(text)
+    settings = load_settings(config)
+    assert settings.immich[0].verify_tls is False
+    from facesyncd.immich import ImmichClient
+
+    with caplog.at_level("WARNING"), ImmichClient(settings.immich[0], settings.sync):
+        pass
+    assert "TLS certificate verification is OFF" in caplog.text
+
+
+def test_a_malicious_server_cannot_write_outside_the_state_and_facesets(tmp_path: Path) -> None:
+    """Asset ids and file names from the server never become paths; bad ids are refused."""
+    server = FakeImmich()  # not spec-checked: this server lies on purpose
+    server.add_user("alice", API_KEY)
+    server.start()
+    try:
+        good = server.add_file("alice", PHOTOS / "wild" / "obama" / "obama.jpg")
+        server.assets[good].original_file_name = "../../../../escape.jpg"
+        evil = server.add_file("alice", PHOTOS / "wild" / "obama" / "obama1.jpg")
+        asset = server.assets.pop(evil)
+        asset.id = "../../../../escape"
+        server.assets[asset.id] = asset
+        config = write_config(tmp_path / "run", server.url)
+        before = set(tmp_path.parent.iterdir())
+        result = run_cli("--config", str(config), "sync")
+        assert result.returncode == 0, result.stderr
+        assert "ignoring listed asset: asset with invalid id" in result.stderr
+        assert set(tmp_path.parent.iterdir()) == before
+        written = {p for p in tmp_path.rglob("*")}
+        assert all(str(p).startswith(str(tmp_path / "run")) for p in written)
+        assert not any("escape" in p.name for p in written)
+        status = json.loads(run_cli("--config", str(config), "status", "--json").stdout)
+        assert status["assets"] == {"done": 1}
+        assert not any("escape" in str(r) for r in server.requests)
+    finally:
+        server.stop()
+
+
+def test_database_is_private_and_a_readable_key_file_is_flagged(fake: FakeImmich, tmp_path: Path) -> None:
+    key_file = tmp_path / "alice.key"
+    key_file.write_text(API_KEY)
+    key_file.chmod(0o644)
+    sources = f'[[immich]]\nname = "alice"\nurl = "{fake.url}"\napi_key_file = "{key_file}"\n'
+    config = write_config(tmp_path, fake.url, sources=sources)
+    result = run_cli("--config", str(config), "sync")
+    assert result.returncode == 0, result.stderr
+    assert f"API key file {key_file} can be read by other users (mode 644)" in result.stderr
+    database = tmp_path / "state" / "facesyncd.db"
+    assert stat.S_IMODE(database.stat().st_mode) == 0o600
+    key_file.chmod(0o600)
+    assert "can be read by other users" not in run_cli("--config", str(config), "sync").stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX modes")
+def test_backups_before_migration_are_private(tmp_path: Path, monkeypatch) -> None:
+    import facesyncd.store as store_module
+    from facesyncd.store import Store
+
+    path = tmp_path / "facesyncd.db"
+    Store(path).close()
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    for existing in store_module.MIGRATIONS_DIR.glob("*.sql"):
+        (migrations / existing.name).write_text(existing.read_text())
+    (migrations / "9999_x.sql").write_text("CREATE TABLE x (y);\n")
+    monkeypatch.setattr(store_module, "MIGRATIONS_DIR", migrations)
+    Store(path).close()
+    backups = list(tmp_path.glob("facesyncd.db.bak-v*"))
+    assert backups and all(stat.S_IMODE(b.stat().st_mode) == 0o600 for b in backups)
