@@ -281,11 +281,11 @@ class ImmichClient:
                 cursor, page = last, 1
                 seen_at_cursor = {a.id for a in assets if a.file_created_at == last}
 
-    def all_asset_ids(self, page_size: int) -> set[str]:
-        """Every asset id the key can see, trashed ones excluded: for reconciliation."""
-        ids: set[str] = set()
+    def all_asset_ids(self, page_size: int) -> dict[str, bool]:
+        """Every asset id the key can see -> whether it is in the trash: for reconciliation."""
+        ids: dict[str, bool] = {}
         for page in self.iter_changed(None, page_size):
-            ids.update(asset.id for asset in page if not asset.is_trashed)
+            ids.update((asset.id, asset.is_trashed) for asset in page)
         return ids
 
     def faces(self, asset_id: str) -> list[RemoteFace]:

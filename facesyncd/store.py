@@ -370,11 +370,10 @@ class Store:
         )
         return [AssetRow(**row) for row in rows]
 
-    def known_asset_ids(self, source: str) -> set[str]:
-        rows = self._execute(
-            "SELECT asset_id FROM assets WHERE source = ? AND state NOT IN ('trashed', 'deleted')", (source,)
-        )
-        return {row[0] for row in rows}
+    def known_asset_states(self, source: str) -> dict[str, str]:
+        """asset id -> state, for every asset not yet known to be deleted."""
+        rows = self._execute("SELECT asset_id, state FROM assets WHERE source = ? AND state != 'deleted'", (source,))
+        return dict(rows.fetchall())
 
     def mark_skipped(self, source: str, asset_id: str, reason: str) -> None:
         with self.transaction():

@@ -242,7 +242,7 @@ class Syncer:
                 next_watermark = client.sweep_watermark(self.settings.sync.watermark_overlap_seconds)
                 watermark = self.store.watermark(source.name)
                 # A sweep from no watermark lists everything: it doubles as a reconciliation.
-                everything: set[str] | None = set() if watermark is None else None
+                everything: dict[str, bool] | None = {} if watermark is None else None
                 self.reporter.stage(f"{source.name}: listing", None)
                 for page in client.iter_changed(watermark, self.settings.sync.page_size):
                     self._check_stop()
@@ -256,7 +256,7 @@ class Syncer:
                     for asset_id in listed.trashed:
                         self._remove(source.name, asset_id, "trashed", report)
                     if everything is not None:
-                        everything.update(asset.id for asset in page if not asset.is_trashed)
+                        everything.update((asset.id, asset.is_trashed) for asset in page)
                     self.reporter.advance(len(page))
                 # Only a complete sweep moves the watermark: a broken one is redone from the old mark.
                 self.store.finish_sweep(source.name, next_watermark)
@@ -275,11 +275,14 @@ class Syncer:
                 self._clients.discard(client)
                 report.requests += client.requests
 
-    def _reconcile(self, source: str, remote: set[str], report: CycleReport) -> None:
+    def _reconcile(self, source: str, remote: dict[str, bool], report: CycleReport) -> None:
         """Assets we hold that the server no longer lists were deleted there (hard deletions never
-        show up in an incremental sweep)."""
-        for asset_id in sorted(self.store.known_asset_ids(source) - remote):
-            self._remove(source, asset_id, "deleted", report)
+        show up in an incremental sweep, and an asset emptied from the trash neither)."""
+        for asset_id, state in sorted(self.store.known_asset_states(source).items()):
+            if asset_id not in remote:
+                self._remove(source, asset_id, "deleted", report)
+            elif remote[asset_id] and state != "trashed":
+                self._remove(source, asset_id, "trashed", report)
         self.store.mark_reconciled(source)
         # Crops a crash left without a database row.
         known = self.store.all_crops()

@@ -131,3 +131,23 @@ def test_sync_against_immich_2(fake: FakeImmich, tmp_path: Path) -> None:
     status = json.loads(run_cli("--config", str(config), "status", "--json").stdout)
     assert status["assets"] == {"done": len(ids)}
     assert status["identities"] == 2
+
+
+def test_parked_assets_are_listed_and_retried_only_on_request(fake: FakeImmich, tmp_path: Path) -> None:
+    broken = fake.add_asset("alice", b"\xff\xd8\xff\xe0 not really a jpeg", "broken.jpg")
+    config = write_config(tmp_path, fake.url, sync="max_attempts = 2")
+    for _ in range(2):
+        assert run_cli("--config", str(config), "sync").returncode == 0
+    status = json.loads(run_cli("--config", str(config), "status", "--json").stdout)
+    assert status["assets"] == {"parked": 1}
+    [problem] = status["problems"]
+    assert problem["asset_id"] == broken and problem["attempts"] == 2
+    assert problem["reason"].startswith("original: cannot decode image") and "no preview: " in problem["reason"]
+    assert "parked: alice/" in run_cli("--config", str(config), "status").stdout
+    downloads = fake.count("GET", f"/api/assets/{broken}/original")
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    assert fake.count("GET", f"/api/assets/{broken}/original") == downloads
+    result = run_cli("--config", str(config), "retry")
+    assert result.returncode == 0 and result.stdout.strip() == "1 assets queued for retry"
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    assert fake.count("GET", f"/api/assets/{broken}/original") == downloads + 1

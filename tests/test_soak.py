@@ -1,0 +1,95 @@
+"""Soak: 200 cycles against a server that keeps changing, then the state must equal the server's truth."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import PHOTOS, requires_shared, write_config
+from facesyncd.config import load_settings
+from facesyncd.embedder import FaceEmbedder
+from facesyncd.index import read_sidecar
+from facesyncd.store import Store
+from facesyncd.sync import Syncer
+from fake_immich import FakeImmich
+
+pytestmark = [requires_shared, pytest.mark.slow]
+
+CYCLES = 200
+
+
+@pytest.fixture
+def syncer(fake: FakeImmich, tmp_path: Path, env_key: str) -> Iterator[Syncer]:
+    settings = load_settings(write_config(tmp_path, fake.url, sync="page_size = 25"))
+    store = Store(settings.database_path)
+    yield Syncer(settings, store, FaceEmbedder(settings.model, settings.faces))
+    store.close()
+
+
+def test_two_hundred_cycles_against_a_changing_server(fake: FakeImmich, syncer: Syncer) -> None:
+    rng = random.Random(20261125)
+    pool = sorted(p for p in (PHOTOS / "wild").rglob("*") if p.is_file())
+    pool += sorted((PHOTOS / "noface").glob("*"))[:4]
+    for path in rng.sample(pool, 12):
+        fake.add_file("alice", path)
+    operations = {"add": 0, "edit": 0, "trash": 0, "restore": 0, "delete": 0, "touch": 0}
+    for cycle in range(CYCLES):
+        for _ in range(rng.choice([0, 1, 1, 2])):
+            live = [a for a in fake.assets.values() if not a.is_trashed]
+            trashed = [a for a in fake.assets.values() if a.is_trashed]
+            operation = rng.choice(["add", "add", "edit", "trash", "restore", "delete", "touch", "touch"])
+            if operation == "add" or not live:
+                fake.add_file("alice", rng.choice(pool))
+                operation = "add"
+            elif operation == "edit":
+                target = rng.choice(live)
+                target.data = rng.choice(pool).read_bytes()
+                fake.touch(target.id)
+            elif operation == "trash":
+                fake.trash(rng.choice(live).id)
+            elif operation == "restore" and trashed:
+                fake.restore(rng.choice(trashed).id)
+            elif operation == "delete":
+                fake.delete(rng.choice(live + trashed).id)
+            else:
+                fake.touch(rng.choice(live).id)
+                operation = "touch"
+            operations[operation] += 1
+        syncer.run_cycle(reconcile=cycle % 25 == 24)
+    syncer.run_cycle(reconcile=True)
+    assert all(count > 5 for count in operations.values()), operations
+
+    truth = {a.id: hashlib.sha256(a.data).hexdigest() for a in fake.assets.values() if not a.is_trashed}
+    trashed = {a.id for a in fake.assets.values() if a.is_trashed}
+    store = syncer.store
+    rows = {r["asset_id"]: r for r in store.db.query("SELECT asset_id, state, sha256 FROM assets")}
+    done = {asset_id: row["sha256"] for asset_id, row in rows.items() if row["state"] == "done"}
+    assert done == truth, "the done assets and their bytes must be exactly the server's live assets"
+    for asset_id, row in rows.items():
+        if asset_id in trashed:
+            assert row["state"] == "trashed"
+        elif asset_id not in truth:
+            assert row["state"] == "deleted"
+    # faces only of live bytes; crops on disk exactly those of the faces
+    live_blobs = set(truth.values())
+    face_blobs = {r["sha256"] for r in store.db.query("SELECT DISTINCT sha256 FROM faces")}
+    assert face_blobs <= live_blobs
+    crops = {r["crop"] for r in store.db.query("SELECT crop FROM faces")}
+    on_disk = {str(p.relative_to(syncer.crops_dir)) for p in syncer.crops_dir.rglob("*.jpg")}
+    assert on_disk == crops
+    # facesets show live assets only, each face once, and match the database
+    shown: list[str] = []
+    for manifest in syncer.settings.facesets_dir.glob("faceset_*/faceset.json"):
+        data = json.loads(manifest.read_text())
+        shown += [face["asset_id"] for face in data["faces"]]
+    assert set(shown) <= set(truth)
+    assigned = store.db.execute("SELECT COUNT(*) FROM faces WHERE identity IS NOT NULL").fetchone()[0]
+    assert len(shown) == assigned
+    assert read_sidecar(syncer.settings.state_dir)["faces"] == assigned
+    numbers = store.identity_numbers()
+    assert numbers == list(range(1, len(numbers) + 1)), "identity numbers must be dense and never reused"
