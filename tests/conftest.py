@@ -28,6 +28,22 @@ requires_shared = pytest.mark.skipif(
 )
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After the whole run: no file any test made (databases, logs, facesets, crops) holds the API
+    key, except the key files the tests wrote on purpose."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None or exitstatus != 0:
+        return
+    leaks = [
+        path
+        for path in factory.getbasetemp().rglob("*")
+        if path.is_file() and not path.name.endswith(".key") and API_KEY.encode() in path.read_bytes()
+    ]
+    if leaks:
+        session.exitstatus = 1
+        print(f"\nAPI key found in files written during the test run: {leaks}", file=sys.stderr)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if os.environ.get("CI") and not (PHOTOS.is_dir() and TEST_PACK.is_dir()):
         raise pytest.UsageError(f"CI run without test data: {SHARED} is missing")
