@@ -60,6 +60,7 @@ class ModelSettings:
     pack: str = "buffalo_l"
     providers: tuple[str, ...] = ("auto",)
     det_size: int = 640
+    threads: int = 0  # onnxruntime threads per model; 0: one per CPU core shared out among the workers
 
     def pack_dir(self) -> Path:
         """A pack name resolves under insightface's model root; anything with a slash is a path."""
@@ -89,6 +90,7 @@ class IdentitySettings:
 @dataclass(frozen=True)
 class SyncSettings:
     page_size: int = 1000
+    workers: int = 0  # assets prepared at once; 0: as many as CPU cores (at most 4)
     watermark_overlap_seconds: int = 300
     max_attempts: int = 5
     retry_delay_seconds: int = 600
@@ -310,6 +312,7 @@ def settings_from_dict(data: dict[str, Any], path: Path, *, secrets: bool = True
             "pack": (str, lambda v: bool(v), "non-empty"),
             "providers": (tuple, lambda v: len(v) > 0, "a non-empty list"),
             "det_size": (int, lambda v: 160 <= v <= 2048 and v % 32 == 0, "a multiple of 32 in 160..2048"),
+            "threads": (int, lambda v: 0 <= v <= 64, "between 0 and 64"),
         },
         problems,
     )
@@ -341,6 +344,7 @@ def settings_from_dict(data: dict[str, Any], path: Path, *, secrets: bool = True
         "sync",
         {
             "page_size": (int, lambda v: 1 <= v <= 1000, "between 1 and 1000"),
+            "workers": (int, lambda v: 0 <= v <= 32, "between 0 and 32"),
             "watermark_overlap_seconds": (int, lambda v: v >= 0, ">= 0"),
             "max_attempts": (int, _positive, "> 0"),
             "retry_delay_seconds": (int, lambda v: v >= 0, ">= 0"),

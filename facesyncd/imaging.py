@@ -7,11 +7,11 @@ checked before any pixel is decoded, so a small file claiming huge dimensions ca
 
 from __future__ import annotations
 
-import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -53,7 +53,13 @@ class DecodedImage:
 
 
 def decode_image(path: Path, *, max_pixels: int) -> DecodedImage:
-    """Decode the file at `path`; raises ImageError with a reason a user can read."""
+    """Decode the file at `path`; raises ImageError with a reason a user can read.
+
+    Pillow reads the header first (format sniffed from the bytes, pixel count checked before any
+    pixel is decoded). Complete JPEGs, most of any library, are then decoded by OpenCV's
+    libjpeg-turbo straight to BGR with the EXIF orientation applied: about twice as fast as Pillow
+    plus a channel swap. Everything else (and any JPEG OpenCV refuses) goes through Pillow.
+    """
     _register_plugins()
     try:
         with warnings.catch_warnings():
@@ -64,6 +70,10 @@ def decode_image(path: Path, *, max_pixels: int) -> DecodedImage:
                 if width * height > max_pixels:
                     raise ImageError(f"image is {width}x{height}, over the {max_pixels // 1_000_000} MP limit")
                 image_format = image.format or "unknown"
+                if image_format == "JPEG" and _complete_jpeg(path):
+                    pixels = _decode_jpeg(path)
+                    if pixels is not None:
+                        return DecodedImage(pixels, image_format)
                 image.seek(0)  # animated GIF/WebP: the first frame
                 upright = ImageOps.exif_transpose(image)
                 rgb = _to_rgb(upright)
@@ -77,8 +87,26 @@ def decode_image(path: Path, *, max_pixels: int) -> DecodedImage:
         raise ImageError("not enough memory to decode image") from None
     except Exception as error:  # hostile files make Pillow raise many types (struct.error, ...)
         raise ImageError(f"cannot decode image: {error or type(error).__name__}") from None
-    pixels = np.asarray(rgb, dtype=np.uint8)[:, :, ::-1]
-    return DecodedImage(np.ascontiguousarray(pixels), image_format)
+    return DecodedImage(cv2.cvtColor(np.asarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2BGR), image_format)
+
+
+def _complete_jpeg(path: Path) -> bool:
+    """A JPEG that ends with its end-of-image marker. libjpeg fills a truncated file with grey
+    instead of failing; those go to Pillow, which refuses them."""
+    with path.open("rb") as handle:
+        handle.seek(0, 2)
+        size = handle.tell()
+        handle.seek(max(0, size - 64))
+        tail = handle.read().rstrip(b"\0\r\n ")
+    return tail.endswith(b"\xff\xd9")
+
+
+def _decode_jpeg(path: Path) -> NDArray[np.uint8] | None:
+    data = np.fromfile(path, dtype=np.uint8)
+    pixels = cv2.imdecode(data, cv2.IMREAD_COLOR)  # applies the EXIF orientation
+    if pixels is None or pixels.ndim != 3 or pixels.shape[2] != 3:
+        return None
+    return pixels
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -97,6 +125,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def encode_jpeg(pixels: NDArray[np.uint8], quality: int = 92) -> bytes:
     """BGR pixels -> JPEG bytes."""
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels[:, :, ::-1])).save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
+    ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(pixels), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ImageError("cannot encode a JPEG crop")
+    return bytes(encoded.tobytes())

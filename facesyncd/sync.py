@@ -7,12 +7,16 @@ never stops the other sources. The HNSW index and the faceset folders are rebuil
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
@@ -21,7 +25,7 @@ import numpy as np
 
 from .config import ImmichSettings, Settings
 from .crashpoints import checkpoint
-from .embedder import FaceEmbedder
+from .embedder import FaceEmbedder, default_workers
 from .errors import (
     AssetGone,
     FacesyncError,
@@ -36,7 +40,7 @@ from .errors import (
 from .export import export_all
 from .identities import assign, cluster_pool
 from .imaging import DecodedImage, decode_image
-from .immich import ImmichClient
+from .immich import Download, ImmichClient
 from .index import FaceIndex
 from .models import CycleReport, DetectedFace, RemoteFace, StoredFace
 from .store import AssetRow, Store
@@ -83,6 +87,25 @@ def faces_too_small(faces: Sequence[RemoteFace], width: int | None, height: int 
         if shortest >= min_px:
             return False
     return True
+
+
+@dataclass
+class Prepared:
+    """One asset's outcome from a worker, waiting to be committed by the main thread."""
+
+    row: AssetRow
+    skipped: str | None = None
+    gone: bool = False
+    error: str | None = None
+    download: Download | None = None
+    decoded_from: str = "original"
+    size: tuple[int, int] = (0, 0)
+    faces: list[DetectedFace] | None = None
+    crops: list[str] = field(default_factory=list)
+
+    def discard(self) -> None:
+        if self.download is not None:
+            self.download.path.unlink(missing_ok=True)
 
 
 def crop_path(sha256: str, face_index: int) -> str:
@@ -299,13 +322,51 @@ class Syncer:
         log.info("%s: asset %s %s in Immich; its faces left the facesets", source, asset_id, state)
 
     def _process_pending(self, source: str, client: ImmichClient, report: CycleReport) -> None:
+        """Stage and embed every asset that needs it, `workers` at a time.
+
+        Workers do the slow, GIL-free work of an asset (faces request, download, hash, decode,
+        detection, embedding, crops) while earlier results are committed here, one transaction per
+        asset, in listing order, so face ids come out the same however the work was spread.
+        """
         now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         rows = self.store.assets_to_process(source, now)
         self.reporter.stage(f"{source}: processing", len(rows))
-        for row in rows:
-            self._check_stop()
-            self._process_asset(source, client, row, report)
-            self.reporter.advance()
+        if not rows:
+            return
+        workers = self.settings.sync.workers or default_workers()
+        readers: list[Store] = []
+        local = threading.local()
+
+        def prepare(row: AssetRow) -> Prepared:
+            if not hasattr(local, "store"):
+                local.store = Store(self.store.path, readonly=True, threaded=True)
+                readers.append(local.store)
+            return self._prepare(client, row, local.store)
+
+        pending: deque[Future[Prepared]] = deque()
+        queue = iter(rows)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="facesyncd-worker") as pool:
+            try:
+                for row in itertools.islice(queue, 2 * workers):
+                    pending.append(pool.submit(prepare, row))
+                while pending:
+                    prepared = pending.popleft().result()
+                    self._check_stop()
+                    self._commit(source, prepared, report)
+                    self.reporter.advance()
+                    for row in itertools.islice(queue, 1):
+                        pending.append(pool.submit(prepare, row))
+            finally:
+                for future in pending:
+                    future.cancel()
+                for future in pending:  # results nobody will commit: drop their temporary files
+                    if not future.cancelled():
+                        try:
+                            future.result().discard()
+                        except BaseException:  # already failing: the first error wins
+                            pass
+        for reader in readers:
+            reader.close()
 
     def _check_stop(self) -> None:
         if self.stop.is_set():
@@ -316,59 +377,83 @@ class Syncer:
         for client in list(self._clients):
             client.close()
 
-    def _process_asset(self, source: str, client: ImmichClient, row: AssetRow, report: CycleReport) -> None:
+    def _prepare(self, client: ImmichClient, row: AssetRow, reader: Store) -> Prepared:
+        """Everything about one asset that needs no write to the store. Runs on a worker thread.
+
+        Per-asset problems come back in the result; systemic ones (server down, disk full, stop)
+        are raised and end the cycle when the main thread reaches this asset.
+        """
+        self._check_stop()
         faces_settings = self.settings.faces
         if row.type != "IMAGE":
-            self.store.mark_skipped(source, row.asset_id, f"not an image ({(row.type or 'unknown').lower()})")
-            report.skipped += 1
-            return
+            return Prepared(row, skipped=f"not an image ({(row.type or 'unknown').lower()})")
         try:
             if faces_settings.prefilter:
                 remote_faces = client.faces(row.asset_id)
                 if faces_too_small(remote_faces, row.width, row.height, faces_settings.min_face_px):
-                    self.store.mark_skipped(
-                        source, row.asset_id, f"all faces Immich found are under {faces_settings.min_face_px}px"
-                    )
-                    report.skipped += 1
-                    return
+                    return Prepared(row, skipped=f"all faces Immich found are under {faces_settings.min_face_px}px")
             max_bytes = faces_settings.max_download_mb * 1024 * 1024
             download = client.download_original(row.asset_id, self.download_dir, max_bytes)
-            report.downloaded += 1
+            prepared = Prepared(row, download=download)
             try:
-                if self.store.blob_exists(download.sha256):
+                if reader.blob_exists(download.sha256):
+                    return prepared
+                image, prepared.decoded_from = self._decode(client, row, download.path, max_bytes)
+                prepared.size = (image.width, image.height)
+                prepared.faces = self.embedder.faces(image)
+                del image
+                prepared.crops = write_crops(self.crops_dir, download.sha256, prepared.faces)
+                checkpoint("embedded")
+            except BaseException:
+                prepared.discard()
+                raise
+            return prepared
+        except AssetGone:
+            return Prepared(row, gone=True)
+        except (ImageError, ImmichError) as error:
+            return Prepared(row, error=str(error))
+
+    def _commit(self, source: str, prepared: Prepared, report: CycleReport) -> None:
+        """Write one asset's outcome in one transaction (main thread)."""
+        row = prepared.row
+        try:
+            if prepared.skipped is not None:
+                self.store.mark_skipped(source, row.asset_id, prepared.skipped)
+                report.skipped += 1
+            elif prepared.gone:
+                self._remove(source, row.asset_id, "deleted", report)
+            elif prepared.error is not None:
+                self._fail(source, row, prepared.error, report)
+            elif prepared.download is not None:
+                download = prepared.download
+                report.downloaded += 1
+                if prepared.faces is None or self.store.blob_exists(download.sha256):
                     self.store.link_asset(source, row.asset_id, download.sha256)
                     report.deduplicated += 1
                     return
-                image, decoded_from = self._decode(client, row, download.path, max_bytes)
-                faces = self.embedder.faces(image)
-                crops = write_crops(self.crops_dir, download.sha256, faces)
-                checkpoint("embedded")
+                width, height = prepared.size
                 with self.store.transaction():
                     self.store.save_blob_faces(
                         download.sha256,
                         size=download.size,
-                        width=image.width,
-                        height=image.height,
-                        decoded_from=decoded_from,
+                        width=width,
+                        height=height,
+                        decoded_from=prepared.decoded_from,
                         model=self.embedder.name,
-                        faces=faces,
-                        crops=crops,
+                        faces=prepared.faces,
+                        crops=prepared.crops,
                     )
                     self.store.mark_done(
                         source,
                         row.asset_id,
                         download.sha256,
-                        None if decoded_from == "original" else "decoded from Immich's preview",
+                        None if prepared.decoded_from == "original" else "decoded from Immich's preview",
                     )
                 checkpoint("committed")
                 report.embedded_assets += 1
-                report.faces_found += len(faces)
-            finally:
-                download.path.unlink(missing_ok=True)
-        except AssetGone:
-            self._remove(source, row.asset_id, "deleted", report)
-        except (ImageError, ImmichError) as error:
-            self._fail(source, row, str(error), report)
+                report.faces_found += len(prepared.faces)
+        finally:
+            prepared.discard()
 
     def _decode(self, client: ImmichClient, row: AssetRow, path: Path, max_bytes: int) -> tuple[DecodedImage, str]:
         """The original if it decodes (RAW files do not), else Immich's preview of it."""

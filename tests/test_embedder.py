@@ -103,11 +103,11 @@ def test_a_provider_that_fails_to_start_falls_back_to_the_next(monkeypatch: pyte
     real_get_model = model_zoo.get_model
     attempts: list[list[str]] = []
 
-    def get_model(path: str, providers: list[str]) -> object:
+    def get_model(path: str, providers: list[str], **options: object) -> object:
         attempts.append(list(providers))
         if providers[0] == "CUDAExecutionProvider":
             raise RuntimeError("libcudnn.so.9: cannot open shared object file")
-        return real_get_model(path, providers=providers)
+        return real_get_model(path, providers=providers, **options)
 
     monkeypatch.setattr(model_zoo, "get_model", get_model)
     monkeypatch.setattr(

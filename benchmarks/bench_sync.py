@@ -1,0 +1,91 @@
+"""Target 1: end-to-end sync throughput against insightface's FaceAnalysis.get() in the same run.
+
+The baseline gets every photo already decoded in memory and runs FaceAnalysis.get() (same pack,
+detector and recognizer only, same thresholds, same onnxruntime threads). facesyncd's sync also
+lists, downloads from the loopback fake Immich, hashes, decodes, writes SQLite, crops and exports.
+Both count every detected face (min_face_px = 0). Figures are medians of several repetitions,
+alternating the two.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from common import API_KEY, API_KEY_ENV, PHOTOS, TEST_PACK, config_text, median, require_shared
+
+FOLDERS = ("wild", "groups", "noface")
+
+
+def photo_paths() -> list[Path]:
+    return sorted(p for folder in FOLDERS for p in (PHOTOS / folder).rglob("*") if p.is_file())
+
+
+def baseline_run(app, images) -> tuple[int, float]:
+    started = time.perf_counter()
+    faces = sum(len(app.get(image)) for image in images)
+    return faces, time.perf_counter() - started
+
+
+def sync_run(url: str, embedder) -> tuple[int, float]:
+    from facesyncd.config import load_settings
+    from facesyncd.store import Store
+    from facesyncd.sync import Syncer
+
+    directory = Path(tempfile.mkdtemp(prefix="bench-sync-"))
+    try:
+        config = directory / "config.toml"
+        config.write_text(config_text(directory, url, extra_faces="min_face_px = 0\nprefilter = false"))
+        settings = load_settings(config)
+        store = Store(settings.database_path)
+        try:
+            syncer = Syncer(settings, store, embedder)
+            started = time.perf_counter()
+            report = syncer.run_cycle()
+            return report.faces_found, time.perf_counter() - started
+        finally:
+            store.close()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def main(repetitions: int = 3) -> list[tuple[str, str, str]]:
+    require_shared()
+    os.environ[API_KEY_ENV] = API_KEY
+    from insightface.app import FaceAnalysis
+
+    from facesyncd.config import FaceSettings, ModelSettings
+    from facesyncd.embedder import FaceEmbedder
+    from facesyncd.imaging import decode_image
+    from fake_server import FakeServerProcess
+
+    paths = photo_paths()
+    images = [decode_image(p, max_pixels=10**9).pixels for p in paths]
+    app = FaceAnalysis(name=str(TEST_PACK), allowed_modules=["detection", "recognition"],
+                       providers=["CPUExecutionProvider"])
+    app.prepare(ctx_id=0, det_size=(640, 640), det_thresh=0.5)
+    embedder = FaceEmbedder(ModelSettings(pack=str(TEST_PACK), providers=("CPUExecutionProvider",)),
+                            FaceSettings(min_face_px=0))
+    embedder.load()
+
+    baseline_rates, sync_rates = [], []
+    with FakeServerProcess(paths) as server:
+        baseline_run(app, images[:3])  # warm-up
+        for _ in range(repetitions):
+            faces, seconds = baseline_run(app, images)
+            baseline_rates.append(faces / seconds)
+            sync_faces, sync_seconds = sync_run(server.url, embedder)
+            sync_rates.append(sync_faces / sync_seconds)
+    base, mine = median(baseline_rates), median(sync_rates)
+    print(f"sync throughput: {len(paths)} photos, {faces} faces (baseline) / {sync_faces} faces (sync)")
+    print(f"  baseline FaceAnalysis.get on decoded images: {base:.1f} faces/s  runs {[round(r, 1) for r in baseline_rates]}")
+    print(f"  facesyncd sync end to end:                   {mine:.1f} faces/s  runs {[round(r, 1) for r in sync_rates]}")
+    print(f"  ratio sync/baseline: {mine / base:.2f} (target >= 1.00)")
+    return [("sync faces/s vs FaceAnalysis.get", f"{mine:.1f} vs {base:.1f}", f"{mine / base:.2f}x (>= 1.00)")]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Run the fake Immich in a child process, as a real server would be: it must not share the
+benchmarked process's interpreter (GIL) or be counted in its CPU time."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from common import API_KEY, REPO
+
+CHILD = """
+import json, sys, threading
+sys.path.insert(0, {tests!r})
+from fake_immich import FakeImmich
+spec = json.loads(sys.argv[1])
+fake = FakeImmich()
+fake.add_user("bench", {key!r})
+for path in spec["files"]:
+    fake.add_file("bench", __import__("pathlib").Path(path))
+for index in range(spec.get("blank", 0)):
+    fake.add_asset("bench", b"x", f"blank{{index}}.jpg",
+                   faces=[dict(x1=0, y1=0, x2=10, y2=10, image_width=100, image_height=100)])
+fake.start()
+print(fake.url, flush=True)
+sys.stdin.read()
+fake.stop()
+"""
+
+
+class FakeServerProcess:
+    def __init__(self, files: list[Path], blank: int = 0) -> None:
+        code = CHILD.format(tests=str(REPO / "tests"), key=API_KEY)
+        spec = json.dumps({"files": [str(p) for p in files], "blank": blank})
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code, spec], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.process.stdout is not None
+        self.url = self.process.stdout.readline().strip()
+        if not self.url.startswith("http"):
+            raise RuntimeError("the fake Immich did not start")
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(30)
+
+    def __enter__(self) -> FakeServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
