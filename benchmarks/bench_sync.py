@@ -64,11 +64,13 @@ def main(repetitions: int = 3) -> list[tuple[str, str, str]]:
 
     paths = photo_paths()
     images = [decode_image(p, max_pixels=10**9).pixels for p in paths]
-    app = FaceAnalysis(name=str(TEST_PACK), allowed_modules=["detection", "recognition"],
-                       providers=["CPUExecutionProvider"])
+    app = FaceAnalysis(
+        name=str(TEST_PACK), allowed_modules=["detection", "recognition"], providers=["CPUExecutionProvider"]
+    )
     app.prepare(ctx_id=0, det_size=(640, 640), det_thresh=0.5)
-    embedder = FaceEmbedder(ModelSettings(pack=str(TEST_PACK), providers=("CPUExecutionProvider",)),
-                            FaceSettings(min_face_px=0))
+    embedder = FaceEmbedder(
+        ModelSettings(pack=str(TEST_PACK), providers=("CPUExecutionProvider",)), FaceSettings(min_face_px=0)
+    )
     embedder.load()
 
     baseline_rates, sync_rates = [], []
@@ -81,8 +83,12 @@ def main(repetitions: int = 3) -> list[tuple[str, str, str]]:
             sync_rates.append(sync_faces / sync_seconds)
     base, mine = median(baseline_rates), median(sync_rates)
     print(f"sync throughput: {len(paths)} photos, {faces} faces (baseline) / {sync_faces} faces (sync)")
-    print(f"  baseline FaceAnalysis.get on decoded images: {base:.1f} faces/s  runs {[round(r, 1) for r in baseline_rates]}")
-    print(f"  facesyncd sync end to end:                   {mine:.1f} faces/s  runs {[round(r, 1) for r in sync_rates]}")
+    print(
+        f"  baseline FaceAnalysis.get on decoded images: {base:.1f} faces/s  runs {[round(r, 1) for r in baseline_rates]}"
+    )
+    print(
+        f"  facesyncd sync end to end:                   {mine:.1f} faces/s  runs {[round(r, 1) for r in sync_rates]}"
+    )
     print(f"  ratio sync/baseline: {mine / base:.2f} (target >= 1.00)")
     return [("sync faces/s vs FaceAnalysis.get", f"{mine:.1f} vs {base:.1f}", f"{mine / base:.2f}x (>= 1.00)")]
 

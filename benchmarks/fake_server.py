@@ -19,9 +19,12 @@ fake = FakeImmich()
 fake.add_user("bench", {key!r})
 for path in spec["files"]:
     fake.add_file("bench", __import__("pathlib").Path(path))
+from datetime import datetime, timedelta, timezone
+start = datetime(2020, 1, 1, tzinfo=timezone.utc)
 for index in range(spec.get("blank", 0)):
-    fake.add_asset("bench", b"x", f"blank{{index}}.jpg",
-                   faces=[dict(x1=0, y1=0, x2=10, y2=10, image_width=100, image_height=100)])
+    asset_id = fake.add_asset("bench", b"x", f"blank{{index}}.jpg", taken=start + timedelta(seconds=index),
+                              faces=[dict(x1=0, y1=0, x2=10, y2=10, image_width=100, image_height=100)])
+    fake.assets[asset_id].updated_at -= timedelta(days=1)  # a library at rest, not one changed just now
 fake.start()
 print(fake.url, flush=True)
 sys.stdin.read()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-import numpy as np
-from numpy.typing import NDArray
+if TYPE_CHECKING:  # numpy stays out of `status`, which never touches an embedding
+    import numpy as np
+    from numpy.typing import NDArray
 
-Embedding: TypeAlias = NDArray[np.float32]
+Embedding: TypeAlias = "NDArray[np.float32]"
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class CycleReport:
     facesets_written: int = 0
     source_errors: dict[str, str] = field(default_factory=dict)
     providers: list[str] = field(default_factory=list)
+    listing_seconds: float = 0.0
     seconds: float = 0.0
 
     @property

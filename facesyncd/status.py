@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from .config import Settings
-from .index import read_sidecar
 from .runstate import read_daemon_file
+from .sidecar import read_sidecar
 from .store import Store
 
 

@@ -14,18 +14,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import sqlite_utils
 
 from .errors import StoreError
+
+if TYPE_CHECKING:  # numpy is imported where embeddings are read: `status` never needs it
+    import numpy as np
+    from numpy.typing import NDArray
 from .models import DetectedFace, RemoteAsset, StoredFace
 
 MIGRATIONS_DIR = Path(os.environ.get("FACESYNCD_MIGRATIONS", Path(__file__).resolve().parent.parent / "migrations"))
 
-# Asset states in which the asset's faces belong in facesets.
-LIVE_STATES = ("done",)
+CYCLES_KEPT = 1000
 
 
 def utc_now() -> str:
@@ -488,7 +490,7 @@ class Store:
                     *face.bbox,
                     face.det_score,
                     json.dumps([list(point) for point in face.landmarks]),
-                    np.asarray(face.embedding, dtype=np.float32).tobytes(),
+                    face.embedding.astype("<f4", copy=False).tobytes(),
                     crop,
                 ),
             )
@@ -501,6 +503,8 @@ class Store:
         )
 
     def _faces(self, where: str, parameters: Sequence[Any] = ()) -> list[StoredFace]:
+        import numpy as np
+
         faces = []
         for face_id, sha256, blob, identity in self._execute(
             f"SELECT id, sha256, embedding, identity FROM faces WHERE {where} ORDER BY id", parameters
@@ -519,6 +523,16 @@ class Store:
             return self._faces("identity IS NOT NULL")
         marks = ",".join("?" * len(identities))
         return self._faces(f"identity IN ({marks})", list(identities))
+
+    def iter_identity_faces(self, batch: int = 10_000) -> Iterator[tuple[list[int], NDArray[np.float32], list[int]]]:
+        """Faces in identities as (ids, embeddings, identities) in chunks: rebuilding the index of a
+        large library never holds every embedding twice."""
+        import numpy as np
+
+        cursor = self._execute("SELECT id, identity, embedding FROM faces WHERE identity IS NOT NULL ORDER BY id")
+        while rows := cursor.fetchmany(batch):
+            embeddings = np.frombuffer(b"".join(row[2] for row in rows), dtype=np.float32).reshape(len(rows), -1)
+            yield [row[0] for row in rows], embeddings, [row[1] for row in rows]
 
     def identity_map(self) -> dict[int, int]:
         """face id -> identity for every face in an identity (what the index holds)."""
@@ -648,6 +662,8 @@ class Store:
                 "UPDATE cycles SET finished_at = ?, ok = ?, error = ?, report = ? WHERE id = ?",
                 (utc_now(), int(ok), error, json.dumps(report), cycle_id),
             )
+            # A daemon runs a cycle every few minutes: keep the recent history only.
+            self._execute("DELETE FROM cycles WHERE id <= ?", (cycle_id - CYCLES_KEPT,))
 
     def status(self) -> dict[str, Any]:
         assets = {

@@ -143,14 +143,9 @@ def load_or_build_index(store: Store, state_dir: Path, dimension: int, *, force:
     version = store.index_version()
     index = None if force else FaceIndex.load(state_dir, dimension, version, store.identity_map())
     if index is None:
-        index = FaceIndex(dimension)
-        faces = store.identity_faces()
-        if faces:
-            index.add(
-                [face.id for face in faces],
-                np.stack([face.embedding for face in faces]),
-                [face.identity or 0 for face in faces],
-            )
+        index = FaceIndex(dimension, capacity=store.count_identity_faces())
+        for face_ids, embeddings, identities in store.iter_identity_faces():
+            index.add(face_ids, embeddings, identities)
         index.save(state_dir, version)
         log.info("face index rebuilt from the database: %d faces", len(index))
     return index
@@ -267,6 +262,7 @@ class Syncer:
                 # A sweep from no watermark lists everything: it doubles as a reconciliation.
                 everything: dict[str, bool] | None = {} if watermark is None else None
                 self.reporter.stage(f"{source.name}: listing", None)
+                listing_started = time.monotonic()
                 for page in client.iter_changed(watermark, self.settings.sync.page_size):
                     self._check_stop()
                     report.listed += len(page)
@@ -283,6 +279,7 @@ class Syncer:
                     self.reporter.advance(len(page))
                 # Only a complete sweep moves the watermark: a broken one is redone from the old mark.
                 self.store.finish_sweep(source.name, next_watermark)
+                report.listing_seconds += round(time.monotonic() - listing_started, 3)
                 checkpoint("sweep-finished")
                 due = reconcile is True or (
                     reconcile is None

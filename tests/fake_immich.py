@@ -9,11 +9,13 @@ real servers have (5xx, 429, resets, timeouts, truncated bodies).
 from __future__ import annotations
 
 import base64
+import bisect
 import hashlib
 import io
 import json
 import mimetypes
 import random
+import socket
 import threading
 import time
 import uuid
@@ -106,6 +108,7 @@ class FakeImmich:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._previews: dict[str, bytes] = {}
+        self._order: list[tuple[datetime, str]] | None = None  # search order, rebuilt after changes
 
     # -- library ----------------------------------------------------------------------------
 
@@ -158,6 +161,7 @@ class FakeImmich:
                 faces=list(faces or []),
                 label=label,
             )
+            self._order = None
         return asset_id
 
     def add_file(self, owner: str, path: Path, *, taken: datetime | None = None, label: str = "", **kw: Any) -> str:
@@ -178,9 +182,18 @@ class FakeImmich:
             self.assets[asset_id].is_trashed = False
             self.assets[asset_id].updated_at = self.now()
 
+    def change_id(self, asset_id: str, new_id: str) -> None:
+        """Serve an asset under another id (a malicious server's trick)."""
+        with self.lock:
+            asset = self.assets.pop(asset_id)
+            asset.id = new_id
+            self.assets[new_id] = asset
+            self._order = None
+
     def delete(self, asset_id: str) -> None:
         with self.lock:
             del self.assets[asset_id]
+            self._order = None
 
     def count(self, method: str, path_prefix: str) -> int:
         with self.lock:
@@ -332,22 +345,34 @@ class FakeImmich:
             problems.append("page must not be less than 1")
         if problems:
             return 400, self.error_body(400, problems)
+        updated_after = parse_iso(body["updatedAfter"]) if body.get("updatedAfter") else None
+        taken_after = parse_iso(body["takenAfter"]) if body.get("takenAfter") else None
+
+        def wanted(a: FakeAsset) -> bool:
+            return (
+                a.owner == user["id"]
+                and (body.get("withDeleted") or not a.is_trashed)
+                and (updated_after is None or a.updated_at >= updated_after)
+                and (not body.get("type") or a.type == body["type"])
+            )
+
+        start = (page - 1) * size
         with self.lock:
-            items = [a for a in self.assets.values() if a.owner == user["id"]]
-            if not body.get("withDeleted"):
-                items = [a for a in items if not a.is_trashed]
-            if body.get("updatedAfter"):
-                after = parse_iso(body["updatedAfter"])
-                items = [a for a in items if a.updated_at >= after]
-            if body.get("takenAfter"):
-                after = parse_iso(body["takenAfter"])
-                items = [a for a in items if a.file_created_at >= after]
-            if body.get("type"):
-                items = [a for a in items if a.type == body["type"]]
-            items.sort(key=lambda a: (a.file_created_at, a.id), reverse=body.get("order", "desc") == "desc")
-            start = (page - 1) * size
-            chunk = items[start : start + size]
-            more = len(items) > start + size
+            # Assets kept sorted by (fileCreatedAt, id) as Immich orders them; takenAfter is a
+            # bisection, so paging a large library stays fast.
+            if self._order is None:
+                self._order = sorted((a.file_created_at, a.id) for a in self.assets.values())
+            position = bisect.bisect_left(self._order, (taken_after,)) if taken_after else 0
+            ascending = self._order[position:] if body.get("order", "desc") == "asc" else self._order[position:][::-1]
+            matches: list[FakeAsset] = []
+            for _, asset_id in ascending:
+                asset = self.assets.get(asset_id)
+                if asset is not None and wanted(asset):
+                    matches.append(asset)
+                    if len(matches) > start + size:
+                        break
+            chunk = matches[start : start + size]
+            more = len(matches) > start + size
             dtos = [self.asset_dto(a) for a in chunk]
         return 200, {
             "albums": {"total": 0, "count": 0, "items": [], "facets": [], "nextPage": None}
@@ -402,6 +427,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in two writes; without this, Nagle's algorithm and the client's
+        # delayed ACK stall every small answer by ~40 ms (Immich's Node server sets it too).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def date_time_string(self, timestamp: float | None = None) -> str:
         moment = self.server_fake.now()

@@ -70,9 +70,7 @@ def test_a_malicious_server_cannot_write_outside_the_state_and_facesets(tmp_path
         good = server.add_file("alice", PHOTOS / "wild" / "obama" / "obama.jpg")
         server.assets[good].original_file_name = "../../../../escape.jpg"
         evil = server.add_file("alice", PHOTOS / "wild" / "obama" / "obama1.jpg")
-        asset = server.assets.pop(evil)
-        asset.id = "../../../../escape"
-        server.assets[asset.id] = asset
+        server.change_id(evil, "../../../../escape")
         config = write_config(tmp_path / "run", server.url)
         before = set(tmp_path.parent.iterdir())
         result = run_cli("--config", str(config), "sync")

@@ -1,0 +1,41 @@
+"""Run every benchmark and print one table. `python benchmarks/run_all.py` (about 10 minutes on 2 cores).
+
+Each figure comes with its baseline or target measured in the same run; the machines are shared and
+noisy, so read ratios, not absolute times.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+import bench_index
+import bench_memory
+import bench_poll
+import bench_status
+import bench_sync
+
+
+def main() -> None:
+    started = time.perf_counter()
+    rows: list[tuple[str, str, str]] = []
+    for name, run in (
+        ("sync throughput", bench_sync.main),
+        ("polling", bench_poll.main),
+        ("status", bench_status.main),
+        ("memory", bench_memory.main),
+        ("index", bench_index.main),
+    ):
+        print(f"\n== {name} ==", flush=True)
+        rows += run()
+    print(f"\n== results ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"{time.perf_counter() - started:.0f} s) ==")
+    width = max(len(row[0]) for row in rows)
+    middle = max(len(row[1]) for row in rows)
+    for what, figure, verdict in rows:
+        print(f"{what:<{width}}  {figure:<{middle}}  {verdict}")
+
+
+if __name__ == "__main__":
+    main()
