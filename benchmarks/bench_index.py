@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import REPO
+from common import REPO, peak_memory_probe
 
 DIMENSION = 512
 FACES_PER_IDENTITY = 20  # > k, so a query's true top 10 are its identity's faces, not near-ties
@@ -79,16 +78,16 @@ def rebuild_from_database(data: np.ndarray) -> tuple[float, float]:
         )
     store.close()
     started = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run(
-        [sys.executable, "-m", "facesyncd", "--config", str(config), "rebuild-index"],
+    result = subprocess.run(
+        [sys.executable, "-c", peak_memory_probe(["--config", str(config), "rebuild-index"])],
         check=True,
         capture_output=True,
+        text=True,
         cwd=REPO,
         env={**os.environ, "X": "unused"},
     )
     seconds = time.perf_counter() - started
-    peak = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    peak = int(result.stderr.strip().splitlines()[-1]) / 1024
     subprocess.run(["rm", "-rf", str(directory)], check=False)
     return seconds, peak
 

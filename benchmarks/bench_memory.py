@@ -1,7 +1,7 @@
 """Target 5: peak memory of `sync` over the test photos, and whether it grows with the library.
 
 Each run is a fresh `facesyncd sync` process against the fake Immich (a separate process); peak RSS
-is the child's ru_maxrss. The 100- and 1,000-asset libraries are copies of the test JPEGs made
+is the child's own high-water mark (VmHWM). The 100- and 1,000-asset libraries are copies of the test JPEGs made
 distinct by a comment segment, so every asset is downloaded, decoded and embedded.
 """
 
@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import API_KEY, API_KEY_ENV, PHOTOS, REPO, config_text, require_shared
+from common import API_KEY, API_KEY_ENV, PHOTOS, REPO, config_text, peak_memory_probe, require_shared
 from fake_server import FakeServerProcess
 
 
@@ -38,15 +38,14 @@ def peak_of_sync(files: list[Path]) -> tuple[float, int]:
         try:
             config = directory / "config.toml"
             config.write_text(config_text(directory, server.url))
-            probe = (
-                "import resource, runpy, sys\n"
-                f"sys.argv = ['facesyncd', '--config', {str(config)!r}, '--log-level', 'warning', 'sync']\n"
-                "code = 0\ntry:\n    runpy.run_module('facesyncd', run_name='__main__')\n"
-                "except SystemExit as done:\n    code = done.code or 0\n"
-                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(code)\n"
+            probe = peak_memory_probe(["--config", str(config), "--log-level", "warning", "sync"])
+            result = subprocess.run(
+                [sys.executable, "-c", probe],
+                capture_output=True,
+                text=True,
+                cwd=REPO,
+                env={**os.environ, API_KEY_ENV: API_KEY},
             )
-            result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO,
-                                    env={**os.environ, API_KEY_ENV: API_KEY})
             return int(result.stderr.strip().splitlines()[-1]) / 1024, result.returncode
         finally:
             shutil.rmtree(directory, ignore_errors=True)
@@ -54,7 +53,9 @@ def peak_of_sync(files: list[Path]) -> tuple[float, int]:
 
 def main() -> list[tuple[str, str, str]]:
     require_shared()
-    photos = sorted(p for folder in ("wild", "groups", "noface", "edge") for p in (PHOTOS / folder).rglob("*") if p.is_file())
+    photos = sorted(
+        p for folder in ("wild", "groups", "noface", "edge") for p in (PHOTOS / folder).rglob("*") if p.is_file()
+    )
     photos = [p for p in photos if p.name != "LABELS.tsv"]
     peak_photos, code = peak_of_sync(photos)
     print(f"sync over the {len(photos)} test photos (one 6000x4000): peak RSS {peak_photos:.0f} MB (exit {code})")
@@ -68,11 +69,14 @@ def main() -> list[tuple[str, str, str]]:
         shutil.rmtree(scratch, ignore_errors=True)
     growth = peaks[1_000] / peaks[100]
     return [
-        ("peak RSS, sync of the test photos", f"{peak_photos:.0f} MB", f"< 1500 MB: {'yes' if peak_photos < 1500 else 'NO'}"),
+        (
+            "peak RSS, sync of the test photos",
+            f"{peak_photos:.0f} MB",
+            f"< 1500 MB: {'yes' if peak_photos < 1500 else 'NO'}",
+        ),
         ("peak RSS, 100 vs 1,000 assets", f"{peaks[100]:.0f} vs {peaks[1_000]:.0f} MB", f"{growth:.2f}x (flat ~1.0)"),
     ]
 
 
 if __name__ == "__main__":
     main()
-

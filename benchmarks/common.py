@@ -41,3 +41,18 @@ def config_text(directory: Path, url: str, *, extra_faces: str = "", extra: str 
         f'[model]\npack = "{TEST_PACK}"\nproviders = ["CPUExecutionProvider"]\n'
         f"[faces]\n{extra_faces}\n"
     )
+
+
+def peak_memory_probe(arguments: list[str]) -> str:
+    """Python code that runs `facesyncd <arguments>` and prints its peak resident memory (kB) last on
+    stderr. VmHWM is this process's own high-water mark; ru_maxrss is not usable here, as Linux
+    carries the parent's resident size over fork and exec into it."""
+    return (
+        "import runpy, sys\n"
+        f"sys.argv = ['facesyncd', *{arguments!r}]\n"
+        "code = 0\n"
+        "try:\n    runpy.run_module('facesyncd', run_name='__main__')\n"
+        "except SystemExit as done:\n    code = done.code or 0\n"
+        "peak = next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:'))\n"
+        "print(peak, file=sys.stderr)\nsys.exit(code)\n"
+    )

@@ -29,8 +29,10 @@ def main() -> None:
     ):
         print(f"\n== {name} ==", flush=True)
         rows += run()
-    print(f"\n== results ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{time.perf_counter() - started:.0f} s) ==")
+    print(
+        f"\n== results ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{time.perf_counter() - started:.0f} s) =="
+    )
     width = max(len(row[0]) for row in rows)
     middle = max(len(row[1]) for row in rows)
     for what, figure, verdict in rows:

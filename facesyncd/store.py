@@ -518,12 +518,6 @@ class Store:
     def pool_faces(self) -> list[StoredFace]:
         return self._faces("identity IS NULL AND matched_at IS NOT NULL")
 
-    def identity_faces(self, identities: Sequence[int] | None = None) -> list[StoredFace]:
-        if identities is None:
-            return self._faces("identity IS NOT NULL")
-        marks = ",".join("?" * len(identities))
-        return self._faces(f"identity IN ({marks})", list(identities))
-
     def iter_identity_faces(self, batch: int = 10_000) -> Iterator[tuple[list[int], NDArray[np.float32], list[int]]]:
         """Faces in identities as (ids, embeddings, identities) in chunks: rebuilding the index of a
         large library never holds every embedding twice."""

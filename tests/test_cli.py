@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import API_KEY, API_KEY_ENV, PHOTOS, add_photos, requires_shared, run_cli, write_config
+from conftest import API_KEY, API_KEY_ENV, PHOTOS, REPO, add_photos, requires_shared, run_cli, write_config
 from fake_immich import FakeImmich
 
 pytestmark = requires_shared
@@ -151,3 +153,19 @@ def test_parked_assets_are_listed_and_retried_only_on_request(fake: FakeImmich, 
     assert result.returncode == 0 and result.stdout.strip() == "1 assets queued for retry"
     assert run_cli("--config", str(config), "sync").returncode == 0
     assert fake.count("GET", f"/api/assets/{broken}/original") == downloads + 1
+
+
+def test_status_imports_no_model_runtime_or_index_library(tmp_path: Path) -> None:
+    """`status` must stay fast on a big library: it never loads onnxruntime, insightface or hnswlib."""
+    config = write_config(tmp_path, "http://127.0.0.1:9")
+    from facesyncd.store import Store
+
+    Store(tmp_path / "state" / "facesyncd.db").close()
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = ['facesyncd', '--config', {str(config)!r}, 'status', '--json']\n"
+        "try:\n    runpy.run_module('facesyncd', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "print('LOADED', sorted(m for m in ('onnxruntime', 'insightface', 'hnswlib', 'cv2') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert "LOADED []" in result.stdout, result.stdout + result.stderr

@@ -73,11 +73,13 @@ def test_broken_and_hostile_files_are_recorded_not_fatal(fake: FakeImmich, tmp_p
     config = write_config(tmp_path, fake.url, faces="min_face_px = 40", sync="max_attempts = 2")
     # run in a child that reports its own peak memory
     probe = (
-        "import resource, runpy, sys\n"
+        "import runpy, sys\n"
         f"sys.argv = ['facesyncd', '--config', {str(config)!r}, 'sync']\n"
         "code = 0\ntry:\n    runpy.run_module('facesyncd', run_name='__main__')\n"
         "except SystemExit as done:\n    code = done.code\n"
-        "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+        # VmHWM: this process's own peak (ru_maxrss would include the parent's size, carried over fork)
+        "peak = next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:'))\n"
+        "print('PEAK_KB', peak, file=sys.stderr)\n"
         "sys.exit(code)\n"
     )
     env = {**__import__("os").environ, API_KEY_ENV: API_KEY}
