@@ -175,13 +175,18 @@ class Syncer:
         self._clients: set[ImmichClient] = set()
         self.crops_dir = settings.state_dir / "crops"
         self.download_dir = settings.state_dir / "tmp"
+        # The index stays in memory between cycles (a daemon polls every few minutes) and is kept in
+        # step with the store by this process; it is dropped, to be loaded or rebuilt, whenever that
+        # cannot be guaranteed (faces removed, a cycle that failed half way).
         self._index: FaceIndex | None = None
+        self._index_saved_version: int | None = None
 
     # -- index ----------------------------------------------------------------------------------
 
     def open_index(self) -> FaceIndex:
         self.embedder.load()
         self._index = load_or_build_index(self.store, self.settings.state_dir, self.embedder.dimension)
+        self._index_saved_version = self.store.index_version()
         return self._index
 
     # -- the cycle ------------------------------------------------------------------------------
@@ -201,7 +206,8 @@ class Syncer:
         first_error: FacesyncError | None = None
         try:
             self._remove_leftovers()
-            self.open_index()
+            if self._index is None:
+                self.open_index()
             for source in self.settings.immich:
                 try:
                     self._sync_source(source, report, reconcile=reconcile)
@@ -219,9 +225,11 @@ class Syncer:
                 f"cannot write under {self.settings.state_dir} or {self.settings.facesets_dir}: "
                 f"{error.strerror or error}" + (f" ({error.filename})" if error.filename else "")
             )
+            self._index = None
             self._record_failure(cycle_id, started, report, problem)
             raise problem from error
         except BaseException as error:
+            self._index = None
             self._record_failure(cycle_id, started, report, error)
             raise
         finally:
@@ -573,4 +581,7 @@ class Syncer:
         self.reporter.stage("exporting", None)
         report.facesets_written = export_all(self.settings.facesets_dir, self.crops_dir, self.store.export_faces())
         index = self._index or self.open_index()
-        index.save(self.settings.state_dir, self.store.index_version())
+        version = self.store.index_version()
+        if version != self._index_saved_version:  # unchanged: the file on disk is already this index
+            index.save(self.settings.state_dir, version)
+            self._index_saved_version = version

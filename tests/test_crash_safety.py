@@ -36,11 +36,14 @@ SECOND_PHASE = [
     ("embedded", 1),
     ("committed", 1),
     ("assigned", 1),
+    ("index-save", 1),  # the kill above left the saved index behind the database: rebuilt and saved
     ("export-swap", 1),
     ("export-file", 2),
     ("identity-created", 1),
     ("index-save", 1),
     ("export-swap", 1),
+    ("listed-page", 1),
+    ("sweep-finished", 1),
 ]
 
 
