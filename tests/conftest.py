@@ -136,6 +136,19 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600)
     return result
 
 
+def with_extra_migration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, sql: str) -> Path:
+    """Point the store at a copy of migrations/ plus one newer migration; returns that folder."""
+    import facesyncd.store as store_module
+
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    for existing in store_module.MIGRATIONS_DIR.glob("*.sql"):
+        (migrations / existing.name).write_text(existing.read_text())
+    (migrations / name).write_text(sql)
+    monkeypatch.setattr(store_module, "MIGRATIONS_DIR", migrations)
+    return migrations
+
+
 def add_photos(fake: FakeImmich, folders: list[str], owner: str = "alice") -> dict[str, str]:
     """Serve every photo under the given testdata folders; returns asset id -> relative path."""
     added: dict[str, Any] = {}

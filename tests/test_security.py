@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import API_KEY, API_KEY_ENV, PHOTOS, add_photos, requires_shared, run_cli, write_config
+from conftest import (
+    API_KEY,
+    API_KEY_ENV,
+    PHOTOS,
+    add_photos,
+    requires_shared,
+    run_cli,
+    with_extra_migration,
+    write_config,
+)
 from facesyncd.config import load_settings
 from fake_immich import FakeImmich, Fault
 
@@ -104,17 +113,11 @@ def test_database_is_private_and_a_readable_key_file_is_flagged(fake: FakeImmich
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX modes")
 def test_backups_before_migration_are_private(tmp_path: Path, monkeypatch) -> None:
-    import facesyncd.store as store_module
     from facesyncd.store import Store
 
     path = tmp_path / "facesyncd.db"
     Store(path).close()
-    migrations = tmp_path / "migrations"
-    migrations.mkdir()
-    for existing in store_module.MIGRATIONS_DIR.glob("*.sql"):
-        (migrations / existing.name).write_text(existing.read_text())
-    (migrations / "9999_x.sql").write_text("CREATE TABLE x (y);\n")
-    monkeypatch.setattr(store_module, "MIGRATIONS_DIR", migrations)
+    with_extra_migration(tmp_path, monkeypatch, "9999_x.sql", "CREATE TABLE x (y);\n")
     Store(path).close()
     backups = list(tmp_path.glob("facesyncd.db.bak-v*"))
     assert backups and all(stat.S_IMODE(b.stat().st_mode) == 0o600 for b in backups)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import facesyncd.store as store_module
+from conftest import with_extra_migration
 from facesyncd.errors import StoreError
 from facesyncd.models import DetectedFace, RemoteAsset
 from facesyncd.store import Store
@@ -50,12 +51,9 @@ def test_new_database_is_migrated_wal_and_private(store: Store) -> None:
 def test_a_newer_migration_is_applied_after_a_backup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "facesyncd.db"
     Store(path).close()
-    migrations = tmp_path / "migrations"
-    migrations.mkdir()
-    for existing in store_module.MIGRATIONS_DIR.glob("*.sql"):
-        (migrations / existing.name).write_text(existing.read_text())
-    (migrations / "9999_test_column.sql").write_text("ALTER TABLE identities ADD COLUMN note TEXT;\n")
-    monkeypatch.setattr(store_module, "MIGRATIONS_DIR", migrations)
+    migrations = with_extra_migration(
+        tmp_path, monkeypatch, "9999_test_column.sql", "ALTER TABLE identities ADD COLUMN note TEXT;\n"
+    )
     upgraded = Store(path)
     assert upgraded.schema_version() == 9999
     assert "note" in upgraded.db["identities"].columns_dict
@@ -68,12 +66,7 @@ def test_a_newer_migration_is_applied_after_a_backup(tmp_path: Path, monkeypatch
 def test_a_failing_migration_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "facesyncd.db"
     Store(path).close()
-    migrations = tmp_path / "migrations"
-    migrations.mkdir()
-    for existing in store_module.MIGRATIONS_DIR.glob("*.sql"):
-        (migrations / existing.name).write_text(existing.read_text())
-    (migrations / "9999_broken.sql").write_text("CREATE TABLE half (x);\nTHIS IS NOT SQL;\n")
-    monkeypatch.setattr(store_module, "MIGRATIONS_DIR", migrations)
+    with_extra_migration(tmp_path, monkeypatch, "9999_broken.sql", "CREATE TABLE half (x);\nTHIS IS NOT SQL;\n")
     with pytest.raises(StoreError):
         Store(path)
     check = sqlite3.connect(path)
