@@ -118,3 +118,40 @@ def test_a_provider_that_fails_to_start_falls_back_to_the_next(monkeypatch: pyte
     assert embedder.providers == ["CPUExecutionProvider"]
     assert attempts[0] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert ["CPUExecutionProvider"] in attempts
+
+
+def _boxes(faces) -> np.ndarray:
+    return np.array(sorted(f.bbox for f in faces), np.float32)
+
+
+def test_the_detector_reads_only_the_image_not_padding() -> None:
+    """A dynamic detector gets det_size on the long side and the short side rounded up to 32, not a
+    square: the same faces come back, at the same places."""
+    tight = embedder_for(TEST_PACK, min_face_px=0)
+    tight.load()
+    square = embedder_for(TEST_PACK, min_face_px=0)
+    square.load()
+    square._detector_on_cpu = False  # the GPU path keeps the configured square input
+    for name, expected in (("two_people.jpg", (640, 384)), ("selfie-many-people.jpg", (640, 640))):
+        image = load(PHOTOS / "groups" / name)
+        assert tight._detector_input(image) == expected
+        assert square._detector_input(image) is None
+        ours, theirs = _boxes(tight.faces(image)), _boxes(square.faces(image))
+        assert len(ours) == len(theirs) > 0
+        assert np.abs(ours - theirs).max() < 3
+    portrait = load(PHOTOS / "wild" / "biden" / "biden.jpg")  # 970 x 2204
+    assert tight._detector_input(portrait) == (288, 640)
+
+
+def test_a_detector_with_a_fixed_input_size_gets_that_size(tmp_path: Path) -> None:
+    import onnx
+
+    model = onnx.load(str(TEST_PACK / "det_500m.onnx"))
+    for dimension, value in zip(model.graph.input[0].type.tensor_type.shape.dim[2:], (640, 640), strict=True):
+        dimension.dim_value = value
+    onnx.save(model, str(tmp_path / "det_fixed.onnx"))
+    shutil.copy(TEST_PACK / "rec_mobilefacenet_128d.onnx", tmp_path)
+    embedder = embedder_for(tmp_path, min_face_px=0)
+    image = load(PHOTOS / "groups" / "two_people.jpg")
+    assert len(embedder.faces(image)) == 2
+    assert embedder._detector_input(image) is None
