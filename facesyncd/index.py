@@ -74,15 +74,27 @@ class FaceIndex:
     def __len__(self) -> int:
         return len(self.identity_of)
 
+    @property
+    def deleted(self) -> int:
+        """Entries marked deleted: they still take space and search time until a rebuild."""
+        return int(self._index.get_current_count()) - len(self.identity_of)
+
     def add(self, face_ids: Sequence[int], embeddings: NDArray[np.float32], identities: Sequence[int]) -> None:
         if not len(face_ids):
             return
-        needed = len(self.identity_of) + len(face_ids)
+        needed = int(self._index.get_current_count()) + len(face_ids)
         capacity = self._index.get_max_elements()
         if needed > capacity:
             self._index.resize_index(max(needed, capacity * 2))
         self._index.add_items(np.asarray(embeddings, np.float32), np.asarray(face_ids, np.int64))
         self.identity_of.update(zip((int(f) for f in face_ids), (int(i) for i in identities), strict=True))
+
+    def remove(self, face_ids: Sequence[int]) -> None:
+        """Faces that left their identities: never returned by a query again. (Face ids are never
+        reused, so a deleted label is never added back.)"""
+        for face_id in face_ids:
+            if self.identity_of.pop(int(face_id), None) is not None:
+                self._index.mark_deleted(int(face_id))
 
     def query(self, embeddings: NDArray[np.float32], k: int) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
         """k nearest face ids and cosine distances per row; fewer columns when the index is small."""
@@ -109,6 +121,7 @@ class FaceIndex:
             "version": version,
             "dimension": self.dimension,
             "faces": len(self.identity_of),
+            "deleted": self.deleted,
         }
 
         def write_sidecar(name: str) -> None:
@@ -127,13 +140,13 @@ class FaceIndex:
             return None
         index = cls(dimension, empty=False)
         try:
-            count = int(sidecar["faces"])
-            index._index.load_index(str(state_dir / INDEX_FILE), max_elements=max(1024, count))
+            count, deleted = int(sidecar["faces"]), int(sidecar.get("deleted", 0))
+            index._index.load_index(str(state_dir / INDEX_FILE), max_elements=max(1024, count + deleted))
             index.identity_of = dict(identity_of)
         except (RuntimeError, OSError, ValueError, KeyError, TypeError, MemoryError) as error:
             log.warning("face index in %s is unreadable (%s); rebuilding it", state_dir, error)
             return None
-        if index._index.get_current_count() != count or len(index.identity_of) != count:
+        if index._index.get_current_count() != count + deleted or len(index.identity_of) != count:
             log.warning("face index in %s does not match its sidecar; rebuilding it", state_dir)
             return None
         index._index.set_ef(EF_SEARCH)

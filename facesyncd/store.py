@@ -58,10 +58,23 @@ def _statements(script: str) -> Iterator[str]:
 
 
 @dataclass
+class Dropped:
+    """What removing faces from the store left to tidy outside it: crop files no longer used, and
+    the faces that were in identities (so in the face index)."""
+
+    crops: list[str] = field(default_factory=list)
+    indexed_faces: list[int] = field(default_factory=list)
+
+    def extend(self, other: Dropped) -> None:
+        self.crops.extend(other.crops)
+        self.indexed_faces.extend(other.indexed_faces)
+
+
+@dataclass
 class ListedPage:
     needing_work: int = 0
     trashed: list[str] = field(default_factory=list)
-    unused_crops: list[str] = field(default_factory=list)
+    dropped: Dropped = field(default_factory=Dropped)
 
 
 @dataclass(frozen=True)
@@ -360,7 +373,7 @@ class Store:
                 )
                 if known is not None and known.sha256 is not None:
                     # New bytes under a known asset: its old faces leave the facesets.
-                    page.unused_crops.extend(self._detach_asset(source, asset.id))
+                    page.dropped.extend(self._detach_asset(source, asset.id))
         return page
 
     def assets_to_process(self, source: str, now: str) -> list[AssetRow]:
@@ -411,40 +424,44 @@ class Store:
             )
         return cursor.rowcount
 
-    def remove_asset(self, source: str, asset_id: str, state: str) -> list[str]:
+    def remove_asset(self, source: str, asset_id: str, state: str) -> Dropped:
         """Mark an asset trashed/deleted; its faces leave the facesets unless another live asset or
-        an imported file has the same bytes. Returns crop paths no longer used."""
+        an imported file has the same bytes."""
         with self.transaction():
-            crops = self._detach_asset(source, asset_id)
+            dropped = self._detach_asset(source, asset_id)
             self._execute(
                 "UPDATE assets SET state = ?, reason = NULL, changed_at = ? WHERE source = ? AND asset_id = ?",
                 (state, utc_now(), source, asset_id),
             )
-        return crops
+        return dropped
 
-    def _detach_asset(self, source: str, asset_id: str) -> list[str]:
+    def _detach_asset(self, source: str, asset_id: str) -> Dropped:
         sha256 = self._scalar("SELECT sha256 FROM assets WHERE source = ? AND asset_id = ?", (source, asset_id))
         self._execute("UPDATE assets SET sha256 = NULL WHERE source = ? AND asset_id = ?", (source, asset_id))
         if sha256 is None:
-            return []
+            return Dropped()
         return self._drop_blob_if_orphaned(sha256)
 
-    def _drop_blob_if_orphaned(self, sha256: str) -> list[str]:
+    def _drop_blob_if_orphaned(self, sha256: str) -> Dropped:
         users = self._scalar(
             "SELECT (SELECT COUNT(*) FROM assets WHERE sha256 = ? AND state = 'done') + "
             "(SELECT COUNT(*) FROM imports WHERE sha256 = ? AND state = 'done')",
             (sha256, sha256),
         )
         if users:
-            return []
-        crops = [row[0] for row in self._execute("SELECT crop FROM faces WHERE sha256 = ?", (sha256,))]
-        assigned = self._scalar("SELECT COUNT(*) FROM faces WHERE sha256 = ? AND identity IS NOT NULL", (sha256,))
+            return Dropped()
+        dropped = Dropped()
+        rows = self._execute("SELECT id, crop, identity FROM faces WHERE sha256 = ?", (sha256,))
+        for face_id, crop, identity in rows:
+            dropped.crops.append(crop)
+            if identity is not None:
+                dropped.indexed_faces.append(face_id)
         self._execute("DELETE FROM faces WHERE sha256 = ?", (sha256,))
         self._execute("UPDATE assets SET sha256 = NULL WHERE sha256 = ?", (sha256,))
         self._execute("DELETE FROM blobs WHERE sha256 = ?", (sha256,))
-        if assigned:
+        if dropped.indexed_faces:
             self._bump_index_version()
-        return crops
+        return dropped
 
     # -- blobs and faces ------------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ def test_saved_index_loads_only_for_its_version(tmp_path: Path) -> None:
     assert FaceIndex.load(tmp_path, 32, 6, identity_of) is None, "stale index was used"
     assert FaceIndex.load(tmp_path, 64, 5, identity_of) is None
     assert needs_rebuild(tmp_path, 6) and not needs_rebuild(tmp_path, 5)
-    assert read_sidecar(tmp_path) == {"version": 5, "dimension": 32, "faces": 3000}
+    assert read_sidecar(tmp_path) == {"version": 5, "dimension": 32, "faces": 3000, "deleted": 0}
 
 
 def test_corrupt_or_missing_files_mean_rebuild(tmp_path: Path) -> None:
@@ -57,3 +57,20 @@ def test_index_disagreeing_with_the_store_is_refused(tmp_path: Path) -> None:
     _, _, identity_of = built(tmp_path)
     fewer = dict(list(identity_of.items())[:-1])
     assert FaceIndex.load(tmp_path, 32, 5, fewer) is None
+
+
+def test_removed_faces_are_never_found_and_survive_a_save(tmp_path: Path) -> None:
+    index, data, identity_of = built(tmp_path)
+    gone = list(range(100, 150))
+    index.remove(gone + [99_999])  # an id the index never held is ignored
+    assert len(index) == 2950 and index.deleted == 50
+    labels, _ = index.query(data[:50], k=5)
+    assert not set(labels.ravel()) & set(gone)
+    index.save(tmp_path, version=6)
+    live = {face: identity for face, identity in identity_of.items() if face not in gone}
+    loaded = FaceIndex.load(tmp_path, 32, 6, live)
+    assert loaded is not None and len(loaded) == 2950 and loaded.deleted == 50
+    assert not set(loaded.query(data[:50], k=5)[0].ravel()) & set(gone)
+    assert FaceIndex.load(tmp_path, 32, 6, identity_of) is None, "the store's faces disagree with the file"
+    loaded.add([5000], vectors(1, seed=9), [3])  # growing past the loaded capacity counts deleted slots
+    assert len(loaded) == 2951

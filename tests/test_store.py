@@ -91,7 +91,8 @@ def test_unchanged_assets_listed_again_need_no_work(store: Store) -> None:
     again = store.record_listed("alice", [asset("a"), asset("b")])
     assert again.needing_work == 1  # b is still pending; a is done and unchanged
     changed = store.record_listed("alice", [asset("a", checksum="c2")])
-    assert changed.needing_work == 1 and changed.unused_crops == ["x/a_0.jpg"]
+    assert changed.needing_work == 1 and changed.dropped.crops == ["x/a_0.jpg"]
+    assert changed.dropped.indexed_faces == []  # the face was in no identity
     assert store.get_asset("alice", "a").state == "pending"
 
 
@@ -120,7 +121,7 @@ def test_identity_numbers_are_never_reused(store: Store) -> None:
     ids = [f.id for f in store.unmatched_new_faces()]
     assert store.create_identity({ids[0]: 0.1}) == 1
     assert store.create_identity({ids[1]: 0.1}) == 2
-    store.remove_asset("alice", "a", "deleted")
+    assert store.remove_asset("alice", "a", "deleted").indexed_faces == ids
     assert store.export_faces() == {}
     with store.transaction():
         store.ensure_identity(216, "import")
