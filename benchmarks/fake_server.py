@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from common import API_KEY, REPO
@@ -14,7 +15,7 @@ CHILD = """
 import json, sys, threading
 sys.path.insert(0, {tests!r})
 from fake_immich import FakeImmich
-spec = json.loads(sys.argv[1])
+spec = json.loads(open(sys.argv[1], encoding="utf-8").read())
 fake = FakeImmich()
 fake.add_user("bench", {key!r})
 for path in spec["files"]:
@@ -35,9 +36,12 @@ fake.stop()
 class FakeServerProcess:
     def __init__(self, files: list[Path], blank: int = 0) -> None:
         code = CHILD.format(tests=str(REPO / "tests"), key=API_KEY)
-        spec = json.dumps({"files": [str(p) for p in files], "blank": blank})
+        # The list of files goes through a file: thousands of paths overflow a command line.
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, encoding="utf-8") as spec:
+            json.dump({"files": [str(p) for p in files], "blank": blank}, spec)
+        self._spec = Path(spec.name)
         self.process = subprocess.Popen(
-            [sys.executable, "-c", code, spec], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", code, spec.name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
         assert self.process.stdout is not None
         self.url = self.process.stdout.readline().strip()
@@ -48,6 +52,7 @@ class FakeServerProcess:
         assert self.process.stdin is not None
         self.process.stdin.close()
         self.process.wait(30)
+        self._spec.unlink(missing_ok=True)
 
     def __enter__(self) -> FakeServerProcess:
         return self

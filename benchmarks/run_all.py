@@ -13,6 +13,7 @@ import time
 import bench_index
 import bench_memory
 import bench_poll
+import bench_recognizer
 import bench_status
 import bench_sync
 
@@ -22,6 +23,7 @@ def main() -> None:
     rows: list[tuple[str, str, str]] = []
     for name, run in (
         ("sync throughput", bench_sync.main),
+        ("recognizer batching", bench_recognizer.main),
         ("polling", bench_poll.main),
         ("status", bench_status.main),
         ("memory", bench_memory.main),
