@@ -10,6 +10,7 @@ import os
 import platform
 import time
 
+import bench_cluster
 import bench_index
 import bench_memory
 import bench_poll
@@ -27,6 +28,7 @@ def main() -> None:
         ("polling", bench_poll.main),
         ("status", bench_status.main),
         ("memory", bench_memory.main),
+        ("clustering", bench_cluster.main),
         ("index", bench_index.main),
     ):
         print(f"\n== {name} ==", flush=True)

@@ -58,6 +58,19 @@ def _centre(embeddings: NDArray[np.float32]) -> NDArray[np.float32]:
     return mean / max(float(np.linalg.norm(mean)), 1e-12)
 
 
+# Faces clustered in one exact average-linkage run at most: its distance matrix (and scipy's working
+# copy) take 16 bytes per pair, 290 MB here. 10,000 faces would take 890 MB, 20,000 over 3 GB.
+EXACT_LIMIT = 4_000
+# Neighbours per face in the graph that splits a larger pool (see _components).
+NEIGHBOURS = 32
+
+
+@dataclass(frozen=True)
+class Clustering:
+    clusters: list[Cluster]
+    more_rounds: bool  # some faces were left for a later round (see cluster_pool)
+
+
 def cluster_pool(
     embeddings: NDArray[np.float32],
     blobs: Sequence[str],
@@ -65,41 +78,116 @@ def cluster_pool(
     cluster_distance: float,
     member_distance: float,
     min_faces: int,
-) -> list[Cluster]:
+    round_number: int = 0,
+    exact_limit: int | None = None,
+) -> Clustering:
     """Group unmatched faces into candidate identities.
 
     Average-linkage agglomerative clustering on cosine distance, cut at `cluster_distance`. In each
     group, members farther than `member_distance` from the group's centre are dropped (they would not
     match the new identity either), then only the closest face of each photo stays. A group becomes a
     cluster when it still has `min_faces` faces from at least two photos.
+
+    A pool larger than `exact_limit` (a first sync, or years of strangers in the background) is first
+    split into the connected components of its nearest-neighbour graph with edges under
+    `cluster_distance`: a group cut there never spans two components (two groups merge only when
+    their average distance is under the cut, so some pair of them is), so clustering each component
+    alone gives the same groups, in bounded memory, but for the rare close pair the approximate
+    neighbour search misses. A component still larger than `exact_limit` is
+    clustered a chunk at a time, one chunk per round (`round_number`); the caller matches the rest
+    of the pool against the identities a round opened before the next, as a later sync would.
     """
     count = len(blobs)
     if count < min_faces:
-        return []
+        return Clustering([], False)
+    exact_limit = exact_limit or EXACT_LIMIT
+    groups: list[NDArray[np.int64]] = []
+    more_rounds = False
+    if count <= exact_limit:
+        groups = _average_linkage(embeddings, np.arange(count), cluster_distance)
+    else:
+        for component in _components(embeddings, cluster_distance):
+            if len(component) < min_faces:
+                continue
+            if len(component) > exact_limit:
+                chunks = -(-len(component) // exact_limit)
+                more_rounds = more_rounds or round_number + 1 < chunks
+                if round_number >= chunks:
+                    continue
+                component = component[round_number * exact_limit : (round_number + 1) * exact_limit]
+            elif round_number > 0:
+                continue  # clustered in round 0
+            groups.extend(_average_linkage(embeddings, component, cluster_distance))
+    clusters = [
+        cluster
+        for rows in groups
+        if (cluster := _gate(embeddings, blobs, rows, member_distance=member_distance, min_faces=min_faces))
+    ]
+    clusters.sort(key=lambda cluster: cluster.rows[0])
+    return Clustering(clusters, more_rounds)
+
+
+def _average_linkage(embeddings: NDArray[np.float32], rows: NDArray[np.int64], cut: float) -> list[NDArray[np.int64]]:
+    """The groups (as rows) of exact average-linkage clustering of these rows, cut at `cut`."""
+    if len(rows) == 1:
+        return [rows]
     from scipy.cluster.hierarchy import fcluster, linkage
 
-    data = np.asarray(embeddings, dtype=np.float64)
-    labels = fcluster(linkage(data, method="average", metric="cosine"), t=cluster_distance, criterion="distance")
-    clusters: list[Cluster] = []
-    for label in np.unique(labels):
-        rows = np.flatnonzero(labels == label)
-        if len(rows) < min_faces:
-            continue
-        centre = _centre(embeddings[rows])
-        distances = 1.0 - embeddings[rows] @ centre
-        rows, distances = rows[distances <= member_distance], distances[distances <= member_distance]
-        if len(rows) < min_faces:
-            continue
-        centre = _centre(embeddings[rows])
-        distances = 1.0 - embeddings[rows] @ centre
-        closest: dict[str, tuple[float, int]] = {}
-        for row, distance in zip(rows, distances, strict=True):
-            blob = blobs[int(row)]
-            if blob not in closest or distance < closest[blob][0]:
-                closest[blob] = (float(distance), int(row))
-        if len(closest) < max(min_faces, 2):
-            continue
-        members = sorted((row, distance) for distance, row in closest.values())
-        clusters.append(Cluster(tuple(r for r, _ in members), tuple(d for _, d in members)))
-    clusters.sort(key=lambda cluster: cluster.rows[0])
-    return clusters
+    data = np.asarray(embeddings[rows], dtype=np.float64)
+    labels = fcluster(linkage(data, method="average", metric="cosine"), t=cut, criterion="distance")
+    order = np.argsort(labels, kind="stable")
+    bounds = np.flatnonzero(np.diff(labels[order])) + 1
+    return [rows[np.sort(part)] for part in np.split(order, bounds)]
+
+
+def _components(embeddings: NDArray[np.float32], cut: float) -> list[NDArray[np.int64]]:
+    """Connected components of the graph linking each face to those of its NEIGHBOURS nearest
+    (hnswlib) within `cut`, largest first; each component's rows in pool order."""
+    import hnswlib
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    count, dimension = embeddings.shape
+    index = hnswlib.Index(space="cosine", dim=dimension)
+    index.init_index(max_elements=count, ef_construction=100, M=16)
+    index.add_items(np.asarray(embeddings, np.float32), np.arange(count))
+    k = min(NEIGHBOURS + 1, count)
+    index.set_ef(max(64, k))
+    neighbours, distances = index.knn_query(np.asarray(embeddings, np.float32), k=k)
+    close = distances <= cut
+    sources = np.repeat(np.arange(count), k)[close.ravel()]
+    targets = neighbours.ravel()[close.ravel()].astype(np.int64)
+    graph = coo_matrix((np.ones(len(sources), np.int8), (sources, targets)), shape=(count, count))
+    _, labels = connected_components(graph, directed=False)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.flatnonzero(np.diff(labels[order])) + 1
+    return sorted(np.split(order, bounds), key=len, reverse=True)
+
+
+def _gate(
+    embeddings: NDArray[np.float32],
+    blobs: Sequence[str],
+    rows: NDArray[np.int64],
+    *,
+    member_distance: float,
+    min_faces: int,
+) -> Cluster | None:
+    """The gates a group passes to become a cluster (see cluster_pool)."""
+    if len(rows) < min_faces:
+        return None
+    centre = _centre(embeddings[rows])
+    distances = 1.0 - embeddings[rows] @ centre
+    rows, distances = rows[distances <= member_distance], distances[distances <= member_distance]
+    if len(rows) < min_faces:
+        return None
+    centre = _centre(embeddings[rows])
+    distances = 1.0 - embeddings[rows] @ centre
+    closest: dict[str, tuple[float, int]] = {}
+    for row, distance in zip(rows, distances, strict=True):
+        blob = blobs[int(row)]
+        if blob not in closest or distance < closest[blob][0]:
+            closest[blob] = (float(distance), int(row))
+    if len(closest) < max(min_faces, 2):
+        return None
+    members = sorted((row, distance) for distance, row in closest.values())
+    return Cluster(tuple(r for r, _ in members), tuple(d for _, d in members))

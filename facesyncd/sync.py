@@ -38,7 +38,7 @@ from .errors import (
     StoreError,
 )
 from .export import export_all
-from .identities import assign, cluster_pool
+from .identities import Cluster, assign, cluster_pool
 from .imaging import DecodedImage, decode_image
 from .immich import Download, ImmichClient
 from .index import FaceIndex
@@ -547,21 +547,30 @@ class Syncer:
         self.reporter.advance(len(faces))
 
     def open_new_facesets(self, report: CycleReport) -> None:
-        """Step 5: cluster the pool of unmatched faces; clusters that pass the gates become identities."""
-        pool = self.store.pool_faces()
+        """Step 5: cluster the pool of unmatched faces; clusters that pass the gates become identities.
+
+        A pool too large to cluster at once goes in rounds (see cluster_pool): after each, the faces
+        left in the pool are matched against the identities it opened, as a later sync would."""
         identity_settings = self.settings.identities
-        if len(pool) < identity_settings.min_faceset_faces:
-            return
-        self.reporter.stage("clustering", len(pool))
-        clusters = cluster_pool(
-            np.stack([face.embedding for face in pool]),
-            [face.sha256 for face in pool],
-            cluster_distance=identity_settings.cluster_distance,
-            member_distance=identity_settings.match_distance,
-            min_faces=identity_settings.min_faceset_faces,
-        )
-        if not clusters:
-            return
+        for round_number in itertools.count():
+            pool = self.store.pool_faces()
+            if len(pool) < identity_settings.min_faceset_faces:
+                return
+            self.reporter.stage("clustering", len(pool))
+            clustering = cluster_pool(
+                np.stack([face.embedding for face in pool]),
+                [face.sha256 for face in pool],
+                cluster_distance=identity_settings.cluster_distance,
+                member_distance=identity_settings.match_distance,
+                min_faces=identity_settings.min_faceset_faces,
+                round_number=round_number,
+            )
+            if clustering.clusters:
+                self._open_identities(pool, clustering.clusters, report)
+            if not clustering.more_rounds:
+                return
+
+    def _open_identities(self, pool: list[StoredFace], clusters: list[Cluster], report: CycleReport) -> None:
         index = self._index or self.open_index()
         for cluster in clusters:
             members = {pool[row].id: distance for row, distance in zip(cluster.rows, cluster.distances, strict=True)}

@@ -18,6 +18,13 @@ def people(count: int, per_person: int, *, spread: float, dimension: int = 64, s
     return np.concatenate(faces)
 
 
+def clusters_of(embeddings: np.ndarray, blobs: list[str], **options: float) -> list:
+    settings = {"cluster_distance": 0.55, "member_distance": 0.45, "min_faces": 3, **options}
+    result = cluster_pool(embeddings, blobs, **settings)  # type: ignore[arg-type]
+    assert not result.more_rounds
+    return result.clusters
+
+
 def test_a_face_joins_the_closest_identity_within_the_threshold() -> None:
     ids = np.array([[10, 20, 30]])
     distances = np.array([[0.30, 0.35, 0.40]])
@@ -43,19 +50,19 @@ def test_two_faces_of_one_photo_never_join_the_same_identity() -> None:
 def test_clustering_finds_people_and_needs_enough_photos() -> None:
     embeddings = people(3, 4, spread=0.03)
     blobs = [f"photo{i}" for i in range(len(embeddings))]
-    clusters = cluster_pool(embeddings, blobs, cluster_distance=0.55, member_distance=0.45, min_faces=3)
+    clusters = clusters_of(embeddings, blobs, member_distance=0.45, min_faces=3)
     assert [cluster.rows for cluster in clusters] == [(0, 1, 2, 3), (4, 5, 6, 7), (8, 9, 10, 11)]
     assert all(max(cluster.distances) < 0.1 for cluster in clusters)
     # with five required faces, nobody qualifies
-    assert cluster_pool(embeddings, blobs, cluster_distance=0.55, member_distance=0.45, min_faces=5) == []
+    assert clusters_of(embeddings, blobs, member_distance=0.45, min_faces=5) == []
 
 
 def test_a_cluster_from_one_photo_only_is_no_identity() -> None:
     embeddings = people(1, 4, spread=0.02)
     one_photo = ["same"] * 4
-    assert cluster_pool(embeddings, one_photo, cluster_distance=0.55, member_distance=0.45, min_faces=2) == []
+    assert clusters_of(embeddings, one_photo, member_distance=0.45, min_faces=2) == []
     two_photos = ["a", "a", "b", "b"]
-    clusters = cluster_pool(embeddings, two_photos, cluster_distance=0.55, member_distance=0.45, min_faces=2)
+    clusters = clusters_of(embeddings, two_photos, member_distance=0.45, min_faces=2)
     assert len(clusters) == 1 and len(clusters[0].rows) == 2  # one face per photo
 
 
@@ -68,7 +75,35 @@ def test_members_far_from_the_centre_are_dropped() -> None:
     straggler = unit((centre + 0.7 * other)[None, :])
     embeddings = np.concatenate([tight, straggler])
     blobs = [f"p{i}" for i in range(5)]
-    loose = cluster_pool(embeddings, blobs, cluster_distance=0.55, member_distance=1.0, min_faces=3)
+    loose = clusters_of(embeddings, blobs, member_distance=1.0, min_faces=3)
     assert loose and 4 in loose[0].rows, "the straggler should be in the linkage group"
-    strict = cluster_pool(embeddings, blobs, cluster_distance=0.55, member_distance=0.08, min_faces=3)
+    strict = clusters_of(embeddings, blobs, member_distance=0.08, min_faces=3)
     assert strict[0].rows == (0, 1, 2, 3)
+
+
+def test_a_large_pool_splits_into_components_with_the_same_clusters() -> None:
+    """Above the exact limit the pool is clustered component by component: same clusters, and the
+    strangers seen once (most of a real pool) never enter a distance matrix."""
+    rng = np.random.default_rng(5)
+    embeddings = np.concatenate([people(40, 12, spread=0.05, seed=1), unit(rng.normal(size=(400, 64)))])
+    order = rng.permutation(len(embeddings))  # people and strangers mixed, as in a real pool
+    embeddings = embeddings[order]
+    blobs = [f"photo{i}" for i in range(len(embeddings))]
+    exact = cluster_pool(embeddings, blobs, cluster_distance=0.55, member_distance=0.45, min_faces=3)
+    split = cluster_pool(embeddings, blobs, cluster_distance=0.55, member_distance=0.45, min_faces=3, exact_limit=100)
+    assert len(exact.clusters) == 40 and not exact.more_rounds and not split.more_rounds
+    assert split.clusters == exact.clusters
+
+
+def test_a_component_over_the_limit_is_clustered_a_chunk_per_round() -> None:
+    embeddings = people(1, 50, spread=0.05, seed=2)
+    blobs = [f"photo{i}" for i in range(50)]
+    options = {"cluster_distance": 0.55, "member_distance": 0.45, "min_faces": 3, "exact_limit": 20}
+    rounds = [cluster_pool(embeddings, blobs, round_number=number, **options) for number in range(4)]  # type: ignore[arg-type]
+    assert [r.more_rounds for r in rounds] == [True, True, False, False]
+    assert [[c.rows for c in r.clusters] for r in rounds] == [
+        [tuple(range(0, 20))],
+        [tuple(range(20, 40))],
+        [tuple(range(40, 50))],
+        [],
+    ]

@@ -237,3 +237,45 @@ def test_a_deleted_photo_leaves_the_index_in_place_not_by_a_rebuild(fake: FakeIm
     rebuilt = load_or_build_index(store, state_dir, index.dimension, force=True)
     assert rebuilt.identity_of == index.identity_of
     assert FaceIndex.load(state_dir, index.dimension, store.index_version(), store.identity_map()) is not None
+
+
+def test_a_pool_too_large_for_one_clustering_opens_one_faceset_per_person(
+    syncer: Syncer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A person with more unmatched faces than one clustering run takes (a first sync) is clustered
+    a chunk at a time; the faces of later chunks join the identity the first chunk opened."""
+    import numpy as np
+
+    import facesyncd.identities as identities
+    from facesyncd.models import CycleReport, DetectedFace
+
+    monkeypatch.setattr(identities, "EXACT_LIMIT", 8)
+    syncer.embedder.load()
+    rng = np.random.default_rng(4)
+    dimension = syncer.embedder.dimension
+    people = rng.normal(size=(2, dimension))
+    store = syncer.store
+    for person, count in ((0, 20), (1, 6)):
+        for number in range(count):
+            vector = people[person] / np.linalg.norm(people[person]) + 0.02 * rng.normal(size=dimension)
+            face = DetectedFace(
+                (0, 0, 90, 90), 0.9, ((1.0, 1.0),) * 5, (vector / np.linalg.norm(vector)).astype(np.float32), b""
+            )
+            with store.transaction():
+                store.save_blob_faces(
+                    f"sha-{person}-{number}",
+                    size=1,
+                    width=100,
+                    height=100,
+                    decoded_from="original",
+                    model=syncer.embedder.name,
+                    faces=[face],
+                    crops=[f"c/{person}_{number}.jpg"],
+                )
+    store.record_matches({}, [face.id for face in store.unmatched_new_faces()])
+    report = CycleReport()
+    syncer.open_new_facesets(report)
+    sizes = sorted(len(faces) for faces in store.export_faces().values())
+    assert len(report.identities_created) == 2 and sizes == [6, 20]
+    assert report.faces_assigned == 12, "the first chunk opened the faceset; the other 12 faces joined it"
+    assert store.pool_faces() == []
