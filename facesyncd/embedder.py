@@ -181,7 +181,7 @@ class FaceEmbedder:
         )
         raw = raw.astype(np.float32).reshape(len(aligned), -1)
         norms = np.linalg.norm(raw, axis=1, keepdims=True)
-        return raw / np.maximum(norms, 1e-12)
+        return np.asarray(raw / np.maximum(norms, 1e-12), dtype=np.float32)
 
     def detect(self, image: DecodedImage) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """Boxes (n, 5: x1, y1, x2, y2, score) and 5-point landmarks (n, 5, 2), in image pixels."""

@@ -55,7 +55,7 @@ class Cluster:
 
 def _centre(embeddings: NDArray[np.float32]) -> NDArray[np.float32]:
     mean = embeddings.mean(axis=0)
-    return mean / max(float(np.linalg.norm(mean)), 1e-12)
+    return np.asarray(mean / max(float(np.linalg.norm(mean)), 1e-12), dtype=np.float32)
 
 
 # Faces clustered in one exact average-linkage run at most: its distance matrix (and scipy's working

@@ -87,7 +87,8 @@ def decode_image(path: Path, *, max_pixels: int) -> DecodedImage:
         raise ImageError("not enough memory to decode image") from None
     except Exception as error:  # hostile files make Pillow raise many types (struct.error, ...)
         raise ImageError(f"cannot decode image: {error or type(error).__name__}") from None
-    return DecodedImage(cv2.cvtColor(np.asarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2BGR), image_format)
+    bgr = cv2.cvtColor(np.asarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2BGR)
+    return DecodedImage(np.asarray(bgr, dtype=np.uint8), image_format)
 
 
 def _complete_jpeg(path: Path) -> bool:
@@ -106,7 +107,7 @@ def _decode_jpeg(path: Path) -> NDArray[np.uint8] | None:
     pixels = cv2.imdecode(data, cv2.IMREAD_COLOR)  # applies the EXIF orientation
     if pixels is None or pixels.ndim != 3 or pixels.shape[2] != 3:
         return None
-    return pixels
+    return np.asarray(pixels, dtype=np.uint8)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

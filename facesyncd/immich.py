@@ -105,6 +105,30 @@ def parse_asset(item: dict[str, Any]) -> RemoteAsset:
     )
 
 
+class _NoCookies(httpx.Cookies):
+    def extract_cookies(self, response: httpx.Response) -> None:
+        pass
+
+    def set_cookie_header(self, request: httpx.Request) -> None:
+        pass
+
+
+class _CookielessClient(httpx.Client):
+    """Immich's API authenticates by the x-api-key header and needs no cookie jar; httpx's costs
+    about an eighth of the client's CPU per small request (measured on the prefilter's requests)."""
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, cookies: object) -> None:
+        pass
+
+
+_NO_COOKIES = _NoCookies()
+
+
 class ImmichClient:
     """One Immich user (one API key)."""
 
@@ -123,7 +147,7 @@ class ImmichClient:
         self._sleep = sleep if stop is None else self._interruptible_sleep
         if not settings.verify_tls:
             log.warning("%s: TLS certificate verification is OFF for %s (verify_tls = false)", self.name, self.url)
-        self.http = httpx.Client(
+        self.http = _CookielessClient(
             base_url=f"{settings.url}/api",
             headers={"x-api-key": settings.api_key.reveal(), "accept": "application/json"},
             timeout=httpx.Timeout(settings.timeout_seconds, connect=min(10.0, settings.timeout_seconds)),

@@ -390,11 +390,13 @@ class Store:
         rows = self._execute("SELECT asset_id, state FROM assets WHERE source = ? AND state != 'deleted'", (source,))
         return dict(rows.fetchall())
 
-    def mark_skipped(self, source: str, asset_id: str, reason: str) -> None:
+    def mark_skipped(self, source: str, skipped: Sequence[tuple[str, str]]) -> None:
+        """(asset id, reason) pairs, in one transaction: a first sync may skip most of a library."""
+        now = utc_now()
         with self.transaction():
-            self._execute(
+            self.conn.executemany(
                 "UPDATE assets SET state = 'skipped', reason = ?, changed_at = ? WHERE source = ? AND asset_id = ?",
-                (reason, utc_now(), source, asset_id),
+                [(reason, now, source, asset_id) for asset_id, reason in skipped],
             )
 
     def mark_failed(self, source: str, asset_id: str, reason: str, *, max_attempts: int, retry_at: str) -> str:

@@ -47,6 +47,8 @@ from .store import AssetRow, Dropped, Store
 
 log = logging.getLogger(__name__)
 
+SKIP_BATCH = 500  # skipped assets per transaction
+
 NEIGHBOURS = 16
 
 
@@ -337,7 +339,8 @@ class Syncer:
 
         Workers do the slow, GIL-free work of an asset (faces request, download, hash, decode,
         detection, embedding, crops) while earlier results are committed here, one transaction per
-        asset, in listing order, so face ids come out the same however the work was spread.
+        asset, in listing order, so face ids come out the same however the work was spread. Skipped
+        assets are committed SKIP_BATCH at a time (a crash only means asking about them again).
         """
         now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         rows = self.store.assets_to_process(source, now)
@@ -356,6 +359,7 @@ class Syncer:
 
         pending: deque[Future[Prepared]] = deque()
         queue = iter(rows)
+        skipped: list[tuple[str, str]] = []
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="facesyncd-worker") as pool:
             try:
                 for row in itertools.islice(queue, 2 * workers):
@@ -363,7 +367,14 @@ class Syncer:
                 while pending:
                     prepared = pending.popleft().result()
                     self._check_stop()
-                    self._commit(source, prepared, report)
+                    if prepared.skipped is not None:
+                        skipped.append((prepared.row.asset_id, prepared.skipped))
+                        report.skipped += 1
+                    if skipped and (prepared.skipped is None or len(skipped) >= SKIP_BATCH or not pending):
+                        self.store.mark_skipped(source, skipped)
+                        skipped.clear()
+                    if prepared.skipped is None:
+                        self._commit(source, prepared, report)
                     self.reporter.advance()
                     for row in itertools.islice(queue, 1):
                         pending.append(pool.submit(prepare, row))
@@ -428,10 +439,7 @@ class Syncer:
         """Write one asset's outcome in one transaction (main thread)."""
         row = prepared.row
         try:
-            if prepared.skipped is not None:
-                self.store.mark_skipped(source, row.asset_id, prepared.skipped)
-                report.skipped += 1
-            elif prepared.gone:
+            if prepared.gone:
                 self._remove(source, row.asset_id, "deleted", report)
             elif prepared.error is not None:
                 self._fail(source, row, prepared.error, report)
