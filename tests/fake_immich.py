@@ -468,6 +468,7 @@ class _Handler(BaseHTTPRequestHandler):
         fault = self.server_fake.take_fault(path)
         if fault is None:
             return False
+        self._record(None)
         if fault.kind == "status":
             body = json.dumps(self.server_fake.error_body(fault.status, "injected fault")).encode()
             self.send_response(fault.status)
@@ -499,6 +500,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _user(self, template: str) -> dict[str, str] | None:
         key = self.headers.get("x-api-key")
         user = self.server_fake.users.get(key or "")
+        self._record(user)  # before answering: a client that has its answer may count at once
         if user is None:
             self._error(401, "Invalid API key" if key else "Authentication required", template)
         return user
@@ -526,17 +528,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._record(None)
             return self._send_json(200, body, "/server/version")
         if self._fault(path):
-            self._record(None)
             return
         if path == "/api/users/me":
             user = self._user("/users/me")
-            self._record(user)
             if user:
                 self._send_json(200, fake.user_dto(user), "/users/me")
             return
         if path == "/api/faces":
             user = self._user("/faces")
-            self._record(user)
             if not user:
                 return
             asset_id = (query.get("id") or [""])[0]
@@ -550,7 +549,6 @@ class _Handler(BaseHTTPRequestHandler):
             _, _, _, asset_id, what = path.split("/")
             template = f"/assets/{{id}}/{what}"
             user = self._user(template)
-            self._record(user)
             if not user:
                 return
             with fake.lock:
@@ -586,11 +584,9 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         if self._fault(path):
-            self._record(None)
             return
         if path == "/api/search/metadata":
             user = self._user("/search/metadata")
-            self._record(user)
             if not user:
                 return
             try:

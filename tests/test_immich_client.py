@@ -195,3 +195,40 @@ def test_error_bodies_of_both_flavours_are_read(fake: FakeImmich) -> None:
     fake.faults.append(Fault("status", status=400, path_contains="/users/me"))
     with client_for(fake) as client, pytest.raises(ImmichError, match="400 injected fault"):
         client.whoami()
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        dict(kind="status", status=500),
+        dict(kind="status", status=429, retry_after="0"),
+        dict(kind="reset"),
+        dict(kind="truncate"),
+        dict(kind="timeout"),
+    ],
+    ids=["500", "429", "reset", "truncated-body", "timeout"],
+)
+def test_faces_requests_survive_faults_on_the_quick_path(fake: FakeImmich, fault: dict) -> None:
+    """Faces go through plain http.client first; any fault hands the request to httpx's retries."""
+    box = dict(x1=5, y1=6, x2=55, y2=66, image_width=1440, image_height=960)
+    asset_id = fake.add_asset("alice", b"x", "a.jpg", faces=[box])
+    fake.faults.append(Fault(path_contains="/faces", **fault))
+    with client_for(fake, timeout=0.5) as client:
+        assert client._quick is not None
+        faces = client.faces(asset_id)
+        assert [(f.x1, f.y2, f.image_width) for f in faces] == [(5, 66, 1440)]
+        assert not fake.faults, "the fault was never triggered"
+        before = fake.count("GET", "/api/faces")
+        assert client.faces(asset_id) == faces
+        assert fake.count("GET", "/api/faces") == before + 1, "a clean answer takes one request"
+
+
+def test_quick_path_only_for_plain_http_without_a_proxy(fake: FakeImmich, monkeypatch: pytest.MonkeyPatch) -> None:
+    with client_for(fake) as client:
+        assert client._quick is not None
+    settings = ImmichSettings(name="alice", url="https://immich.example", api_key=Secret("k"))
+    with ImmichClient(settings, FAST) as client:
+        assert client._quick is None, "TLS stays with httpx"
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    with client_for(fake) as client:
+        assert client._quick is None, "proxies stay with httpx"
