@@ -48,6 +48,7 @@ from .store import AssetRow, Dropped, Store
 log = logging.getLogger(__name__)
 
 SKIP_BATCH = 500  # skipped assets per transaction
+TASK_ASSETS = 4  # assets per task handed to a worker
 
 NEIGHBOURS = 16
 
@@ -351,42 +352,58 @@ class Syncer:
         readers: list[Store] = []
         local = threading.local()
 
-        def prepare(row: AssetRow) -> Prepared:
+        def prepare(batch: list[AssetRow]) -> list[Prepared]:
             if not hasattr(local, "store"):
                 local.store = Store(self.store.path, readonly=True, threaded=True)
                 readers.append(local.store)
-            return self._prepare(client, row, local.store)
+            done: list[Prepared] = []
+            try:
+                for row in batch:
+                    done.append(self._prepare(client, row, local.store))
+            except BaseException:
+                for prepared in done:
+                    prepared.discard()
+                raise
+            return done
 
-        pending: deque[Future[Prepared]] = deque()
-        queue = iter(rows)
+        # Assets go to the workers a few at a time: an asset the prefilter skips costs less than
+        # handing it to a thread and back.
+        pending: deque[Future[list[Prepared]]] = deque()
+        queue = (rows[start : start + TASK_ASSETS] for start in range(0, len(rows), TASK_ASSETS))
         skipped: list[tuple[str, str]] = []
+        results: deque[Prepared] = deque()
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="facesyncd-worker") as pool:
             try:
-                for row in itertools.islice(queue, 2 * workers):
-                    pending.append(pool.submit(prepare, row))
-                while pending:
-                    prepared = pending.popleft().result()
+                for batch in itertools.islice(queue, 2 * workers):
+                    pending.append(pool.submit(prepare, batch))
+                while pending or results:
+                    if not results:
+                        results.extend(pending.popleft().result())
+                        for batch in itertools.islice(queue, 1):
+                            pending.append(pool.submit(prepare, batch))
+                    prepared = results.popleft()
                     self._check_stop()
                     if prepared.skipped is not None:
                         skipped.append((prepared.row.asset_id, prepared.skipped))
                         report.skipped += 1
-                    if skipped and (prepared.skipped is None or len(skipped) >= SKIP_BATCH or not pending):
+                    if skipped and (prepared.skipped is None or len(skipped) >= SKIP_BATCH or not (pending or results)):
                         self.store.mark_skipped(source, skipped)
                         skipped.clear()
                     if prepared.skipped is None:
                         self._commit(source, prepared, report)
                     self.reporter.advance()
-                    for row in itertools.islice(queue, 1):
-                        pending.append(pool.submit(prepare, row))
             finally:
                 for future in pending:
                     future.cancel()
                 for future in pending:  # results nobody will commit: drop their temporary files
                     if not future.cancelled():
                         try:
-                            future.result().discard()
+                            for leftover in future.result():
+                                leftover.discard()
                         except BaseException:  # already failing: the first error wins
                             pass
+                for leftover in results:
+                    leftover.discard()
         for reader in readers:
             reader.close()
 
