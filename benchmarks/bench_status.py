@@ -18,7 +18,7 @@ import numpy as np
 
 from common import REPO, median
 
-HEAVY = ("onnxruntime", "insightface", "hnswlib", "cv2", "scipy")
+HEAVY = ("onnxruntime", "insightface", "hnswlib", "cv2", "scipy", "numpy")
 
 
 def make_database(directory: Path, assets: int, faces: int, dimension: int = 512) -> Path:
