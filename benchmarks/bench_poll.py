@@ -57,7 +57,11 @@ def main(count: int = 100_000) -> list[tuple[str, str, str]]:
             shutil.rmtree(directory, ignore_errors=True)
     return [
         ("first full listing", f"{listing_rate:.0f} assets/s", f">= 5000: {'yes' if listing_rate >= 5000 else 'NO'}"),
-        ("first cycle incl. prefilter", f"{cycle_rate:.0f} assets/s", "one faces request per asset"),
+        (
+            "first cycle, all skipped by the prefilter",
+            f"{cycle_rate:.0f} assets/s",
+            f">= 5000: {'yes' if cycle_rate >= 5000 else 'NO'} (one faces request per asset)",
+        ),
         (
             "no-change cycle (100k library)",
             f"{requests} requests, {seconds * 1000:.0f} ms",

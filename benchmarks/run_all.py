@@ -1,4 +1,4 @@
-"""Run every benchmark and print one table. `python benchmarks/run_all.py` (about 10 minutes on 2 cores).
+"""Run every benchmark and print one table. `python benchmarks/run_all.py` (about 7 minutes on 2 cores).
 
 Each figure comes with its baseline or target measured in the same run; the machines are shared and
 noisy, so read ratios, not absolute times.
