@@ -99,12 +99,32 @@ def clean_leftovers(facesets_dir: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def write_faceset(facesets_dir: Path, crops_dir: Path, number: int, faces: Sequence[ExportFace]) -> bool:
-    """Write one faceset folder if it differs from the store. Returns whether anything was written."""
+def write_faceset(
+    facesets_dir: Path,
+    crops_dir: Path,
+    number: int,
+    faces: Sequence[ExportFace],
+    missing: list[ExportFace] | None = None,
+) -> bool:
+    """Write one faceset folder if it differs from the store. Returns whether anything was written.
+
+    When crop files are gone: with `missing` given, the folder is left as it is (its files may be
+    the only copies left) and the faces are added to `missing`, for the caller to restore their
+    crops and export again; without it, those faces are left out (the folder then differs from the
+    store and is written again once their crops are back).
+    """
     final = facesets_dir / faceset_name(number)
     wanted = manifest(number, faces)
     if _is_current(final, wanted):
         return False
+    present = [face for face in faces if (crops_dir / face.crop).is_file()]
+    if len(present) < len(faces):
+        if missing is not None:
+            missing.extend(face for face in faces if face not in present)
+            return False
+        faces, wanted = present, manifest(number, present)
+        if not faces or _is_current(final, wanted):
+            return False
     if final.exists() and not (final / MANIFEST).exists():
         # A folder facesyncd did not write (an imported tree exported in place, say): keep it whole.
         keep = facesets_dir / PRESERVED / final.name
@@ -136,17 +156,23 @@ def write_faceset(facesets_dir: Path, crops_dir: Path, number: int, faces: Seque
     return True
 
 
-def export_all(facesets_dir: Path, crops_dir: Path, faces_by_identity: Mapping[int, Sequence[ExportFace]]) -> int:
+def export_all(
+    facesets_dir: Path,
+    crops_dir: Path,
+    faces_by_identity: Mapping[int, Sequence[ExportFace]],
+    missing: list[ExportFace] | None = None,
+) -> int:
     """Bring every faceset folder in line with the store. Returns how many folders were written.
 
     A folder whose identity has no live face left (all its photos deleted) is removed; its number
-    stays taken in the store and is never given to another identity.
+    stays taken in the store and is never given to another identity. Faces whose crop files are
+    gone are collected in `missing` (see write_faceset).
     """
     facesets_dir.mkdir(parents=True, exist_ok=True)
     clean_leftovers(facesets_dir)
     written = 0
     for number, faces in sorted(faces_by_identity.items()):
-        if faces and write_faceset(facesets_dir, crops_dir, number, faces):
+        if faces and write_faceset(facesets_dir, crops_dir, number, faces, missing):
             written += 1
     for entry in facesets_dir.iterdir():
         match = FACESET_RE.match(entry.name)

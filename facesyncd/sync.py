@@ -25,7 +25,7 @@ import numpy as np
 
 from .config import ImmichSettings, Settings
 from .crashpoints import checkpoint
-from .embedder import FaceEmbedder, default_workers
+from .embedder import FaceEmbedder, crop_face, default_workers
 from .errors import (
     AssetGone,
     FacesyncError,
@@ -37,13 +37,13 @@ from .errors import (
     LocalWriteError,
     StoreError,
 )
-from .export import export_all
+from .export import export_all, face_file
 from .identities import Cluster, assign, cluster_pool
 from .imaging import DecodedImage, decode_image
 from .immich import Download, ImmichClient
 from .index import FaceIndex
 from .models import CycleReport, DetectedFace, RemoteFace, StoredFace
-from .store import AssetRow, Dropped, Store
+from .store import AssetRow, Dropped, ExportFace, Store
 
 log = logging.getLogger(__name__)
 
@@ -117,23 +117,26 @@ def crop_path(sha256: str, face_index: int) -> str:
 
 
 def write_crops(crops_dir: Path, sha256: str, faces: Sequence[DetectedFace]) -> list[str]:
-    names = []
-    for face_index, face in enumerate(faces):
-        name = crop_path(sha256, face_index)
-        target = crops_dir / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=".crop-", dir=target.parent)
-        try:
-            with os.fdopen(handle, "wb") as output:
-                output.write(face.crop_jpeg)
-                output.flush()
-                os.fsync(output.fileno())
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        names.append(name)
+    names = [crop_path(sha256, face_index) for face_index in range(len(faces))]
+    for name, face in zip(names, faces, strict=True):
+        write_crop(crops_dir, name, face.crop_jpeg)
     return names
+
+
+def write_crop(crops_dir: Path, name: str, data: bytes) -> None:
+    """Written beside its final name, synced, renamed: a crash leaves the old file or the new one."""
+    target = crops_dir / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".crop-", dir=target.parent)
+    try:
+        with os.fdopen(handle, "wb") as output:
+            output.write(data)
+            output.flush()
+            os.fsync(output.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def remove_crops(crops_dir: Path, names: Sequence[str]) -> None:
@@ -437,7 +440,7 @@ class Syncer:
             try:
                 if reader.blob_exists(download.sha256):
                     return prepared
-                image, prepared.decoded_from = self._decode(client, row, download.path, max_bytes)
+                image, prepared.decoded_from = self._decode(client, row.asset_id, download.path, max_bytes)
                 prepared.size = (image.width, image.height)
                 prepared.faces = self.embedder.faces(image)
                 del image
@@ -491,7 +494,7 @@ class Syncer:
         finally:
             prepared.discard()
 
-    def _decode(self, client: ImmichClient, row: AssetRow, path: Path, max_bytes: int) -> tuple[DecodedImage, str]:
+    def _decode(self, client: ImmichClient, asset_id: str, path: Path, max_bytes: int) -> tuple[DecodedImage, str]:
         """The original if it decodes (RAW files do not), else Immich's preview of it."""
         max_pixels = self.settings.faces.max_image_megapixels * 1_000_000
         try:
@@ -500,11 +503,11 @@ class Syncer:
             log.info(
                 "%s: original of %s does not decode (%s); using Immich's preview",
                 client.name,
-                row.asset_id,
+                asset_id,
                 original_error,
             )
             try:
-                preview = client.download_preview(row.asset_id, self.download_dir, max_bytes)
+                preview = client.download_preview(asset_id, self.download_dir, max_bytes)
             except AssetGone:
                 raise
             except ImmichError as preview_error:
@@ -515,6 +518,53 @@ class Syncer:
                 raise ImageError(f"original: {original_error}; preview: {preview_error}") from None
             finally:
                 preview.path.unlink(missing_ok=True)
+
+    def _restore_crops(self, missing: list[ExportFace]) -> int:
+        restored = 0
+        by_blob: dict[str, list[ExportFace]] = {}
+        for face in missing:
+            copies = sorted(self.settings.facesets_dir.glob(f"faceset_*/{face_file(face)}"))
+            if copies:
+                write_crop(self.crops_dir, face.crop, copies[0].read_bytes())
+                restored += 1
+            else:
+                by_blob.setdefault(Path(face.crop).name.rsplit("_", 1)[0], []).append(face)
+        sources = {source.name: source for source in self.settings.immich}
+        clients: dict[str, ImmichClient] = {}
+        try:
+            for sha256, faces in by_blob.items():
+                first = faces[0]
+                if first.asset_id is None or first.source not in sources:
+                    log.warning("crop of face %d is gone and its photo is not in a configured Immich", first.face_id)
+                    continue
+                if first.source not in clients:
+                    clients[first.source] = self._client_factory(sources[first.source])
+                    self._clients.add(clients[first.source])
+                try:
+                    image = self._image_of(clients[first.source], first.asset_id, sha256)
+                except (ImmichError, ImmichUnreachable, ImmichAuthError, ImageError) as error:
+                    log.warning("cannot cut the crops of %s again: %s", first.asset_id, error)
+                    continue
+                for face in faces:
+                    box = np.array(face.bbox, np.float32)
+                    write_crop(self.crops_dir, face.crop, crop_face(image, box, self.settings.faces.crop_margin))
+                    restored += 1
+        finally:
+            for client in clients.values():
+                self._clients.discard(client)
+                client.close()
+        return restored
+
+    def _image_of(self, client: ImmichClient, asset_id: str, sha256: str) -> DecodedImage:
+        """The photo whose bytes hash to `sha256`, decoded as when it was embedded."""
+        max_bytes = self.settings.faces.max_download_mb * 1024 * 1024
+        download = client.download_original(asset_id, self.download_dir, max_bytes)
+        try:
+            if download.sha256 != sha256:
+                raise ImmichError(f"{asset_id} changed in Immich since it was embedded")
+            return self._decode(client, asset_id, download.path, max_bytes)[0]
+        finally:
+            download.path.unlink(missing_ok=True)
 
     def _fail(self, source: str, row: AssetRow, reason: str, report: CycleReport) -> None:
         delay = self.settings.sync.retry_delay_seconds * (2**row.attempts)
@@ -617,9 +667,20 @@ class Syncer:
             report.faces_assigned += len(matches)
 
     def export(self, report: CycleReport) -> None:
-        """Step 6: faceset folders follow the store; then the index is saved for the next start."""
+        """Step 6: faceset folders follow the store; then the index is saved for the next start.
+
+        Crop files that went missing (state_dir/crops deleted, a disk fault) are restored first, so
+        the folders can always be rebuilt: from a copy in an exported folder if there is one, else
+        cut again from the photo in Immich. A face whose crop cannot come back stays out of its
+        folder, and is tried again next cycle."""
         self.reporter.stage("exporting", None)
-        report.facesets_written = export_all(self.settings.facesets_dir, self.crops_dir, self.store.export_faces())
+        faces = self.store.export_faces()
+        missing: list[ExportFace] = []
+        report.facesets_written = export_all(self.settings.facesets_dir, self.crops_dir, faces, missing)
+        if missing:
+            restored = self._restore_crops(missing)
+            log.warning("%d face crops were missing; %d restored", len(missing), restored)
+            report.facesets_written += export_all(self.settings.facesets_dir, self.crops_dir, faces)
         index = self._index or self.open_index()
         version = self.store.index_version()
         if version != self._index_saved_version:  # unchanged: the file on disk is already this index

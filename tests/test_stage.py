@@ -279,3 +279,43 @@ def test_a_pool_too_large_for_one_clustering_opens_one_faceset_per_person(
     assert len(report.identities_created) == 2 and sizes == [6, 20]
     assert report.faces_assigned == 12, "the first chunk opened the faceset; the other 12 faces joined it"
     assert store.pool_faces() == []
+
+
+def test_lost_crops_come_back_from_the_folders_or_from_immich(fake: FakeImmich, syncer: Syncer) -> None:
+    """The faceset folders must always be rebuildable: crops deleted from state_dir come back from
+    the exported copies without a download when a folder must change, and with the folders gone
+    too, they are cut again from the photos."""
+    import shutil
+
+    for path in sorted(OBAMA.parent.iterdir()):
+        fake.add_file("alice", path)
+    syncer.run_cycle()
+    facesets = syncer.settings.facesets_dir
+
+    def exported() -> dict[str, bytes]:
+        return {str(p.relative_to(facesets)): p.read_bytes() for p in facesets.rglob("*.jpg")}
+
+    def downloads() -> int:
+        return fake.count("GET", "/api/assets/")
+
+    before, fetched = exported(), downloads()
+    assert len(before) == 4
+    shutil.rmtree(syncer.crops_dir)
+    syncer.run_cycle()
+    assert exported() == before and downloads() == fetched, "an intact folder needs no crop"
+
+    fake.add_file("alice", PHOTOS / "edge" / "obama_partial_face.jpg")  # the folder must change
+    syncer.run_cycle()
+    grown = exported()
+    assert len(grown) == 5 and set(before.items()) <= set(grown.items())
+    assert downloads() == fetched + 1, "old crops came back from the folder; only the new photo was fetched"
+    assert len(list(syncer.crops_dir.rglob("*.jpg"))) == 5
+
+    shutil.rmtree(syncer.crops_dir)
+    shutil.rmtree(facesets)
+    report = syncer.run_cycle()
+    again = exported()
+    assert set(again) == set(grown) and report.facesets_written == 1
+    assert downloads() == fetched + 1 + 5, "each photo downloaded once to cut its crop again"
+    for name, data in again.items():  # the same box of the same pixels: the same picture
+        assert Image.open(io.BytesIO(data)).size == Image.open(io.BytesIO(grown[name])).size
