@@ -10,16 +10,17 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import queue
 import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -46,6 +47,8 @@ from .models import CycleReport, DetectedFace, RemoteFace, StoredFace
 from .store import AssetRow, Dropped, ExportFace, Store
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SKIP_BATCH = 500  # skipped assets per transaction
 TASK_ASSETS = 4  # assets per task handed to a worker
@@ -109,6 +112,46 @@ class Prepared:
     def discard(self) -> None:
         if self.download is not None:
             self.download.path.unlink(missing_ok=True)
+
+
+def prefetched(items: Iterator[T]) -> Iterator[T]:
+    """Yield what `items` yields, fetching the next one on a thread while the caller handles this
+    one: the server builds the next page of a listing while this one is written to the database
+    (a full listing of 100,000 assets spends about as long in each)."""
+    handoff: queue.Queue[tuple[bool, T | None, BaseException | None]] = queue.Queue(maxsize=1)
+    abandoned = threading.Event()
+
+    def put(entry: tuple[bool, T | None, BaseException | None]) -> bool:
+        while not abandoned.is_set():
+            try:
+                handoff.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((False, item, None)):
+                    return
+            put((True, None, None))
+        except BaseException as error:  # handed to the consumer, raised there
+            put((True, None, error))
+
+    thread = threading.Thread(target=produce, name="facesyncd-listing", daemon=True)
+    thread.start()
+    try:
+        while True:
+            finished, item, error = handoff.get()
+            if error is not None:
+                raise error
+            if finished:
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        abandoned.set()
+        thread.join(timeout=1)  # a request in flight ends when the caller closes its client
 
 
 def crop_path(sha256: str, face_index: int) -> str:
@@ -277,7 +320,7 @@ class Syncer:
                 everything: dict[str, bool] | None = {} if watermark is None else None
                 self.reporter.stage(f"{source.name}: listing", None)
                 listing_started = time.monotonic()
-                for page in client.iter_changed(watermark, self.settings.sync.page_size):
+                for page in prefetched(client.iter_changed(watermark, self.settings.sync.page_size)):
                     self._check_stop()
                     report.listed += len(page)
                     listed = self.store.record_listed(source.name, page)

@@ -319,3 +319,36 @@ def test_lost_crops_come_back_from_the_folders_or_from_immich(fake: FakeImmich, 
     assert downloads() == fetched + 1 + 5, "each photo downloaded once to cut its crop again"
     for name, data in again.items():  # the same box of the same pixels: the same picture
         assert Image.open(io.BytesIO(data)).size == Image.open(io.BytesIO(grown[name])).size
+
+
+def test_prefetched_keeps_order_raises_in_place_and_stops_when_abandoned() -> None:
+    import threading
+
+    from facesyncd.sync import prefetched
+
+    assert list(prefetched(iter(range(50)))) == list(range(50))
+
+    def failing():
+        yield 1
+        yield 2
+        raise ImmichUnreachable("server gone")
+
+    got = []
+    with pytest.raises(ImmichUnreachable, match="server gone"):
+        for item in prefetched(failing()):
+            got.append(item)
+    assert got == [1, 2]
+
+    produced = []
+
+    def endless():
+        for number in range(1_000_000):
+            produced.append(number)
+            yield number
+
+    for item in prefetched(endless()):
+        if item == 3:
+            break
+    time.sleep(0.3)
+    assert len(produced) <= 6, "the producer runs at most a page or two ahead, and stops when abandoned"
+    assert not any(thread.name == "facesyncd-listing" for thread in threading.enumerate())
