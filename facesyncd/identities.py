@@ -68,6 +68,7 @@ NEIGHBOURS = 32
 @dataclass(frozen=True)
 class Clustering:
     clusters: list[Cluster]
+    clustered: NDArray[np.int64]  # the rows this round clustered
     more_rounds: bool  # some faces were left for a later round (see cluster_pool)
 
 
@@ -78,7 +79,7 @@ def cluster_pool(
     cluster_distance: float,
     member_distance: float,
     min_faces: int,
-    round_number: int = 0,
+    fresh: NDArray[np.bool_] | None = None,
     exact_limit: int | None = None,
 ) -> Clustering:
     """Group unmatched faces into candidate identities.
@@ -93,38 +94,41 @@ def cluster_pool(
     `cluster_distance`: a group cut there never spans two components (two groups merge only when
     their average distance is under the cut, so some pair of them is), so clustering each component
     alone gives the same groups, in bounded memory, but for the rare close pair the approximate
-    neighbour search misses. A component still larger than `exact_limit` is
-    clustered a chunk at a time, one chunk per round (`round_number`); the caller matches the rest
-    of the pool against the identities a round opened before the next, as a later sync would.
+    neighbour search misses. A component still larger than `exact_limit` is clustered a chunk at a
+    time, one chunk per round: the caller matches the rest of the pool against the identities a
+    round opened, then calls again with `fresh` marking the rows no round has clustered yet; only
+    components holding such rows are clustered, and chunks are taken from them.
     """
     count = len(blobs)
+    nothing = np.zeros(0, np.int64)
     if count < min_faces:
-        return Clustering([], False)
+        return Clustering([], nothing, False)
     exact_limit = exact_limit or EXACT_LIMIT
+    fresh = np.ones(count, bool) if fresh is None else np.asarray(fresh, bool)
     groups: list[NDArray[np.int64]] = []
+    clustered: list[NDArray[np.int64]] = []
     more_rounds = False
     if count <= exact_limit:
-        groups = _average_linkage(embeddings, np.arange(count), cluster_distance)
+        clustered.append(np.arange(count))
     else:
         for component in _components(embeddings, cluster_distance):
-            if len(component) < min_faces:
+            new = component[fresh[component]]
+            if len(component) < min_faces or not len(new):
                 continue
-            if len(component) > exact_limit:
-                chunks = -(-len(component) // exact_limit)
-                more_rounds = more_rounds or round_number + 1 < chunks
-                if round_number >= chunks:
-                    continue
-                component = component[round_number * exact_limit : (round_number + 1) * exact_limit]
-            elif round_number > 0:
-                continue  # clustered in round 0
-            groups.extend(_average_linkage(embeddings, component, cluster_distance))
+            if len(component) <= exact_limit:
+                clustered.append(component)
+            else:
+                clustered.append(new[:exact_limit])
+                more_rounds = more_rounds or len(new) > exact_limit
+    for rows in clustered:
+        groups.extend(_average_linkage(embeddings, rows, cluster_distance))
     clusters = [
         cluster
         for rows in groups
         if (cluster := _gate(embeddings, blobs, rows, member_distance=member_distance, min_faces=min_faces))
     ]
     clusters.sort(key=lambda cluster: cluster.rows[0])
-    return Clustering(clusters, more_rounds)
+    return Clustering(clusters, np.concatenate(clustered) if clustered else nothing, more_rounds)
 
 
 def _average_linkage(embeddings: NDArray[np.float32], rows: NDArray[np.int64], cut: float) -> list[NDArray[np.int64]]:

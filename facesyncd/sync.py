@@ -670,7 +670,8 @@ class Syncer:
         A pool too large to cluster at once goes in rounds (see cluster_pool): after each, the faces
         left in the pool are matched against the identities it opened, as a later sync would."""
         identity_settings = self.settings.identities
-        for round_number in itertools.count():
+        clustered: set[int] = set()  # face ids some round clustered
+        while True:
             pool = self.store.pool_faces()
             if len(pool) < identity_settings.min_faceset_faces:
                 return
@@ -681,8 +682,9 @@ class Syncer:
                 cluster_distance=identity_settings.cluster_distance,
                 member_distance=identity_settings.match_distance,
                 min_faces=identity_settings.min_faceset_faces,
-                round_number=round_number,
+                fresh=np.array([face.id not in clustered for face in pool], bool),
             )
+            clustered.update(pool[int(row)].id for row in clustering.clustered)
             if clustering.clusters:
                 self._open_identities(pool, clustering.clusters, report)
             if not clustering.more_rounds:

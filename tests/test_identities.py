@@ -96,14 +96,20 @@ def test_a_large_pool_splits_into_components_with_the_same_clusters() -> None:
 
 
 def test_a_component_over_the_limit_is_clustered_a_chunk_per_round() -> None:
+    """Each round clusters the next chunk of the rows no round has clustered yet, until none is left."""
     embeddings = people(1, 50, spread=0.05, seed=2)
     blobs = [f"photo{i}" for i in range(50)]
-    options = {"cluster_distance": 0.55, "member_distance": 0.45, "min_faces": 3, "exact_limit": 20}
-    rounds = [cluster_pool(embeddings, blobs, round_number=number, **options) for number in range(4)]  # type: ignore[arg-type]
-    assert [r.more_rounds for r in rounds] == [True, True, False, False]
-    assert [[c.rows for c in r.clusters] for r in rounds] == [
-        [tuple(range(0, 20))],
-        [tuple(range(20, 40))],
-        [tuple(range(40, 50))],
-        [],
+    fresh = np.ones(50, bool)
+    rounds = []
+    for _ in range(4):
+        result = cluster_pool(
+            embeddings, blobs, cluster_distance=0.55, member_distance=0.45, min_faces=3, fresh=fresh, exact_limit=20
+        )
+        rounds.append(([c.rows for c in result.clusters], result.more_rounds))
+        fresh[result.clustered] = False
+    assert rounds == [
+        ([tuple(range(0, 20))], True),
+        ([tuple(range(20, 40))], True),
+        ([tuple(range(40, 50))], False),
+        ([], False),
     ]
