@@ -117,10 +117,13 @@ def write_faceset(
     wanted = manifest(number, faces)
     if _is_current(final, wanted):
         return False
-    present = [face for face in faces if (crops_dir / face.crop).is_file()]
-    if len(present) < len(faces):
+    present: list[ExportFace] = []
+    absent: list[ExportFace] = []
+    for face in faces:
+        (present if (crops_dir / face.crop).is_file() else absent).append(face)
+    if absent:
         if missing is not None:
-            missing.extend(face for face in faces if face not in present)
+            missing.extend(absent)
             return False
         faces, wanted = present, manifest(number, present)
         if not faces or _is_current(final, wanted):

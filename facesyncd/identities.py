@@ -139,9 +139,14 @@ def _average_linkage(embeddings: NDArray[np.float32], rows: NDArray[np.int64], c
 
     data = np.asarray(embeddings[rows], dtype=np.float64)
     labels = fcluster(linkage(data, method="average", metric="cosine"), t=cut, criterion="distance")
+    return [rows[part] for part in _split_by_label(labels)]
+
+
+def _split_by_label(labels: NDArray[np.int64]) -> list[NDArray[np.int64]]:
+    """Positions grouped by their label, each group in ascending order."""
     order = np.argsort(labels, kind="stable")
     bounds = np.flatnonzero(np.diff(labels[order])) + 1
-    return [rows[np.sort(part)] for part in np.split(order, bounds)]
+    return list(np.split(order, bounds))
 
 
 def _components(embeddings: NDArray[np.float32], cut: float) -> list[NDArray[np.int64]]:
@@ -151,9 +156,11 @@ def _components(embeddings: NDArray[np.float32], cut: float) -> list[NDArray[np.
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
+    from .index import EF_CONSTRUCTION, M
+
     count, dimension = embeddings.shape
     index = hnswlib.Index(space="cosine", dim=dimension)
-    index.init_index(max_elements=count, ef_construction=100, M=16)
+    index.init_index(max_elements=count, ef_construction=EF_CONSTRUCTION, M=M)
     index.add_items(np.asarray(embeddings, np.float32), np.arange(count))
     k = min(NEIGHBOURS + 1, count)
     index.set_ef(max(64, k))
@@ -163,9 +170,7 @@ def _components(embeddings: NDArray[np.float32], cut: float) -> list[NDArray[np.
     targets = neighbours.ravel()[close.ravel()].astype(np.int64)
     graph = coo_matrix((np.ones(len(sources), np.int8), (sources, targets)), shape=(count, count))
     _, labels = connected_components(graph, directed=False)
-    order = np.argsort(labels, kind="stable")
-    bounds = np.flatnonzero(np.diff(labels[order])) + 1
-    return sorted(np.split(order, bounds), key=len, reverse=True)
+    return sorted(_split_by_label(labels), key=len, reverse=True)
 
 
 def _gate(

@@ -93,6 +93,7 @@ class AssetRow:
 @dataclass(frozen=True)
 class ExportFace:
     face_id: int
+    sha256: str
     source: str
     asset_id: str | None
     crop: str
@@ -643,7 +644,7 @@ class Store:
         """Live faces per identity, with one representative asset each (lowest source/asset id)."""
         rows = self._rows(
             """
-            SELECT f.id AS face_id, f.identity, f.crop, f.x1, f.y1, f.x2, f.y2, f.det_score, f.distance,
+            SELECT f.id AS face_id, f.sha256, f.identity, f.crop, f.x1, f.y1, f.x2, f.y2, f.det_score, f.distance,
                    (SELECT a.source FROM assets a WHERE a.sha256 = f.sha256 AND a.state = 'done'
                     ORDER BY a.source, a.asset_id LIMIT 1) AS source,
                    (SELECT a.asset_id FROM assets a WHERE a.sha256 = f.sha256 AND a.state = 'done'
@@ -656,6 +657,7 @@ class Store:
             result.setdefault(row["identity"], []).append(
                 ExportFace(
                     face_id=row["face_id"],
+                    sha256=row["sha256"],
                     source=row["source"] or "import",
                     asset_id=row["asset_id"],
                     crop=row["crop"],

@@ -225,8 +225,8 @@ class Syncer:
         self.crops_dir = settings.state_dir / "crops"
         self.download_dir = settings.state_dir / "tmp"
         # The index stays in memory between cycles (a daemon polls every few minutes) and is kept in
-        # step with the store by this process; it is dropped, to be loaded or rebuilt, whenever that
-        # cannot be guaranteed (faces removed, a cycle that failed half way).
+        # step with the store by this process (removed faces are marked deleted in it); it is dropped,
+        # to be loaded or rebuilt, when a cycle fails half way or deleted entries pile up (_forget).
         self._index: FaceIndex | None = None
         self._index_saved_version: int | None = None
 
@@ -415,17 +415,17 @@ class Syncer:
         # Assets go to the workers a few at a time: an asset the prefilter skips costs less than
         # handing it to a thread and back.
         pending: deque[Future[list[Prepared]]] = deque()
-        queue = (rows[start : start + TASK_ASSETS] for start in range(0, len(rows), TASK_ASSETS))
+        batches = (rows[start : start + TASK_ASSETS] for start in range(0, len(rows), TASK_ASSETS))
         skipped: list[tuple[str, str]] = []
         results: deque[Prepared] = deque()
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="facesyncd-worker") as pool:
             try:
-                for batch in itertools.islice(queue, 2 * workers):
+                for batch in itertools.islice(batches, 2 * workers):
                     pending.append(pool.submit(prepare, batch))
                 while pending or results:
                     if not results:
                         results.extend(pending.popleft().result())
-                        for batch in itertools.islice(queue, 1):
+                        for batch in itertools.islice(batches, 1):
                             pending.append(pool.submit(prepare, batch))
                     prepared = results.popleft()
                     self._check_stop()
@@ -565,13 +565,14 @@ class Syncer:
     def _restore_crops(self, missing: list[ExportFace]) -> int:
         restored = 0
         by_blob: dict[str, list[ExportFace]] = {}
+        exported = {path.name: path for path in sorted(self.settings.facesets_dir.glob("faceset_*/face_*.jpg"))}
         for face in missing:
-            copies = sorted(self.settings.facesets_dir.glob(f"faceset_*/{face_file(face)}"))
-            if copies:
-                write_crop(self.crops_dir, face.crop, copies[0].read_bytes())
+            copy = exported.get(face_file(face))
+            if copy is not None:
+                write_crop(self.crops_dir, face.crop, copy.read_bytes())
                 restored += 1
             else:
-                by_blob.setdefault(Path(face.crop).name.rsplit("_", 1)[0], []).append(face)
+                by_blob.setdefault(face.sha256, []).append(face)
         sources = {source.name: source for source in self.settings.immich}
         clients: dict[str, ImmichClient] = {}
         try:
