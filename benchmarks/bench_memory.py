@@ -6,7 +6,7 @@ decoded images, which then come from the heap): 100 -> 1,000 assets adds some te
 sync throughput (measured), so it is left to the user (README, Performance).
 
 Each run is a fresh `facesyncd sync` process against the fake Immich (a separate process); peak RSS
-is the child's own high-water mark (VmHWM). The 100- and 1,000-asset libraries are copies of the test JPEGs made
+is the child's own high-water mark (VmHWM). The 100-, 1,000- and 3,000-asset libraries are copies of the test JPEGs made
 distinct by a comment segment, so every asset is downloaded, decoded and embedded.
 """
 
