@@ -173,7 +173,7 @@ def rebuild_index() -> None:
     from .sync import load_or_build_index
 
     settings = _settings(secrets=False)
-    store = Store(settings.database_path)
+    store = Store(settings.database_path, create=False)
     try:
         dimension = store.get_meta("embedding_dim")
         if dimension is None:
@@ -236,7 +236,7 @@ def retry() -> None:
 
     settings = _settings(secrets=False)
     with state_lock(settings.state_dir):
-        store = Store(settings.database_path)
+        store = Store(settings.database_path, create=False)
         try:
             count = store.retry_parked()
         finally:

@@ -105,23 +105,35 @@ class ExportFace:
 class Store:
     """Typed access to the state database. One instance per process; not shared between threads."""
 
-    def __init__(self, path: Path, *, readonly: bool = False, threaded: bool = False) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False, threaded: bool = False, create: bool = True) -> None:
         """threaded: the connection may be used from another thread than the one that opened it
-        (the daemon's worker); the caller makes sure one thread at a time uses it."""
+        (the daemon's worker); the caller makes sure one thread at a time uses it.
+        create: make the database when there is none (sync, run, import); the other commands say
+        that there is none instead."""
         self.path = path
+        self._db: sqlite_utils.Database | None = None
+        self._depth = 0
+        if not path.exists():
+            if readonly or not create:
+                raise StoreError(f"no database at {path} yet: run `facesyncd sync` first")
+            self._create()
+        self.conn = self._connect(path, readonly=readonly, threaded=threaded)
+        if readonly:
+            if self.schema_version() == 0:
+                self.conn.close()
+                raise StoreError(f"the database {path} is not initialised yet (a first sync is creating it)")
+        else:
+            self.migrate()
+
+    @staticmethod
+    def _connect(path: Path, *, readonly: bool, threaded: bool) -> sqlite3.Connection:
         try:
             if readonly:
-                if not path.exists():
-                    raise StoreError(f"no database at {path}: run `facesyncd sync` first")
                 connection = sqlite3.connect(
                     f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=not threaded
                 )
             else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fresh = not path.exists()
                 connection = sqlite3.connect(path, isolation_level=None, check_same_thread=not threaded)
-                if fresh:
-                    os.chmod(path, 0o600)
             connection.execute("PRAGMA busy_timeout = 30000")
             connection.execute("PRAGMA foreign_keys = ON")
             if not readonly:
@@ -129,13 +141,34 @@ class Store:
                 connection.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.Error as error:
             raise StoreError(f"cannot open database {path}: {error}") from error
+        return connection
+
+    def _create(self) -> None:
+        """Make the database under a temporary name, migrate it, and link it into place: a file at
+        `path` always holds its schema, so a reader never meets a half-made database, and a failed
+        migration leaves no database behind."""
+        temporary = self.path.with_name(f".{self.path.name}.new-{os.getpid()}")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary.unlink(missing_ok=True)
+            self.conn = sqlite3.connect(temporary, isolation_level=None)
+            os.chmod(temporary, 0o600)
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot create database {self.path}: {error}") from error
         except OSError as error:
-            raise StoreError(f"cannot create database {path}: {error.strerror or error}") from error
-        self.conn = connection
-        self._db: sqlite_utils.Database | None = None
-        self._depth = 0
-        if not readonly:
+            raise StoreError(f"cannot create database {self.path}: {error.strerror or error}") from error
+        try:
             self.migrate()
+            self.conn.close()
+            try:
+                os.link(temporary, self.path)
+            except FileExistsError:
+                pass  # another process made it first: theirs is as good as ours
+        except OSError as error:
+            raise StoreError(f"cannot create database {self.path}: {error.strerror or error}") from error
+        finally:
+            self.conn.close()
+            temporary.unlink(missing_ok=True)
 
     def close(self) -> None:
         self.conn.close()
@@ -208,7 +241,7 @@ class Store:
     # -- schema ---------------------------------------------------------------------------------
 
     def schema_version(self) -> int:
-        if "schema_migrations" not in self.db.table_names():
+        if not self._scalar("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"):
             return 0
         return int(self._scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations"))
 

@@ -118,10 +118,12 @@ def test_rebuild_index(fake: FakeImmich, tmp_path: Path) -> None:
     assert after["index"] == {"faces": assigned, "stale": False}
 
 
-def test_status_before_any_sync_says_so(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["status", "retry", "rebuild-index"])
+def test_local_commands_before_any_sync_say_so_and_create_nothing(tmp_path: Path, command: str) -> None:
     config = write_config(tmp_path, "http://127.0.0.1:9")
-    result = run_cli("--config", str(config), "status")
-    assert result.returncode == 6 and "run `facesyncd sync` first" in result.stderr
+    result = run_cli("--config", str(config), command)
+    assert result.returncode == 6 and "run `facesyncd sync` first" in result.stderr, result.stderr
+    assert not (tmp_path / "state" / "facesyncd.db").exists()
 
 
 @pytest.mark.parametrize("immich_version", ["2.7.5"])

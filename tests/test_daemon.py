@@ -125,10 +125,16 @@ def test_sigterm_mid_cycle_exits_fast_and_the_next_start_finishes_without_duplic
     database = tmp_path / "killed" / "state" / "facesyncd.db"
 
     def some_done() -> bool:
+        # The store links its database into place only once migrated; a reader may still open it
+        # while the daemon holds a write lock, so a busy database counts as "not yet".
         if not database.exists():
             return False
-        with sqlite3.connect(database) as connection:
-            return connection.execute("SELECT COUNT(*) FROM assets WHERE state = 'done'").fetchone()[0] >= 3
+        try:
+            with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as connection:
+                return connection.execute("SELECT COUNT(*) FROM assets WHERE state = 'done'").fetchone()[0] >= 3
+        except sqlite3.OperationalError as error:
+            assert "no such table" not in str(error), "a database file without its schema was visible"
+            return False
 
     first.wait_for(some_done, 60, "a few assets processed")
     code, seconds = first.terminate()

@@ -73,6 +73,44 @@ def test_a_failing_migration_changes_nothing(tmp_path: Path, monkeypatch: pytest
     assert "half" not in {row[0] for row in check.execute("SELECT name FROM sqlite_master")}
 
 
+def test_a_database_file_is_only_visible_once_it_holds_its_schema(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first store made the file, then migrated it: a reader in between met `no such table`.
+    Now the file appears (by a link) only after migrating, and a failed migration leaves none."""
+    path = tmp_path / "state" / "facesyncd.db"
+    seen_during_migration: list[bool] = []
+    migrate = Store.migrate
+
+    def watching(self: Store) -> list[str]:
+        seen_during_migration.append(path.exists())
+        return migrate(self)
+
+    monkeypatch.setattr(Store, "migrate", watching)
+    Store(path).close()
+    assert seen_during_migration[0] is False, "the database file was visible before its tables"
+    tables = {row[0] for row in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
+    assert {"assets", "faces", "schema_migrations"} <= tables
+    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
+    monkeypatch.setattr(Store, "migrate", migrate)
+
+    broken = tmp_path / "broken" / "facesyncd.db"
+    with_extra_migration(tmp_path, monkeypatch, "9999_broken.sql", "THIS IS NOT SQL;\n")
+    with pytest.raises(StoreError):
+        Store(broken)
+    assert list(broken.parent.iterdir()) == [], "a failed first migration left a database behind"
+
+
+def test_a_reader_meeting_a_half_made_database_is_told_so(tmp_path: Path) -> None:
+    path = tmp_path / "facesyncd.db"
+    sqlite3.connect(path).execute("CREATE TABLE other (x)").connection.close()  # e.g. made by an older version
+    with pytest.raises(StoreError, match="not initialised yet"):
+        Store(path, readonly=True)
+    with pytest.raises(StoreError, match="no database at"):
+        Store(tmp_path / "absent.db", create=False)
+    assert not (tmp_path / "absent.db").exists()
+
+
 def test_unchanged_assets_listed_again_need_no_work(store: Store) -> None:
     first = store.record_listed("alice", [asset("a"), asset("b")])
     assert first.needing_work == 2
