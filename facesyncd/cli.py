@@ -105,6 +105,12 @@ def sync(
         help="List the whole library now to catch assets deleted in Immich (otherwise done every "
         "[schedule] reconcile_seconds, default a day); --no-reconcile never.",
     ),
+    fresh: bool = typer.Option(
+        False,
+        "--fresh",
+        help="With a new database beside facesets a lost one wrote: start over, moving those folders "
+        "aside (new facesets number past theirs) instead of adopting them with import-facesets.",
+    ),
 ) -> None:
     """Run one full cycle: poll Immich, download, embed, assign, open new facesets, export.
 
@@ -113,17 +119,27 @@ def sync(
     from .embedder import FaceEmbedder
     from .lock import state_lock
     from .store import Store
-    from .sync import Syncer
+    from .sync import Syncer, break_off_after
 
     settings = _settings()
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())  # stop after the asset in hand
+    syncer: Syncer | None = None
+
+    def on_signal(signum: int, frame: object) -> None:
+        if stop.is_set():  # a second Ctrl-C: no more waiting
+            raise KeyboardInterrupt
+        stop.set()  # stop after the asset in hand; requests still in flight are broken off later
+        if syncer is not None:
+            break_off_after(settings.schedule.stop_grace_seconds, syncer.abort)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     with state_lock(settings.state_dir):
         store = Store(settings.database_path)
         try:
             embedder = FaceEmbedder(settings.model, settings.faces)
             syncer = Syncer(settings, store, embedder, reporter=_ProgressBar(), stop=stop)
-            report = syncer.run_cycle(reconcile=reconcile)
+            report = syncer.run_cycle(reconcile=reconcile, fresh=fresh)
         finally:
             store.close()
     created = ", ".join(f"{n:03d}" for n in report.identities_created) or "none"
@@ -247,7 +263,7 @@ def retry() -> None:
 def main() -> None:
     """Entry point: run the app, turning known errors into one line and an exit code."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except FacesyncError as error:
         if _state.debug:
             logging.getLogger("facesyncd").exception("error")
@@ -267,3 +283,8 @@ def main() -> None:
             error.show()
             sys.exit(error.exit_code)
         raise
+    # typer hands back the code of an Exit (run's own, or 130 for a Ctrl-C it caught) instead of exiting.
+    if isinstance(code, int) and code:
+        if code == EXIT_INTERRUPTED:
+            typer.echo("facesyncd: interrupted", err=True)
+        sys.exit(code)

@@ -10,17 +10,20 @@ import logging
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .redact import register as register_secret
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SYSTEM_CONFIG = Path("/etc/facesyncd/config.toml")
 SOURCE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+API_KEY_RE = re.compile(r"^[\x21-\x7e]+$")
 
 
 class Secret:
@@ -30,6 +33,7 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._value = value
+        register_secret(value)
 
     def reveal(self) -> str:
         return self._value
@@ -203,6 +207,15 @@ def _fraction(v: Any) -> bool:
     return bool(0 <= v <= 1)
 
 
+def _valid_url(value: str) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(value)
+        port = parts.port  # raises ValueError when out of range or not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0 and not parts.query
+
+
 def _read_secret(entry: dict[str, Any], where: str, problems: _Problems, *, needed: bool) -> Secret | None:
     env_name = entry.get("api_key_env")
     file_name = entry.get("api_key_file")
@@ -216,24 +229,47 @@ def _read_secret(entry: dict[str, Any], where: str, problems: _Problems, *, need
         if not value:
             problems.add(f"{where}.api_key_env", f"environment variable {env_name} is not set or empty")
             return None
-        return Secret(value)
+        return _checked_key(value, f"{where}.api_key_env", f"environment variable {env_name}", problems)
     path = Path(str(file_name)).expanduser()
     # systemd LoadCredential= puts secrets in $CREDENTIALS_DIRECTORY; a bare name is looked up there.
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
     if credentials and not path.is_absolute():
         path = Path(credentials) / path
     try:
-        value = path.read_text(encoding="utf-8").strip()
+        raw = path.read_bytes()
         mode = path.stat().st_mode
     except OSError as error:
         problems.add(f"{where}.api_key_file", f"cannot read {path}: {error.strerror or error}")
+        return None
+    try:
+        value = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        problems.add(f"{where}.api_key_file", f"{path} is not an API key: it holds non-ASCII bytes (key not shown)")
         return None
     if not value:
         problems.add(f"{where}.api_key_file", f"{path} is empty")
         return None
     if os.name == "posix" and mode & 0o077:
         log.warning("API key file %s can be read by other users (mode %o): chmod 600 it", path, mode & 0o777)
-    return Secret(value)
+    return _checked_key(value, f"{where}.api_key_file", str(path), problems)
+
+
+def _checked_key(value: str, where: str, origin: str, problems: _Problems) -> Secret | None:
+    """An API key goes into an HTTP header: printable ASCII without spaces or line breaks. A key
+    with a second line would otherwise end in the HTTP library's error text (which quotes the
+    header), and from there in logs and the database. The key itself is never printed."""
+    if API_KEY_RE.fullmatch(value):
+        return Secret(value)
+    register_secret(value)  # scrubbed from anything that might still quote it
+    if any(character in value for character in "\r\n"):
+        problems.add(where, f"{origin} holds more than one line; an API key is one line (key not shown)")
+    else:
+        problems.add(
+            where,
+            f"{origin} is not an API key: only printable ASCII without spaces can go in the x-api-key "
+            f"header (key not shown)",
+        )
+    return None
 
 
 def _immich_entries(raw: Any, problems: _Problems, *, secrets: bool) -> tuple[ImmichSettings, ...]:
@@ -245,7 +281,7 @@ def _immich_entries(raw: Any, problems: _Problems, *, secrets: bool) -> tuple[Im
         return ()
     spec: dict[str, tuple[type, Callable[[Any], bool] | None, str]] = {
         "name": (str, lambda v: bool(SOURCE_NAME_RE.match(v)), "letters, digits, '_', '.', '-' (max 64)"),
-        "url": (str, lambda v: v.startswith(("http://", "https://")), "an http:// or https:// URL"),
+        "url": (str, _valid_url, "an http:// or https:// URL with a host (and a port from 1 to 65535)"),
         "api_key_env": (str, None, ""),
         "api_key_file": (str, None, ""),
         "verify_tls": (bool, None, ""),
@@ -366,10 +402,6 @@ def settings_from_dict(data: dict[str, Any], path: Path, *, secrets: bool = True
         problems,
     )
     immich = _immich_entries(data.get("immich"), problems, secrets=secrets)
-    if problems.items:
-        listing = "\n  ".join(problems.items)
-        raise ConfigError(f"{path}: {len(problems.items)} problem(s) in config:\n  {listing}")
-
     state_dir = Path(top.get("state_dir", "/var/lib/facesyncd")).expanduser()
     base = path.parent
     if not state_dir.is_absolute():
@@ -377,6 +409,12 @@ def settings_from_dict(data: dict[str, Any], path: Path, *, secrets: bool = True
     facesets_dir = Path(top.get("facesets_dir", str(state_dir / "facesets"))).expanduser()
     if not facesets_dir.is_absolute():
         facesets_dir = base / facesets_dir
+    for key, directory in (("state_dir", state_dir), ("facesets_dir", facesets_dir)):
+        if directory.exists() and not directory.is_dir():
+            problems.add(key, f"{directory} exists and is not a directory")
+    if problems.items:
+        listing = "\n  ".join(problems.items)
+        raise ConfigError(f"{path}: {len(problems.items)} problem(s) in config:\n  {listing}")
     return Settings(
         path=path,
         state_dir=state_dir,

@@ -216,6 +216,7 @@ class Daemon:
                 embedder.load()  # fail fast, before reporting ready, if the model is missing
                 log.info("execution providers: %s", ", ".join(embedder.providers))
                 self._syncer = Syncer(self.settings, store, embedder, stop=self.stop)
+                self._syncer.check_adopted()  # a lost database: exit at once with what to do
                 self._executor = ThreadPoolExecutor(max_workers=1)
                 self._scheduler = BackgroundScheduler(
                     executors={"default": self._executor},

@@ -12,6 +12,12 @@ class FacesyncError(Exception):
 
     exit_code = 1
 
+    def __init__(self, *args: object) -> None:
+        # The last line of defence: no message of ours carries an API key, whatever was quoted in it.
+        from .redact import scrub
+
+        super().__init__(*(scrub(arg) if isinstance(arg, str) else arg for arg in args))
+
 
 class ConfigError(FacesyncError):
     """The configuration file is missing, unreadable or invalid."""
@@ -59,6 +65,13 @@ class LocalWriteError(FacesyncError):
     """A local file could not be written: disk full, read-only file system, permissions."""
 
     exit_code = 8
+
+
+class OrphanedFacesets(FacesyncError):
+    """facesets_dir holds facesyncd's own facesets, but the database is new (it was lost or moved):
+    numbering afresh would give their numbers to other people."""
+
+    exit_code = 9
 
 
 class ImmichError(FacesyncError):

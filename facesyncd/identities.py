@@ -47,6 +47,44 @@ def assign(
     return result
 
 
+Box = tuple[float, float, float, float]
+
+
+def overlap(first: Box, second: Box) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes; 0 for boxes without area."""
+    width = min(first[2], second[2]) - max(first[0], second[0])
+    height = min(first[3], second[3]) - max(first[1], second[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    intersection = width * height
+    union = (first[2] - first[0]) * (first[3] - first[1]) + (second[2] - second[0]) * (second[3] - second[1])
+    return intersection / (union - intersection) if union > intersection else 0.0
+
+
+def pair_boxes(wanted: Sequence[Box], found: Sequence[Box], min_overlap: float) -> list[tuple[int, int]]:
+    """Pairs (wanted row, found row) of boxes of the same face: greatest overlap first, each box in
+    one pair at most, none under `min_overlap`."""
+    candidates = sorted(
+        (
+            (overlap(first, second), row, column)
+            for row, first in enumerate(wanted)
+            for column, second in enumerate(found)
+        ),
+        reverse=True,
+    )
+    pairs: list[tuple[int, int]] = []
+    rows: set[int] = set()
+    columns: set[int] = set()
+    for score, row, column in candidates:
+        if score < min_overlap:
+            break
+        if row not in rows and column not in columns:
+            pairs.append((row, column))
+            rows.add(row)
+            columns.add(column)
+    return pairs
+
+
 @dataclass(frozen=True)
 class Cluster:
     rows: tuple[int, ...]

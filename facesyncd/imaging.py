@@ -61,6 +61,9 @@ def decode_image(path: Path, *, max_pixels: int) -> DecodedImage:
     plus a channel swap. Everything else (and any JPEG OpenCV refuses) goes through Pillow.
     """
     _register_plugins()
+    # Pillow refuses images over its own 89-megapixel guess (and warns from half that); the limit here
+    # is the configured one, checked below before any pixel is decoded.
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # corrupt metadata Pillow skips; we go on too

@@ -8,6 +8,7 @@ Already imported files are skipped, so the command can be run again after adding
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +17,11 @@ import numpy as np
 
 from .embedder import FaceEmbedder
 from .errors import FacesyncError, ImageError
-from .export import FACESET_RE
+from .export import FACESET_RE, MANIFEST, highest_exported
 from .imaging import DecodedImage, decode_image
+from .immich import ASSET_ID_RE
 from .models import DetectedFace
-from .store import Store
+from .store import ImportProvenance, Store
 from .sync import write_crops
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,31 @@ def _largest_face(embedder: FaceEmbedder, image: DecodedImage) -> tuple[list[Det
     return [], image
 
 
+def _provenance(folder: Path) -> dict[str, ImportProvenance]:
+    """file name -> the photo and box it was cut from, where the folder's faceset.json (facesyncd's own
+    export) says so. Such a face is replaced by the photo's own face once the photo arrives from
+    Immich, instead of being counted twice."""
+    try:
+        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        entries = data["faces"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return {}
+    origins: dict[str, ImportProvenance] = {}
+    for entry in entries if isinstance(entries, list) else []:
+        try:
+            asset_id, bbox = entry["asset_id"], tuple(float(v) for v in entry["bbox"])
+            if isinstance(asset_id, str) and ASSET_ID_RE.match(asset_id) and len(bbox) == 4:
+                source = entry.get("source")
+                origins[str(entry["file"])] = ImportProvenance(
+                    source if isinstance(source, str) else None,
+                    asset_id.lower(),
+                    bbox,
+                )
+        except (KeyError, TypeError, ValueError):
+            continue
+    return origins
+
+
 def import_facesets(
     root: Path, store: Store, embedder: FaceEmbedder, crops_dir: Path, *, max_pixels: int
 ) -> ImportReport:
@@ -77,6 +104,9 @@ def import_facesets(
         raise FacesyncError(f"{root}: no faceset_NNN folders found")
     embedder.load()
     store.check_model(embedder.name, embedder.dimension)
+    # A tree facesyncd exported records the highest number it ever used: none of them goes to
+    # another person, even one whose folder is gone.
+    store.raise_number_floor(highest_exported(root))
     report = ImportReport()
     for number, folder in folders:
         if number <= 0:
@@ -85,8 +115,9 @@ def import_facesets(
         with store.transaction():
             store.ensure_identity(number, "import")
         report.identities.append(number)
+        origins = _provenance(folder)
         for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-            if path.name == "faceset.json":
+            if path.name == MANIFEST:
                 continue
             key = str(path.resolve())
             if store.import_state(key) == "done":
@@ -117,7 +148,9 @@ def import_facesets(
                     blob_faces = store.faces_of_blob(sha256)
                     if not blob_faces:
                         raise ImageError("no face found")
-                    store.record_import(key, sha256, number, face_id=blob_faces[0][0], reason=None)
+                    store.record_import(
+                        key, sha256, number, face_id=blob_faces[0][0], reason=None, provenance=origins.get(path.name)
+                    )
                 report.imported += 1
             except ImageError as error:
                 with store.transaction():

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import AlreadyRunning
+from .errors import AlreadyRunning, LocalWriteError
 
 LOCK_FILE = "facesyncd.lock"
 
@@ -36,9 +36,15 @@ def state_lock(state_dir: Path) -> Iterator[None]:
 
     The kernel drops the lock when the process dies, kill -9 included, so a stale file never blocks.
     """
-    state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / LOCK_FILE
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as error:
+        raise LocalWriteError(
+            f"cannot write in the state directory {state_dir}: {error.strerror or error} "
+            f"(it must be writable by the user facesyncd runs as)"
+        ) from error
     try:
         if not _try_lock(descriptor):
             holder = os.pread(descriptor, 64, 0).decode(errors="replace").strip() if hasattr(os, "pread") else ""

@@ -11,6 +11,8 @@ import os
 import sys
 from datetime import UTC, datetime
 
+from .redact import ScrubbingFormatter
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -30,12 +32,15 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(level: int, log_format: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    formatter: logging.Formatter
     if log_format == "json":
-        handler.setFormatter(JsonFormatter())
+        formatter = JsonFormatter()
     elif os.environ.get("JOURNAL_STREAM"):
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        formatter = logging.Formatter("%(levelname)s %(name)s: %(message)s")
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Every line is scrubbed of API keys, whatever a library put in it.
+    handler.setFormatter(ScrubbingFormatter(formatter))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

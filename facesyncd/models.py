@@ -26,6 +26,7 @@ class RemoteAsset:
     width: int | None = None
     height: int | None = None
     mime_type: str | None = None
+    checksum_kind: str | None = None  # 'sha1': SHA-1 of the file; 'path': of its path (external library)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import StoreError
+from .redact import scrub
 
 if TYPE_CHECKING:  # imported where used: `status` needs neither (sqlite_utils brings numpy, 60 ms)
     import numpy as np
@@ -88,6 +89,26 @@ class AssetRow:
     original_file_name: str | None
     width: int | None
     height: int | None
+    checksum_kind: str | None = None
+
+
+@dataclass(frozen=True)
+class ImportProvenance:
+    """Where an imported crop was cut from, as the imported tree records it."""
+
+    source: str | None
+    asset_id: str
+    bbox: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class ImportClaim:
+    """An imported face that stands for a face of a photo in Immich until that photo arrives."""
+
+    path: str
+    identity: int
+    bbox: tuple[float, float, float, float]
+    face_id: int
 
 
 @dataclass(frozen=True)
@@ -324,7 +345,7 @@ class Store:
         value = self._scalar("SELECT watermark FROM sources WHERE name = ?", (name,))
         return None if value is None else str(value)
 
-    def finish_sweep(self, name: str, watermark: str) -> None:
+    def finish_sweep(self, name: str, watermark: str | None) -> None:
         with self.transaction():
             self._execute(
                 "UPDATE sources SET watermark = ?, last_sweep_at = ?, last_error = NULL, last_error_at = NULL "
@@ -346,14 +367,15 @@ class Store:
     def set_source_error(self, name: str, error: str) -> None:
         with self.transaction():
             self._execute(
-                "UPDATE sources SET last_error = ?, last_error_at = ? WHERE name = ?", (error, utc_now(), name)
+                "UPDATE sources SET last_error = ?, last_error_at = ? WHERE name = ?", (scrub(error), utc_now(), name)
             )
 
     # -- assets ---------------------------------------------------------------------------------
 
     def get_asset(self, source: str, asset_id: str) -> AssetRow | None:
         rows = self._rows(
-            "SELECT source, asset_id, state, checksum, sha256, attempts, type, original_file_name, width, height "
+            "SELECT source, asset_id, state, checksum, sha256, attempts, type, original_file_name, width, height, "
+            "checksum_kind "
             "FROM assets WHERE source = ? AND asset_id = ?",
             (source, asset_id),
         )
@@ -381,8 +403,8 @@ class Store:
                 )
                 if unchanged:
                     self._execute(
-                        "UPDATE assets SET updated_at = ? WHERE source = ? AND asset_id = ?",
-                        (asset.updated_at, source, asset.id),
+                        "UPDATE assets SET updated_at = ?, checksum_kind = ? WHERE source = ? AND asset_id = ?",
+                        (asset.updated_at, asset.checksum_kind, source, asset.id),
                     )
                     if known is not None and known.state in ("pending", "failed"):
                         page.needing_work += 1
@@ -390,16 +412,16 @@ class Store:
                 page.needing_work += 1
                 self._execute(
                     """
-                    INSERT INTO assets (source, asset_id, type, original_file_name, checksum, updated_at,
-                        file_created_at, width, height, state, reason, sha256, attempts, next_attempt_at,
-                        first_seen_at, changed_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', NULL, NULL, 0, NULL, ?, ?)
+                    INSERT INTO assets (source, asset_id, type, original_file_name, checksum, checksum_kind,
+                        updated_at, file_created_at, width, height, state, reason, sha256, attempts,
+                        next_attempt_at, first_seen_at, changed_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', NULL, NULL, 0, NULL, ?, ?)
                     ON CONFLICT(source, asset_id) DO UPDATE SET
                         type = excluded.type, original_file_name = excluded.original_file_name,
-                        checksum = excluded.checksum, updated_at = excluded.updated_at,
-                        file_created_at = excluded.file_created_at, width = excluded.width,
-                        height = excluded.height, state = 'pending', reason = NULL, attempts = 0,
-                        next_attempt_at = NULL, changed_at = excluded.changed_at
+                        checksum = excluded.checksum, checksum_kind = excluded.checksum_kind,
+                        updated_at = excluded.updated_at, file_created_at = excluded.file_created_at,
+                        width = excluded.width, height = excluded.height, state = 'pending', reason = NULL,
+                        attempts = 0, next_attempt_at = NULL, changed_at = excluded.changed_at
                     """,
                     (
                         source,
@@ -407,6 +429,7 @@ class Store:
                         asset.type,
                         asset.original_file_name,
                         asset.checksum,
+                        asset.checksum_kind,
                         asset.updated_at,
                         asset.file_created_at,
                         asset.width,
@@ -422,7 +445,8 @@ class Store:
 
     def assets_to_process(self, source: str, now: str) -> list[AssetRow]:
         rows = self._rows(
-            "SELECT source, asset_id, state, checksum, sha256, attempts, type, original_file_name, width, height "
+            "SELECT source, asset_id, state, checksum, sha256, attempts, type, original_file_name, width, height, "
+            "checksum_kind "
             "FROM assets WHERE source = ? AND (state = 'pending' OR (state = 'failed' AND "
             "(next_attempt_at IS NULL OR next_attempt_at <= ?))) ORDER BY file_created_at, asset_id",
             (source, now),
@@ -457,7 +481,7 @@ class Store:
             self._execute(
                 "UPDATE assets SET state = ?, reason = ?, attempts = ?, next_attempt_at = ?, changed_at = ? "
                 "WHERE source = ? AND asset_id = ?",
-                (state, reason, attempts, None if state == "parked" else retry_at, utc_now(), source, asset_id),
+                (state, scrub(reason), attempts, None if state == "parked" else retry_at, utc_now(), source, asset_id),
             )
         return state
 
@@ -491,7 +515,7 @@ class Store:
     def _drop_blob_if_orphaned(self, sha256: str) -> Dropped:
         users = self._scalar(
             "SELECT (SELECT COUNT(*) FROM assets WHERE sha256 = ? AND state = 'done') + "
-            "(SELECT COUNT(*) FROM imports WHERE sha256 = ? AND state = 'done')",
+            "(SELECT COUNT(*) FROM imports WHERE sha256 = ? AND state = 'done' AND superseded_at IS NULL)",
             (sha256, sha256),
         )
         if users:
@@ -619,7 +643,22 @@ class Store:
         }
 
     def highest_identity(self) -> int:
-        return int(self._scalar("SELECT COALESCE(MAX(number), 0) FROM identities"))
+        """The highest faceset number ever used: by an identity here, or by an earlier database whose
+        facesets were adopted (`number_floor`), so that no number is ever given to another person."""
+        highest = int(self._scalar("SELECT COALESCE(MAX(number), 0) FROM identities"))
+        return max(highest, int(self.get_meta("number_floor") or 0))
+
+    def raise_number_floor(self, number: int) -> None:
+        """New facesets will number past `number`."""
+        if number > int(self.get_meta("number_floor") or 0):
+            with self.transaction():
+                self.set_meta("number_floor", str(number))
+
+    def is_empty(self) -> bool:
+        """No asset and no identity yet: a new database (or one that was lost and made again)."""
+        return self._scalar("SELECT 1 FROM assets LIMIT 1") is None and (
+            self._scalar("SELECT 1 FROM identities LIMIT 1") is None
+        )
 
     def create_identity(self, members: dict[int, float], *, origin: str = "cluster") -> int:
         """Open a new identity numbered past the highest ever used, with these faces (id -> distance)."""
@@ -649,13 +688,41 @@ class Store:
         value = self._scalar("SELECT state FROM imports WHERE path = ?", (path,))
         return None if value is None else str(value)
 
-    def record_import(self, path: str, sha256: str, identity: int, *, face_id: int | None, reason: str | None) -> None:
+    def record_import(
+        self,
+        path: str,
+        sha256: str,
+        identity: int,
+        *,
+        face_id: int | None,
+        reason: str | None,
+        provenance: ImportProvenance | None = None,
+    ) -> None:
         self.ensure_identity(identity, "import")
+        source, asset_id, bbox = (
+            (provenance.source, provenance.asset_id, json.dumps(list(provenance.bbox)))
+            if provenance is not None
+            else (None, None, None)
+        )
         self._execute(
-            "INSERT INTO imports (path, sha256, identity, state, reason, imported_at) VALUES (?, ?, ?, ?, ?, ?) "
+            "INSERT INTO imports (path, sha256, identity, state, reason, imported_at, source, asset_id, bbox, face_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(path) DO UPDATE SET sha256 = excluded.sha256, identity = excluded.identity, "
-            "state = excluded.state, reason = excluded.reason, imported_at = excluded.imported_at",
-            (path, sha256, identity, "done" if face_id is not None else "failed", reason, utc_now()),
+            "state = excluded.state, reason = excluded.reason, imported_at = excluded.imported_at, "
+            "source = excluded.source, asset_id = excluded.asset_id, bbox = excluded.bbox, "
+            "face_id = excluded.face_id, superseded_at = NULL",
+            (
+                path,
+                sha256,
+                identity,
+                "done" if face_id is not None else "failed",
+                reason,
+                utc_now(),
+                source,
+                asset_id,
+                bbox,
+                face_id,
+            ),
         )
         if face_id is not None:
             self._execute(
@@ -663,6 +730,55 @@ class Store:
                 (identity, utc_now(), face_id),
             )
             self._bump_index_version()
+
+    def import_claims(self, asset_id: str) -> list[ImportClaim]:
+        """Imported faces cut from this photo (known from the imported tree) that its own faces have
+        not replaced yet."""
+        rows = self._rows(
+            "SELECT i.path, i.identity, i.bbox, i.face_id FROM imports i JOIN faces f ON f.id = i.face_id "
+            "WHERE i.asset_id = ? AND i.state = 'done' AND i.superseded_at IS NULL AND i.bbox IS NOT NULL "
+            "AND f.identity = i.identity ORDER BY i.path",
+            (asset_id,),
+        )
+        return [
+            ImportClaim(row["path"], row["identity"], tuple(json.loads(row["bbox"])), row["face_id"]) for row in rows
+        ]
+
+    def blob_boxes(self, sha256: str) -> list[tuple[int, tuple[float, float, float, float]]]:
+        """(face id, box) of a blob's faces not yet in an identity."""
+        rows = self._execute(
+            "SELECT id, x1, y1, x2, y2 FROM faces WHERE sha256 = ? AND identity IS NULL ORDER BY id", (sha256,)
+        )
+        return [(row[0], (row[1], row[2], row[3], row[4])) for row in rows]
+
+    def supersede_imports(self, replacements: Sequence[tuple[ImportClaim, int]]) -> Dropped:
+        """Each (claim, face id): the photo's own face takes the imported face's place in its identity;
+        the imported face (and its crop) goes. Call inside a transaction."""
+        dropped = Dropped()
+        now = utc_now()
+        for claim, face_id in replacements:
+            self._execute(
+                "UPDATE faces SET identity = ?, distance = (SELECT distance FROM faces WHERE id = ?), matched_at = ? "
+                "WHERE id = ?",
+                (claim.identity, claim.face_id, now, face_id),
+            )
+            self._execute(
+                "UPDATE imports SET face_id = ?, superseded_at = ? WHERE path = ?", (face_id, now, claim.path)
+            )
+            old = self._rows("SELECT sha256, crop FROM faces WHERE id = ?", (claim.face_id,))
+            self._execute("DELETE FROM faces WHERE id = ?", (claim.face_id,))
+            dropped.indexed_faces.append(claim.face_id)
+            if old:
+                dropped.crops.append(old[0]["crop"])
+                dropped.extend(self._drop_blob_if_orphaned(old[0]["sha256"]))
+        if replacements:
+            self._bump_index_version()
+        return dropped
+
+    def faces_by_id(self, face_ids: Sequence[int]) -> list[StoredFace]:
+        if not face_ids:
+            return []
+        return self._faces(f"id IN ({', '.join('?' * len(face_ids))})", list(face_ids))
 
     def faces_of_blob(self, sha256: str) -> list[tuple[int, float]]:
         """(face id, box area) of a blob's faces, largest first."""
@@ -718,7 +834,7 @@ class Store:
         with self.transaction():
             self._execute(
                 "UPDATE cycles SET finished_at = ?, ok = ?, error = ?, report = ? WHERE id = ?",
-                (utc_now(), int(ok), error, json.dumps(report), cycle_id),
+                (utc_now(), int(ok), None if error is None else scrub(error), scrub(json.dumps(report)), cycle_id),
             )
             # A daemon runs a cycle every few minutes: keep the recent history only.
             self._execute("DELETE FROM cycles WHERE id <= ?", (cycle_id - CYCLES_KEPT,))

@@ -36,12 +36,13 @@ from .errors import (
     ImmichUnreachable,
     Interrupted,
     LocalWriteError,
+    OrphanedFacesets,
     StoreError,
 )
-from .export import export_all, face_file
-from .identities import Cluster, assign, cluster_pool
+from .export import PRESERVED, export_all, face_file, own_facesets, set_aside_facesets
+from .identities import Cluster, assign, cluster_pool, pair_boxes
 from .imaging import DecodedImage, decode_image
-from .immich import Download, ImmichClient
+from .immich import Download, ImmichClient, next_watermark, parse_time
 from .index import FaceIndex
 from .models import CycleReport, DetectedFace, RemoteFace, StoredFace
 from .store import AssetRow, Dropped, ExportFace, Store
@@ -54,6 +55,9 @@ SKIP_BATCH = 500  # skipped assets per transaction
 TASK_ASSETS = 4  # assets per task handed to a worker
 
 NEIGHBOURS = 16
+# An imported crop and a face of the photo it was cut from are the same face when their boxes
+# overlap this much (intersection over union): the same detector on the same photo.
+IMPORT_MIN_OVERLAP = 0.5
 
 
 class Reporter(Protocol):
@@ -77,15 +81,28 @@ class SilentReporter:
         pass
 
 
+def break_off_after(grace_seconds: float, abort: Callable[[], None]) -> threading.Thread:
+    """Call `abort` (break off requests in flight) once `grace_seconds` have passed: a stop waits for
+    the asset in hand, but not for a server that stopped answering."""
+    timer = threading.Timer(grace_seconds, abort)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 def faces_too_small(faces: Sequence[RemoteFace], width: int | None, height: int | None, min_px: int) -> bool:
     """True when Immich found faces and every one, scaled to the original's size, is under min_px.
 
     Immich's boxes are in the preview's pixel space. The longest sides are compared, so the scale is
-    right whether or not the preview was rotated upright relative to the stored original.
+    right whether or not the preview was rotated upright relative to the stored original. A box
+    without a positive width and height says nothing about the face's size: then the asset is not
+    skipped (its faces are looked for by facesyncd's own detector).
     """
     if not faces or min_px <= 0:
         return False
     for face in faces:
+        if face.x2 <= face.x1 or face.y2 <= face.y1:
+            return False
         scale = 1.0
         if width and height and face.image_width > 0 and face.image_height > 0:
             scale = max(width, height) / max(face.image_width, face.image_height)
@@ -101,7 +118,7 @@ class Prepared:
 
     row: AssetRow
     skipped: str | None = None
-    gone: bool = False
+    gone: str | None = None  # 'deleted' or 'trashed', confirmed by a second answer
     error: str | None = None
     download: Download | None = None
     decoded_from: str = "original"
@@ -112,6 +129,14 @@ class Prepared:
     def discard(self) -> None:
         if self.download is not None:
             self.download.path.unlink(missing_ok=True)
+
+
+@dataclass
+class Replaced:
+    """Photo faces that took the place of imported copies, and what the imported copies left to tidy."""
+
+    faces: list[StoredFace] = field(default_factory=list)
+    dropped: Dropped = field(default_factory=Dropped)
 
 
 def prefetched(items: Iterator[T]) -> Iterator[T]:
@@ -240,14 +265,16 @@ class Syncer:
 
     # -- the cycle ------------------------------------------------------------------------------
 
-    def run_cycle(self, *, reconcile: bool | None = None, cluster: bool = True) -> CycleReport:
+    def run_cycle(self, *, reconcile: bool | None = None, cluster: bool = True, fresh: bool = False) -> CycleReport:
         """One full cycle. Raises the first source's error (after finishing the others) if any failed.
 
         reconcile: True lists the whole library now, False never, None when [schedule]
         reconcile_seconds have passed since the last one (and on a source's first sweep).
+        fresh: a new database may start over beside facesets of a lost one (see check_adopted).
         """
         started = time.monotonic()
         report = CycleReport()
+        self.check_adopted(fresh=fresh)
         self.embedder.load()
         self.store.check_model(self.embedder.name, self.embedder.dimension)
         report.providers = list(self.embedder.providers)
@@ -290,6 +317,25 @@ class Syncer:
             raise first_error
         return report
 
+    def check_adopted(self, *, fresh: bool = False) -> None:
+        """A new database beside facesyncd's own facesets means the database was lost (or state_dir
+        moved): numbering from 1 again would give faceset_001 to another person. Refuse until the
+        user chooses: adopt the tree (`import-facesets`), or start over (`fresh`), which moves the
+        old folders aside and numbers new facesets past the highest they used."""
+        facesets_dir = self.settings.facesets_dir
+        if not self.store.is_empty() or not own_facesets(facesets_dir):
+            return
+        if not fresh:
+            raise OrphanedFacesets(
+                f"{facesets_dir} holds facesets that facesyncd wrote, but the database in "
+                f"{self.settings.state_dir} is new (lost or moved?): run `facesyncd import-facesets "
+                f"{facesets_dir}` to adopt them with their numbers, or `facesyncd sync --fresh` to start over "
+                f"(the old folders are moved to {facesets_dir / PRESERVED})"
+            )
+        highest = set_aside_facesets(facesets_dir)
+        self.store.raise_number_floor(highest)
+        log.warning("starting over: new facesets will number from %03d", highest + 1)
+
     def _record_failure(self, cycle_id: int, started: float, report: CycleReport, error: BaseException) -> None:
         report.seconds = round(time.monotonic() - started, 3)
         try:
@@ -314,13 +360,24 @@ class Syncer:
             self._clients.add(client)
             try:
                 client.whoami()
-                next_watermark = client.sweep_watermark(self.settings.sync.watermark_overlap_seconds)
+                server_now = client.server_now()  # the sweep's start, by the server's clock
                 watermark = self.store.watermark(source.name)
-                # A sweep from no watermark lists everything: it doubles as a reconciliation.
-                everything: dict[str, bool] | None = {} if watermark is None else None
+                # A full listing (the first sweep, and every reconcile_seconds) records every asset the
+                # server has, so it also restores assets held as deleted and queues any it missed.
+                full = (
+                    watermark is None
+                    or reconcile is True
+                    or (
+                        reconcile is None
+                        and self.store.reconcile_due(source.name, self.settings.schedule.reconcile_seconds)
+                    )
+                )
+                remote: dict[str, bool] = {}
+                newest: datetime | None = None
                 self.reporter.stage(f"{source.name}: listing", None)
                 listing_started = time.monotonic()
-                for page in prefetched(client.iter_changed(watermark, self.settings.sync.page_size)):
+                pages = client.iter_changed(None if full else watermark, self.settings.sync.page_size)
+                for page in prefetched(pages):
                     self._check_stop()
                     report.listed += len(page)
                     listed = self.store.record_listed(source.name, page)
@@ -329,33 +386,36 @@ class Syncer:
                     self._forget(listed.dropped)
                     for asset_id in listed.trashed:
                         self._remove(source.name, asset_id, "trashed", report)
-                    if everything is not None:
-                        everything.update((asset.id, asset.is_trashed) for asset in page)
-                    self.reporter.advance(len(page))
+                    if full:
+                        remote.update((asset.id, asset.is_trashed) for asset in page)
+                    for asset in page:
+                        moment = parse_time(asset.updated_at)
+                        if moment is not None and (newest is None or moment > newest):
+                            newest = moment
                 # Only a complete sweep moves the watermark: a broken one is redone from the old mark.
-                self.store.finish_sweep(source.name, next_watermark)
+                self.store.finish_sweep(
+                    source.name,
+                    next_watermark(watermark, server_now, newest, self.settings.sync.watermark_overlap_seconds),
+                )
                 report.listing_seconds += round(time.monotonic() - listing_started, 3)
                 checkpoint("sweep-finished")
-                due = reconcile is True or (
-                    reconcile is None
-                    and self.store.reconcile_due(source.name, self.settings.schedule.reconcile_seconds)
-                )
-                if everything is not None or due:
-                    remote = (
-                        everything if everything is not None else client.all_asset_ids(self.settings.sync.page_size)
-                    )
-                    self._reconcile(source.name, remote, report)
+                if full:
+                    self._reconcile(source.name, remote, report, exact=not client.listing_by_offset)
                 self._process_pending(source.name, client, report)
             finally:
                 self._clients.discard(client)
                 report.requests += client.requests
 
-    def _reconcile(self, source: str, remote: dict[str, bool], report: CycleReport) -> None:
-        """Assets we hold that the server no longer lists were deleted there (hard deletions never
-        show up in an incremental sweep, and an asset emptied from the trash neither)."""
+    def _reconcile(self, source: str, remote: dict[str, bool], report: CycleReport, *, exact: bool) -> None:
+        """Assets we hold that a complete listing no longer has were deleted there (hard deletions never
+        show up in an incremental sweep, and an asset emptied from the trash neither). A listing that
+        had to page by offset may have skipped some: then nothing is taken as deleted this time."""
+        if not exact:
+            log.warning("%s: the listing paged by offset; deletions are not applied until a clean listing", source)
         for asset_id, state in sorted(self.store.known_asset_states(source).items()):
             if asset_id not in remote:
-                self._remove(source, asset_id, "deleted", report)
+                if exact:
+                    self._remove(source, asset_id, "deleted", report)
             elif remote[asset_id] and state != "trashed":
                 self._remove(source, asset_id, "trashed", report)
         self.store.mark_reconciled(source)
@@ -479,6 +539,13 @@ class Syncer:
                     return Prepared(row, skipped=f"all faces Immich found are under {faces_settings.min_face_px}px")
             max_bytes = faces_settings.max_download_mb * 1024 * 1024
             download = client.download_original(row.asset_id, self.download_dir, max_bytes)
+            if row.checksum_kind == "sha1" and row.checksum and download.sha1 != row.checksum:
+                download.path.unlink(missing_ok=True)
+                return Prepared(
+                    row,
+                    error=f"the downloaded bytes do not match Immich's checksum (SHA-1 {download.sha1}, "
+                    f"Immich says {row.checksum})",
+                )
             prepared = Prepared(row, download=download)
             try:
                 if reader.blob_exists(download.sha256):
@@ -493,17 +560,32 @@ class Syncer:
                 prepared.discard()
                 raise
             return prepared
-        except AssetGone:
-            return Prepared(row, gone=True)
+        except AssetGone as gone:
+            return self._confirm_gone(client, row, str(gone))
         except (ImageError, ImmichError) as error:
             return Prepared(row, error=str(error))
+
+    def _confirm_gone(self, client: ImmichClient, row: AssetRow, answer: str) -> Prepared:
+        """One "not found" does not drop an asset and its faces (a proxy's hiccup, a storage migration
+        in progress): the asset itself is asked for, and only a second "not found" counts. (A
+        reconciliation's complete listing is the other confirmation, and it also brings back an asset
+        that was taken as deleted wrongly.)"""
+        try:
+            asset = client.asset(row.asset_id)
+        except AssetGone:
+            return Prepared(row, gone="deleted")
+        except ImmichError as error:
+            return Prepared(row, error=f"{answer}; asking for the asset again failed: {error}")
+        if asset.is_trashed:
+            return Prepared(row, gone="trashed")
+        return Prepared(row, error=f"{answer}, but Immich still lists the asset; it will be tried again")
 
     def _commit(self, source: str, prepared: Prepared, report: CycleReport) -> None:
         """Write one asset's outcome in one transaction (main thread)."""
         row = prepared.row
         try:
-            if prepared.gone:
-                self._remove(source, row.asset_id, "deleted", report)
+            if prepared.gone is not None:
+                self._remove(source, row.asset_id, prepared.gone, report)
             elif prepared.error is not None:
                 self._fail(source, row, prepared.error, report)
             elif prepared.download is not None:
@@ -531,11 +613,33 @@ class Syncer:
                         download.sha256,
                         None if prepared.decoded_from == "original" else "decoded from Immich's preview",
                     )
+                    replaced = self._replace_imported_faces(row.asset_id, download.sha256)
                 checkpoint("committed")
+                self._forget(replaced.dropped)
+                if self._index is not None and replaced.faces:
+                    self._index.add(
+                        [face.id for face in replaced.faces],
+                        np.stack([face.embedding for face in replaced.faces]),
+                        [face.identity or 0 for face in replaced.faces],
+                    )
                 report.embedded_assets += 1
                 report.faces_found += len(prepared.faces)
         finally:
             prepared.discard()
+
+    def _replace_imported_faces(self, asset_id: str, sha256: str) -> Replaced:
+        """An imported tree that recorded where its crops came from (facesyncd's own export, adopted
+        after the database was lost) holds faces of photos that now arrive from Immich: each such
+        photo face takes its imported copy's place in the identity, instead of joining as a second
+        copy of the same face. Inside the asset's transaction."""
+        claims = self.store.import_claims(asset_id)
+        if not claims:
+            return Replaced()
+        boxes = self.store.blob_boxes(sha256)
+        pairs = pair_boxes([claim.bbox for claim in claims], [box for _, box in boxes], IMPORT_MIN_OVERLAP)
+        replacements = [(claims[claim], boxes[face][0]) for claim, face in pairs]
+        dropped = self.store.supersede_imports(replacements)
+        return Replaced(self.store.faces_by_id([face_id for _, face_id in replacements]), dropped)
 
     def _decode(self, client: ImmichClient, asset_id: str, path: Path, max_bytes: int) -> tuple[DecodedImage, str]:
         """The original if it decodes (RAW files do not), else Immich's preview of it."""
@@ -719,14 +823,20 @@ class Syncer:
         the folders can always be rebuilt: from a copy in an exported folder if there is one, else
         cut again from the photo in Immich. A face whose crop cannot come back stays out of its
         folder, and is tried again next cycle."""
+        self.check_adopted()  # never remove the folders of a lost database (they look like stale ones)
         self.reporter.stage("exporting", None)
         faces = self.store.export_faces()
         missing: list[ExportFace] = []
-        report.facesets_written = export_all(self.settings.facesets_dir, self.crops_dir, faces, missing)
+        highest = self.store.highest_identity()
+        report.facesets_written = export_all(
+            self.settings.facesets_dir, self.crops_dir, faces, missing, highest_number=highest
+        )
         if missing:
             restored = self._restore_crops(missing)
             log.warning("%d face crops were missing; %d restored", len(missing), restored)
-            report.facesets_written += export_all(self.settings.facesets_dir, self.crops_dir, faces)
+            report.facesets_written += export_all(
+                self.settings.facesets_dir, self.crops_dir, faces, highest_number=highest
+            )
         index = self._index or self.open_index()
         version = self.store.index_version()
         if version != self._index_saved_version:  # unchanged: the file on disk is already this index

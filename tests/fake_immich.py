@@ -54,22 +54,40 @@ class FakeAsset:
     faces: list[dict[str, int]] = field(default_factory=list)
     label: str = ""  # what the test knows about it (path under testdata/photos)
     preview_data: bytes | None = None  # what Immich rendered, for files Pillow cannot open (RAW)
+    library_id: str | None = None  # an external library's: the checksum is then of the path
+    checksum_override: str | None = None  # a server whose checksum disagrees with its bytes
+
+    @property
+    def original_path(self) -> str:
+        if self.library_id is not None:
+            return f"/mnt/photos/{self.original_file_name}"
+        return f"/data/upload/{self.owner}/{self.original_file_name}"
 
     @property
     def checksum(self) -> str:
-        return base64.b64encode(hashlib.sha1(self.data).digest()).decode()
+        """Immich's checksum: base64 SHA-1 of the file, or for an external library's asset of
+        "path:" and its path (Immich never reads those files to hash them)."""
+        if self.checksum_override is not None:
+            return self.checksum_override
+        hashed = f"path:{self.original_path}".encode() if self.library_id is not None else self.data
+        return base64.b64encode(hashlib.sha1(hashed).digest()).decode()
 
 
 @dataclass
 class Fault:
     """Answer the next matching request(s) with a fault instead of the real answer."""
 
-    kind: str  # "status", "reset", "timeout", "truncate"
-    path_contains: str = ""
+    # "status", "reset", "timeout", "truncate"; answers that are no answer: "html" (a 200 web page),
+    # "empty" (a 200 without a body), "invalid-json", "nested-json" (deeper than any parser recurses),
+    # "trickle" (a body sent a byte every trickle_seconds); "redirect" (to `location`)
+    kind: str
+    path_contains: str = ""  # matched against the path and its query
     status: int = 503
     retry_after: str | None = None
     times: int = 1
     skip: int = 0  # let this many matching requests through first
+    location: str = ""
+    trickle_seconds: float = 1.0
 
 
 RANDOM_FAULTS: list[dict[str, Any]] = [
@@ -103,6 +121,9 @@ class FakeImmich:
         self.on_request: Callable[[str], None] | None = None  # called with each GET path before routing
         self.search_calls = 0
         self.clock_offset = timedelta(0)
+        self.date_offset = timedelta(0)  # the Date header alone (a wrong clock, or a proxy's)
+        self.ignore_taken_after = False  # a server that does not know the takenAfter filter
+        self.endless_listing = False  # nextPage never null, the same page again and again
         self.slow_seconds = 0.0
         self.timeout_fault_seconds = 3.0  # longer than the client's read timeout in the tests
         self._server: ThreadingHTTPServer | None = None
@@ -273,7 +294,6 @@ class FakeImmich:
         }
 
     def asset_dto(self, asset: FakeAsset) -> dict[str, Any]:
-        owner = next(u for u in self.users.values() if u["id"] == asset.owner)
         dto: dict[str, Any] = {
             "id": asset.id,
             "checksum": asset.checksum,
@@ -289,7 +309,7 @@ class FakeImmich:
             "isOffline": False,
             "isTrashed": asset.is_trashed,
             "originalFileName": asset.original_file_name,
-            "originalPath": f"/data/library/{owner['name']}/{asset.original_file_name}",
+            "originalPath": asset.original_path,
             "originalMimeType": asset.mime,
             "ownerId": asset.owner,
             "thumbhash": None,
@@ -298,7 +318,7 @@ class FakeImmich:
             "width": asset.width,
             "height": asset.height,
             "duration": None if self.major >= 3 else "0:00:00.00000",
-            "libraryId": None,
+            "libraryId": asset.library_id,
             "livePhotoVideoId": None,
             "duplicateId": None,
             "people": [],
@@ -347,6 +367,10 @@ class FakeImmich:
             return 400, self.error_body(400, problems)
         updated_after = parse_iso(body["updatedAfter"]) if body.get("updatedAfter") else None
         taken_after = parse_iso(body["takenAfter"]) if body.get("takenAfter") else None
+        if self.ignore_taken_after:
+            taken_after = None
+        if self.endless_listing:
+            page = 1
 
         def wanted(a: FakeAsset) -> bool:
             return (
@@ -383,7 +407,7 @@ class FakeImmich:
                 "count": len(dtos),
                 "items": dtos,
                 "facets": [],
-                "nextPage": str(page + 1) if more else None,
+                "nextPage": str(page + 1) if more or self.endless_listing else None,
             },
         }
 
@@ -435,7 +459,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def date_time_string(self, timestamp: float | None = None) -> str:
-        moment = self.server_fake.now()
+        moment = self.server_fake.now() + self.server_fake.date_offset
         return moment.strftime("%a, %d %b %Y %H:%M:%S GMT")
 
     # -- helpers ----------------------------------------------------------------------------
@@ -463,9 +487,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, status: int, message: str, template: str) -> None:
         self._send_json(status, self.server_fake.error_body(status, message), template)
 
-    def _fault(self, path: str) -> bool:
+    def _fault(self) -> bool:
         """Apply an injected fault; True when the request was answered (or dropped) by it."""
-        fault = self.server_fake.take_fault(path)
+        fault = self.server_fake.take_fault(self.path)
         if fault is None:
             return False
         self._record(None)
@@ -485,6 +509,36 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(self.server_fake.timeout_fault_seconds)
             self.close_connection = True
             self.connection.shutdown(2)
+        elif fault.kind == "redirect":
+            self.send_response(302)
+            self.send_header("Location", fault.location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif fault.kind in ("html", "empty", "invalid-json", "nested-json"):
+            body = {
+                "html": b"<!doctype html><html><body>Immich is starting</body></html>",
+                "empty": b"",
+                "invalid-json": b'{"assets": {"items": [',
+                "nested-json": b"[" * 100_000 + b"]" * 100_000,
+            }[fault.kind]
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html" if fault.kind == "html" else "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif fault.kind == "trickle":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            try:
+                for _ in range(1000):
+                    self.wfile.write(b"\xff")
+                    self.wfile.flush()
+                    time.sleep(fault.trickle_seconds)
+            except OSError:  # the client gave up
+                pass
+            self.close_connection = True
         elif fault.kind == "truncate":
             # promise more bytes than are sent, then close: a body cut short
             self.send_response(200)
@@ -510,6 +564,20 @@ class _Handler(BaseHTTPRequestHandler):
         with fake.lock:
             fake.requests.append((self.command, urlsplit(self.path).path, user["name"] if user else ""))
 
+    def _about_asset(self, template: str, asset_id: str, answer: Callable[[FakeAsset], Any]) -> None:
+        """A JSON endpoint about one asset: 400 with the access-check message when the key's user
+        cannot see it (missing, another user's), as Immich answers."""
+        fake = self.server_fake
+        user = self._user(template)
+        if not user:
+            return
+        with fake.lock:
+            asset = fake.visible(user, asset_id)
+            body = answer(asset) if asset else None
+        if body is None:
+            return self._error(400, "Not found or no asset.read access", template)
+        self._send_json(200, body, template)
+
     # -- routes -----------------------------------------------------------------------------
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
@@ -527,24 +595,20 @@ class _Handler(BaseHTTPRequestHandler):
                 body["prerelease"] = None
             self._record(None)
             return self._send_json(200, body, "/server/version")
-        if self._fault(path):
+        if self._fault():
             return
+        if path == "/api/server/ping":  # no key needed
+            self._record(None)
+            return self._send_json(200, {"res": "pong"}, "/server/ping")
         if path == "/api/users/me":
             user = self._user("/users/me")
             if user:
                 self._send_json(200, fake.user_dto(user), "/users/me")
             return
         if path == "/api/faces":
-            user = self._user("/faces")
-            if not user:
-                return
-            asset_id = (query.get("id") or [""])[0]
-            with fake.lock:
-                asset = fake.visible(user, asset_id)
-                faces = fake.faces_of(asset) if asset else None
-            if faces is None:
-                return self._error(400, "Not found or no asset.read access", "/faces")
-            return self._send_json(200, faces, "/faces")
+            return self._about_asset("/faces", (query.get("id") or [""])[0], fake.faces_of)
+        if path.startswith("/api/assets/") and path.count("/") == 3:
+            return self._about_asset("/assets/{id}", path.rsplit("/", 1)[1], fake.asset_dto)
         if path.startswith("/api/assets/") and path.count("/") == 4:
             _, _, _, asset_id, what = path.split("/")
             template = f"/assets/{{id}}/{what}"
@@ -555,11 +619,9 @@ class _Handler(BaseHTTPRequestHandler):
                 asset = fake.visible(user, asset_id)
             if what == "original":
                 if asset is None:
-                    # /original answers 404 with an empty body for a missing asset
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
+                    # /original answers 404 {"message": "Not Found"} for a missing asset, where the
+                    # JSON endpoints answer 400 (recorded-3.1.0/assets-original-random-uuid.json)
+                    return self._error(404, "Not Found", template)
                 return self._send_bytes(asset.data, asset.mime)
             if what == "thumbnail":
                 if asset is None:
@@ -583,7 +645,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
-        if self._fault(path):
+        if self._fault():
             return
         if path == "/api/search/metadata":
             user = self._user("/search/metadata")

@@ -65,7 +65,11 @@ def snapshot(base: Path) -> dict:
         crops = {row[0] for row in connection.execute("SELECT crop FROM faces")}
         assigned = connection.execute("SELECT COUNT(*) FROM faces WHERE identity IS NOT NULL").fetchone()[0]
     facesets = {}
+    marker = json.loads((root / ".facesyncd.json").read_text())
+    assert marker == {"highest_number": max(identities)}, "the marker records the highest number"
     for folder in sorted(root.iterdir()):
+        if folder.name == ".facesyncd.json":
+            continue
         assert folder.name.startswith("faceset_"), f"leftover in facesets: {folder.name}"
         manifest = json.loads((folder / "faceset.json").read_text())
         files = {p.name for p in folder.iterdir()}

@@ -109,3 +109,25 @@ def test_broken_and_hostile_files_are_recorded_not_fatal(fake: FakeImmich, tmp_p
     assert "over the" in reasons["bomb.png"] or "too large" in reasons["bomb.png"]
     assert status["assets"] == {"done": 7, "failed": 5}
     assert status["faces"]["total"] == 7  # one face in each decodable copy of the photo
+
+
+def test_a_100_megapixel_photo_decodes_under_the_configured_limit(tmp_path: Path) -> None:
+    """Pillow's own limit (89 MP, with a warning from half of that) refused a legitimate 100 MP
+    photo although max_image_megapixels = 250; the configured limit is the one that counts."""
+    from facesyncd.errors import ImageError
+    from facesyncd.imaging import decode_image
+
+    path = tmp_path / "big.jpg"
+    Image.new("RGB", (10_000, 10_000), (120, 90, 60)).save(path, quality=50)
+    image = decode_image(path, max_pixels=250_000_000)
+    assert (image.width, image.height) == (10_000, 10_000)
+    del image
+    png = tmp_path / "big.png"
+    Image.new("L", (10_000, 10_000), 80).save(png)
+    assert decode_image(png, max_pixels=250_000_000).width == 10_000
+    try:
+        decode_image(path, max_pixels=50_000_000)
+    except ImageError as error:
+        assert "over the 50 MP limit" in str(error) or "too large" in str(error)
+    else:
+        raise AssertionError("a photo over the configured limit was decoded")

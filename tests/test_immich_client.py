@@ -232,3 +232,176 @@ def test_quick_path_only_for_plain_http_without_a_proxy(fake: FakeImmich, monkey
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
     with client_for(fake) as client:
         assert client._quick is None, "proxies stay with httpx"
+
+
+class _Capture:
+    """A plain HTTP server on another loopback address: what an attacker's host would receive."""
+
+    def __init__(self, host: str = "127.0.0.2") -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        received: list[dict[str, str]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                received.append({key.lower(): value for key, value in self.headers.items()})
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.received = received
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://{host}:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("elsewhere", ["another-host", "another-port", "another-scheme"])
+def test_the_api_key_never_follows_a_redirect_to_another_origin(
+    fake: FakeImmich, tmp_path: Path, elsewhere: str
+) -> None:
+    """httpx strips only Authorization on a cross-origin redirect; x-api-key went along to 127.0.0.2."""
+    capture = _Capture("127.0.0.2" if elsewhere == "another-host" else "127.0.0.1")
+    try:
+        location = {
+            "another-host": f"{capture.url}/steal",
+            "another-port": f"{capture.url}/steal",
+            "another-scheme": fake.url.replace("http://", "https://") + "/api/users/me",
+        }[elsewhere]
+        asset_id = fake.add_asset("alice", b"photo bytes", "a.jpg")
+        fake.faults.append(Fault("redirect", path_contains="/original", location=location, times=10))
+        fake.faults.append(Fault("redirect", path_contains="/users/me", location=location, times=10))
+        with client_for(fake) as client:
+            with pytest.raises(ImmichError, match="redirected to another origin") as raised:
+                client.download_original(asset_id, tmp_path, 1000)
+            assert API_KEY not in str(raised.value)
+            with pytest.raises(ImmichError, match="redirected to another origin"):
+                client.whoami()
+        assert capture.received == [], "a request went to another origin"
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        capture.close()
+
+
+def test_a_redirect_within_the_server_is_followed_with_the_key(fake: FakeImmich, tmp_path: Path) -> None:
+    """Immich itself redirects thumbnail?size=fullsize to a relative `original?`: same origin, followed."""
+    asset_id = fake.add_asset("alice", b"photo bytes", "a.jpg")
+    fake.faults.append(Fault("redirect", path_contains=f"{asset_id}/original", location="original?moved=1"))
+    with client_for(fake) as client:
+        download = client.download_original(asset_id, tmp_path, 1000)
+    assert download.path.read_bytes() == b"photo bytes"
+    assert fake.count("GET", f"/api/assets/{asset_id}/original") == 2
+
+
+def test_a_redirect_loop_is_a_server_fault(fake: FakeImmich) -> None:
+    fake.faults.append(Fault("redirect", path_contains="/users/me", location="/api/users/me", times=1000))
+    with client_for(fake) as client, pytest.raises(ImmichUnreachable, match="redirect loop"):
+        client.whoami()
+
+
+@pytest.mark.parametrize("kind", ["html", "empty", "invalid-json", "nested-json"])
+def test_garbled_answers_are_retried_as_server_faults(fake: FakeImmich, kind: str) -> None:
+    """A web page with status 200, an empty 200, broken JSON, JSON nested past Python's recursion
+    limit: each escaped the handlers (DecodingError, RecursionError) and ended in a traceback."""
+    ids = add_blank(fake, 3)
+    fake.faults.append(Fault(kind, path_contains="/search", times=2))
+    with client_for(fake) as client:
+        assert sorted(listed(client)) == sorted(ids)
+    fake.faults.append(Fault(kind, path_contains="/users/me", times=100))
+    with client_for(fake) as client, pytest.raises(ImmichUnreachable, match="failed 5 times"):
+        client.whoami()
+
+
+def test_a_trickling_download_ends_at_a_deadline_that_scales_with_its_size(fake: FakeImmich, tmp_path: Path) -> None:
+    """A body sent a byte every half second never trips a 1 s read timeout; it used to run for ever."""
+    import time
+
+    asset_id = fake.add_asset("alice", b"x" * 100, "a.jpg")
+    fake.faults.append(Fault("trickle", path_contains=f"{asset_id}/original", trickle_seconds=0.3, times=100))
+    sync = SyncSettings(http_retries=1, retry_base_seconds=0.01, retry_max_seconds=0.05)
+    started = time.monotonic()
+    with client_for(fake, sync=sync, timeout=1) as client, pytest.raises(ImmichError, match="too slow"):
+        client.download_original(asset_id, tmp_path, 10_000)
+    assert time.monotonic() - started < 12
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stop_breaks_off_a_request_blocked_in_a_read(fake: FakeImmich, tmp_path: Path) -> None:
+    """close() from another thread shuts the sockets down: a read waiting for a silent server returns
+    at once instead of at its timeout."""
+    import threading
+    import time
+
+    from facesyncd.errors import Interrupted
+
+    asset_id = fake.add_asset("alice", b"x" * 100, "a.jpg")
+    fake.timeout_fault_seconds = 20
+    fake.faults.append(Fault("timeout", path_contains=f"{asset_id}/original", times=100))
+    stop = threading.Event()
+    settings = ImmichSettings(name="alice", url=fake.url, api_key=Secret(API_KEY), timeout_seconds=15)
+    client = ImmichClient(settings, FAST, stop=stop)
+    threading.Timer(0.5, lambda: (stop.set(), client.close())).start()
+    started = time.monotonic()
+    with pytest.raises(Interrupted):
+        client.download_original(asset_id, tmp_path, 10_000)
+    assert time.monotonic() - started < 5
+
+
+def test_a_server_that_ignores_taken_after_is_paged_by_offset(
+    fake: FakeImmich, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Immich drops unknown fields silently: a server without takenAfter answered the first page again
+    and again, 500 listing requests a second, for ever."""
+    ids = add_blank(fake, 35)
+    fake.ignore_taken_after = True
+    with client_for(fake) as client:
+        seen = listed(client)
+        assert client.listing_by_offset
+    assert sorted(seen) == sorted(ids) and len(seen) == len(ids)
+    assert fake.count("POST", "/api/search/metadata") < 12
+    assert "paging by offset" in caplog.text
+
+
+def test_a_listing_that_never_ends_is_stopped(fake: FakeImmich) -> None:
+    add_blank(fake, 25)
+    fake.endless_listing = True  # nextPage always set, the same first page every time
+    with client_for(fake) as client, pytest.raises(ImmichUnreachable, match="does not advance"):
+        listed(client)
+    assert fake.count("POST", "/api/search/metadata") <= 12  # bounded: a few pages past the last new asset
+
+
+def test_listing_progress_checks_leave_a_normal_listing_alone(fake: FakeImmich) -> None:
+    ids = add_blank(fake, 25, step=timedelta(0)) + add_blank(fake, 5, start=BASE + timedelta(hours=1))
+    with client_for(fake) as client:
+        assert sorted(listed(client, page_size=10)) == sorted(ids)
+        assert not client.listing_by_offset
+
+
+def test_the_watermark_never_passes_the_newest_update_seen() -> None:
+    from facesyncd.immich import next_watermark
+
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    ahead = now + timedelta(days=1)  # the server's Date header, a day ahead
+    assert next_watermark(None, ahead, now, 300) == "2026-11-30T11:55:00.000Z"
+    assert next_watermark(None, now, now + timedelta(hours=2), 300) == "2026-11-30T11:55:00.000Z"
+    assert next_watermark("2026-11-30T10:00:00.000Z", now, None, 300) == "2026-11-30T10:00:00.000Z"
+    assert next_watermark("2026-11-30T11:58:00.000Z", now, now, 300) == "2026-11-30T11:58:00.000Z"
+
+
+def test_a_missing_asset_is_confirmed_by_asking_for_it(fake: FakeImmich) -> None:
+    asset_id = add_blank(fake, 1)[0]
+    with client_for(fake) as client:
+        assert client.asset(asset_id).id == asset_id
+        fake.trash(asset_id)
+        assert client.asset(asset_id).is_trashed
+        fake.delete(asset_id)
+        with pytest.raises(AssetGone, match="400"):
+            client.asset(asset_id)

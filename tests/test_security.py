@@ -121,3 +121,117 @@ def test_backups_before_migration_are_private(tmp_path: Path, monkeypatch) -> No
     Store(path).close()
     backups = list(tmp_path.glob("facesyncd.db.bak-v*"))
     assert backups and all(stat.S_IMODE(b.stat().st_mode) == 0o600 for b in backups)
+
+
+KEY_LINES = ("first-line-of-the-key-0123456789", "second-line-of-the-key-abcdefghij")
+
+
+@pytest.mark.parametrize("where", ["file", "environment"])
+def test_a_key_with_a_second_line_is_a_config_error_that_never_shows_it(
+    fake: FakeImmich, tmp_path: Path, where: str
+) -> None:
+    """h11 quoted the whole header value in its error, which was retried and then copied into the
+    database, the journal and `status --json` (34 occurrences in 8 files)."""
+    key = "\n".join(KEY_LINES)
+    env = {API_KEY_ENV: key}
+    sources = None
+    if where == "file":
+        (tmp_path / "alice.key").write_text(key + "\n")
+        (tmp_path / "alice.key").chmod(0o600)
+        sources = f'[[immich]]\nname = "alice"\nurl = "{fake.url}"\napi_key_file = "{tmp_path / "alice.key"}"\n'
+    config = write_config(tmp_path / "run", fake.url, sources=sources)
+    result = run_cli("--config", str(config), "--log-level", "debug", "sync", env=env)
+    assert result.returncode == 2, result.stderr
+    assert "holds more than one line; an API key is one line (key not shown)" in result.stderr
+    assert "Traceback" not in result.stderr
+    for line in KEY_LINES:
+        assert line not in result.stdout + result.stderr
+        assert files_containing(tmp_path / "run", line.encode()) == []
+    assert fake.count("GET", "/api/users/me") == 0
+
+
+@pytest.mark.parametrize("key", ["key with spaces inside-0123", "kéy-that-is-not-ascii-0123"])
+def test_a_key_that_cannot_go_in_a_header_is_refused_without_being_shown(
+    fake: FakeImmich, tmp_path: Path, key: str
+) -> None:
+    (tmp_path / "alice.key").write_bytes(key.encode())
+    (tmp_path / "alice.key").chmod(0o600)
+    sources = f'[[immich]]\nname = "alice"\nurl = "{fake.url}"\napi_key_file = "{tmp_path / "alice.key"}"\n'
+    config = write_config(tmp_path / "run", fake.url, sources=sources)
+    result = run_cli("--config", str(config), "sync")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "key not shown" in result.stderr and key not in result.stderr
+
+
+def test_a_key_that_slips_through_is_scrubbed_from_every_log_line_error_and_row(
+    fake: FakeImmich, tmp_path: Path
+) -> None:
+    """The last line of defence: a key the config check never saw (built here directly) that makes
+    the HTTP library fail with the header in its message. Nothing the run writes may hold it, in any
+    form: as is, escaped, or one of its lines."""
+    import io
+    import logging
+
+    from facesyncd.config import ImmichSettings, Secret, load_settings
+    from facesyncd.embedder import FaceEmbedder
+    from facesyncd.errors import FacesyncError
+    from facesyncd.logs import setup_logging
+    from facesyncd.status import collect_status, render_status
+    from facesyncd.store import Store
+    from facesyncd.sync import Syncer
+
+    add_photos(fake, ["wild/obama"])
+    key = "\n".join(KEY_LINES)
+    config = write_config(tmp_path, fake.url, sync="http_retries = 1")
+    settings = load_settings(config, secrets=False)
+    source = ImmichSettings(name="alice", url=fake.url, api_key=Secret(key), timeout_seconds=2)
+    settings = type(settings)(**{**settings.__dict__, "immich": (source,)})
+    stream = io.StringIO()
+    setup_logging(logging.DEBUG, "text")
+    logging.getLogger().handlers[0].stream = stream  # type: ignore[attr-defined]
+    store = Store(settings.database_path)
+    try:
+        syncer = Syncer(settings, store, FaceEmbedder(settings.model, settings.faces))
+        with pytest.raises(FacesyncError) as raised:
+            syncer.run_cycle()
+        logging.getLogger("facesyncd").exception("the cycle failed")  # with its traceback
+    finally:
+        store.close()
+        logging.getLogger().handlers.clear()
+    status = collect_status(settings)
+    texts = {
+        "exception": str(raised.value),
+        "log": stream.getvalue(),
+        "status --json": json.dumps(status),
+        "status": render_status(status),
+    }
+    assert "Illegal header value" in texts["log"] or "Illegal header value" in texts["exception"]
+    forms = [*KEY_LINES, key, key.replace("\n", "\\n")]
+    for name, text in texts.items():
+        for form in forms:
+            assert form not in text, f"the key leaked into {name}"
+    for form in forms:
+        assert files_containing(tmp_path, form.encode()) == []
+
+
+def test_a_sync_never_sends_the_key_to_another_origin(fake: FakeImmich, tmp_path: Path) -> None:
+    """One asset's original redirects to another host: it is recorded as that asset's failure, the
+    others are processed, and the other host receives nothing."""
+    from test_immich_client import _Capture
+
+    capture = _Capture("127.0.0.2")
+    try:
+        ids = list(add_photos(fake, ["wild/obama"]))
+        fake.faults.append(
+            Fault("redirect", path_contains=f"{ids[0]}/original", location=f"{capture.url}/x", times=100)
+        )
+        config = write_config(tmp_path, fake.url, sync="http_retries = 1")
+        result = run_cli("--config", str(config), "sync")
+        assert result.returncode == 0, result.stderr
+        status = json.loads(run_cli("--config", str(config), "status", "--json").stdout)
+        assert status["assets"]["done"] == len(ids) - 1
+        [problem] = status["problems"]
+        assert problem["asset_id"] == ids[0] and "redirected to another origin" in problem["reason"]
+        assert capture.received == []
+    finally:
+        capture.close()

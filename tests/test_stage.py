@@ -48,6 +48,38 @@ def test_faces_too_small_scales_preview_boxes_to_the_original() -> None:
     # rotation: the original stored sideways still scales by its longest side
     assert not faces_too_small([face], 2880, 4320, 200)
     assert not faces_too_small([], 100, 100, 200), "no faces from Immich (ML off) means process it"
+    # a box with a negative size says nothing about the face: process the asset
+    inverted = RemoteFace(x1=300, y1=300, x2=10, y2=10, image_width=1440, image_height=960)
+    assert not faces_too_small([inverted], 1440, 960, 200)
+    assert not faces_too_small([face, inverted], 1440, 960, 200)
+
+
+def test_a_face_box_with_a_negative_size_does_not_skip_the_asset(fake: FakeImmich, syncer: Syncer) -> None:
+    inverted = [{"x1": 400, "y1": 400, "x2": 10, "y2": 10, "image_width": 1440, "image_height": 1080}]
+    asset = fake.add_file("alice", OBAMA, faces=inverted)
+    syncer.run_cycle()
+    assert asset_rows(syncer)[asset][0] == "done"
+
+
+def test_bytes_that_disagree_with_immichs_checksum_are_refused(fake: FakeImmich, syncer: Syncer) -> None:
+    """Immich's checksum is the SHA-1 of the file; a download that does not hash to it (a proxy's
+    error page, a half-replaced file) was accepted silently. External-library assets carry a hash of
+    their path instead, which says nothing about the bytes: those are not checked."""
+    import base64
+    import hashlib
+
+    liar = fake.add_file("alice", OBAMA)
+    fake.assets[liar].checksum_override = base64.b64encode(hashlib.sha1(b"other bytes").digest()).decode()
+    external = fake.add_file("alice", PHOTOS / "wild" / "biden" / "biden.jpg")
+    fake.assets[external].library_id = "5f1c5a7e-3e7b-4f8e-9a5a-0f6a1c2b3d4e"
+    syncer.run_cycle()
+    rows = asset_rows(syncer)
+    assert rows[liar][0] == "failed" and "do not match Immich's checksum" in (rows[liar][1] or "")
+    assert rows[external][0] == "done"
+    fake.assets[liar].checksum_override = None
+    fake.touch(liar)
+    syncer.run_cycle()
+    assert asset_rows(syncer)[liar][0] == "done"
 
 
 def test_prefilter_skips_assets_whose_faces_are_all_small_without_downloading(fake: FakeImmich, syncer: Syncer) -> None:
