@@ -21,10 +21,9 @@ from fake_server import FakeServerProcess
 def main(count: int = 100_000) -> list[tuple[str, str, str]]:
     require_shared()
     os.environ[API_KEY_ENV] = API_KEY
+    from facesyncd import actions
+    from facesyncd.app import open_app
     from facesyncd.config import load_settings
-    from facesyncd.embedder import FaceEmbedder
-    from facesyncd.store import Store
-    from facesyncd.sync import Syncer
 
     started = time.perf_counter()
     with FakeServerProcess([], blank=count) as server:
@@ -34,10 +33,9 @@ def main(count: int = 100_000) -> list[tuple[str, str, str]]:
             config = directory / "config.toml"
             config.write_text(config_text(directory, server.url))
             settings = load_settings(config)
-            store = Store(settings.database_path)
-            syncer = Syncer(settings, store, FaceEmbedder(settings.model, settings.faces))
-            syncer.embedder.load()
-            first = syncer.run_cycle()
+            app = open_app(settings)
+            app.embedder.load()
+            first = actions.sync(app)
             listing_rate = first.listed / first.listing_seconds
             cycle_rate = first.listed / first.seconds
             print(
@@ -48,11 +46,11 @@ def main(count: int = 100_000) -> list[tuple[str, str, str]]:
                 f"  whole first cycle incl. the prefilter's faces request per asset: {first.seconds:.1f} s "
                 f"({cycle_rate:.0f} assets/s), {first.skipped} skipped"
             )
-            idle = [syncer.run_cycle() for _ in range(5)]
+            idle = [actions.sync(app) for _ in range(5)]
             seconds = sorted(report.seconds for report in idle)[2]
             requests = max(report.requests for report in idle)
             print(f"cycle with no changes: {requests} requests, median {seconds * 1000:.0f} ms")
-            store.close()
+            app.close()
         finally:
             shutil.rmtree(directory, ignore_errors=True)
     return [

@@ -33,13 +33,13 @@ def per_face_ms(run: Callable[[list[np.ndarray]], object], crops: list[np.ndarra
 def main() -> list[tuple[str, str, str]]:
     require_shared()
     from facesyncd.config import FaceSettings, ModelSettings
-    from facesyncd.embedder import FaceEmbedder
+    from facesyncd.onnx_embedder import OnnxEmbedder
 
-    embedder = FaceEmbedder(ModelSettings(pack=str(TEST_PACK), providers=("CPUExecutionProvider",)), FaceSettings())
+    embedder = OnnxEmbedder(ModelSettings(pack=str(TEST_PACK), providers=("CPUExecutionProvider",)), FaceSettings())
     embedder.load()
-    size = embedder._recognizer.input_size[0]
-    faces = list(np.random.default_rng(3).integers(0, 255, (64, size, size, 3), np.uint8))
-    model = {batch: per_face_ms(embedder._recognizer.get_feat, faces[:batch]) for batch in BATCHES}
+    recognizer = embedder._parts()[1]
+    faces = list(np.random.default_rng(3).integers(0, 255, (64, recognizer.size, recognizer.size, 3), np.uint8))
+    model = {batch: per_face_ms(recognizer.embed, faces[:batch]) for batch in BATCHES}
     ours = per_face_ms(embedder.embed_aligned, faces)
     spread = "  ".join(f"batch {b}: {t:.2f} ms ({model[1] / t:.2f}x)" for b, t in model.items())
     print(f"recognizer forward pass ({embedder.threads} onnxruntime thread(s)): {spread}")

@@ -70,23 +70,22 @@ def draft_decode_cost(paths: list[Path], faces: list[int], det_size: int = 640) 
 
 
 def sync_run(url: str, embedder) -> tuple[int, float]:
+    from facesyncd import actions
+    from facesyncd.app import open_app
     from facesyncd.config import load_settings
-    from facesyncd.store import Store
-    from facesyncd.sync import Syncer
 
     directory = Path(tempfile.mkdtemp(prefix="bench-sync-"))
     try:
         config = directory / "config.toml"
         config.write_text(config_text(directory, url, extra_faces="min_face_px = 0\nprefilter = false"))
         settings = load_settings(config)
-        store = Store(settings.database_path)
+        app = open_app(settings, embedder=embedder)
         try:
-            syncer = Syncer(settings, store, embedder)
             started = time.perf_counter()
-            report = syncer.run_cycle()
+            report = actions.sync(app)
             return report.faces_found, time.perf_counter() - started
         finally:
-            store.close()
+            app.close()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -97,7 +96,7 @@ def main(repetitions: int = 5) -> list[tuple[str, str, str]]:
     from insightface.app import FaceAnalysis
 
     from facesyncd.config import FaceSettings, ModelSettings
-    from facesyncd.embedder import FaceEmbedder
+    from facesyncd.embedder import make_embedder
     from facesyncd.imaging import decode_image
     from fake_server import FakeServerProcess
 
@@ -113,7 +112,7 @@ def main(repetitions: int = 5) -> list[tuple[str, str, str]]:
         name=str(TEST_PACK), allowed_modules=["detection", "recognition"], providers=["CPUExecutionProvider"]
     )
     app.prepare(ctx_id=0, det_size=(640, 640), det_thresh=0.5)
-    embedder = FaceEmbedder(
+    embedder = make_embedder(
         ModelSettings(pack=str(TEST_PACK), providers=("CPUExecutionProvider",)), FaceSettings(min_face_px=0)
     )
     embedder.load()

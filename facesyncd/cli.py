@@ -116,32 +116,30 @@ def sync(
 
     Example: facesyncd --config /etc/facesyncd/config.toml sync
     """
-    from .embedder import FaceEmbedder
+    from . import actions
+    from .app import App, open_app
     from .lock import state_lock
-    from .store import Store
-    from .sync import Syncer, break_off_after
 
     settings = _settings()
     stop = threading.Event()
-    syncer: Syncer | None = None
+    running: list[App] = []
 
     def on_signal(signum: int, frame: object) -> None:
         if stop.is_set():  # a second Ctrl-C: no more waiting
             raise KeyboardInterrupt
         stop.set()  # stop after the asset in hand; requests still in flight are broken off later
-        if syncer is not None:
-            break_off_after(settings.schedule.stop_grace_seconds, syncer.abort)
+        for app in running:
+            _break_off_after(settings.schedule.stop_grace_seconds, app.abort)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     with state_lock(settings.state_dir):
-        store = Store(settings.database_path)
+        app = open_app(settings, stop=stop, reporter=_ProgressBar())
+        running.append(app)
         try:
-            embedder = FaceEmbedder(settings.model, settings.faces)
-            syncer = Syncer(settings, store, embedder, reporter=_ProgressBar(), stop=stop)
-            report = syncer.run_cycle(reconcile=reconcile, fresh=fresh)
+            report = actions.sync(app, reconcile=reconcile, fresh=fresh)
         finally:
-            store.close()
+            app.close()
     created = ", ".join(f"{n:03d}" for n in report.identities_created) or "none"
     typer.echo(
         f"listed {report.listed}, downloaded {report.downloaded} ({report.deduplicated} duplicates), "
@@ -150,6 +148,14 @@ def sync(
         f"{report.skipped} skipped, {report.failed} failed, {report.removed_assets} removed, "
         f"{report.facesets_written} folders written, {report.requests} requests, {report.seconds:.1f}s"
     )
+
+
+def _break_off_after(grace_seconds: float, abort: Any) -> None:
+    """Call `abort` (break off requests in flight) once `grace_seconds` have passed: a stop waits for
+    the asset in hand, but not for a server that stopped answering."""
+    timer = threading.Timer(grace_seconds, abort)
+    timer.daemon = True
+    timer.start()
 
 
 @app.command()
@@ -184,20 +190,15 @@ def rebuild_index() -> None:
 
     Example: facesyncd rebuild-index
     """
-    from .errors import StoreError
-    from .store import Store
-    from .sync import load_or_build_index
+    from . import actions
+    from .app import open_app
 
-    settings = _settings(secrets=False)
-    store = Store(settings.database_path, create=False)
+    app = open_app(_settings(secrets=False), create=False)
     try:
-        dimension = store.get_meta("embedding_dim")
-        if dimension is None:
-            raise StoreError("the database has no faces yet: nothing to index")
-        index = load_or_build_index(store, settings.state_dir, int(dimension), force=True)
+        count = actions.rebuild_index(app)
     finally:
-        store.close()
-    typer.echo(f"index rebuilt: {len(index)} faces")
+        app.close()
+    typer.echo(f"index rebuilt: {count} faces")
 
 
 @app.command("import-facesets")
@@ -208,31 +209,17 @@ def import_facesets(
 
     Example: facesyncd import-facesets /srv/old-pipeline/facesets
     """
-    from .embedder import FaceEmbedder
-    from .importer import import_facesets as run_import
+    from . import actions
+    from .app import open_app
     from .lock import state_lock
-    from .store import Store
-    from .sync import Syncer
 
     settings = _settings(secrets=False)
     with state_lock(settings.state_dir):
-        store = Store(settings.database_path)
+        app = open_app(settings)
         try:
-            embedder = FaceEmbedder(settings.model, settings.faces)
-            syncer = Syncer(settings, store, embedder)
-            report = run_import(
-                directory,
-                store,
-                embedder,
-                syncer.crops_dir,
-                max_pixels=settings.faces.max_image_megapixels * 1_000_000,
-            )
-            syncer.open_index()
-            from .models import CycleReport
-
-            syncer.export(CycleReport())
+            report = actions.import_facesets(app, directory)
         finally:
-            store.close()
+            app.close()
     typer.echo(
         f"imported {report.imported} faces into {len(report.identities)} facesets "
         f"({report.already} already imported, {len(report.failed)} failed)"
@@ -247,16 +234,17 @@ def retry() -> None:
 
     Example: facesyncd retry
     """
+    from . import actions
+    from .app import open_app
     from .lock import state_lock
-    from .store import Store
 
     settings = _settings(secrets=False)
     with state_lock(settings.state_dir):
-        store = Store(settings.database_path, create=False)
+        app = open_app(settings, create=False)
         try:
-            count = store.retry_parked()
+            count = actions.retry(app)
         finally:
-            store.close()
+            app.close()
     typer.echo(f"{count} assets queued for retry")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 POINTS = (
     "listed-page",  # a listing page was recorded
@@ -24,18 +25,20 @@ POINTS = (
     "index-save",  # the index file is replaced, its sidecar not yet
 )
 
-_state: dict[str, object] = {}
+_lock = threading.Lock()  # checkpoints are reached from worker threads too
+_target: tuple[str | None, int] | None = None
+_count = 0
 
 
 def checkpoint(name: str) -> None:
-    if "target" not in _state:
+    global _target, _count
+    if _target is None:
         spec = os.environ.get("FACESYNCD_CRASH_AT", "")
         point, _, nth = spec.partition(":")
-        _state["target"] = point or None
-        _state["nth"] = int(nth) if nth.isdigit() else 1
-        _state["count"] = 0
-    if _state["target"] != name:
+        _target = (point or None, int(nth) if nth.isdigit() else 1)
+    if _target[0] != name:
         return
-    _state["count"] = int(_state["count"]) + 1  # type: ignore[call-overload]
-    if _state["count"] == _state["nth"]:
-        os.kill(os.getpid(), signal.SIGKILL)
+    with _lock:
+        _count += 1
+        if _count == _target[1]:
+            os.kill(os.getpid(), signal.SIGKILL)

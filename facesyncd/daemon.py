@@ -18,32 +18,43 @@ import logging
 import os
 import signal
 import threading
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from . import actions
+from .app import App, open_app
 from .config import Settings, load_settings
-from .embedder import FaceEmbedder
+from .embedder import make_embedder
 from .errors import FacesyncError, Interrupted
 from .lock import state_lock
-from .models import CycleReport
+from .models import CycleReport, JobKind
 from .notify import Notifier
 from .runstate import remove_daemon_file, write_daemon_file
 from .store import Store, utc_now
-from .sync import Syncer
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class _Runtime:
+    """What the daemon tells `status`; written by the job's thread, read by the main thread."""
+
     started_at: str
-    next_poll_at: str | None = None
     last_cycle: dict[str, Any] | None = None
     state: str = "starting"
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def update(self, **changes: Any) -> None:
+        with self.lock:
+            for key, value in changes.items():
+                setattr(self, key, value)
+
+    def snapshot(self) -> tuple[str, str, dict[str, Any] | None]:
+        with self.lock:
+            return self.started_at, self.state, self.last_cycle
 
 
 class Daemon:
@@ -56,7 +67,8 @@ class Daemon:
         self._runtime = _Runtime(started_at=utc_now())
         self._scheduler: Any = None
         self._executor: Any = None
-        self._syncer: Syncer | None = None
+        self._app: App | None = None
+        self._polled = False  # a poll cycle has completed
 
     # -- signals --------------------------------------------------------------------------------
 
@@ -92,12 +104,12 @@ class Daemon:
             log.error("config not reloaded: state_dir cannot change while running (restart instead)")
             self.notifier.ready("config reload refused")
             return
-        assert self._syncer is not None
-        embedder = self._syncer.embedder
+        assert self._app is not None
+        embedder = self._app.embedder
         if fresh.model != self.settings.model or fresh.faces != self.settings.faces:
-            embedder = FaceEmbedder(fresh.model, fresh.faces)
+            embedder = make_embedder(fresh.model, fresh.faces)
         self.settings = fresh
-        self._syncer = Syncer(fresh, self._syncer.store, embedder, stop=self.stop)
+        self._app = open_app(fresh, stop=self.stop, store=self._app.store, embedder=embedder)
         for job_id, seconds in self._intervals().items():
             self._scheduler.reschedule_job(job_id, trigger="interval", seconds=seconds)
         log.info("config reloaded from %s", self.config_path)
@@ -106,26 +118,30 @@ class Daemon:
     def _intervals(self) -> dict[str, float]:
         schedule = self.settings.schedule
         return {
-            "poll": schedule.poll_seconds,
-            "cluster": schedule.cluster_seconds,
-            "reconcile": schedule.reconcile_seconds,
+            JobKind.POLL: schedule.poll_seconds,
+            JobKind.CLUSTER: schedule.cluster_seconds,
+            JobKind.RECONCILE: schedule.reconcile_seconds,
         }
 
-    def _run_job(self, kind: str) -> None:
+    def _run_job(self, kind: JobKind) -> None:
         if self.stop.is_set():
             return
         self._apply_reload()
-        assert self._syncer is not None
-        self._runtime.state = kind
-        started = time.monotonic()
+        assert self._app is not None
+        self._runtime.update(state=str(kind))
         try:
-            if kind == "cluster":
-                report = CycleReport()
-                self._syncer.open_new_facesets(report)
-                self._syncer.export(report)
+            if kind == JobKind.CLUSTER:
+                report = actions.cluster(self._app)
             else:
-                report = self._syncer.run_cycle(reconcile=kind == "reconcile", cluster=False)
-            report.seconds = round(time.monotonic() - started, 3)
+                # Until one has completed, a poll is a whole cycle (clustering included): a new
+                # library gets its facesets at once, not cluster_seconds later.
+                report = actions.sync(
+                    self._app,
+                    reconcile=kind == JobKind.RECONCILE,
+                    cluster=not self._polled,
+                    kind=kind,
+                )
+                self._polled = True
             self._summarise(kind, report, None)
         except Interrupted:
             log.info("%s interrupted by stop request", kind)
@@ -135,16 +151,16 @@ class Daemon:
         except Exception:
             log.exception("%s failed unexpectedly; the daemon keeps running", kind)
         finally:
-            self._runtime.state = "idle"
+            self._runtime.update(state="idle")
             self._write_daemon_file()
 
-    def _summarise(self, kind: str, report: CycleReport | None, error: str | None) -> None:
+    def _summarise(self, kind: JobKind, report: CycleReport | None, error: str | None) -> None:
         if report is None:
             log.error("%s failed: %s", kind, error)
-            self._runtime.last_cycle = {"kind": kind, "at": utc_now(), "error": error}
+            self._runtime.update(last_cycle={"kind": str(kind), "at": utc_now(), "error": error})
             return
         summary = {
-            "kind": kind,
+            "kind": str(kind),
             "at": utc_now(),
             "listed": report.listed,
             "downloaded": report.downloaded,
@@ -157,9 +173,9 @@ class Daemon:
             "seconds": report.seconds,
             "faces_per_second": report.faces_per_second,
         }
-        self._runtime.last_cycle = summary
+        self._runtime.update(last_cycle=summary)
         created = ", ".join(f"{number:03d}" for number in report.identities_created) or "none"
-        if kind == "cluster":
+        if kind == JobKind.CLUSTER:
             log.info(
                 "cluster: new facesets %s, %d pool faces assigned, %d folders written, %.1fs",
                 created,
@@ -186,17 +202,23 @@ class Daemon:
 
     # -- main loop ------------------------------------------------------------------------------
 
+    def _next_run(self, kind: JobKind) -> str | None:
+        job = self._scheduler.get_job(str(kind)) if self._scheduler is not None else None
+        moment = job.next_run_time if job is not None else None
+        return moment.astimezone(UTC).isoformat(timespec="seconds") if moment else None
+
     def _write_daemon_file(self) -> None:
-        poll = self._scheduler.get_job("poll") if self._scheduler is not None else None
-        next_poll = poll.next_run_time if poll is not None else None
+        started_at, state, last_cycle = self._runtime.snapshot()
         data = {
             "pid": os.getpid(),
-            "started_at": self._runtime.started_at,
-            "state": self._runtime.state,
-            "next_poll_at": next_poll.astimezone(UTC).isoformat(timespec="seconds") if next_poll else None,
+            "started_at": started_at,
+            "state": state,
+            "next_poll_at": self._next_run(JobKind.POLL),
+            "next_cluster_at": self._next_run(JobKind.CLUSTER),
+            "next_reconcile_at": self._next_run(JobKind.RECONCILE),
             "poll_seconds": self.settings.schedule.poll_seconds,
-            "providers": self._syncer.embedder.providers if self._syncer is not None else [],
-            "last_cycle": self._runtime.last_cycle,
+            "providers": list(self._app.embedder.providers) if self._app is not None else [],
+            "last_cycle": last_cycle,
         }
         try:
             write_daemon_file(self.settings.state_dir, data)
@@ -212,23 +234,22 @@ class Daemon:
         with state_lock(self.settings.state_dir):
             store = Store(self.settings.database_path, threaded=True)
             try:
-                embedder = FaceEmbedder(self.settings.model, self.settings.faces)
-                embedder.load()  # fail fast, before reporting ready, if the model is missing
-                log.info("execution providers: %s", ", ".join(embedder.providers))
-                self._syncer = Syncer(self.settings, store, embedder, stop=self.stop)
-                self._syncer.check_adopted()  # a lost database: exit at once with what to do
+                self._app = open_app(self.settings, stop=self.stop, store=store)
+                self._app.embedder.load()  # fail fast, before reporting ready, if the model is missing
+                log.info("execution providers: %s", ", ".join(self._app.embedder.providers))
+                actions.check_adopted(self._app)  # a lost database: exit at once with what to do
                 self._executor = ThreadPoolExecutor(max_workers=1)
                 self._scheduler = BackgroundScheduler(
                     executors={"default": self._executor},
                     job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
                     timezone=UTC,
                 )
-                for job_id, seconds in self._intervals().items():
-                    # poll starts at once; the others first run one interval from now.
-                    # (next_run_time=None would add the job paused.)
-                    start = {"next_run_time": datetime.now(UTC)} if job_id == "poll" else {}
+                for kind, seconds in self._intervals().items():
+                    # poll starts at once (its first run a whole cycle); the others first run one
+                    # interval from now. (next_run_time=None would add the job paused.)
+                    start = {"next_run_time": datetime.now(UTC)} if kind == JobKind.POLL else {}
                     self._scheduler.add_job(
-                        self._run_job, "interval", seconds=seconds, args=[job_id], id=job_id, **start
+                        self._run_job, "interval", seconds=seconds, args=[kind], id=str(kind), **start
                     )
                 self._scheduler.start()
                 self._write_daemon_file()
@@ -250,7 +271,7 @@ class Daemon:
 
     def _shutdown(self) -> int:
         self.notifier.stopping()
-        assert self._scheduler is not None and self._syncer is not None and self._executor is not None
+        assert self._scheduler is not None and self._app is not None and self._executor is not None
         self._scheduler.shutdown(wait=False)  # no new jobs; the one in hand sees the stop flag
         finished = threading.Event()
 
@@ -262,7 +283,7 @@ class Daemon:
         threading.Thread(target=wait_for_job, daemon=True).start()
         if not finished.wait(self.settings.schedule.stop_grace_seconds):
             log.warning("the job in hand did not stop in time: breaking off requests in flight")
-            self._syncer.abort()
+            self._app.abort()
             finished.wait(2.0)
         log.info("facesyncd stopped")
         return 0

@@ -24,8 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .atomic import remove_leftovers, write_atomic
 from .crashpoints import checkpoint
-from .store import ExportFace
+from .models import ExportFace
 
 log = logging.getLogger(__name__)
 
@@ -282,9 +283,7 @@ def _write_marker(facesets_dir: Path, highest: int) -> None:
     recorded = _recorded_highest(facesets_dir)
     if recorded is not None and recorded >= highest:
         return
-    temporary = facesets_dir / f".{MARKER}.tmp"
-    temporary.write_text(json.dumps({"highest_number": max(highest, recorded or 0)}) + "\n", encoding="utf-8")
-    os.replace(temporary, facesets_dir / MARKER)
+    write_atomic(facesets_dir / MARKER, (json.dumps({"highest_number": max(highest, recorded or 0)}) + "\n").encode())
 
 
 def export_all(
@@ -303,6 +302,7 @@ def export_all(
     """
     facesets_dir.mkdir(parents=True, exist_ok=True)
     clean_leftovers(facesets_dir)
+    remove_leftovers(facesets_dir, MARKER)
     written = 0
     for number, faces in sorted(faces_by_identity.items()):
         if faces and write_faceset(facesets_dir, crops_dir, number, faces, missing):

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from .models import Box
+
 
 def assign(
     blobs: Sequence[str],
@@ -45,9 +47,6 @@ def assign(
         result[row] = (identity, distance)
         blob_identities.add(identity)
     return result
-
-
-Box = tuple[float, float, float, float]
 
 
 def overlap(first: Box, second: Box) -> float:

@@ -15,14 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .embedder import FaceEmbedder
+from .config import FaceSettings
+from .crops import Crops
+from .embedder import Embedder
 from .errors import FacesyncError, ImageError
 from .export import FACESET_RE, MANIFEST, highest_exported
 from .imaging import DecodedImage, decode_image
 from .immich import ASSET_ID_RE
-from .models import DetectedFace
-from .store import ImportProvenance, Store
-from .sync import write_crops
+from .models import DecodeSource, DetectedFace, ImportProvenance
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def _pad(image: DecodedImage) -> DecodedImage:
     return DecodedImage(padded, image.format)
 
 
-def _largest_face(embedder: FaceEmbedder, image: DecodedImage) -> tuple[list[DetectedFace], DecodedImage]:
+def _largest_face(embedder: Embedder, image: DecodedImage) -> tuple[list[DetectedFace], DecodedImage]:
     for candidate in (image, _pad(image)):
         faces = embedder.faces(candidate, min_face_px=0)
         if faces:
@@ -91,8 +92,10 @@ def _provenance(folder: Path) -> dict[str, ImportProvenance]:
 
 
 def import_facesets(
-    root: Path, store: Store, embedder: FaceEmbedder, crops_dir: Path, *, max_pixels: int
+    root: Path, store: Store, embedder: Embedder, crops: Crops, *, settings: FaceSettings
 ) -> ImportReport:
+    """Import every image of every faceset_NNN folder under `root` (see the module's docstring)."""
+    max_pixels = settings.max_image_megapixels * 1_000_000
     if not root.is_dir():
         raise FacesyncError(f"{root}: not a directory")
     folders = sorted(
@@ -132,7 +135,7 @@ def import_facesets(
                     faces, image = _largest_face(embedder, image)
                     if not faces:
                         raise ImageError("no face found")
-                crops = write_crops(crops_dir, sha256, faces)
+                names = crops.write_faces(sha256, image, [face.bbox for face in faces]) if image is not None else []
                 with store.transaction():
                     if image is not None:
                         store.save_blob_faces(
@@ -140,10 +143,10 @@ def import_facesets(
                             size=size,
                             width=image.width,
                             height=image.height,
-                            decoded_from="import",
+                            decoded_from=DecodeSource.IMPORT,
                             model=embedder.name,
                             faces=faces,
-                            crops=crops,
+                            crops=names,
                         )
                     blob_faces = store.faces_of_blob(sha256)
                     if not blob_faces:

@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
+from .atomic import remove_leftovers, write_atomic
 from .crashpoints import checkpoint
 from .sidecar import INDEX_FILE, LOCK_FILE, SIDECAR_FILE, read_sidecar
 
@@ -43,19 +43,6 @@ def _save_lock(state_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(descriptor)
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    handle, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(name)
-        with open(name, "rb") as done:
-            os.fsync(done.fileno())
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
 
 
 class FaceIndex:
@@ -113,9 +100,8 @@ class FaceIndex:
             self._save(state_dir, version)
 
     def _save(self, state_dir: Path, version: int) -> None:
-        for leftover in state_dir.glob(f"{INDEX_FILE}.*.tmp"):  # from a process killed mid-save
-            leftover.unlink(missing_ok=True)
-        _atomic_write(state_dir / INDEX_FILE, lambda name: self._index.save_index(name))
+        remove_leftovers(state_dir, INDEX_FILE, SIDECAR_FILE)  # of a process killed mid-save
+        write_atomic(state_dir / INDEX_FILE, lambda path: self._index.save_index(str(path)))
         checkpoint("index-save")
         sidecar = {
             "version": version,
@@ -124,10 +110,7 @@ class FaceIndex:
             "deleted": self.deleted,
         }
 
-        def write_sidecar(name: str) -> None:
-            Path(name).write_text(json.dumps(sidecar), encoding="utf-8")
-
-        _atomic_write(state_dir / SIDECAR_FILE, write_sidecar)
+        write_atomic(state_dir / SIDECAR_FILE, json.dumps(sidecar).encode())
 
     @classmethod
     def load(cls, state_dir: Path, dimension: int, version: int, identity_of: dict[int, int]) -> FaceIndex | None:
@@ -156,3 +139,80 @@ class FaceIndex:
 def needs_rebuild(state_dir: Path, version: int) -> bool:
     sidecar = read_sidecar(state_dir)
     return sidecar is None or sidecar.get("version") != version or not (state_dir / INDEX_FILE).exists()
+
+
+class IndexSource(Protocol):
+    """What the index is derived from (the store)."""
+
+    def index_version(self) -> int: ...
+
+    def identity_map(self) -> dict[int, int]: ...
+
+    def count_identity_faces(self) -> int: ...
+
+    def iter_identity_faces(self) -> Iterator[tuple[list[int], NDArray[np.float32], list[int]]]: ...
+
+
+def load_or_build(source: IndexSource, state_dir: Path, dimension: int, *, force: bool = False) -> FaceIndex:
+    """The saved index when it was built from the store as it is now, else one rebuilt from the store."""
+    version = source.index_version()
+    index = None if force else FaceIndex.load(state_dir, dimension, version, source.identity_map())
+    if index is None:
+        index = FaceIndex(dimension, capacity=source.count_identity_faces())
+        for face_ids, embeddings, identities in source.iter_identity_faces():
+            index.add(face_ids, embeddings, identities)
+        index.save(state_dir, version)
+        log.info("face index rebuilt from the database: %d faces", len(index))
+    return index
+
+
+class IndexKeeper:
+    """The index's life in a long-running process: loaded (or rebuilt) when first needed, kept in
+    memory between cycles and in step with the store (faces that left their identities are marked
+    deleted in it rather than rebuilt), dropped when a cycle fails half way or deleted entries pile
+    up, saved only when the store changed since it was last saved."""
+
+    def __init__(self, source: IndexSource, state_dir: Path, dimension: Callable[[], int]) -> None:
+        self._source = source
+        self._state_dir = state_dir
+        self._dimension = dimension
+        self._index: FaceIndex | None = None
+        self._saved_version: int | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._index is not None
+
+    def get(self) -> FaceIndex:
+        if self._index is None:
+            self._index = load_or_build(self._source, self._state_dir, self._dimension())
+            self._saved_version = self._source.index_version()
+        return self._index
+
+    def add(self, face_ids: Sequence[int], embeddings: NDArray[np.float32], identities: Sequence[int]) -> None:
+        """Faces that joined identities; nothing to do while the index is not loaded (it will be
+        built from the store, which already has them)."""
+        if self._index is not None and len(face_ids):
+            self._index.add(face_ids, embeddings, identities)
+
+    def forget(self, face_ids: Sequence[int]) -> None:
+        """Faces that left their identities. Once deleted entries outnumber half the live ones, the
+        index is dropped, to be rebuilt compact (a removal costs 0.2 ms, a rebuild a minute at 200k)."""
+        if self._index is None or not face_ids:
+            return
+        self._index.remove(face_ids)
+        if self._index.deleted > max(1024, len(self._index) // 2):
+            self.drop()
+
+    def drop(self) -> None:
+        """Forget the index in memory (after a failure: it may be ahead of the store)."""
+        self._index = None
+        self._saved_version = None
+
+    def save_if_changed(self) -> None:
+        if self._index is None:
+            return
+        version = self._source.index_version()
+        if version != self._saved_version:  # unchanged: the file on disk is already this index
+            self._index.save(self._state_dir, version)
+            self._saved_version = version

@@ -1,8 +1,9 @@
-"""Small frozen records passed between modules."""
+"""Small records passed between modules, and the names of states that the database stores."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 if TYPE_CHECKING:  # numpy stays out of `status`, which never touches an embedding
@@ -10,6 +11,41 @@ if TYPE_CHECKING:  # numpy stays out of `status`, which never touches an embeddi
     from numpy.typing import NDArray
 
 Embedding: TypeAlias = "NDArray[np.float32]"
+Box: TypeAlias = tuple[float, float, float, float]  # x1, y1, x2, y2 in the image's pixels
+
+
+class AssetState(StrEnum):
+    """Where an asset stands (stored in assets.state)."""
+
+    PENDING = "pending"  # work to do
+    DONE = "done"  # embedded (its blob is known)
+    SKIPPED = "skipped"  # nothing to do; the reason says why
+    FAILED = "failed"  # will be tried again (attempts, next_attempt_at)
+    PARKED = "parked"  # failed too often: waits for `facesyncd retry`
+    TRASHED = "trashed"  # in Immich's trash: its faces left the facesets
+    DELETED = "deleted"  # gone from Immich
+
+    @classmethod
+    def removed(cls) -> tuple[AssetState, ...]:
+        return (cls.TRASHED, cls.DELETED)
+
+
+class DecodeSource(StrEnum):
+    """What a blob's faces were found in (stored in blobs.decoded_from)."""
+
+    ORIGINAL = "original"
+    PREVIEW = "preview"  # the original did not decode (RAW, say): Immich's preview instead
+    IMPORT = "import"  # a file of an imported faceset tree
+
+
+class JobKind(StrEnum):
+    """The daemon's jobs, and what a cycle record says it was."""
+
+    POLL = "poll"
+    CLUSTER = "cluster"
+    RECONCILE = "reconcile"
+    SYNC = "sync"
+    IMPORT = "import"
 
 
 @dataclass(frozen=True)
@@ -45,11 +81,10 @@ class RemoteFace:
 class DetectedFace:
     """A face found and embedded by facesyncd, in the pixel space of the decoded original."""
 
-    bbox: tuple[float, float, float, float]
+    bbox: Box
     det_score: float
     landmarks: tuple[tuple[float, float], ...]
     embedding: Embedding = field(repr=False)
-    crop_jpeg: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -88,3 +123,75 @@ class CycleReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "faces_per_second": self.faces_per_second}
+
+
+@dataclass(frozen=True)
+class AssetRow:
+    """An asset as the store holds it."""
+
+    source: str
+    asset_id: str
+    state: AssetState
+    checksum: str | None
+    sha256: str | None
+    attempts: int
+    type: str | None
+    original_file_name: str | None
+    width: int | None
+    height: int | None
+    checksum_kind: str | None = None
+
+
+@dataclass
+class Dropped:
+    """What removing faces from the store left to tidy outside it: crop files no longer used, and
+    the faces that were in identities (so in the face index)."""
+
+    crops: list[str] = field(default_factory=list)
+    indexed_faces: list[int] = field(default_factory=list)
+
+    def extend(self, other: Dropped) -> None:
+        self.crops.extend(other.crops)
+        self.indexed_faces.extend(other.indexed_faces)
+
+
+@dataclass
+class ListedPage:
+    """What recording one listed page found."""
+
+    needing_work: int = 0
+    trashed: list[str] = field(default_factory=list)
+    dropped: Dropped = field(default_factory=Dropped)
+
+
+@dataclass(frozen=True)
+class ExportFace:
+    """A face as its faceset folder shows it."""
+
+    face_id: int
+    sha256: str
+    source: str
+    asset_id: str | None
+    crop: str
+    bbox: Box
+    det_score: float
+    distance: float | None
+
+
+@dataclass(frozen=True)
+class ImportProvenance:
+    """Where an imported crop was cut from, as the imported tree records it."""
+
+    source: str | None
+    asset_id: str
+    bbox: Box
+
+
+@dataclass(frozen=True)
+class ImportClaim:
+    """An imported face that stands for a face of a photo in Immich until that photo arrives."""
+
+    path: str
+    identity: int
+    bbox: Box
+    face_id: int

@@ -7,17 +7,22 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
+
+from .atomic import write_atomic
 
 DAEMON_FILE = "daemon.json"
 
 
+_lock = threading.Lock()
+
+
 def write_daemon_file(state_dir: Path, data: dict[str, Any]) -> None:
-    path = state_dir / DAEMON_FILE
-    temporary = path.with_name(f".{DAEMON_FILE}.{os.getpid()}")
-    temporary.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(temporary, path)
+    """Replace daemon.json whole; one writer at a time (the main thread and the job both write)."""
+    with _lock:
+        write_atomic(state_dir / DAEMON_FILE, json.dumps(data).encode())
 
 
 def read_daemon_file(state_dir: Path) -> dict[str, Any] | None:

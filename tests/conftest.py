@@ -138,15 +138,24 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600)
 
 def with_extra_migration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, sql: str) -> Path:
     """Point the store at a copy of migrations/ plus one newer migration; returns that folder."""
-    import facesyncd.store as store_module
+    import facesyncd.store.database as database
 
-    migrations = tmp_path / "migrations"
-    migrations.mkdir()
-    for existing in store_module.MIGRATIONS_DIR.glob("*.sql"):
-        (migrations / existing.name).write_text(existing.read_text())
-    (migrations / name).write_text(sql)
-    monkeypatch.setattr(store_module, "MIGRATIONS_DIR", migrations)
-    return migrations
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    for existing in database.migrations():
+        (folder / f"{existing.name}.sql").write_text(existing.script)
+    (folder / name).write_text(sql)
+    monkeypatch.setattr(database, "MIGRATIONS_DIR", folder)
+    return folder
+
+
+def asset_states(**counts: int) -> dict[str, int]:
+    """What `status --json` shows under "assets": every state, with these counts and 0 elsewhere."""
+    from facesyncd.models import AssetState
+
+    unknown = set(counts) - {str(state) for state in AssetState}
+    assert not unknown, f"no such asset state: {unknown}"
+    return {str(state): counts.get(str(state), 0) for state in AssetState}
 
 
 def add_photos(fake: FakeImmich, folders: list[str], owner: str = "alice") -> dict[str, str]:

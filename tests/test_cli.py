@@ -10,7 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import API_KEY, API_KEY_ENV, PHOTOS, REPO, add_photos, requires_shared, run_cli, write_config
+from conftest import (
+    API_KEY,
+    API_KEY_ENV,
+    PHOTOS,
+    REPO,
+    add_photos,
+    asset_states,
+    requires_shared,
+    run_cli,
+    write_config,
+)
 from fake_immich import FakeImmich
 
 pytestmark = requires_shared
@@ -88,7 +98,7 @@ def test_one_failing_source_does_not_stop_the_others(fake: FakeImmich, tmp_path:
     result = run_cli("--config", str(config), "sync", env={"ALICE_WRONG": "nope"})
     assert result.returncode == 3
     status = json.loads(run_cli("--config", str(config), "status", "--json").stdout)
-    assert status["assets"] == {"done": 1}
+    assert status["assets"] == asset_states(done=1)
     errors = {source["name"]: source["last_error"] for source in status["sources"]}
     assert errors["alice"] and errors["bob"] is None
     assert status["last_sync"]["ok"] is False and "alice" in status["last_sync"]["error"]
@@ -133,7 +143,7 @@ def test_sync_against_immich_2(fake: FakeImmich, tmp_path: Path) -> None:
     result = run_cli("--config", str(config), "sync")
     assert result.returncode == 0, result.stderr
     status = json.loads(run_cli("--config", str(config), "status", "--json").stdout)
-    assert status["assets"] == {"done": len(ids)}
+    assert status["assets"] == asset_states(done=len(ids))
     assert status["identities"] == 2
 
 
@@ -143,7 +153,7 @@ def test_parked_assets_are_listed_and_retried_only_on_request(fake: FakeImmich, 
     for _ in range(2):
         assert run_cli("--config", str(config), "sync").returncode == 0
     status = json.loads(run_cli("--config", str(config), "status", "--json").stdout)
-    assert status["assets"] == {"parked": 1}
+    assert status["assets"] == asset_states(parked=1)
     [problem] = status["problems"]
     assert problem["asset_id"] == broken and problem["attempts"] == 2
     assert problem["reason"].startswith("original: cannot decode image") and "no preview: " in problem["reason"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,16 +11,16 @@ import pytest
 
 from conftest import MODELS, PHOTOS, TEST_PACK, requires_shared
 from facesyncd.config import FaceSettings, ModelSettings
-from facesyncd.embedder import FaceEmbedder, choose_providers
 from facesyncd.errors import ModelError
 from facesyncd.imaging import decode_image
+from facesyncd.onnx_embedder import OnnxEmbedder, choose_providers
 
 pytestmark = requires_shared
 CPU = ("CPUExecutionProvider",)
 
 
-def embedder_for(pack: Path, **faces) -> FaceEmbedder:
-    return FaceEmbedder(ModelSettings(pack=str(pack), providers=CPU), FaceSettings(**faces))
+def embedder_for(pack: Path, **faces) -> OnnxEmbedder:
+    return OnnxEmbedder(ModelSettings(pack=str(pack), providers=CPU), FaceSettings(**faces))
 
 
 def load(path: Path):
@@ -27,13 +28,16 @@ def load(path: Path):
 
 
 def test_embedding_size_comes_from_the_model() -> None:
+    from facesyncd.crops import cut
+
     embedder = embedder_for(TEST_PACK)
-    faces = embedder.faces(load(PHOTOS / "groups" / "two_people.jpg"))
+    image = load(PHOTOS / "groups" / "two_people.jpg")
+    faces = embedder.faces(image)
     assert embedder.dimension == 128 and len(faces) == 2
     for face in faces:
         assert face.embedding.shape == (128,) and face.embedding.dtype == np.float32
         assert abs(float(np.linalg.norm(face.embedding)) - 1) < 1e-5
-        assert len(face.landmarks) == 5 and face.crop_jpeg[:2] == b"\xff\xd8"
+        assert len(face.landmarks) == 5 and cut(image, face.bbox, 0.3)[:2] == b"\xff\xd8"
     assert embedder.providers == ["CPUExecutionProvider"]
 
 
@@ -98,26 +102,60 @@ def test_provider_choice_falls_back_to_cpu() -> None:
 def test_a_provider_that_fails_to_start_falls_back_to_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
     """No GPU here, so a GPU provider's start failure is simulated: onnxruntime's CPU build is told
     to start a provider it does not have. The fallback code runs for real on the real pack."""
-    import insightface.model_zoo as model_zoo
+    import onnxruntime
 
-    real_get_model = model_zoo.get_model
+    real_session = onnxruntime.InferenceSession
     attempts: list[list[str]] = []
 
-    def get_model(path: str, providers: list[str], **options: object) -> object:
-        attempts.append(list(providers))
-        if providers[0] == "CUDAExecutionProvider":
+    def session(path: str, sess_options: object = None, providers: list[str] | None = None) -> object:
+        attempts.append(list(providers or []))
+        if providers and providers[0] == "CUDAExecutionProvider":
             raise RuntimeError("libcudnn.so.9: cannot open shared object file")
-        return real_get_model(path, providers=providers, **options)
+        return real_session(path, sess_options=sess_options, providers=providers)
 
-    monkeypatch.setattr(model_zoo, "get_model", get_model)
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session)
     monkeypatch.setattr(
         "onnxruntime.get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
     )
-    embedder = FaceEmbedder(ModelSettings(pack=str(TEST_PACK), providers=("auto",)), FaceSettings())
+    embedder = OnnxEmbedder(ModelSettings(pack=str(TEST_PACK), providers=("auto",)), FaceSettings())
     embedder.load()
     assert embedder.providers == ["CPUExecutionProvider"]
     assert attempts[0] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert ["CPUExecutionProvider"] in attempts
+
+
+def test_faces_are_insightfaces_own_without_insightface() -> None:
+    """facesyncd reads the pack with onnxruntime directly (insightface's package metadata would pull
+    opencv-python and plain onnxruntime into every install); insightface 2.1 is the reference: the
+    same boxes, landmarks and embeddings on every test photo."""
+    from insightface.model_zoo import get_model
+    from insightface.utils import face_align
+
+    from facesyncd.onnx_embedder import align
+
+    ours = embedder_for(TEST_PACK, min_face_px=0)
+    detector = get_model(str(TEST_PACK / "det_500m.onnx"), providers=list(CPU))
+    detector.prepare(ctx_id=0, input_size=(640, 640), det_thresh=0.5)
+    recognizer = get_model(str(TEST_PACK / "rec_mobilefacenet_128d.onnx"), providers=list(CPU))
+    compared = 0
+    for path in sorted((PHOTOS / "groups").iterdir()) + sorted((PHOTOS / "wild" / "obama").iterdir()):
+        image = load(path)
+        boxes, landmarks = ours.detect(image)
+        their_boxes, their_landmarks = detector.detect(image.pixels, input_size=ours._detector_input(image), max_num=0)
+        assert boxes.shape == their_boxes.shape, path.name
+        assert np.abs(boxes - their_boxes).max(initial=0) < 0.01, path.name
+        assert np.abs(landmarks - their_landmarks).max(initial=0) < 0.01, path.name
+        if not len(boxes):
+            continue
+        mine = ours.embed_aligned([align(image.pixels, points, 112) for points in landmarks])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # insightface calls a deprecated scikit-image API
+            crops = [face_align.norm_crop(image.pixels, landmark=points, image_size=112) for points in their_landmarks]
+        theirs = np.concatenate([recognizer.get_feat([crop]) for crop in crops])
+        theirs /= np.linalg.norm(theirs, axis=1, keepdims=True)
+        assert float((mine * theirs).sum(axis=1).min()) > 0.9999, path.name
+        compared += len(boxes)
+    assert compared > 40
 
 
 def _boxes(faces) -> np.ndarray:
@@ -155,3 +193,31 @@ def test_a_detector_with_a_fixed_input_size_gets_that_size(tmp_path: Path) -> No
     image = load(PHOTOS / "groups" / "two_people.jpg")
     assert len(embedder.faces(image)) == 2
     assert embedder._detector_input(image) is None
+
+
+def test_the_model_router_tells_the_packs_files_apart() -> None:
+    """buffalo_l holds five models; only the detector and the recognizer are loaded, told apart by
+    their graphs as insightface's router does."""
+    from facesyncd.onnx_embedder import _Graph, task_of
+
+    assert task_of(_Graph([[1, 3, "h", "w"]], 9, [])) == "detection"  # det_10g / det_500m: SCRFD, 9 outputs
+    assert task_of(_Graph([["n", 3, 112, 112]], 1, [])) == "recognition"  # w600k_r50
+    assert task_of(_Graph([[1, 3, 192, 192]], 1, [])) is None  # 1k3d68 / 2d106det: landmarks
+    assert task_of(_Graph([[1, 3, 96, 96]], 1, [])) is None  # genderage
+    assert task_of(_Graph([[1, 3, 128, 128], [1, 512]], 1, [])) is None  # inswapper
+    assert task_of(_Graph([[1, 3, 100, 100]], 1, [])) is None
+
+
+def test_the_alignment_is_scikit_images_similarity_transform() -> None:
+    from skimage.transform import SimilarityTransform
+
+    from facesyncd.onnx_embedder import ARCFACE_LANDMARKS, similarity_transform
+
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        points = ARCFACE_LANDMARKS * rng.uniform(0.5, 4) + rng.uniform(-50, 300, size=2) + rng.normal(size=(5, 2))
+        reference = SimilarityTransform()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            reference.estimate(points, ARCFACE_LANDMARKS)
+        assert np.abs(similarity_transform(points, ARCFACE_LANDMARKS) - reference.params[:2]).max() < 1e-9

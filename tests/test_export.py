@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from facesyncd.export import PRESERVED, export_all
-from facesyncd.store import ExportFace
+from facesyncd.models import ExportFace
 
 
 def make_faces(crops: Path, ids: list[int]) -> list[ExportFace]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from conftest import API_KEY, API_KEY_ENV, PHOTOS, REPO, requires_shared, write_config
+from conftest import API_KEY, API_KEY_ENV, PHOTOS, REPO, asset_states, requires_shared, write_config
 from fake_immich import FakeImmich
 
 pytestmark = requires_shared
@@ -107,7 +107,7 @@ def test_broken_and_hostile_files_are_recorded_not_fatal(fake: FakeImmich, tmp_p
             assert asset_id not in problems, f"{name} failed: {problems[asset_id]['reason']}"
     reasons = {ids[a]: p["reason"] for a, p in problems.items()}
     assert "over the" in reasons["bomb.png"] or "too large" in reasons["bomb.png"]
-    assert status["assets"] == {"done": 7, "failed": 5}
+    assert status["assets"] == asset_states(done=7, failed=5)
     assert status["faces"]["total"] == 7  # one face in each decodable copy of the photo
 
 

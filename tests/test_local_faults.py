@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 
 import facesyncd.export as export_module
-from conftest import add_photos, requires_shared, run_cli, write_config
+from conftest import add_photos, asset_states, requires_shared, run_cli, write_config
+from facesyncd import actions
+from facesyncd.app import App, open_app
 from facesyncd.config import load_settings
-from facesyncd.embedder import FaceEmbedder
 from facesyncd.errors import LocalWriteError, StoreError
-from facesyncd.store import Store
-from facesyncd.sync import Syncer
 from fake_immich import FakeImmich
 
 pytestmark = requires_shared
@@ -38,14 +37,14 @@ def integrity(database: Path) -> str:
 
 
 @pytest.fixture
-def syncer(fake: FakeImmich, tmp_path: Path, env_key: str) -> Iterator[Syncer]:
+def app(fake: FakeImmich, tmp_path: Path, env_key: str) -> Iterator[App]:
     settings = load_settings(write_config(tmp_path, fake.url))
-    store = Store(settings.database_path)
-    yield Syncer(settings, store, FaceEmbedder(settings.model, settings.faces))
-    store.close()
+    app = open_app(settings)
+    yield app
+    app.close()
 
 
-def test_disk_full_while_exporting(fake: FakeImmich, syncer: Syncer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disk_full_while_exporting(fake: FakeImmich, app: App, monkeypatch: pytest.MonkeyPatch) -> None:
     add_photos(fake, ["wild/obama", "wild/biden", "wild/elon_musk"])
     real = export_module._link_or_copy
     calls = {"n": 0}
@@ -58,28 +57,28 @@ def test_disk_full_while_exporting(fake: FakeImmich, syncer: Syncer, monkeypatch
 
     monkeypatch.setattr(export_module, "_link_or_copy", fill_up)
     with pytest.raises(LocalWriteError, match="No space left on device"):
-        syncer.run_cycle()
-    root = syncer.settings.facesets_dir
+        actions.sync(app)
+    root = app.settings.facesets_dir
     assert hidden_leftovers(root) == []
-    assert integrity(syncer.settings.database_path) == "ok"
+    assert integrity(app.settings.database_path) == "ok"
     monkeypatch.setattr(export_module, "_link_or_copy", real)
-    report = syncer.run_cycle()
+    report = actions.sync(app)
     assert report.facesets_written >= 1 and hidden_leftovers(root) == []
-    status = syncer.store.status()
+    status = app.store.status()
     assert status["last_sync"]["ok"] is True
 
 
-def test_database_full(fake: FakeImmich, syncer: Syncer) -> None:
+def test_database_full(fake: FakeImmich, app: App) -> None:
     add_photos(fake, ["wild/obama", "wild/biden", "wild/elon_musk", "groups/solvay_conference_1927.jpg"])
-    pages = syncer.store.conn.execute("PRAGMA page_count").fetchone()[0]
-    syncer.store.conn.execute(f"PRAGMA max_page_count = {pages + 2}")  # SQLite's own SQLITE_FULL
+    pages = app.store.conn.execute("PRAGMA page_count").fetchone()[0]
+    app.store.conn.execute(f"PRAGMA max_page_count = {pages + 2}")  # SQLite's own SQLITE_FULL
     with pytest.raises(StoreError, match="database or disk is full"):
-        syncer.run_cycle()
-    assert integrity(syncer.settings.database_path) == "ok"
-    syncer.store.conn.execute("PRAGMA max_page_count = 1073741823")
-    syncer.run_cycle()
-    done = syncer.store.status()["assets"]
-    assert done == {"done": len(fake.assets)}
+        actions.sync(app)
+    assert integrity(app.settings.database_path) == "ok"
+    app.store.conn.execute("PRAGMA max_page_count = 1073741823")
+    actions.sync(app)
+    done = app.store.status()["assets"]
+    assert done == asset_states(done=len(fake.assets))
 
 
 def _mount_tmpfs(path: Path, size: str) -> bool:

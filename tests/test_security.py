@@ -14,6 +14,7 @@ from conftest import (
     API_KEY_ENV,
     PHOTOS,
     add_photos,
+    asset_states,
     requires_shared,
     run_cli,
     with_extra_migration,
@@ -90,7 +91,7 @@ def test_a_malicious_server_cannot_write_outside_the_state_and_facesets(tmp_path
         assert all(str(p).startswith(str(tmp_path / "run")) for p in written)
         assert not any("escape" in p.name for p in written)
         status = json.loads(run_cli("--config", str(config), "status", "--json").stdout)
-        assert status["assets"] == {"done": 1}
+        assert status["assets"] == asset_states(done=1)
         assert not any("escape" in str(r) for r in server.requests)
     finally:
         server.stop()
@@ -172,13 +173,12 @@ def test_a_key_that_slips_through_is_scrubbed_from_every_log_line_error_and_row(
     import io
     import logging
 
+    from facesyncd import actions
+    from facesyncd.app import open_app
     from facesyncd.config import ImmichSettings, Secret, load_settings
-    from facesyncd.embedder import FaceEmbedder
     from facesyncd.errors import FacesyncError
     from facesyncd.logs import setup_logging
     from facesyncd.status import collect_status, render_status
-    from facesyncd.store import Store
-    from facesyncd.sync import Syncer
 
     add_photos(fake, ["wild/obama"])
     key = "\n".join(KEY_LINES)
@@ -189,14 +189,13 @@ def test_a_key_that_slips_through_is_scrubbed_from_every_log_line_error_and_row(
     stream = io.StringIO()
     setup_logging(logging.DEBUG, "text")
     logging.getLogger().handlers[0].stream = stream  # type: ignore[attr-defined]
-    store = Store(settings.database_path)
+    app = open_app(settings)
     try:
-        syncer = Syncer(settings, store, FaceEmbedder(settings.model, settings.faces))
         with pytest.raises(FacesyncError) as raised:
-            syncer.run_cycle()
+            actions.sync(app)
         logging.getLogger("facesyncd").exception("the cycle failed")  # with its traceback
     finally:
-        store.close()
+        app.close()
         logging.getLogger().handlers.clear()
     status = collect_status(settings)
     texts = {

@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 
 from conftest import PHOTOS, requires_shared, write_config
+from facesyncd import actions
+from facesyncd.app import App, open_app
 from facesyncd.config import load_settings
-from facesyncd.embedder import FaceEmbedder
 from facesyncd.index import read_sidecar
-from facesyncd.store import Store
-from facesyncd.sync import Syncer
 from fake_immich import FakeImmich
 
 pytestmark = [requires_shared, pytest.mark.slow]
@@ -24,14 +23,14 @@ CYCLES = 200
 
 
 @pytest.fixture
-def syncer(fake: FakeImmich, tmp_path: Path, env_key: str) -> Iterator[Syncer]:
+def app(fake: FakeImmich, tmp_path: Path, env_key: str) -> Iterator[App]:
     settings = load_settings(write_config(tmp_path, fake.url, sync="page_size = 25"))
-    store = Store(settings.database_path)
-    yield Syncer(settings, store, FaceEmbedder(settings.model, settings.faces))
-    store.close()
+    app = open_app(settings)
+    yield app
+    app.close()
 
 
-def test_two_hundred_cycles_against_a_changing_server(fake: FakeImmich, syncer: Syncer) -> None:
+def test_two_hundred_cycles_against_a_changing_server(fake: FakeImmich, app: App) -> None:
     rng = random.Random(20261125)
     pool = sorted(p for p in (PHOTOS / "wild").rglob("*") if p.is_file())
     pool += sorted((PHOTOS / "noface").glob("*"))[:4]
@@ -60,13 +59,13 @@ def test_two_hundred_cycles_against_a_changing_server(fake: FakeImmich, syncer: 
                 fake.touch(rng.choice(live).id)
                 operation = "touch"
             operations[operation] += 1
-        syncer.run_cycle(reconcile=cycle % 25 == 24)
-    syncer.run_cycle(reconcile=True)
+        actions.sync(app, reconcile=cycle % 25 == 24)
+    actions.sync(app, reconcile=True)
     assert all(count > 5 for count in operations.values()), operations
 
     truth = {a.id: hashlib.sha256(a.data).hexdigest() for a in fake.assets.values() if not a.is_trashed}
     trashed = {a.id for a in fake.assets.values() if a.is_trashed}
-    store = syncer.store
+    store = app.store
     rows = {r["asset_id"]: r for r in store.db.query("SELECT asset_id, state, sha256 FROM assets")}
     done = {asset_id: row["sha256"] for asset_id, row in rows.items() if row["state"] == "done"}
     assert done == truth, "the done assets and their bytes must be exactly the server's live assets"
@@ -80,16 +79,16 @@ def test_two_hundred_cycles_against_a_changing_server(fake: FakeImmich, syncer: 
     face_blobs = {r["sha256"] for r in store.db.query("SELECT DISTINCT sha256 FROM faces")}
     assert face_blobs <= live_blobs
     crops = {r["crop"] for r in store.db.query("SELECT crop FROM faces")}
-    on_disk = {str(p.relative_to(syncer.crops_dir)) for p in syncer.crops_dir.rglob("*.jpg")}
+    on_disk = {str(p.relative_to(app.crops.directory)) for p in app.crops.directory.rglob("*.jpg")}
     assert on_disk == crops
     # facesets show live assets only, each face once, and match the database
     shown: list[str] = []
-    for manifest in syncer.settings.facesets_dir.glob("faceset_*/faceset.json"):
+    for manifest in app.settings.facesets_dir.glob("faceset_*/faceset.json"):
         data = json.loads(manifest.read_text())
         shown += [face["asset_id"] for face in data["faces"]]
     assert set(shown) <= set(truth)
     assigned = store.db.execute("SELECT COUNT(*) FROM faces WHERE identity IS NOT NULL").fetchone()[0]
     assert len(shown) == assigned
-    assert read_sidecar(syncer.settings.state_dir)["faces"] == assigned
+    assert read_sidecar(app.settings.state_dir)["faces"] == assigned
     numbers = store.identity_numbers()
     assert numbers == list(range(1, len(numbers) + 1)), "identity numbers must be dense and never reused"

@@ -12,12 +12,13 @@ import pytest
 from PIL import Image
 
 from conftest import PHOTOS, requires_shared, write_config
+from facesyncd import actions
+from facesyncd.app import App, open_app
 from facesyncd.config import load_settings
-from facesyncd.embedder import FaceEmbedder
+from facesyncd.cycle import open_new_facesets
+from facesyncd.cycle.stage import faces_too_small
 from facesyncd.errors import ImmichUnreachable
 from facesyncd.models import RemoteFace
-from facesyncd.store import Store
-from facesyncd.sync import Syncer, faces_too_small
 from fake_immich import FakeImmich, Fault
 
 pytestmark = requires_shared
@@ -26,17 +27,17 @@ OBAMA = PHOTOS / "wild" / "obama" / "obama.jpg"
 
 
 @pytest.fixture
-def syncer(fake: FakeImmich, tmp_path: Path, env_key: str):
+def app(fake: FakeImmich, tmp_path: Path, env_key: str):
     settings = load_settings(write_config(tmp_path, fake.url, faces="min_face_px = 60"))
-    store = Store(settings.database_path)
-    yield Syncer(settings, store, FaceEmbedder(settings.model, settings.faces))
-    store.close()
+    app = open_app(settings)
+    yield app
+    app.close()
 
 
-def asset_rows(syncer: Syncer) -> dict[str, tuple[str, str | None]]:
+def asset_rows(app: App) -> dict[str, tuple[str, str | None]]:
     return {
         row["asset_id"]: (row["state"], row["reason"])
-        for row in syncer.store.db.query("SELECT asset_id, state, reason FROM assets")
+        for row in app.store.db.query("SELECT asset_id, state, reason FROM assets")
     }
 
 
@@ -54,14 +55,14 @@ def test_faces_too_small_scales_preview_boxes_to_the_original() -> None:
     assert not faces_too_small([face, inverted], 1440, 960, 200)
 
 
-def test_a_face_box_with_a_negative_size_does_not_skip_the_asset(fake: FakeImmich, syncer: Syncer) -> None:
+def test_a_face_box_with_a_negative_size_does_not_skip_the_asset(fake: FakeImmich, app: App) -> None:
     inverted = [{"x1": 400, "y1": 400, "x2": 10, "y2": 10, "image_width": 1440, "image_height": 1080}]
     asset = fake.add_file("alice", OBAMA, faces=inverted)
-    syncer.run_cycle()
-    assert asset_rows(syncer)[asset][0] == "done"
+    actions.sync(app)
+    assert asset_rows(app)[asset][0] == "done"
 
 
-def test_bytes_that_disagree_with_immichs_checksum_are_refused(fake: FakeImmich, syncer: Syncer) -> None:
+def test_bytes_that_disagree_with_immichs_checksum_are_refused(fake: FakeImmich, app: App) -> None:
     """Immich's checksum is the SHA-1 of the file; a download that does not hash to it (a proxy's
     error page, a half-replaced file) was accepted silently. External-library assets carry a hash of
     their path instead, which says nothing about the bytes: those are not checked."""
@@ -72,52 +73,50 @@ def test_bytes_that_disagree_with_immichs_checksum_are_refused(fake: FakeImmich,
     fake.assets[liar].checksum_override = base64.b64encode(hashlib.sha1(b"other bytes").digest()).decode()
     external = fake.add_file("alice", PHOTOS / "wild" / "biden" / "biden.jpg")
     fake.assets[external].library_id = "5f1c5a7e-3e7b-4f8e-9a5a-0f6a1c2b3d4e"
-    syncer.run_cycle()
-    rows = asset_rows(syncer)
+    actions.sync(app)
+    rows = asset_rows(app)
     assert rows[liar][0] == "failed" and "do not match Immich's checksum" in (rows[liar][1] or "")
     assert rows[external][0] == "done"
     fake.assets[liar].checksum_override = None
     fake.touch(liar)
-    syncer.run_cycle()
-    assert asset_rows(syncer)[liar][0] == "done"
+    actions.sync(app)
+    assert asset_rows(app)[liar][0] == "done"
 
 
-def test_prefilter_skips_assets_whose_faces_are_all_small_without_downloading(fake: FakeImmich, syncer: Syncer) -> None:
+def test_prefilter_skips_assets_whose_faces_are_all_small_without_downloading(fake: FakeImmich, app: App) -> None:
     tiny = [{"x1": 10, "y1": 10, "x2": 30, "y2": 30, "image_width": 1440, "image_height": 1080}]
     skipped = fake.add_file("alice", OBAMA, faces=tiny)
     kept = fake.add_file("alice", PHOTOS / "wild" / "biden" / "biden.jpg")
-    syncer.run_cycle()
-    rows = asset_rows(syncer)
+    actions.sync(app)
+    rows = asset_rows(app)
     assert rows[skipped] == ("skipped", "all faces Immich found are under 60px")
     assert rows[kept][0] == "done"
     downloads = [p for m, p, _ in fake.requests if p.endswith("/original")]
     assert downloads == [f"/api/assets/{kept}/original"]
 
 
-def test_videos_are_skipped_with_the_reason(fake: FakeImmich, syncer: Syncer) -> None:
+def test_videos_are_skipped_with_the_reason(fake: FakeImmich, app: App) -> None:
     video = fake.add_asset("alice", b"\x00\x00\x00\x18ftypmp42", "clip.mp4", type="VIDEO")
-    syncer.run_cycle()
-    assert asset_rows(syncer)[video] == ("skipped", "not an image (video)")
+    actions.sync(app)
+    assert asset_rows(app)[video] == ("skipped", "not an image (video)")
     assert fake.count("GET", f"/api/assets/{video}") == 0
 
 
-def test_identical_bytes_are_embedded_once_across_assets_and_users(
-    fake: FakeImmich, syncer: Syncer, tmp_path: Path
-) -> None:
+def test_identical_bytes_are_embedded_once_across_assets_and_users(fake: FakeImmich, app: App, tmp_path: Path) -> None:
     fake.add_user("bob", "bob-key")
     first = fake.add_file("alice", OBAMA)
     second = fake.add_file("alice", OBAMA)
-    report = syncer.run_cycle()
+    report = actions.sync(app)
     assert report.embedded_assets == 1 and report.deduplicated == 1
-    assert {asset_rows(syncer)[first][0], asset_rows(syncer)[second][0]} == {"done"}
-    with sqlite3.connect(syncer.settings.database_path) as connection:
+    assert {asset_rows(app)[first][0], asset_rows(app)[second][0]} == {"done"}
+    with sqlite3.connect(app.settings.database_path) as connection:
         assert connection.execute("SELECT COUNT(*) FROM blobs").fetchone()[0] == 1
         face_count = connection.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
     assert face_count == 1
     # deleting one of the two keeps the face: the other asset still shows the same bytes
     fake.delete(first)
-    syncer.run_cycle(reconcile=True)
-    with sqlite3.connect(syncer.settings.database_path) as connection:
+    actions.sync(app, reconcile=True)
+    with sqlite3.connect(app.settings.database_path) as connection:
         assert connection.execute("SELECT COUNT(*) FROM faces").fetchone()[0] == face_count
 
 
@@ -129,7 +128,7 @@ def _encode(path: Path, fmt: str, **options) -> bytes:
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "WEBP", "TIFF", "HEIF", "AVIF"])
-def test_image_formats_decode(fake: FakeImmich, syncer: Syncer, fmt: str) -> None:
+def test_image_formats_decode(fake: FakeImmich, app: App, fmt: str) -> None:
     if fmt == "HEIF":
         pillow_heif = pytest.importorskip("pillow_heif")
         pillow_heif.register_heif_opener()
@@ -140,16 +139,16 @@ def test_image_formats_decode(fake: FakeImmich, syncer: Syncer, fmt: str) -> Non
             pytest.fail("this Pillow build cannot decode AVIF")
     data = _encode(OBAMA, fmt)
     asset_id = fake.add_asset("alice", data, f"obama.{fmt.lower()}")
-    report = syncer.run_cycle()
-    assert asset_rows(syncer)[asset_id] == ("done", None)
+    report = actions.sync(app)
+    assert asset_rows(app)[asset_id] == ("done", None)
     assert report.faces_found == 1
 
 
-def test_exif_orientation_is_applied(fake: FakeImmich, syncer: Syncer) -> None:
+def test_exif_orientation_is_applied(fake: FakeImmich, app: App) -> None:
     upright = fake.add_file("alice", PHOTOS / "groups" / "portrait.jpg")
     rotated = fake.add_file("alice", PHOTOS / "groups" / "portrait-orientation-6.jpg")
-    syncer.run_cycle()
-    with sqlite3.connect(syncer.settings.database_path) as connection:
+    actions.sync(app)
+    with sqlite3.connect(app.settings.database_path) as connection:
         sizes = dict(
             connection.execute(
                 "SELECT a.asset_id, b.width || 'x' || b.height FROM assets a JOIN blobs b ON b.sha256 = a.sha256"
@@ -164,115 +163,114 @@ def test_exif_orientation_is_applied(fake: FakeImmich, syncer: Syncer) -> None:
     assert counts[upright] == counts[rotated] == 2
 
 
-def test_undecodable_original_falls_back_to_the_preview(fake: FakeImmich, syncer: Syncer) -> None:
+def test_undecodable_original_falls_back_to_the_preview(fake: FakeImmich, app: App) -> None:
     raw = b"II*\x00" + b"\x13" * 4000  # a camera RAW Pillow cannot open
     asset_id = fake.add_asset("alice", raw, "IMG_0001.CR2")
     fake.assets[asset_id].preview_data = OBAMA.read_bytes()
     fake.assets[asset_id].mime = "image/x-canon-cr2"
-    report = syncer.run_cycle()
-    assert asset_rows(syncer)[asset_id] == ("done", "decoded from Immich's preview")
+    report = actions.sync(app)
+    assert asset_rows(app)[asset_id] == ("done", "decoded from Immich's preview")
     assert report.faces_found == 1
-    with sqlite3.connect(syncer.settings.database_path) as connection:
+    with sqlite3.connect(app.settings.database_path) as connection:
         assert connection.execute("SELECT decoded_from FROM blobs").fetchone()[0] == "preview"
 
 
-def test_a_broken_file_fails_alone_and_is_parked_after_max_attempts(fake: FakeImmich, syncer: Syncer) -> None:
+def test_a_broken_file_fails_alone_and_is_parked_after_max_attempts(fake: FakeImmich, app: App) -> None:
     broken = fake.add_asset("alice", OBAMA.read_bytes()[:2000], "cut.jpg")
     fake.assets[broken].preview_data = b"not an image either"
     good = fake.add_file("alice", OBAMA)
-    report = syncer.run_cycle()
-    assert report.failed == 1 and asset_rows(syncer)[good][0] == "done"
-    state, reason = asset_rows(syncer)[broken]
+    report = actions.sync(app)
+    assert report.failed == 1 and asset_rows(app)[good][0] == "done"
+    state, reason = asset_rows(app)[broken]
     assert state == "failed" and reason.startswith("original: cannot decode image")
-    for _ in range(syncer.settings.sync.max_attempts - 1):
-        syncer.run_cycle()
-    assert asset_rows(syncer)[broken][0] == "parked"
+    for _ in range(app.settings.sync.max_attempts - 1):
+        actions.sync(app)
+    assert asset_rows(app)[broken][0] == "parked"
     downloads = fake.count("GET", f"/api/assets/{broken}/original")
-    syncer.run_cycle()
+    actions.sync(app)
     assert fake.count("GET", f"/api/assets/{broken}/original") == downloads, "a parked asset was retried"
-    assert syncer.store.retry_parked() == 1
-    assert asset_rows(syncer)[broken][0] == "pending"
+    assert app.store.retry_parked() == 1
+    assert asset_rows(app)[broken][0] == "pending"
 
 
-def test_changed_bytes_replace_the_old_faces(fake: FakeImmich, syncer: Syncer) -> None:
+def test_changed_bytes_replace_the_old_faces(fake: FakeImmich, app: App) -> None:
     asset_id = fake.add_file("alice", OBAMA)
-    syncer.run_cycle()
+    actions.sync(app)
     fake.assets[asset_id].data = (PHOTOS / "groups" / "two_people.jpg").read_bytes()
     fake.touch(asset_id)
-    report = syncer.run_cycle()
+    report = actions.sync(app)
     assert report.embedded_assets == 1 and report.faces_found == 2
-    with sqlite3.connect(syncer.settings.database_path) as connection:
+    with sqlite3.connect(app.settings.database_path) as connection:
         assert connection.execute("SELECT COUNT(*) FROM faces").fetchone()[0] == 2
         assert connection.execute("SELECT COUNT(*) FROM blobs").fetchone()[0] == 1
         crops = {row[0] for row in connection.execute("SELECT crop FROM faces")}
-    on_disk = {f"{p.parent.name}/{p.name}" for p in syncer.crops_dir.glob("*/*.jpg")}
+    on_disk = {f"{p.parent.name}/{p.name}" for p in app.crops.directory.glob("*/*.jpg")}
     assert on_disk == crops, "the old bytes' crops were left behind"
 
 
-def test_watermark_moves_only_after_a_complete_sweep(fake: FakeImmich, syncer: Syncer) -> None:
+def test_watermark_moves_only_after_a_complete_sweep(fake: FakeImmich, app: App) -> None:
     for name in ("obama.jpg", "obama1.jpg", "obama2.jpg"):
         fake.add_file("alice", PHOTOS / "wild" / "obama" / name)
-    syncer.settings = replace(syncer.settings, sync=replace(syncer.settings.sync, page_size=1, http_retries=0))
+    app.settings = replace(app.settings, sync=replace(app.settings.sync, page_size=1, http_retries=0))
     fake.faults.append(Fault("status", status=503, path_contains="/search", skip=1))
     with pytest.raises(ImmichUnreachable):
-        syncer.run_cycle()
+        actions.sync(app)
     assert fake.count("POST", "/api/search/metadata") == 2, "the fault should hit the second page"
-    assert syncer.store.watermark("alice") is None
-    syncer.run_cycle()
-    assert syncer.store.watermark("alice") is not None
-    assert {state for state, _ in asset_rows(syncer).values()} == {"done"}
+    assert app.store.watermark("alice") is None
+    actions.sync(app)
+    assert app.store.watermark("alice") is not None
+    assert {state for state, _ in asset_rows(app).values()} == {"done"}
 
 
-def test_hard_deletions_are_caught_when_a_reconcile_is_due(fake: FakeImmich, syncer: Syncer) -> None:
+def test_hard_deletions_are_caught_when_a_reconcile_is_due(fake: FakeImmich, app: App) -> None:
     kept = fake.add_file("alice", OBAMA)
     gone = fake.add_file("alice", PHOTOS / "wild" / "biden" / "biden.jpg")
-    syncer.run_cycle()
+    actions.sync(app)
     fake.delete(gone)
-    syncer.run_cycle()  # the first full sweep counted as a reconcile: none is due yet
-    assert asset_rows(syncer)[gone][0] == "done"
-    syncer.settings = replace(syncer.settings, schedule=replace(syncer.settings.schedule, reconcile_seconds=1))
+    actions.sync(app)  # the first full sweep counted as a reconcile: none is due yet
+    assert asset_rows(app)[gone][0] == "done"
+    app.settings = replace(app.settings, schedule=replace(app.settings.schedule, reconcile_seconds=1))
     time.sleep(1.1)
-    syncer.run_cycle()
-    assert asset_rows(syncer)[gone][0] == "deleted" and asset_rows(syncer)[kept][0] == "done"
+    actions.sync(app)
+    assert asset_rows(app)[gone][0] == "deleted" and asset_rows(app)[kept][0] == "done"
 
 
-def test_a_corrupt_index_is_rebuilt_by_itself(fake: FakeImmich, syncer: Syncer) -> None:
+def test_a_corrupt_index_is_rebuilt_by_itself(fake: FakeImmich, app: App) -> None:
     from facesyncd.index import INDEX_FILE, read_sidecar
 
     for name in ("obama.jpg", "obama1.jpg", "obama2.jpg"):
         fake.add_file("alice", PHOTOS / "wild" / "obama" / name)
-    syncer.run_cycle()
-    state = syncer.settings.state_dir
+    actions.sync(app)
+    state = app.settings.state_dir
     (state / INDEX_FILE).write_bytes(b"\x01" * 64)
-    syncer._index = None
+    app.index.drop()
     fake.add_file("alice", PHOTOS / "wild" / "obama" / "obama3.jpg")
-    report = syncer.run_cycle()
+    report = actions.sync(app)
     assert report.faces_assigned == 1
     assert read_sidecar(state)["faces"] == 4
 
 
-def test_a_deleted_photo_leaves_the_index_in_place_not_by_a_rebuild(fake: FakeImmich, syncer: Syncer) -> None:
+def test_a_deleted_photo_leaves_the_index_in_place_not_by_a_rebuild(fake: FakeImmich, app: App) -> None:
     """Rebuilding the index after every deletion costs about a minute at 200,000 faces: the faces
     are marked deleted in the index kept in memory, which must equal a rebuild from the store."""
-    from facesyncd.index import FaceIndex
-    from facesyncd.sync import load_or_build_index
+    from facesyncd.index import FaceIndex, load_or_build
 
     ids = {name: fake.add_file("alice", PHOTOS / "wild" / "obama" / name) for name in sorted(OBAMA.parent.iterdir())}
-    syncer.run_cycle()
-    index = syncer._index
+    actions.sync(app)
+    index = app.index.get()
     assert index is not None and len(index) == 4, "the four photos of one man make one faceset"
     fake.delete(ids[OBAMA])
-    syncer.run_cycle(reconcile=True)
-    assert syncer._index is index and len(index) == 3 and index.deleted == 1
-    store, state_dir = syncer.store, syncer.settings.state_dir
+    actions.sync(app, reconcile=True)
+    assert app.index.get() is index and len(index) == 3 and index.deleted == 1
+    store, state_dir = app.store, app.settings.state_dir
     assert index.identity_of == store.identity_map()
-    rebuilt = load_or_build_index(store, state_dir, index.dimension, force=True)
+    rebuilt = load_or_build(store, state_dir, index.dimension, force=True)
     assert rebuilt.identity_of == index.identity_of
     assert FaceIndex.load(state_dir, index.dimension, store.index_version(), store.identity_map()) is not None
 
 
 def test_a_pool_too_large_for_one_clustering_opens_one_faceset_per_person(
-    syncer: Syncer, monkeypatch: pytest.MonkeyPatch
+    app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A person with more unmatched faces than one clustering run takes (a first sync) is clustered
     a chunk at a time; the faces of later chunks join the identity the first chunk opened."""
@@ -282,16 +280,16 @@ def test_a_pool_too_large_for_one_clustering_opens_one_faceset_per_person(
     from facesyncd.models import CycleReport, DetectedFace
 
     monkeypatch.setattr(identities, "EXACT_LIMIT", 8)
-    syncer.embedder.load()
+    app.embedder.load()
     rng = np.random.default_rng(4)
-    dimension = syncer.embedder.dimension
+    dimension = app.embedder.dimension
     people = rng.normal(size=(2, dimension))
-    store = syncer.store
+    store = app.store
     for person, count in ((0, 20), (1, 6)):
         for number in range(count):
             vector = people[person] / np.linalg.norm(people[person]) + 0.02 * rng.normal(size=dimension)
             face = DetectedFace(
-                (0, 0, 90, 90), 0.9, ((1.0, 1.0),) * 5, (vector / np.linalg.norm(vector)).astype(np.float32), b""
+                (0, 0, 90, 90), 0.9, ((1.0, 1.0),) * 5, (vector / np.linalg.norm(vector)).astype(np.float32)
             )
             with store.transaction():
                 store.save_blob_faces(
@@ -300,20 +298,20 @@ def test_a_pool_too_large_for_one_clustering_opens_one_faceset_per_person(
                     width=100,
                     height=100,
                     decoded_from="original",
-                    model=syncer.embedder.name,
+                    model=app.embedder.name,
                     faces=[face],
                     crops=[f"c/{person}_{number}.jpg"],
                 )
     store.record_matches({}, [face.id for face in store.unmatched_new_faces()])
     report = CycleReport()
-    syncer.open_new_facesets(report)
+    open_new_facesets(app, report)
     sizes = sorted(len(faces) for faces in store.export_faces().values())
     assert len(report.identities_created) == 2 and sizes == [6, 20]
     assert report.faces_assigned == 12, "the first chunk opened the faceset; the other 12 faces joined it"
     assert store.pool_faces() == []
 
 
-def test_lost_crops_come_back_from_the_folders_or_from_immich(fake: FakeImmich, syncer: Syncer) -> None:
+def test_lost_crops_come_back_from_the_folders_or_from_immich(fake: FakeImmich, app: App) -> None:
     """The faceset folders must always be rebuildable: crops deleted from state_dir come back from
     the exported copies without a download when a folder must change, and with the folders gone
     too, they are cut again from the photos."""
@@ -321,8 +319,8 @@ def test_lost_crops_come_back_from_the_folders_or_from_immich(fake: FakeImmich, 
 
     for path in sorted(OBAMA.parent.iterdir()):
         fake.add_file("alice", path)
-    syncer.run_cycle()
-    facesets = syncer.settings.facesets_dir
+    actions.sync(app)
+    facesets = app.settings.facesets_dir
 
     def exported() -> dict[str, bytes]:
         return {str(p.relative_to(facesets)): p.read_bytes() for p in facesets.rglob("*.jpg")}
@@ -332,20 +330,20 @@ def test_lost_crops_come_back_from_the_folders_or_from_immich(fake: FakeImmich, 
 
     before, fetched = exported(), downloads()
     assert len(before) == 4
-    shutil.rmtree(syncer.crops_dir)
-    syncer.run_cycle()
+    shutil.rmtree(app.crops.directory)
+    actions.sync(app)
     assert exported() == before and downloads() == fetched, "an intact folder needs no crop"
 
     fake.add_file("alice", PHOTOS / "edge" / "obama_partial_face.jpg")  # the folder must change
-    syncer.run_cycle()
+    actions.sync(app)
     grown = exported()
     assert len(grown) == 5 and set(before.items()) <= set(grown.items())
     assert downloads() == fetched + 1, "old crops came back from the folder; only the new photo was fetched"
-    assert len(list(syncer.crops_dir.rglob("*.jpg"))) == 5
+    assert len(list(app.crops.directory.rglob("*.jpg"))) == 5
 
-    shutil.rmtree(syncer.crops_dir)
+    shutil.rmtree(app.crops.directory)
     shutil.rmtree(facesets)
-    report = syncer.run_cycle()
+    report = actions.sync(app)
     again = exported()
     assert set(again) == set(grown) and report.facesets_written == 1
     assert downloads() == fetched + 1 + 5, "each photo downloaded once to cut its crop again"
@@ -356,7 +354,7 @@ def test_lost_crops_come_back_from_the_folders_or_from_immich(fake: FakeImmich, 
 def test_prefetched_keeps_order_raises_in_place_and_stops_when_abandoned() -> None:
     import threading
 
-    from facesyncd.sync import prefetched
+    from facesyncd.cycle.poll import prefetched
 
     assert list(prefetched(iter(range(50)))) == list(range(50))
 

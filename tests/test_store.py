@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import facesyncd.store as store_module
 from conftest import with_extra_migration
 from facesyncd.errors import StoreError
 from facesyncd.models import DetectedFace, RemoteAsset
 from facesyncd.store import Store
+from facesyncd.store.database import migrations
 
 
 def asset(asset_id: str, checksum: str = "c1", trashed: bool = False) -> RemoteAsset:
@@ -30,7 +30,7 @@ def asset(asset_id: str, checksum: str = "c1", trashed: bool = False) -> RemoteA
 
 def face(seed: int) -> DetectedFace:
     vector = np.random.default_rng(seed).normal(size=8).astype(np.float32)
-    return DetectedFace((0, 0, 100, 100), 0.9, ((1, 1),) * 5, vector / np.linalg.norm(vector), b"jpeg")
+    return DetectedFace((0, 0, 100, 100), 0.9, ((1, 1),) * 5, vector / np.linalg.norm(vector))
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def store(tmp_path: Path) -> Store:
 
 
 def test_new_database_is_migrated_wal_and_private(store: Store) -> None:
-    assert store.schema_version() == len(store_module._migrations())
+    assert store.schema_version() == max(migration.version for migration in migrations())
     assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
     assert {"assets", "faces", "identities", "blobs", "sources", "cycles"} <= set(store.db.table_names())

@@ -1,0 +1,150 @@
+"""What each command does, over an App: sync, cluster, rebuild-index, import-facesets, retry.
+
+Every action that changes identities or folders runs through `run_action`, the one place for the
+bookkeeping a command owes: a cycle record (what ran, how it ended, its report), the failure policy
+(a local write error becomes LocalWriteError; any failure drops the in-memory index, which may be
+ahead of the store, and is recorded before it is raised), and the progress reporter's end.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .app import App
+from .cycle import open_new_facesets, publish, run_cycle
+from .errors import FacesyncError, LocalWriteError, OrphanedFacesets, StoreError
+from .export import PRESERVED, own_facesets, set_aside_facesets
+from .importer import ImportReport
+from .importer import import_facesets as import_tree
+from .index import load_or_build
+from .models import CycleReport, JobKind
+
+log = logging.getLogger(__name__)
+
+
+def run_action(app: App, kind: JobKind, body: Callable[[CycleReport], FacesyncError | None]) -> CycleReport:
+    """Run `body` as one recorded cycle. `body` returns an error to raise once the cycle is recorded
+    (a failing source: the others went on), or raises itself."""
+    started = time.monotonic()
+    report = CycleReport(providers=list(app.embedder.providers))
+    cycle_id = app.store.start_cycle(kind)
+    try:
+        deferred = body(report)
+    except OSError as error:
+        problem = LocalWriteError(
+            f"cannot write under {app.settings.state_dir} or {app.settings.facesets_dir}: "
+            f"{error.strerror or error}" + (f" ({error.filename})" if error.filename else "")
+        )
+        _record_failure(app, cycle_id, started, report, problem)
+        raise problem from error
+    except BaseException as error:
+        _record_failure(app, cycle_id, started, report, error)
+        raise
+    finally:
+        app.reporter.finish()
+    report.seconds = round(time.monotonic() - started, 3)
+    error_text = "; ".join(f"{name}: {text}" for name, text in report.source_errors.items()) or None
+    app.store.finish_cycle(cycle_id, ok=deferred is None, error=error_text, report=report.as_dict())
+    if deferred is not None:
+        raise deferred
+    return report
+
+
+def _record_failure(app: App, cycle_id: int, started: float, report: CycleReport, error: BaseException) -> None:
+    app.index.drop()
+    report.seconds = round(time.monotonic() - started, 3)
+    try:
+        app.store.finish_cycle(cycle_id, ok=False, error=str(error) or type(error).__name__, report=report.as_dict())
+    except StoreError as store_error:  # a full disk may refuse this too; the original error matters more
+        log.error("could not record the failed cycle: %s", store_error)
+
+
+def _prepare_to_embed(app: App) -> None:
+    app.embedder.load()
+    app.store.check_model(app.embedder.name, app.embedder.dimension)
+
+
+def sync(
+    app: App,
+    *,
+    reconcile: bool | None = None,
+    cluster: bool = True,
+    fresh: bool = False,
+    kind: JobKind = JobKind.SYNC,
+) -> CycleReport:
+    """One full cycle over every source. Raises the first source's error (after finishing the others).
+
+    reconcile: True lists the whole library now, False never, None when due. cluster: open new
+    facesets from the pool too. fresh: see check_adopted."""
+    check_adopted(app, fresh=fresh)
+    _prepare_to_embed(app)
+    # Temporary files of a process that was killed: partial downloads and crops.
+    app.download_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in app.download_dir.glob("download-*.part"):
+        leftover.unlink(missing_ok=True)
+    app.crops.remove_leftovers()
+    return run_action(app, kind, lambda report: run_cycle(app, report, reconcile=reconcile, cluster=cluster))
+
+
+def cluster(app: App) -> CycleReport:
+    """Open new facesets from the pool of unmatched faces, and export."""
+    check_adopted(app)
+    _prepare_to_embed(app)
+
+    def body(report: CycleReport) -> None:
+        open_new_facesets(app, report)
+        publish(app, report)
+
+    return run_action(app, JobKind.CLUSTER, body)
+
+
+def import_facesets(app: App, directory: Path) -> ImportReport:
+    """Adopt a tree of faceset_NNN folders (see importer.py), then export."""
+    _prepare_to_embed(app)
+    result: list[ImportReport] = []
+
+    def body(report: CycleReport) -> None:
+        imported = import_tree(directory, app.store, app.embedder, app.crops, settings=app.settings.faces)
+        report.faces_found = imported.imported
+        result.append(imported)
+        app.index.drop()  # imported faces joined identities outside the index
+        publish(app, report)
+
+    run_action(app, JobKind.IMPORT, body)
+    return result[0]
+
+
+def rebuild_index(app: App) -> int:
+    """Rebuild the face index (a cache) from the database; returns how many faces it holds."""
+    dimension = app.store.get_meta("embedding_dim")
+    if dimension is None:
+        raise StoreError("the database has no faces yet: nothing to index")
+    return len(load_or_build(app.store, app.settings.state_dir, int(dimension), force=True))
+
+
+def retry(app: App) -> int:
+    """Queue failed and parked assets for the next sync; returns how many."""
+    return app.store.retry_parked()
+
+
+def check_adopted(app: App, *, fresh: bool = False) -> None:
+    """A new database beside facesyncd's own facesets means the database was lost (or state_dir
+    moved): numbering from 1 again would give faceset_001 to another person. Refuse until the user
+    chooses: adopt the tree (`import-facesets`), or start over (`fresh`), which moves the old folders
+    aside and numbers new facesets past the highest they used."""
+    facesets_dir = app.settings.facesets_dir
+    if not app.store.is_empty() or not own_facesets(facesets_dir):
+        return
+    if not fresh:
+        raise OrphanedFacesets(
+            f"{facesets_dir} holds facesets that facesyncd wrote, but the database in "
+            f"{app.settings.state_dir} is new (lost or moved?): run `facesyncd import-facesets "
+            f"{facesets_dir}` to adopt them with their numbers, or `facesyncd sync --fresh` to start over "
+            f"(the old folders are moved to {facesets_dir / PRESERVED})"
+        )
+    highest = set_aside_facesets(facesets_dir)
+    app.store.raise_number_floor(highest)
+    log.warning("starting over: new facesets will number from %03d", highest + 1)

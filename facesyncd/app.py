@@ -1,0 +1,109 @@
+"""The composition root: the one place that builds facesyncd's parts from the settings, for the CLI and
+the daemon alike. Every command is an action (actions.py) over an App."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import ImmichSettings, Settings
+from .crops import Crops
+from .embedder import Embedder, make_embedder
+from .immich import ImmichClient
+from .index import IndexKeeper
+from .progress import Reporter, SilentReporter
+from .store import Store
+
+ClientFactory = Callable[[ImmichSettings], ImmichClient]
+
+
+class ClientSet:
+    """The Immich clients in use, so that a stop can break off their requests from another thread."""
+
+    def __init__(self, factory: ClientFactory) -> None:
+        self._factory = factory
+        self._open: set[ImmichClient] = set()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def open(self, source: ImmichSettings) -> Iterator[ImmichClient]:
+        client = self._factory(source)
+        with self._lock:
+            self._open.add(client)
+        try:
+            yield client
+        finally:
+            with self._lock:
+                self._open.discard(client)
+            client.close()
+
+    def abort(self) -> None:
+        """Break off every request in flight (their sockets are shut down)."""
+        with self._lock:
+            clients = list(self._open)
+        for client in clients:
+            client.close()
+
+
+@dataclass
+class App:
+    """Everything a command works with, built once per process (again after a config reload)."""
+
+    settings: Settings
+    store: Store
+    embedder: Embedder
+    stop: threading.Event = field(default_factory=threading.Event)
+    reporter: Reporter = field(default_factory=SilentReporter)
+    client_factory: ClientFactory | None = None  # tests hand in clients of their own
+    clients: ClientSet = field(init=False)
+    crops: Crops = field(init=False)
+    index: IndexKeeper = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.clients = ClientSet(self.client_factory or self._client)
+        self.crops = Crops(self.settings.state_dir / "crops", self.settings.faces.crop_margin)
+        self.index = IndexKeeper(self.store, self.settings.state_dir, self._dimension)
+
+    def _client(self, source: ImmichSettings) -> ImmichClient:
+        return ImmichClient(source, self.settings.sync, stop=self.stop)
+
+    def _dimension(self) -> int:
+        self.embedder.load()
+        return self.embedder.dimension
+
+    @property
+    def download_dir(self) -> Path:
+        return self.settings.state_dir / "tmp"
+
+    def abort(self) -> None:
+        """Break off requests in flight (called from another thread when a stop takes too long)."""
+        self.clients.abort()
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def open_app(
+    settings: Settings,
+    *,
+    stop: threading.Event | None = None,
+    reporter: Reporter | None = None,
+    create: bool = True,
+    threaded: bool = False,
+    store: Store | None = None,
+    embedder: Embedder | None = None,
+    client_factory: ClientFactory | None = None,
+) -> App:
+    """Build the App: the store (made if `create` and missing), the embedder (loaded lazily), the
+    clients. `store` and `embedder` are reused when given (a config reload keeps them)."""
+    return App(
+        settings=settings,
+        store=store or Store(settings.database_path, create=create, threaded=threaded),
+        embedder=embedder or make_embedder(settings.model, settings.faces),
+        stop=stop or threading.Event(),
+        reporter=reporter or SilentReporter(),
+        client_factory=client_factory,
+    )

@@ -1,0 +1,110 @@
+"""Face crops: one JPEG per face under state_dir/crops, the material the faceset folders are made of.
+
+Crops are named by content (`ab/<sha256>_<face index>.jpg`), so an asset tried again rewrites the same
+files, and written atomically. They are a cache of the photos: a lost crop is restored from a copy in
+an exported folder, else cut again from the photo.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import remove_leftovers, write_atomic
+from .export import face_file
+from .imaging import DecodedImage, encode_jpeg
+from .models import Box, ExportFace
+
+log = logging.getLogger(__name__)
+
+
+def crop_name(sha256: str, face_index: int) -> str:
+    return f"{sha256[:2]}/{sha256}_{face_index}.jpg"
+
+
+def cut(image: DecodedImage, box: Box, margin: float) -> bytes:
+    """The face box widened by `margin` of its size on each side, clipped to the image, as JPEG."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    pad_x, pad_y = (x2 - x1) * margin, (y2 - y1) * margin
+    left = max(0, int(round(x1 - pad_x)))
+    top = max(0, int(round(y1 - pad_y)))
+    right = min(image.width, int(round(x2 + pad_x)))
+    bottom = min(image.height, int(round(y2 + pad_y)))
+    if right <= left or bottom <= top:
+        left, top, right, bottom = 0, 0, image.width, image.height
+    return encode_jpeg(np.ascontiguousarray(image.pixels[top:bottom, left:right]))
+
+
+class Crops:
+    def __init__(self, directory: Path, margin: float) -> None:
+        self.directory = directory
+        self.margin = margin
+
+    def path(self, name: str) -> Path:
+        return self.directory / name
+
+    def exists(self, name: str) -> bool:
+        return (self.directory / name).is_file()
+
+    def write(self, name: str, data: bytes) -> None:
+        target = self.directory / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(target, data)
+
+    def write_faces(self, sha256: str, image: DecodedImage, boxes: Sequence[Box]) -> list[str]:
+        """Cut and write the crop of each face of one photo; returns their names."""
+        names = [crop_name(sha256, index) for index in range(len(boxes))]
+        for name, box in zip(names, boxes, strict=True):
+            self.write(name, cut(image, box, self.margin))
+        return names
+
+    def remove(self, names: Iterable[str]) -> None:
+        for name in names:
+            (self.directory / name).unlink(missing_ok=True)
+
+    def remove_leftovers(self) -> None:
+        """Temporary files of a process killed while writing a crop."""
+        if self.directory.is_dir():
+            for folder in self.directory.iterdir():
+                if folder.is_dir():
+                    remove_leftovers(folder)
+
+    def sweep_orphans(self, known: set[str]) -> int:
+        """Remove crops no face in the store names (a crash between writing and committing)."""
+        removed = 0
+        if self.directory.is_dir():
+            for path in self.directory.glob("*/*.jpg"):
+                if f"{path.parent.name}/{path.name}" not in known:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+    def restore(
+        self,
+        missing: Sequence[ExportFace],
+        facesets_dir: Path,
+        photo_of: Callable[[ExportFace], DecodedImage | None],
+    ) -> int:
+        """Bring lost crops back: from a copy in an exported folder (no download), else cut again from
+        the photo (`photo_of` fetches it, or None when it cannot). Returns how many came back."""
+        restored = 0
+        exported = {path.name: path for path in sorted(facesets_dir.glob("faceset_*/face_*.jpg"))}
+        by_blob: dict[str, list[ExportFace]] = {}
+        for face in missing:
+            copy = exported.get(face_file(face))
+            if copy is not None:
+                self.write(face.crop, copy.read_bytes())
+                restored += 1
+            else:
+                by_blob.setdefault(face.sha256, []).append(face)
+        for faces in by_blob.values():
+            image = photo_of(faces[0])
+            if image is None:
+                continue
+            for face in faces:
+                self.write(face.crop, cut(image, face.bbox, self.margin))
+                restored += 1
+        return restored

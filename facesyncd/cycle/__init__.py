@@ -1,0 +1,50 @@
+"""One sync cycle, as a short composition of stages, each in its own module:
+
+    for each source:  poll (list, record, reconcile, watermark)  ->  stage (download, embed, commit)
+    then:             identify (assign, open new facesets)  ->  publish (restore crops, export, save index)
+
+I/O happens outside transactions; each asset's result is written in one short transaction. A source
+that fails (wrong key, server down) never stops the other sources: its error is recorded and returned.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from ..errors import FacesyncError, ImmichAuthError, ImmichError, ImmichUnreachable
+from ..models import CycleReport
+from .identify import assign_new_faces, open_new_facesets
+from .poll import poll
+from .publish import publish
+from .stage import stage
+
+if TYPE_CHECKING:
+    from ..app import App
+
+log = logging.getLogger(__name__)
+
+__all__ = ["run_cycle", "assign_new_faces", "open_new_facesets", "publish"]
+
+
+def run_cycle(app: App, report: CycleReport, *, reconcile: bool | None, cluster: bool = True) -> FacesyncError | None:
+    """Returns the first source's error (the others were still synced), or None."""
+    first_error: FacesyncError | None = None
+    for source in app.settings.immich:
+        try:
+            with app.clients.open(source) as client:
+                try:
+                    poll(app, source, client, report, reconcile=reconcile)
+                    stage(app, source.name, client, report)
+                finally:
+                    report.requests += client.requests
+        except (ImmichAuthError, ImmichUnreachable, ImmichError) as error:
+            log.error("%s", error)
+            report.source_errors[source.name] = str(error)
+            app.store.set_source_error(source.name, str(error))
+            first_error = first_error or error
+    assign_new_faces(app, report)
+    if cluster:
+        open_new_facesets(app, report)
+    publish(app, report)
+    return first_error

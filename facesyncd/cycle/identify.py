@@ -1,0 +1,102 @@
+"""Identify: faces join the identities they match, and the pool of the unmatched opens new facesets."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..crashpoints import checkpoint
+from ..identities import Cluster, assign, cluster_pool
+from ..index import FaceIndex
+from ..models import CycleReport, StoredFace
+
+if TYPE_CHECKING:
+    from ..app import App
+
+log = logging.getLogger(__name__)
+
+NEIGHBOURS = 16
+
+
+def assign_new_faces(app: App, report: CycleReport) -> None:
+    """Each face not yet compared joins the closest identity within match_distance."""
+    faces = app.store.unmatched_new_faces()
+    if not faces:
+        return
+    app.reporter.stage("assigning faces", len(faces))
+    matches = _match(app, faces, app.index.get())
+    app.store.record_matches(matches, [face.id for face in faces])
+    checkpoint("assigned")
+    _add_to_index(app, faces, matches)
+    report.faces_assigned += len(matches)
+    app.reporter.advance(len(faces))
+
+
+def open_new_facesets(app: App, report: CycleReport) -> None:
+    """Cluster the pool of unmatched faces; clusters that pass the gates become identities.
+
+    A pool too large to cluster at once goes in rounds (see cluster_pool): after each, the faces
+    left in the pool are matched against the identities it opened, as a later sync would."""
+    settings = app.settings.identities
+    clustered: set[int] = set()  # face ids some round clustered
+    while True:
+        pool = app.store.pool_faces()
+        if len(pool) < settings.min_faceset_faces:
+            return
+        app.reporter.stage("clustering", len(pool))
+        clustering = cluster_pool(
+            np.stack([face.embedding for face in pool]),
+            [face.sha256 for face in pool],
+            cluster_distance=settings.cluster_distance,
+            member_distance=settings.match_distance,
+            min_faces=settings.min_faceset_faces,
+            fresh=np.array([face.id not in clustered for face in pool], bool),
+        )
+        clustered.update(pool[int(row)].id for row in clustering.clustered)
+        if clustering.clusters:
+            _open_identities(app, pool, clustering.clusters, report)
+        if not clustering.more_rounds:
+            return
+
+
+def _open_identities(app: App, pool: list[StoredFace], clusters: list[Cluster], report: CycleReport) -> None:
+    index = app.index.get()
+    for cluster in clusters:
+        members = {pool[row].id: distance for row, distance in zip(cluster.rows, cluster.distances, strict=True)}
+        number = app.store.create_identity(members)
+        checkpoint("identity-created")
+        app.index.add(list(members), np.stack([pool[row].embedding for row in cluster.rows]), [number] * len(members))
+        report.identities_created.append(number)
+        log.info("opened faceset %03d with %d faces", number, len(members))
+    # Faces left in the pool may belong to the identities just opened.
+    remaining = app.store.pool_faces()
+    matches = _match(app, remaining, index)
+    if matches:
+        app.store.record_matches(matches, [])
+        _add_to_index(app, remaining, matches)
+        report.faces_assigned += len(matches)
+
+
+def _match(app: App, faces: list[StoredFace], index: FaceIndex) -> dict[int, tuple[int, float]]:
+    if not faces or len(index) == 0:
+        return {}
+    embeddings = np.stack([face.embedding for face in faces])
+    neighbour_ids, neighbour_distances = index.query(embeddings, NEIGHBOURS)
+    blobs = [face.sha256 for face in faces]
+    taken = {blob: app.store.identities_of_blob(blob) for blob in set(blobs)}
+    matches = assign(
+        blobs, neighbour_ids, neighbour_distances, index.identity_of, app.settings.identities.match_distance, taken
+    )
+    return {faces[row].id: match for row, match in matches.items()}
+
+
+def _add_to_index(app: App, faces: list[StoredFace], matches: dict[int, tuple[int, float]]) -> None:
+    joined = [face for face in faces if face.id in matches]
+    if joined:
+        app.index.add(
+            [face.id for face in joined],
+            np.stack([face.embedding for face in joined]),
+            [matches[face.id][0] for face in joined],
+        )

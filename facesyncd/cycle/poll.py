@@ -1,0 +1,132 @@
+"""Poll: list what changed in one source, record it, and move the watermark.
+
+A full listing (the first sweep, then every reconcile_seconds, or on request) records every asset the
+server has: it queues those it does not know, brings back those held as deleted, and removes those it
+no longer lists (only when the listing was exact: a listing that had to page by offset may have
+skipped some).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import TYPE_CHECKING, TypeVar
+
+from ..config import ImmichSettings
+from ..crashpoints import checkpoint
+from ..errors import Interrupted
+from ..immich import ImmichClient, next_watermark, parse_time
+from ..models import AssetState, CycleReport
+from .tidy import forget, remove_asset
+
+if TYPE_CHECKING:
+    from ..app import App
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def poll(
+    app: App, source: ImmichSettings, client: ImmichClient, report: CycleReport, *, reconcile: bool | None
+) -> None:
+    """reconcile: True lists the whole library now, False never, None when [schedule]
+    reconcile_seconds have passed since the last full listing (and on a source's first sweep)."""
+    store, settings = app.store, app.settings
+    store.ensure_source(source.name, source.url)
+    client.whoami()
+    server_now = client.server_now()  # the sweep's start, by the server's clock
+    watermark = store.watermark(source.name)
+    full = (
+        watermark is None
+        or reconcile is True
+        or (reconcile is None and store.reconcile_due(source.name, settings.schedule.reconcile_seconds))
+    )
+    remote: dict[str, bool] = {}
+    newest: datetime | None = None
+    app.reporter.stage(f"{source.name}: listing", None)
+    started = time.monotonic()
+    for page in prefetched(client.iter_changed(None if full else watermark, settings.sync.page_size)):
+        if app.stop.is_set():
+            raise Interrupted("stop requested")
+        report.listed += len(page)
+        listed = store.record_listed(source.name, page)
+        checkpoint("listed-page")
+        report.new_or_changed += listed.needing_work
+        forget(app, listed.dropped)
+        for asset_id in listed.trashed:
+            remove_asset(app, source.name, asset_id, AssetState.TRASHED, report)
+        if full:
+            remote.update((asset.id, asset.is_trashed) for asset in page)
+        for asset in page:
+            moment = parse_time(asset.updated_at)
+            if moment is not None and (newest is None or moment > newest):
+                newest = moment
+        app.reporter.advance(len(page))
+    # Only a complete sweep moves the watermark: a broken one is redone from the old mark.
+    store.finish_sweep(
+        source.name, next_watermark(watermark, server_now, newest, settings.sync.watermark_overlap_seconds)
+    )
+    report.listing_seconds += round(time.monotonic() - started, 3)
+    checkpoint("sweep-finished")
+    if full:
+        _reconcile(app, source.name, remote, report, exact=not client.listing_by_offset)
+
+
+def _reconcile(app: App, source: str, remote: dict[str, bool], report: CycleReport, *, exact: bool) -> None:
+    """Assets we hold that a complete listing no longer has were deleted there (hard deletions never
+    show up in an incremental sweep, and an asset emptied from the trash neither)."""
+    if not exact:
+        log.warning("%s: the listing paged by offset; deletions are not applied until a clean listing", source)
+    for asset_id, state in sorted(app.store.known_asset_states(source).items()):
+        if asset_id not in remote:
+            if exact:
+                remove_asset(app, source, asset_id, AssetState.DELETED, report)
+        elif remote[asset_id] and state != AssetState.TRASHED:
+            remove_asset(app, source, asset_id, AssetState.TRASHED, report)
+    app.store.mark_reconciled(source)
+    app.crops.sweep_orphans(app.store.all_crops())  # crops a crash left without a database row
+
+
+def prefetched(items: Iterator[T]) -> Iterator[T]:
+    """Yield what `items` yields, fetching the next one on a thread while the caller handles this
+    one: the server builds the next page of a listing while this one is written to the database
+    (a full listing of 100,000 assets spends about as long in each)."""
+    handoff: queue.Queue[tuple[bool, T | None, BaseException | None]] = queue.Queue(maxsize=1)
+    abandoned = threading.Event()
+
+    def put(entry: tuple[bool, T | None, BaseException | None]) -> bool:
+        while not abandoned.is_set():
+            try:
+                handoff.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((False, item, None)):
+                    return
+            put((True, None, None))
+        except BaseException as error:  # handed to the consumer, raised there
+            put((True, None, error))
+
+    thread = threading.Thread(target=produce, name="facesyncd-listing", daemon=True)
+    thread.start()
+    try:
+        while True:
+            finished, item, error = handoff.get()
+            if error is not None:
+                raise error
+            if finished:
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        abandoned.set()
+        thread.join(timeout=1)  # a request in flight ends when the caller closes its client

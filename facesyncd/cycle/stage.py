@@ -1,0 +1,357 @@
+"""Stage: download, decode, detect and embed every asset that needs it, one transaction per asset.
+
+Workers (one per core, at most 4) do the slow, GIL-free work of an asset (faces request, download,
+hash, decode, detection, embedding, crops) and hand back a typed outcome; the main thread commits
+the outcomes in listing order, one short transaction each, so face ids come out the same however the
+work was spread. One bad asset never stops a cycle: its failure is recorded against it (attempts,
+a retry time that doubles, parking); only systemic faults (server unreachable, disk full, a stop)
+are raised, and end the cycle when the main thread reaches that asset.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..crashpoints import checkpoint
+from ..embedder import default_workers
+from ..errors import AssetGone, ImageError, ImmichError, Interrupted
+from ..identities import pair_boxes
+from ..imaging import DecodedImage, decode_image
+from ..immich import Download, ImmichClient
+from ..models import AssetRow, AssetState, CycleReport, DecodeSource, DetectedFace, Dropped, RemoteFace, StoredFace
+from ..store import Store
+from .tidy import forget, remove_asset
+
+if TYPE_CHECKING:
+    from ..app import App
+
+log = logging.getLogger(__name__)
+
+SKIP_BATCH = 500  # skipped assets per transaction
+TASK_ASSETS = 4  # assets per task handed to a worker
+# An imported crop and a face of the photo it was cut from are the same face when their boxes
+# overlap this much (intersection over union): the same detector on the same photo.
+IMPORT_MIN_OVERLAP = 0.5
+
+
+# -- what a worker hands back ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Skipped:
+    row: AssetRow
+    reason: str
+
+
+@dataclass(frozen=True)
+class Gone:
+    row: AssetRow
+    state: AssetState  # trashed or deleted, confirmed by a second answer
+
+
+@dataclass(frozen=True)
+class Failed:
+    row: AssetRow
+    reason: str
+
+
+@dataclass(frozen=True)
+class Known:
+    """The bytes were embedded before (another asset, another user): nothing to detect."""
+
+    row: AssetRow
+    download: Download
+
+
+@dataclass(frozen=True)
+class Embedded:
+    row: AssetRow
+    download: Download
+    decoded_from: DecodeSource
+    size: tuple[int, int]
+    faces: list[DetectedFace]
+    crops: list[str]
+
+
+Outcome = Skipped | Gone | Failed | Known | Embedded
+
+
+def discard(outcome: Outcome) -> None:
+    """Drop the temporary download an outcome holds."""
+    if isinstance(outcome, Known | Embedded):
+        outcome.download.path.unlink(missing_ok=True)
+
+
+# -- the stage ------------------------------------------------------------------------------------
+
+
+def stage(app: App, source: str, client: ImmichClient, report: CycleReport) -> None:
+    """Stage and embed every asset of `source` that needs it, `workers` at a time."""
+    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    rows = app.store.assets_to_process(source, now)
+    app.reporter.stage(f"{source}: processing", len(rows))
+    if not rows:
+        return
+    workers = app.settings.sync.workers or default_workers()
+    readers: list[Store] = []
+    local = threading.local()
+
+    def prepare_batch(batch: list[AssetRow]) -> list[Outcome]:
+        if not hasattr(local, "store"):
+            local.store = Store(app.store.path, readonly=True, threaded=True)
+            readers.append(local.store)
+        done: list[Outcome] = []
+        try:
+            for row in batch:
+                done.append(prepare(app, client, row, local.store))
+        except BaseException:
+            for outcome in done:
+                discard(outcome)
+            raise
+        return done
+
+    # Assets go to the workers a few at a time: an asset the prefilter skips costs less than
+    # handing it to a thread and back.
+    pending: deque[Future[list[Outcome]]] = deque()
+    batches = (rows[start : start + TASK_ASSETS] for start in range(0, len(rows), TASK_ASSETS))
+    skipped: list[tuple[str, str]] = []
+    results: deque[Outcome] = deque()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="facesyncd-worker") as pool:
+        try:
+            for batch in itertools.islice(batches, 2 * workers):
+                pending.append(pool.submit(prepare_batch, batch))
+            while pending or results:
+                if not results:
+                    results.extend(pending.popleft().result())
+                    for batch in itertools.islice(batches, 1):
+                        pending.append(pool.submit(prepare_batch, batch))
+                outcome = results.popleft()
+                if app.stop.is_set():
+                    discard(outcome)
+                    raise Interrupted("stop requested")
+                # Skipped assets are committed SKIP_BATCH at a time (a crash only means asking again).
+                if isinstance(outcome, Skipped):
+                    skipped.append((outcome.row.asset_id, outcome.reason))
+                    report.skipped += 1
+                if skipped and (
+                    not isinstance(outcome, Skipped) or len(skipped) >= SKIP_BATCH or not (pending or results)
+                ):
+                    app.store.mark_skipped(source, skipped)
+                    skipped.clear()
+                if not isinstance(outcome, Skipped):
+                    commit(app, source, outcome, report)
+                app.reporter.advance()
+        finally:
+            for future in pending:
+                future.cancel()
+            for future in pending:  # results nobody will commit: drop their temporary files
+                if not future.cancelled():
+                    try:
+                        for leftover in future.result():
+                            discard(leftover)
+                    except BaseException:  # already failing: the first error wins
+                        pass
+            for leftover in results:
+                discard(leftover)
+    for reader in readers:
+        reader.close()
+
+
+def faces_too_small(faces: Sequence[RemoteFace], width: int | None, height: int | None, min_px: int) -> bool:
+    """True when Immich found faces and every one, scaled to the original's size, is under min_px.
+
+    Immich's boxes are in the preview's pixel space. The longest sides are compared, so the scale is
+    right whether or not the preview was rotated upright relative to the stored original. A box
+    without a positive width and height says nothing about the face's size: then the asset is not
+    skipped (its faces are looked for by facesyncd's own detector).
+    """
+    if not faces or min_px <= 0:
+        return False
+    for face in faces:
+        if face.x2 <= face.x1 or face.y2 <= face.y1:
+            return False
+        scale = 1.0
+        if width and height and face.image_width > 0 and face.image_height > 0:
+            scale = max(width, height) / max(face.image_width, face.image_height)
+        shortest = min(face.x2 - face.x1, face.y2 - face.y1) * scale
+        if shortest >= min_px:
+            return False
+    return True
+
+
+def prepare(app: App, client: ImmichClient, row: AssetRow, reader: Store) -> Outcome:
+    """Everything about one asset that needs no write to the store. Runs on a worker thread.
+
+    Per-asset problems come back as an outcome; systemic ones (server down, disk full, stop)
+    are raised."""
+    if app.stop.is_set():
+        raise Interrupted("stop requested")
+    faces_settings = app.settings.faces
+    if row.type != "IMAGE":
+        return Skipped(row, f"not an image ({(row.type or 'unknown').lower()})")
+    try:
+        if faces_settings.prefilter:
+            remote_faces = client.faces(row.asset_id)
+            if faces_too_small(remote_faces, row.width, row.height, faces_settings.min_face_px):
+                return Skipped(row, f"all faces Immich found are under {faces_settings.min_face_px}px")
+        max_bytes = faces_settings.max_download_mb * 1024 * 1024
+        download = client.download_original(row.asset_id, app.download_dir, max_bytes)
+        if row.checksum_kind == "sha1" and row.checksum and download.sha1 != row.checksum:
+            download.path.unlink(missing_ok=True)
+            return Failed(
+                row,
+                f"the downloaded bytes do not match Immich's checksum (SHA-1 {download.sha1}, "
+                f"Immich says {row.checksum})",
+            )
+        try:
+            if reader.blob_exists(download.sha256):
+                return Known(row, download)
+            image, decoded_from = decode(app, client, row.asset_id, download.path, max_bytes)
+            faces = app.embedder.faces(image)
+            crops = app.crops.write_faces(download.sha256, image, [face.bbox for face in faces])
+            size = (image.width, image.height)
+            del image
+            checkpoint("embedded")
+        except BaseException:
+            download.path.unlink(missing_ok=True)
+            raise
+        return Embedded(row, download, decoded_from, size, faces, crops)
+    except AssetGone as gone:
+        return confirm_gone(client, row, str(gone))
+    except (ImageError, ImmichError) as error:
+        return Failed(row, str(error))
+
+
+def confirm_gone(client: ImmichClient, row: AssetRow, answer: str) -> Outcome:
+    """One "not found" does not drop an asset and its faces (a proxy's hiccup, a storage migration
+    in progress): the asset itself is asked for, and only a second "not found" counts. (A
+    reconciliation's complete listing is the other confirmation, and it also brings back an asset
+    that was taken as deleted wrongly.)"""
+    try:
+        asset = client.asset(row.asset_id)
+    except AssetGone:
+        return Gone(row, AssetState.DELETED)
+    except ImmichError as error:
+        return Failed(row, f"{answer}; asking for the asset again failed: {error}")
+    if asset.is_trashed:
+        return Gone(row, AssetState.TRASHED)
+    return Failed(row, f"{answer}, but Immich still lists the asset; it will be tried again")
+
+
+def decode(
+    app: App, client: ImmichClient, asset_id: str, path: Path, max_bytes: int
+) -> tuple[DecodedImage, DecodeSource]:
+    """The original if it decodes (RAW files do not), else Immich's preview of it."""
+    max_pixels = app.settings.faces.max_image_megapixels * 1_000_000
+    try:
+        return decode_image(path, max_pixels=max_pixels), DecodeSource.ORIGINAL
+    except ImageError as original_error:
+        log.info(
+            "%s: original of %s does not decode (%s); using Immich's preview", client.name, asset_id, original_error
+        )
+        try:
+            preview = client.download_preview(asset_id, app.download_dir, max_bytes)
+        except AssetGone:
+            raise
+        except ImmichError as preview_error:
+            raise ImageError(f"original: {original_error}; no preview: {preview_error}") from None
+        try:
+            return decode_image(preview.path, max_pixels=max_pixels), DecodeSource.PREVIEW
+        except ImageError as preview_error:
+            raise ImageError(f"original: {original_error}; preview: {preview_error}") from None
+        finally:
+            preview.path.unlink(missing_ok=True)
+
+
+# -- committing (main thread) ---------------------------------------------------------------------
+
+
+def commit(app: App, source: str, outcome: Outcome, report: CycleReport) -> None:
+    """Write one asset's outcome in one transaction."""
+    store, row = app.store, outcome.row
+    try:
+        if isinstance(outcome, Gone):
+            remove_asset(app, source, row.asset_id, outcome.state, report)
+        elif isinstance(outcome, Failed):
+            fail(app, source, row, outcome.reason, report)
+        elif isinstance(outcome, Known) or (
+            isinstance(outcome, Embedded) and store.blob_exists(outcome.download.sha256)
+        ):
+            report.downloaded += 1
+            store.link_asset(source, row.asset_id, outcome.download.sha256)
+            report.deduplicated += 1
+        elif isinstance(outcome, Embedded):
+            report.downloaded += 1
+            download = outcome.download
+            width, height = outcome.size
+            with store.transaction():
+                store.save_blob_faces(
+                    download.sha256,
+                    size=download.size,
+                    width=width,
+                    height=height,
+                    decoded_from=outcome.decoded_from,
+                    model=app.embedder.name,
+                    faces=outcome.faces,
+                    crops=outcome.crops,
+                )
+                store.mark_done(
+                    source,
+                    row.asset_id,
+                    download.sha256,
+                    None if outcome.decoded_from == DecodeSource.ORIGINAL else "decoded from Immich's preview",
+                )
+                replaced, dropped = replace_imported_faces(store, row.asset_id, download.sha256)
+            checkpoint("committed")
+            forget(app, dropped)
+            if replaced:
+                app.index.add(
+                    [face.id for face in replaced],
+                    np.stack([face.embedding for face in replaced]),
+                    [face.identity or 0 for face in replaced],
+                )
+            report.embedded_assets += 1
+            report.faces_found += len(outcome.faces)
+    finally:
+        discard(outcome)
+
+
+def replace_imported_faces(store: Store, asset_id: str, sha256: str) -> tuple[list[StoredFace], Dropped]:
+    """An imported tree that recorded where its crops came from (facesyncd's own export, adopted
+    after the database was lost) holds faces of photos that now arrive from Immich: each such photo
+    face takes its imported copy's place in the identity, instead of joining as a second copy of the
+    same face. Inside the asset's transaction."""
+    claims = store.import_claims(asset_id)
+    if not claims:
+        return [], Dropped()
+    boxes = store.blob_boxes(sha256)
+    pairs = pair_boxes([claim.bbox for claim in claims], [box for _, box in boxes], IMPORT_MIN_OVERLAP)
+    replacements = [(claims[claim], boxes[face][0]) for claim, face in pairs]
+    dropped = store.supersede_imports(replacements)
+    return store.faces_by_id([face_id for _, face_id in replacements]), dropped
+
+
+def fail(app: App, source: str, row: AssetRow, reason: str, report: CycleReport) -> None:
+    sync = app.settings.sync
+    delay = sync.retry_delay_seconds * (2**row.attempts)
+    retry_at = datetime.now(UTC) + timedelta(seconds=min(delay, 7 * 86400))
+    state = app.store.mark_failed(
+        source,
+        row.asset_id,
+        reason,
+        max_attempts=sync.max_attempts,
+        retry_at=retry_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    )
+    report.failed += 1
+    log.warning("%s: asset %s (%s) %s: %s", source, row.asset_id, row.original_file_name, state, reason)

@@ -1,0 +1,223 @@
+"""Sources and assets: the listing's bookkeeping, what needs work, and each asset's state."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from ..models import AssetRow, AssetState, Dropped, ListedPage, RemoteAsset
+from ..redact import scrub
+from .database import utc_now
+from .faces import FaceQueries
+
+ASSET_COLUMNS = (
+    "source, asset_id, state, checksum, sha256, attempts, type, original_file_name, width, height, checksum_kind"
+)
+
+
+class AssetQueries(FaceQueries):
+    """Sources (one per Immich user) and their assets; removing an asset drops the faces of its
+    bytes when nothing else holds them."""
+
+    # -- sources --------------------------------------------------------------------------------
+
+    def ensure_source(self, name: str, url: str) -> None:
+        with self.transaction():
+            self.execute(
+                "INSERT INTO sources (name, url) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET url = excluded.url",
+                (name, url),
+            )
+
+    def watermark(self, name: str) -> str | None:
+        value = self.scalar("SELECT watermark FROM sources WHERE name = ?", (name,))
+        return None if value is None else str(value)
+
+    def finish_sweep(self, name: str, watermark: str | None) -> None:
+        with self.transaction():
+            self.execute(
+                "UPDATE sources SET watermark = ?, last_sweep_at = ?, last_error = NULL, last_error_at = NULL "
+                "WHERE name = ?",
+                (watermark, utc_now(), name),
+            )
+
+    def reconcile_due(self, name: str, every_seconds: float) -> bool:
+        last = self.scalar("SELECT last_reconcile_at FROM sources WHERE name = ?", (name,))
+        if last is None:
+            return True
+        age = datetime.now(UTC) - datetime.fromisoformat(str(last).replace("Z", "+00:00"))
+        return age.total_seconds() >= every_seconds
+
+    def mark_reconciled(self, name: str) -> None:
+        with self.transaction():
+            self.execute("UPDATE sources SET last_reconcile_at = ? WHERE name = ?", (utc_now(), name))
+
+    def set_source_error(self, name: str, error: str) -> None:
+        with self.transaction():
+            self.execute(
+                "UPDATE sources SET last_error = ?, last_error_at = ? WHERE name = ?", (scrub(error), utc_now(), name)
+            )
+
+    # -- assets ---------------------------------------------------------------------------------
+
+    def get_asset(self, source: str, asset_id: str) -> AssetRow | None:
+        rows = self.rows(f"SELECT {ASSET_COLUMNS} FROM assets WHERE source = ? AND asset_id = ?", (source, asset_id))
+        return _asset_row(rows[0]) if rows else None
+
+    def record_listed(self, source: str, assets: Sequence[RemoteAsset]) -> ListedPage:
+        """Save one listed page: what needs work, what was trashed, which crops lost their face.
+
+        An asset whose checksum is unchanged and that was already handled is left alone: Immich's own
+        jobs bump updatedAt all the time, and that must not cause a download.
+        """
+        now = utc_now()
+        page = ListedPage()
+        with self.transaction():
+            for asset in assets:
+                known = self.get_asset(source, asset.id)
+                if asset.is_trashed:
+                    if known is not None and known.state not in AssetState.removed():
+                        page.trashed.append(asset.id)
+                    continue
+                unchanged = (
+                    known is not None and known.checksum == asset.checksum and known.state not in AssetState.removed()
+                )
+                if unchanged:
+                    self.execute(
+                        "UPDATE assets SET updated_at = ?, checksum_kind = ? WHERE source = ? AND asset_id = ?",
+                        (asset.updated_at, asset.checksum_kind, source, asset.id),
+                    )
+                    if known is not None and known.state in (AssetState.PENDING, AssetState.FAILED):
+                        page.needing_work += 1
+                    continue
+                page.needing_work += 1
+                self.execute(
+                    """
+                    INSERT INTO assets (source, asset_id, type, original_file_name, checksum, checksum_kind,
+                        updated_at, file_created_at, width, height, state, reason, sha256, attempts,
+                        next_attempt_at, first_seen_at, changed_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, 0, NULL, ?, ?)
+                    ON CONFLICT(source, asset_id) DO UPDATE SET
+                        type = excluded.type, original_file_name = excluded.original_file_name,
+                        checksum = excluded.checksum, checksum_kind = excluded.checksum_kind,
+                        updated_at = excluded.updated_at, file_created_at = excluded.file_created_at,
+                        width = excluded.width, height = excluded.height, state = excluded.state, reason = NULL,
+                        attempts = 0, next_attempt_at = NULL, changed_at = excluded.changed_at
+                    """,
+                    (
+                        source,
+                        asset.id,
+                        asset.type,
+                        asset.original_file_name,
+                        asset.checksum,
+                        asset.checksum_kind,
+                        asset.updated_at,
+                        asset.file_created_at,
+                        asset.width,
+                        asset.height,
+                        AssetState.PENDING,
+                        now,
+                        now,
+                    ),
+                )
+                if known is not None and known.sha256 is not None:
+                    # New bytes under a known asset: its old faces leave the facesets.
+                    page.dropped.extend(self._detach_asset(source, asset.id))
+        return page
+
+    def assets_to_process(self, source: str, now: str) -> list[AssetRow]:
+        """Pending assets, and failed ones whose retry time has come, in listing order."""
+        rows = self.rows(
+            f"SELECT {ASSET_COLUMNS} FROM assets WHERE source = ? AND (state = ? OR (state = ? AND "
+            "(next_attempt_at IS NULL OR next_attempt_at <= ?))) ORDER BY file_created_at, asset_id",
+            (source, AssetState.PENDING, AssetState.FAILED, now),
+        )
+        return [_asset_row(row) for row in rows]
+
+    def known_asset_states(self, source: str) -> dict[str, AssetState]:
+        """asset id -> state, for every asset not yet known to be deleted."""
+        rows = self.tuples(
+            "SELECT asset_id, state FROM assets WHERE source = ? AND state != ?", (source, AssetState.DELETED)
+        )
+        return {asset_id: AssetState(state) for asset_id, state in rows}
+
+    def mark_skipped(self, source: str, skipped: Sequence[tuple[str, str]]) -> None:
+        """(asset id, reason) pairs, in one transaction: a first sync may skip most of a library."""
+        now = utc_now()
+        with self.transaction():
+            self.executemany(
+                "UPDATE assets SET state = ?, reason = ?, changed_at = ? WHERE source = ? AND asset_id = ?",
+                [(AssetState.SKIPPED, reason, now, source, asset_id) for asset_id, reason in skipped],
+            )
+
+    def mark_failed(self, source: str, asset_id: str, reason: str, *, max_attempts: int, retry_at: str) -> AssetState:
+        """Count a failed attempt; park the asset after max_attempts. Returns the new state."""
+        with self.transaction():
+            attempts = (
+                int(
+                    self.scalar("SELECT attempts FROM assets WHERE source = ? AND asset_id = ?", (source, asset_id))
+                    or 0
+                )
+                + 1
+            )
+            state = AssetState.PARKED if attempts >= max_attempts else AssetState.FAILED
+            self.execute(
+                "UPDATE assets SET state = ?, reason = ?, attempts = ?, next_attempt_at = ?, changed_at = ? "
+                "WHERE source = ? AND asset_id = ?",
+                (
+                    state,
+                    scrub(reason),
+                    attempts,
+                    None if state == AssetState.PARKED else retry_at,
+                    utc_now(),
+                    source,
+                    asset_id,
+                ),
+            )
+        return state
+
+    def retry_parked(self) -> int:
+        with self.transaction():
+            cursor = self.execute(
+                "UPDATE assets SET state = ?, attempts = 0, next_attempt_at = NULL, changed_at = ? "
+                "WHERE state IN (?, ?)",
+                (AssetState.PENDING, utc_now(), AssetState.PARKED, AssetState.FAILED),
+            )
+        return cursor.rowcount
+
+    def remove_asset(self, source: str, asset_id: str, state: AssetState) -> Dropped:
+        """Mark an asset trashed/deleted; its faces leave the facesets unless another live asset or
+        an imported file has the same bytes."""
+        with self.transaction():
+            dropped = self._detach_asset(source, asset_id)
+            self.execute(
+                "UPDATE assets SET state = ?, reason = NULL, changed_at = ? WHERE source = ? AND asset_id = ?",
+                (state, utc_now(), source, asset_id),
+            )
+        return dropped
+
+    def link_asset(self, source: str, asset_id: str, sha256: str) -> None:
+        """The bytes were embedded before (another asset or user): point this asset at them."""
+        with self.transaction():
+            self.execute(
+                "UPDATE assets SET state = ?, reason = 'duplicate content', sha256 = ?, attempts = 0, "
+                "next_attempt_at = NULL, changed_at = ? WHERE source = ? AND asset_id = ?",
+                (AssetState.DONE, sha256, utc_now(), source, asset_id),
+            )
+
+    def mark_done(self, source: str, asset_id: str, sha256: str, reason: str | None) -> None:
+        self.execute(
+            "UPDATE assets SET state = ?, reason = ?, sha256 = ?, attempts = 0, next_attempt_at = NULL, "
+            "changed_at = ? WHERE source = ? AND asset_id = ?",
+            (AssetState.DONE, reason, sha256, utc_now(), source, asset_id),
+        )
+
+    def _detach_asset(self, source: str, asset_id: str) -> Dropped:
+        sha256 = self.scalar("SELECT sha256 FROM assets WHERE source = ? AND asset_id = ?", (source, asset_id))
+        self.execute("UPDATE assets SET sha256 = NULL WHERE source = ? AND asset_id = ?", (source, asset_id))
+        if sha256 is None:
+            return Dropped()
+        return self._drop_blob_if_orphaned(sha256)
+
+
+def _asset_row(row: dict[str, object]) -> AssetRow:
+    return AssetRow(**{**row, "state": AssetState(str(row["state"]))})  # type: ignore[arg-type]

@@ -1,0 +1,350 @@
+"""Blobs, faces, identities and imports: what the index and the faceset folders are derived from."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import StoreError
+from ..models import (
+    AssetState,
+    Box,
+    DecodeSource,
+    DetectedFace,
+    Dropped,
+    ExportFace,
+    ImportClaim,
+    ImportProvenance,
+    StoredFace,
+)
+from .database import Database, utc_now
+
+if TYPE_CHECKING:  # numpy stays out of `status`
+    import numpy as np
+    from numpy.typing import NDArray
+
+
+class FaceQueries(Database):
+    """Distinct file contents (blobs), their faces, the identities those join, and imported trees."""
+
+    def check_model(self, model_name: str, dimension: int) -> None:
+        """Embeddings of two models cannot be compared: refuse a model of another size than the stored faces."""
+        stored_dimension = self.get_meta("embedding_dim")
+        if stored_dimension is None:
+            with self.transaction():
+                self.set_meta("embedding_dim", str(dimension))
+                self.set_meta("model", model_name)
+            return
+        if int(stored_dimension) != dimension:
+            raise StoreError(
+                f"the database holds {stored_dimension}-d embeddings from model "
+                f"{self.get_meta('model')!r}, but the configured model gives {dimension}-d: "
+                f"use the same model pack, or start from a new state_dir"
+            )
+
+    def index_version(self) -> int:
+        """Bumped by every transaction that changes which faces belong to identities."""
+        return int(self.get_meta("index_version") or 0)
+
+    def _bump_index_version(self) -> None:
+        self.set_meta("index_version", str(self.index_version() + 1))
+
+    def _drop_blob_if_orphaned(self, sha256: str) -> Dropped:
+        users = self.scalar(
+            "SELECT (SELECT COUNT(*) FROM assets WHERE sha256 = ? AND state = ?) + "
+            "(SELECT COUNT(*) FROM imports WHERE sha256 = ? AND state = 'done' AND superseded_at IS NULL)",
+            (sha256, AssetState.DONE, sha256),
+        )
+        if users:
+            return Dropped()
+        dropped = Dropped()
+        for face_id, crop, identity in self.tuples("SELECT id, crop, identity FROM faces WHERE sha256 = ?", (sha256,)):
+            dropped.crops.append(crop)
+            if identity is not None:
+                dropped.indexed_faces.append(face_id)
+        self.execute("DELETE FROM faces WHERE sha256 = ?", (sha256,))
+        self.execute("UPDATE assets SET sha256 = NULL WHERE sha256 = ?", (sha256,))
+        self.execute("DELETE FROM blobs WHERE sha256 = ?", (sha256,))
+        if dropped.indexed_faces:
+            self._bump_index_version()
+        return dropped
+
+    # -- blobs and faces ------------------------------------------------------------------------
+
+    def blob_exists(self, sha256: str) -> bool:
+        return self.scalar("SELECT 1 FROM blobs WHERE sha256 = ?", (sha256,)) is not None
+
+    def save_blob_faces(
+        self,
+        sha256: str,
+        *,
+        size: int,
+        width: int,
+        height: int,
+        decoded_from: DecodeSource,
+        model: str,
+        faces: Sequence[DetectedFace],
+        crops: Sequence[str],
+    ) -> None:
+        """Insert a blob and its faces (no-op if the blob exists). Call inside a transaction."""
+        if self.blob_exists(sha256):
+            return
+        self.execute(
+            "INSERT INTO blobs (sha256, size, width, height, decoded_from, model, embedded_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (sha256, size, width, height, decoded_from, model, utc_now()),
+        )
+        for face_index, (face, crop) in enumerate(zip(faces, crops, strict=True)):
+            self.execute(
+                "INSERT INTO faces (sha256, face_index, x1, y1, x2, y2, det_score, landmarks, embedding, crop) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    sha256,
+                    face_index,
+                    *face.bbox,
+                    face.det_score,
+                    json.dumps([list(point) for point in face.landmarks]),
+                    face.embedding.astype("<f4", copy=False).tobytes(),
+                    crop,
+                ),
+            )
+
+    def _faces(self, where: str, parameters: Sequence[Any] = ()) -> list[StoredFace]:
+        import numpy as np
+
+        return [
+            StoredFace(face_id, sha256, np.frombuffer(blob, dtype=np.float32), identity)
+            for face_id, sha256, blob, identity in self.tuples(
+                f"SELECT id, sha256, embedding, identity FROM faces WHERE {where} ORDER BY id", parameters
+            )
+        ]
+
+    def unmatched_new_faces(self) -> list[StoredFace]:
+        return self._faces("identity IS NULL AND matched_at IS NULL")
+
+    def pool_faces(self) -> list[StoredFace]:
+        return self._faces("identity IS NULL AND matched_at IS NOT NULL")
+
+    def iter_identity_faces(self, batch: int = 10_000) -> Iterator[tuple[list[int], NDArray[np.float32], list[int]]]:
+        """Faces in identities as (ids, embeddings, identities) in chunks: rebuilding the index of a
+        large library never holds every embedding twice."""
+        import numpy as np
+
+        for rows in self.chunks(
+            "SELECT id, identity, embedding FROM faces WHERE identity IS NOT NULL ORDER BY id", size=batch
+        ):
+            embeddings = np.frombuffer(b"".join(row[2] for row in rows), dtype=np.float32).reshape(len(rows), -1)
+            yield [row[0] for row in rows], embeddings, [row[1] for row in rows]
+
+    def identity_map(self) -> dict[int, int]:
+        """face id -> identity for every face in an identity (what the index holds)."""
+        return dict(self.tuples("SELECT id, identity FROM faces WHERE identity IS NOT NULL"))
+
+    def count_identity_faces(self) -> int:
+        return int(self.scalar("SELECT COUNT(*) FROM faces WHERE identity IS NOT NULL"))
+
+    def record_matches(self, assignments: dict[int, tuple[int, float]], examined: Sequence[int]) -> None:
+        """Faces in `assignments` join identities; every face in `examined` is marked as compared."""
+        now = utc_now()
+        with self.transaction():
+            for face_id in examined:
+                self.execute("UPDATE faces SET matched_at = ? WHERE id = ?", (now, face_id))
+            for face_id, (identity, distance) in assignments.items():
+                self.execute(
+                    "UPDATE faces SET identity = ?, distance = ?, matched_at = ? WHERE id = ?",
+                    (identity, distance, now, face_id),
+                )
+            if assignments:
+                self._bump_index_version()
+
+    def identities_of_blob(self, sha256: str) -> set[int]:
+        return {
+            row[0]
+            for row in self.tuples("SELECT identity FROM faces WHERE sha256 = ? AND identity IS NOT NULL", (sha256,))
+        }
+
+    def highest_identity(self) -> int:
+        """The highest faceset number ever used: by an identity here, or by an earlier database whose
+        facesets were adopted (`number_floor`), so that no number is ever given to another person."""
+        highest = int(self.scalar("SELECT COALESCE(MAX(number), 0) FROM identities"))
+        return max(highest, int(self.get_meta("number_floor") or 0))
+
+    def raise_number_floor(self, number: int) -> None:
+        """New facesets will number past `number`."""
+        if number > int(self.get_meta("number_floor") or 0):
+            with self.transaction():
+                self.set_meta("number_floor", str(number))
+
+    def is_empty(self) -> bool:
+        """No asset and no identity yet: a new database (or one that was lost and made again)."""
+        return self.scalar("SELECT 1 FROM assets LIMIT 1") is None and (
+            self.scalar("SELECT 1 FROM identities LIMIT 1") is None
+        )
+
+    def create_identity(self, members: dict[int, float], *, origin: str = "cluster") -> int:
+        """Open a new identity numbered past the highest ever used, with these faces (id -> distance)."""
+        with self.transaction():
+            number = self.highest_identity() + 1
+            self.execute(
+                "INSERT INTO identities (number, origin, created_at) VALUES (?, ?, ?)", (number, origin, utc_now())
+            )
+            now = utc_now()
+            for face_id, distance in members.items():
+                self.execute(
+                    "UPDATE faces SET identity = ?, distance = ?, matched_at = ? WHERE id = ?",
+                    (number, distance, now, face_id),
+                )
+            self._bump_index_version()
+        return number
+
+    def ensure_identity(self, number: int, origin: str) -> None:
+        self.execute(
+            "INSERT INTO identities (number, origin, created_at) VALUES (?, ?, ?) ON CONFLICT(number) DO NOTHING",
+            (number, origin, utc_now()),
+        )
+
+    # -- imports --------------------------------------------------------------------------------
+
+    def import_state(self, path: str) -> str | None:
+        value = self.scalar("SELECT state FROM imports WHERE path = ?", (path,))
+        return None if value is None else str(value)
+
+    def record_import(
+        self,
+        path: str,
+        sha256: str,
+        identity: int,
+        *,
+        face_id: int | None,
+        reason: str | None,
+        provenance: ImportProvenance | None = None,
+    ) -> None:
+        self.ensure_identity(identity, "import")
+        source, asset_id, bbox = (
+            (provenance.source, provenance.asset_id, json.dumps(list(provenance.bbox)))
+            if provenance is not None
+            else (None, None, None)
+        )
+        self.execute(
+            "INSERT INTO imports (path, sha256, identity, state, reason, imported_at, source, asset_id, bbox, face_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(path) DO UPDATE SET sha256 = excluded.sha256, identity = excluded.identity, "
+            "state = excluded.state, reason = excluded.reason, imported_at = excluded.imported_at, "
+            "source = excluded.source, asset_id = excluded.asset_id, bbox = excluded.bbox, "
+            "face_id = excluded.face_id, superseded_at = NULL",
+            (
+                path,
+                sha256,
+                identity,
+                "done" if face_id is not None else "failed",
+                reason,
+                utc_now(),
+                source,
+                asset_id,
+                bbox,
+                face_id,
+            ),
+        )
+        if face_id is not None:
+            self.execute(
+                "UPDATE faces SET identity = ?, distance = 0, matched_at = ? WHERE id = ?",
+                (identity, utc_now(), face_id),
+            )
+            self._bump_index_version()
+
+    def import_claims(self, asset_id: str) -> list[ImportClaim]:
+        """Imported faces cut from this photo (known from the imported tree) that its own faces have
+        not replaced yet."""
+        rows = self.rows(
+            "SELECT i.path, i.identity, i.bbox, i.face_id FROM imports i JOIN faces f ON f.id = i.face_id "
+            "WHERE i.asset_id = ? AND i.state = 'done' AND i.superseded_at IS NULL AND i.bbox IS NOT NULL "
+            "AND f.identity = i.identity ORDER BY i.path",
+            (asset_id,),
+        )
+        return [
+            ImportClaim(row["path"], row["identity"], _box(json.loads(row["bbox"])), row["face_id"]) for row in rows
+        ]
+
+    def blob_boxes(self, sha256: str) -> list[tuple[int, Box]]:
+        """(face id, box) of a blob's faces not yet in an identity."""
+        rows = self.tuples(
+            "SELECT id, x1, y1, x2, y2 FROM faces WHERE sha256 = ? AND identity IS NULL ORDER BY id", (sha256,)
+        )
+        return [(row[0], _box(row[1:])) for row in rows]
+
+    def supersede_imports(self, replacements: Sequence[tuple[ImportClaim, int]]) -> Dropped:
+        """Each (claim, face id): the photo's own face takes the imported face's place in its identity;
+        the imported face (and its crop) goes. Call inside a transaction."""
+        dropped = Dropped()
+        now = utc_now()
+        for claim, face_id in replacements:
+            self.execute(
+                "UPDATE faces SET identity = ?, distance = (SELECT distance FROM faces WHERE id = ?), matched_at = ? "
+                "WHERE id = ?",
+                (claim.identity, claim.face_id, now, face_id),
+            )
+            self.execute("UPDATE imports SET face_id = ?, superseded_at = ? WHERE path = ?", (face_id, now, claim.path))
+            old = self.rows("SELECT sha256, crop FROM faces WHERE id = ?", (claim.face_id,))
+            self.execute("DELETE FROM faces WHERE id = ?", (claim.face_id,))
+            dropped.indexed_faces.append(claim.face_id)
+            if old:
+                dropped.crops.append(old[0]["crop"])
+                dropped.extend(self._drop_blob_if_orphaned(old[0]["sha256"]))
+        if replacements:
+            self._bump_index_version()
+        return dropped
+
+    def faces_by_id(self, face_ids: Sequence[int]) -> list[StoredFace]:
+        if not face_ids:
+            return []
+        return self._faces(f"id IN ({', '.join('?' * len(face_ids))})", list(face_ids))
+
+    def faces_of_blob(self, sha256: str) -> list[tuple[int, float]]:
+        """(face id, box area) of a blob's faces, largest first."""
+        rows = self.tuples(
+            "SELECT id, (x2 - x1) * (y2 - y1) AS area FROM faces WHERE sha256 = ? ORDER BY area DESC", (sha256,)
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    # -- export ---------------------------------------------------------------------------------
+
+    def export_faces(self) -> dict[int, list[ExportFace]]:
+        """Live faces per identity, with one representative asset each (lowest source/asset id)."""
+        rows = self.rows(
+            """
+            SELECT f.id AS face_id, f.sha256, f.identity, f.crop, f.x1, f.y1, f.x2, f.y2, f.det_score, f.distance,
+                   (SELECT a.source FROM assets a WHERE a.sha256 = f.sha256 AND a.state = :done
+                    ORDER BY a.source, a.asset_id LIMIT 1) AS source,
+                   (SELECT a.asset_id FROM assets a WHERE a.sha256 = f.sha256 AND a.state = :done
+                    ORDER BY a.source, a.asset_id LIMIT 1) AS asset_id
+            FROM faces f WHERE f.identity IS NOT NULL ORDER BY f.identity, f.id
+            """,
+            {"done": AssetState.DONE},
+        )
+        result: dict[int, list[ExportFace]] = {}
+        for row in rows:
+            result.setdefault(row["identity"], []).append(
+                ExportFace(
+                    face_id=row["face_id"],
+                    sha256=row["sha256"],
+                    source=row["source"] or "import",
+                    asset_id=row["asset_id"],
+                    crop=row["crop"],
+                    bbox=(row["x1"], row["y1"], row["x2"], row["y2"]),
+                    det_score=row["det_score"],
+                    distance=row["distance"],
+                )
+            )
+        return result
+
+    def identity_numbers(self) -> list[int]:
+        return [row[0] for row in self.tuples("SELECT number FROM identities ORDER BY number")]
+
+    def all_crops(self) -> set[str]:
+        return {row[0] for row in self.tuples("SELECT crop FROM faces")}
+
+
+def _box(values: Sequence[Any]) -> Box:
+    x1, y1, x2, y2 = (float(value) for value in values)
+    return x1, y1, x2, y2
