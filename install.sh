@@ -1,19 +1,18 @@
 #!/bin/sh
-# Installs facesyncd into ./.venv on Debian/Ubuntu (Python 3.11+).
-#   ./install.sh            runtime, CPU onnxruntime
-#   ./install.sh --test     runtime plus the test tools
-#   ./install.sh --cuda     onnxruntime-gpu instead of onnxruntime (NVIDIA)
-# insightface is installed with --no-deps: its own metadata pulls opencv-python (needs libGL) and
-# onnxruntime (collides with onnxruntime-gpu / -directml); requirements.txt brings what it needs.
+# Installs facesyncd into ./.venv on Debian/Ubuntu (Python 3.11+), the same way pip does from
+# pyproject.toml (an extra picks the one onnxruntime), with the pinned versions of constraints.txt.
+#   ./install.sh            runtime, CPU onnxruntime          (pip install -e ".[cpu]")
+#   ./install.sh --cuda     onnxruntime-gpu instead (NVIDIA)  (pip install -e ".[cuda]")
+#   ./install.sh --test     runtime plus the test tools, and insightface 2.1 as the tests' reference
 set -eu
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
-RUNTIME=requirements-cpu.txt
-EXTRA=""
+FLAVOUR=cpu
+TEST=""
 for arg in "$@"; do
   case "$arg" in
-    --test) EXTRA="-r requirements-test.txt" ;;
-    --cuda) RUNTIME=requirements-cuda.txt ;;
+    --test) TEST=1 ;;
+    --cuda) FLAVOUR=cuda ;;
     *) echo "install.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -36,7 +35,18 @@ if [ -n "$missing" ]; then
 fi
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt -r "$RUNTIME" $EXTRA
-.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps insightface==2.1
-.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+PIP=".venv/bin/python -m pip --disable-pip-version-check"
+# Exactly one onnxruntime: the three flavours share the module name and break each other.
+for other in onnxruntime onnxruntime-gpu onnxruntime-directml; do
+  case "$FLAVOUR:$other" in cpu:onnxruntime|cuda:onnxruntime-gpu) continue ;; esac
+  if $PIP show -q "$other" >/dev/null 2>&1; then $PIP uninstall -q -y "$other"; fi
+done
+EXTRAS=$FLAVOUR
+[ -n "$TEST" ] && EXTRAS="$FLAVOUR,test"
+$PIP install -q -c constraints.txt -e ".[$EXTRAS]"
+if [ -n "$TEST" ]; then
+  # The tests compare facesyncd's detector and recognizer with insightface's. Its metadata asks for
+  # opencv-python (libGL) and onnxruntime: --no-deps, its imports are met by the test extra.
+  $PIP install -q --no-deps insightface==2.1
+fi
 echo "facesyncd installed in $(pwd)/.venv"

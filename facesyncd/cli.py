@@ -9,24 +9,38 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from . import __version__
-from .config import Settings, find_config, load_settings
+from .config import (
+    DEFAULT_SYSTEM_CONFIG,
+    MODEL_PACK_COMMAND,
+    ModelSettings,
+    Settings,
+    find_config,
+    load_settings,
+    sample_config,
+    settings_from_dict,
+    user_config_path,
+)
 from .errors import FacesyncError
 from .logs import setup_logging
+from .ownership import kept_by_owner
 
 EXIT_INTERRUPTED = 130
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    rich_markup_mode=None,  # help texts name config sections such as [schedule]: plain text, not markup
     help="Keep numbered faceset folders in sync with an Immich library.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -98,6 +112,87 @@ class _ProgressBar:
 
 
 @app.command()
+def init(
+    url: str | None = typer.Option(None, "--url", help="Immich's address, e.g. https://photos.example.org."),
+    name: str = typer.Option("alice", "--name", help="A name for this Immich user (letters, digits, _ . -)."),
+    api_key_env: str | None = typer.Option(None, "--api-key-env", help="Read the API key from this variable."),
+    api_key_file: Path | None = typer.Option(None, "--api-key-file", help="Read the API key from this file."),
+    state_dir: Path | None = typer.Option(None, "--state-dir", help="Where the database, index and crops go."),
+    facesets_dir: Path | None = typer.Option(None, "--facesets-dir", help="Where the faceset folders go."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing config file."),
+) -> None:
+    """Write a commented config file (every setting, with its default), asking for what it needs.
+
+    In a terminal it asks for the URL and the API key (kept in a file beside the config, mode 600);
+    otherwise give --url and --api-key-env or --api-key-file. The file goes to --config, else
+    $XDG_CONFIG_HOME/facesyncd/config.toml (/etc/facesyncd/config.toml when run as root).
+
+    Example: facesyncd init --url https://photos.example.org
+    """
+    from .errors import ConfigError
+
+    target = _state.config or (DEFAULT_SYSTEM_CONFIG if _is_root() else user_config_path())
+    if target.exists() and not force:
+        raise ConfigError(f"{target} exists; edit it, or give --force to write a new one")
+    interactive = sys.stdin.isatty()
+    if url is None:
+        if not interactive:
+            raise ConfigError("init needs --url (or run it in a terminal to be asked)")
+        url = typer.prompt("Immich URL (e.g. https://photos.example.org)")
+    values: dict[str, str] = {"name": name, "url": url.rstrip("/")}
+    key_path: Path | None = None
+    if api_key_env:
+        values["api_key_env"] = api_key_env
+    elif api_key_file:
+        values["api_key_file"] = str(api_key_file)
+    elif interactive:
+        key = typer.prompt(
+            "API key (Immich > Account Settings > API Keys; needs asset.read, asset.view, asset.download, "
+            "face.read, user.read)",
+            hide_input=True,
+        ).strip()
+        key_path = target.parent / f"{name}.key"
+        values["api_key_file"] = key_path.name
+    else:
+        raise ConfigError("init needs --api-key-env or --api-key-file (or run it in a terminal to be asked)")
+    default_state = Path("/var/lib/facesyncd") if _is_root() else _data_home() / "facesyncd"
+    values["state_dir"] = str((state_dir or default_state).expanduser().absolute())
+    if facesets_dir is not None:
+        values["facesets_dir"] = str(facesets_dir.expanduser().absolute())
+    text = sample_config(**values)
+    try:
+        settings_from_dict(tomllib.loads(text), target, secrets=False)  # what is written must load
+    except ConfigError as error:
+        raise ConfigError(f"not written: {error}") from None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if key_path is not None:
+            key_path.unlink(missing_ok=True)
+            descriptor = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as output:
+                output.write(key + "\n")
+        target.write_text(text, encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot write {target}: {error.strerror or error}") from None
+    pack = ModelSettings().pack_dir()
+    typer.echo(f"wrote {target}" + (f" and the API key to {key_path}" if key_path else ""))
+    typer.echo("next:")
+    if not any(pack.glob("*.onnx")):
+        typer.echo(f"  get the model pack:  {MODEL_PACK_COMMAND.format(folder=pack)}")
+    config_option = f" --config {target}" if _state.config else ""
+    typer.echo(f"  first sync:          facesyncd{config_option} sync")
+    typer.echo(f"  the facesets:        ls {values.get('facesets_dir', Path(values['state_dir']) / 'facesets')}")
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _data_home() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+
+
+@app.command()
 def sync(
     reconcile: bool | None = typer.Option(
         None,
@@ -133,7 +228,7 @@ def sync(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with state_lock(settings.state_dir):
+    with kept_by_owner(settings.state_dir, settings.facesets_dir), state_lock(settings.state_dir):
         app = open_app(settings, stop=stop, reporter=_ProgressBar())
         running.append(app)
         try:
@@ -168,7 +263,9 @@ def run() -> None:
     from .daemon import Daemon
 
     path = find_config(_state.config)
-    code = Daemon(path, load_settings(path)).run()
+    settings = load_settings(path)
+    with kept_by_owner(settings.state_dir, settings.facesets_dir):
+        code = Daemon(path, settings).run()
     raise typer.Exit(code)
 
 
@@ -193,11 +290,13 @@ def rebuild_index() -> None:
     from . import actions
     from .app import open_app
 
-    app = open_app(_settings(secrets=False), create=False)
-    try:
-        count = actions.rebuild_index(app)
-    finally:
-        app.close()
+    settings = _settings(secrets=False)
+    with kept_by_owner(settings.state_dir):
+        app = open_app(settings, create=False)
+        try:
+            count = actions.rebuild_index(app)
+        finally:
+            app.close()
     typer.echo(f"index rebuilt: {count} faces")
 
 
@@ -214,7 +313,7 @@ def import_facesets(
     from .lock import state_lock
 
     settings = _settings(secrets=False)
-    with state_lock(settings.state_dir):
+    with kept_by_owner(settings.state_dir, settings.facesets_dir), state_lock(settings.state_dir):
         app = open_app(settings)
         try:
             report = actions.import_facesets(app, directory)
@@ -239,7 +338,7 @@ def retry() -> None:
     from .lock import state_lock
 
     settings = _settings(secrets=False)
-    with state_lock(settings.state_dir):
+    with kept_by_owner(settings.state_dir), state_lock(settings.state_dir):
         app = open_app(settings, create=False)
         try:
             count = actions.retry(app)
@@ -251,7 +350,7 @@ def retry() -> None:
 def main() -> None:
     """Entry point: run the app, turning known errors into one line and an exit code."""
     try:
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="facesyncd")
     except FacesyncError as error:
         if _state.debug:
             logging.getLogger("facesyncd").exception("error")
@@ -264,15 +363,23 @@ def main() -> None:
         sys.exit(done.exit_code)
     except typer.Abort:
         sys.exit(EXIT_INTERRUPTED)
-    except Exception as error:  # click usage errors
-        import click
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        raise
+    except Exception as error:
+        if not _is_usage_error(error):
+            raise
+        context = getattr(error, "ctx", None)
+        if type(error).__name__ == "NoArgsIsHelpError" and context is not None:
+            typer.echo(context.get_help(), err=True)  # `facesyncd` alone: what there is to type
+        else:
+            hint = f"{context.command_path} --help" if context is not None else "facesyncd --help"
+            typer.echo(f"facesyncd: error: {error.format_message()} (see {hint})", err=True)  # type: ignore[attr-defined]
+        sys.exit(int(getattr(error, "exit_code", 2)))
     # typer hands back the code of an Exit (run's own, or 130 for a Ctrl-C it caught) instead of exiting.
     if isinstance(code, int) and code:
         if code == EXIT_INTERRUPTED:
             typer.echo("facesyncd: interrupted", err=True)
         sys.exit(code)
+
+
+def _is_usage_error(error: BaseException) -> bool:
+    """A bad command, option or value, as typer's (vendored) click reports it."""
+    return any(kind.__name__ == "ClickException" for kind in type(error).__mro__)

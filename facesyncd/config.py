@@ -1,15 +1,21 @@
 """Typed, frozen settings read from one TOML file plus the environment.
 
-Every problem in the file (unknown keys, wrong types, out-of-range values, missing secrets) is
-collected and reported together, with the file name, as one ConfigError. Nothing is read at import time.
+The schema is written once: each setting is a dataclass field declared with `setting()` — its
+default, what values it takes, and the comment the sample config shows. Validation, the defaults and
+the sample (`facesyncd init`, and the README's block, which a test compares) are all driven by those
+declarations, so a new section is one dataclass here. Every problem in a file (unknown keys, wrong
+types, out-of-range values, missing secrets) is collected and reported together, with the file name,
+as one ConfigError. Relative paths are relative to the config file. Nothing is read at import time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
 import tomllib
+import typing
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +28,14 @@ from .redact import register as register_secret
 log = logging.getLogger(__name__)
 
 DEFAULT_SYSTEM_CONFIG = Path("/etc/facesyncd/config.toml")
+# Where the default pack comes from (insightface's own release), and how to put it in place.
+MODEL_PACK_URL = "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip"
+MODEL_PACK_COMMAND = (
+    "mkdir -p {folder} && curl -fL -o /tmp/buffalo_l.zip "
+    + MODEL_PACK_URL
+    + " && unzip -o /tmp/buffalo_l.zip -d {folder}"
+)
+
 SOURCE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 API_KEY_RE = re.compile(r"^[\x21-\x7e]+$")
 
@@ -50,149 +64,13 @@ class Secret:
         return hash(self._value)
 
 
-@dataclass(frozen=True)
-class ImmichSettings:
-    name: str
-    url: str
-    api_key: Secret = field(repr=False)
-    verify_tls: bool = True
-    timeout_seconds: float = 30.0
+# -- the schema -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ModelSettings:
-    pack: str = "buffalo_l"
-    providers: tuple[str, ...] = ("auto",)
-    det_size: int = 640
-    threads: int = 0  # onnxruntime threads per model; 0: one per CPU core shared out among the workers
-
-    def pack_dir(self) -> Path:
-        """A pack name resolves under insightface's model root; anything with a slash is a path."""
-        if "/" in self.pack or "\\" in self.pack or self.pack.startswith("."):
-            return Path(self.pack).expanduser()
-        root = Path(os.environ.get("INSIGHTFACE_HOME", Path.home() / ".insightface")).expanduser()
-        return root / "models" / self.pack
-
-
-@dataclass(frozen=True)
-class FaceSettings:
-    min_face_px: int = 90
-    min_det_score: float = 0.5
-    prefilter: bool = True
-    max_download_mb: int = 1024
-    max_image_megapixels: int = 250
-    crop_margin: float = 0.3
-
-
-@dataclass(frozen=True)
-class IdentitySettings:
-    match_distance: float = 0.45
-    cluster_distance: float = 0.55
-    min_faceset_faces: int = 3
-
-
-@dataclass(frozen=True)
-class SyncSettings:
-    page_size: int = 1000
-    workers: int = 0  # assets prepared at once; 0: as many as CPU cores (at most 4)
-    watermark_overlap_seconds: int = 300
-    max_attempts: int = 5
-    retry_delay_seconds: int = 600
-    http_retries: int = 5
-    retry_base_seconds: float = 0.5
-    retry_max_seconds: float = 30.0
-
-
-@dataclass(frozen=True)
-class ScheduleSettings:
-    poll_seconds: float = 300.0
-    cluster_seconds: float = 900.0
-    reconcile_seconds: float = 86400.0
-    stop_grace_seconds: float = 8.0  # on SIGTERM, then requests in flight are broken off
-
-
-@dataclass(frozen=True)
-class Settings:
-    path: Path
-    state_dir: Path
-    facesets_dir: Path
-    immich: tuple[ImmichSettings, ...]
-    model: ModelSettings = ModelSettings()
-    faces: FaceSettings = FaceSettings()
-    identities: IdentitySettings = IdentitySettings()
-    sync: SyncSettings = SyncSettings()
-    schedule: ScheduleSettings = ScheduleSettings()
-
-    @property
-    def database_path(self) -> Path:
-        return self.state_dir / "facesyncd.db"
-
-
-def find_config(explicit: Path | None) -> Path:
-    """--config, else $FACESYNCD_CONFIG, else $XDG_CONFIG_HOME/facesyncd/config.toml, else /etc."""
-    if explicit is not None:
-        return explicit
-    from_env = os.environ.get("FACESYNCD_CONFIG")
-    if from_env:
-        return Path(from_env)
-    xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    user_config = Path(xdg) / "facesyncd" / "config.toml"
-    if user_config.exists():
-        return user_config
-    return DEFAULT_SYSTEM_CONFIG
-
-
-class _Problems:
-    """Collects every problem found in one file so they can be reported together."""
-
-    def __init__(self) -> None:
-        self.items: list[str] = []
-
-    def add(self, where: str, message: str) -> None:
-        self.items.append(f"{where}: {message}" if where else message)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-_CHECKS: dict[type, tuple[Callable[[Any], bool], str]] = {
-    bool: (lambda v: isinstance(v, bool), "true or false"),
-    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-    float: (_is_number, "a number"),
-    str: (lambda v: isinstance(v, str), "a string"),
-    tuple: (lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v), "a list of strings"),
-}
-
-
-def _section(
-    table: Any,
-    where: str,
-    spec: dict[str, tuple[type, Callable[[Any], bool] | None, str]],
-    problems: _Problems,
-) -> dict[str, Any]:
-    """Validate one table against `spec` (key -> (type, range check, range text)); return clean values."""
-    if table is None:
-        return {}
-    if not isinstance(table, dict):
-        problems.add(where, "must be a table")
-        return {}
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        if key not in spec:
-            problems.add(f"{where}.{key}" if where else key, f"unknown key (known: {', '.join(sorted(spec))})")
-            continue
-        kind, in_range, range_text = spec[key]
-        type_ok, type_text = _CHECKS[kind]
-        label = f"{where}.{key}" if where else key
-        if not type_ok(value):
-            problems.add(label, f"must be {type_text}, got {value!r}")
-            continue
-        if in_range is not None and not in_range(value):
-            problems.add(label, f"must be {range_text}, got {value!r}")
-            continue
-        values[key] = kind(value) if kind in (float, tuple) else value
-    return values
+def setting(default: Any, doc: str, check: Callable[[Any], bool] | None = None, rule: str = "") -> Any:
+    """One setting: its default, the comment the sample shows, and a check of its value (with the
+    words that say what the check wants)."""
+    return field(default=default, metadata={"doc": doc, "check": check, "rule": rule})
 
 
 def _positive(v: Any) -> bool:
@@ -216,7 +94,242 @@ def _valid_url(value: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0 and not parts.query
 
 
-def _read_secret(entry: dict[str, Any], where: str, problems: _Problems, *, needed: bool) -> Secret | None:
+@dataclass(frozen=True)
+class ImmichSettings:
+    """[[immich]]: one table per Immich user; a key only sees its own user (and partners it shows)"""
+
+    name: str = setting(
+        "alice",
+        "letters, digits, _ . -",
+        lambda v: bool(SOURCE_NAME_RE.match(v)),
+        "letters, digits, '_', '.', '-' (max 64)",
+    )
+    url: str = setting(
+        "https://photos.example.org",
+        "Immich's address",
+        _valid_url,
+        "an http:// or https:// URL with a host (and a port from 1 to 65535)",
+    )
+    api_key: Secret = field(default=Secret(""), repr=False, metadata={"secret": True})
+    verify_tls: bool = setting(True, "false must be explicit, and is logged as a warning")
+    timeout_seconds: float = setting(
+        30.0, "per request; a download may take 2x this plus its size at 32 KiB/s", _positive, "> 0"
+    )
+
+
+# The API key of an [[immich]] table: exactly one of these two keys.
+SECRET_KEYS = {
+    "api_key_env": "environment variable holding the API key",
+    "api_key_file": "or: a file holding it (relative: to this file; a bare name: in $CREDENTIALS_DIRECTORY)",
+}
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """[model]: the insightface model pack and where it runs"""
+
+    pack: str = setting(
+        "buffalo_l", "a pack name under ~/.insightface/models, or a folder (relative: to this file)", bool, "non-empty"
+    )
+    providers: tuple[str, ...] = setting(
+        ("auto",), "auto: DirectML, CUDA, CPU, whichever onnxruntime has", bool, "a non-empty list"
+    )
+    det_size: int = setting(
+        640, "detector input size", lambda v: 160 <= v <= 2048 and v % 32 == 0, "a multiple of 32 in 160..2048"
+    )
+    threads: int = setting(
+        0, "onnxruntime threads per model; 0: cores / workers", lambda v: 0 <= v <= 64, "between 0 and 64"
+    )
+
+    def pack_dir(self) -> Path:
+        """A pack name resolves under insightface's model root; anything else is a folder."""
+        if _is_path(self.pack):
+            return Path(self.pack).expanduser()
+        root = Path(os.environ.get("INSIGHTFACE_HOME", Path.home() / ".insightface")).expanduser()
+        return root / "models" / self.pack
+
+
+@dataclass(frozen=True)
+class FaceSettings:
+    """[faces]: which faces count"""
+
+    min_face_px: int = setting(90, "shortest side of the face box in the ORIGINAL's pixels", lambda v: v >= 0, ">= 0")
+    min_det_score: float = setting(0.5, "detector confidence", _fraction, "between 0 and 1")
+    prefilter: bool = setting(True, "skip assets whose Immich-detected faces are all too small")
+    max_download_mb: int = setting(1024, "larger originals are refused", _positive, "> 0")
+    max_image_megapixels: int = setting(250, "larger images are refused before decoding", _positive, "> 0")
+    crop_margin: float = setting(
+        0.3, "crop = box widened by this fraction on each side", lambda v: 0 <= v <= 2, "between 0 and 2"
+    )
+
+
+@dataclass(frozen=True)
+class IdentitySettings:
+    """[identities]: when faces are one person"""
+
+    match_distance: float = setting(
+        0.45, "cosine distance to join an existing identity", _distance, "between 0 and 2 (cosine distance)"
+    )
+    cluster_distance: float = setting(
+        0.55, "cosine distance used to form new facesets", _distance, "between 0 and 2 (cosine distance)"
+    )
+    min_faceset_faces: int = setting(3, "faces (from 2+ photos) a new faceset needs", lambda v: v >= 2, ">= 2")
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """[sync]: talking to Immich"""
+
+    page_size: int = setting(
+        1000, "assets per listing request (Immich's maximum)", lambda v: 1 <= v <= 1000, "between 1 and 1000"
+    )
+    workers: int = setting(
+        0, "assets prepared in parallel; 0: one per core, at most 4", lambda v: 0 <= v <= 32, "between 0 and 32"
+    )
+    watermark_overlap_seconds: int = setting(
+        300, "re-list this much before the last sweep (clock skew)", lambda v: v >= 0, ">= 0"
+    )
+    max_attempts: int = setting(5, "then the asset is parked until `facesyncd retry`", _positive, "> 0")
+    retry_delay_seconds: int = setting(
+        600, "before retrying a failed asset, doubled each attempt", lambda v: v >= 0, ">= 0"
+    )
+    http_retries: int = setting(5, "per request, exponential backoff with jitter", lambda v: v >= 0, ">= 0")
+    retry_base_seconds: float = setting(0.5, "first backoff", lambda v: v >= 0, ">= 0")
+    retry_max_seconds: float = setting(30.0, "longest backoff", lambda v: v >= 0, ">= 0")
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    """[schedule]: the service's jobs (facesyncd run)"""
+
+    poll_seconds: float = setting(300.0, "incremental sync", _positive, "> 0")
+    cluster_seconds: float = setting(900.0, "open new facesets from the pool of unmatched faces", _positive, "> 0")
+    reconcile_seconds: float = setting(
+        86400.0, "full listing: assets deleted in Immich leave their facesets", _positive, "> 0"
+    )
+    stop_grace_seconds: float = setting(
+        8.0,
+        "on SIGTERM, requests still in flight after this are broken off",
+        lambda v: 0 <= v <= 60,
+        "between 0 and 60",
+    )
+
+
+# The top-level keys; their defaults depend on each other, so they are resolved in settings_from_dict.
+TOP_KEYS = {
+    "state_dir": ("/var/lib/facesyncd", "SQLite database, index, crops (relative: to this file)"),
+    "facesets_dir": ("/var/lib/facesyncd/facesets", "default: <state_dir>/facesets"),
+}
+SECTIONS: dict[str, type] = {
+    "model": ModelSettings,
+    "faces": FaceSettings,
+    "identities": IdentitySettings,
+    "sync": SyncSettings,
+    "schedule": ScheduleSettings,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    path: Path
+    state_dir: Path
+    facesets_dir: Path
+    immich: tuple[ImmichSettings, ...]
+    model: ModelSettings = ModelSettings()
+    faces: FaceSettings = FaceSettings()
+    identities: IdentitySettings = IdentitySettings()
+    sync: SyncSettings = SyncSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+
+    @property
+    def database_path(self) -> Path:
+        return self.state_dir / "facesyncd.db"
+
+
+def _is_path(value: str) -> bool:
+    return "/" in value or "\\" in value or value.startswith((".", "~"))
+
+
+def find_config(explicit: Path | None) -> Path:
+    """--config, else $FACESYNCD_CONFIG, else $XDG_CONFIG_HOME/facesyncd/config.toml, else /etc."""
+    if explicit is not None:
+        return explicit
+    from_env = os.environ.get("FACESYNCD_CONFIG")
+    if from_env:
+        return Path(from_env)
+    if user_config_path().exists():
+        return user_config_path()
+    return DEFAULT_SYSTEM_CONFIG
+
+
+def user_config_path() -> Path:
+    xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(xdg) / "facesyncd" / "config.toml"
+
+
+# -- validation -------------------------------------------------------------------------------------
+
+
+class _Problems:
+    """Collects every problem found in one file so they can be reported together."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, where: str, message: str) -> None:
+        self.items.append(f"{where}: {message}" if where else message)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_TYPES: dict[Any, tuple[Callable[[Any], bool], str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: (_is_number, "a number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+    tuple[str, ...]: (lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v), "a list of strings"),
+}
+
+
+def _settings_fields(kind: type) -> list[tuple[dataclasses.Field[Any], Any]]:
+    """(field, type) of each setting of a section, in declaration order (secrets left out)."""
+    hints = typing.get_type_hints(kind)
+    return [(item, hints[item.name]) for item in dataclasses.fields(kind) if not item.metadata.get("secret")]
+
+
+def _section(table: Any, where: str, kind: type, problems: _Problems, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Validate one table against the settings of `kind`; return the clean values. `extra`: keys
+    handled elsewhere (the API key's)."""
+    if table is None:
+        return {}
+    if not isinstance(table, dict):
+        problems.add(where, "must be a table")
+        return {}
+    known = {item.name: (item, hint) for item, hint in _settings_fields(kind)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        label = f"{where}.{key}" if where else key
+        if key in extra:
+            continue
+        if key not in known:
+            problems.add(label, f"unknown key (known: {', '.join(sorted([*known, *extra]))})")
+            continue
+        item, hint = known[key]
+        type_ok, type_text = _TYPES[hint]
+        if not type_ok(value):
+            problems.add(label, f"must be {type_text}, got {value!r}")
+            continue
+        check = item.metadata.get("check")
+        if check is not None and not check(value):
+            problems.add(label, f"must be {item.metadata['rule']}, got {value!r}")
+            continue
+        values[key] = tuple(value) if hint == tuple[str, ...] else (float(value) if hint is float else value)
+    return values
+
+
+def _read_secret(entry: dict[str, Any], where: str, base: Path, problems: _Problems, *, needed: bool) -> Secret | None:
     env_name = entry.get("api_key_env")
     file_name = entry.get("api_key_file")
     if (env_name is None) == (file_name is None):
@@ -233,8 +346,10 @@ def _read_secret(entry: dict[str, Any], where: str, problems: _Problems, *, need
     path = Path(str(file_name)).expanduser()
     # systemd LoadCredential= puts secrets in $CREDENTIALS_DIRECTORY; a bare name is looked up there.
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-    if credentials and not path.is_absolute():
+    if credentials and not path.is_absolute() and not _is_path(str(file_name)):
         path = Path(credentials) / path
+    elif not path.is_absolute():
+        path = base / path
     try:
         raw = path.read_bytes()
         mode = path.stat().st_mode
@@ -272,47 +387,31 @@ def _checked_key(value: str, where: str, origin: str, problems: _Problems) -> Se
     return None
 
 
-def _immich_entries(raw: Any, problems: _Problems, *, secrets: bool) -> tuple[ImmichSettings, ...]:
+def _immich_entries(raw: Any, base: Path, problems: _Problems, *, secrets: bool) -> tuple[ImmichSettings, ...]:
     if raw is None:
         problems.add("immich", "at least one [[immich]] table is required")
         return ()
     if not isinstance(raw, list):
         problems.add("immich", "must be an array of tables ([[immich]])")
         return ()
-    spec: dict[str, tuple[type, Callable[[Any], bool] | None, str]] = {
-        "name": (str, lambda v: bool(SOURCE_NAME_RE.match(v)), "letters, digits, '_', '.', '-' (max 64)"),
-        "url": (str, _valid_url, "an http:// or https:// URL with a host (and a port from 1 to 65535)"),
-        "api_key_env": (str, None, ""),
-        "api_key_file": (str, None, ""),
-        "verify_tls": (bool, None, ""),
-        "timeout_seconds": (float, _positive, "> 0"),
-    }
     entries: list[ImmichSettings] = []
     seen: set[str] = set()
     for position, entry in enumerate(raw):
         where = f"immich[{position}]"
-        values = _section(entry, where, spec, problems)
+        values = _section(entry, where, ImmichSettings, problems, extra=tuple(SECRET_KEYS))
         if not isinstance(entry, dict):
             continue
         for required in ("name", "url"):
             if required not in entry:
                 problems.add(where, f"{required} is required")
-        secret = _read_secret(entry, where, problems, needed=secrets)
+        secret = _read_secret(entry, where, base, problems, needed=secrets)
         name = values.get("name")
         if name in seen:
             problems.add(f"{where}.name", f"duplicate source name {name!r}")
         if name:
             seen.add(name)
         if name and "url" in values and secret is not None:
-            entries.append(
-                ImmichSettings(
-                    name=name,
-                    url=values["url"].rstrip("/"),
-                    api_key=secret,
-                    verify_tls=values.get("verify_tls", True),
-                    timeout_seconds=values.get("timeout_seconds", 30.0),
-                )
-            )
+            entries.append(ImmichSettings(**{**values, "url": values["url"].rstrip("/"), "api_key": secret}))
     return tuple(entries)
 
 
@@ -322,10 +421,11 @@ def load_settings(path: Path, *, secrets: bool = True) -> Settings:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(
-            f"{path}: config file not found (use --config, $FACESYNCD_CONFIG or $XDG_CONFIG_HOME/facesyncd/config.toml)"
+            f"{path}: config file not found (write one with `facesyncd init`; or use --config, "
+            f"$FACESYNCD_CONFIG or $XDG_CONFIG_HOME/facesyncd/config.toml)"
         ) from None
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read config file: {error.strerror or error}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read config file: {getattr(error, 'strerror', None) or error}") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
     return settings_from_dict(data, path, secrets=secrets)
@@ -334,84 +434,27 @@ def load_settings(path: Path, *, secrets: bool = True) -> Settings:
 def settings_from_dict(data: dict[str, Any], path: Path, *, secrets: bool = True) -> Settings:
     """Validate parsed TOML. With secrets=False, API keys are not read (commands that stay local)."""
     problems = _Problems()
-    known_tables = {"immich", "model", "faces", "identities", "sync", "schedule"}
-    top = _section(
-        {k: v for k, v in data.items() if k not in known_tables},
-        "",
-        {"state_dir": (str, None, ""), "facesets_dir": (str, None, "")},
-        problems,
-    )
-    model = _section(
-        data.get("model"),
-        "model",
-        {
-            "pack": (str, lambda v: bool(v), "non-empty"),
-            "providers": (tuple, lambda v: len(v) > 0, "a non-empty list"),
-            "det_size": (int, lambda v: 160 <= v <= 2048 and v % 32 == 0, "a multiple of 32 in 160..2048"),
-            "threads": (int, lambda v: 0 <= v <= 64, "between 0 and 64"),
-        },
-        problems,
-    )
-    faces = _section(
-        data.get("faces"),
-        "faces",
-        {
-            "min_face_px": (int, lambda v: v >= 0, ">= 0"),
-            "min_det_score": (float, _fraction, "between 0 and 1"),
-            "prefilter": (bool, None, ""),
-            "max_download_mb": (int, _positive, "> 0"),
-            "max_image_megapixels": (int, _positive, "> 0"),
-            "crop_margin": (float, lambda v: 0 <= v <= 2, "between 0 and 2"),
-        },
-        problems,
-    )
-    identities = _section(
-        data.get("identities"),
-        "identities",
-        {
-            "match_distance": (float, _distance, "between 0 and 2 (cosine distance)"),
-            "cluster_distance": (float, _distance, "between 0 and 2 (cosine distance)"),
-            "min_faceset_faces": (int, lambda v: v >= 2, ">= 2"),
-        },
-        problems,
-    )
-    sync = _section(
-        data.get("sync"),
-        "sync",
-        {
-            "page_size": (int, lambda v: 1 <= v <= 1000, "between 1 and 1000"),
-            "workers": (int, lambda v: 0 <= v <= 32, "between 0 and 32"),
-            "watermark_overlap_seconds": (int, lambda v: v >= 0, ">= 0"),
-            "max_attempts": (int, _positive, "> 0"),
-            "retry_delay_seconds": (int, lambda v: v >= 0, ">= 0"),
-            "http_retries": (int, lambda v: v >= 0, ">= 0"),
-            "retry_base_seconds": (float, lambda v: v >= 0, ">= 0"),
-            "retry_max_seconds": (float, lambda v: v >= 0, ">= 0"),
-        },
-        problems,
-    )
-    schedule = _section(
-        data.get("schedule"),
-        "schedule",
-        {
-            "poll_seconds": (float, _positive, "> 0"),
-            "cluster_seconds": (float, _positive, "> 0"),
-            "reconcile_seconds": (float, _positive, "> 0"),
-            "stop_grace_seconds": (float, lambda v: 0 <= v <= 60, "between 0 and 60"),
-        },
-        problems,
-    )
-    immich = _immich_entries(data.get("immich"), problems, secrets=secrets)
-    state_dir = Path(top.get("state_dir", "/var/lib/facesyncd")).expanduser()
     base = path.parent
-    if not state_dir.is_absolute():
-        state_dir = base / state_dir
-    facesets_dir = Path(top.get("facesets_dir", str(state_dir / "facesets"))).expanduser()
-    if not facesets_dir.is_absolute():
-        facesets_dir = base / facesets_dir
+    top: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in SECTIONS or key == "immich":
+            continue
+        if key not in TOP_KEYS:
+            problems.add(key, f"unknown key (known: {', '.join(sorted([*TOP_KEYS, *SECTIONS, 'immich']))})")
+        elif not isinstance(value, str):
+            problems.add(key, f"must be a string, got {value!r}")
+        else:
+            top[key] = value
+    sections = {name: _section(data.get(name), name, kind, problems) for name, kind in SECTIONS.items()}
+    immich = _immich_entries(data.get("immich"), base, problems, secrets=secrets)
+    state_dir = base / Path(top.get("state_dir", TOP_KEYS["state_dir"][0])).expanduser()
+    facesets_dir = base / Path(top.get("facesets_dir", str(state_dir / "facesets"))).expanduser()
     for key, directory in (("state_dir", state_dir), ("facesets_dir", facesets_dir)):
         if directory.exists() and not directory.is_dir():
             problems.add(key, f"{directory} exists and is not a directory")
+    pack = sections["model"].get("pack")
+    if pack is not None and _is_path(pack):
+        sections["model"]["pack"] = str(base / Path(pack).expanduser())
     if problems.items:
         listing = "\n  ".join(problems.items)
         raise ConfigError(f"{path}: {len(problems.items)} problem(s) in config:\n  {listing}")
@@ -420,9 +463,55 @@ def settings_from_dict(data: dict[str, Any], path: Path, *, secrets: bool = True
         state_dir=state_dir,
         facesets_dir=facesets_dir,
         immich=immich,
-        model=ModelSettings(**model),
-        faces=FaceSettings(**faces),
-        identities=IdentitySettings(**identities),
-        sync=SyncSettings(**sync),
-        schedule=ScheduleSettings(**schedule),
+        **{name: kind(**sections[name]) for name, kind in SECTIONS.items()},
     )
+
+
+# -- the sample ------------------------------------------------------------------------------------
+
+COMMENT_COLUMN = 43
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _line(assignment: str, comment: str) -> str:
+    return f"{assignment.ljust(COMMENT_COLUMN - 1)} # {comment}" if comment else assignment
+
+
+def sample_config(**values: str) -> str:
+    """The whole config, every setting at its default with its comment; `values` replace the defaults
+    of the top-level keys and of the [[immich]] table (`name`, `url`, `api_key_env`/`api_key_file`)."""
+    lines = [
+        _line(f"state_dir = {_toml(values.get('state_dir', TOP_KEYS['state_dir'][0]))}", TOP_KEYS["state_dir"][1]),
+        _line(
+            f"facesets_dir = {_toml(values['facesets_dir'])}"
+            if "facesets_dir" in values
+            else '# facesets_dir = "/srv/facesets"',
+            TOP_KEYS["facesets_dir"][1],
+        ),
+    ]
+    lines += ["", _line("[[immich]]", (ImmichSettings.__doc__ or "").split(":", 1)[1].strip())]
+    for item, _ in _settings_fields(ImmichSettings):
+        lines.append(_line(f"{item.name} = {_toml(values.get(item.name, item.default))}", item.metadata["doc"]))
+        if item.name == "url":
+            if "api_key_file" in values:
+                lines.append(_line(f"api_key_file = {_toml(values['api_key_file'])}", SECRET_KEYS["api_key_file"]))
+            else:
+                env = values.get("api_key_env", "IMMICH_API_KEY_ALICE")
+                lines.append(_line(f"api_key_env = {_toml(env)}", SECRET_KEYS["api_key_env"]))
+                lines.append(_line('# api_key_file = "alice.key"', SECRET_KEYS["api_key_file"]))
+    for name, kind in SECTIONS.items():
+        lines += ["", _line(f"[{name}]", (kind.__doc__ or "").split(":", 1)[1].strip())]
+        for item, _ in _settings_fields(kind):
+            lines.append(_line(f"{item.name} = {_toml(item.default)}", item.metadata["doc"]))
+    return "\n".join(lines) + "\n"

@@ -189,25 +189,43 @@ def _split_by_label(labels: NDArray[np.int64]) -> list[NDArray[np.int64]]:
 def _components(embeddings: NDArray[np.float32], cut: float) -> list[NDArray[np.int64]]:
     """Connected components of the graph linking each face to those of its NEIGHBOURS nearest
     (hnswlib) within `cut`, largest first; each component's rows in pool order."""
-    import hnswlib
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    from .index import EF_CONSTRUCTION, M
-
-    count, dimension = embeddings.shape
-    index = hnswlib.Index(space="cosine", dim=dimension)
-    index.init_index(max_elements=count, ef_construction=EF_CONSTRUCTION, M=M)
-    index.add_items(np.asarray(embeddings, np.float32), np.arange(count))
+    count = len(embeddings)
     k = min(NEIGHBOURS + 1, count)
-    index.set_ef(max(64, k))
-    neighbours, distances = index.knn_query(np.asarray(embeddings, np.float32), k=k)
+    neighbours, distances = _nearest(np.asarray(embeddings, np.float32), k)
     close = distances <= cut
     sources = np.repeat(np.arange(count), k)[close.ravel()]
     targets = neighbours.ravel()[close.ravel()].astype(np.int64)
     graph = coo_matrix((np.ones(len(sources), np.int8), (sources, targets)), shape=(count, count))
     _, labels = connected_components(graph, directed=False)
     return sorted(_split_by_label(labels), key=len, reverse=True)
+
+
+def _nearest(embeddings: NDArray[np.float32], k: int) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+    """Each row's k nearest rows (itself included) and their cosine distances: with hnswlib where it
+    is installed, else exactly, a block of rows at a time (bounded memory)."""
+    count, dimension = embeddings.shape
+    try:
+        import hnswlib
+    except ImportError:
+        neighbours = np.zeros((count, k), np.int64)
+        distances = np.zeros((count, k), np.float32)
+        for start in range(0, count, 1024):
+            block = 1.0 - embeddings[start : start + 1024] @ embeddings.T
+            nearest = np.argpartition(block, k - 1, axis=1)[:, :k]
+            neighbours[start : start + 1024] = nearest
+            distances[start : start + 1024] = np.take_along_axis(block, nearest, axis=1)
+        return neighbours, distances
+    from .index import EF_CONSTRUCTION, M
+
+    index = hnswlib.Index(space="cosine", dim=dimension)
+    index.init_index(max_elements=count, ef_construction=EF_CONSTRUCTION, M=M)
+    index.add_items(embeddings, np.arange(count))
+    index.set_ef(max(64, k))
+    labels, found = index.knn_query(embeddings, k=k)
+    return labels.astype(np.int64), found.astype(np.float32)
 
 
 def _gate(

@@ -355,10 +355,20 @@ class ImmichClient:
             if _QuickGet.usable(settings.url)
             else None
         )
-        self.requests = 0
+        self._requests = 0
+        self._requests_lock = threading.Lock()  # workers send requests at once
         self.last_server_time: datetime | None = None
         self.listing_by_offset = False  # the last listing had to page by offset (see iter_changed)
         self._closed = False
+
+    @property
+    def requests(self) -> int:
+        """Requests sent so far (retries included)."""
+        return self._requests
+
+    def _count_request(self) -> None:
+        with self._requests_lock:
+            self._requests += 1
 
     def close(self) -> None:
         """Close the connections; from another thread, this breaks off requests in flight at once."""
@@ -410,7 +420,7 @@ class ImmichClient:
         attempts = attempts or self._sync.http_retries + 1
         for attempt in range(attempts):
             try:
-                self.requests += 1
+                self._count_request()
                 return self._attempt(method, path, consume, json_body, params, gone_statuses, what)
             except _Retry as problem:
                 last_problem = str(problem)
@@ -668,7 +678,7 @@ class ImmichClient:
     def faces(self, asset_id: str) -> list[RemoteFace]:
         data = None
         if self._quick is not None:
-            self.requests += 1
+            self._count_request()
             data = self._quick.get("/faces", {"id": asset_id})
             self._check_stop()
         if data is None:

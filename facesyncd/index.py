@@ -45,18 +45,115 @@ def _save_lock(state_dir: Path) -> Iterator[None]:
         os.close(descriptor)
 
 
-class FaceIndex:
-    """add / query / save / load over hnswlib, with labels = face ids and values = identity numbers."""
+class _Hnsw:
+    """hnswlib's graph index (approximate, fast at any size)."""
 
-    def __init__(self, dimension: int, *, empty: bool = True, capacity: int = 1024) -> None:
+    name = "hnswlib"
+
+    def __init__(self, dimension: int) -> None:
         import hnswlib
 
-        self.dimension = dimension
         self._index = hnswlib.Index(space="cosine", dim=dimension)
+
+    def create(self, capacity: int) -> None:
+        self._index.init_index(max_elements=capacity, ef_construction=EF_CONSTRUCTION, M=M)
+        self._index.set_ef(EF_SEARCH)
+
+    def count(self) -> int:
+        return int(self._index.get_current_count())
+
+    def capacity(self) -> int:
+        return int(self._index.get_max_elements())
+
+    def resize(self, capacity: int) -> None:
+        self._index.resize_index(capacity)
+
+    def add(self, vectors: NDArray[np.float32], labels: NDArray[np.int64]) -> None:
+        self._index.add_items(vectors, labels)
+
+    def mark_deleted(self, label: int) -> None:
+        self._index.mark_deleted(label)
+
+    def query(self, vectors: NDArray[np.float32], k: int) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        self._index.set_ef(max(EF_SEARCH, k))
+        labels, distances = self._index.knn_query(vectors, k=k)
+        return labels.astype(np.int64), distances.astype(np.float32)
+
+    def save(self, path: Path) -> None:
+        self._index.save_index(str(path))
+
+    def load(self, path: Path, capacity: int) -> None:
+        self._index.load_index(str(path), max_elements=capacity)
+        self._index.set_ef(EF_SEARCH)
+
+
+class _Exact:
+    """Exact search with numpy, where no hnswlib wheel exists (Windows on Python 3.12 and newer):
+    a query reads every vector (about 4 ms per face at 200,000 faces of 512-d on one core)."""
+
+    name = "exact"
+
+    def __init__(self, dimension: int) -> None:
+        self._vectors = np.zeros((0, dimension), np.float32)
+        self._labels = np.zeros(0, np.int64)
+        self._live = np.zeros(0, bool)
+
+    def create(self, capacity: int) -> None:
+        pass
+
+    def count(self) -> int:
+        return len(self._labels)
+
+    def capacity(self) -> int:
+        return 1 << 62  # grows as it goes
+
+    def resize(self, capacity: int) -> None:
+        pass
+
+    def add(self, vectors: NDArray[np.float32], labels: NDArray[np.int64]) -> None:
+        self._vectors = np.concatenate([self._vectors, vectors])
+        self._labels = np.concatenate([self._labels, labels])
+        self._live = np.concatenate([self._live, np.ones(len(labels), bool)])
+
+    def mark_deleted(self, label: int) -> None:
+        self._live[self._labels == label] = False
+
+    def query(self, vectors: NDArray[np.float32], k: int) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        live = np.flatnonzero(self._live)
+        distances = 1.0 - vectors @ self._vectors[live].T
+        nearest = np.argsort(distances, axis=1, kind="stable")[:, :k]
+        return self._labels[live][nearest], np.take_along_axis(distances, nearest, axis=1).astype(np.float32)
+
+    def save(self, path: Path) -> None:
+        with path.open("wb") as output:
+            np.savez(output, vectors=self._vectors, labels=self._labels, live=self._live)
+
+    def load(self, path: Path, capacity: int) -> None:
+        with np.load(path) as data:
+            self._vectors, self._labels, self._live = data["vectors"], data["labels"], data["live"]
+
+
+def _backend(dimension: int) -> _Hnsw | _Exact:
+    try:
+        return _Hnsw(dimension)
+    except ImportError:
+        return _Exact(dimension)
+
+
+class FaceIndex:
+    """add / query / save / load, with labels = face ids and values = identity numbers; over hnswlib
+    where it is installed, else an exact numpy search (same answers, slower on a large library)."""
+
+    def __init__(self, dimension: int, *, empty: bool = True, capacity: int = 1024) -> None:
+        self.dimension = dimension
+        self._index = _backend(dimension)
         if empty:
-            self._index.init_index(max_elements=max(1024, capacity), ef_construction=EF_CONSTRUCTION, M=M)
-            self._index.set_ef(EF_SEARCH)
+            self._index.create(max(1024, capacity))
         self.identity_of: dict[int, int] = {}
+
+    @property
+    def backend(self) -> str:
+        return self._index.name
 
     def __len__(self) -> int:
         return len(self.identity_of)
@@ -64,16 +161,16 @@ class FaceIndex:
     @property
     def deleted(self) -> int:
         """Entries marked deleted: they still take space and search time until a rebuild."""
-        return int(self._index.get_current_count()) - len(self.identity_of)
+        return self._index.count() - len(self.identity_of)
 
     def add(self, face_ids: Sequence[int], embeddings: NDArray[np.float32], identities: Sequence[int]) -> None:
         if not len(face_ids):
             return
-        needed = int(self._index.get_current_count()) + len(face_ids)
-        capacity = self._index.get_max_elements()
+        needed = self._index.count() + len(face_ids)
+        capacity = self._index.capacity()
         if needed > capacity:
-            self._index.resize_index(max(needed, capacity * 2))
-        self._index.add_items(np.asarray(embeddings, np.float32), np.asarray(face_ids, np.int64))
+            self._index.resize(max(needed, capacity * 2))
+        self._index.add(np.asarray(embeddings, np.float32), np.asarray(face_ids, np.int64))
         self.identity_of.update(zip((int(f) for f in face_ids), (int(i) for i in identities), strict=True))
 
     def remove(self, face_ids: Sequence[int]) -> None:
@@ -88,9 +185,7 @@ class FaceIndex:
         k = min(k, len(self.identity_of))
         if k == 0 or len(embeddings) == 0:
             return np.zeros((len(embeddings), 0), np.int64), np.zeros((len(embeddings), 0), np.float32)
-        self._index.set_ef(max(EF_SEARCH, k))
-        labels, distances = self._index.knn_query(np.asarray(embeddings, np.float32), k=k)
-        return labels.astype(np.int64), distances.astype(np.float32)
+        return self._index.query(np.asarray(embeddings, np.float32), k)
 
     def save(self, state_dir: Path, version: int) -> None:
         """Write the index and its sidecar. A lock keeps two processes (the daemon and a
@@ -101,15 +196,16 @@ class FaceIndex:
 
     def _save(self, state_dir: Path, version: int) -> None:
         remove_leftovers(state_dir, INDEX_FILE, SIDECAR_FILE)  # of a process killed mid-save
-        write_atomic(state_dir / INDEX_FILE, lambda path: self._index.save_index(str(path)))
+        write_atomic(state_dir / INDEX_FILE, self._index.save)
         checkpoint("index-save")
-        sidecar = {
+        sidecar: dict[str, int | str] = {
             "version": version,
             "dimension": self.dimension,
             "faces": len(self.identity_of),
             "deleted": self.deleted,
         }
-
+        if self.backend != "hnswlib":
+            sidecar["backend"] = self.backend
         write_atomic(state_dir / SIDECAR_FILE, json.dumps(sidecar).encode())
 
     @classmethod
@@ -122,17 +218,18 @@ class FaceIndex:
         if sidecar is None or sidecar.get("version") != version or sidecar.get("dimension") != dimension:
             return None
         index = cls(dimension, empty=False)
+        if sidecar.get("backend", "hnswlib") != index.backend:
+            return None  # written by the other backend (another machine's install)
         try:
             count, deleted = int(sidecar["faces"]), int(sidecar.get("deleted", 0))
-            index._index.load_index(str(state_dir / INDEX_FILE), max_elements=max(1024, count + deleted))
+            index._index.load(state_dir / INDEX_FILE, max(1024, count + deleted))
             index.identity_of = dict(identity_of)
         except (RuntimeError, OSError, ValueError, KeyError, TypeError, MemoryError) as error:
             log.warning("face index in %s is unreadable (%s); rebuilding it", state_dir, error)
             return None
-        if index._index.get_current_count() != count + deleted or len(index.identity_of) != count:
+        if index._index.count() != count + deleted or len(index.identity_of) != count:
             log.warning("face index in %s does not match its sidecar; rebuilding it", state_dir)
             return None
-        index._index.set_ef(EF_SEARCH)
         return index
 
 

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from .config import FaceSettings, ModelSettings
+from .config import MODEL_PACK_COMMAND, FaceSettings, ModelSettings
 from .embedder import default_workers
 from .errors import ModelError
 from .imaging import DecodedImage
@@ -337,13 +337,13 @@ class OnnxEmbedder:
 
     def _load(self) -> None:
         pack = self._model_settings.pack_dir()
-        files = sorted(pack.glob("*.onnx")) if pack.is_dir() else []
+        # A zip unpacked into the pack's folder may have put the files one folder down.
+        files = (sorted(pack.glob("*.onnx")) or sorted(pack.glob("*/*.onnx"))) if pack.is_dir() else []
         if not files:
             raise ModelError(
                 f"model pack not found: no .onnx files in {pack}. Get the insightface pack "
-                f"'{pack.name}' (for buffalo_l: https://github.com/deepinsight/insightface/releases/download/"
-                f"v0.7/buffalo_l.zip, then `unzip buffalo_l.zip -d {pack}`), or set [model] pack to the "
-                f"folder that holds it"
+                f"'{pack.name}' (buffalo_l: `{MODEL_PACK_COMMAND.format(folder=pack)}`), "
+                f"or set [model] pack to the folder that holds it"
             )
         try:
             import onnxruntime

@@ -66,7 +66,8 @@ def render_status(data: dict[str, Any]) -> str:
     else:
         lines.append(
             f"daemon:     running, pid {daemon['pid']} since {daemon['started_at']}, {daemon['state']}, "
-            f"next poll {daemon['next_poll_at'] or '(after the job in hand)'}"
+            f"next poll {daemon['next_poll_at'] or '(after the job in hand)'}, "
+            f"next clustering {daemon.get('next_cluster_at') or '(after the job in hand)'}"
         )
     if data["providers"]:
         lines.append(f"providers:  {', '.join(data['providers'])}")

@@ -315,3 +315,126 @@ def test_sigterm_stops_sync_during_a_slow_download(fake: FakeImmich, tmp_path: P
     assert code == 130, stderr
     assert seconds < 5, "the stop waited for the download"
     assert not list((tmp_path / "state" / "tmp").glob("download-*")), "a partial download was left"
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["bogus"], "No such command 'bogus'"),
+        (["sync", "--bogus"], "No such option: --bogus"),
+        (["--log-level", "nope", "status"], "unknown log level 'nope'"),
+        (["import-facesets"], "Missing argument"),
+    ],
+    ids=["command", "option", "value", "argument"],
+)
+def test_usage_errors_exit_2_with_one_line(args: list[str], says: str) -> None:
+    """typer 0.29 raises its own (vendored) click errors, which main() did not catch: a traceback, exit 1."""
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("facesyncd: error: ") and says in lines[0], result.stderr
+
+
+def test_facesyncd_alone_shows_its_commands() -> None:
+    result = run_cli()
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "Usage: facesyncd" in result.stderr and "sync" in result.stderr and "init" in result.stderr
+
+
+def test_help_keeps_the_config_sections_it_names() -> None:
+    """Rich markup swallowed "[schedule]" from `run --help`."""
+    result = run_cli("run", "--help")
+    assert result.returncode == 0 and "[schedule] poll_seconds" in result.stdout
+
+
+def test_init_writes_a_config_that_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from facesyncd.config import load_settings
+
+    config = tmp_path / "conf" / "config.toml"
+    result = run_cli(
+        "--config", str(config), "init", "--url", "https://photos.example.org/", "--api-key-env", API_KEY_ENV,
+        "--state-dir", str(tmp_path / "state"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {config}" in result.stdout and "sync" in result.stdout
+    monkeypatch.setenv(API_KEY_ENV, API_KEY)
+    settings = load_settings(config)
+    assert settings.immich[0].url == "https://photos.example.org" and settings.state_dir == tmp_path / "state"
+    assert settings.facesets_dir == tmp_path / "state" / "facesets"
+    again = run_cli("--config", str(config), "init", "--url", "https://x.example", "--api-key-env", "X")
+    assert again.returncode == 2 and "exists" in again.stderr
+    assert "photos.example.org" in config.read_text(), "an existing config was overwritten"
+    bare = run_cli("--config", str(tmp_path / "other.toml"), "init")
+    assert bare.returncode == 2 and "init needs --url" in bare.stderr
+
+
+def test_init_in_a_terminal_asks_and_keeps_the_key_private(tmp_path: Path) -> None:
+    import os
+    import pty
+    import select
+    import stat
+    import termios
+    import time
+
+    config = tmp_path / "config.toml"
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: facesyncd init on a terminal
+        os.chdir(REPO)
+        os.execv(sys.executable, [sys.executable, "-m", "facesyncd", "--config", str(config), "init"])
+    output = b""
+    answers = [(b"Immich URL", b"http://immich.local:2283\n", False), (b"API key", (API_KEY + "\n").encode(), True)]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the child is gone
+                break
+            if not chunk:
+                break
+            output += chunk
+        if answers and answers[0][0] in output and output.endswith(b": "):
+            _, answer, hidden = answers[0]
+            if hidden and termios.tcgetattr(fd)[3] & termios.ECHO:
+                continue  # the hidden prompt flushes what is typed before it turns echo off
+            answers.pop(0)
+            os.write(fd, answer)
+            output += b"\n"
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, output.decode(errors="replace")
+    assert API_KEY.encode() not in output, "the key was echoed"
+    key_file = tmp_path / "alice.key"
+    assert key_file.read_text().strip() == API_KEY and stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert 'api_key_file = "alice.key"' in config.read_text()
+    assert API_KEY not in config.read_text()
+
+
+@pytest.mark.skipif(sys.platform == "win32" or not hasattr(__import__("os"), "geteuid"), reason="POSIX owners")
+def test_admin_commands_run_as_root_leave_the_service_users_files_to_it(fake: FakeImmich, tmp_path: Path) -> None:
+    """The service runs as its own user; `sudo facesyncd ...` left root-owned files (the database's
+    -wal and -shm, the index, crops) that the service could then not open."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("only root can run as root: this test needs the suite to run as root (CI does)")
+    add_photos(fake, ["wild/obama"])
+    config = write_config(tmp_path, fake.url)
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    service = 65534
+    for folder in (tmp_path / "state", tmp_path / "facesets"):
+        for root, directories, files in os.walk(folder):
+            for name in [root, *(os.path.join(root, entry) for entry in directories + files)]:
+                os.chown(name, service, service, follow_symlinks=False)
+    fake.add_file("alice", PHOTOS / "wild" / "biden" / "biden.jpg")  # new crops, a new folder
+    for command in (["sync"], ["retry"], ["rebuild-index"]):
+        result = run_cli("--config", str(config), *command)
+        assert result.returncode == 0, result.stderr
+    owners = {
+        os.path.join(root, name): os.lstat(os.path.join(root, name)).st_uid
+        for folder in (tmp_path / "state", tmp_path / "facesets")
+        for root, directories, files in os.walk(folder)
+        for name in directories + files
+    }
+    assert len(owners) > 10
+    assert {path: uid for path, uid in owners.items() if uid != service} == {}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from facesyncd.config import Secret, find_config, load_settings
+from facesyncd.config import ModelSettings, Secret, find_config, load_settings
 from facesyncd.errors import ConfigError
 
 MINIMAL = '[[immich]]\nname = "alice"\nurl = "https://photos.example.org/"\napi_key_env = "FSD_KEY"\n'
@@ -87,3 +87,45 @@ def test_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     user.parent.mkdir(parents=True)
     user.write_text("")
     assert find_config(None) == user
+
+
+def test_relative_paths_follow_the_config_file_not_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    (folder / "keys").mkdir()
+    (folder / "keys" / "alice").write_text("key-from-a-relative-file\n")
+    text = MINIMAL.replace('api_key_env = "FSD_KEY"', 'api_key_file = "keys/alice"')
+    text = 'state_dir = "state"\n[model]\npack = "./packs/buffalo_l"\n' + text
+    config = write(folder, text)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    settings = load_settings(config)
+    assert settings.immich[0].api_key == Secret("key-from-a-relative-file")
+    assert settings.model.pack_dir() == folder / "packs" / "buffalo_l"
+    assert settings.state_dir == folder / "state"
+    assert ModelSettings(pack="buffalo_l").pack_dir().name == "buffalo_l"  # a name stays a name
+
+
+def test_the_sample_config_is_every_default_and_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The schema is written once: the sample (facesyncd init, the README) comes from the same
+    declarations as the defaults and the checks."""
+    import tomllib
+
+    from facesyncd.config import SECTIONS, sample_config, settings_from_dict
+
+    monkeypatch.setenv("IMMICH_API_KEY_ALICE", "sample-key-123456")
+    settings = settings_from_dict(tomllib.loads(sample_config()), tmp_path / "config.toml")
+    for name, kind in SECTIONS.items():
+        assert getattr(settings, name) == kind(), name
+    assert settings.immich[0].url == "https://photos.example.org"
+
+
+def test_the_readme_shows_the_sample_config() -> None:
+    from conftest import REPO
+    from facesyncd.config import sample_config
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert f"```toml\n{sample_config()}```" in readme, "README's config block differs from sample_config()"

@@ -291,6 +291,7 @@ KNOWN = {
         "ExecReload",
         "Restart",
         "RestartSec",
+        "RestartPreventExitStatus",
         "TimeoutStartSec",
         "TimeoutStopSec",
         "WatchdogSec",
@@ -348,6 +349,11 @@ def test_the_unit_file_parses_with_the_expected_settings() -> None:
     unit = parse_unit(UNIT.read_text())
     service = unit["Service"]
     assert service["Type"] == ["notify"] and service["Restart"] == ["on-failure"]
+    # exits that waiting cannot fix are not restarted: config, API key, model pack, lost database
+    from facesyncd.errors import ConfigError, ImmichAuthError, ModelError, OrphanedFacesets
+
+    codes = {error.exit_code for error in (ConfigError, ImmichAuthError, ModelError, OrphanedFacesets)}
+    assert set(map(int, service["RestartPreventExitStatus"][0].split())) == codes
     assert service["ExecStart"][0].startswith("/") and service["ExecStart"][0].endswith(" run")
     assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert service["DynamicUser"] == ["yes"] and service["StateDirectory"] == ["facesyncd"]
@@ -367,3 +373,20 @@ def test_the_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
     problems = [line for line in (result.stdout + result.stderr).splitlines() if str(unit) in line]
     assert result.returncode == 0 and not problems, result.stderr
+
+
+def test_the_first_cycle_opens_facesets_at_once(fake: FakeImmich, tmp_path: Path, daemons: list) -> None:
+    """`run` opened no faceset for cluster_seconds (15 minutes by default) although it syncs at once:
+    its first cycle is a whole one now, and `status` says when the next clustering is due."""
+    add_photos(fake, ["wild/obama"])
+    config = daemon_config(tmp_path, fake.url, poll=1.0, cluster=3600)
+    daemon = Daemon(config, tmp_path / "daemon.log")
+    daemons.append(daemon)
+    root = tmp_path / "facesets"
+    daemon.wait_for(lambda: len(faceset_assets(root)) == 1, 30, "the first faceset, before any clustering job")
+    status = json.loads(run_cli("--config", str(config), "status", "--json").stdout)
+    due = status["daemon"]["next_cluster_at"]
+    assert due and due > status["daemon"]["started_at"]
+    assert "next clustering" in run_cli("--config", str(config), "status").stdout
+    code, _ = daemon.terminate()
+    assert code == 0

@@ -5,8 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+import facesyncd.index as index_module
 from facesyncd.index import INDEX_FILE, SIDECAR_FILE, FaceIndex, needs_rebuild, read_sidecar
+
+
+@pytest.fixture(autouse=True, params=["hnswlib", "exact"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on both backends: hnswlib, and the exact numpy search used where no hnswlib
+    wheel exists (Windows on Python 3.12 and newer)."""
+    if request.param == "exact":
+        monkeypatch.setattr(index_module, "_backend", index_module._Exact)
+    return str(request.param)
 
 
 def vectors(count: int, dimension: int = 32, seed: int = 0) -> np.ndarray:
@@ -40,7 +51,8 @@ def test_saved_index_loads_only_for_its_version(tmp_path: Path) -> None:
     assert FaceIndex.load(tmp_path, 32, 6, identity_of) is None, "stale index was used"
     assert FaceIndex.load(tmp_path, 64, 5, identity_of) is None
     assert needs_rebuild(tmp_path, 6) and not needs_rebuild(tmp_path, 5)
-    assert read_sidecar(tmp_path) == {"version": 5, "dimension": 32, "faces": 3000, "deleted": 0}
+    expected = {"version": 5, "dimension": 32, "faces": 3000, "deleted": 0}
+    assert read_sidecar(tmp_path) == (expected if index.backend == "hnswlib" else {**expected, "backend": "exact"})
 
 
 def test_corrupt_or_missing_files_mean_rebuild(tmp_path: Path) -> None:
@@ -74,3 +86,11 @@ def test_removed_faces_are_never_found_and_survive_a_save(tmp_path: Path) -> Non
     assert FaceIndex.load(tmp_path, 32, 6, identity_of) is None, "the store's faces disagree with the file"
     loaded.add([5000], vectors(1, seed=9), [3])  # growing past the loaded capacity counts deleted slots
     assert len(loaded) == 2951
+
+
+def test_an_index_written_by_the_other_backend_is_rebuilt(tmp_path: Path, backend: str, monkeypatch) -> None:
+    """An install with hnswlib and one without (another machine, another Python) share a state_dir."""
+    _, _, identity_of = built(tmp_path)
+    other = index_module._Exact if backend == "hnswlib" else index_module._Hnsw
+    monkeypatch.setattr(index_module, "_backend", other)
+    assert FaceIndex.load(tmp_path, 32, 5, identity_of) is None

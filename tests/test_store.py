@@ -183,3 +183,32 @@ def test_embeddings_of_another_size_are_refused(store: Store) -> None:
 def test_readonly_store_refuses_a_missing_database(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="run `facesyncd sync` first"):
         Store(tmp_path / "none.db", readonly=True)
+
+
+def test_a_full_disk_in_a_batch_write_is_a_store_error(store: Store) -> None:
+    """The prefilter's skipped-asset batch (executemany) let sqlite3's own error through: a traceback
+    and exit 1 instead of 6."""
+    store.record_listed("alice", [asset(f"a{i:05d}", checksum="c" * 200) for i in range(300)])
+    pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+    store.conn.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(StoreError, match="full"):
+        store.mark_skipped("alice", [(f"a{i:05d}", "a reason long enough to need new pages " * 20) for i in range(300)])
+    store.conn.execute("PRAGMA max_page_count = 1073741823")
+    assert store.status()["assets"]["skipped"] == 0, "the batch was half written"
+
+
+def test_a_failing_inner_transaction_undoes_only_its_own_part(store: Store) -> None:
+    """Nested transactions are savepoints: the outer one decides about the rest."""
+    with store.transaction():
+        store.set_meta("outer", "1")
+        with pytest.raises(RuntimeError), store.transaction():
+            store.set_meta("inner", "1")
+            raise RuntimeError("inner fails")
+        store.set_meta("after", "1")
+    assert (store.get_meta("outer"), store.get_meta("inner"), store.get_meta("after")) == ("1", None, "1")
+    with pytest.raises(RuntimeError), store.transaction():
+        store.set_meta("whole", "1")
+        with store.transaction():
+            store.set_meta("nested", "1")
+        raise RuntimeError("outer fails")
+    assert store.get_meta("whole") is None and store.get_meta("nested") is None
