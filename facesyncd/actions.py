@@ -122,12 +122,20 @@ def rebuild_index(app: App) -> int:
     dimension = app.store.get_meta("embedding_dim")
     if dimension is None:
         raise StoreError("the database has no faces yet: nothing to index")
-    return len(load_or_build(app.store, app.settings.state_dir, int(dimension), force=True))
+    faces: list[int] = []
+
+    def body(report: CycleReport) -> None:
+        faces.append(len(load_or_build(app.store, app.settings.state_dir, int(dimension), force=True)))
+
+    run_action(app, JobKind.REBUILD_INDEX, body)
+    return faces[0]
 
 
 def retry(app: App) -> int:
     """Queue failed and parked assets for the next sync; returns how many."""
-    return app.store.retry_parked()
+    queued: list[int] = []
+    run_action(app, JobKind.RETRY, lambda report: queued.append(app.store.retry_parked()))
+    return queued[0]
 
 
 def check_adopted(app: App, *, fresh: bool = False) -> None:

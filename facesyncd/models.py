@@ -46,6 +46,13 @@ class JobKind(StrEnum):
     RECONCILE = "reconcile"
     SYNC = "sync"
     IMPORT = "import"
+    REBUILD_INDEX = "rebuild-index"
+    RETRY = "retry"
+
+    @classmethod
+    def syncs(cls) -> tuple[JobKind, ...]:
+        """The kinds that talk to Immich: what `status` calls the last sync."""
+        return (cls.SYNC, cls.POLL, cls.RECONCILE)
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,13 @@ def test_rebuild_index(fake: FakeImmich, tmp_path: Path) -> None:
     assert result.stdout.strip() == f"index rebuilt: {assigned} faces"
     after = json.loads(run_cli("--config", str(config), "status", "--json").stdout)
     assert after["index"] == {"faces": assigned, "stale": False}
+    # every command keeps the same books: a cycle record of its kind; `status` shows the last sync
+    assert after["last_sync"]["kind"] == "sync"
+    import sqlite3
+
+    with sqlite3.connect(state / "facesyncd.db") as connection:
+        kinds = connection.execute("SELECT kind, ok FROM cycles ORDER BY id").fetchall()
+    assert kinds == [("sync", 1), ("rebuild-index", 1)]
 
 
 @pytest.mark.parametrize("command", ["status", "retry", "rebuild-index"])

@@ -37,7 +37,12 @@ class CycleQueries(FaceQueries):
         # Two counts over the identity index: one pass that tests each row costs 6x as long.
         total = int(self.scalar("SELECT COUNT(*) FROM faces"))
         assigned = int(self.scalar("SELECT COUNT(*) FROM faces WHERE identity IS NOT NULL"))
-        last = self.rows("SELECT kind, started_at, finished_at, ok, error, report FROM cycles ORDER BY id DESC LIMIT 1")
+        syncs = tuple(JobKind.syncs())
+        last = self.rows(
+            "SELECT kind, started_at, finished_at, ok, error, report FROM cycles "
+            f"WHERE kind IN ({', '.join('?' * len(syncs))}) ORDER BY id DESC LIMIT 1",
+            syncs,
+        )
         last_sync: dict[str, Any] | None = None
         if last:
             row = last[0]
