@@ -86,6 +86,7 @@ def sync(
     for leftover in app.download_dir.glob("download-*.part"):
         leftover.unlink(missing_ok=True)
     app.crops.remove_leftovers()
+    app.swap.remove_leftovers()
     return run_action(app, kind, lambda report: run_cycle(app, report, reconcile=reconcile, cluster=cluster))
 
 

@@ -16,6 +16,7 @@ from .immich import ImmichClient
 from .index import IndexKeeper
 from .progress import Reporter, SilentReporter
 from .store import Store
+from .swap import SwapCache
 
 ClientFactory = Callable[[ImmichSettings], ImmichClient]
 
@@ -60,11 +61,14 @@ class App:
     client_factory: ClientFactory | None = None  # tests hand in clients of their own
     clients: ClientSet = field(init=False)
     crops: Crops = field(init=False)
+    swap: SwapCache = field(init=False)
     index: IndexKeeper = field(init=False)
 
     def __post_init__(self) -> None:
         self.clients = ClientSet(self.client_factory or self._client)
         self.crops = Crops(self.settings.state_dir / "crops", self.settings.faces.crop_margin)
+        export = self.settings.export
+        self.swap = SwapCache(self.settings.state_dir / "swap", export.swap_size, export.swap_padding)
         self.index = IndexKeeper(self.store, self.settings.state_dir, self._dimension)
 
     def _client(self, source: ImmichSettings) -> ImmichClient:

@@ -215,6 +215,26 @@ class ScheduleSettings:
     )
 
 
+@dataclass(frozen=True)
+class ExportSettings:
+    """[export]: what the faceset folders hold"""
+
+    format: str = setting(
+        "crops",
+        "crops: JPEG crops + faceset.json; swap: ranked PNGs, .fsz bundles, manifest.json",
+        lambda v: v in ("crops", "swap"),
+        '"crops" or "swap"',
+    )
+    swap_size: int = setting(512, "PNG side in pixels", lambda v: 64 <= v <= 2048, "between 64 and 2048")
+    swap_padding: float = setting(
+        0.5, "box widened by this fraction of its size on each side", lambda v: 0 <= v <= 2, "between 0 and 2"
+    )
+    top_n: int = setting(8, "faces in the top bundle", _positive, "> 0")
+    min_quality: float = setting(
+        0.0, "faces below this composite score stay out of the exported set", _fraction, "between 0 and 1"
+    )
+
+
 # The top-level keys; their defaults depend on each other, so they are resolved in settings_from_dict.
 TOP_KEYS = {
     "state_dir": ("/var/lib/facesyncd", "SQLite database, index, crops (relative: to this file)"),
@@ -226,6 +246,7 @@ SECTIONS: dict[str, type] = {
     "identities": IdentitySettings,
     "sync": SyncSettings,
     "schedule": ScheduleSettings,
+    "export": ExportSettings,
 }
 
 
@@ -240,6 +261,7 @@ class Settings:
     identities: IdentitySettings = IdentitySettings()
     sync: SyncSettings = SyncSettings()
     schedule: ScheduleSettings = ScheduleSettings()
+    export: ExportSettings = ExportSettings()
 
     @property
     def database_path(self) -> Path:

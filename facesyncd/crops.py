@@ -11,12 +11,15 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
+from numpy.typing import NDArray
 
 from .atomic import remove_leftovers, write_atomic
 from .export import face_file
 from .imaging import DecodedImage, encode_jpeg
-from .models import Box, ExportFace
+from .models import Box, ExportFace, Quality, UnmeasuredFace
+from .quality import assess
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +28,23 @@ def crop_name(sha256: str, face_index: int) -> str:
     return f"{sha256[:2]}/{sha256}_{face_index}.jpg"
 
 
-def cut(image: DecodedImage, box: Box, margin: float) -> bytes:
-    """The face box widened by `margin` of its size on each side, clipped to the image, as JPEG."""
+def _region(box: Box, margin: float, width: int, height: int) -> tuple[int, int, int, int]:
+    """The crop's rectangle in the photo: the face box widened by `margin` of its size on each side,
+    clipped to the photo (the whole photo for a box outside it)."""
     x1, y1, x2, y2 = (float(v) for v in box)
     pad_x, pad_y = (x2 - x1) * margin, (y2 - y1) * margin
     left = max(0, int(round(x1 - pad_x)))
     top = max(0, int(round(y1 - pad_y)))
-    right = min(image.width, int(round(x2 + pad_x)))
-    bottom = min(image.height, int(round(y2 + pad_y)))
+    right = min(width, int(round(x2 + pad_x)))
+    bottom = min(height, int(round(y2 + pad_y)))
     if right <= left or bottom <= top:
-        left, top, right, bottom = 0, 0, image.width, image.height
+        return 0, 0, width, height
+    return left, top, right, bottom
+
+
+def cut(image: DecodedImage, box: Box, margin: float) -> bytes:
+    """The face box widened by `margin` of its size on each side, clipped to the image, as JPEG."""
+    left, top, right, bottom = _region(box, margin, image.width, image.height)
     return encode_jpeg(np.ascontiguousarray(image.pixels[top:bottom, left:right]))
 
 
@@ -60,6 +70,35 @@ class Crops:
         for name, box in zip(names, boxes, strict=True):
             self.write(name, cut(image, box, self.margin))
         return names
+
+    def _open(self, crop: str, box: Box) -> tuple[NDArray[np.uint8], float, float] | None:
+        """A crop's pixels and where its top-left corner lies in the photo; None when it is gone."""
+        data = np.fromfile(self.directory / crop, dtype=np.uint8) if self.exists(crop) else None
+        pixels = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
+        if pixels is None:
+            return None
+        left, top, _, _ = _region(box, self.margin, 1 << 30, 1 << 30)  # only the photo's top-left clips
+        return np.asarray(pixels, np.uint8), left, top
+
+    def measure(self, face: UnmeasuredFace) -> Quality | None:
+        """The quality of a face stored before qualities were measured, from its crop (the face's
+        box and landmarks moved into the crop's pixels); None when the crop is gone."""
+        opened = self._open(face.crop, face.bbox)
+        if opened is None:
+            return None
+        pixels, left, top = opened
+        box = (face.bbox[0] - left, face.bbox[1] - top, face.bbox[2] - left, face.bbox[3] - top)
+        return assess(pixels, box, [(x - left, y - top) for x, y in face.landmarks], face.det_score)
+
+    def crop_image(self, face: ExportFace) -> tuple[DecodedImage, Box] | None:
+        """A face's crop as an image, and the face's box in it (for a face whose photo is not in
+        Immich); None when the crop is gone."""
+        opened = self._open(face.crop, face.bbox)
+        if opened is None:
+            return None
+        pixels, left, top = opened
+        box = (face.bbox[0] - left, face.bbox[1] - top, face.bbox[2] - left, face.bbox[3] - top)
+        return DecodedImage(pixels, "JPEG"), box
 
     def remove(self, names: Iterable[str]) -> None:
         for name in names:

@@ -1,12 +1,17 @@
 """Faceset folders, written atomically: a cache derived from the store.
 
-Each identity N with live faces gets `facesets_dir/faceset_NNN/` with one JPEG crop per face and a
-`faceset.json`. A folder is rebuilt beside its final name (`.faceset_NNN.tmp`) and swapped in by
-rename, and only when its content changed, so exporting twice changes nothing.
+Each identity N with live faces gets `facesets_dir/faceset_NNN/`, in one of two layouts:
+- crops (the default): one JPEG crop per face and `faceset.json`;
+- swap: the faces a face-swap tool should get (swap.py chooses them), one PNG each, best first by
+  name, the bundles `faceset_NNN.fsz` (every face) and `faceset_NNN.top.fsz` (the best `top_n`), a
+  `manifest.json`, and a `NAME.txt` written once for the user to fill in; `facesets_dir/manifest.json`
+  lists every faceset.
+A folder is rebuilt beside its final name (`.faceset_NNN.tmp`) and swapped in by rename, and only when
+its content changed, so exporting twice changes nothing; switching layout rewrites each folder once.
 
 The folders are shared with people: a file in a faceset folder that facesyncd did not write (notes, a
-hand-added photo) is kept, carried into the rebuilt folder, and reported once (`user_files` in
-`faceset.json` lists what was reported). Folders that do not look like `faceset_<digits>` are never
+hand-added photo, NAME.txt) is kept, carried into the rebuilt folder, and reported once (`user_files`
+in the manifest lists what was reported). Folders that do not look like `faceset_<digits>` are never
 touched; a `faceset_NNN` that facesyncd did not write is moved aside whole, never deleted.
 `.facesyncd.json` at the top records the highest faceset number ever exported, so that a tree whose
 database was lost can be adopted without giving a number to another person.
@@ -19,7 +24,8 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,9 +37,24 @@ from .models import ExportFace
 log = logging.getLogger(__name__)
 
 FACESET_RE = re.compile(r"^faceset_(\d+)$")
-MANIFEST = "faceset.json"
+MANIFEST = "faceset.json"  # the crops layout's
+SWAP_MANIFEST = "manifest.json"  # the swap layout's, in each folder and at the top
+MANIFESTS = (MANIFEST, SWAP_MANIFEST)
+NAME_FILE = "NAME.txt"
 PRESERVED = ".facesyncd-preserved"
 MARKER = ".facesyncd.json"
+
+
+@dataclass
+class Plan:
+    """What one faceset folder must hold: its manifest (under `manifest_name`), and each file by name,
+    as a file to link or bytes to write. `placeholders` are written only where the folder has none
+    (they are the user's from then on)."""
+
+    manifest_name: str
+    manifest: dict[str, Any]
+    files: dict[str, Path | bytes]
+    placeholders: dict[str, bytes] = field(default_factory=dict)
 
 
 def faceset_name(number: int) -> str:
@@ -56,6 +77,7 @@ def manifest(number: int, faces: Sequence[ExportFace]) -> dict[str, Any]:
                 "bbox": [round(v, 1) for v in face.bbox],
                 "det_score": round(face.det_score, 4),
                 "distance": None if face.distance is None else round(face.distance, 4),
+                "quality": None if face.quality is None else face.quality.as_dict(),
             }
             for face in faces
         ],
@@ -63,19 +85,25 @@ def manifest(number: int, faces: Sequence[ExportFace]) -> dict[str, Any]:
 
 
 def _read_manifest(folder: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    """The manifest of a folder facesyncd wrote, in either layout."""
+    for name in MANIFESTS:
+        try:
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and "faces" in data:
+            return {**data, "manifest": name} if name != MANIFEST else data
+    return None
 
 
 def _our_files(existing: dict[str, Any] | None) -> set[str]:
     """What facesyncd wrote in a folder, as its manifest says."""
-    files = {MANIFEST}
-    for face in (existing or {}).get("faces") or []:
+    existing = existing or {}
+    files = {str(existing.get("manifest", MANIFEST))}
+    for face in existing.get("faces") or []:
         if isinstance(face, dict) and isinstance(face.get("file"), str):
             files.add(face["file"])
+    files.update(str(name) for name in existing.get("bundles") or [])
     return files
 
 
@@ -88,14 +116,15 @@ def _user_entries(folder: Path, existing: dict[str, Any] | None) -> list[str]:
         return []
 
 
-def _is_current(folder: Path, existing: dict[str, Any] | None, wanted: dict[str, Any], users: list[str]) -> bool:
+def _is_current(folder: Path, existing: dict[str, Any] | None, plan: Plan, users: list[str]) -> bool:
     if existing is None or folder.is_symlink():
         return False
-    if {key: value for key, value in existing.items() if key != "user_files"} != wanted:
+    recorded = {key: value for key, value in existing.items() if key not in ("user_files", "manifest")}
+    if recorded != plan.manifest or existing.get("manifest", MANIFEST) != plan.manifest_name:
         return False
     if sorted(existing.get("user_files") or []) != users:
         return False  # a file the user added since: recorded (and reported) once
-    return all((folder / face["file"]).is_file() for face in wanted["faces"])
+    return all((folder / name).is_file() for name in plan.files)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -167,13 +196,17 @@ def clean_leftovers(facesets_dir: Path) -> None:
             continue
         if entry.name.endswith(".old"):
             final = facesets_dir / entry.name[1:-4]
-            genuine = entry.is_dir() and not entry.is_symlink() and (entry / MANIFEST).is_file()
+            genuine = entry.is_dir() and not entry.is_symlink() and _read_manifest(entry) is not None
             if genuine and not final.exists() and not final.is_symlink():
                 os.replace(entry, final)
             else:
                 _remove(entry)
         elif entry.name.endswith(".tmp"):
             _remove(entry)
+
+
+def crops_plan(number: int, faces: Sequence[ExportFace], crops_dir: Path) -> Plan:
+    return Plan(MANIFEST, manifest(number, faces), {face_file(face): crops_dir / face.crop for face in faces})
 
 
 def write_faceset(
@@ -183,7 +216,8 @@ def write_faceset(
     faces: Sequence[ExportFace],
     missing: list[ExportFace] | None = None,
 ) -> bool:
-    """Write one faceset folder if it differs from the store. Returns whether anything was written.
+    """Write one faceset folder of the crops layout if it differs from the store. Returns whether
+    anything was written.
 
     When crop files are gone: with `missing` given, the folder is left as it is (its files may be
     the only copies left) and the faces are added to `missing`, for the caller to restore their
@@ -191,39 +225,60 @@ def write_faceset(
     store and is written again once their crops are back). With no face at all, a folder is kept
     only for the user's files in it.
     """
-    final = facesets_dir / faceset_name(number)
-    if final.is_symlink() or (final.exists() and not (final / MANIFEST).exists()):
-        # A folder facesyncd did not write (an imported tree exported in place, a link): keep it whole.
-        _set_aside(facesets_dir, final, "which facesyncd did not write")
+    final = _claim(facesets_dir, number)
     existing = _read_manifest(final) if final.is_dir() else None
     users = _user_entries(final, existing) if existing is not None else []
-    wanted = manifest(number, faces)
-    if _is_current(final, existing, wanted, users):
+    if _is_current(final, existing, crops_plan(number, faces, crops_dir), users):
         return False
-    present: list[ExportFace] = []
-    absent: list[ExportFace] = []
-    for face in faces:
-        (present if (crops_dir / face.crop).is_file() else absent).append(face)
-    if absent:
+    present = [face for face in faces if (crops_dir / face.crop).is_file()]
+    if len(present) < len(faces):
         if missing is not None:
-            missing.extend(absent)
+            missing.extend(face for face in faces if face not in present)
             return False
-        faces, wanted = present, manifest(number, present)
-        if (not faces and not users) or _is_current(final, existing, wanted, users):
+        faces = present
+        if not faces and not users:
             return False
+    return write_folder(facesets_dir, number, crops_plan(number, faces, crops_dir))
+
+
+def _claim(facesets_dir: Path, number: int) -> Path:
+    """The folder's path, once anything there that facesyncd did not write is set aside."""
+    final = facesets_dir / faceset_name(number)
+    if final.is_symlink() or (final.exists() and _read_manifest(final) is None):
+        # A folder facesyncd did not write (an imported tree exported in place, a link): keep it whole.
+        _set_aside(facesets_dir, final, "which facesyncd did not write")
+    return final
+
+
+def write_folder(facesets_dir: Path, number: int, plan: Plan) -> bool:
+    """Make the folder of faceset `number` hold what `plan` says, carrying the user's files along.
+    Returns whether anything was written."""
+    final = _claim(facesets_dir, number)
+    existing = _read_manifest(final) if final.is_dir() else None
+    users = _user_entries(final, existing) if existing is not None else []
+    placeholders = {name: data for name, data in plan.placeholders.items() if name not in users}
+    if _is_current(final, existing, plan, users) and not placeholders:
+        return False
+    recorded_users = sorted({*users, *placeholders})
     new_users = [name for name in users if name not in (existing or {}).get("user_files", [])]
-    if users:
-        wanted["user_files"] = users
+    wanted = dict(plan.manifest)
+    if recorded_users:
+        wanted["user_files"] = recorded_users
     staging = facesets_dir / f".{final.name}.tmp"
     _remove(staging)
     try:
         staging.mkdir(parents=True)
-        for face in faces:
-            _link_or_copy(crops_dir / face.crop, staging / face_file(face))
+        for name, source in plan.files.items():
+            if isinstance(source, Path):
+                _link_or_copy(source, staging / name)
+            else:
+                (staging / name).write_bytes(source)
             checkpoint("export-file")
         for name in users:
             _carry(final / name, staging / name)
-        (staging / MANIFEST).write_text(json.dumps(wanted, indent=1) + "\n", encoding="utf-8")
+        for name, data in placeholders.items():
+            (staging / name).write_bytes(data)
+        (staging / plan.manifest_name).write_text(json.dumps(wanted, indent=1) + "\n", encoding="utf-8")
         _fsync_dir(staging)
     except OSError:
         _remove(staging)  # no half-written folder stays behind
@@ -252,7 +307,7 @@ def own_facesets(facesets_dir: Path) -> dict[int, Path]:
         return found
     for entry in facesets_dir.iterdir():
         match = FACESET_RE.match(entry.name)
-        if match and entry.is_dir() and not entry.is_symlink() and (entry / MANIFEST).is_file():
+        if match and entry.is_dir() and not entry.is_symlink() and _read_manifest(entry) is not None:
             found[int(match.group(1))] = entry
     return found
 
@@ -294,24 +349,69 @@ def export_all(
     *,
     highest_number: int = 0,
 ) -> int:
-    """Bring every faceset folder in line with the store. Returns how many folders were written.
+    """Bring every faceset folder in line with the store, in the crops layout. Returns how many
+    folders were written. Faces whose crop files are gone are collected in `missing` (see
+    write_faceset)."""
+    return _export(
+        facesets_dir,
+        faces_by_identity,
+        lambda number, faces: write_faceset(facesets_dir, crops_dir, number, faces, missing),
+        highest_number,
+    )
 
-    A folder whose identity has no live face left (all its photos deleted) is removed, but for the
+
+def export_plans(facesets_dir: Path, plans: Mapping[int, Plan], *, highest_number: int = 0) -> int:
+    """Bring every faceset folder in line with these plans (the swap layout); writes the tree's
+    manifest.json too."""
+    written = _export(
+        facesets_dir,
+        {number: plan.manifest["faces"] for number, plan in plans.items()},
+        lambda number, faces: write_folder(
+            facesets_dir, number, plans.get(number) or Plan(SWAP_MANIFEST, {"number": number, "faces": []}, {})
+        ),
+        highest_number,
+    )
+    tree = {
+        "facesets": [
+            {
+                "number": number,
+                "folder": faceset_name(number),
+                "name": plan.manifest.get("name"),
+                "faces": len(plan.manifest["faces"]),
+                "files": sorted(plan.files),
+            }
+            for number, plan in sorted(plans.items())
+            if plan.manifest["faces"]
+        ]
+    }
+    data = (json.dumps(tree, indent=1) + "\n").encode()
+    path = facesets_dir / SWAP_MANIFEST
+    if not path.is_file() or path.read_bytes() != data:
+        write_atomic(path, data)
+    return written
+
+
+def _export(
+    facesets_dir: Path,
+    faces_by_identity: Mapping[int, Sequence[Any]],
+    write: Callable[[int, Sequence[Any]], bool],
+    highest_number: int,
+) -> int:
+    """A folder whose identity has no live face left (all its photos deleted) is removed, but for the
     files the user put in it; its number stays taken in the store and is never given to another
-    identity. Faces whose crop files are gone are collected in `missing` (see write_faceset).
-    """
+    identity."""
     facesets_dir.mkdir(parents=True, exist_ok=True)
     clean_leftovers(facesets_dir)
-    remove_leftovers(facesets_dir, MARKER)
+    remove_leftovers(facesets_dir, MARKER, SWAP_MANIFEST)
     written = 0
     for number, faces in sorted(faces_by_identity.items()):
-        if faces and write_faceset(facesets_dir, crops_dir, number, faces, missing):
+        if faces and write(number, faces):
             written += 1
     for number, folder in sorted(own_facesets(facesets_dir).items()):
         if faces_by_identity.get(number):
             continue
         if _user_entries(folder, _read_manifest(folder)):
-            written += write_faceset(facesets_dir, crops_dir, number, [])
+            written += write(number, [])
             continue
         retired = facesets_dir / f".{folder.name}.tmp"
         _remove(retired)

@@ -23,6 +23,7 @@ from .export import FACESET_RE, MANIFEST, highest_exported
 from .imaging import DecodedImage, decode_image
 from .immich import ASSET_ID_RE
 from .models import DecodeSource, DetectedFace, ImportProvenance
+from .quality import assess
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,7 @@ def import_facesets(
                             model=embedder.name,
                             faces=faces,
                             crops=names,
+                            qualities=[assess(image.pixels, f.bbox, f.landmarks, f.det_score) for f in faces],
                         )
                     blob_faces = store.faces_of_blob(sha256)
                     if not blob_faces:

@@ -84,6 +84,31 @@ class RemoteFace:
     image_height: int
 
 
+QUALITY_WEIGHTS = {"det_score": 0.30, "size": 0.20, "blur": 0.20, "frontality": 0.15, "symmetry": 0.15}
+
+
+@dataclass(frozen=True)
+class Quality:
+    """How good a face is for a face-swap set: five parts in 0..1 (see quality.py) and their
+    weighted composite (the older pipeline's weights)."""
+
+    det_score: float
+    size: float
+    blur: float
+    frontality: float
+    symmetry: float
+
+    @property
+    def composite(self) -> float:
+        return float(sum(weight * float(getattr(self, part)) for part, weight in QUALITY_WEIGHTS.items()))
+
+    def parts(self) -> dict[str, float]:
+        return {part: round(float(getattr(self, part)), 4) for part in QUALITY_WEIGHTS}
+
+    def as_dict(self) -> dict[str, float]:
+        return {"composite": round(self.composite, 4), **self.parts()}
+
+
 @dataclass(frozen=True)
 class DetectedFace:
     """A face found and embedded by facesyncd, in the pixel space of the decoded original."""
@@ -183,6 +208,7 @@ class ExportFace:
     bbox: Box
     det_score: float
     distance: float | None
+    quality: Quality | None = None
 
 
 @dataclass(frozen=True)
@@ -202,3 +228,14 @@ class ImportClaim:
     identity: int
     bbox: Box
     face_id: int
+
+
+@dataclass(frozen=True)
+class UnmeasuredFace:
+    """A face stored before its quality was measured: what measuring it from its crop needs."""
+
+    face_id: int
+    crop: str
+    bbox: Box
+    det_score: float
+    landmarks: tuple[tuple[float, float], ...]

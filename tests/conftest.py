@@ -162,7 +162,9 @@ def add_photos(fake: FakeImmich, folders: list[str], owner: str = "alice") -> di
     """Serve every photo under the given testdata folders; returns asset id -> relative path."""
     added: dict[str, Any] = {}
     for folder in folders:
-        for path in sorted((PHOTOS / folder).rglob("*")):
+        paths = [PHOTOS / folder] if (PHOTOS / folder).is_file() else sorted((PHOTOS / folder).rglob("*"))
+        assert paths, f"no test photo at {PHOTOS / folder}"
+        for path in paths:
             if path.is_file() and path.name != "LABELS.tsv":
                 relative = str(path.relative_to(PHOTOS))
                 added[fake.add_file(owner, path, label=relative)] = relative

@@ -7,10 +7,11 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 from ..errors import ImageError, ImmichAuthError, ImmichError, ImmichUnreachable
-from ..export import export_all
+from ..export import NAME_FILE, export_all, export_plans, own_facesets
 from ..imaging import DecodedImage
 from ..immich import ImmichClient
 from ..models import CycleReport, ExportFace
+from ..swap import plan, select
 from .stage import decode
 
 if TYPE_CHECKING:
@@ -25,37 +26,139 @@ def publish(app: App, report: CycleReport) -> None:
     Crop files that went missing (state_dir/crops deleted, a disk fault) are restored first, so the
     folders can always be rebuilt: from a copy in an exported folder if there is one, else cut again
     from the photo in Immich. A face whose crop cannot come back stays out of its folder, and is
-    tried again next cycle."""
+    tried again next cycle. Faces under [export] min_quality stay out of the folders (not the store)."""
     app.reporter.stage("exporting", None)
-    faces = app.store.export_faces()
+    _measure_unmeasured(app)
+    faces = _good_enough(app.store.export_faces(), app.settings.export.min_quality)
     highest = app.store.highest_identity()
-    facesets_dir, crops_dir = app.settings.facesets_dir, app.crops.directory
-    missing: list[ExportFace] = []
-    report.facesets_written = export_all(facesets_dir, crops_dir, faces, missing, highest_number=highest)
-    if missing:
-        restored = _restore(app, missing)
-        log.warning("%d face crops were missing; %d restored", len(missing), restored)
-        report.facesets_written += export_all(facesets_dir, crops_dir, faces, highest_number=highest)
+    if app.settings.export.format == "swap":
+        report.facesets_written = _publish_swap(app, faces, highest)
+    else:
+        facesets_dir, crops_dir = app.settings.facesets_dir, app.crops.directory
+        missing: list[ExportFace] = []
+        report.facesets_written = export_all(facesets_dir, crops_dir, faces, missing, highest_number=highest)
+        if missing:
+            restored = _restore(app, missing)
+            log.warning("%d face crops were missing; %d restored", len(missing), restored)
+            report.facesets_written += export_all(facesets_dir, crops_dir, faces, highest_number=highest)
     app.index.get()  # a first export builds the index the next start loads
     app.index.save_if_changed()
 
 
+def _good_enough(faces: dict[int, list[ExportFace]], min_quality: float) -> dict[int, list[ExportFace]]:
+    if min_quality <= 0:
+        return faces
+    return {
+        number: [face for face in members if face.quality is None or face.quality.composite >= min_quality]
+        for number, members in faces.items()
+    }
+
+
+def _publish_swap(app: App, faces: dict[int, list[ExportFace]], highest: int) -> int:
+    """The swap layout: each faceset's chosen faces (swap.select), their checked PNGs (made now for
+    faces that have none: from the photo in Immich, or the crop of an imported face), the bundles."""
+    _read_names(app)
+    names = app.store.identity_names()
+    embeddings = app.store.embeddings_of([face.face_id for members in faces.values() for face in members])
+    choices = {number: select(members, embeddings, 0.0) for number, members in faces.items()}
+    needed = [face for chosen, _ in choices.values() for face in chosen if not app.swap.has(face.crop)]
+    if needed:
+        made = _make_pngs(app, needed)
+        log.info("made the swap PNGs of %d faces (%d asked for)", made, len(needed))
+    for chosen, _ in choices.values():
+        for face in chosen:
+            app.swap.check(face.crop, face.bbox, app.embedder)
+    plans = {
+        number: plan(number, names.get(number), chosen, left_out, app.swap, app.settings.export.top_n)
+        for number, (chosen, left_out) in choices.items()
+    }
+    return export_plans(app.settings.facesets_dir, plans, highest_number=highest)
+
+
+def _read_names(app: App) -> None:
+    """A name the user wrote into a faceset's NAME.txt is the faceset's name from then on."""
+    known = app.store.identity_names()
+    found: dict[int, str | None] = {}
+    for number, folder in own_facesets(app.settings.facesets_dir).items():
+        try:
+            name = (folder / NAME_FILE).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if name and name != known.get(number):
+            found[number] = name
+    if found:
+        app.store.set_identity_names(found)
+
+
+def _make_pngs(app: App, faces: list[ExportFace]) -> int:
+    """Cut, check and keep the swap PNG of each face: from its photo in Immich, fetched once per
+    photo; a face with no photo in Immich (imported) from its crop."""
+    made = 0
+    by_blob: dict[str, list[ExportFace]] = {}
+    for face in faces:
+        by_blob.setdefault(face.sha256, []).append(face)
+    with _Photos(app) as photos:
+        for members in by_blob.values():
+            image = photos.of(members[0])
+            for face in members:
+                if image is not None:
+                    app.swap.make(face.crop, image.pixels, face.bbox)
+                    made += 1
+                    continue
+                crop = app.crops.crop_image(face)
+                if crop is not None:
+                    app.swap.make(face.crop, crop[0].pixels, crop[1])
+                    made += 1
+    return made
+
+
+def _measure_unmeasured(app: App) -> None:
+    """Faces embedded before qualities were measured get theirs, from their crops, once."""
+    qualities = {}
+    for face in app.store.unmeasured_faces():
+        quality = app.crops.measure(face)
+        if quality is not None:
+            qualities[face.face_id] = quality
+    if qualities:
+        app.store.set_qualities(qualities)
+        log.info("measured the quality of %d faces embedded before qualities were", len(qualities))
+
+
+class _Photos:
+    """Photos fetched again from Immich (to cut crops or PNGs), through one client per source."""
+
+    def __init__(self, app: App) -> None:
+        self._app = app
+        self._sources = {source.name: source for source in app.settings.immich}
+        self._clients: dict[str, ImmichClient] = {}
+        self._stack = ExitStack()
+
+    def __enter__(self) -> _Photos:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def of(self, face: ExportFace) -> DecodedImage | None:
+        """The photo of `face`, decoded as when it was embedded; None when it cannot be had."""
+        if face.asset_id is None or face.source not in self._sources:
+            return None
+        if face.source not in self._clients:
+            self._clients[face.source] = self._stack.enter_context(self._app.clients.open(self._sources[face.source]))
+        try:
+            return _photo(self._app, self._clients[face.source], face.asset_id, face.sha256)
+        except (ImmichError, ImmichUnreachable, ImmichAuthError, ImageError) as error:
+            log.warning("cannot fetch the photo of %s again: %s", face.asset_id, error)
+            return None
+
+
 def _restore(app: App, missing: list[ExportFace]) -> int:
-    sources = {source.name: source for source in app.settings.immich}
-    clients: dict[str, ImmichClient] = {}
-    with ExitStack() as open_clients:
+    with _Photos(app) as photos:
 
         def photo_of(face: ExportFace) -> DecodedImage | None:
-            if face.asset_id is None or face.source not in sources:
+            if face.asset_id is None or face.source not in {source.name for source in app.settings.immich}:
                 log.warning("crop of face %d is gone and its photo is not in a configured Immich", face.face_id)
-                return None
-            if face.source not in clients:
-                clients[face.source] = open_clients.enter_context(app.clients.open(sources[face.source]))
-            try:
-                return _photo(app, clients[face.source], face.asset_id, face.sha256)
-            except (ImmichError, ImmichUnreachable, ImmichAuthError, ImageError) as error:
-                log.warning("cannot cut the crops of %s again: %s", face.asset_id, error)
-                return None
+            return photos.of(face)
 
         return app.crops.restore(missing, app.settings.facesets_dir, photo_of)
 

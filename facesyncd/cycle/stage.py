@@ -29,7 +29,18 @@ from ..errors import AssetGone, ImageError, ImmichError, Interrupted
 from ..identities import pair_boxes
 from ..imaging import DecodedImage, decode_image
 from ..immich import Download, ImmichClient
-from ..models import AssetRow, AssetState, CycleReport, DecodeSource, DetectedFace, Dropped, RemoteFace, StoredFace
+from ..models import (
+    AssetRow,
+    AssetState,
+    CycleReport,
+    DecodeSource,
+    DetectedFace,
+    Dropped,
+    Quality,
+    RemoteFace,
+    StoredFace,
+)
+from ..quality import assess
 from ..store import Store
 from .tidy import forget, remove_asset
 
@@ -82,6 +93,7 @@ class Embedded:
     size: tuple[int, int]
     faces: list[DetectedFace]
     crops: list[str]
+    qualities: list[Quality]
 
 
 Outcome = Skipped | Gone | Failed | Known | Embedded
@@ -219,14 +231,18 @@ def prepare(app: App, client: ImmichClient, row: AssetRow, reader: Store) -> Out
                 return Known(row, download)
             image, decoded_from = decode(app, client, row.asset_id, download.path, max_bytes)
             faces = app.embedder.faces(image)
+            qualities = [assess(image.pixels, face.bbox, face.landmarks, face.det_score) for face in faces]
             crops = app.crops.write_faces(download.sha256, image, [face.bbox for face in faces])
+            if app.settings.export.format == "swap":  # its PNGs, while the photo is at hand
+                for face, crop in zip(faces, crops, strict=True):
+                    app.swap.make(crop, image.pixels, face.bbox)
             size = (image.width, image.height)
             del image
             checkpoint("embedded")
         except BaseException:
             download.path.unlink(missing_ok=True)
             raise
-        return Embedded(row, download, decoded_from, size, faces, crops)
+        return Embedded(row, download, decoded_from, size, faces, crops, qualities)
     except AssetGone as gone:
         return confirm_gone(client, row, str(gone))
     except (ImageError, ImmichError) as error:
@@ -305,6 +321,7 @@ def commit(app: App, source: str, outcome: Outcome, report: CycleReport) -> None
                     model=app.embedder.name,
                     faces=outcome.faces,
                     crops=outcome.crops,
+                    qualities=outcome.qualities,
                 )
                 store.mark_done(
                     source,

@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 def forget(app: App, dropped: Dropped) -> None:
     app.crops.remove(dropped.crops)
+    app.swap.remove(dropped.crops)
     app.index.forget(dropped.indexed_faces)
 
 

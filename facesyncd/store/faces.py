@@ -16,7 +16,9 @@ from ..models import (
     ExportFace,
     ImportClaim,
     ImportProvenance,
+    Quality,
     StoredFace,
+    UnmeasuredFace,
 )
 from .database import Database, utc_now
 
@@ -86,6 +88,7 @@ class FaceQueries(Database):
         model: str,
         faces: Sequence[DetectedFace],
         crops: Sequence[str],
+        qualities: Sequence[Quality | None] | None = None,
     ) -> None:
         """Insert a blob and its faces (no-op if the blob exists). Call inside a transaction."""
         if self.blob_exists(sha256):
@@ -95,10 +98,11 @@ class FaceQueries(Database):
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (sha256, size, width, height, decoded_from, model, utc_now()),
         )
-        for face_index, (face, crop) in enumerate(zip(faces, crops, strict=True)):
+        qualities = qualities if qualities is not None else [None] * len(faces)
+        for face_index, (face, crop, quality) in enumerate(zip(faces, crops, qualities, strict=True)):
             self.execute(
-                "INSERT INTO faces (sha256, face_index, x1, y1, x2, y2, det_score, landmarks, embedding, crop) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO faces (sha256, face_index, x1, y1, x2, y2, det_score, landmarks, embedding, crop, "
+                "quality, quality_parts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     sha256,
                     face_index,
@@ -107,8 +111,34 @@ class FaceQueries(Database):
                     json.dumps([list(point) for point in face.landmarks]),
                     face.embedding.astype("<f4", copy=False).tobytes(),
                     crop,
+                    *_quality_columns(quality),
                 ),
             )
+
+    def unmeasured_faces(self) -> list[UnmeasuredFace]:
+        """Faces in identities whose quality was never measured (embedded before it was)."""
+        rows = self.rows(
+            "SELECT id, crop, x1, y1, x2, y2, det_score, landmarks FROM faces "
+            "WHERE quality IS NULL AND identity IS NOT NULL ORDER BY id"
+        )
+        return [
+            UnmeasuredFace(
+                row["id"],
+                row["crop"],
+                _box((row["x1"], row["y1"], row["x2"], row["y2"])),
+                row["det_score"],
+                tuple((float(x), float(y)) for x, y in json.loads(row["landmarks"])),
+            )
+            for row in rows
+        ]
+
+    def set_qualities(self, qualities: dict[int, Quality]) -> None:
+        with self.transaction():
+            for face_id, quality in qualities.items():
+                self.execute(
+                    "UPDATE faces SET quality = ?, quality_parts = ? WHERE id = ?",
+                    (*_quality_columns(quality), face_id),
+                )
 
     def _faces(self, where: str, parameters: Sequence[Any] = ()) -> list[StoredFace]:
         import numpy as np
@@ -296,9 +326,11 @@ class FaceQueries(Database):
         return dropped
 
     def faces_by_id(self, face_ids: Sequence[int]) -> list[StoredFace]:
-        if not face_ids:
-            return []
-        return self._faces(f"id IN ({', '.join('?' * len(face_ids))})", list(face_ids))
+        found: list[StoredFace] = []
+        for start in range(0, len(face_ids), 500):  # SQLite takes only so many parameters
+            chunk = list(face_ids[start : start + 500])
+            found.extend(self._faces(f"id IN ({', '.join('?' * len(chunk))})", chunk))
+        return found
 
     def faces_of_blob(self, sha256: str) -> list[tuple[int, float]]:
         """(face id, box area) of a blob's faces, largest first."""
@@ -314,6 +346,7 @@ class FaceQueries(Database):
         rows = self.rows(
             """
             SELECT f.id AS face_id, f.sha256, f.identity, f.crop, f.x1, f.y1, f.x2, f.y2, f.det_score, f.distance,
+                   f.quality_parts,
                    (SELECT a.source FROM assets a WHERE a.sha256 = f.sha256 AND a.state = :done
                     ORDER BY a.source, a.asset_id LIMIT 1) AS source,
                    (SELECT a.asset_id FROM assets a WHERE a.sha256 = f.sha256 AND a.state = :done
@@ -334,9 +367,21 @@ class FaceQueries(Database):
                     bbox=(row["x1"], row["y1"], row["x2"], row["y2"]),
                     det_score=row["det_score"],
                     distance=row["distance"],
+                    quality=_quality(row["quality_parts"]),
                 )
             )
         return result
+
+    def identity_names(self) -> dict[int, str]:
+        return dict(self.tuples("SELECT number, name FROM identities WHERE name IS NOT NULL"))
+
+    def set_identity_names(self, names: dict[int, str | None]) -> None:
+        with self.transaction():
+            for number, name in names.items():
+                self.execute("UPDATE identities SET name = ? WHERE number = ?", (name, number))
+
+    def embeddings_of(self, face_ids: Sequence[int]) -> dict[int, NDArray[np.float32]]:
+        return {face.id: face.embedding for face in self.faces_by_id(face_ids)}
 
     def identity_numbers(self) -> list[int]:
         return [row[0] for row in self.tuples("SELECT number FROM identities ORDER BY number")]
@@ -348,3 +393,18 @@ class FaceQueries(Database):
 def _box(values: Sequence[Any]) -> Box:
     x1, y1, x2, y2 = (float(value) for value in values)
     return x1, y1, x2, y2
+
+
+def _quality_columns(quality: Quality | None) -> tuple[float | None, str | None]:
+    if quality is None:
+        return None, None
+    return round(quality.composite, 6), json.dumps(quality.parts())
+
+
+def _quality(parts: str | None) -> Quality | None:
+    if not parts:
+        return None
+    try:
+        return Quality(**{key: float(value) for key, value in json.loads(parts).items()})
+    except (ValueError, TypeError):
+        return None

@@ -1,0 +1,297 @@
+"""Swap-ready faces: one face per square PNG, the sets face-swap tools (roop-unleashed's `.fsz`) read.
+
+Such a tool detects every face in every PNG of a set and averages their embeddings: one stray face in
+one image spoils the whole set. So each PNG is checked with the same detector facesyncd embeds with:
+when a second face intrudes (a group photo), it is masked out and the PNG checked again; a PNG that
+still does not hold exactly one face is left out of the set, with the reason recorded.
+
+The PNGs are a cache under state_dir/swap (like the crops): cut from the photo when a face is embedded
+with `[export] format = "swap"` (else from the photo fetched again at the next export), checked the
+first time a set wants them; rebuilt whole when the PNG size or padding changes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from .atomic import remove_leftovers, write_atomic
+from .embedder import Embedder
+from .export import NAME_FILE, SWAP_MANIFEST, Plan
+from .identities import overlap
+from .imaging import DecodedImage
+from .models import Box, ExportFace
+
+log = logging.getLogger(__name__)
+
+PARAMETERS = "parameters.json"
+# A detection is the face itself when it overlaps the expected box this much (intersection over union).
+SAME_FACE = 0.3
+# An intruder is masked with this much of its box added on each side (hair, ears).
+MASK_GROWTH = 0.15
+# Faces this similar (cosine) are near-duplicates (a burst, an edited copy): the best one stays.
+DUPLICATE_SIMILARITY = 0.95
+# The export's own outlier gate, tighter than joining an identity: distance to the set's centre.
+OUTLIER_DISTANCE = 0.45
+
+
+def square(box: Box, padding: float) -> tuple[float, float, float]:
+    """The square around the face box: centred on it, its side the box's longer side widened by
+    `padding` of it on each side. Returns (left, top, side) in the photo's pixels."""
+    width, height = box[2] - box[0], box[3] - box[1]
+    side = max(width, height) * (1 + 2 * padding)
+    return (box[0] + box[2]) / 2 - side / 2, (box[1] + box[3]) / 2 - side / 2, side
+
+
+def cut_square(pixels: NDArray[np.uint8], box: Box, padding: float, size: int) -> tuple[NDArray[np.uint8], Box]:
+    """The square around the face, `size` pixels on a side; what lies outside the photo is black.
+    Returns the pixels and the face box in them."""
+    left, top, side = square(box, padding)
+    scale = size / side
+    matrix = np.array([[scale, 0.0, -left * scale], [0.0, scale, -top * scale]])
+    out = cv2.warpAffine(pixels, matrix, (size, size), flags=cv2.INTER_AREA, borderValue=(0, 0, 0))
+    placed = ((box[0] - left) * scale, (box[1] - top) * scale, (box[2] - left) * scale, (box[3] - top) * scale)
+    return np.asarray(out, np.uint8), placed
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A PNG's pixels (an intruding face masked out), or the reason it cannot be used."""
+
+    pixels: NDArray[np.uint8] | None
+    note: str | None
+
+
+def one_face(pixels: NDArray[np.uint8], face: Box, embedder: Embedder) -> Checked:
+    """Exactly one face must be found in the PNG, the expected one: other faces are masked (filled with
+    the image's mean colour) and the PNG checked again."""
+
+    def found(image: NDArray[np.uint8]) -> list[Box]:
+        return [detected.bbox for detected in embedder.faces(DecodedImage(image, "PNG"), min_face_px=0)]
+
+    boxes = found(pixels)
+    ours = [box for box in boxes if overlap(box, face) >= SAME_FACE]
+    others = [box for box in boxes if overlap(box, face) < SAME_FACE]
+    if not ours:
+        return Checked(None, "the detector finds no face in the PNG")
+    if not others:
+        return Checked(pixels, None)
+    masked = pixels.copy()
+    fill = tuple(int(v) for v in pixels.reshape(-1, pixels.shape[-1]).mean(axis=0))
+    for box in others:
+        grow_x, grow_y = (box[2] - box[0]) * MASK_GROWTH, (box[3] - box[1]) * MASK_GROWTH
+        corner = (int(box[0] - grow_x), int(box[1] - grow_y))
+        far = (int(box[2] + grow_x), int(box[3] + grow_y))
+        cv2.rectangle(masked, corner, far, fill, thickness=-1)
+    again = found(masked)
+    if len(again) == 1 and overlap(again[0], face) >= SAME_FACE:
+        return Checked(masked, None)
+    return Checked(None, f"{len(others)} other face(s) in the PNG could not be masked out")
+
+
+class SwapCache:
+    """state_dir/swap: a PNG per face (named like its crop), cut when its photo is at hand; checked
+    for intruding faces the first time a set wants it (`.checked`), or left out with the reason why
+    (`.excluded`)."""
+
+    def __init__(self, directory: Path, size: int, padding: float) -> None:
+        self.directory = directory
+        self.size = size
+        self.padding = padding
+        self._parameters_checked = False
+
+    def _check_parameters(self) -> None:
+        """PNGs of another size or padding are no use: they go, and are made again."""
+        if self._parameters_checked:
+            return
+        self._parameters_checked = True
+        wanted = {"size": self.size, "padding": self.padding}
+        try:
+            current = json.loads((self.directory / PARAMETERS).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            current = None
+        if current != wanted:
+            if self.directory.exists():
+                shutil.rmtree(self.directory)
+            self.directory.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.directory / PARAMETERS, json.dumps(wanted).encode())
+
+    def _path(self, crop: str, suffix: str) -> Path:
+        self._check_parameters()
+        return self.directory / Path(crop).with_suffix(suffix)
+
+    def png(self, crop: str) -> Path:
+        return self._path(crop, ".png")
+
+    def has(self, crop: str) -> bool:
+        return self.png(crop).is_file() or self._path(crop, ".excluded").is_file()
+
+    def excluded(self, crop: str) -> str | None:
+        try:
+            return self._path(crop, ".excluded").read_text(encoding="utf-8").strip() or "left out"
+        except OSError:
+            return None
+
+    def make(self, crop: str, pixels: NDArray[np.uint8], box: Box) -> None:
+        """Cut the face's PNG from its photo's pixels (not checked yet)."""
+        square_pixels, _ = cut_square(pixels, box, self.padding, self.size)
+        self._write_png(crop, square_pixels)
+        self._path(crop, ".checked").unlink(missing_ok=True)
+        self._path(crop, ".excluded").unlink(missing_ok=True)
+
+    def check(self, crop: str, box: Box, embedder: Embedder) -> None:
+        """Make sure the PNG holds exactly the one face (masking intruders), once."""
+        checked, png = self._path(crop, ".checked"), self.png(crop)
+        if checked.is_file() or not png.is_file():
+            return
+        pixels = cv2.imread(str(png), cv2.IMREAD_COLOR)
+        if pixels is None:
+            png.unlink(missing_ok=True)
+            return
+        left, top, side = square(box, self.padding)
+        scale = self.size / side
+        placed = ((box[0] - left) * scale, (box[1] - top) * scale, (box[2] - left) * scale, (box[3] - top) * scale)
+        verdict = one_face(np.asarray(pixels, np.uint8), placed, embedder)
+        if verdict.pixels is None:
+            write_atomic(self._path(crop, ".excluded"), (verdict.note or "left out").encode())
+            png.unlink(missing_ok=True)
+            return
+        if verdict.pixels is not pixels:
+            self._write_png(crop, verdict.pixels)
+        write_atomic(checked, b"")
+
+    def _write_png(self, crop: str, pixels: NDArray[np.uint8]) -> None:
+        target = self.png(crop)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        ok, encoded = cv2.imencode(".png", pixels)
+        if not ok:
+            raise OSError(f"cannot encode the PNG of {crop}")
+        write_atomic(target, bytes(encoded.tobytes()))
+
+    def remove(self, crops: Sequence[str]) -> None:
+        """The PNGs (and their notes) of faces that are gone."""
+        if not self.directory.is_dir():
+            return
+        for crop in crops:
+            for suffix in (".png", ".checked", ".excluded"):
+                (self.directory / Path(crop).with_suffix(suffix)).unlink(missing_ok=True)
+
+    def remove_leftovers(self) -> None:
+        if self.directory.is_dir():
+            for folder in self.directory.iterdir():
+                if folder.is_dir():
+                    remove_leftovers(folder)
+
+
+def select(
+    faces: Sequence[ExportFace], embeddings: dict[int, NDArray[np.float32]], min_quality: float
+) -> tuple[list[ExportFace], dict[int, str]]:
+    """The faces of one identity that go into its swap set, best first, and why the others do not:
+    below min_quality; farther than OUTLIER_DISTANCE from the set's centre; a near-duplicate of a
+    better face (similarity >= DUPLICATE_SIMILARITY). None is deleted: they all stay in the store."""
+    left_out: dict[int, str] = {}
+
+    def score(face: ExportFace) -> float:
+        return face.quality.composite if face.quality is not None else 0.0
+
+    candidates = []
+    for face in faces:
+        if score(face) < min_quality:
+            left_out[face.face_id] = f"quality {score(face):.2f} under min_quality {min_quality:g}"
+        elif face.face_id in embeddings:
+            candidates.append(face)
+    if candidates:
+        vectors = np.stack([embeddings[face.face_id] for face in candidates])
+        centre = vectors.mean(axis=0)
+        centre /= max(float(np.linalg.norm(centre)), 1e-12)
+        distances = 1.0 - vectors @ centre
+        kept = []
+        for face, distance in zip(candidates, distances, strict=True):
+            if distance > OUTLIER_DISTANCE:
+                left_out[face.face_id] = f"{distance:.2f} from the set's centre (over {OUTLIER_DISTANCE})"
+            else:
+                kept.append(face)
+        candidates = kept
+    chosen: list[ExportFace] = []
+    for face in sorted(candidates, key=lambda face: (-score(face), face.face_id)):
+        twin = next(
+            (
+                other
+                for other in chosen
+                if float(embeddings[face.face_id] @ embeddings[other.face_id]) >= DUPLICATE_SIMILARITY
+            ),
+            None,
+        )
+        if twin is not None:
+            left_out[face.face_id] = f"a near-duplicate of face {twin.face_id}"
+        else:
+            chosen.append(face)
+    return chosen, left_out
+
+
+def bundle(members: Sequence[tuple[str, Path]]) -> bytes:
+    """A `.fsz` faceset: a zip of the PNGs (name, file), stored as they are (PNGs are compressed
+    already), with fixed dates so the same faces make the same bytes."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, path in members:
+            info = zipfile.ZipInfo(name, date_time=(2000, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, path.read_bytes())
+    return buffer.getvalue()
+
+
+def plan(
+    number: int,
+    name: str | None,
+    chosen: Sequence[ExportFace],
+    left_out: dict[int, str],
+    cache: SwapCache,
+    top_n: int,
+) -> Plan:
+    """The swap layout of one faceset: the chosen faces that have a clean PNG, best first."""
+    usable: list[ExportFace] = []
+    for face in chosen:
+        note = cache.excluded(face.crop)
+        if note is not None:
+            left_out[face.face_id] = note
+        elif cache.png(face.crop).is_file():
+            usable.append(face)
+        else:
+            left_out[face.face_id] = "no PNG yet (its photo could not be fetched)"
+    files = {f"{rank:03d}_face_{face.face_id:07d}.png": face for rank, face in enumerate(usable, 1)}
+    folder = f"faceset_{number:03d}"
+    bundles = {f"{folder}.fsz": list(files), f"{folder}.top.fsz": list(files)[:top_n]} if files else {}
+    manifest = {
+        "number": number,
+        "name": name,
+        "faces": [
+            {
+                "file": file,
+                "face_id": face.face_id,
+                "source": face.source,
+                "asset_id": face.asset_id,
+                "bbox": [round(v, 1) for v in face.bbox],
+                "det_score": round(face.det_score, 4),
+                "distance": None if face.distance is None else round(face.distance, 4),
+                "quality": None if face.quality is None else face.quality.as_dict(),
+            }
+            for file, face in files.items()
+        ],
+        "bundles": list(bundles),
+        "left_out": [{"face_id": face_id, "why": why} for face_id, why in sorted(left_out.items())],
+    }
+    contents: dict[str, Path | bytes] = {file: cache.png(face.crop) for file, face in files.items()}
+    for bundle_name, members in bundles.items():
+        contents[bundle_name] = bundle([(file, cache.png(files[file].crop)) for file in members])
+    return Plan(SWAP_MANIFEST, manifest, contents, placeholders={NAME_FILE: ((name or "") + "\n").encode()})

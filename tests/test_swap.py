@@ -1,0 +1,251 @@
+"""Swap-ready facesets: quality per face, one clean face per PNG, bundles as the face tools read them."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import PHOTOS, TEST_PACK, add_photos, requires_shared, run_cli, write_config
+from facesyncd.config import FaceSettings, ModelSettings
+from facesyncd.imaging import DecodedImage, decode_image
+from facesyncd.onnx_embedder import OnnxEmbedder
+from facesyncd.quality import assess, blur_score, frontality_score, symmetry_score
+from fake_immich import FakeImmich
+
+pytestmark = requires_shared
+
+
+@pytest.fixture(scope="module")
+def embedder() -> OnnxEmbedder:
+    return OnnxEmbedder(
+        ModelSettings(pack=str(TEST_PACK), providers=("CPUExecutionProvider",)), FaceSettings(min_face_px=0)
+    )
+
+
+def largest(embedder: OnnxEmbedder, image: DecodedImage):
+    return max(embedder.faces(image), key=lambda f: (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]))
+
+
+# -- the quality score, part by part --------------------------------------------------------------
+
+
+def test_a_blurred_copy_scores_lower_on_sharpness(embedder: OnnxEmbedder) -> None:
+    image = decode_image(PHOTOS / "wild" / "obama" / "obama.jpg", max_pixels=10**9)
+    face = largest(embedder, image)
+    sharp = blur_score(image.pixels, face.bbox)
+    blurred = blur_score(cv2.GaussianBlur(image.pixels, (0, 0), 3), face.bbox)
+    assert sharp > 0.8 and blurred < sharp - 0.3
+    # normalised for size: the same face at half the resolution is about as sharp
+    half = cv2.resize(image.pixels, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    assert abs(blur_score(half, tuple(v / 2 for v in face.bbox)) - sharp) < 0.15  # type: ignore[arg-type]
+
+
+def test_a_mirrored_face_keeps_its_symmetry(embedder: OnnxEmbedder) -> None:
+    image = decode_image(PHOTOS / "wild" / "obama" / "obama.jpg", max_pixels=10**9)
+    mirrored = DecodedImage(np.ascontiguousarray(image.pixels[:, ::-1]), image.format)
+    face, twin = largest(embedder, image), largest(embedder, mirrored)
+    original, flipped = (
+        assess(image.pixels, face.bbox, face.landmarks, face.det_score),
+        assess(mirrored.pixels, twin.bbox, twin.landmarks, twin.det_score),
+    )
+    assert abs(original.symmetry - flipped.symmetry) < 0.05 and original.symmetry > 0.8
+
+
+def test_a_profile_scores_lower_on_frontality_and_symmetry() -> None:
+    frontal = np.array([[40, 50], [72, 50], [56, 71], [44, 86], [68, 86]], float)
+    turned = np.array([[52, 50], [80, 50], [82, 71], [58, 86], [80, 86]], float)  # nose past the eye
+    looking_up = np.array([[40, 50], [72, 50], [56, 55], [44, 86], [68, 86]], float)
+    assert frontality_score(frontal) > 0.8 and symmetry_score(frontal) > 0.95
+    assert frontality_score(turned) < 0.2 and symmetry_score(turned) < symmetry_score(frontal)
+    assert frontality_score(looking_up) < 0.3
+    # rotated in the picture plane (a tilted head): the same scores
+    angle = np.radians(25)
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    tilted = frontal @ rotation.T + 300
+    assert abs(frontality_score(tilted) - frontality_score(frontal)) < 1e-6
+    assert abs(symmetry_score(tilted) - symmetry_score(frontal)) < 1e-6
+
+
+# -- the swap layout, end to end ------------------------------------------------------------------
+
+
+SWAP = '[export]\nformat = "swap"\ntop_n = 3\n'
+
+
+@pytest.fixture
+def swap_library(fake: FakeImmich, tmp_path: Path) -> Iterator[tuple[Path, Path, dict[str, str]]]:
+    """Angelina Jolie's portraits, and a photo where she stands cheek to cheek with a man; two
+    copies of one portrait (the original and a smaller one)."""
+    labels = add_photos(fake, ["wild/angelina_jolie", "groups/couple.jpg"])
+    image = cv2.imread(str(PHOTOS / "wild" / "angelina_jolie" / "img1.jpg"))
+    smaller = cv2.resize(image, None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA)
+    labels[fake.add_asset("alice", cv2.imencode(".jpg", smaller)[1].tobytes(), "img1-small.jpg")] = "copy"
+    config = write_config(tmp_path, fake.url, extra="", faces="min_face_px = 40")
+    config.write_text(config.read_text() + SWAP)
+    yield config, tmp_path / "facesets", labels
+
+
+def the_set(facesets: Path) -> tuple[Path, dict]:
+    [folder] = [path for path in facesets.glob("faceset_*") if path.is_dir()]
+    return folder, json.loads((folder / "manifest.json").read_text())
+
+
+def test_swap_sets_hold_one_clean_face_per_png_as_the_face_tools_read_them(
+    swap_library: tuple[Path, Path, dict[str, str]], embedder: OnnxEmbedder
+) -> None:
+    """A face-swap tool unzips the .fsz, detects every face in every PNG and averages their
+    embeddings: exactly one face per PNG, and the average close to the identity's centre."""
+    config, facesets, labels = swap_library
+    result = run_cli("--config", str(config), "sync")
+    assert result.returncode == 0, result.stderr
+    folder, manifest = the_set(facesets)
+    number = manifest["number"]
+    assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(".png")) == sorted(
+        ["NAME.txt", "manifest.json", f"faceset_{number:03d}.fsz", f"faceset_{number:03d}.top.fsz"]
+    )
+    pngs = sorted(p.name for p in folder.glob("*.png"))
+    assert pngs == [face["file"] for face in manifest["faces"]], "best first by name order"
+    composites = [face["quality"]["composite"] for face in manifest["faces"]]
+    assert composites == sorted(composites, reverse=True)
+    assert all(
+        set(face["quality"]) == {"composite", "det_score", "size", "blur", "frontality", "symmetry"}
+        for face in manifest["faces"]
+    )
+    everything = zipfile.ZipFile(folder / f"faceset_{number:03d}.fsz")
+    top = zipfile.ZipFile(folder / f"faceset_{number:03d}.top.fsz")
+    assert everything.namelist() == pngs and top.namelist() == pngs[:3]
+    embeddings = []
+    for name in everything.namelist():
+        data = np.frombuffer(everything.read(name), np.uint8)
+        pixels = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        assert pixels.shape == (512, 512, 3), name
+        found = embedder.faces(DecodedImage(pixels, "PNG"), min_face_px=0)
+        assert len(found) == 1, f"{name}: {len(found)} faces"
+        embeddings.append(found[0].embedding)
+    average = np.mean(embeddings, axis=0)
+    average /= np.linalg.norm(average)
+    portraits = [
+        largest(embedder, decode_image(path, max_pixels=10**9)).embedding
+        for path in sorted((PHOTOS / "wild" / "angelina_jolie").glob("*.jpg"))
+    ]
+    centre = np.mean(portraits, axis=0)
+    centre /= np.linalg.norm(centre)
+    assert 1 - float(average @ centre) < 0.15
+    # the couple photo's face is in the set, with the man masked out, or left out with the reason
+    couple = next(asset for asset, label in labels.items() if label.endswith("couple.jpg"))
+    placed = [face for face in manifest["faces"] if face["asset_id"] == couple]
+    left = {entry["face_id"]: entry["why"] for entry in manifest["left_out"]}
+    assert placed or any("other face" in why for why in left.values()), manifest
+    # the smaller copy of a portrait is a near-duplicate: one of the two is in the set
+    copy = next(asset for asset, label in labels.items() if label == "copy")
+    original = next(asset for asset, label in labels.items() if label.endswith("angelina_jolie/img1.jpg"))
+    in_set = {face["asset_id"] for face in manifest["faces"]}
+    assert len(in_set & {copy, original}) == 1
+    assert any("near-duplicate" in why for why in left.values())
+    # the tree's own manifest lists the set
+    tree = json.loads((facesets / "manifest.json").read_text())
+    assert [entry["number"] for entry in tree["facesets"]] == [number]
+    assert tree["facesets"][0]["faces"] == len(pngs)
+
+
+def test_swap_export_is_idempotent_keeps_the_users_name_and_switches_layout_once(
+    swap_library: tuple[Path, Path, dict[str, str]],
+) -> None:
+    config, facesets, _ = swap_library
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    folder, manifest = the_set(facesets)
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    again = run_cli("--config", str(config), "sync")
+    assert "0 folders written" in again.stdout, again.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+    (folder / "NAME.txt").write_text("Angelina\n")  # the user names the set
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    folder, manifest = the_set(facesets)
+    assert manifest["name"] == "Angelina" and (folder / "NAME.txt").read_text() == "Angelina\n"
+    assert json.loads((facesets / "manifest.json").read_text())["facesets"][0]["name"] == "Angelina"
+    # back to the crops layout: rewritten once, the user's NAME.txt kept
+    config.write_text(config.read_text().replace('format = "swap"', 'format = "crops"'))
+    result = run_cli("--config", str(config), "sync")
+    assert "1 folders written" in result.stdout, result.stdout
+    assert (folder / "faceset.json").is_file() and not (folder / "manifest.json").exists()
+    assert (folder / "NAME.txt").read_text() == "Angelina\n" and not list(folder.glob("*.fsz"))
+    assert "0 folders written" in run_cli("--config", str(config), "sync").stdout
+
+
+def test_min_quality_leaves_faces_out_of_the_set_not_the_store(
+    swap_library: tuple[Path, Path, dict[str, str]],
+) -> None:
+    config, facesets, _ = swap_library
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    _, every = the_set(facesets)
+    scores = sorted(face["quality"]["composite"] for face in every["faces"])
+    cut = (scores[0] + scores[-1]) / 2
+    config.write_text(config.read_text().replace("top_n = 3", f"top_n = 3\nmin_quality = {cut:.4f}"))
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    _, fewer = the_set(facesets)
+    assert 0 < len(fewer["faces"]) < len(every["faces"])
+    assert all(face["quality"]["composite"] >= cut for face in fewer["faces"])
+    status = json.loads(run_cli("--config", str(config), "status", "--json").stdout)
+    assert status["faces"]["assigned"] >= len(every["faces"]), "faces were deleted for their quality"
+
+
+def test_crop_folders_show_each_faces_quality(fake: FakeImmich, tmp_path: Path) -> None:
+    add_photos(fake, ["wild/obama"])
+    config = write_config(tmp_path, fake.url)
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    [manifest] = (tmp_path / "facesets").glob("faceset_*/faceset.json")
+    for face in json.loads(manifest.read_text())["faces"]:
+        assert 0 < face["quality"]["composite"] <= 1
+
+
+def test_faces_stored_before_qualities_get_theirs_from_their_crops(fake: FakeImmich, tmp_path: Path) -> None:
+    """A database from before version 4 has no quality: the next export measures it from the crops."""
+    import sqlite3
+
+    add_photos(fake, ["wild/obama"])
+    config = write_config(tmp_path, fake.url)
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    database = tmp_path / "state" / "facesyncd.db"
+    with sqlite3.connect(database) as connection:
+        fresh = dict(connection.execute("SELECT id, quality FROM faces WHERE identity IS NOT NULL"))
+        connection.execute("UPDATE faces SET quality = NULL, quality_parts = NULL")
+    fake.add_file("alice", PHOTOS / "edge" / "obama_partial_face.jpg")
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    with sqlite3.connect(database) as connection:
+        measured = dict(connection.execute("SELECT id, quality FROM faces WHERE identity IS NOT NULL"))
+    assert all(measured[face] is not None and abs(measured[face] - fresh[face]) < 0.08 for face in fresh)
+
+
+def _png_faces(data: bytes, embedder: OnnxEmbedder) -> int:
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return len(embedder.faces(DecodedImage(pixels, "PNG"), min_face_px=0))
+
+
+def test_an_intruding_face_is_masked_out_or_the_png_left_out(embedder: OnnxEmbedder, tmp_path: Path) -> None:
+    """The PNG check on a crowd (the Solvay conference, 29 faces): a square padded by half a face
+    holds neighbours' faces too; after the check each PNG holds exactly one, or is left out with why."""
+    from facesyncd.swap import SwapCache
+
+    image = decode_image(PHOTOS / "groups" / "solvay_conference_1927.jpg", max_pixels=10**9)
+    faces = embedder.faces(image, min_face_px=0)
+    cache = SwapCache(tmp_path / "swap", 256, 0.5)
+    intruded = excluded = 0
+    for index, face in enumerate(faces):
+        name = f"ab/x_{index}.jpg"
+        cache.make(name, image.pixels, face.bbox)
+        intruded += _png_faces(cache.png(name).read_bytes(), embedder) > 1
+        cache.check(name, face.bbox, embedder)
+        why = cache.excluded(name)
+        if why is None:
+            assert _png_faces(cache.png(name).read_bytes(), embedder) == 1, name
+        else:
+            excluded += 1
+            assert "could not be masked" in why or "no face" in why
+    assert intruded >= 3, f"crowded faces: the squares hold their neighbours ({intruded})"
+    assert excluded < intruded, "masking saved some of them"
