@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .app import App
-from .cycle import open_new_facesets, publish, run_cycle
+from .cycle import merge_identities, open_new_facesets, publish, run_cycle
 from .errors import FacesyncError, LocalWriteError, OrphanedFacesets, StoreError
 from .export import PRESERVED, own_facesets, set_aside_facesets
 from .importer import ImportReport
@@ -97,6 +97,7 @@ def cluster(app: App) -> CycleReport:
 
     def body(report: CycleReport) -> None:
         open_new_facesets(app, report)
+        merge_identities(app, report)
         publish(app, report)
 
     return run_action(app, JobKind.CLUSTER, body)

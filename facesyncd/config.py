@@ -174,6 +174,13 @@ class IdentitySettings:
         0.55, "cosine distance used to form new facesets", _distance, "between 0 and 2 (cosine distance)"
     )
     min_faceset_faces: int = setting(3, "faces (from 2+ photos) a new faceset needs", lambda v: v >= 2, ">= 2")
+    mean_join: bool = setting(True, "a face near no single face joins an identity within cluster_distance on average")
+    merge_distance: float = setting(
+        0.40,
+        "identities whose centres are this close, sharing no photo, become one; 0: never",
+        lambda v: 0 <= v < 2,
+        "between 0 and 2",
+    )
 
 
 @dataclass(frozen=True)

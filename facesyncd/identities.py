@@ -49,6 +49,32 @@ def assign(
     return result
 
 
+def merges(
+    centres: Mapping[int, NDArray[np.float32]], together: set[frozenset[int]], max_distance: float
+) -> list[tuple[int, int]]:
+    """Identities that are one person: (retired, kept) pairs, the higher number going into the lower.
+
+    Two identities merge when their centres are within `max_distance` and no photo holds a face of
+    each (two faces in one photo are two people). Closest pairs first; an identity takes part in one
+    merge per call (the next cycle sees the merged centre)."""
+    if max_distance <= 0 or len(centres) < 2:
+        return []
+    numbers = sorted(centres)
+    matrix = np.stack([centres[number] for number in numbers])
+    distances = 1.0 - matrix @ matrix.T
+    rows, columns = np.nonzero(np.triu(distances <= max_distance, k=1))
+    candidates = sorted(zip(distances[rows, columns].tolist(), rows.tolist(), columns.tolist(), strict=True))
+    done: set[int] = set()
+    pairs: list[tuple[int, int]] = []
+    for _, row, column in candidates:
+        kept, retired = numbers[row], numbers[column]
+        if kept in done or retired in done or frozenset((kept, retired)) in together:
+            continue
+        pairs.append((retired, kept))
+        done.update((kept, retired))
+    return pairs
+
+
 def overlap(first: Box, second: Box) -> float:
     """Intersection over union of two (x1, y1, x2, y2) boxes; 0 for boxes without area."""
     width = min(first[2], second[2]) - max(first[0], second[0])

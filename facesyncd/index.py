@@ -74,6 +74,9 @@ class _Hnsw:
     def mark_deleted(self, label: int) -> None:
         self._index.mark_deleted(label)
 
+    def vectors(self, labels: Sequence[int]) -> NDArray[np.float32]:
+        return np.asarray(self._index.get_items(list(labels)), np.float32).reshape(len(labels), -1)
+
     def query(self, vectors: NDArray[np.float32], k: int) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
         self._index.set_ef(max(EF_SEARCH, k))
         labels, distances = self._index.knn_query(vectors, k=k)
@@ -118,6 +121,10 @@ class _Exact:
     def mark_deleted(self, label: int) -> None:
         self._live[self._labels == label] = False
 
+    def vectors(self, labels: Sequence[int]) -> NDArray[np.float32]:
+        rows = {int(label): row for row, label in enumerate(self._labels) if self._live[row]}
+        return self._vectors[[rows[int(label)] for label in labels]].reshape(len(labels), -1)
+
     def query(self, vectors: NDArray[np.float32], k: int) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
         live = np.flatnonzero(self._live)
         distances = 1.0 - vectors @ self._vectors[live].T
@@ -150,6 +157,10 @@ class FaceIndex:
         if empty:
             self._index.create(max(1024, capacity))
         self.identity_of: dict[int, int] = {}
+        # Per identity, the sum of its faces' embeddings and their count: a face's mean distance to
+        # an identity's faces is 1 - face . sum / count, and its centre is sum / |sum|.
+        self._sums: dict[int, NDArray[np.float64]] = {}
+        self._counts: dict[int, int] = {}
 
     @property
     def backend(self) -> str:
@@ -170,15 +181,55 @@ class FaceIndex:
         capacity = self._index.capacity()
         if needed > capacity:
             self._index.resize(max(needed, capacity * 2))
-        self._index.add(np.asarray(embeddings, np.float32), np.asarray(face_ids, np.int64))
+        vectors = np.asarray(embeddings, np.float32)
+        self._index.add(vectors, np.asarray(face_ids, np.int64))
         self.identity_of.update(zip((int(f) for f in face_ids), (int(i) for i in identities), strict=True))
+        self._account(vectors, [int(i) for i in identities], 1)
+
+    def _account(self, vectors: NDArray[np.float32], identities: Sequence[int], sign: int) -> None:
+        owners, rows = np.unique(np.asarray(identities, np.int64), return_inverse=True)
+        totals = np.zeros((len(owners), vectors.shape[1]))
+        np.add.at(totals, rows, vectors.astype(np.float64))
+        for identity, total, count in zip(owners.tolist(), totals, np.bincount(rows).tolist(), strict=True):
+            self._sums[identity] = self._sums.get(identity, np.zeros(self.dimension)) + sign * total
+            self._counts[identity] = self._counts.get(identity, 0) + sign * count
+            if self._counts[identity] <= 0:
+                del self._sums[identity], self._counts[identity]
+
+    def mean_distances(self, embedding: NDArray[np.float32], identities: Sequence[int]) -> dict[int, float]:
+        """The face's mean cosine distance to the faces of each of these identities."""
+        return {
+            identity: 1.0 - float(embedding @ self._sums[identity]) / self._counts[identity]
+            for identity in identities
+            if identity in self._counts
+        }
+
+    def centres(self) -> dict[int, NDArray[np.float32]]:
+        """Each identity's centre: the mean of its faces' embeddings, normalised."""
+        return {
+            identity: np.asarray(total / max(float(np.linalg.norm(total)), 1e-12), np.float32)
+            for identity, total in self._sums.items()
+        }
+
+    def relabel(self, retired: int, kept: int) -> None:
+        """Every face of identity `retired` now belongs to `kept` (a merge)."""
+        for face_id, identity in self.identity_of.items():
+            if identity == retired:
+                self.identity_of[face_id] = kept
+        if retired in self._counts:
+            self._sums[kept] = self._sums.get(kept, np.zeros(self.dimension)) + self._sums.pop(retired)
+            self._counts[kept] = self._counts.get(kept, 0) + self._counts.pop(retired)
 
     def remove(self, face_ids: Sequence[int]) -> None:
         """Faces that left their identities: never returned by a query again. (Face ids are never
         reused, so a deleted label is never added back.)"""
-        for face_id in face_ids:
-            if self.identity_of.pop(int(face_id), None) is not None:
-                self._index.mark_deleted(int(face_id))
+        leaving = [int(face_id) for face_id in face_ids if int(face_id) in self.identity_of]
+        if not leaving:
+            return
+        self._account(self._index.vectors(leaving), [self.identity_of[face_id] for face_id in leaving], -1)
+        for face_id in leaving:
+            del self.identity_of[face_id]
+            self._index.mark_deleted(face_id)
 
     def query(self, embeddings: NDArray[np.float32], k: int) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
         """k nearest face ids and cosine distances per row; fewer columns when the index is small."""
@@ -229,6 +280,14 @@ class FaceIndex:
             return None
         if index._index.count() != count + deleted or len(index.identity_of) != count:
             log.warning("face index in %s does not match its sidecar; rebuilding it", state_dir)
+            return None
+        labels = list(index.identity_of)
+        try:
+            for start in range(0, len(labels), 10_000):
+                chunk = labels[start : start + 10_000]
+                index._account(index._index.vectors(chunk), [index.identity_of[label] for label in chunk], 1)
+        except (RuntimeError, KeyError) as error:  # a face the file lacks
+            log.warning("face index in %s lacks faces of the store (%s); rebuilding it", state_dir, error)
             return None
         return index
 

@@ -142,6 +142,7 @@ class CycleReport:
     faces_found: int = 0
     faces_assigned: int = 0
     identities_created: list[int] = field(default_factory=list)
+    identities_merged: list[tuple[int, int]] = field(default_factory=list)  # (retired, kept)
     removed_assets: int = 0
     facesets_written: int = 0
     source_errors: dict[str, str] = field(default_factory=dict)

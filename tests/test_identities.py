@@ -7,11 +7,12 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import requires_shared
 from facesyncd.identities import assign, cluster_pool
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
-    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    return (rows / np.linalg.norm(rows, axis=-1, keepdims=True)).astype(np.float32)
 
 
 def people(count: int, per_person: int, *, spread: float, dimension: int = 64, seed: int = 0) -> np.ndarray:
@@ -122,3 +123,140 @@ def test_a_component_over_the_limit_is_clustered_a_chunk_per_round() -> None:
         ([tuple(range(40, 50))], False),
         ([], False),
     ]
+
+
+# -- identities that improve as the library grows --------------------------------------------------
+
+
+def _app(tmp_path, **identities):
+    from conftest import write_config
+    from facesyncd.app import open_app
+    from facesyncd.config import load_settings
+
+    config = write_config(tmp_path, "http://127.0.0.1:9")
+    extra = "".join(f"{key} = {str(value).lower()}\n" for key, value in identities.items())
+    config.write_text(config.read_text() + f"[identities]\n{extra}")
+    import os
+
+    os.environ.setdefault("FACESYNCD_TEST_KEY_ALICE", "test-key-not-used-0123")
+    app = open_app(load_settings(config))
+    app.embedder.load()
+    return app
+
+
+def _add(app, vectors: np.ndarray, prefix: str) -> list[int]:
+    """One photo per face; the faces unmatched, in the pool or new."""
+    from facesyncd.models import DetectedFace
+
+    store = app.store
+    before = {face.id for face in store.unmatched_new_faces()}
+    for number, vector in enumerate(vectors):
+        face = DetectedFace((0, 0, 120, 120), 0.9, ((1.0, 1.0),) * 5, vector.astype(np.float32))
+        with store.transaction():
+            store.save_blob_faces(
+                f"{prefix}-{number}", size=1, width=200, height=200, decoded_from="original",
+                model=app.embedder.name, faces=[face], crops=[f"c/{prefix}_{number}.jpg"],
+            )  # fmt: skip
+    return [face.id for face in store.unmatched_new_faces() if face.id not in before]
+
+
+def _hard_person(rng, count: int, spread: float = 1.0, dimension: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """A person whose photos differ a lot (light, age, angle): faces about 0.5 apart from each other."""
+    centre = unit(rng.normal(size=(1, dimension)))[0]
+    return centre, unit(centre + spread * unit(rng.normal(size=(count, dimension))))
+
+
+@requires_shared
+def test_a_face_near_no_single_face_joins_by_its_mean_distance(tmp_path) -> None:
+    """Behaviour 4(b): a new photo of a person whose photos all differ a lot is often farther than
+    match_distance from every one of them, yet within cluster_distance of them on average; a
+    stranger is far from both. The same library with and without mean_join: recall must rise with
+    it, and no stranger may join either way."""
+    from facesyncd.cycle import assign_new_faces, open_new_facesets
+    from facesyncd.models import CycleReport
+
+    rng = np.random.default_rng(11)
+    _, faces = _hard_person(rng, 28)
+    strangers = unit(rng.normal(size=(60, 128)))
+    joined = {}
+    for mean_join in (True, False):
+        app = _app(tmp_path / str(mean_join), mean_join=mean_join, merge_distance=0)
+        app.store.record_matches({}, _add(app, faces[:8], "first"))
+        report = CycleReport()
+        open_new_facesets(app, report)
+        assert len(report.identities_created) == 1
+        newcomers = _add(app, faces[8:], "later")
+        others = _add(app, strangers, "stranger")
+        assign_new_faces(app, report)
+        identity_of = app.store.identity_map()
+        assert not any(face in identity_of for face in others), "a stranger joined"
+        joined[mean_join] = sum(face in identity_of for face in newcomers)
+        app.close()
+    assert joined[True] >= 15 and joined[True] >= joined[False] + 3, joined
+
+
+@requires_shared
+@pytest.mark.parametrize("merge_distance", [0.40, 0.0])
+def test_two_identities_of_one_person_merge_into_the_lower_number(tmp_path, merge_distance: float) -> None:
+    """Behaviour 4(a): one person in two looks (a beard, glasses) forms two clusters whose centres
+    are close; they merge after the cycle, keeping the lower number; the other is retired, never
+    given again. A look-alike pair (different people, centres 0.45 apart) and two close identities
+    seen together in one photo stay apart."""
+    import sqlite3
+
+    from facesyncd.cycle import merge_identities, open_new_facesets
+    from facesyncd.models import CycleReport
+
+    rng = np.random.default_rng(5)
+    app = _app(tmp_path / str(merge_distance), mean_join=False, merge_distance=merge_distance)
+    centre = unit(rng.normal(size=(1, 128)))[0]
+    side = rng.normal(size=128)
+    side = unit((side - (side @ centre) * centre)[None])[0]
+    looks = [unit(centre + sign * 0.4 * side) for sign in (1, -1)]
+    person = np.concatenate([unit(look + 0.95 * unit(rng.normal(size=(8, 128)))) for look in looks])
+    first = unit(rng.normal(size=(1, 128)))[0]
+    across = rng.normal(size=128)
+    across = unit(across - (across @ first) * first)
+    second = unit(first + 1.6 * across)  # a look-alike: the centres 0.47 apart, over merge_distance
+    alike = np.concatenate(
+        [unit(first + 0.6 * unit(rng.normal(size=(6, 128)))), unit(second + 0.6 * unit(rng.normal(size=(6, 128))))]
+    )
+    app.store.record_matches({}, _add(app, np.concatenate([person, alike]), "pool"))
+    report = CycleReport()
+    open_new_facesets(app, report)
+    assert len(report.identities_created) >= 3, report.identities_created
+    merge_identities(app, report)
+    remaining = sorted(set(app.store.identity_map().values()))
+    with sqlite3.connect(app.store.path) as connection:
+        retired = dict(connection.execute("SELECT number, merged_into FROM identities WHERE merged_into IS NOT NULL"))
+    person_ids = {app.store.identity_map().get(face.id) for face in app.store.faces_by_id(list(range(1, 17)))}
+    if merge_distance:
+        assert len(person_ids) == 1, "the two looks of one person are still two facesets"
+        assert report.identities_merged and all(kept < gone for gone, kept in report.identities_merged)
+        assert retired == {gone: kept for gone, kept in report.identities_merged}
+        opened = app.store.create_identity({})
+        assert opened > max(report.identities_created), "a retired number was given again"
+    else:
+        assert not report.identities_merged and not retired
+        assert len(person_ids - {None}) == 2, "without merging, the two looks are two facesets"
+    identity_map = app.store.identity_map()
+    first_ids = {identity_map.get(face) for face in range(17, 23)} - {None}
+    second_ids = {identity_map.get(face) for face in range(23, 29)} - {None}
+    assert first_ids and second_ids and not first_ids & second_ids, "the look-alikes were merged"
+    assert len(remaining) == (3 if merge_distance else 4)
+    app.close()
+
+
+def test_identities_seen_together_in_a_photo_never_merge() -> None:
+    from facesyncd.identities import merges
+
+    rng = np.random.default_rng(3)
+    base = unit(rng.normal(size=(1, 32)))[0]
+    near = {number: unit(base + 0.03 * rng.normal(size=32)) for number in (4, 9, 12)}
+    far = {20: unit(rng.normal(size=32))}
+    [(retired, kept)] = merges({**near, **far}, set(), 0.40)  # one merge per identity per call
+    assert kept < retired and {kept, retired} <= {4, 9, 12}
+    pairs = merges({**near, **far}, {frozenset((4, 9)), frozenset((4, 12))}, 0.40)
+    assert pairs == [(12, 9)], "two faces in one photo are two people"
+    assert merges({**near, **far}, set(), 0.0) == []
+    assert all(20 not in pair for pair in merges({**near, **far}, set(), 0.40))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import FacesyncError, ImmichAuthError, ImmichError, ImmichUnreachable
 from ..models import CycleReport
-from .identify import assign_new_faces, open_new_facesets
+from .identify import assign_new_faces, merge_identities, open_new_facesets
 from .poll import poll
 from .publish import publish
 from .stage import stage
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_cycle", "assign_new_faces", "open_new_facesets", "publish"]
+__all__ = ["run_cycle", "assign_new_faces", "merge_identities", "open_new_facesets", "publish"]
 
 
 def run_cycle(app: App, report: CycleReport, *, reconcile: bool | None, cluster: bool = True) -> FacesyncError | None:
@@ -46,5 +46,6 @@ def run_cycle(app: App, report: CycleReport, *, reconcile: bool | None, cluster:
     assign_new_faces(app, report)
     if cluster:
         open_new_facesets(app, report)
+    merge_identities(app, report)
     publish(app, report)
     return first_error

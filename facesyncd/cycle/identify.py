@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..crashpoints import checkpoint
-from ..identities import Cluster, assign, cluster_pool
+from ..identities import Cluster, assign, cluster_pool, merges
 from ..index import FaceIndex
 from ..models import CycleReport, StoredFace
 
@@ -80,16 +80,41 @@ def _open_identities(app: App, pool: list[StoredFace], clusters: list[Cluster], 
 
 
 def _match(app: App, faces: list[StoredFace], index: FaceIndex) -> dict[int, tuple[int, float]]:
+    """Face id -> (identity, distance) for the faces that join an identity: the closest one with a
+    face within match_distance; failing that (with mean_join), the one whose faces are within
+    cluster_distance on average, among the identities of its nearest faces. Never two faces of one
+    photo into one identity."""
     if not faces or len(index) == 0:
         return {}
+    settings = app.settings.identities
     embeddings = np.stack([face.embedding for face in faces])
     neighbour_ids, neighbour_distances = index.query(embeddings, NEIGHBOURS)
     blobs = [face.sha256 for face in faces]
     taken = {blob: app.store.identities_of_blob(blob) for blob in set(blobs)}
-    matches = assign(
-        blobs, neighbour_ids, neighbour_distances, index.identity_of, app.settings.identities.match_distance, taken
-    )
+    matches = assign(blobs, neighbour_ids, neighbour_distances, index.identity_of, settings.match_distance, taken)
+    if settings.mean_join:
+        for row, blob in enumerate(blobs):
+            if row in matches:
+                continue
+            near = {index.identity_of[int(face)] for face in neighbour_ids[row] if int(face) in index.identity_of}
+            used = taken[blob] | {identity for other, (identity, _) in matches.items() if blobs[other] == blob}
+            means = index.mean_distances(embeddings[row], sorted(near - used))
+            if means:
+                identity, distance = min(means.items(), key=lambda item: (item[1], item[0]))
+                if distance <= settings.cluster_distance:
+                    matches[row] = (identity, distance)
     return {faces[row].id: match for row, match in matches.items()}
+
+
+def merge_identities(app: App, report: CycleReport) -> None:
+    """Identities found to be one person (centres within merge_distance, no photo with a face of
+    each) become one: the lower number keeps them, the higher is retired and never given again."""
+    index = app.index.get()
+    for retired, kept in merges(index.centres(), app.store.photos_shared(), app.settings.identities.merge_distance):
+        app.store.merge_identities(retired, kept)
+        index.relabel(retired, kept)
+        report.identities_merged.append((retired, kept))
+        log.info("faceset %03d is the same person as %03d: merged into it, %03d retired", retired, kept, retired)
 
 
 def _add_to_index(app: App, faces: list[StoredFace], matches: dict[int, tuple[int, float]]) -> None:

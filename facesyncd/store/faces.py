@@ -228,6 +228,24 @@ class FaceQueries(Database):
             self._bump_index_version()
         return number
 
+    def photos_shared(self) -> set[frozenset[int]]:
+        """Pairs of identities that have faces in one photo (two people, never one)."""
+        rows = self.tuples(
+            "SELECT DISTINCT a.identity, b.identity FROM faces a JOIN faces b ON a.sha256 = b.sha256 "
+            "WHERE a.identity IS NOT NULL AND b.identity IS NOT NULL AND a.identity < b.identity"
+        )
+        return {frozenset(row) for row in rows}
+
+    def merge_identities(self, retired: int, kept: int) -> None:
+        """Every face of `retired` joins `kept`; `retired` keeps its row (its number is never given
+        again) and says where its faces went."""
+        with self.transaction():
+            self.execute("UPDATE faces SET identity = ? WHERE identity = ?", (kept, retired))
+            self.execute(
+                "UPDATE identities SET merged_into = ?, merged_at = ? WHERE number = ?", (kept, utc_now(), retired)
+            )
+            self._bump_index_version()
+
     def ensure_identity(self, number: int, origin: str) -> None:
         self.execute(
             "INSERT INTO identities (number, origin, created_at) VALUES (?, ?, ?) ON CONFLICT(number) DO NOTHING",
