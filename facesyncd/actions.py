@@ -158,3 +158,27 @@ def check_adopted(app: App, *, fresh: bool = False) -> None:
     highest = set_aside_facesets(facesets_dir)
     app.store.raise_number_floor(highest)
     log.warning("starting over: new facesets will number from %03d", highest + 1)
+
+
+def contact_sheet(app: App, number: int) -> bytes:
+    """A PNG of faceset `number`'s faces as its folder shows them, best first (swap PNGs where there
+    are, else crops), each captioned with its face id and quality."""
+    import cv2
+    import numpy as np
+
+    from .sheet import contact_sheet as render
+
+    faces = app.store.export_faces().get(number)
+    if not faces:
+        raise FacesyncError(f"faceset {number:03d} has no faces (see `facesyncd status`)")
+    name = app.store.identity_names().get(number)
+    tiles = []
+    for face in sorted(faces, key=lambda face: -(face.quality.composite if face.quality else 0.0)):
+        png = app.swap.png(face.crop)
+        path = png if app.settings.export.format == "swap" and png.is_file() else app.crops.path(face.crop)
+        pixels = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR) if path.is_file() else None
+        if pixels is not None:
+            quality = f" q{face.quality.composite:.2f}" if face.quality else ""
+            tiles.append((np.asarray(pixels, np.uint8), f"#{face.face_id}{quality}"))
+    title = f"faceset_{number:03d}" + (f"  {name}" if name else "") + f"  {len(tiles)} faces"
+    return render(tiles, title)

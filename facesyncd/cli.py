@@ -347,6 +347,36 @@ def retry() -> None:
     typer.echo(f"{count} assets queued for retry")
 
 
+faceset_app = typer.Typer(help="Look at one faceset.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(faceset_app, name="faceset")
+
+
+@faceset_app.command("sheet")
+def faceset_sheet(
+    number: int = typer.Argument(..., help="The faceset's number (faceset_NNN)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Where to write the PNG (default: faceset_NNN.png)."),
+) -> None:
+    """Write a contact sheet: the faceset's faces on one PNG, best first, with face ids and quality.
+
+    Example: facesyncd faceset sheet 7 --out /tmp/faceset_007.png
+    """
+    from . import actions
+    from .app import open_app
+    from .errors import LocalWriteError
+
+    app = open_app(_settings(secrets=False), create=False)
+    try:
+        data = actions.contact_sheet(app, number)
+    finally:
+        app.close()
+    target = out or Path(f"faceset_{number:03d}.png")
+    try:
+        target.write_bytes(data)
+    except OSError as error:
+        raise LocalWriteError(f"cannot write {target}: {error.strerror or error}") from None
+    typer.echo(f"wrote {target}")
+
+
 def main() -> None:
     """Entry point: run the app, turning known errors into one line and an exit code."""
     try:

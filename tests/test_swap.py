@@ -249,3 +249,21 @@ def test_an_intruding_face_is_masked_out_or_the_png_left_out(embedder: OnnxEmbed
             assert "could not be masked" in why or "no face" in why
     assert intruded >= 3, f"crowded faces: the squares hold their neighbours ({intruded})"
     assert excluded < intruded, "masking saved some of them"
+
+
+def test_a_contact_sheet_shows_a_faceset_best_first(fake: FakeImmich, tmp_path: Path) -> None:
+    add_photos(fake, ["wild/obama"])
+    config = write_config(tmp_path, fake.url)
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    [manifest] = (tmp_path / "facesets").glob("faceset_*/faceset.json")
+    data = json.loads(manifest.read_text())
+    out = tmp_path / "sheet.png"
+    result = run_cli("--config", str(config), "faceset", "sheet", str(data["number"]), "--out", str(out))
+    assert result.returncode == 0 and f"wrote {out}" in result.stdout, result.stderr
+    sheet = cv2.imread(str(out))
+    faces = len(data["faces"])
+    assert sheet.shape[1] == 160 * min(6, faces) and sheet.shape[0] > 160
+    tile = sheet[34 : 34 + 160, 0:160]
+    assert tile.std() > 20, "the first tile is empty"
+    missing = run_cli("--config", str(config), "faceset", "sheet", "99")
+    assert missing.returncode == 1 and "faceset 099 has no faces" in missing.stderr
