@@ -103,13 +103,13 @@ def cluster(app: App) -> CycleReport:
     return run_action(app, JobKind.CLUSTER, body)
 
 
-def import_facesets(app: App, directory: Path) -> ImportReport:
+def import_facesets(app: App, directory: Path, *, merge: bool = False) -> ImportReport:
     """Adopt a tree of faceset_NNN folders (see importer.py), then export."""
     _prepare_to_embed(app)
     result: list[ImportReport] = []
 
     def body(report: CycleReport) -> None:
-        imported = import_tree(directory, app.store, app.embedder, app.crops, settings=app.settings.faces)
+        imported = import_tree(directory, app.store, app.embedder, app.crops, settings=app.settings.faces, merge=merge)
         report.faces_found = imported.imported
         result.append(imported)
         app.index.drop()  # imported faces joined identities outside the index

@@ -303,10 +303,15 @@ def rebuild_index() -> None:
 @app.command("import-facesets")
 def import_facesets(
     directory: Path = typer.Argument(..., help="Folder holding faceset_NNN/ folders of face images."),
+    merge: bool = typer.Option(
+        False, "--merge", help="The tree's numbers exist here already: add its faces to those facesets."
+    ),
 ) -> None:
-    """Adopt an existing tree of faceset_NNN/ folders as identities NNN (numbers kept).
+    """Adopt an existing tree of faceset_NNN/ folders as identities NNN (numbers kept): facesyncd's own
+    export, or the older pipeline's (era splits faceset_NNN_<label>, _thin/ _masked/ _merged/
+    _candidates/ as the user's decisions, manifest.json, NAME.txt). The tree is never modified.
 
-    Example: facesyncd import-facesets /srv/old-pipeline/facesets
+    Example: facesyncd import-facesets /srv/old-pipeline/facesets_swap_ready
     """
     from . import actions
     from .app import open_app
@@ -316,15 +321,19 @@ def import_facesets(
     with kept_by_owner(settings.state_dir, settings.facesets_dir), state_lock(settings.state_dir):
         app = open_app(settings)
         try:
-            report = actions.import_facesets(app, directory)
+            report = actions.import_facesets(app, directory, merge=merge)
         finally:
             app.close()
+    held = f", {report.held} set aside as the tree decided" if report.held else ""
+    others = f", not images: {len(report.not_images)}" if report.not_images else ""
     typer.echo(
         f"imported {report.imported} faces into {len(report.identities)} facesets "
-        f"({report.already} already imported, {len(report.failed)} failed)"
+        f"({report.already} already imported, {len(report.failed)} failed{held}{others})"
     )
     for path, reason in sorted(report.failed.items()):
         typer.echo(f"  failed: {path}: {reason}", err=True)
+    for path in sorted(report.not_images):
+        typer.echo(f"  not an image, left alone: {path}", err=True)
 
 
 @app.command()

@@ -36,7 +36,8 @@ from .models import ExportFace
 
 log = logging.getLogger(__name__)
 
-FACESET_RE = re.compile(r"^faceset_(\d+)$")
+FACESET_RE = re.compile(r"^faceset_(\d+)$")  # a faceset's folder
+FOLDER_RE = re.compile(r"^faceset_(\d+)(?:_(.+))?$")  # or one of its labelled sub-sets'
 MANIFEST = "faceset.json"  # the crops layout's
 SWAP_MANIFEST = "manifest.json"  # the swap layout's, in each folder and at the top
 MANIFESTS = (MANIFEST, SWAP_MANIFEST)
@@ -57,17 +58,31 @@ class Plan:
     placeholders: dict[str, bytes] = field(default_factory=dict)
 
 
-def faceset_name(number: int) -> str:
-    return f"faceset_{number:03d}"
+def faceset_name(number: int, subset: str | None = None) -> str:
+    return f"faceset_{number:03d}" + (f"_{subset}" if subset else "")
+
+
+def folders(
+    faces_by_identity: Mapping[int, Sequence[ExportFace]],
+) -> dict[str, tuple[int, str | None, list[ExportFace]]]:
+    """Folder name -> (number, sub-set, faces): an identity's faces in its folder, those of a labelled
+    sub-set (the older pipeline's era splits) in faceset_NNN_<label>."""
+    grouped: dict[str, tuple[int, str | None, list[ExportFace]]] = {}
+    for number, faces in faces_by_identity.items():
+        for face in faces:
+            name = faceset_name(number, face.subset)
+            grouped.setdefault(name, (number, face.subset, []))[2].append(face)
+    return grouped
 
 
 def face_file(face: ExportFace) -> str:
     return f"face_{face.face_id:07d}.jpg"
 
 
-def manifest(number: int, faces: Sequence[ExportFace]) -> dict[str, Any]:
+def manifest(number: int, faces: Sequence[ExportFace], subset: str | None = None) -> dict[str, Any]:
     return {
         "number": number,
+        **({"subset": subset} if subset else {}),
         "faces": [
             {
                 "face_id": face.face_id,
@@ -91,7 +106,8 @@ def _read_manifest(folder: Path) -> dict[str, Any] | None:
             data = json.loads((folder / name).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if isinstance(data, dict) and "faces" in data:
+        # Another program's manifest.json (the older pipeline's) is not ours.
+        if isinstance(data, dict) and "faces" in data and (name == MANIFEST or data.get("written_by") == "facesyncd"):
             return {**data, "manifest": name} if name != MANIFEST else data
     return None
 
@@ -205,8 +221,9 @@ def clean_leftovers(facesets_dir: Path) -> None:
             _remove(entry)
 
 
-def crops_plan(number: int, faces: Sequence[ExportFace], crops_dir: Path) -> Plan:
-    return Plan(MANIFEST, manifest(number, faces), {face_file(face): crops_dir / face.crop for face in faces})
+def crops_plan(number: int, faces: Sequence[ExportFace], crops_dir: Path, subset: str | None = None) -> Plan:
+    files: dict[str, Path | bytes] = {face_file(face): crops_dir / face.crop for face in faces}
+    return Plan(MANIFEST, manifest(number, faces, subset), files)
 
 
 def write_faceset(
@@ -215,6 +232,7 @@ def write_faceset(
     number: int,
     faces: Sequence[ExportFace],
     missing: list[ExportFace] | None = None,
+    subset: str | None = None,
 ) -> bool:
     """Write one faceset folder of the crops layout if it differs from the store. Returns whether
     anything was written.
@@ -225,10 +243,11 @@ def write_faceset(
     store and is written again once their crops are back). With no face at all, a folder is kept
     only for the user's files in it.
     """
-    final = _claim(facesets_dir, number)
+    name = faceset_name(number, subset)
+    final = _claim(facesets_dir, name)
     existing = _read_manifest(final) if final.is_dir() else None
     users = _user_entries(final, existing) if existing is not None else []
-    if _is_current(final, existing, crops_plan(number, faces, crops_dir), users):
+    if _is_current(final, existing, crops_plan(number, faces, crops_dir, subset), users):
         return False
     present = [face for face in faces if (crops_dir / face.crop).is_file()]
     if len(present) < len(faces):
@@ -238,22 +257,22 @@ def write_faceset(
         faces = present
         if not faces and not users:
             return False
-    return write_folder(facesets_dir, number, crops_plan(number, faces, crops_dir))
+    return write_folder(facesets_dir, name, crops_plan(number, faces, crops_dir, subset))
 
 
-def _claim(facesets_dir: Path, number: int) -> Path:
+def _claim(facesets_dir: Path, name: str) -> Path:
     """The folder's path, once anything there that facesyncd did not write is set aside."""
-    final = facesets_dir / faceset_name(number)
+    final = facesets_dir / name
     if final.is_symlink() or (final.exists() and _read_manifest(final) is None):
         # A folder facesyncd did not write (an imported tree exported in place, a link): keep it whole.
         _set_aside(facesets_dir, final, "which facesyncd did not write")
     return final
 
 
-def write_folder(facesets_dir: Path, number: int, plan: Plan) -> bool:
-    """Make the folder of faceset `number` hold what `plan` says, carrying the user's files along.
-    Returns whether anything was written."""
-    final = _claim(facesets_dir, number)
+def write_folder(facesets_dir: Path, name: str, plan: Plan) -> bool:
+    """Make the folder `name` hold what `plan` says, carrying the user's files along. Returns whether
+    anything was written."""
+    final = _claim(facesets_dir, name)
     existing = _read_manifest(final) if final.is_dir() else None
     users = _user_entries(final, existing) if existing is not None else []
     placeholders = {name: data for name, data in plan.placeholders.items() if name not in users}
@@ -300,15 +319,24 @@ def write_folder(facesets_dir: Path, number: int, plan: Plan) -> bool:
     return True
 
 
-def own_facesets(facesets_dir: Path) -> dict[int, Path]:
-    """faceset_NNN folders that facesyncd wrote (they hold its manifest), by number."""
-    found: dict[int, Path] = {}
+def own_folders(facesets_dir: Path) -> dict[str, Path]:
+    """Every folder that facesyncd wrote (it holds facesyncd's manifest): facesets and sub-sets."""
+    found: dict[str, Path] = {}
     if not facesets_dir.is_dir():
         return found
     for entry in facesets_dir.iterdir():
-        match = FACESET_RE.match(entry.name)
-        if match and entry.is_dir() and not entry.is_symlink() and _read_manifest(entry) is not None:
-            found[int(match.group(1))] = entry
+        if FOLDER_RE.match(entry.name) and entry.is_dir() and not entry.is_symlink() and _read_manifest(entry):
+            found[entry.name] = entry
+    return found
+
+
+def own_facesets(facesets_dir: Path) -> dict[int, Path]:
+    """faceset_NNN folders that facesyncd wrote (they hold its manifest), by number."""
+    found: dict[int, Path] = {}
+    for name, folder in own_folders(facesets_dir).items():
+        match = FACESET_RE.match(name)
+        if match:
+            found[int(match.group(1))] = folder
     return found
 
 
@@ -352,37 +380,47 @@ def export_all(
     """Bring every faceset folder in line with the store, in the crops layout. Returns how many
     folders were written. Faces whose crop files are gone are collected in `missing` (see
     write_faceset)."""
-    return _export(
-        facesets_dir,
-        faces_by_identity,
-        lambda number, faces: write_faceset(facesets_dir, crops_dir, number, faces, missing),
-        highest_number,
-    )
+    wanted = folders(faces_by_identity)
+
+    def write(name: str, faces: Sequence[ExportFace]) -> bool:
+        number, subset = _number_and_subset(name)
+        return write_faceset(facesets_dir, crops_dir, number, faces, missing, subset)
+
+    return _export(facesets_dir, {name: faces for name, (_, _, faces) in wanted.items()}, write, highest_number)
 
 
-def export_plans(facesets_dir: Path, plans: Mapping[int, Plan], *, highest_number: int = 0) -> int:
-    """Bring every faceset folder in line with these plans (the swap layout); writes the tree's
-    manifest.json too."""
+def _number_and_subset(name: str) -> tuple[int, str | None]:
+    match = FOLDER_RE.match(name)
+    assert match is not None, name
+    return int(match.group(1)), match.group(2)
+
+
+def export_plans(facesets_dir: Path, plans: Mapping[str, Plan], *, highest_number: int = 0) -> int:
+    """Bring every faceset folder in line with these plans, by folder name (the swap layout); writes
+    the tree's manifest.json too."""
+
+    def write(name: str, faces: Sequence[Any]) -> bool:
+        number, subset = _number_and_subset(name)
+        empty = Plan(SWAP_MANIFEST, {"number": number, "faces": [], "written_by": "facesyncd"}, {})
+        return write_folder(facesets_dir, name, plans.get(name) or empty)
+
     written = _export(
-        facesets_dir,
-        {number: plan.manifest["faces"] for number, plan in plans.items()},
-        lambda number, faces: write_folder(
-            facesets_dir, number, plans.get(number) or Plan(SWAP_MANIFEST, {"number": number, "faces": []}, {})
-        ),
-        highest_number,
+        facesets_dir, {name: plan.manifest["faces"] for name, plan in plans.items()}, write, highest_number
     )
     tree = {
         "facesets": [
             {
-                "number": number,
-                "folder": faceset_name(number),
+                "number": plan.manifest["number"],
+                "folder": name,
+                **({"subset": plan.manifest["subset"]} if plan.manifest.get("subset") else {}),
                 "name": plan.manifest.get("name"),
                 "faces": len(plan.manifest["faces"]),
                 "files": sorted(plan.files),
             }
-            for number, plan in sorted(plans.items())
+            for name, plan in sorted(plans.items())
             if plan.manifest["faces"]
-        ]
+        ],
+        "written_by": "facesyncd",
     }
     data = (json.dumps(tree, indent=1) + "\n").encode()
     path = facesets_dir / SWAP_MANIFEST
@@ -393,30 +431,30 @@ def export_plans(facesets_dir: Path, plans: Mapping[int, Plan], *, highest_numbe
 
 def _export(
     facesets_dir: Path,
-    faces_by_identity: Mapping[int, Sequence[Any]],
-    write: Callable[[int, Sequence[Any]], bool],
+    faces_by_folder: Mapping[str, Sequence[Any]],
+    write: Callable[[str, Sequence[Any]], bool],
     highest_number: int,
 ) -> int:
-    """A folder whose identity has no live face left (all its photos deleted) is removed, but for the
-    files the user put in it; its number stays taken in the store and is never given to another
-    identity."""
+    """A folder whose faces are all gone (all its photos deleted) is removed, but for the files the
+    user put in it; its number stays taken in the store and is never given to another identity."""
     facesets_dir.mkdir(parents=True, exist_ok=True)
     clean_leftovers(facesets_dir)
     remove_leftovers(facesets_dir, MARKER, SWAP_MANIFEST)
     written = 0
-    for number, faces in sorted(faces_by_identity.items()):
-        if faces and write(number, faces):
+    for name, faces in sorted(faces_by_folder.items()):
+        if faces and write(name, faces):
             written += 1
-    for number, folder in sorted(own_facesets(facesets_dir).items()):
-        if faces_by_identity.get(number):
+    for name, folder in sorted(own_folders(facesets_dir).items()):
+        if faces_by_folder.get(name):
             continue
         if _user_entries(folder, _read_manifest(folder)):
-            written += write(number, [])
+            written += write(name, [])
             continue
         retired = facesets_dir / f".{folder.name}.tmp"
         _remove(retired)
         os.replace(folder, retired)
         _remove(retired)
         written += 1
-    _write_marker(facesets_dir, max([highest_number, *faces_by_identity]))
+    numbers = [_number_and_subset(name)[0] for name in faces_by_folder]
+    _write_marker(facesets_dir, max([highest_number, *numbers]))
     return written

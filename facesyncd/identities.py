@@ -10,6 +10,10 @@ from numpy.typing import NDArray
 
 from .models import Box
 
+# Two faces this close (cosine distance) are one face seen twice: a crop and the photo it was cut
+# from, the same photo at two sizes. Different people, even look-alikes, are far beyond it.
+SAME_FACE = 0.2
+
 
 def assign(
     blobs: Sequence[str],

@@ -1,8 +1,22 @@
-"""Adopt an existing tree of `faceset_NNN/` folders as identities NNN.
+"""Adopt an existing tree of faceset folders: facesyncd's own, or the older script pipeline's.
 
-Users of the older script pipeline have such trees. Each image's largest face joins identity NNN, so
-later faces from Immich match it; the numbers are kept, and new facesets number after the highest.
-Already imported files are skipped, so the command can be run again after adding files.
+What a tree may hold, and what becomes of it:
+- `faceset_NNN/` with face images (JPEG, PNG, ...): identity NNN, the number kept; each image's
+  largest face joins it. New facesets number past the highest number the tree shows.
+- `faceset_NNN_<label>/` (the older pipeline's era splits, one person at one age): a labelled sub-set
+  of identity NNN, exported back under the same folder name.
+- `_thin/`, `_masked/`, `_merged/`, `_candidates/` (anything under them): the user's decisions. Their
+  faces are held aside: they never form a faceset and never join one, and neither does the same face
+  arriving later from Immich.
+- `manifest.json` (the older pipeline's) or `faceset.json` (facesyncd's): where each image was cut
+  from (`source`: an Immich asset id, or a photo's path; `bbox`) and its quality where given. When
+  that photo arrives from Immich, its own face takes the imported face's place: the same face, not a
+  second one.
+- `NAME.txt`: the identity's name. `.fsz` bundles are ignored (their PNGs are the same crops); a file
+  that is not an image is reported, never decoded.
+
+Nothing in the tree is modified. Importing again only adds files that are new; importing into a
+state that already has identities with the tree's numbers (from elsewhere) is refused unless `merge`.
 """
 
 from __future__ import annotations
@@ -10,8 +24,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
 
 import numpy as np
 
@@ -19,10 +36,10 @@ from .config import FaceSettings
 from .crops import Crops
 from .embedder import Embedder
 from .errors import FacesyncError, ImageError
-from .export import FACESET_RE, MANIFEST, highest_exported
+from .export import FACESET_RE, FOLDER_RE, MANIFEST, NAME_FILE, SWAP_MANIFEST, highest_exported
 from .imaging import DecodedImage, decode_image
 from .immich import ASSET_ID_RE
-from .models import DecodeSource, DetectedFace, ImportProvenance
+from .models import DecodeSource, DetectedFace, ImportProvenance, Quality
 from .quality import assess
 from .store import Store
 
@@ -31,6 +48,10 @@ log = logging.getLogger(__name__)
 # The older pipeline's folders hold face crops; tight, already aligned crops (112x112) defeat the
 # detector unless surrounded by some background, so a second try pads the image.
 PAD_FRACTION = 0.6
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".avif", ".tif", ".tiff", ".bmp", ".gif"}
+HELD_FOLDERS = {"_thin": "thin", "_masked": "masked", "_merged": "merged", "_candidates": "candidates"}
+SKIPPED_NAMES = {MANIFEST, SWAP_MANIFEST, NAME_FILE}
+NUMBER_IN_NAME = re.compile(r"faceset_(\d+)")
 
 
 @dataclass
@@ -38,7 +59,19 @@ class ImportReport:
     identities: list[int] = field(default_factory=list)
     imported: int = 0
     already: int = 0
-    failed: dict[str, str] = field(default_factory=dict)
+    held: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # image -> why no face came of it
+    not_images: list[str] = field(default_factory=list)  # files left alone, never decoded
+
+
+@dataclass(frozen=True)
+class _Folder:
+    """One folder of images to import, and what its faces become."""
+
+    path: Path
+    number: int | None  # the identity, None for a held folder
+    subset: str | None = None
+    held: str | None = None
 
 
 def _sha256(path: Path) -> tuple[str, int]:
@@ -67,99 +100,215 @@ def _largest_face(embedder: Embedder, image: DecodedImage) -> tuple[list[Detecte
     return [], image
 
 
-def _provenance(folder: Path) -> dict[str, ImportProvenance]:
-    """file name -> the photo and box it was cut from, where the folder's faceset.json (facesyncd's own
-    export) says so. Such a face is replaced by the photo's own face once the photo arrives from
-    Immich, instead of being counted twice."""
-    try:
-        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        entries = data["faces"]
-    except (OSError, ValueError, TypeError, KeyError):
-        return {}
-    origins: dict[str, ImportProvenance] = {}
-    for entry in entries if isinstance(entries, list) else []:
+def _entries(folder: Path) -> list[dict[str, Any]]:
+    """The faces[] of a folder's manifest, facesyncd's or the older pipeline's."""
+    for name in (MANIFEST, SWAP_MANIFEST):
         try:
-            asset_id, bbox = entry["asset_id"], tuple(float(v) for v in entry["bbox"])
-            if isinstance(asset_id, str) and ASSET_ID_RE.match(asset_id) and len(bbox) == 4:
-                source = entry.get("source")
-                origins[str(entry["file"])] = ImportProvenance(
-                    source if isinstance(source, str) else None,
-                    asset_id.lower(),
-                    bbox,
-                )
-        except (KeyError, TypeError, ValueError):
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
             continue
-    return origins
+        faces = data.get("faces") if isinstance(data, dict) else None
+        if isinstance(faces, list):
+            return [entry for entry in faces if isinstance(entry, dict)]
+    return []
+
+
+def _entries_by_file(entries: list[dict[str, Any]], images: list[str]) -> dict[str, dict[str, Any]]:
+    """Which manifest entry describes which image: by the entry's file name; a manifest whose
+    entries name no file (keyed by `source` and `bbox` only) lists the folder's images in their name
+    order (best first, as the pipeline named them), so it is read in that order when it lists
+    exactly as many faces as the folder has images, and not at all otherwise."""
+    named = {file: entry for entry in entries if (file := _file_of(entry))}
+    if named or len(entries) != len(images):
+        return named
+    return dict(zip(images, entries, strict=True))
+
+
+def _file_of(entry: dict[str, Any]) -> str | None:
+    for key in ("file", "png", "image", "crop", "path"):
+        value = entry.get(key)
+        if isinstance(value, str) and value:
+            return PurePosixPath(value.replace("\\", "/")).name
+    return None
+
+
+def _provenance(entry: dict[str, Any]) -> ImportProvenance | None:
+    """Where a face was cut from: an Immich asset id (facesyncd's `asset_id`, or a `source` that is
+    one), else the file name of the `source` photo; and its box there."""
+    try:
+        bbox = tuple(float(v) for v in entry["bbox"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if len(bbox) != 4:
+        return None
+    source = entry.get("source")
+    source = source if isinstance(source, str) and source else None
+    asset = entry.get("asset_id") if isinstance(entry.get("asset_id"), str) else source
+    if isinstance(asset, str) and ASSET_ID_RE.match(asset):
+        return ImportProvenance(source, asset.lower(), (bbox[0], bbox[1], bbox[2], bbox[3]))
+    if source is None:
+        return None
+    name = PureWindowsPath(source).name if "\\" in source else PurePosixPath(source).name
+    return ImportProvenance(source, None, (bbox[0], bbox[1], bbox[2], bbox[3]), source_name=name or None)
+
+
+def _quality(entry: dict[str, Any]) -> Quality | None:
+    """The quality the tree recorded (measured on the original photo), where it has all five parts."""
+    recorded: dict[str, Any] = entry["quality"] if isinstance(entry.get("quality"), dict) else entry
+    try:
+        parts = {part: float(recorded[part]) for part in ("det_score", "size", "blur", "frontality", "symmetry")}
+    except (KeyError, TypeError, ValueError):
+        return None
+    return Quality(**parts)
+
+
+def _folders(root: Path) -> Iterator[_Folder]:
+    for entry in sorted(root.iterdir()):
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        if entry.name in HELD_FOLDERS:
+            held = HELD_FOLDERS[entry.name]
+            yield _Folder(entry, None, held=held)
+            for inner in sorted(path for path in entry.rglob("*") if path.is_dir()):
+                yield _Folder(inner, None, held=held)
+            continue
+        match = FOLDER_RE.match(entry.name)
+        if match:
+            yield _Folder(entry, int(match.group(1)), subset=match.group(2))
+
+
+def _numbers(root: Path) -> list[int]:
+    """Every faceset number the tree shows, in folder names anywhere (held folders too)."""
+    return [
+        int(match.group(1)) for path in root.rglob("*") if path.is_dir() and (match := NUMBER_IN_NAME.search(path.name))
+    ]
 
 
 def import_facesets(
-    root: Path, store: Store, embedder: Embedder, crops: Crops, *, settings: FaceSettings
+    root: Path, store: Store, embedder: Embedder, crops: Crops, *, settings: FaceSettings, merge: bool = False
 ) -> ImportReport:
-    """Import every image of every faceset_NNN folder under `root` (see the module's docstring)."""
+    """Import the tree at `root` (see the module's docstring)."""
     max_pixels = settings.max_image_megapixels * 1_000_000
     if not root.is_dir():
         raise FacesyncError(f"{root}: not a directory")
-    folders = sorted(
-        (int(match.group(1)), entry)
-        for entry in root.iterdir()
-        if entry.is_dir() and (match := FACESET_RE.match(entry.name))
-    )
-    if not folders:
+    folders = [folder for folder in _folders(root) if folder.number is None or folder.number > 0]
+    if not any(folder.number is not None and FACESET_RE.match(folder.path.name) for folder in folders):
         raise FacesyncError(f"{root}: no faceset_NNN folders found")
+    _refuse_taken_numbers(root, store, folders, merge)
     embedder.load()
     store.check_model(embedder.name, embedder.dimension)
-    # A tree facesyncd exported records the highest number it ever used: none of them goes to
-    # another person, even one whose folder is gone.
-    store.raise_number_floor(highest_exported(root))
+    # No number the tree ever used goes to another person: the highest in its folder names, held
+    # ones included, and the highest facesyncd's own export recorded.
+    store.raise_number_floor(max([highest_exported(root), *_numbers(root)]))
     report = ImportReport()
-    for number, folder in folders:
-        if number <= 0:
-            report.failed[str(folder)] = "faceset number must be positive"
-            continue
-        with store.transaction():
-            store.ensure_identity(number, "import")
-        report.identities.append(number)
-        origins = _provenance(folder)
-        for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-            if path.name == MANIFEST:
-                continue
+    names: dict[int, str] = {}
+    for folder in folders:
+        if folder.number is not None and folder.number not in report.identities:
+            report.identities.append(folder.number)  # an era folder alone makes its identity too
+            with store.transaction():
+                store.ensure_identity(folder.number, "import")
+        if folder.number is not None and folder.subset is None and (name := _name(folder.path)):
+            names[folder.number] = name
+        files = sorted(
+            path
+            for path in folder.path.iterdir()
+            if path.is_file()
+            and not path.name.startswith(".")
+            and path.name not in SKIPPED_NAMES
+            and path.suffix.lower() != ".fsz"
+        )
+        report.not_images.extend(str(path) for path in files if path.suffix.lower() not in IMAGE_SUFFIXES)
+        images = [path for path in files if path.suffix.lower() in IMAGE_SUFFIXES]
+        entries = _entries_by_file(_entries(folder.path), [path.name for path in images])
+        for path in images:
             key = str(path.resolve())
             if store.import_state(key) == "done":
                 report.already += 1
                 continue
-            sha256, size = _sha256(path)
-            try:
-                faces: list[DetectedFace] = []
-                image: DecodedImage | None = None
-                if not store.blob_exists(sha256):
-                    image = decode_image(path, max_pixels=max_pixels)
-                    faces, image = _largest_face(embedder, image)
-                    if not faces:
-                        raise ImageError("no face found")
-                names = crops.write_faces(sha256, image, [face.bbox for face in faces]) if image is not None else []
-                with store.transaction():
-                    if image is not None:
-                        store.save_blob_faces(
-                            sha256,
-                            size=size,
-                            width=image.width,
-                            height=image.height,
-                            decoded_from=DecodeSource.IMPORT,
-                            model=embedder.name,
-                            faces=faces,
-                            crops=names,
-                            qualities=[assess(image.pixels, f.bbox, f.landmarks, f.det_score) for f in faces],
-                        )
-                    blob_faces = store.faces_of_blob(sha256)
-                    if not blob_faces:
-                        raise ImageError("no face found")
-                    store.record_import(
-                        key, sha256, number, face_id=blob_faces[0][0], reason=None, provenance=origins.get(path.name)
-                    )
-                report.imported += 1
-            except ImageError as error:
-                with store.transaction():
-                    store.record_import(key, sha256, number, face_id=None, reason=str(error))
-                report.failed[key] = str(error)
-                log.warning("import: %s: %s", path, error)
+            _import_file(path, key, folder, entries.get(path.name, {}), store, embedder, crops, max_pixels, report)
+    known = store.identity_names()
+    store.set_identity_names({number: name for number, name in names.items() if not known.get(number)})
     return report
+
+
+def _name(folder: Path) -> str | None:
+    try:
+        return (folder / NAME_FILE).read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _refuse_taken_numbers(root: Path, store: Store, folders: list[_Folder], merge: bool) -> None:
+    """Numbers the state already gives to identities that did not come from this tree: importing
+    would put two people under one number, unless the user says they are one (`merge`)."""
+    if merge:
+        return
+    ours = store.import_identities_under(str(root.resolve()))
+    taken = sorted(
+        {folder.number for folder in folders if folder.number is not None} & set(store.identity_numbers()) - ours
+    )
+    if taken:
+        listing = ", ".join(f"{number:03d}" for number in taken[:10]) + (" ..." if len(taken) > 10 else "")
+        raise FacesyncError(
+            f"{root}: the facesets {listing} already exist here (not from this tree); importing would add the "
+            f"tree's faces to them: give --merge if they are the same people"
+        )
+
+
+def _import_file(
+    path: Path,
+    key: str,
+    folder: _Folder,
+    entry: dict[str, Any],
+    store: Store,
+    embedder: Embedder,
+    crops: Crops,
+    max_pixels: int,
+    report: ImportReport,
+) -> None:
+    sha256, size = _sha256(path)
+    try:
+        faces: list[DetectedFace] = []
+        image: DecodedImage | None = None
+        if not store.blob_exists(sha256):
+            image = decode_image(path, max_pixels=max_pixels)
+            faces, image = _largest_face(embedder, image)
+            if not faces:
+                raise ImageError("no face found")
+        names = crops.write_faces(sha256, image, [face.bbox for face in faces]) if image is not None else []
+        recorded = _quality(entry)
+        with store.transaction():
+            if image is not None:
+                store.save_blob_faces(
+                    sha256,
+                    size=size,
+                    width=image.width,
+                    height=image.height,
+                    decoded_from=DecodeSource.IMPORT,
+                    model=embedder.name,
+                    faces=faces,
+                    crops=names,
+                    qualities=[recorded or assess(image.pixels, f.bbox, f.landmarks, f.det_score) for f in faces],
+                )
+            blob_faces = store.faces_of_blob(sha256)
+            if not blob_faces:
+                raise ImageError("no face found")
+            store.record_import(
+                key,
+                sha256,
+                folder.number,
+                face_id=blob_faces[0][0],
+                reason=None,
+                provenance=_provenance(entry),
+                subset=folder.subset,
+                held=folder.held,
+            )
+        if folder.held:
+            report.held += 1
+        else:
+            report.imported += 1
+    except ImageError as error:
+        with store.transaction():
+            store.record_import(key, sha256, folder.number, face_id=None, reason=str(error), held=folder.held)
+        report.failed[key] = str(error)  # the command lists them: once, not logged as well
+        log.debug("import: %s: %s", path, error)

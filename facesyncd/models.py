@@ -210,25 +210,32 @@ class ExportFace:
     det_score: float
     distance: float | None
     quality: Quality | None = None
+    subset: str | None = None  # a labelled sub-set of the identity (its own folder)
 
 
 @dataclass(frozen=True)
 class ImportProvenance:
-    """Where an imported crop was cut from, as the imported tree records it."""
+    """Where an imported crop was cut from, as the imported tree records it: an Immich asset id, or
+    the photo's file name (the older pipeline's `source` path), and the box in that photo."""
 
     source: str | None
-    asset_id: str
+    asset_id: str | None
     bbox: Box
+    source_name: str | None = None
 
 
 @dataclass(frozen=True)
 class ImportClaim:
-    """An imported face that stands for a face of a photo in Immich until that photo arrives."""
+    """An imported face that stands for a face of a photo in Immich until that photo arrives: the
+    photo's face then takes its identity and sub-set, or the user's decision to hold it aside."""
 
     path: str
-    identity: int
+    identity: int | None
     bbox: Box
     face_id: int
+    subset: str | None = None
+    held: str | None = None
+    by_name: bool = False  # claimed by the photo's file name only, not by its asset id
 
 
 @dataclass(frozen=True)

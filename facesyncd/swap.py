@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 
 from .atomic import remove_leftovers, write_atomic
 from .embedder import Embedder
-from .export import NAME_FILE, SWAP_MANIFEST, Plan
+from .export import NAME_FILE, SWAP_MANIFEST, Plan, faceset_name
 from .identities import overlap
 from .imaging import DecodedImage
 from .models import Box, ExportFace
@@ -254,12 +254,16 @@ def bundle(members: Sequence[tuple[str, Path]]) -> bytes:
 def plan(
     number: int,
     name: str | None,
+    members: Sequence[ExportFace],
     chosen: Sequence[ExportFace],
     left_out: dict[int, str],
     cache: SwapCache,
     top_n: int,
+    subset: str | None = None,
 ) -> Plan:
-    """The swap layout of one faceset: the chosen faces that have a clean PNG, best first."""
+    """The swap layout of one faceset (of all its `members`): the chosen faces that have a clean
+    PNG, best first, and each face left out with its photo and why."""
+    photo = {face.face_id: face.asset_id for face in members}
     usable: list[ExportFace] = []
     for face in chosen:
         note = cache.excluded(face.crop)
@@ -270,10 +274,11 @@ def plan(
         else:
             left_out[face.face_id] = "no PNG yet (its photo could not be fetched)"
     files = {f"{rank:03d}_face_{face.face_id:07d}.png": face for rank, face in enumerate(usable, 1)}
-    folder = f"faceset_{number:03d}"
+    folder = faceset_name(number, subset)
     bundles = {f"{folder}.fsz": list(files), f"{folder}.top.fsz": list(files)[:top_n]} if files else {}
     manifest = {
         "number": number,
+        **({"subset": subset} if subset else {}),
         "name": name,
         "faces": [
             {
@@ -289,9 +294,13 @@ def plan(
             for file, face in files.items()
         ],
         "bundles": list(bundles),
-        "left_out": [{"face_id": face_id, "why": why} for face_id, why in sorted(left_out.items())],
+        "left_out": [
+            {"face_id": face_id, "asset_id": photo.get(face_id), "why": why}
+            for face_id, why in sorted(left_out.items())
+        ],
+        "written_by": "facesyncd",  # the older pipeline writes a manifest.json too: this one is ours
     }
     contents: dict[str, Path | bytes] = {file: cache.png(face.crop) for file, face in files.items()}
-    for bundle_name, members in bundles.items():
-        contents[bundle_name] = bundle([(file, cache.png(files[file].crop)) for file in members])
+    for bundle_name, bundled in bundles.items():
+        contents[bundle_name] = bundle([(file, cache.png(files[file].crop)) for file in bundled])
     return Plan(SWAP_MANIFEST, manifest, contents, placeholders={NAME_FILE: ((name or "") + "\n").encode()})

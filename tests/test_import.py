@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
-from conftest import PHOTOS, add_photos, requires_shared, run_cli, write_config
+import cv2
+import numpy as np
+
+from conftest import PHOTOS, TEST_PACK, add_photos, requires_shared, run_cli, write_config
+from facesyncd.config import FaceSettings, ModelSettings
+from facesyncd.imaging import DecodedImage, decode_image
+from facesyncd.onnx_embedder import OnnxEmbedder
+from facesyncd.swap import cut_square
 from fake_immich import FakeImmich
 
 pytestmark = requires_shared
@@ -35,8 +44,8 @@ def test_imported_numbers_are_kept_and_new_facesets_follow_the_highest(fake: Fak
     config = write_config(tmp_path / "run", fake.url)
     result = run_cli("--config", str(config), "import-facesets", str(tree))
     assert result.returncode == 0, result.stderr
-    assert "imported 6 faces into 3 facesets (0 already imported, 1 failed)" in result.stdout
-    assert "notes.txt" in result.stderr
+    assert "imported 6 faces into 3 facesets (0 already imported, 0 failed, not images: 1)" in result.stdout
+    assert result.stderr.count("notes.txt") == 1, result.stderr
     facesets = tmp_path / "run" / "facesets"
     assert sorted(p.name for p in facesets.iterdir()) == [
         ".facesyncd.json",
@@ -45,7 +54,7 @@ def test_imported_numbers_are_kept_and_new_facesets_follow_the_highest(fake: Fak
         "faceset_216",
     ]
     again = run_cli("--config", str(config), "import-facesets", str(tree))
-    assert "imported 0 faces into 3 facesets (6 already imported, 1 failed)" in again.stdout
+    assert "imported 0 faces into 3 facesets (6 already imported, 0 failed, not images: 1)" in again.stdout
 
     labels = add_photos(fake, ["wild/obama", "wild/jack_dorsey", "wild/matt_damon", "wild/katy_perry"])
     result = run_cli("--config", str(config), "sync")
@@ -121,3 +130,170 @@ def test_starting_over_keeps_the_old_facesets_and_their_numbers(fake: FakeImmich
     after = exported(facesets)
     assert min(after) > max(before), "a number of the old facesets was given again"
     assert sorted(after.values()) == sorted(before.values())
+
+
+# -- the older pipeline's tree ---------------------------------------------------------------------
+
+
+def _crop(embedder: OnnxEmbedder, photo: Path) -> tuple[bytes, dict]:
+    """What the older pipeline's export wrote for a photo's largest face: a 512x512 PNG with the box
+    padded by half its size, and the manifest entry keyed by `source` and `bbox`."""
+    image = decode_image(photo, max_pixels=10**9)
+    face = max(embedder.faces(image), key=lambda f: (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]))
+    pixels, _ = cut_square(image.pixels, face.bbox, 0.5, 512)
+    png = cv2.imencode(".png", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))[1].tobytes()
+    entry = {"source": f"/mnt/photos/{photo.parent.name}/{photo.name}", "bbox": [round(v, 1) for v in face.bbox]}
+    return png, {**entry, "det_score": round(face.det_score, 4)}
+
+
+RECORDED = {"det_score": 0.9, "size": 0.8, "blur": 0.7, "frontality": 0.6, "symmetry": 0.5}
+
+
+def older_pipeline_tree(root: Path, embedder: OnnxEmbedder) -> Path:
+    """facesets_swap_ready/ as the older pipeline and its user left it."""
+    wild = PHOTOS / "wild"
+
+    def faceset(folder: Path, photos: list[Path], *, files: bool = True, manifest: bool = True) -> None:
+        folder.mkdir(parents=True)
+        entries = []
+        for rank, photo in enumerate(photos, 1):
+            png, entry = _crop(embedder, photo)
+            name = f"{rank:03d}_{photo.stem}.png"
+            (folder / name).write_bytes(png)
+            entries.append({**({"file": name} if files else {}), **entry, "quality": dict(RECORDED)})
+        if manifest:
+            (folder / "manifest.json").write_text(json.dumps({"faces": entries}))
+        with zipfile.ZipFile(folder / f"{folder.name}.fsz", "w") as bundle:  # the same PNGs, zipped
+            for path in sorted(folder.glob("*.png")):
+                bundle.write(path, path.name)
+
+    # entries keyed by source and bbox only, in the PNGs' name order; a named set; a note
+    faceset(root / "faceset_007", [wild / "obama" / "obama.jpg", wild / "obama" / "obama1.jpg"], files=False)
+    (root / "faceset_007" / "NAME.txt").write_text("Barack Obama\n")
+    (root / "faceset_007" / "notes.txt").write_text("the 2008 campaign ones are better")
+    faceset(root / "faceset_012", [wild / "biden" / "biden.jpg"])
+    faceset(root / "faceset_012_2009", [wild / "biden" / "biden2.jpg"])  # an era split
+    # made by hand: whole photos, no manifest
+    (root / "faceset_030").mkdir()
+    for name in ("img16.jpg", "img17.jpg"):
+        shutil.copy(wild / "jack_dorsey" / name, root / "faceset_030" / name)
+    # the user's decisions: a thin set quarantined, masked faces without a manifest, candidates
+    faceset(root / "_thin" / "faceset_045", [wild / "katy_perry" / f"img{n}.jpg" for n in (26, 27, 28)])
+    faceset(root / "_masked", [wild / "katy_perry" / f"img{n}.jpg" for n in (42, 43, 44)], manifest=False)
+    faceset(root / "_candidates", [wild / "matt_damon" / "img29.jpg", wild / "rose_leslie" / "img1.jpg"])
+    # rose_leslie/img1.jpg shares its file name with angelina_jolie/img1.jpg, which arrives from
+    # Immich: give the candidate that photo's box, so that only the face itself can tell them apart
+    angelina = decode_image(wild / "angelina_jolie" / "img1.jpg", max_pixels=10**9)
+    box = max(embedder.faces(angelina), key=lambda f: (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1])).bbox
+    candidates = json.loads((root / "_candidates" / "manifest.json").read_text())
+    candidates["faces"][1]["bbox"] = list(box)
+    (root / "_candidates" / "manifest.json").write_text(json.dumps(candidates))
+    (root / "manifest.json").write_text(json.dumps({"facesets": [{"number": 7}, {"number": 12}, {"number": 30}]}))
+    return root
+
+
+def tree_state(root: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+        for path in sorted(root.rglob("*"))
+    }
+
+
+def swap_sets(facesets: Path) -> dict[str, dict]:
+    return {path.parent.name: json.loads(path.read_text()) for path in sorted(facesets.glob("faceset_*/manifest.json"))}
+
+
+def test_the_older_pipelines_tree_is_adopted_whole(fake: FakeImmich, tmp_path: Path) -> None:
+    embedder = OnnxEmbedder(
+        ModelSettings(pack=str(TEST_PACK), providers=("CPUExecutionProvider",)), FaceSettings(min_face_px=0)
+    )
+    tree = older_pipeline_tree(tmp_path / "facesets_swap_ready", embedder)
+    untouched = tree_state(tree)
+    config = write_config(tmp_path / "run", fake.url)
+    config.write_text(config.read_text() + '[export]\nformat = "swap"\ntop_n = 2\n')
+    facesets = tmp_path / "run" / "facesets"
+
+    result = run_cli("--config", str(config), "import-facesets", str(tree))
+    assert result.returncode == 0, result.stderr
+    assert (
+        "imported 6 faces into 3 facesets (0 already imported, 0 failed, 8 set aside as the tree decided, "
+        "not images: 1)" in result.stdout
+    ), result.stdout
+    assert result.stderr.count("notes.txt") == 1, result.stderr
+    assert tree_state(tree) == untouched, "the imported tree was modified"
+    sets = swap_sets(facesets)
+    assert sorted(sets) == ["faceset_007", "faceset_012", "faceset_012_2009", "faceset_030"]
+    assert sets["faceset_007"]["name"] == "Barack Obama"
+    assert (facesets / "faceset_007" / "NAME.txt").read_text().strip() == "Barack Obama"
+    assert sets["faceset_012_2009"]["number"] == 12 and sets["faceset_012_2009"]["subset"] == "2009"
+    # the quality the tree recorded, read from entries keyed by source and bbox only
+    assert [face["quality"]["blur"] for face in sets["faceset_007"]["faces"]] == [0.7, 0.7]
+    assert len(sets["faceset_030"]["faces"]) == 2  # each hand-put photo's largest face
+    assert {path.name for path in facesets.iterdir()} >= {"faceset_012_2009", "manifest.json"}
+    assert not any(path.name.startswith("_") for path in facesets.iterdir()), "set-aside faces were exported"
+    status = json.loads(run_cli("--config", str(config), "status", "--json").stdout)
+    assert status["faces"]["assigned"] == 6
+
+    again = run_cli("--config", str(config), "import-facesets", str(tree))
+    assert "imported 0 faces into 3 facesets (14 already imported" in again.stdout, again.stdout
+    assert swap_sets(facesets) == sets
+
+    # the same numbers from another tree are another library's people: refused unless --merge
+    other = tmp_path / "another" / "facesets_swap_ready"
+    shutil.copytree(tree, other)
+    refused = run_cli("--config", str(config), "import-facesets", str(other))
+    assert refused.returncode != 0 and "007, 012, 030" in refused.stderr and "--merge" in refused.stderr
+    merged = run_cli("--config", str(config), "import-facesets", "--merge", str(other))
+    assert merged.returncode == 0, merged.stderr
+    status = json.loads(run_cli("--config", str(config), "status", "--json").stdout)
+    assert status["faces"]["assigned"] == 6, "the same crops were counted twice"
+
+    # the photos the crops were cut from arrive from Immich, and some new people
+    labels = add_photos(
+        fake,
+        [
+            "wild/obama",
+            "wild/biden",
+            "wild/jack_dorsey",
+            *(f"wild/katy_perry/img{n}.jpg" for n in (26, 27, 28, 42, 43, 44)),
+            "wild/matt_damon/img29.jpg",
+            "wild/angelina_jolie",
+            "wild/leonardo_dicaprio",
+        ],
+    )
+    result = run_cli("--config", str(config), "sync")
+    assert result.returncode == 0, result.stderr
+    sets = swap_sets(facesets)
+    people = {
+        folder: {labels[face["asset_id"]].split("/")[1] for face in data["faces"] if face["asset_id"]}
+        for folder, data in sets.items()
+    }
+    assert people["faceset_007"] == {"obama"} and people["faceset_030"] == {"jack_dorsey"}
+    assert people["faceset_012"] == {"biden"} and people["faceset_012_2009"] == {"biden"}
+    # each crop cut from a photo that arrived is now that photo's face: not a second copy of it
+    for folder in ("faceset_007", "faceset_012", "faceset_012_2009"):
+        assert all(face["asset_id"] for face in sets[folder]["faces"]), f"{folder} kept an imported copy"
+    assert [labels[face["asset_id"]] for face in sets["faceset_012_2009"]["faces"]] == ["wild/biden/biden2.jpg"]
+    obama = {labels[face["asset_id"]] for face in sets["faceset_007"]["faces"]}
+    assert {"wild/obama/obama.jpg", "wild/obama/obama1.jpg"} <= obama
+    assert sets["faceset_007"]["name"] == "Barack Obama"
+    # the faces the user set aside stay aside when their photos arrive; a photo that only shares
+    # a candidate's file name is not set aside
+    everyone = set().union(*people.values())
+    assert not everyone & {"katy_perry", "matt_damon"}, people
+    new = {folder: people[folder] for folder in sets if int(folder[8:11]) > 30}
+    assert sorted(int(folder[8:]) for folder in new) == [46, 47], "new facesets follow every number the tree used"
+    assert sorted(map(frozenset, new.values())) == sorted(
+        [frozenset({"angelina_jolie"}), frozenset({"leonardo_dicaprio"})]
+    )
+    angelina = next(folder for folder, who in new.items() if who == {"angelina_jolie"})
+    shown = {labels[entry["asset_id"]] for entry in sets[angelina]["faces"] + sets[angelina]["left_out"]}
+    assert "wild/angelina_jolie/img1.jpg" in shown, "angelina_jolie/img1.jpg was set aside"
+    # every bundle as the face tools read it: one face per PNG
+    for folder, data in sets.items():
+        with zipfile.ZipFile(facesets / folder / f"{folder}.fsz") as bundle:
+            assert bundle.namelist() == [face["file"] for face in data["faces"]]
+            for name in bundle.namelist():
+                pixels = cv2.imdecode(np.frombuffer(bundle.read(name), np.uint8), cv2.IMREAD_COLOR)
+                assert len(embedder.faces(DecodedImage(pixels, "PNG"), min_face_px=0)) == 1, f"{folder}/{name}"
+    assert tree_state(tree) == untouched

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..crashpoints import checkpoint
-from ..identities import Cluster, assign, cluster_pool, merges
+from ..identities import SAME_FACE, Cluster, assign, cluster_pool, merges
 from ..index import FaceIndex
 from ..models import CycleReport, StoredFace
 
@@ -21,8 +21,9 @@ NEIGHBOURS = 16
 
 
 def assign_new_faces(app: App, report: CycleReport) -> None:
-    """Each face not yet compared joins the closest identity within match_distance."""
-    faces = app.store.unmatched_new_faces()
+    """Each face not yet compared joins the closest identity within match_distance (see _match);
+    the same face as one the user set aside is set aside too."""
+    faces = _hold_the_held(app, app.store.unmatched_new_faces())
     if not faces:
         return
     app.reporter.stage("assigning faces", len(faces))
@@ -32,6 +33,27 @@ def assign_new_faces(app: App, report: CycleReport) -> None:
     _add_to_index(app, faces, matches)
     report.faces_assigned += len(matches)
     app.reporter.advance(len(faces))
+
+
+def _hold_the_held(app: App, faces: list[StoredFace]) -> list[StoredFace]:
+    """A new face that is the same face as one the user set aside (a quarantined crop of the older
+    pipeline, cut from the very photo that now arrives) is set aside by the same decision: it never
+    forms a faceset and never joins one. The faces left to match are returned."""
+    held = app.store.held_faces()
+    if not held or not faces:
+        return faces
+    decisions = [reason for _, reason, _ in held]
+    distances = 1.0 - np.stack([face.embedding for face in faces]) @ np.stack([vector for _, _, vector in held]).T
+    nearest = distances.argmin(axis=1)
+    same = {
+        face.id: decisions[int(column)]
+        for face, column, row in zip(faces, nearest, distances, strict=True)
+        if row[int(column)] <= SAME_FACE
+    }
+    if same:
+        app.store.hold_faces(same)
+        log.info("%d new faces are faces the user set aside: set aside too", len(same))
+    return [face for face in faces if face.id not in same]
 
 
 def open_new_facesets(app: App, report: CycleReport) -> None:

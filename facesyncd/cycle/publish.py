@@ -7,7 +7,7 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 from ..errors import ImageError, ImmichAuthError, ImmichError, ImmichUnreachable
-from ..export import NAME_FILE, export_all, export_plans, own_facesets
+from ..export import NAME_FILE, export_all, export_plans, folders, own_facesets
 from ..imaging import DecodedImage
 from ..immich import ImmichClient
 from ..models import CycleReport, ExportFace
@@ -60,7 +60,8 @@ def _publish_swap(app: App, faces: dict[int, list[ExportFace]], highest: int) ->
     _read_names(app)
     names = app.store.identity_names()
     embeddings = app.store.embeddings_of([face.face_id for members in faces.values() for face in members])
-    choices = {number: select(members, embeddings, 0.0) for number, members in faces.items()}
+    wanted = folders(faces)
+    choices = {folder: select(members, embeddings, 0.0) for folder, (_, _, members) in wanted.items()}
     needed = [face for chosen, _ in choices.values() for face in chosen if not app.swap.has(face.crop)]
     if needed:
         made = _make_pngs(app, needed)
@@ -68,9 +69,10 @@ def _publish_swap(app: App, faces: dict[int, list[ExportFace]], highest: int) ->
     for chosen, _ in choices.values():
         for face in chosen:
             app.swap.check(face.crop, face.bbox, app.embedder)
+    top_n = app.settings.export.top_n
     plans = {
-        number: plan(number, names.get(number), chosen, left_out, app.swap, app.settings.export.top_n)
-        for number, (chosen, left_out) in choices.items()
+        folder: plan(number, names.get(number), members, *choices[folder], app.swap, top_n, subset)
+        for folder, (number, subset, members) in wanted.items()
     }
     return export_plans(app.settings.facesets_dir, plans, highest_number=highest)
 

@@ -26,7 +26,7 @@ import numpy as np
 from ..crashpoints import checkpoint
 from ..embedder import default_workers
 from ..errors import AssetGone, ImageError, ImmichError, Interrupted
-from ..identities import pair_boxes
+from ..identities import SAME_FACE, pair_boxes
 from ..imaging import DecodedImage, decode_image
 from ..immich import Download, ImmichClient
 from ..models import (
@@ -329,14 +329,15 @@ def commit(app: App, source: str, outcome: Outcome, report: CycleReport) -> None
                     download.sha256,
                     None if outcome.decoded_from == DecodeSource.ORIGINAL else "decoded from Immich's preview",
                 )
-                replaced, dropped = replace_imported_faces(store, row.asset_id, download.sha256)
+                replaced, dropped = replace_imported_faces(store, row, download.sha256)
             checkpoint("committed")
             forget(app, dropped)
-            if replaced:
+            joined = [face for face in replaced if face.identity is not None]  # held faces join nothing
+            if joined:
                 app.index.add(
-                    [face.id for face in replaced],
-                    np.stack([face.embedding for face in replaced]),
-                    [face.identity or 0 for face in replaced],
+                    [face.id for face in joined],
+                    np.stack([face.embedding for face in joined]),
+                    [face.identity for face in joined if face.identity is not None],
                 )
             report.embedded_assets += 1
             report.faces_found += len(outcome.faces)
@@ -344,17 +345,27 @@ def commit(app: App, source: str, outcome: Outcome, report: CycleReport) -> None
         discard(outcome)
 
 
-def replace_imported_faces(store: Store, asset_id: str, sha256: str) -> tuple[list[StoredFace], Dropped]:
+def replace_imported_faces(store: Store, row: AssetRow, sha256: str) -> tuple[list[StoredFace], Dropped]:
     """An imported tree that recorded where its crops came from (facesyncd's own export, adopted
-    after the database was lost) holds faces of photos that now arrive from Immich: each such photo
-    face takes its imported copy's place in the identity, instead of joining as a second copy of the
-    same face. Inside the asset's transaction."""
-    claims = store.import_claims(asset_id)
+    after the database was lost, or the older pipeline's manifest) holds faces of photos that now
+    arrive from Immich: each such photo face takes its imported copy's place (its identity and
+    sub-set, or the user's decision to hold it aside), instead of being a second copy of the same
+    face. Inside the asset's transaction."""
+    claims = store.import_claims(row.asset_id, row.original_file_name)
     if not claims:
         return [], Dropped()
     boxes = store.blob_boxes(sha256)
     pairs = pair_boxes([claim.bbox for claim in claims], [box for _, box in boxes], IMPORT_MIN_OVERLAP)
     replacements = [(claims[claim], boxes[face][0]) for claim, face in pairs]
+    # A file name is not unique (every camera writes IMG_0001.JPG): a claim made by name alone
+    # stands only where the photo's face is the imported face itself.
+    by_name = [(claim, face) for claim, face in replacements if claim.by_name]
+    if by_name:
+        vectors = store.embeddings_of([face for pair in by_name for face in (pair[0].face_id, pair[1])])
+        strangers = {
+            claim.path for claim, face in by_name if 1.0 - float(vectors[claim.face_id] @ vectors[face]) > SAME_FACE
+        }
+        replacements = [(claim, face) for claim, face in replacements if claim.path not in strangers]
     dropped = store.supersede_imports(replacements)
     return store.faces_by_id([face_id for _, face_id in replacements]), dropped
 

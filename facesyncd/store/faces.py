@@ -151,10 +151,28 @@ class FaceQueries(Database):
         ]
 
     def unmatched_new_faces(self) -> list[StoredFace]:
-        return self._faces("identity IS NULL AND matched_at IS NULL")
+        return self._faces("identity IS NULL AND matched_at IS NULL AND held IS NULL")
 
     def pool_faces(self) -> list[StoredFace]:
-        return self._faces("identity IS NULL AND matched_at IS NOT NULL")
+        return self._faces("identity IS NULL AND matched_at IS NOT NULL AND held IS NULL")
+
+    def held_faces(self) -> list[tuple[int, str, NDArray[np.float32]]]:
+        """(face id, decision, embedding) of every face the user set aside."""
+        import numpy as np
+
+        return [
+            (face_id, held, np.frombuffer(blob, dtype=np.float32))
+            for face_id, held, blob in self.tuples("SELECT id, held, embedding FROM faces WHERE held IS NOT NULL")
+        ]
+
+    def hold_faces(self, decisions: dict[int, str]) -> None:
+        """These faces never form a faceset and never join one (the user's decision, by the value)."""
+        with self.transaction():
+            for face_id, held in decisions.items():
+                self.execute(
+                    "UPDATE faces SET held = ?, identity = NULL, matched_at = ? WHERE id = ?",
+                    (held, utc_now(), face_id),
+                )
 
     def iter_identity_faces(self, batch: int = 10_000) -> Iterator[tuple[list[int], NDArray[np.float32], list[int]]]:
         """Faces in identities as (ids, embeddings, identities) in chunks: rebuilding the index of a
@@ -262,25 +280,25 @@ class FaceQueries(Database):
         self,
         path: str,
         sha256: str,
-        identity: int,
+        identity: int | None,
         *,
         face_id: int | None,
         reason: str | None,
         provenance: ImportProvenance | None = None,
+        subset: str | None = None,
+        held: str | None = None,
     ) -> None:
-        self.ensure_identity(identity, "import")
-        source, asset_id, bbox = (
-            (provenance.source, provenance.asset_id, json.dumps(list(provenance.bbox)))
-            if provenance is not None
-            else (None, None, None)
-        )
+        """Record an imported file; its face joins `identity` (in `subset`), or is held aside (`held`)."""
+        if identity is not None:
+            self.ensure_identity(identity, "import")
         self.execute(
-            "INSERT INTO imports (path, sha256, identity, state, reason, imported_at, source, asset_id, bbox, face_id) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "INSERT INTO imports (path, sha256, identity, state, reason, imported_at, source, asset_id, bbox, "
+            "face_id, subset, held, source_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(path) DO UPDATE SET sha256 = excluded.sha256, identity = excluded.identity, "
             "state = excluded.state, reason = excluded.reason, imported_at = excluded.imported_at, "
             "source = excluded.source, asset_id = excluded.asset_id, bbox = excluded.bbox, "
-            "face_id = excluded.face_id, superseded_at = NULL",
+            "face_id = excluded.face_id, subset = excluded.subset, held = excluded.held, "
+            "source_name = excluded.source_name, superseded_at = NULL",
             (
                 path,
                 sha256,
@@ -288,30 +306,53 @@ class FaceQueries(Database):
                 "done" if face_id is not None else "failed",
                 reason,
                 utc_now(),
-                source,
-                asset_id,
-                bbox,
+                provenance.source if provenance else None,
+                provenance.asset_id if provenance else None,
+                json.dumps(list(provenance.bbox)) if provenance else None,
                 face_id,
+                subset,
+                held,
+                provenance.source_name if provenance else None,
             ),
         )
         if face_id is not None:
             self.execute(
-                "UPDATE faces SET identity = ?, distance = 0, matched_at = ? WHERE id = ?",
-                (identity, utc_now(), face_id),
+                "UPDATE faces SET identity = ?, subset = ?, held = ?, distance = 0, matched_at = ? WHERE id = ?",
+                (None if held else identity, subset, held, utc_now(), face_id),
             )
             self._bump_index_version()
 
-    def import_claims(self, asset_id: str) -> list[ImportClaim]:
-        """Imported faces cut from this photo (known from the imported tree) that its own faces have
-        not replaced yet."""
+    def import_identities_under(self, root: str) -> set[int]:
+        """The identities that files imported from under the folder `root` joined."""
+        prefix = root.rstrip("/\\") + "/"
+        rows = self.tuples(
+            "SELECT DISTINCT identity FROM imports WHERE identity IS NOT NULL AND substr(path, 1, ?) = ?",
+            (len(prefix), prefix),
+        )
+        return {row[0] for row in rows}
+
+    def import_claims(self, asset_id: str, file_name: str | None) -> list[ImportClaim]:
+        """Imported faces cut from this photo (by its asset id, or by its file name where the tree gave
+        a path) that its own faces have not replaced yet, and that still stand as imported."""
         rows = self.rows(
-            "SELECT i.path, i.identity, i.bbox, i.face_id FROM imports i JOIN faces f ON f.id = i.face_id "
-            "WHERE i.asset_id = ? AND i.state = 'done' AND i.superseded_at IS NULL AND i.bbox IS NOT NULL "
-            "AND f.identity = i.identity ORDER BY i.path",
-            (asset_id,),
+            "SELECT i.path, i.identity, i.subset, i.held, i.bbox, i.face_id, i.asset_id FROM imports i JOIN faces f "
+            "ON f.id = i.face_id WHERE (i.asset_id = ? OR (i.asset_id IS NULL AND i.source_name = ?)) "
+            "AND i.state = 'done' AND i.superseded_at IS NULL AND i.bbox IS NOT NULL "
+            "AND ((i.held IS NULL AND f.identity = i.identity) OR (i.held IS NOT NULL AND f.held = i.held)) "
+            "ORDER BY i.path",
+            (asset_id, file_name or ""),
         )
         return [
-            ImportClaim(row["path"], row["identity"], _box(json.loads(row["bbox"])), row["face_id"]) for row in rows
+            ImportClaim(
+                row["path"],
+                row["identity"],
+                _box(json.loads(row["bbox"])),
+                row["face_id"],
+                row["subset"],
+                row["held"],
+                by_name=row["asset_id"] is None,
+            )
+            for row in rows
         ]
 
     def blob_boxes(self, sha256: str) -> list[tuple[int, Box]]:
@@ -328,9 +369,9 @@ class FaceQueries(Database):
         now = utc_now()
         for claim, face_id in replacements:
             self.execute(
-                "UPDATE faces SET identity = ?, distance = (SELECT distance FROM faces WHERE id = ?), matched_at = ? "
-                "WHERE id = ?",
-                (claim.identity, claim.face_id, now, face_id),
+                "UPDATE faces SET identity = ?, subset = ?, held = ?, "
+                "distance = (SELECT distance FROM faces WHERE id = ?), matched_at = ? WHERE id = ?",
+                (None if claim.held else claim.identity, claim.subset, claim.held, claim.face_id, now, face_id),
             )
             self.execute("UPDATE imports SET face_id = ?, superseded_at = ? WHERE path = ?", (face_id, now, claim.path))
             old = self.rows("SELECT sha256, crop FROM faces WHERE id = ?", (claim.face_id,))
@@ -364,7 +405,7 @@ class FaceQueries(Database):
         rows = self.rows(
             """
             SELECT f.id AS face_id, f.sha256, f.identity, f.crop, f.x1, f.y1, f.x2, f.y2, f.det_score, f.distance,
-                   f.quality_parts,
+                   f.quality_parts, f.subset,
                    (SELECT a.source FROM assets a WHERE a.sha256 = f.sha256 AND a.state = :done
                     ORDER BY a.source, a.asset_id LIMIT 1) AS source,
                    (SELECT a.asset_id FROM assets a WHERE a.sha256 = f.sha256 AND a.state = :done
@@ -386,6 +427,7 @@ class FaceQueries(Database):
                     det_score=row["det_score"],
                     distance=row["distance"],
                     quality=_quality(row["quality_parts"]),
+                    subset=row["subset"],
                 )
             )
         return result
