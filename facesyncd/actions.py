@@ -109,7 +109,10 @@ def import_facesets(app: App, directory: Path, *, merge: bool = False) -> Import
     result: list[ImportReport] = []
 
     def body(report: CycleReport) -> None:
-        imported = import_tree(directory, app.store, app.embedder, app.crops, settings=app.settings.faces, merge=merge)
+        swap = app.swap if app.settings.export.format == "swap" else None
+        imported = import_tree(
+            directory, app.store, app.embedder, app.crops, settings=app.settings.faces, merge=merge, swap=swap
+        )
         report.faces_found = imported.imported
         result.append(imported)
         app.index.drop()  # imported faces joined identities outside the index

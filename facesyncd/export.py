@@ -112,6 +112,14 @@ def _read_manifest(folder: Path) -> dict[str, Any] | None:
     return None
 
 
+def _ours(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("written_by") == "facesyncd"
+
+
 def _our_files(existing: dict[str, Any] | None) -> set[str]:
     """What facesyncd wrote in a folder, as its manifest says."""
     existing = existing or {}
@@ -424,6 +432,9 @@ def export_plans(facesets_dir: Path, plans: Mapping[str, Plan], *, highest_numbe
     }
     data = (json.dumps(tree, indent=1) + "\n").encode()
     path = facesets_dir / SWAP_MANIFEST
+    if path.is_symlink() or (path.exists() and not _ours(path)):
+        # The older pipeline's tree manifest, when facesets_dir is that tree: kept, not overwritten.
+        _set_aside(facesets_dir, path, "which facesyncd did not write")
     if not path.is_file() or path.read_bytes() != data:
         write_atomic(path, data)
     return written

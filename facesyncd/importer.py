@@ -42,6 +42,7 @@ from .immich import ASSET_ID_RE
 from .models import DecodeSource, DetectedFace, ImportProvenance, Quality
 from .quality import assess
 from .store import Store
+from .swap import SwapCache
 
 log = logging.getLogger(__name__)
 
@@ -185,9 +186,17 @@ def _numbers(root: Path) -> list[int]:
 
 
 def import_facesets(
-    root: Path, store: Store, embedder: Embedder, crops: Crops, *, settings: FaceSettings, merge: bool = False
+    root: Path,
+    store: Store,
+    embedder: Embedder,
+    crops: Crops,
+    *,
+    settings: FaceSettings,
+    merge: bool = False,
+    swap: SwapCache | None = None,
 ) -> ImportReport:
-    """Import the tree at `root` (see the module's docstring)."""
+    """Import the tree at `root` (see the module's docstring). With `swap`, each face's swap PNG is
+    cut while its image is at hand (later it could only be cut from the tighter crop)."""
     max_pixels = settings.max_image_megapixels * 1_000_000
     if not root.is_dir():
         raise FacesyncError(f"{root}: not a directory")
@@ -222,13 +231,29 @@ def import_facesets(
         entries = _entries_by_file(_entries(folder.path), [path.name for path in images])
         for path in images:
             key = str(path.resolve())
-            if store.import_state(key) == "done":
+            if store.import_state(key) == "done" or _still_here(entries.get(path.name, {}), store):
                 report.already += 1
                 continue
-            _import_file(path, key, folder, entries.get(path.name, {}), store, embedder, crops, max_pixels, report)
+            entry = entries.get(path.name, {})
+            _import_file(path, key, folder, entry, store, embedder, crops, swap, max_pixels, report)
     known = store.identity_names()
     store.set_identity_names({number: name for number, name in names.items() if not known.get(number)})
     return report
+
+
+def _still_here(entry: dict[str, Any], store: Store) -> bool:
+    """Whether the image is facesyncd's own export of a face this state still has (its folders are
+    imported in place, or imported again): the face id its manifest gives, with the same box. A
+    database started over may give that id to another face, which has another box."""
+    face_id = entry.get("face_id")
+    if not isinstance(face_id, int) or isinstance(face_id, bool):
+        return False
+    box = store.face_box(face_id)
+    try:
+        given = [round(float(v), 1) for v in entry["bbox"]]
+    except (KeyError, TypeError, ValueError):
+        return False
+    return box is not None and [round(v, 1) for v in box] == given
 
 
 def _name(folder: Path) -> str | None:
@@ -263,6 +288,7 @@ def _import_file(
     store: Store,
     embedder: Embedder,
     crops: Crops,
+    swap: SwapCache | None,
     max_pixels: int,
     report: ImportReport,
 ) -> None:
@@ -276,6 +302,9 @@ def _import_file(
             if not faces:
                 raise ImageError("no face found")
         names = crops.write_faces(sha256, image, [face.bbox for face in faces]) if image is not None else []
+        if swap is not None and image is not None:
+            for face, name in zip(faces, names, strict=True):
+                swap.make(name, image.pixels, face.bbox)
         recorded = _quality(entry)
         with store.transaction():
             if image is not None:

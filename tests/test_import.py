@@ -141,7 +141,7 @@ def _crop(embedder: OnnxEmbedder, photo: Path) -> tuple[bytes, dict]:
     image = decode_image(photo, max_pixels=10**9)
     face = max(embedder.faces(image), key=lambda f: (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]))
     pixels, _ = cut_square(image.pixels, face.bbox, 0.5, 512)
-    png = cv2.imencode(".png", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))[1].tobytes()
+    png = cv2.imencode(".png", pixels)[1].tobytes()  # decode_image gives BGR, as cv2 writes it
     entry = {"source": f"/mnt/photos/{photo.parent.name}/{photo.name}", "bbox": [round(v, 1) for v in face.bbox]}
     return png, {**entry, "det_score": round(face.det_score, 4)}
 
@@ -229,6 +229,13 @@ def test_the_older_pipelines_tree_is_adopted_whole(fake: FakeImmich, tmp_path: P
     # the quality the tree recorded, read from entries keyed by source and bbox only
     assert [face["quality"]["blur"] for face in sets["faceset_007"]["faces"]] == [0.7, 0.7]
     assert len(sets["faceset_030"]["faces"]) == 2  # each hand-put photo's largest face
+    for face in sets["faceset_030"]["faces"]:  # cut from the whole photo, not from the tighter crop
+        png = cv2.imread(str(facesets / "faceset_030" / face["file"]))  # BGR, as decode_image gives
+        cuts = [
+            cut_square(decode_image(photo, max_pixels=10**9).pixels, tuple(face["bbox"]), 0.5, 512)[0]
+            for photo in sorted((tree / "faceset_030").iterdir())
+        ]
+        assert min(np.abs(png.astype(int) - cut.astype(int)).mean() for cut in cuts) < 3, face["file"]
     assert {path.name for path in facesets.iterdir()} >= {"faceset_012_2009", "manifest.json"}
     assert not any(path.name.startswith("_") for path in facesets.iterdir()), "set-aside faces were exported"
     status = json.loads(run_cli("--config", str(config), "status", "--json").stdout)
@@ -297,3 +304,44 @@ def test_the_older_pipelines_tree_is_adopted_whole(fake: FakeImmich, tmp_path: P
                 pixels = cv2.imdecode(np.frombuffer(bundle.read(name), np.uint8), cv2.IMREAD_COLOR)
                 assert len(embedder.faces(DecodedImage(pixels, "PNG"), min_face_px=0)) == 1, f"{folder}/{name}"
     assert tree_state(tree) == untouched
+
+
+def test_facesets_dir_pointed_at_the_older_tree_itself_keeps_every_old_file(fake: FakeImmich, tmp_path: Path) -> None:
+    """Adopting the tree in place: the old folders facesyncd rewrites are moved aside whole, the
+    folders of the user's decisions are left where they are, and a second import changes nothing."""
+    embedder = OnnxEmbedder(
+        ModelSettings(pack=str(TEST_PACK), providers=("CPUExecutionProvider",)), FaceSettings(min_face_px=0)
+    )
+    tree = older_pipeline_tree(tmp_path / "facesets_swap_ready", embedder)
+    before = tree_state(tree)
+    config = write_config(tmp_path / "run", fake.url)
+    text = config.read_text().replace(str(tmp_path / "run" / "facesets"), str(tree))
+    config.write_text(text + '[export]\nformat = "swap"\n')
+
+    result = run_cli("--config", str(config), "import-facesets", str(tree))
+    assert result.returncode == 0, result.stderr
+    assert "imported 6 faces into 3 facesets" in result.stdout, result.stdout
+    kept = tree / ".facesyncd-preserved"
+    after = tree_state(tree)
+    for path, digest in before.items():
+        top = path.split("/")[0]
+        if top.startswith("_"):
+            assert after.get(path) == digest, f"{path} moved or changed"
+        else:
+            assert after.get(f".facesyncd-preserved/{path}") == digest, f"{path} was not kept whole"
+    assert sorted(swap_sets(tree)) == ["faceset_007", "faceset_012", "faceset_012_2009", "faceset_030"]
+    assert json.loads((tree / "manifest.json").read_text())["written_by"] == "facesyncd"
+    assert (tree / "faceset_007" / "NAME.txt").read_text().strip() == "Barack Obama"
+    assert sorted(p.name for p in kept.iterdir()) == [
+        "faceset_007",
+        "faceset_012",
+        "faceset_012_2009",
+        "faceset_030",
+        "manifest.json",
+    ]
+
+    settled = tree_state(tree)
+    again = run_cli("--config", str(config), "import-facesets", str(tree))
+    assert again.returncode == 0, again.stderr
+    assert "imported 0 faces into 3 facesets" in again.stdout, again.stdout
+    assert tree_state(tree) == settled

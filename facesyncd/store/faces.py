@@ -355,6 +355,10 @@ class FaceQueries(Database):
             for row in rows
         ]
 
+    def face_box(self, face_id: int) -> Box | None:
+        row = self.tuples("SELECT x1, y1, x2, y2 FROM faces WHERE id = ?", (face_id,))
+        return _box(row[0]) if row else None
+
     def blob_boxes(self, sha256: str) -> list[tuple[int, Box]]:
         """(face id, box) of a blob's faces not yet in an identity."""
         rows = self.tuples(
