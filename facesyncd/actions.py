@@ -8,15 +8,17 @@ ahead of the store, and is recorded before it is raised), and the progress repor
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from .app import App
+from .curation import Outcome
 from .cycle import merge_identities, open_new_facesets, publish, run_cycle
 from .errors import FacesyncError, LocalWriteError, OrphanedFacesets, StoreError
-from .export import PRESERVED, own_facesets, set_aside_facesets
+from .export import PRESERVED, own_facesets, set_aside_facesets, write_names
 from .importer import ImportReport
 from .importer import import_facesets as import_tree
 from .index import load_or_build
@@ -30,6 +32,7 @@ def run_action(app: App, kind: JobKind, body: Callable[[CycleReport], FacesyncEr
     (a failing source: the others went on), or raises itself."""
     started = time.monotonic()
     report = CycleReport(providers=list(app.embedder.providers))
+    _pick_up_corrections(app)
     cycle_id = app.store.start_cycle(kind)
     try:
         deferred = body(report)
@@ -51,6 +54,62 @@ def run_action(app: App, kind: JobKind, body: Callable[[CycleReport], FacesyncEr
     if deferred is not None:
         raise deferred
     return report
+
+
+def _pick_up_corrections(app: App) -> None:
+    """Corrections made by another process (a command while the daemon runs) changed identities
+    under the index this process holds: it is built again from the store."""
+    version = app.store.corrections_version()
+    if version != app.corrections_seen:
+        app.index.drop()
+        app.corrections_seen = version
+
+
+def corrections_pending(app: App) -> bool:
+    return app.store.corrections_version() != app.corrections_seen
+
+
+def correct(
+    app: App,
+    change: Callable[[App], Outcome],
+    *,
+    export: bool = True,
+    names: Mapping[int, str | None] | None = None,
+) -> Outcome:
+    """Make one correction (curation.py) and tidy what it left outside the store: the crops and swap
+    PNGs of deleted faces. With `export` (this process holds the state directory), the folders are
+    brought in line now; else the running daemon does it within seconds. `names`: names the
+    correction gives, written to NAME.txt first (it is read back as the user's word)."""
+    if names:
+        write_names(app.settings.facesets_dir, names)
+    outcome = change(app)
+    app.crops.remove(outcome.dropped.crops)
+    app.swap.remove(outcome.dropped.crops)
+    if export:
+        apply_corrections(app)
+    return outcome
+
+
+def file_hashes(app: App) -> Callable[[Sequence[str]], list[str]]:
+    """crop names -> the sha256 of each file facesyncd wrote for them (crop, swap PNG): what its
+    own exported folders hold, for the block list of `faceset forget`."""
+
+    def hashes(crops: Sequence[str]) -> list[str]:
+        found = []
+        for path in [app.crops.path(crop) for crop in crops] + [app.swap.png(crop) for crop in crops]:
+            try:
+                found.append(hashlib.sha256(path.read_bytes()).hexdigest())
+            except OSError:
+                continue  # not there (a crop to be restored, no swap PNG): nothing to block
+        return found
+
+    return hashes
+
+
+def apply_corrections(app: App) -> CycleReport:
+    """Bring the folders and the index in line with the corrections in the store."""
+    _prepare_to_embed(app)  # the swap layout checks new PNGs with the detector
+    return run_action(app, JobKind.CORRECT, lambda report: publish(app, report))
 
 
 def _record_failure(app: App, cycle_id: int, started: float, report: CycleReport, error: BaseException) -> None:

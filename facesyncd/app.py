@@ -63,6 +63,7 @@ class App:
     crops: Crops = field(init=False)
     swap: SwapCache = field(init=False)
     index: IndexKeeper = field(init=False)
+    corrections_seen: int = field(init=False, default=-1)  # the store's corrections_version last acted on
 
     def __post_init__(self) -> None:
         self.clients = ClientSet(self.client_factory or self._client)

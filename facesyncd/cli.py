@@ -325,6 +325,7 @@ def import_facesets(
         finally:
             app.close()
     held = f", {report.held} set aside as the tree decided" if report.held else ""
+    held += f", {report.forgotten} of forgotten people left out" if report.forgotten else ""
     others = f", not images: {len(report.not_images)}" if report.not_images else ""
     typer.echo(
         f"imported {report.imported} faces into {len(report.identities)} facesets "
@@ -356,8 +357,259 @@ def retry() -> None:
     typer.echo(f"{count} assets queued for retry")
 
 
-faceset_app = typer.Typer(help="Look at one faceset.", no_args_is_help=True, rich_markup_mode=None)
+faceset_app = typer.Typer(help="Look at facesets and correct them.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(faceset_app, name="faceset")
+face_app = typer.Typer(help="Correct one face.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(face_app, name="face")
+
+
+def _read_only_app() -> Any:
+    from .app import open_app
+
+    return open_app(_settings(secrets=False), create=False)
+
+
+def _correct(change: Any, *, names: dict[int, str | None] | None = None) -> None:
+    """Make a correction. Holding the state directory, this process brings the folders in line at
+    once; while the daemon holds it, the correction is saved and the daemon applies it (within
+    seconds): SQLite serialises the two writers, and the daemon re-reads what a correction changed."""
+    from . import actions
+    from .app import open_app
+    from .errors import AlreadyRunning
+    from .lock import state_lock
+
+    settings = _settings(secrets=False)
+    with kept_by_owner(settings.state_dir, settings.facesets_dir):
+        try:
+            with state_lock(settings.state_dir):
+                app = open_app(settings, create=False)
+                try:
+                    outcome = actions.correct(app, change, names=names)
+                finally:
+                    app.close()
+            undo = (
+                f" (correction {outcome.correction}; `facesyncd undo {outcome.correction}`)"
+                if outcome.correction
+                else ""
+            )
+            typer.echo(outcome.message + undo)
+        except AlreadyRunning:
+            app = open_app(settings, create=False)
+            try:
+                outcome = actions.correct(app, change, names=names, export=False)
+            finally:
+                app.close()
+            typer.echo(f"{outcome.message} (the running facesyncd updates the folders within seconds)")
+
+
+@faceset_app.command("list")
+def faceset_list(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    everything: bool = typer.Option(False, "--all", help="Retired numbers too (merged, forgotten)."),
+) -> None:
+    """List the facesets: number, faces, name, locked, last change.
+
+    Example: facesyncd faceset list --json
+    """
+    app = _read_only_app()
+    try:
+        sets = [summary for summary in app.store.facesets() if everything or not summary.retired]
+    finally:
+        app.close()
+    if as_json:
+        typer.echo(json.dumps([summary.as_dict() for summary in sets], indent=1))
+        return
+    for summary in sets:
+        flags = " locked" if summary.locked else ""
+        if summary.merged_into is not None:
+            flags += f" merged into {summary.merged_into:03d}"
+        if summary.forgotten:
+            flags += " forgotten"
+        typer.echo(f"{summary.number:03d}  {summary.faces:5d} faces  {summary.name or '-'}{flags}")
+
+
+@faceset_app.command("show")
+def faceset_show(
+    number: int = typer.Argument(..., help="The faceset's number (faceset_NNN)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Show one faceset: each face with its id, photo, distance and quality.
+
+    Example: facesyncd faceset show 7
+    """
+    from .curation import CorrectionRefused
+
+    app = _read_only_app()
+    try:
+        found = app.store.facesets(number)
+        faces = app.store.faces_of_identity(number)
+    finally:
+        app.close()
+    if not found:
+        raise CorrectionRefused(f"there is no faceset {number:03d} (see `facesyncd faceset list`)")
+    summary = found[0]
+    if as_json:
+        typer.echo(json.dumps({**summary.as_dict(), "face_list": [face.as_dict() for face in faces]}, indent=1))
+        return
+    typer.echo(f"faceset {number:03d}: {summary.name or '(no name)'}, {summary.faces} faces")
+    if summary.merged_into is not None:
+        typer.echo(f"merged into {summary.merged_into:03d}: this number is retired")
+    if summary.forgotten:
+        typer.echo("forgotten: its faces were deleted and this number is retired")
+    if summary.locked:
+        typer.echo("locked: takes no new faces automatically")
+    for face in faces:
+        distance = "-" if face.distance is None else f"{face.distance:.3f}"
+        quality = "-" if face.quality is None else f"{face.quality:.2f}"
+        placed = "  (placed by hand)" if face.placed else ""
+        typer.echo(
+            f"  face {face.face_id}  photo {face.asset_id or 'imported'}  distance {distance}  "
+            f"quality {quality}{placed}"
+        )
+
+
+@faceset_app.command("name")
+def faceset_name(
+    number: int = typer.Argument(..., help="The faceset's number."),
+    name: str = typer.Argument(..., help='Its name ("" removes it).'),
+) -> None:
+    """Name a faceset (also written to NAME.txt, manifest.json / faceset.json).
+
+    Example: facesyncd faceset name 7 "Barack Obama"
+    """
+    from . import curation
+
+    _correct(lambda app: curation.name(app.store, number, name), names={number: name.strip() or None})
+
+
+@faceset_app.command("merge")
+def faceset_merge(
+    number: int = typer.Argument(..., help="The faceset that keeps its number."),
+    others: list[int] = typer.Argument(..., help="The facesets that join it (their numbers are retired)."),
+) -> None:
+    """Merge facesets into one: the others' faces join NUMBER; their numbers are never given again.
+
+    Example: facesyncd faceset merge 7 12 30
+    """
+    from . import curation
+
+    _correct(lambda app: curation.merge(app.store, number, others))
+
+
+@faceset_app.command("split")
+def faceset_split(
+    number: int = typer.Argument(..., help="The faceset to split."),
+    faces: list[int] = typer.Argument(..., help="Ids of the faces that leave it (see `faceset show`)."),
+) -> None:
+    """Move these faces out of NUMBER into a new faceset; the two are never merged automatically.
+
+    Example: facesyncd faceset split 7 417 418
+    """
+    from . import curation
+
+    _correct(lambda app: curation.split(app.store, number, faces))
+
+
+@faceset_app.command("lock")
+def faceset_lock(number: int = typer.Argument(..., help="The faceset to lock.")) -> None:
+    """Lock a faceset: it takes no new faces automatically and is never merged automatically.
+
+    Example: facesyncd faceset lock 7
+    """
+    from . import curation
+
+    _correct(lambda app: curation.lock(app.store, number, True))
+
+
+@faceset_app.command("unlock")
+def faceset_unlock(number: int = typer.Argument(..., help="The faceset to unlock.")) -> None:
+    """Let a locked faceset take new faces automatically again.
+
+    Example: facesyncd faceset unlock 7
+    """
+    from . import curation
+
+    _correct(lambda app: curation.lock(app.store, number, False))
+
+
+@faceset_app.command("forget")
+def faceset_forget(
+    number: int = typer.Argument(..., help="The faceset of the person to forget."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Forget a person: the faceset's faces, crops and folder are deleted, its number retired, and the
+    same faces are never stored again (a block list of file hashes and boxes, no embeddings).
+
+    Example: facesyncd faceset forget 7 --yes
+    """
+    from . import actions, curation
+
+    if not yes:
+        if not sys.stdin.isatty():
+            raise curation.CorrectionRefused(f"forgetting faceset {number:03d} deletes its faces: add --yes")
+        typer.confirm(f"Delete faceset {number:03d}'s faces, crops and folder for good?", abort=True)
+    _correct(lambda app: curation.forget(app.store, number, actions.file_hashes(app)))
+
+
+@face_app.command("move")
+def face_move(
+    face: int = typer.Argument(..., help="The face's id (see `faceset show`)."),
+    number: int = typer.Argument(..., help="The faceset it belongs to."),
+) -> None:
+    """Put a face in a faceset by hand; it stays there.
+
+    Example: facesyncd face move 417 7
+    """
+    from . import curation
+
+    _correct(lambda app: curation.move(app.store, face, number))
+
+
+@face_app.command("reject")
+def face_reject(face: int = typer.Argument(..., help="The face's id (see `faceset show`).")) -> None:
+    """Not this person: the face leaves its faceset and never joins it again (it may join another).
+
+    Example: facesyncd face reject 417
+    """
+    from . import curation
+
+    _correct(lambda app: curation.reject(app.store, face))
+
+
+@app.command()
+def history(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """List the corrections made, oldest first, with their ids for `undo`.
+
+    Example: facesyncd history
+    """
+    app_ = _read_only_app()
+    try:
+        entries = app_.store.history()
+    finally:
+        app_.close()
+    if as_json:
+        typer.echo(json.dumps([entry.as_dict() for entry in entries], indent=1))
+        return
+    for entry in entries:
+        undone = f"  (undone {entry.undone_at})" if entry.undone_at else ""
+        typer.echo(f"{entry.id:4d}  {entry.at}  {entry.summary}{undone}")
+
+
+@app.command()
+def undo(correction: int = typer.Argument(..., help="The correction's id (see `facesyncd history`).")) -> None:
+    """Undo one correction.
+
+    Example: facesyncd undo 12
+    """
+    from . import curation
+
+    app_ = _read_only_app()
+    try:
+        entry = app_.store.correction(correction)
+    finally:
+        app_.close()
+    names = {entry.undo["number"]: entry.undo["before"]} if entry is not None and entry.kind == "name" else None
+    _correct(lambda app: curation.undo(app.store, correction), names=names)
 
 
 @faceset_app.command("sheet")

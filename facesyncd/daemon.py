@@ -37,6 +37,8 @@ from .store import Store, utc_now
 
 log = logging.getLogger(__name__)
 
+CORRECTIONS_SECONDS = 2.0  # how often the daemon looks for corrections made by other processes
+
 
 @dataclass
 class _Runtime:
@@ -154,6 +156,18 @@ class Daemon:
             self._runtime.update(state="idle")
             self._write_daemon_file()
 
+    def _apply_corrections(self) -> None:
+        """Runs between the other jobs (one worker): only when a correction was made since."""
+        if self.stop.is_set() or self._app is None or not actions.corrections_pending(self._app):
+            return
+        try:
+            report = actions.apply_corrections(self._app)
+            log.info("applied the corrections made meanwhile: %d folders written", report.facesets_written)
+        except FacesyncError as error:
+            log.error("applying corrections failed: %s", error)
+        except Exception:
+            log.exception("applying corrections failed unexpectedly; the daemon keeps running")
+
     def _summarise(self, kind: JobKind, report: CycleReport | None, error: str | None) -> None:
         if report is None:
             log.error("%s failed: %s", kind, error)
@@ -251,6 +265,10 @@ class Daemon:
                     self._scheduler.add_job(
                         self._run_job, "interval", seconds=seconds, args=[kind], id=str(kind), **start
                     )
+                # Corrections made by commands or the review page reach the folders within seconds.
+                self._scheduler.add_job(
+                    self._apply_corrections, "interval", seconds=CORRECTIONS_SECONDS, id="corrections"
+                )
                 self._scheduler.start()
                 self._write_daemon_file()
                 self.notifier.ready(

@@ -79,10 +79,13 @@ def face_file(face: ExportFace) -> str:
     return f"face_{face.face_id:07d}.jpg"
 
 
-def manifest(number: int, faces: Sequence[ExportFace], subset: str | None = None) -> dict[str, Any]:
+def manifest(
+    number: int, faces: Sequence[ExportFace], subset: str | None = None, name: str | None = None
+) -> dict[str, Any]:
     return {
         "number": number,
         **({"subset": subset} if subset else {}),
+        **({"name": name} if name else {}),
         "faces": [
             {
                 "face_id": face.face_id,
@@ -229,9 +232,11 @@ def clean_leftovers(facesets_dir: Path) -> None:
             _remove(entry)
 
 
-def crops_plan(number: int, faces: Sequence[ExportFace], crops_dir: Path, subset: str | None = None) -> Plan:
+def crops_plan(
+    number: int, faces: Sequence[ExportFace], crops_dir: Path, subset: str | None = None, name: str | None = None
+) -> Plan:
     files: dict[str, Path | bytes] = {face_file(face): crops_dir / face.crop for face in faces}
-    return Plan(MANIFEST, manifest(number, faces, subset), files)
+    return Plan(MANIFEST, manifest(number, faces, subset, name), files)
 
 
 def write_faceset(
@@ -241,6 +246,7 @@ def write_faceset(
     faces: Sequence[ExportFace],
     missing: list[ExportFace] | None = None,
     subset: str | None = None,
+    set_name: str | None = None,
 ) -> bool:
     """Write one faceset folder of the crops layout if it differs from the store. Returns whether
     anything was written.
@@ -255,7 +261,7 @@ def write_faceset(
     final = _claim(facesets_dir, name)
     existing = _read_manifest(final) if final.is_dir() else None
     users = _user_entries(final, existing) if existing is not None else []
-    if _is_current(final, existing, crops_plan(number, faces, crops_dir, subset), users):
+    if _is_current(final, existing, crops_plan(number, faces, crops_dir, subset, set_name), users):
         return False
     present = [face for face in faces if (crops_dir / face.crop).is_file()]
     if len(present) < len(faces):
@@ -265,7 +271,7 @@ def write_faceset(
         faces = present
         if not faces and not users:
             return False
-    return write_folder(facesets_dir, name, crops_plan(number, faces, crops_dir, subset))
+    return write_folder(facesets_dir, name, crops_plan(number, faces, crops_dir, subset, set_name))
 
 
 def _claim(facesets_dir: Path, name: str) -> Path:
@@ -327,6 +333,29 @@ def write_folder(facesets_dir: Path, name: str, plan: Plan) -> bool:
     return True
 
 
+def remove_faceset(facesets_dir: Path, number: int) -> int:
+    """Delete faceset `number`'s folders (its sub-sets' too) entirely, the user's files in them
+    included: a forgotten person is not kept anywhere. Returns how many folders went."""
+    removed = 0
+    if not facesets_dir.is_dir():
+        return removed
+    for entry in facesets_dir.iterdir():
+        match = FOLDER_RE.match(entry.name)
+        if match and int(match.group(1)) == number and (entry.is_dir() or entry.is_symlink()):
+            _remove(entry)
+            removed += 1
+    return removed
+
+
+def write_names(facesets_dir: Path, names: Mapping[int, str | None]) -> None:
+    """Put names given by a command into the folders' NAME.txt (where there is one): NAME.txt is
+    read back as the user's word for the name, so it must not keep the old one."""
+    for folder_name, folder in own_folders(facesets_dir).items():
+        number, _ = _number_and_subset(folder_name)
+        if number in names and (folder / NAME_FILE).is_file():
+            write_atomic(folder / NAME_FILE, ((names[number] or "") + "\n").encode())
+
+
 def own_folders(facesets_dir: Path) -> dict[str, Path]:
     """Every folder that facesyncd wrote (it holds facesyncd's manifest): facesets and sub-sets."""
     found: dict[str, Path] = {}
@@ -384,6 +413,7 @@ def export_all(
     missing: list[ExportFace] | None = None,
     *,
     highest_number: int = 0,
+    names: Mapping[int, str] | None = None,
 ) -> int:
     """Bring every faceset folder in line with the store, in the crops layout. Returns how many
     folders were written. Faces whose crop files are gone are collected in `missing` (see
@@ -392,7 +422,7 @@ def export_all(
 
     def write(name: str, faces: Sequence[ExportFace]) -> bool:
         number, subset = _number_and_subset(name)
-        return write_faceset(facesets_dir, crops_dir, number, faces, missing, subset)
+        return write_faceset(facesets_dir, crops_dir, number, faces, missing, subset, (names or {}).get(number))
 
     return _export(facesets_dir, {name: faces for name, (_, _, faces) in wanted.items()}, write, highest_number)
 

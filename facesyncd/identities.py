@@ -22,21 +22,24 @@ def assign(
     identity_of: Mapping[int, int],
     match_distance: float,
     taken: Mapping[str, set[int]] | None = None,
+    banned: Mapping[int, set[int]] | None = None,
 ) -> dict[int, tuple[int, float]]:
     """Match faces (rows) to identities through their nearest neighbours.
 
     A face's distance to an identity is its distance to that identity's nearest face; it may join an
     identity within `match_distance`. Two faces of one photo (same blob) never join the same identity,
     nor one the photo already has a face in (`taken`): matches are granted closest first, so the
-    closer face wins and the other falls back to its next candidate or stays unmatched.
+    closer face wins and the other falls back to its next candidate or stays unmatched. A row never
+    joins an identity in `banned[row]` (the user's corrections).
     Returns row -> (identity, distance).
     """
     candidates: list[tuple[float, int, int]] = []
     for row in range(len(blobs)):
         best: dict[int, float] = {}
+        never = banned.get(row, set()) if banned else set()
         for face_id, distance in zip(neighbour_ids[row], neighbour_distances[row], strict=True):
             identity = identity_of.get(int(face_id))
-            if identity is None or distance > match_distance:
+            if identity is None or distance > match_distance or identity in never:
                 continue
             if distance < best.get(identity, np.inf):
                 best[identity] = float(distance)

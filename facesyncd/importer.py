@@ -61,6 +61,7 @@ class ImportReport:
     imported: int = 0
     already: int = 0
     held: int = 0
+    forgotten: int = 0  # files of people `faceset forget` removed
     failed: dict[str, str] = field(default_factory=dict)  # image -> why no face came of it
     not_images: list[str] = field(default_factory=list)  # files left alone, never decoded
 
@@ -293,6 +294,9 @@ def _import_file(
     report: ImportReport,
 ) -> None:
     sha256, size = _sha256(path)
+    if store.is_forgotten_file(sha256):  # `faceset forget`: never imported again
+        report.forgotten += 1
+        return
     try:
         faces: list[DetectedFace] = []
         image: DecodedImage | None = None
@@ -301,6 +305,9 @@ def _import_file(
             faces, image = _largest_face(embedder, image)
             if not faces:
                 raise ImageError("no face found")
+            if store.forgotten_in(sha256, [faces[0].bbox]):  # a photo of a forgotten person's
+                report.forgotten += 1
+                return
         names = crops.write_faces(sha256, image, [face.bbox for face in faces]) if image is not None else []
         if swap is not None and image is not None:
             for face, name in zip(faces, names, strict=True):

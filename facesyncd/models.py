@@ -48,6 +48,7 @@ class JobKind(StrEnum):
     IMPORT = "import"
     REBUILD_INDEX = "rebuild-index"
     RETRY = "retry"
+    CORRECT = "correct"  # a correction (`faceset merge`, the review page, `undo`) brought to the folders
 
     @classmethod
     def syncs(cls) -> tuple[JobKind, ...]:
@@ -247,3 +248,79 @@ class UnmeasuredFace:
     bbox: Box
     det_score: float
     landmarks: tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True)
+class FacesetSummary:
+    """One identity as `faceset list` and the review page's grid show it."""
+
+    number: int
+    name: str | None
+    faces: int
+    locked: bool
+    merged_into: int | None  # retired: its faces went there
+    forgotten: bool
+    last_change: str | None  # when a face last joined or left, or the identity changed
+    best_face: int | None  # the face to show for it (highest quality)
+
+    @property
+    def retired(self) -> bool:
+        return self.merged_into is not None or self.forgotten
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "name": self.name,
+            "faces": self.faces,
+            "locked": self.locked,
+            "merged_into": self.merged_into,
+            "forgotten": self.forgotten,
+            "last_change": self.last_change,
+            "best_face": self.best_face,
+        }
+
+
+@dataclass(frozen=True)
+class FaceDetail:
+    """One face as `faceset show` and the review page show it."""
+
+    face_id: int
+    identity: int | None
+    sha256: str
+    asset_id: str | None  # the Immich asset it came from; None for an imported crop
+    source: str | None
+    crop: str
+    bbox: Box
+    det_score: float
+    distance: float | None
+    quality: float | None
+    placed: bool  # put there by hand
+    held: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "face_id": self.face_id,
+            "identity": self.identity,
+            "asset_id": self.asset_id,
+            "source": self.source,
+            "bbox": [round(v, 1) for v in self.bbox],
+            "det_score": round(self.det_score, 4),
+            "distance": None if self.distance is None else round(self.distance, 4),
+            "quality": None if self.quality is None else round(self.quality, 4),
+            "placed": self.placed,
+        }
+
+
+@dataclass(frozen=True)
+class Correction:
+    """One entry of `history`: a correction the user made, and whether it was undone."""
+
+    id: int
+    at: str
+    kind: str
+    summary: str
+    undo: dict[str, Any]
+    undone_at: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "at": self.at, "kind": self.kind, "summary": self.summary, "undone_at": self.undone_at}

@@ -37,6 +37,15 @@ def test_a_face_joins_the_closest_identity_within_the_threshold() -> None:
     assert assign(["a"], ids, distances, identity_of, 0.25) == {}
 
 
+def test_a_face_never_joins_an_identity_the_user_ruled_out() -> None:
+    ids = np.array([[10, 20, 30]])
+    distances = np.array([[0.30, 0.35, 0.40]])
+    identity_of = {10: 2, 20: 1, 30: 1}
+    # rejected from 2 (or 2 locked): the next closest within the threshold, or none
+    assert assign(["a"], ids, distances, identity_of, 0.45, banned={0: {2}}) == {0: (1, 0.35)}
+    assert assign(["a"], ids, distances, identity_of, 0.45, banned={0: {1, 2}}) == {}
+
+
 def test_two_faces_of_one_photo_never_join_the_same_identity() -> None:
     ids = np.array([[10, 20], [10, 20]])
     distances = np.array([[0.20, 0.40], [0.10, 0.30]])

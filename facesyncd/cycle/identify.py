@@ -113,14 +113,21 @@ def _match(app: App, faces: list[StoredFace], index: FaceIndex) -> dict[int, tup
     neighbour_ids, neighbour_distances = index.query(embeddings, NEIGHBOURS)
     blobs = [face.sha256 for face in faces]
     taken = {blob: app.store.identities_of_blob(blob) for blob in set(blobs)}
-    matches = assign(blobs, neighbour_ids, neighbour_distances, index.identity_of, settings.match_distance, taken)
+    # The user's corrections: a locked identity takes no face by itself, a rejected face never
+    # goes back to the identity it was rejected from.
+    locked = app.store.locked_identities()
+    rejected = app.store.rejections_of([face.id for face in faces])
+    banned = {row: locked | rejected.get(face.id, set()) for row, face in enumerate(faces)}
+    matches = assign(
+        blobs, neighbour_ids, neighbour_distances, index.identity_of, settings.match_distance, taken, banned
+    )
     if settings.mean_join:
         for row, blob in enumerate(blobs):
             if row in matches:
                 continue
             near = {index.identity_of[int(face)] for face in neighbour_ids[row] if int(face) in index.identity_of}
             used = taken[blob] | {identity for other, (identity, _) in matches.items() if blobs[other] == blob}
-            means = index.mean_distances(embeddings[row], sorted(near - used))
+            means = index.mean_distances(embeddings[row], sorted(near - used - banned[row]))
             if means:
                 identity, distance = min(means.items(), key=lambda item: (item[1], item[0]))
                 if distance <= settings.cluster_distance:
@@ -130,10 +137,15 @@ def _match(app: App, faces: list[StoredFace], index: FaceIndex) -> dict[int, tup
 
 def merge_identities(app: App, report: CycleReport) -> None:
     """Identities found to be one person (centres within merge_distance, no photo with a face of
-    each) become one: the lower number keeps them, the higher is retired and never given again."""
+    each) become one: the lower number keeps them, the higher is retired and never given again.
+    Never a locked one, nor two the user keeps apart (a split, a rejected face)."""
     index = app.index.get()
-    for retired, kept in merges(index.centres(), app.store.photos_shared(), app.settings.identities.merge_distance):
-        app.store.merge_identities(retired, kept)
+    locked = app.store.locked_identities()
+    centres = {number: centre for number, centre in index.centres().items() if number not in locked}
+    apart = app.store.photos_shared() | app.store.kept_apart()
+    for retired, kept in merges(centres, apart, app.settings.identities.merge_distance):
+        if not app.store.merge_identities(retired, kept):
+            continue  # the user's corrections keep them apart (a hand-placed face, a lock made meanwhile)
         index.relabel(retired, kept)
         report.identities_merged.append((retired, kept))
         log.info("faceset %03d is the same person as %03d: merged into it, %03d retired", retired, kept, retired)

@@ -7,7 +7,7 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 from ..errors import ImageError, ImmichAuthError, ImmichError, ImmichUnreachable
-from ..export import NAME_FILE, export_all, export_plans, folders, own_facesets
+from ..export import NAME_FILE, export_all, export_plans, folders, own_facesets, remove_faceset
 from ..imaging import DecodedImage
 from ..immich import ImmichClient
 from ..models import CycleReport, ExportFace
@@ -28,6 +28,9 @@ def publish(app: App, report: CycleReport) -> None:
     from the photo in Immich. A face whose crop cannot come back stays out of its folder, and is
     tried again next cycle. Faces under [export] min_quality stay out of the folders (not the store)."""
     app.reporter.stage("exporting", None)
+    for number in app.store.forgotten_numbers():  # `faceset forget`: nothing of them is kept
+        if remove_faceset(app.settings.facesets_dir, number):
+            log.info("removed the folders of forgotten faceset %03d", number)
     _measure_unmeasured(app)
     faces = _good_enough(app.store.export_faces(), app.settings.export.min_quality)
     highest = app.store.highest_identity()
@@ -36,11 +39,14 @@ def publish(app: App, report: CycleReport) -> None:
     else:
         facesets_dir, crops_dir = app.settings.facesets_dir, app.crops.directory
         missing: list[ExportFace] = []
-        report.facesets_written = export_all(facesets_dir, crops_dir, faces, missing, highest_number=highest)
+        names = app.store.identity_names()
+        report.facesets_written = export_all(
+            facesets_dir, crops_dir, faces, missing, highest_number=highest, names=names
+        )
         if missing:
             restored = _restore(app, missing)
             log.warning("%d face crops were missing; %d restored", len(missing), restored)
-            report.facesets_written += export_all(facesets_dir, crops_dir, faces, highest_number=highest)
+            report.facesets_written += export_all(facesets_dir, crops_dir, faces, highest_number=highest, names=names)
     app.index.get()  # a first export builds the index the next start loads
     app.index.save_if_changed()
 

@@ -231,6 +231,8 @@ def prepare(app: App, client: ImmichClient, row: AssetRow, reader: Store) -> Out
                 return Known(row, download)
             image, decoded_from = decode(app, client, row.asset_id, download.path, max_bytes)
             faces = app.embedder.faces(image)
+            forgotten = reader.forgotten_in(download.sha256, [face.bbox for face in faces])
+            faces = [face for row, face in enumerate(faces) if row not in forgotten]  # `faceset forget`
             qualities = [assess(image.pixels, face.bbox, face.landmarks, face.det_score) for face in faces]
             crops = app.crops.write_faces(download.sha256, image, [face.bbox for face in faces])
             if app.settings.export.format == "swap":  # its PNGs, while the photo is at hand

@@ -27,6 +27,15 @@ if TYPE_CHECKING:  # numpy stays out of `status`
     from numpy.typing import NDArray
 
 
+def _open_identity(number: str) -> str:
+    """SQL: the identity numbered by the parameter `number` may be changed by automatic steps (it is
+    not locked, merged away or forgotten)."""
+    return (
+        f"NOT EXISTS (SELECT 1 FROM identities WHERE number = {number} "
+        "AND (locked_at IS NOT NULL OR merged_into IS NOT NULL OR forgotten_at IS NOT NULL))"
+    )
+
+
 class FaceQueries(Database):
     """Distinct file contents (blobs), their faces, the identities those join, and imported trees."""
 
@@ -199,9 +208,12 @@ class FaceQueries(Database):
             for face_id in examined:
                 self.execute("UPDATE faces SET matched_at = ? WHERE id = ?", (now, face_id))
             for face_id, (identity, distance) in assignments.items():
+                # The user's corrections win over a match made while they were being saved.
                 self.execute(
-                    "UPDATE faces SET identity = ?, distance = ?, matched_at = ? WHERE id = ?",
-                    (identity, distance, now, face_id),
+                    "UPDATE faces SET identity = ?, distance = ?, matched_at = ? WHERE id = ? AND identity IS NULL "
+                    "AND NOT EXISTS (SELECT 1 FROM rejections WHERE face_id = faces.id AND identity = ?) "
+                    f"AND {_open_identity('?')}",
+                    (identity, distance, now, face_id, identity, identity),
                 )
             if assignments:
                 self._bump_index_version()
@@ -240,7 +252,8 @@ class FaceQueries(Database):
             now = utc_now()
             for face_id, distance in members.items():
                 self.execute(
-                    "UPDATE faces SET identity = ?, distance = ?, matched_at = ? WHERE id = ?",
+                    "UPDATE faces SET identity = ?, distance = ?, matched_at = ? "
+                    "WHERE id = ? AND identity IS NULL AND held IS NULL",
                     (number, distance, now, face_id),
                 )
             self._bump_index_version()
@@ -254,15 +267,29 @@ class FaceQueries(Database):
         )
         return {frozenset(row) for row in rows}
 
-    def merge_identities(self, retired: int, kept: int) -> None:
+    def merge_identities(self, retired: int, kept: int) -> bool:
         """Every face of `retired` joins `kept`; `retired` keeps its row (its number is never given
-        again) and says where its faces went."""
+        again) and says where its faces went. Not when the user's corrections forbid it (one is
+        locked or retired, they are kept apart, a face was rejected from the other, a face placed by
+        hand would change number): returns whether it merged."""
         with self.transaction():
+            if not self.scalar(
+                f"SELECT {_open_identity(':kept')} AND {_open_identity(':retired')} "
+                "AND NOT EXISTS (SELECT 1 FROM kept_apart WHERE low = MIN(:kept, :retired) "
+                "  AND high = MAX(:kept, :retired)) "
+                "AND NOT EXISTS (SELECT 1 FROM rejections r JOIN faces f ON f.id = r.face_id "
+                "  WHERE (r.identity = :kept AND f.identity = :retired) "
+                "  OR (r.identity = :retired AND f.identity = :kept)) "
+                "AND NOT EXISTS (SELECT 1 FROM faces WHERE identity = :retired AND placed_at IS NOT NULL)",
+                {"kept": kept, "retired": retired},
+            ):
+                return False
             self.execute("UPDATE faces SET identity = ? WHERE identity = ?", (kept, retired))
             self.execute(
                 "UPDATE identities SET merged_into = ?, merged_at = ? WHERE number = ?", (kept, utc_now(), retired)
             )
             self._bump_index_version()
+        return True
 
     def ensure_identity(self, number: int, origin: str) -> None:
         self.execute(

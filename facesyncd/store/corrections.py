@@ -1,0 +1,305 @@
+"""The user's corrections: names, merges, splits, moves, rejections, locks, forgotten people, and the
+history that undoes them; and the constraints they put on every automatic step."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from ..models import AssetState, Box, Correction, Dropped, FaceDetail, FacesetSummary
+from .database import utc_now
+from .faces import FaceQueries, _box
+
+# A face detected again within a forgotten box (intersection over union) is the forgotten face.
+FORGOTTEN_OVERLAP = 0.5
+
+
+def _overlap(a: Box, b: Box) -> float:
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+class CorrectionQueries(FaceQueries):
+    # -- reading -----------------------------------------------------------------------------------
+
+    def facesets(self, number: int | None = None) -> list[FacesetSummary]:
+        """Every identity (or one), retired ones included, by number."""
+        where = "WHERE i.number = ?" if number is not None else ""
+        rows = self.rows(
+            f"""
+            SELECT i.number, i.name, i.locked_at, i.merged_into, i.forgotten_at,
+                   (SELECT COUNT(*) FROM faces f WHERE f.identity = i.number) AS faces,
+                   MAX(i.created_at, COALESCE(i.merged_at, ''), COALESCE(i.locked_at, ''),
+                       COALESCE(i.forgotten_at, ''),
+                       COALESCE((SELECT MAX(COALESCE(f.placed_at, f.matched_at)) FROM faces f
+                                 WHERE f.identity = i.number), '')) AS last_change,
+                   (SELECT f.id FROM faces f WHERE f.identity = i.number
+                    ORDER BY COALESCE(f.quality, 0) DESC, f.id LIMIT 1) AS best_face
+            FROM identities i {where} ORDER BY i.number
+            """,
+            (number,) if number is not None else (),
+        )
+        return [
+            FacesetSummary(
+                number=row["number"],
+                name=row["name"],
+                faces=row["faces"],
+                locked=row["locked_at"] is not None,
+                merged_into=row["merged_into"],
+                forgotten=row["forgotten_at"] is not None,
+                last_change=row["last_change"] or None,
+                best_face=row["best_face"],
+            )
+            for row in rows
+        ]
+
+    def _face_details(self, where: str, parameters: Sequence[Any]) -> list[FaceDetail]:
+        rows = self.rows(
+            f"""
+            SELECT f.id, f.identity, f.sha256, f.crop, f.x1, f.y1, f.x2, f.y2, f.det_score, f.distance,
+                   f.quality, f.placed_at, f.held,
+                   (SELECT a.asset_id FROM assets a WHERE a.sha256 = f.sha256 AND a.state = :done
+                    ORDER BY a.source, a.asset_id LIMIT 1) AS asset_id,
+                   (SELECT a.source FROM assets a WHERE a.sha256 = f.sha256 AND a.state = :done
+                    ORDER BY a.source, a.asset_id LIMIT 1) AS source
+            FROM faces f WHERE {where} ORDER BY f.id
+            """,
+            {"done": AssetState.DONE, **{f"p{n}": value for n, value in enumerate(parameters)}},
+        )
+        return [
+            FaceDetail(
+                face_id=row["id"],
+                identity=row["identity"],
+                sha256=row["sha256"],
+                asset_id=row["asset_id"],
+                source=row["source"],
+                crop=row["crop"],
+                bbox=_box((row["x1"], row["y1"], row["x2"], row["y2"])),
+                det_score=row["det_score"],
+                distance=row["distance"],
+                quality=row["quality"],
+                placed=row["placed_at"] is not None,
+                held=row["held"],
+            )
+            for row in rows
+        ]
+
+    def faces_of_identity(self, number: int) -> list[FaceDetail]:
+        return self._face_details("f.identity = :p0", [number])
+
+    def pool(self, limit: int = 500) -> list[FaceDetail]:
+        """Faces compared with every identity and in none (the pool clustering draws from)."""
+        return self._face_details(
+            "f.identity IS NULL AND f.matched_at IS NOT NULL AND f.held IS NULL ORDER BY f.id LIMIT :p0", [limit]
+        )
+
+    def face_detail(self, face_id: int) -> FaceDetail | None:
+        found = self._face_details("f.id = :p0", [face_id])
+        return found[0] if found else None
+
+    # -- constraints on the automatic steps ---------------------------------------------------------
+
+    def locked_identities(self) -> set[int]:
+        return {row[0] for row in self.tuples("SELECT number FROM identities WHERE locked_at IS NOT NULL")}
+
+    def rejections_of(self, face_ids: Sequence[int]) -> dict[int, set[int]]:
+        """face id -> the identities it was rejected from."""
+        found: dict[int, set[int]] = {}
+        for start in range(0, len(face_ids), 500):
+            chunk = list(face_ids[start : start + 500])
+            for face_id, identity in self.tuples(
+                f"SELECT face_id, identity FROM rejections WHERE face_id IN ({', '.join('?' * len(chunk))})", chunk
+            ):
+                found.setdefault(face_id, set()).add(identity)
+        return found
+
+    def kept_apart(self) -> set[frozenset[int]]:
+        """Pairs of identities never merged automatically: split by the user, or one holding a face
+        rejected from the other."""
+        pairs = {frozenset(row) for row in self.tuples("SELECT low, high FROM kept_apart")}
+        pairs.update(
+            frozenset(row)
+            for row in self.tuples(
+                "SELECT r.identity, f.identity FROM rejections r JOIN faces f ON f.id = r.face_id "
+                "WHERE f.identity IS NOT NULL AND f.identity != r.identity"
+            )
+        )
+        return pairs
+
+    def identities_with_placed_faces(self) -> set[int]:
+        return {
+            row[0]
+            for row in self.tuples("SELECT DISTINCT identity FROM faces WHERE placed_at IS NOT NULL AND identity > 0")
+        }
+
+    def forgotten_in(self, sha256: str, boxes: Sequence[Box]) -> set[int]:
+        """Which of these boxes, detected in the file `sha256`, are faces of a forgotten person."""
+        entries = self.tuples("SELECT x1, y1, x2, y2 FROM forgotten WHERE sha256 = ?", (sha256,))
+        if not entries:
+            return set()
+        if any(entry[0] is None for entry in entries):
+            return set(range(len(boxes)))
+        return {
+            row
+            for row, box in enumerate(boxes)
+            if any(_overlap(box, _box(entry)) >= FORGOTTEN_OVERLAP for entry in entries)
+        }
+
+    def is_forgotten_file(self, sha256: str) -> bool:
+        return self.scalar("SELECT 1 FROM forgotten WHERE sha256 = ? AND x1 IS NULL", (sha256,)) is not None
+
+    def forgotten_numbers(self) -> list[int]:
+        return [row[0] for row in self.tuples("SELECT number FROM identities WHERE forgotten_at IS NOT NULL")]
+
+    def corrections_version(self) -> int:
+        """Grows with every correction: a running daemon reloads what it keeps in memory."""
+        return int(self.get_meta("corrections_version") or 0)
+
+    # -- corrections ------------------------------------------------------------------------------
+
+    def record_correction(self, kind: str, summary: str, undo: dict[str, Any]) -> int:
+        """Call inside the transaction that makes the correction."""
+        cursor = self.execute(
+            "INSERT INTO corrections (at, kind, summary, undo) VALUES (?, ?, ?, ?)",
+            (utc_now(), kind, summary, json.dumps(undo)),
+        )
+        self._corrected()
+        return int(cursor.lastrowid or 0)
+
+    def _corrected(self) -> None:
+        self.set_meta("corrections_version", str(self.corrections_version() + 1))
+        self._bump_index_version()
+
+    def history(self) -> list[Correction]:
+        return [
+            Correction(row["id"], row["at"], row["kind"], row["summary"], json.loads(row["undo"]), row["undone_at"])
+            for row in self.rows("SELECT * FROM corrections ORDER BY id")
+        ]
+
+    def correction(self, correction_id: int) -> Correction | None:
+        found = [entry for entry in self.history() if entry.id == correction_id]
+        return found[0] if found else None
+
+    def mark_undone(self, correction_id: int) -> None:
+        self.execute("UPDATE corrections SET undone_at = ? WHERE id = ?", (utc_now(), correction_id))
+        self._corrected()
+
+    def set_name(self, number: int, name: str | None) -> None:
+        self.execute("UPDATE identities SET name = ? WHERE number = ?", (name, number))
+
+    def set_locked(self, number: int, locked: bool) -> None:
+        self.execute("UPDATE identities SET locked_at = ? WHERE number = ?", (utc_now() if locked else None, number))
+
+    def place_faces(self, face_ids: Sequence[int], identity: int | None, *, placed: bool | None) -> None:
+        """Put faces in `identity` (None: the pool) by hand. placed: True marks them must-link, False
+        clears the mark, None leaves it as it was."""
+        now = utc_now()
+        for face_id in face_ids:
+            self.execute(
+                "UPDATE faces SET identity = ?, distance = NULL, matched_at = COALESCE(matched_at, ?), "
+                "placed_at = CASE WHEN ? IS NULL THEN placed_at WHEN ? THEN ? ELSE NULL END WHERE id = ?",
+                (identity, now, placed, placed, now, face_id),
+            )
+
+    def faces_in(self, face_ids: Sequence[int], identity: int) -> list[int]:
+        """Those of these faces that are in `identity` now."""
+        return [
+            face_id
+            for face_id in face_ids
+            if self.scalar("SELECT 1 FROM faces WHERE id = ? AND identity = ?", (face_id, identity)) is not None
+        ]
+
+    def face_ids_of(self, number: int) -> list[int]:
+        return [row[0] for row in self.tuples("SELECT id FROM faces WHERE identity = ? ORDER BY id", (number,))]
+
+    def reject(self, face_id: int, identity: int, correction: int) -> None:
+        self.execute(
+            "INSERT INTO rejections (face_id, identity, correction) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            (face_id, identity, correction),
+        )
+
+    def unreject(self, face_id: int, identity: int) -> bool:
+        return (
+            self.execute("DELETE FROM rejections WHERE face_id = ? AND identity = ?", (face_id, identity)).rowcount > 0
+        )
+
+    def keep_apart(self, a: int, b: int, correction: int) -> None:
+        self.execute(
+            "INSERT INTO kept_apart (low, high, correction) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            (min(a, b), max(a, b), correction),
+        )
+
+    def stop_keeping_apart(self, a: int, b: int) -> None:
+        self.execute("DELETE FROM kept_apart WHERE low = ? AND high = ?", (min(a, b), max(a, b)))
+
+    def retire(self, number: int, merged_into: int | None) -> None:
+        """`number` is given no more (merged_into: where its faces went; None: back in use)."""
+        self.execute(
+            "UPDATE identities SET merged_into = ?, merged_at = ? WHERE number = ?",
+            (merged_into, utc_now() if merged_into is not None else None, number),
+        )
+
+    def new_identity(self, origin: str) -> int:
+        number = self.highest_identity() + 1
+        self.execute(
+            "INSERT INTO identities (number, origin, created_at) VALUES (?, ?, ?)", (number, origin, utc_now())
+        )
+        return number
+
+    def forget_identity(self, number: int, correction: int, files: Sequence[str]) -> Dropped:
+        """Delete the identity's faces (embeddings and crops with them) and block them: each face's file
+        and box go on the block list (an imported crop's whole file), and the whole `files` (sha256:
+        the crops facesyncd exported). Returns what to tidy outside the store."""
+        rows = self.tuples(
+            "SELECT f.id, f.sha256, f.x1, f.y1, f.x2, f.y2, f.crop, b.decoded_from FROM faces f "
+            "JOIN blobs b ON b.sha256 = f.sha256 WHERE f.identity = ?",
+            (number,),
+        )
+        dropped = Dropped()
+        for sha256 in sorted(set(files)):
+            self.execute(
+                "INSERT INTO forgotten (sha256, number, correction) VALUES (?, ?, ?)", (sha256, number, correction)
+            )
+        for face_id, sha256, x1, y1, x2, y2, crop, decoded_from in rows:
+            whole = decoded_from == "import"
+            self.execute(
+                "INSERT INTO forgotten (sha256, x1, y1, x2, y2, number, correction) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (sha256, *((None,) * 4 if whole else (x1, y1, x2, y2)), number, correction),
+            )
+            dropped.crops.append(crop)
+            dropped.indexed_faces.append(face_id)
+        self.execute("DELETE FROM faces WHERE identity = ?", (number,))
+        self.execute(
+            "UPDATE identities SET forgotten_at = ?, name = NULL, locked_at = NULL WHERE number = ?",
+            (utc_now(), number),
+        )
+        self._bump_index_version()
+        return dropped
+
+    def unforget(self, correction: int) -> int:
+        """Lift a forget's block list; the files it blocked that hold no face now are processed again:
+        their blobs are dropped and their assets queued. Returns how many assets were queued."""
+        files = [
+            row[0] for row in self.tuples("SELECT DISTINCT sha256 FROM forgotten WHERE correction = ?", (correction,))
+        ]
+        self.execute("DELETE FROM forgotten WHERE correction = ?", (correction,))
+        queued = 0
+        for sha256 in files:
+            if self.scalar("SELECT 1 FROM faces WHERE sha256 = ?", (sha256,)) is not None:
+                continue
+            queued += self.execute(
+                "UPDATE assets SET state = ?, sha256 = NULL, attempts = 0, next_attempt_at = NULL, reason = NULL, "
+                "changed_at = ? WHERE sha256 = ?",
+                (AssetState.PENDING, utc_now(), sha256),
+            ).rowcount
+            self.execute(
+                "UPDATE imports SET state = 'failed', reason = 'forgotten, then undone' WHERE sha256 = ?", (sha256,)
+            )
+            self.execute("DELETE FROM blobs WHERE sha256 = ?", (sha256,))
+        return queued

@@ -1,0 +1,181 @@
+"""Review and correct: every correction is state, and a constraint that no re-run undoes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+from conftest import add_photos, requires_shared, run_cli, write_config
+from fake_immich import FakeImmich
+
+pytestmark = requires_shared
+
+ANGELINA_FIRST = [f"wild/angelina_jolie/img{n}.jpg" for n in (1, 10, 11, 2, 4)]
+ANGELINA_LATER = [f"wild/angelina_jolie/img{n}.jpg" for n in (5, 6, 7)]
+
+
+class Library:
+    """One configured facesyncd over the fake Immich, read through its own commands."""
+
+    def __init__(self, fake: FakeImmich, root: Path, extra: str = "") -> None:
+        self.fake = fake
+        self.config = write_config(root, fake.url)
+        if extra:
+            self.config.write_text(self.config.read_text() + extra)
+        self.state = root / "state"
+        self.facesets = root / "facesets"
+        self.labels: dict[str, str] = {}
+
+    def add(self, folders: list[str]) -> None:
+        self.labels.update(add_photos(self.fake, folders))
+
+    def cli(self, *args: str, ok: bool = True) -> str:
+        result = run_cli("--config", str(self.config), *args)
+        if ok:
+            assert result.returncode == 0, f"{args}: {result.stdout}{result.stderr}"
+        return result.stdout + result.stderr
+
+    def sets(self) -> dict[int, dict]:
+        return {entry["number"]: entry for entry in json.loads(self.cli("faceset", "list", "--json", "--all"))}
+
+    def show(self, number: int) -> dict:
+        return json.loads(self.cli("faceset", "show", str(number), "--json"))
+
+    def faces(self, number: int) -> dict[int, str]:
+        """face id -> the photo it came from (its test label)."""
+        return {face["face_id"]: self.labels.get(face["asset_id"], "?") for face in self.show(number)["face_list"]}
+
+    def number_of(self, person: str) -> int:
+        """The live faceset holding most of this person's faces."""
+        counts = {
+            number: sum(person in label for label in self.faces(number).values())
+            for number, entry in self.sets().items()
+            if entry["merged_into"] is None and not entry["forgotten"]
+        }
+        return max(counts, key=lambda number: counts[number])
+
+    def sql(self, statement: str) -> list[tuple]:
+        with sqlite3.connect(self.state / "facesyncd.db") as db:
+            return db.execute(statement).fetchall()
+
+
+def _correction(output: str) -> int:
+    """The id a correction command printed ("... (correction 3; ...")."""
+    return int(output.split("(correction ")[1].split(";")[0])
+
+
+def test_corrections_stick_through_a_full_re_run(fake: FakeImmich, tmp_path: Path) -> None:
+    lib = Library(fake, tmp_path / "run")
+    lib.add([*ANGELINA_FIRST, "wild/scarlett_johansson", "wild/katy_perry", "wild/matt_damon"])
+    lib.cli("sync")
+    angelina, scarlett = lib.number_of("angelina"), lib.number_of("scarlett")
+    katy, matt = lib.number_of("katy"), lib.number_of("matt")
+    assert len({angelina, scarlett, katy, matt}) == 4
+
+    # name: in the store and in the export
+    named = lib.cli("faceset", "name", str(angelina), "Angelina Jolie")
+    folder = lib.facesets / f"faceset_{angelina:03d}"
+    assert json.loads((folder / "faceset.json").read_text())["name"] == "Angelina Jolie"
+    # reject (cannot-link), move (must-link), split (kept apart), merge, lock
+    rejected = min(lib.faces(katy))
+    lib.cli("face", "reject", str(rejected))
+    moved = min(lib.faces(matt))
+    lib.cli("face", "move", str(moved), str(angelina))
+    split_off = sorted(lib.faces(scarlett))[:3]
+    split = lib.cli("faceset", "split", str(scarlett), *map(str, split_off))
+    new_scarlett = max(lib.sets())
+    assert sorted(lib.faces(new_scarlett)) == split_off, split
+    matt_faces = set(lib.faces(matt))
+    lib.cli("faceset", "merge", str(katy), str(matt))
+    lib.cli("faceset", "lock", str(angelina))
+    angelina_faces = set(lib.faces(angelina))
+    katy_faces = set(lib.faces(katy))
+    assert rejected not in katy_faces and moved in angelina_faces
+    assert lib.show(matt)["merged_into"] == katy
+    assert "merged into" in lib.cli("faceset", "show", str(matt))
+
+    # a full re-run: the index deleted, every unassigned face compared again as if new, the pool
+    # clustered again, the identities' automatic merge, new photos of the locked person
+    for path in lib.state.glob("index*"):
+        path.unlink()
+    lib.cli("rebuild-index")
+    lib.sql("UPDATE faces SET matched_at = NULL WHERE identity IS NULL")
+    lib.add(ANGELINA_LATER)
+    lib.cli("sync")
+
+    assert set(lib.faces(angelina)) == angelina_faces, "the locked faceset changed, or a correction was undone"
+    assert set(lib.faces(katy)) == katy_faces, "the rejected face came back, or the hand merge was undone"
+    assert katy_faces >= matt_faces - {moved}
+    assert sorted(lib.faces(new_scarlett)) == split_off, "the split was merged back"
+    assert lib.sets()[new_scarlett]["merged_into"] is None and lib.sets()[scarlett]["merged_into"] is None
+    later = {face for number in lib.sets() for face, label in lib.faces(number).items() if label in ANGELINA_LATER}
+    assert not later & set(lib.faces(angelina))
+    assert lib.sets()[matt]["faces"] == 0
+    assert json.loads((folder / "faceset.json").read_text())["name"] == "Angelina Jolie"
+
+    # history lists every correction; undo reverts one
+    history = json.loads(lib.cli("history", "--json"))
+    assert [entry["kind"] for entry in history] == ["name", "reject", "move", "split", "merge", "lock"]
+    lib.cli("undo", str(_correction(split)))
+    assert lib.sets()[new_scarlett]["merged_into"] == scarlett
+    assert set(split_off) <= set(lib.faces(scarlett))
+    lib.cli("undo", str(_correction(named)))
+    assert lib.sets()[angelina]["name"] is None
+    assert "name" not in json.loads((folder / "faceset.json").read_text())
+    again = lib.cli("undo", str(_correction(named)), ok=False)
+    assert "undone already" in again
+    assert "undone" in lib.cli("history")
+
+
+def test_a_forgotten_person_never_comes_back(fake: FakeImmich, tmp_path: Path) -> None:
+    lib = Library(fake, tmp_path / "run")
+    lib.add(["wild/angelina_jolie", "wild/scarlett_johansson"])
+    lib.cli("sync")
+    scarlett = lib.number_of("scarlett")
+    folder = lib.facesets / f"faceset_{scarlett:03d}"
+    crops = {face["face_id"]: face for face in lib.show(scarlett)["face_list"]}
+    kept_copy = tmp_path / "old-tree" / "faceset_050"  # the user's copy of the export, imported later
+    kept_copy.parent.mkdir()
+    shutil.copytree(folder, kept_copy)
+    faces_before = lib.sql("SELECT COUNT(*) FROM faces")[0][0]
+    numbers = set(lib.sets())
+
+    refused = run_cli("--config", str(lib.config), "faceset", "forget", str(scarlett))
+    assert refused.returncode == 1 and "--yes" in refused.stderr
+    assert folder.is_dir()
+    lib.cli("faceset", "forget", str(scarlett), "--yes")
+
+    assert not folder.exists()
+    assert lib.sql("SELECT COUNT(*) FROM faces")[0][0] == faces_before - len(crops)
+    assert lib.sets()[scarlett]["forgotten"] and scarlett not in json.loads(lib.cli("faceset", "list", "--json"))
+    assert not lib.sql(f"SELECT 1 FROM faces WHERE identity = {scarlett}")
+    # no embedding kept anywhere: the block list holds hashes and boxes only
+    assert [column[1] for column in lib.sql("PRAGMA table_info(forgotten)")] == [
+        "sha256",
+        "x1",
+        "y1",
+        "x2",
+        "y2",
+        "number",
+        "correction",
+    ]
+    assert "forgotten" in lib.cli("faceset", "show", str(scarlett))
+
+    lib.cli("rebuild-index")
+    # the photos deleted in Immich (their files leave the store) and uploaded again
+    for asset_id, label in list(lib.labels.items()):
+        if "scarlett" in label:
+            fake.delete(asset_id)
+    lib.cli("sync", "--reconcile")
+    lib.add(["wild/scarlett_johansson"])
+    lib.cli("sync")
+    assert lib.sql("SELECT COUNT(*) FROM faces")[0][0] == faces_before - len(crops)
+    assert all("scarlett" not in label for number in lib.sets() for label in lib.faces(number).values())
+    assert set(lib.sets()) == numbers, "a new faceset formed"
+
+    # and the user's copy of the export, imported again, brings nothing back
+    imported = lib.cli("import-facesets", "--merge", str(kept_copy.parent))
+    assert f"{len(crops)} of forgotten people left out" in imported, imported
+    assert lib.sql("SELECT COUNT(*) FROM faces")[0][0] == faces_before - len(crops)
