@@ -15,9 +15,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from .app import App
+from .config import Settings
 from .curation import Outcome
 from .cycle import merge_identities, open_new_facesets, publish, run_cycle
-from .errors import FacesyncError, LocalWriteError, OrphanedFacesets, StoreError
+from .errors import AlreadyRunning, FacesyncError, LocalWriteError, OrphanedFacesets, StoreError
 from .export import PRESERVED, own_facesets, set_aside_facesets, write_names
 from .importer import ImportReport
 from .importer import import_facesets as import_tree
@@ -88,6 +89,34 @@ def correct(
     if export:
         apply_corrections(app)
     return outcome
+
+
+def correct_in(
+    settings: Settings, change: Callable[[App], Outcome], *, names: Mapping[int, str | None] | None = None
+) -> tuple[Outcome, bool]:
+    """Make a correction from a command or the review page. Returns it, and whether the folders were
+    brought in line now: when this process can take the state directory, yes; while another process
+    (the daemon) holds it, the correction is saved and that process applies it within seconds
+    (SQLite serialises the two writers; the daemon re-reads what a correction changed)."""
+    from .app import open_app
+    from .lock import state_lock
+    from .ownership import kept_by_owner
+
+    with kept_by_owner(settings.state_dir, settings.facesets_dir):
+        try:
+            with state_lock(settings.state_dir):
+                app = open_app(settings, create=False)
+                try:
+                    return correct(app, change, names=names), True
+                finally:
+                    app.close()
+        except AlreadyRunning:
+            pass
+        app = open_app(settings, create=False)
+        try:
+            return correct(app, change, names=names, export=False), False
+        finally:
+            app.close()
 
 
 def file_hashes(app: App) -> Callable[[Sequence[str]], list[str]]:

@@ -370,36 +370,13 @@ def _read_only_app() -> Any:
 
 
 def _correct(change: Any, *, names: dict[int, str | None] | None = None) -> None:
-    """Make a correction. Holding the state directory, this process brings the folders in line at
-    once; while the daemon holds it, the correction is saved and the daemon applies it (within
-    seconds): SQLite serialises the two writers, and the daemon re-reads what a correction changed."""
     from . import actions
-    from .app import open_app
-    from .errors import AlreadyRunning
-    from .lock import state_lock
 
-    settings = _settings(secrets=False)
-    with kept_by_owner(settings.state_dir, settings.facesets_dir):
-        try:
-            with state_lock(settings.state_dir):
-                app = open_app(settings, create=False)
-                try:
-                    outcome = actions.correct(app, change, names=names)
-                finally:
-                    app.close()
-            undo = (
-                f" (correction {outcome.correction}; `facesyncd undo {outcome.correction}`)"
-                if outcome.correction
-                else ""
-            )
-            typer.echo(outcome.message + undo)
-        except AlreadyRunning:
-            app = open_app(settings, create=False)
-            try:
-                outcome = actions.correct(app, change, names=names, export=False)
-            finally:
-                app.close()
-            typer.echo(f"{outcome.message} (the running facesyncd updates the folders within seconds)")
+    outcome, applied = actions.correct_in(_settings(secrets=False), change, names=names)
+    number = outcome.correction
+    undo = f" (correction {number}; `facesyncd undo {number}`)" if number else ""
+    later = "" if applied else " The running facesyncd updates the folders within seconds."
+    typer.echo(outcome.message + undo + later)
 
 
 @faceset_app.command("list")
@@ -574,6 +551,36 @@ def face_reject(face: int = typer.Argument(..., help="The face's id (see `facese
     from . import curation
 
     _correct(lambda app: curation.reject(app.store, face))
+
+
+@app.command()
+def serve(
+    listen: str | None = typer.Option(
+        None, "--listen", help="HOST:PORT to serve on (default: [web] listen, else 127.0.0.1:8765)."
+    ),
+) -> None:
+    """Serve the review page (facesets, faces, the pool, history; every correction as a form) and
+    /metrics, until Ctrl-C. Works beside a running daemon.
+
+    Example: facesyncd serve --listen 127.0.0.1:8765
+    """
+    import dataclasses
+
+    from .config import is_loopback, parse_listen
+    from .errors import ConfigError
+    from .web import WebServer
+
+    settings = _settings(secrets=False)
+    chosen = listen or settings.web.listen or "127.0.0.1:8765"
+    address = parse_listen(chosen)
+    if address is None:
+        raise ConfigError(f"--listen {chosen}: expected HOST:PORT, e.g. 127.0.0.1:8765")
+    if not is_loopback(address[0]) and not settings.web.token_file:
+        raise ConfigError(f"--listen {chosen} is reachable from other machines: set [web] token_file first")
+    settings = dataclasses.replace(settings, web=dataclasses.replace(settings.web, listen=chosen))
+    server = WebServer(settings)
+    typer.echo(f"serving the review page on {server.address} (Ctrl-C stops)")
+    server.serve()
 
 
 @app.command()

@@ -11,6 +11,7 @@ as one ConfigError. Relative paths are relative to the config file. Nothing is r
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 import re
@@ -242,6 +243,40 @@ class ExportSettings:
     )
 
 
+def _listen_ok(value: str) -> bool:
+    return value == "" or parse_listen(value) is not None
+
+
+def parse_listen(value: str) -> tuple[str, int] | None:
+    """ "HOST:PORT" ([v6]:PORT too) -> (host, port); None when it is not one."""
+    host, _, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """[web]: the review page and /metrics (facesyncd serve; facesyncd run when listen is set)"""
+
+    listen: str = setting(
+        "", 'HOST:PORT, e.g. "127.0.0.1:8765"; empty: run serves no page', _listen_ok, 'empty or "HOST:PORT"'
+    )
+    token_file: str = setting(
+        "", "a file holding the token the page asks for (required beyond 127.0.0.1)", lambda v: True, "a path"
+    )
+
+
 # The top-level keys; their defaults depend on each other, so they are resolved in settings_from_dict.
 TOP_KEYS = {
     "state_dir": ("/var/lib/facesyncd", "SQLite database, index, crops (relative: to this file)"),
@@ -254,6 +289,7 @@ SECTIONS: dict[str, type] = {
     "sync": SyncSettings,
     "schedule": ScheduleSettings,
     "export": ExportSettings,
+    "web": WebSettings,
 }
 
 
@@ -269,6 +305,7 @@ class Settings:
     sync: SyncSettings = SyncSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     export: ExportSettings = ExportSettings()
+    web: WebSettings = WebSettings()
 
     @property
     def database_path(self) -> Path:
@@ -481,6 +518,12 @@ def settings_from_dict(data: dict[str, Any], path: Path, *, secrets: bool = True
     for key, directory in (("state_dir", state_dir), ("facesets_dir", facesets_dir)):
         if directory.exists() and not directory.is_dir():
             problems.add(key, f"{directory} exists and is not a directory")
+    web = sections["web"]
+    if web.get("token_file"):
+        web["token_file"] = str(base / Path(web["token_file"]).expanduser())
+    listening = parse_listen(web.get("listen", ""))
+    if listening and not is_loopback(listening[0]) and not web.get("token_file"):
+        problems.add("web.listen", f"{web['listen']} is reachable from other machines: set web.token_file too")
     pack = sections["model"].get("pack")
     if pack is not None and _is_path(pack):
         sections["model"]["pack"] = str(base / Path(pack).expanduser())

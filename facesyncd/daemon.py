@@ -71,6 +71,7 @@ class Daemon:
         self._executor: Any = None
         self._app: App | None = None
         self._polled = False  # a poll cycle has completed
+        self._web: Any = None  # the review page's server, with [web] listen
 
     # -- signals --------------------------------------------------------------------------------
 
@@ -270,6 +271,12 @@ class Daemon:
                     self._apply_corrections, "interval", seconds=CORRECTIONS_SECONDS, id="corrections"
                 )
                 self._scheduler.start()
+                if self.settings.web.listen:
+                    from .web import WebServer
+
+                    self._web = WebServer(self.settings)
+                    self._web.start()
+                    log.info("review page on %s", self._web.address)
                 self._write_daemon_file()
                 self.notifier.ready(
                     f"polling {len(self.settings.immich)} source(s) every {self.settings.schedule.poll_seconds:g}s"
@@ -289,6 +296,8 @@ class Daemon:
 
     def _shutdown(self) -> int:
         self.notifier.stopping()
+        if self._web is not None:
+            self._web.stop()
         assert self._scheduler is not None and self._app is not None and self._executor is not None
         self._scheduler.shutdown(wait=False)  # no new jobs; the one in hand sees the stop flag
         finished = threading.Event()

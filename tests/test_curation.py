@@ -4,61 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 from pathlib import Path
 
-from conftest import add_photos, requires_shared, run_cli, write_config
+from conftest import Library, requires_shared, run_cli
 from fake_immich import FakeImmich
 
 pytestmark = requires_shared
 
 ANGELINA_FIRST = [f"wild/angelina_jolie/img{n}.jpg" for n in (1, 10, 11, 2, 4)]
 ANGELINA_LATER = [f"wild/angelina_jolie/img{n}.jpg" for n in (5, 6, 7)]
-
-
-class Library:
-    """One configured facesyncd over the fake Immich, read through its own commands."""
-
-    def __init__(self, fake: FakeImmich, root: Path, extra: str = "") -> None:
-        self.fake = fake
-        self.config = write_config(root, fake.url)
-        if extra:
-            self.config.write_text(self.config.read_text() + extra)
-        self.state = root / "state"
-        self.facesets = root / "facesets"
-        self.labels: dict[str, str] = {}
-
-    def add(self, folders: list[str]) -> None:
-        self.labels.update(add_photos(self.fake, folders))
-
-    def cli(self, *args: str, ok: bool = True) -> str:
-        result = run_cli("--config", str(self.config), *args)
-        if ok:
-            assert result.returncode == 0, f"{args}: {result.stdout}{result.stderr}"
-        return result.stdout + result.stderr
-
-    def sets(self) -> dict[int, dict]:
-        return {entry["number"]: entry for entry in json.loads(self.cli("faceset", "list", "--json", "--all"))}
-
-    def show(self, number: int) -> dict:
-        return json.loads(self.cli("faceset", "show", str(number), "--json"))
-
-    def faces(self, number: int) -> dict[int, str]:
-        """face id -> the photo it came from (its test label)."""
-        return {face["face_id"]: self.labels.get(face["asset_id"], "?") for face in self.show(number)["face_list"]}
-
-    def number_of(self, person: str) -> int:
-        """The live faceset holding most of this person's faces."""
-        counts = {
-            number: sum(person in label for label in self.faces(number).values())
-            for number, entry in self.sets().items()
-            if entry["merged_into"] is None and not entry["forgotten"]
-        }
-        return max(counts, key=lambda number: counts[number])
-
-    def sql(self, statement: str) -> list[tuple]:
-        with sqlite3.connect(self.state / "facesyncd.db") as db:
-            return db.execute(statement).fetchall()
 
 
 def _correction(output: str) -> int:

@@ -25,6 +25,9 @@ def _overlap(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
+_POOL = "f.identity IS NULL AND f.matched_at IS NOT NULL AND f.held IS NULL"
+
+
 class CorrectionQueries(FaceQueries):
     # -- reading -----------------------------------------------------------------------------------
 
@@ -59,7 +62,7 @@ class CorrectionQueries(FaceQueries):
             for row in rows
         ]
 
-    def _face_details(self, where: str, parameters: Sequence[Any]) -> list[FaceDetail]:
+    def _face_details(self, where: str, parameters: Sequence[Any], limit: int = -1) -> list[FaceDetail]:
         rows = self.rows(
             f"""
             SELECT f.id, f.identity, f.sha256, f.crop, f.x1, f.y1, f.x2, f.y2, f.det_score, f.distance,
@@ -68,9 +71,9 @@ class CorrectionQueries(FaceQueries):
                     ORDER BY a.source, a.asset_id LIMIT 1) AS asset_id,
                    (SELECT a.source FROM assets a WHERE a.sha256 = f.sha256 AND a.state = :done
                     ORDER BY a.source, a.asset_id LIMIT 1) AS source
-            FROM faces f WHERE {where} ORDER BY f.id
+            FROM faces f WHERE {where} ORDER BY f.id LIMIT :limit
             """,
-            {"done": AssetState.DONE, **{f"p{n}": value for n, value in enumerate(parameters)}},
+            {"done": AssetState.DONE, "limit": limit, **{f"p{n}": value for n, value in enumerate(parameters)}},
         )
         return [
             FaceDetail(
@@ -95,9 +98,10 @@ class CorrectionQueries(FaceQueries):
 
     def pool(self, limit: int = 500) -> list[FaceDetail]:
         """Faces compared with every identity and in none (the pool clustering draws from)."""
-        return self._face_details(
-            "f.identity IS NULL AND f.matched_at IS NOT NULL AND f.held IS NULL ORDER BY f.id LIMIT :p0", [limit]
-        )
+        return self._face_details(_POOL, [], limit)
+
+    def pool_size(self) -> int:
+        return int(self.scalar(f"SELECT COUNT(*) FROM faces f WHERE {_POOL}"))
 
     def face_detail(self, face_id: int) -> FaceDetail | None:
         found = self._face_details("f.id = :p0", [face_id])

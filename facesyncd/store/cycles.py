@@ -31,6 +31,26 @@ class CycleQueries(FaceQueries):
             # A daemon runs a cycle every few minutes: keep the recent history only.
             self.execute("DELETE FROM cycles WHERE id <= ?", (cycle_id - CYCLES_KEPT,))
 
+    def health(self) -> dict[str, Any]:
+        """What /metrics adds to the status: the last successful sync, the last cycle's length, the
+        assets failing per source."""
+        syncs = tuple(JobKind.syncs())
+        marks = ", ".join("?" * len(syncs))
+        last_ok = self.scalar(
+            f"SELECT finished_at FROM cycles WHERE ok = 1 AND kind IN ({marks}) ORDER BY id DESC LIMIT 1", syncs
+        )
+        seconds = self.scalar(
+            "SELECT json_extract(report, '$.seconds') FROM cycles WHERE finished_at IS NOT NULL "
+            "ORDER BY id DESC LIMIT 1"
+        )
+        failing = dict(
+            self.tuples(
+                "SELECT source, COUNT(*) FROM assets WHERE state IN (?, ?) GROUP BY source",
+                (AssetState.FAILED, AssetState.PARKED),
+            )
+        )
+        return {"last_success_at": last_ok, "last_cycle_seconds": seconds, "failing_by_source": failing}
+
     def status(self) -> dict[str, Any]:
         counted = dict(self.tuples("SELECT state, COUNT(*) FROM assets GROUP BY state"))
         assets = {str(state): int(counted.get(state, 0)) for state in AssetState}
@@ -74,7 +94,9 @@ class CycleQueries(FaceQueries):
             "assets": assets,
             "skipped_reasons": skipped,
             "faces": {"total": total, "assigned": assigned, "pending": total - assigned},
-            "identities": int(self.scalar("SELECT COUNT(*) FROM identities WHERE merged_into IS NULL")),
+            "identities": int(
+                self.scalar("SELECT COUNT(*) FROM identities WHERE merged_into IS NULL AND forgotten_at IS NULL")
+            ),
             "merged_identities": int(self.scalar("SELECT COUNT(*) FROM identities WHERE merged_into IS NOT NULL")),
             "highest_identity": self.highest_identity(),
             "last_sync": last_sync,

@@ -1,0 +1,228 @@
+"""The review page in a real headless browser (Debian's chromium, driven by Selenium), /metrics and
+/healthz, and the page's defences (CSRF, the token)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import requests
+
+from conftest import API_KEY, API_KEY_ENV, REPO, Library, requires_shared
+from fake_immich import FakeImmich
+
+pytestmark = requires_shared
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+# Where the test leaves its screenshots for the README (docs/) when asked to.
+SCREENSHOTS = os.environ.get("FACESYNCD_SCREENSHOTS")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """`facesyncd serve` in a subprocess, on a free loopback port."""
+
+    def __init__(self, lib: Library, extra: list[str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "facesyncd",
+                "--config",
+                str(lib.config),
+                "serve",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+            ],
+            cwd=REPO,
+            env={**os.environ, API_KEY_ENV: API_KEY},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            assert self.process.poll() is None, self.process.communicate()[0]
+            time.sleep(0.1)
+        raise AssertionError("facesyncd serve did not answer /healthz")
+
+    def stop(self) -> str:
+        self.process.terminate()
+        try:
+            return self.process.communicate(timeout=10)[0]
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.communicate()[0]
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[object]:
+    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
+        pytest.fail("chromium and chromium-driver are missing: ./install.sh --test installs them (as root)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1200,900",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def click_and_wait(driver: object, element: object) -> None:
+    """Click a form's button and wait for the page the POST leads to (a click returns before it)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    wait = WebDriverWait(driver, 30)
+    wait.until(expected_conditions.staleness_of(old))
+    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
+def screenshot(driver: object, path: Path) -> np.ndarray:
+    """The page as the browser drew it; fails on a blank page (one colour, or images not drawn)."""
+    driver.save_screenshot(str(path))
+    if SCREENSHOTS:
+        shutil.copy(path, Path(SCREENSHOTS) / path.name)
+    pixels = cv2.imread(str(path))
+    assert pixels is not None and pixels.shape[0] > 300 and pixels.shape[1] > 300
+    assert float(pixels.std()) > 20, "the page is blank"
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500, "nothing but flat colours: no face was drawn"
+    broken = driver.execute_script(
+        "return [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)"
+    )
+    assert not broken, f"images that did not load: {broken}"
+    return pixels
+
+
+def test_review_page_merges_and_rejects_in_a_browser(fake: FakeImmich, tmp_path: Path, browser: object) -> None:
+    from selenium.webdriver.common.by import By
+
+    lib = Library(fake, tmp_path / "run")
+    lib.add(["wild/angelina_jolie", "wild/scarlett_johansson", "wild/katy_perry", "wild/matt_damon"])
+    lib.cli("sync")
+    angelina, katy, matt = lib.number_of("angelina"), lib.number_of("katy"), lib.number_of("matt")
+    server = Server(lib)
+    driver = browser
+    try:
+        # the grid: one card per faceset, each with its best face
+        driver.get(server.url + "/")
+        cards = driver.find_elements(By.CSS_SELECTOR, ".card.faceset")
+        assert sorted(int(card.get_attribute("data-number")) for card in cards) == sorted(lib.sets())
+        screenshot(driver, tmp_path / "review-grid.png")
+
+        # merge two facesets from katy's page
+        driver.get(f"{server.url}/faceset/{katy}")
+        matt_faces = set(lib.faces(matt))
+        driver.find_element(By.ID, "merge-others").send_keys(str(matt))
+        click_and_wait(driver, driver.find_element(By.ID, "merge"))
+        message = driver.find_element(By.ID, "message").text
+        assert f"merged {matt:03d} into {katy:03d}" in message, message
+        shown = {int(card.get_attribute("data-face")) for card in driver.find_elements(By.CSS_SELECTOR, ".card.face")}
+        assert matt_faces <= shown
+        assert lib.show(matt)["merged_into"] == katy and matt_faces <= set(lib.faces(katy))
+
+        # reject a face on angelina's page
+        driver.get(f"{server.url}/faceset/{angelina}?sort=distance")
+        face = max(lib.faces(angelina))
+        reject = driver.find_element(By.CSS_SELECTOR, f'.card.face[data-face="{face}"] button.reject')
+        click_and_wait(driver, reject)
+        assert f"rejected face {face}" in driver.find_element(By.ID, "message").text
+        assert not driver.find_elements(By.CSS_SELECTOR, f'.card.face[data-face="{face}"]')
+        assert face not in lib.faces(angelina)
+        assert lib.sql(f"SELECT identity FROM rejections WHERE face_id = {face}") == [(angelina,)]
+        screenshot(driver, tmp_path / "review-faceset.png")
+
+        # the history page undoes it
+        driver.get(f"{server.url}/history")
+        rows = driver.find_elements(By.CSS_SELECTOR, "#history tr")
+        assert "rejected face" in rows[1].text
+        click_and_wait(driver, rows[1].find_element(By.TAG_NAME, "button"))
+        assert face in lib.faces(angelina)
+
+        # a form posted from elsewhere is refused: no CSRF token, or another origin
+        refused = requests.post(f"{server.url}/act/lock", data={"number": angelina}, timeout=5)
+        assert refused.status_code == 403
+        csrf = driver.find_element(By.NAME, "csrf").get_attribute("value")
+        foreign = requests.post(
+            f"{server.url}/act/lock",
+            data={"number": angelina, "csrf": csrf},
+            headers={"Origin": "http://evil.example"},
+            timeout=5,
+        )
+        assert foreign.status_code == 403 and not lib.sets()[angelina]["locked"]
+        assert requests.get(f"{server.url}/", headers={"Host": "evil.example"}, timeout=5).status_code == 400
+
+        metrics = requests.get(f"{server.url}/metrics", timeout=5).text
+        assert 'facesyncd_assets{state="done"}' in metrics and "facesyncd_identities 3.0" in metrics
+        assert "facesyncd_last_success_timestamp_seconds" in metrics and "facesyncd_cycle_duration_seconds" in metrics
+    finally:
+        output = server.stop()
+    assert "Traceback" not in output, output
+
+
+def test_the_page_asks_for_its_token(fake: FakeImmich, tmp_path: Path) -> None:
+    lib = Library(fake, tmp_path / "run")
+    token = "s3cret-token-for-the-review-page"
+    (tmp_path / "run" / "web.token").write_text(token + "\n")
+    lib.config.write_text(lib.config.read_text() + '[web]\ntoken_file = "web.token"\n')
+    lib.add(["wild/katy_perry"])
+    lib.cli("sync")
+    server = Server(lib)
+    try:
+        assert requests.get(f"{server.url}/", timeout=5).status_code == 401
+        assert requests.get(f"{server.url}/metrics", timeout=5).status_code == 401
+        session = requests.Session()
+        assert session.get(f"{server.url}/?token={token}", timeout=5).status_code == 200
+        assert session.get(f"{server.url}/pool", timeout=5).status_code == 200, "the cookie was not kept"
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert "facesyncd_faces" in requests.get(f"{server.url}/metrics", headers=bearer, timeout=5).text
+        assert requests.get(f"{server.url}/healthz", timeout=5).text == "ok"
+    finally:
+        output = server.stop()
+    assert token not in output, "the token was logged"
+    # beyond loopback, no page without a token
+    lib.config.write_text(lib.config.read_text().replace('token_file = "web.token"', 'listen = "0.0.0.0:8765"'))
+    refused = lib.cli("status", ok=False)
+    assert "web.listen" in refused and "token_file" in refused
