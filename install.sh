@@ -3,7 +3,8 @@
 # pyproject.toml (an extra picks the one onnxruntime), with the pinned versions of constraints.txt.
 #   ./install.sh            runtime, CPU onnxruntime          (pip install -e ".[cpu]")
 #   ./install.sh --cuda     onnxruntime-gpu instead (NVIDIA)  (pip install -e ".[cuda]")
-#   ./install.sh --test     runtime plus the test tools, and insightface 2.1 as the tests' reference
+#   ./install.sh --test     runtime plus the test tools (Debian's chromium and chromium-driver among them),
+#                           and insightface 2.1 as the tests' reference
 set -eu
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
@@ -24,6 +25,11 @@ missing=""
 "$PYTHON" -c 'import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null \
   || missing="$missing python3-dev"
 command -v g++ >/dev/null 2>&1 || missing="$missing g++"   # hnswlib compiles at install
+if [ -n "$TEST" ]; then   # the review page is tested in a real headless browser
+  command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing="$missing chromium"
+  command -v chromedriver >/dev/null 2>&1 || command -v chromium.chromedriver >/dev/null 2>&1 \
+    || missing="$missing chromium-driver"
+fi
 if [ -n "$missing" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing

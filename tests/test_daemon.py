@@ -390,3 +390,50 @@ def test_the_first_cycle_opens_facesets_at_once(fake: FakeImmich, tmp_path: Path
     assert "next clustering" in run_cli("--config", str(config), "status").stdout
     code, _ = daemon.terminate()
     assert code == 0
+
+
+def test_corrections_while_the_daemon_runs_reach_the_folders_within_seconds(
+    fake: FakeImmich, tmp_path: Path, daemons: list
+) -> None:
+    """A command and the review page (served by `run` itself) correct while the daemon holds the
+    state directory: both are saved at once and in the folders within seconds, long before the
+    next poll."""
+    import re
+
+    import requests
+
+    labels = add_photos(fake, ["wild/angelina_jolie", "wild/katy_perry", "wild/matt_damon"])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = daemon_config(tmp_path, fake.url, poll=600, cluster=600)
+    config.write_text(config.read_text() + f'[web]\nlisten = "127.0.0.1:{port}"\n')
+    daemon = Daemon(config, tmp_path / "daemon.log")
+    daemons.append(daemon)
+    root = tmp_path / "facesets"
+    daemon.wait_for(lambda: len(faceset_assets(root)) == 3, 60, "the first facesets")
+    people = {
+        number: {labels[asset].split("/")[1] for asset in assets} for number, assets in faceset_assets(root).items()
+    }
+    katy = next(number for number, who in people.items() if who == {"katy_perry"})
+    matt = next(number for number, who in people.items() if who == {"matt_damon"})
+
+    named = run_cli("--config", str(config), "faceset", "name", str(katy), "Katy Perry")
+    assert named.returncode == 0 and "running facesyncd updates the folders" in named.stdout, named.stdout
+    manifest = root / f"faceset_{katy:03d}" / "faceset.json"
+    daemon.wait_for(lambda: json.loads(manifest.read_text()).get("name") == "Katy Perry", 15, "the name in the folder")
+
+    page = requests.get(f"http://127.0.0.1:{port}/faceset/{katy}", timeout=10).text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+    merged = requests.post(
+        f"http://127.0.0.1:{port}/act/merge",
+        data={"csrf": csrf, "number": katy, "others": str(matt), "back": f"/faceset/{katy}"},
+        timeout=30,
+    )
+    assert merged.status_code == 200 and "the running facesyncd updates the folders" in merged.text
+    daemon.wait_for(lambda: not (root / f"faceset_{matt:03d}").exists(), 15, "the merged folder to go")
+    assert {labels[asset].split("/")[1] for asset in faceset_assets(root)[katy]} == {"katy_perry", "matt_damon"}
+    assert daemon.polls() == 1, "a poll, not the corrections, brought the change"
+    code, _ = daemon.terminate()
+    assert code == 0
+    assert "Traceback" not in daemon.log and "locked" not in daemon.log, daemon.log

@@ -22,8 +22,9 @@ from fake_immich import FakeImmich
 
 pytestmark = requires_shared
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
+# Debian's packages chromium and chromium-driver (Ubuntu's snap names them otherwise).
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver") or shutil.which("chromium.chromedriver")
 # Where the test leaves its screenshots for the README (docs/) when asked to.
 SCREENSHOTS = os.environ.get("FACESYNCD_SCREENSHOTS")
 
@@ -79,13 +80,13 @@ class Server:
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[object]:
-    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
+    if CHROMIUM is None or CHROMEDRIVER is None:
         pytest.fail("chromium and chromium-driver are missing: ./install.sh --test installs them (as root)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
+    options.binary_location = CHROMIUM
     for flag in (
         "--headless=new",
         "--no-sandbox",
@@ -99,7 +100,7 @@ def browser(tmp_path: Path) -> Iterator[object]:
         f"--user-data-dir={tmp_path / 'chromium'}",
     ):
         options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     driver.set_page_load_timeout(30)
     try:
         yield driver
