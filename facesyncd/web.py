@@ -61,6 +61,7 @@ def create_app(settings: Settings) -> Any:
     from .store import Store
 
     token = read_token(settings)
+    Store(settings.database_path, create=False).close()  # no database yet: say so now, not per page
     csrf = secrets.token_urlsafe(32)
     templates = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
     listen = parse_listen(settings.web.listen) or ("127.0.0.1", 8765)
@@ -195,6 +196,9 @@ def create_app(settings: Settings) -> Any:
             return PlainTextResponse(f"unhealthy: {error}", status_code=503)
         return PlainTextResponse("ok")
 
+    async def failed(request: Request, error: Exception) -> Response:
+        return PlainTextResponse(f"facesyncd: {error}", status_code=503)
+
     hosts = {"127.0.0.1", "localhost", "[::1]", "::1", listen[0]}
     return Starlette(
         routes=[
@@ -207,6 +211,7 @@ def create_app(settings: Settings) -> Any:
             Route("/metrics", metrics),
             Route("/healthz", healthz),
         ],
+        exception_handlers={FacesyncError: failed},
         middleware=[
             Middleware(TrustedHostMiddleware, allowed_hosts=sorted(hosts) if listen[0] != "0.0.0.0" else ["*"])
         ],

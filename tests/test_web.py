@@ -109,16 +109,17 @@ def browser(tmp_path: Path) -> Iterator[object]:
 
 
 def click_and_wait(driver: object, element: object) -> None:
-    """Click a form's button and wait for the page the POST leads to (a click returns before it)."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
+    """Click a form's button and wait for the page the POST leads to (a click returns before it).
+    The old page is marked; the new one has no mark. Chromium's driver may answer anything while
+    the page changes, so errors during the wait are retried, not taken as answers."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    old = driver.find_element(By.TAG_NAME, "html")
+    driver.execute_script("window.__before_click = true")
     element.click()
-    wait = WebDriverWait(driver, 30)
-    wait.until(expected_conditions.staleness_of(old))
-    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+    WebDriverWait(driver, 30, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: d.execute_script("return window.__before_click === undefined && document.readyState === 'complete'")
+    )
 
 
 def screenshot(driver: object, path: Path) -> np.ndarray:
