@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from .boxes import overlap
 from .models import Box
 
 # Two faces this close (cosine distance) are one face seen twice: a crop and the photo it was cut
@@ -80,17 +81,6 @@ def merges(
         pairs.append((retired, kept))
         done.update((kept, retired))
     return pairs
-
-
-def overlap(first: Box, second: Box) -> float:
-    """Intersection over union of two (x1, y1, x2, y2) boxes; 0 for boxes without area."""
-    width = min(first[2], second[2]) - max(first[0], second[0])
-    height = min(first[3], second[3]) - max(first[1], second[1])
-    if width <= 0 or height <= 0:
-        return 0.0
-    intersection = width * height
-    union = (first[2] - first[0]) * (first[3] - first[1]) + (second[2] - second[0]) * (second[3] - second[1])
-    return intersection / (union - intersection) if union > intersection else 0.0
 
 
 def pair_boxes(wanted: Sequence[Box], found: Sequence[Box], min_overlap: float) -> list[tuple[int, int]]:

@@ -26,9 +26,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .atomic import remove_leftovers, write_atomic
+from .boxes import overlap
 from .embedder import Embedder
 from .export import NAME_FILE, SWAP_MANIFEST, Plan, faceset_name
-from .identities import overlap
 from .imaging import DecodedImage
 from .models import Box, ExportFace
 

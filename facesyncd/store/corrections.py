@@ -7,22 +7,13 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from ..boxes import overlap
 from ..models import AssetState, Box, Correction, Dropped, FaceDetail, FacesetSummary
 from .database import utc_now
 from .faces import FaceQueries, _box
 
 # A face detected again within a forgotten box (intersection over union) is the forgotten face.
 FORGOTTEN_OVERLAP = 0.5
-
-
-def _overlap(a: Box, b: Box) -> float:
-    width = min(a[2], b[2]) - max(a[0], b[0])
-    height = min(a[3], b[3]) - max(a[1], b[1])
-    if width <= 0 or height <= 0:
-        return 0.0
-    inter = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 _POOL = "f.identity IS NULL AND f.matched_at IS NOT NULL AND f.held IS NULL"
@@ -152,7 +143,7 @@ class CorrectionQueries(FaceQueries):
         return {
             row
             for row, box in enumerate(boxes)
-            if any(_overlap(box, _box(entry)) >= FORGOTTEN_OVERLAP for entry in entries)
+            if any(overlap(box, _box(entry)) >= FORGOTTEN_OVERLAP for entry in entries)
         }
 
     def is_forgotten_file(self, sha256: str) -> bool:
