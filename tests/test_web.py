@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import API_KEY, API_KEY_ENV, REPO, Library, requires_shared
+from conftest import API_KEY, API_KEY_ENV, PHOTOS, REPO, Library, requires_shared
 from fake_immich import FakeImmich
 
 pytestmark = requires_shared
@@ -25,7 +25,8 @@ pytestmark = requires_shared
 # Debian's packages chromium and chromium-driver (Ubuntu's snap names them otherwise).
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver") or shutil.which("chromium.chromedriver")
-# Where the test leaves its screenshots for the README (docs/) when asked to.
+# Where test_the_readme_pictures_of_the_page leaves its screenshots when asked to: the README's are
+# made with FACESYNCD_SCREENSHOTS=docs .venv/bin/python -m pytest tests/test_web.py -k readme
 SCREENSHOTS = os.environ.get("FACESYNCD_SCREENSHOTS")
 
 
@@ -97,6 +98,7 @@ def browser(tmp_path: Path) -> Iterator[object]:
         "--disable-component-update",
         "--disable-sync",
         "--window-size=1200,900",
+        "--hide-scrollbars",
         f"--user-data-dir={tmp_path / 'chromium'}",
     ):
         options.add_argument(flag)
@@ -122,11 +124,12 @@ def click_and_wait(driver: object, element: object) -> None:
     )
 
 
-def screenshot(driver: object, path: Path) -> np.ndarray:
-    """The page as the browser drew it; fails on a blank page (one colour, or images not drawn)."""
+def screenshot(driver: object, path: Path, *, height: int | None = None) -> np.ndarray:
+    """The page as the browser drew it (its top `height` pixels); fails on a blank page (one colour,
+    or images not drawn)."""
     driver.save_screenshot(str(path))
-    if SCREENSHOTS:
-        shutil.copy(path, Path(SCREENSHOTS) / path.name)
+    if height is not None:
+        cv2.imwrite(str(path), cv2.imread(str(path))[:height], [cv2.IMWRITE_PNG_COMPRESSION, 9])
     pixels = cv2.imread(str(path))
     assert pixels is not None and pixels.shape[0] > 300 and pixels.shape[1] > 300
     assert float(pixels.std()) > 20, "the page is blank"
@@ -228,3 +231,57 @@ def test_the_page_asks_for_its_token(fake: FakeImmich, tmp_path: Path) -> None:
     lib.config.write_text(lib.config.read_text().replace('token_file = "web.token"', 'listen = "0.0.0.0:8765"'))
     refused = lib.cli("status", ok=False)
     assert "web.listen" in refused and "token_file" in refused
+
+
+def public_domain_tree(root: Path) -> Path:
+    """Facesets of four people from public-domain pictures (Pierre and Marie Curie from
+    immich-app/test-assets' portrait.jpg; Gauss and Newton from the scrfd package's test images),
+    each with altered copies: what the README's pictures of the page show."""
+    rng = np.random.default_rng(1)
+    portrait = cv2.imread(str(PHOTOS / "groups" / "portrait.jpg"))
+    people = {
+        1: ("Pierre Curie", portrait),
+        2: ("Marie Curie", portrait[:, :480]),  # her side of the photo only
+        3: ("Carl Friedrich Gauss", cv2.imread(str(PHOTOS / "edge" / "gauss.png"))),
+        4: ("Isaac Newton", cv2.imread(str(PHOTOS / "edge" / "newton.png"))),
+    }
+    for number, (name, picture) in people.items():
+        folder = root / f"faceset_{number:03d}"
+        folder.mkdir(parents=True)
+        height, width = picture.shape[:2]
+        tilt = cv2.getRotationMatrix2D((width / 2, height / 2), 10, 1.0)
+        copies = {
+            "a": picture,
+            "b_grain": np.clip(picture + rng.normal(0, 14, picture.shape), 0, 255).astype(np.uint8),
+            "c_mirrored": cv2.flip(picture, 1),
+            "d_small": cv2.resize(picture, (width // 3, height // 3), interpolation=cv2.INTER_AREA),
+            "e_soft": cv2.GaussianBlur(picture, (0, 0), 2.5),
+            "f_tilted": cv2.warpAffine(picture, tilt, (width, height)),
+        }
+        for label, pixels in copies.items():
+            cv2.imwrite(str(folder / f"{label}.jpg"), pixels)
+        (folder / "NAME.txt").write_text(name + "\n")
+    return root
+
+
+def test_the_readme_pictures_of_the_page(fake: FakeImmich, tmp_path: Path, browser: object) -> None:
+    lib = Library(fake, tmp_path / "run")
+    imported = lib.cli("import-facesets", str(public_domain_tree(tmp_path / "tree")))
+    assert "into 4 facesets" in imported, imported
+    lib.cli("faceset", "lock", "1")
+    worst = min(lib.show(2)["face_list"], key=lambda face: face["quality"])["face_id"]
+    lib.cli("face", "reject", str(worst))
+    server = Server(lib)
+    driver = browser
+    try:
+        driver.set_window_size(1100, 760)
+        pictures = {"review-grid.png": ("/", 380), "review-faceset.png": ("/faceset/2?sort=quality", 570)}
+        for name, (path, height) in pictures.items():
+            driver.get(server.url + path)
+            screenshot(driver, tmp_path / name, height=height)
+            if SCREENSHOTS:
+                shutil.copy(tmp_path / name, Path(SCREENSHOTS) / name)
+        names = [element.text for element in driver.find_elements("css selector", "h1 .name")]
+        assert names == ["Marie Curie"]
+    finally:
+        server.stop()
