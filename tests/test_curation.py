@@ -34,7 +34,9 @@ def test_corrections_stick_through_a_full_re_run(fake: FakeImmich, tmp_path: Pat
     assert json.loads((folder / "faceset.json").read_text())["name"] == "Angelina Jolie"
     # reject (cannot-link), move (must-link), split (kept apart), merge, lock
     rejected = min(lib.faces(katy))
+    before = lib.sets()[katy]["last_change"]
     lib.cli("face", "reject", str(rejected))
+    assert lib.sets()[katy]["last_change"] > before, "a face leaving is a change of the faceset"
     moved = min(lib.faces(matt))
     lib.cli("face", "move", str(moved), str(angelina))
     split_off = sorted(lib.faces(scarlett))[:3]

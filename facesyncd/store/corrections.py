@@ -32,7 +32,11 @@ class CorrectionQueries(FaceQueries):
                    MAX(i.created_at, COALESCE(i.merged_at, ''), COALESCE(i.locked_at, ''),
                        COALESCE(i.forgotten_at, ''),
                        COALESCE((SELECT MAX(COALESCE(f.placed_at, f.matched_at)) FROM faces f
-                                 WHERE f.identity = i.number), '')) AS last_change,
+                                 WHERE f.identity = i.number), ''),
+                       COALESCE((SELECT MAX(c.at) FROM corrections c WHERE i.number IN (
+                                   json_extract(c.undo, '$.number'), json_extract(c.undo, '$.from'),
+                                   json_extract(c.undo, '$.to'), json_extract(c.undo, '$.kept'),
+                                   json_extract(c.undo, '$.before'))), '')) AS last_change,
                    (SELECT f.id FROM faces f WHERE f.identity = i.number
                     ORDER BY COALESCE(f.quality, 0) DESC, f.id LIMIT 1) AS best_face
             FROM identities i {where} ORDER BY i.number
