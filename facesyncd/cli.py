@@ -612,10 +612,9 @@ def undo(correction: int = typer.Argument(..., help="The correction's id (see `f
 
     app_ = _read_only_app()
     try:
-        entry = app_.store.correction(correction)
+        names = curation.names_restored(app_.store, correction)
     finally:
         app_.close()
-    names = {entry.undo["number"]: entry.undo["before"]} if entry is not None and entry.kind == "name" else None
     _correct(lambda app: curation.undo(app.store, correction), names=names)
 
 
@@ -629,10 +628,9 @@ def faceset_sheet(
     Example: facesyncd faceset sheet 7 --out /tmp/faceset_007.png
     """
     from . import actions
-    from .app import open_app
     from .errors import LocalWriteError
 
-    app = open_app(_settings(secrets=False), create=False)
+    app = _read_only_app()
     try:
         data = actions.contact_sheet(app, number)
     finally:

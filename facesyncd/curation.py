@@ -58,10 +58,6 @@ def _face(store: Store, face_id: int) -> FaceDetail:
     return face
 
 
-def _unassigned(store: Store, face_ids: Sequence[int]) -> list[int]:
-    return [face for face in face_ids if (detail := store.face_detail(face)) is not None and detail.identity is None]
-
-
 def name(store: Store, number: int, new_name: str | None) -> Outcome:
     summary = _faceset(store, number)
     new_name = (new_name or "").strip() or None
@@ -105,7 +101,8 @@ def split(store: Store, number: int, face_ids: Sequence[int]) -> Outcome:
     """These faces leave `number` and open a new faceset; the two are never merged automatically."""
     _faceset(store, number)
     face_ids = sorted(set(face_ids))
-    strangers = [face for face in face_ids if face not in store.faces_in(face_ids, number)]
+    members = set(store.faces_in(face_ids, number))
+    strangers = [face for face in face_ids if face not in members]
     if strangers:
         raise CorrectionRefused(f"faces {', '.join(map(str, strangers))} are not in faceset {number:03d}")
     if len(face_ids) == len(store.face_ids_of(number)):
@@ -179,6 +176,15 @@ def forget(store: Store, number: int, file_hashes: Callable[[Sequence[str]], lis
     return Outcome(said, entry, dropped, removed_folders=[number])
 
 
+def names_restored(store: Store, correction_id: int) -> dict[int, str | None] | None:
+    """The name undoing this correction gives back (a `name` correction's), for NAME.txt: it is
+    written before the store changes (see actions.correct)."""
+    entry = store.correction(correction_id)
+    if entry is None or entry.kind != "name":
+        return None
+    return {entry.undo["number"]: entry.undo["before"]}
+
+
 def undo(store: Store, correction_id: int) -> Outcome:
     """Revert one correction. Faces that have moved on since (by a later correction) stay where they
     are now; a later correction is never overwritten."""
@@ -199,7 +205,7 @@ def undo(store: Store, correction_id: int) -> Outcome:
                 store.place_faces(store.faces_in(faces, data["kept"]), int(number), placed=None)
                 store.retire(int(number), None)
             for number, faces in data["pooled"].items():
-                store.place_faces(_unassigned(store, faces), int(number), placed=None)
+                store.place_faces(store.faces_in(faces, None), int(number), placed=None)
         elif entry.kind == "split":
             store.place_faces(store.faces_in(data["faces"], data["to"]), data["from"], placed=None)
             store.retire(data["to"], data["from"])
@@ -211,7 +217,7 @@ def undo(store: Store, correction_id: int) -> Outcome:
                 store.reject(data["face"], data["to"], correction_id)
         elif entry.kind == "reject":
             store.unreject(data["face"], data["from"])
-            store.place_faces(_unassigned(store, [data["face"]]), data["from"], placed=data["placed_before"])
+            store.place_faces(store.faces_in([data["face"]], None), data["from"], placed=data["placed_before"])
         elif entry.kind == "forget":
             queued = store.unforget(correction_id)
             note = (

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import curation
 from .app import App
 from .config import Settings, parse_listen
 from .curation import Outcome
@@ -168,9 +169,7 @@ def create_app(settings: Settings) -> Any:
             change, names = _change(action, fields, faces)
             if action == "undo":
                 with store() as db:
-                    entry = db.correction(int(fields["correction"]))
-                if entry is not None and entry.kind == "name":
-                    names = {entry.undo["number"]: entry.undo["before"]}
+                    names = curation.names_restored(db, int(fields["correction"]))
             outcome, applied = await _in_thread(lambda: one_at_a_time(change, names))
         except (KeyError, ValueError):
             return RedirectResponse(_with_message(back, "refused: a number is missing or is not one"), 303)
@@ -229,7 +228,7 @@ def _change(
     action: str, fields: dict[str, str], faces: list[str]
 ) -> tuple[Callable[[App], Outcome], dict[int, str | None] | None]:
     """The correction a form asks for (ValueError/KeyError: a field missing or not a number)."""
-    from . import actions, curation
+    from . import actions
 
     number = int(fields["number"]) if action in ("name", "merge", "split", "lock", "unlock", "forget") else 0
     if action == "name":

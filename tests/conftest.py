@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -158,6 +159,13 @@ def asset_states(**counts: int) -> dict[str, int]:
     unknown = set(counts) - {str(state) for state in AssetState}
     assert not unknown, f"no such asset state: {unknown}"
     return {str(state): counts.get(str(state), 0) for state in AssetState}
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def add_photos(fake: FakeImmich, folders: list[str], owner: str = "alice") -> dict[str, str]:

@@ -16,7 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import API_KEY, API_KEY_ENV, PHOTOS, REPO, add_photos, requires_shared, run_cli, write_config
+from conftest import (
+    API_KEY,
+    API_KEY_ENV,
+    PHOTOS,
+    REPO,
+    add_photos,
+    free_port,
+    requires_shared,
+    run_cli,
+    write_config,
+)
 from fake_immich import FakeImmich
 
 pytestmark = requires_shared
@@ -403,9 +413,7 @@ def test_corrections_while_the_daemon_runs_reach_the_folders_within_seconds(
     import requests
 
     labels = add_photos(fake, ["wild/angelina_jolie", "wild/katy_perry", "wild/matt_damon"])
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     config = daemon_config(tmp_path, fake.url, poll=600, cluster=600)
     config.write_text(config.read_text() + f'[web]\nlisten = "127.0.0.1:{port}"\n')
     daemon = Daemon(config, tmp_path / "daemon.log")

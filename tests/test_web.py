@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import API_KEY, API_KEY_ENV, PHOTOS, REPO, Library, requires_shared
+from conftest import API_KEY, API_KEY_ENV, PHOTOS, REPO, Library, free_port, requires_shared
 from fake_immich import FakeImmich
 
 pytestmark = requires_shared
@@ -28,12 +27,6 @@ CHROMEDRIVER = shutil.which("chromedriver") or shutil.which("chromium.chromedriv
 # Where test_the_readme_pictures_of_the_page leaves its screenshots when asked to: the README's are
 # made with FACESYNCD_SCREENSHOTS=docs .venv/bin/python -m pytest tests/test_web.py -k readme
 SCREENSHOTS = os.environ.get("FACESYNCD_SCREENSHOTS")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Server:

@@ -110,10 +110,9 @@ class CorrectionQueries(FaceQueries):
     def rejections_of(self, face_ids: Sequence[int]) -> dict[int, set[int]]:
         """face id -> the identities it was rejected from."""
         found: dict[int, set[int]] = {}
-        for start in range(0, len(face_ids), 500):
-            chunk = list(face_ids[start : start + 500])
+        for chunk, marks in self.id_chunks(face_ids):
             for face_id, identity in self.tuples(
-                f"SELECT face_id, identity FROM rejections WHERE face_id IN ({', '.join('?' * len(chunk))})", chunk
+                f"SELECT face_id, identity FROM rejections WHERE face_id IN ({marks})", chunk
             ):
                 found.setdefault(face_id, set()).add(identity)
         return found
@@ -175,14 +174,17 @@ class CorrectionQueries(FaceQueries):
         self.set_meta("corrections_version", str(self.corrections_version() + 1))
         self._bump_index_version()
 
-    def history(self) -> list[Correction]:
+    def _corrections(self, where: str = "1", parameters: Sequence[Any] = ()) -> list[Correction]:
         return [
             Correction(row["id"], row["at"], row["kind"], row["summary"], json.loads(row["undo"]), row["undone_at"])
-            for row in self.rows("SELECT * FROM corrections ORDER BY id")
+            for row in self.rows(f"SELECT * FROM corrections WHERE {where} ORDER BY id", parameters)
         ]
 
+    def history(self) -> list[Correction]:
+        return self._corrections()
+
     def correction(self, correction_id: int) -> Correction | None:
-        found = [entry for entry in self.history() if entry.id == correction_id]
+        found = self._corrections("id = ?", (correction_id,))
         return found[0] if found else None
 
     def mark_undone(self, correction_id: int) -> None:
@@ -206,13 +208,17 @@ class CorrectionQueries(FaceQueries):
                 (identity, now, placed, placed, now, face_id),
             )
 
-    def faces_in(self, face_ids: Sequence[int], identity: int) -> list[int]:
-        """Those of these faces that are in `identity` now."""
-        return [
-            face_id
-            for face_id in face_ids
-            if self.scalar("SELECT 1 FROM faces WHERE id = ? AND identity = ?", (face_id, identity)) is not None
-        ]
+    def faces_in(self, face_ids: Sequence[int], identity: int | None) -> list[int]:
+        """Those of these faces that are in `identity` now (None: in no identity), in their order."""
+        there: set[int] = set()
+        for chunk, marks in self.id_chunks(face_ids):
+            there.update(
+                row[0]
+                for row in self.tuples(
+                    f"SELECT id FROM faces WHERE id IN ({marks}) AND identity IS ?", [*chunk, identity]
+                )
+            )
+        return [face_id for face_id in face_ids if face_id in there]
 
     def face_ids_of(self, number: int) -> list[int]:
         return [row[0] for row in self.tuples("SELECT id FROM faces WHERE identity = ? ORDER BY id", (number,))]

@@ -211,6 +211,13 @@ class Database:
         except sqlite3.Error as error:
             raise self._error(error) from error
 
+    @staticmethod
+    def id_chunks(ids: Sequence[Any], size: int = 500) -> Iterator[tuple[list[Any], str]]:
+        """`ids` in chunks SQLite takes as parameters, each with its placeholders ("?, ?, ...")."""
+        for start in range(0, len(ids), size):
+            chunk = list(ids[start : start + size])
+            yield chunk, ", ".join("?" * len(chunk))
+
     def rows(self, sql: str, parameters: Parameters = ()) -> list[dict[str, Any]]:
         cursor = self.execute(sql, parameters)
         names = [column[0] for column in cursor.description]

@@ -417,9 +417,8 @@ class FaceQueries(Database):
 
     def faces_by_id(self, face_ids: Sequence[int]) -> list[StoredFace]:
         found: list[StoredFace] = []
-        for start in range(0, len(face_ids), 500):  # SQLite takes only so many parameters
-            chunk = list(face_ids[start : start + 500])
-            found.extend(self._faces(f"id IN ({', '.join('?' * len(chunk))})", chunk))
+        for chunk, marks in self.id_chunks(face_ids):
+            found.extend(self._faces(f"id IN ({marks})", chunk))
         return found
 
     def faces_of_blob(self, sha256: str) -> list[tuple[int, float]]:
