@@ -1,9 +1,16 @@
 """A fake Immich server: a real HTTP server on 127.0.0.1 speaking the endpoints facesyncd uses.
 
 Answers follow `../shared/immich/openapi-<version>.json` (the tests validate every JSON answer and
-request body against the spec), in the 3.x or the 2.x flavour (error bodies and some fields differ).
-It keeps assets per user (one API key per user), can change between pages, and injects the faults
-real servers have (5xx, 429, resets, timeouts, truncated bodies).
+request body against the spec), in the 3.x or the 2.x flavour (error bodies and some fields differ),
+and answer as a real Immich 3.1.0 does: tests/test_fake_immich.py replays every recorded case of
+`../shared/immich/recorded-3.1.0/` that concerns an endpoint facesyncd uses and compares the answers.
+
+Like the real server it has users with API keys and their permission scopes, partners (a partner's
+assets are listed when the partner is shown in the timeline), visibility (archive, hidden, locked),
+the trash, force deletes that are listed as trashed for a few seconds, stable face ids with person
+objects, validation errors in zod's words, and idle keep-alive connections closed after 5 seconds.
+It can change between pages, and injects the faults real servers have (5xx, 429, resets, timeouts,
+truncated bodies).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import io
 import json
 import mimetypes
 import random
+import re
 import socket
 import threading
 import time
@@ -34,8 +42,155 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def iso_micro(moment: datetime) -> str:
+    """The other date format Immich sends (person updatedAt, profileChangedAt, exif dates)."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
 def parse_iso(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+# What Immich 3.1 validates with zod, and the patterns its errors quote.
+UUID_PATTERN = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12})$"
+DATETIME_PATTERN = (
+    r"^(?:(?:\d\d[2468][048]|\d\d[13579][26]|\d\d0[48]|[02468][048]00|[13579][26]00)-02-29|\d{4}-(?:(?:0[13578]"
+    r"|1[02])-(?:0[1-9]|[12]\d|3[01])|(?:0[469]|11)-(?:0[1-9]|[12]\d|30)|(?:02)-(?:0[1-9]|1\d|2[0-8])))T(?:(?:"
+    r"[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d+)?)?(?:Z|([+-](?:[01]\d|2[0-3]):[0-5]\d)))$"
+)
+VISIBILITIES = ["archive", "timeline", "hidden", "locked"]
+THUMBNAIL_SIZES = ["original", "fullsize", "preview", "thumbnail"]
+# The scope each route needs (x-immich-permission in the spec); None: public.
+PERMISSIONS = {
+    "/users/me": "user.read",
+    "/search/metadata": "asset.read",
+    "/faces": "face.read",
+    "/assets/{id}": "asset.read",
+    "/assets/{id}/original": "asset.download",
+    "/assets/{id}/thumbnail": "asset.view",
+}
+ACCESS_MESSAGES = {"/assets/{id}/thumbnail": "Not found or no asset.view access"}
+
+
+class Invalid(Exception):
+    """A request that fails validation: one zod issue (3.x) and class-validator's sentence (2.x)."""
+
+    def __init__(self, issue: dict[str, Any], sentence: str) -> None:
+        super().__init__(sentence)
+        self.issue = issue
+        self.sentence = sentence
+
+
+def _check_uuid(value: Any, name: str) -> None:
+    if value is None:
+        raise Invalid(
+            {
+                "expected": "string",
+                "code": "invalid_type",
+                "path": [name],
+                "message": "Invalid input: expected string, received undefined",
+            },
+            f"{name} must be a UUID",
+        )
+    if not re.match(UUID_PATTERN, str(value)):
+        raise Invalid(
+            {
+                "origin": "string",
+                "code": "invalid_format",
+                "format": "uuid",
+                "pattern": f"/{UUID_PATTERN}/",
+                "path": [name],
+                "message": "Invalid UUID",
+            },
+            f"{name} must be a UUID",
+        )
+
+
+def _check_enum(value: Any, name: str, values: list[str]) -> None:
+    if value not in values:
+        options = "|".join(f'"{v}"' for v in values)
+        raise Invalid(
+            {
+                "code": "invalid_value",
+                "values": values,
+                "path": [name],
+                "message": f"Invalid option: expected one of {options}",
+            },
+            f"{name} must be one of the following values: {', '.join(values)}",
+        )
+
+
+def _check_int(body: dict[str, Any], name: str, low: int, high: int | None) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        kind = "string" if isinstance(value, str) else type(value).__name__
+        raise Invalid(
+            {
+                "expected": "number",
+                "code": "invalid_type",
+                "path": [name],
+                "message": f"Invalid input: expected number, received {kind}",
+            },
+            f"{name} must be a number",
+        )
+    if value < low:
+        raise Invalid(
+            {
+                "origin": "number",
+                "code": "too_small",
+                "minimum": low,
+                "inclusive": True,
+                "path": [name],
+                "message": f"Too small: expected number to be >={low}",
+            },
+            f"{name} must not be less than {low}",
+        )
+    if high is not None and value > high:
+        raise Invalid(
+            {
+                "origin": "number",
+                "code": "too_big",
+                "maximum": high,
+                "inclusive": True,
+                "path": [name],
+                "message": f"Too big: expected number to be <={high}",
+            },
+            f"{name} must not be greater than {high}",
+        )
+
+
+def _check_datetime(body: dict[str, Any], name: str) -> datetime | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.match(DATETIME_PATTERN, value):
+        raise Invalid(
+            {
+                "origin": "string",
+                "code": "invalid_format",
+                "format": "datetime",
+                "pattern": f"/{DATETIME_PATTERN}/",
+                "path": [name],
+                "message": "Invalid input: expected ISO 8601 datetime string, received string",
+            },
+            f"{name} must be a Date instance",
+        )
+    return parse_iso(value)
+
+
+def _node_json_error(raw: bytes) -> str:
+    """What Node's JSON.parse says about a body that is not JSON (near enough: the position)."""
+    try:
+        json.loads(raw)
+    except json.JSONDecodeError as error:
+        if error.msg.startswith("Expecting property name"):
+            what = "Expected property name or '}'"
+        else:
+            what = "Unexpected token"
+        return f"{what} in JSON at position {error.pos} (line {error.lineno} column {error.colno})"
+    return "Unexpected end of JSON input"
 
 
 @dataclass
@@ -51,17 +206,23 @@ class FakeAsset:
     width: int | None = None
     height: int | None = None
     mime: str = "image/jpeg"
-    faces: list[dict[str, int]] = field(default_factory=list)
+    # {x1, y1, x2, y2, image_width, image_height} and, filled in by add_asset: a stable id, the
+    # person (a PersonResponseDto or None) and the source type
+    faces: list[dict[str, Any]] = field(default_factory=list)
     label: str = ""  # what the test knows about it (path under testdata/photos)
     preview_data: bytes | None = None  # what Immich rendered, for files Pillow cannot open (RAW)
     library_id: str | None = None  # an external library's: the checksum is then of the path
     checksum_override: str | None = None  # a server whose checksum disagrees with its bytes
+    visibility: str = "timeline"  # archive, hidden (a live photo's video), locked (the locked folder)
+    created_at: datetime | None = None  # the upload; never changes
+    purge_at: float | None = None  # force-deleted: the row goes at this time.monotonic()
 
     @property
     def original_path(self) -> str:
         if self.library_id is not None:
             return f"/mnt/photos/{self.original_file_name}"
-        return f"/data/upload/{self.owner}/{self.original_file_name}"
+        extension = Path(self.original_file_name).suffix.lower()
+        return f"/data/upload/{self.owner}/{self.id[:2]}/{self.id[2:4]}/{self.id}{extension}"
 
     @property
     def checksum(self) -> str:
@@ -71,6 +232,10 @@ class FakeAsset:
             return self.checksum_override
         hashed = f"path:{self.original_path}".encode() if self.library_id is not None else self.data
         return base64.b64encode(hashlib.sha1(hashed).digest()).decode()
+
+    @property
+    def thumbhash(self) -> str:
+        return base64.b64encode(hashlib.sha1(self.data).digest()[:18] + b"\x87\x88\x07\x82\x19\x01").decode()
 
 
 @dataclass
@@ -106,7 +271,11 @@ class FakeImmich:
     def __init__(self, *, version: str = "3.1.0") -> None:
         self.version = version
         self.major = int(version.split(".")[0])
-        self.users: dict[str, dict[str, str]] = {}  # api key -> {"id", "name", "email"}
+        # api key -> {"id", "name", "email", "permissions", "is_admin"}; a user may have several keys
+        self.users: dict[str, dict[str, Any]] = {}
+        self.sessions: dict[str, str] = {}  # login token -> api key of the same user
+        self.partners: dict[tuple[str, str], bool] = {}  # (sharing user id, viewing user id) -> inTimeline
+        self.people: dict[str, dict[str, Any]] = {}
         self.assets: dict[str, FakeAsset] = {}
         self.lock = threading.RLock()
         self.requests: list[tuple[str, str, str]] = []  # (method, path, user name or "")
@@ -124,6 +293,12 @@ class FakeImmich:
         self.date_offset = timedelta(0)  # the Date header alone (a wrong clock, or a proxy's)
         self.ignore_taken_after = False  # a server that does not know the takenAfter filter
         self.endless_listing = False  # nextPage never null, the same page again and again
+        # What a search without `visibility` lists: Immich 3.1 lists the timeline and the archive.
+        # A test may play a server that lists hidden and locked assets too.
+        self.listed_by_default = {"timeline", "archive"}
+        self.force_delete_seconds = 8.0  # how long a force-deleted asset is still listed as trashed
+        self.keepalive_seconds = 5.0  # idle connections are closed after this (Keep-Alive: timeout=5)
+        self.connections = 0  # connections accepted
         self.slow_seconds = 0.0
         self.timeout_fault_seconds = 3.0  # longer than the client's read timeout in the tests
         self._server: ThreadingHTTPServer | None = None
@@ -136,13 +311,55 @@ class FakeImmich:
     def now(self) -> datetime:
         return datetime.now(UTC) + self.clock_offset
 
-    def add_user(self, name: str, api_key: str) -> None:
-        self.users[api_key] = {"id": str(uuid.uuid4()), "name": name, "email": f"{name}@example.org"}
+    def add_user(
+        self,
+        name: str,
+        api_key: str,
+        *,
+        user_id: str | None = None,
+        permissions: tuple[str, ...] = ("all",),
+        is_admin: bool = False,
+    ) -> str:
+        """A user and an API key of theirs (a second call with the same name adds another key)."""
+        known = [u for u in self.users.values() if u["name"] == name]
+        user = {
+            "id": known[0]["id"] if known else user_id or str(uuid.uuid4()),
+            "name": name,
+            "email": f"{name.lower()}@example.org",
+            "permissions": list(permissions),
+            "is_admin": is_admin,
+        }
+        self.users[api_key] = user
+        return str(user["id"])
+
+    def add_session(self, name: str, token: str) -> None:
+        """A login token (Authorization: Bearer) of a user with an all-permission key."""
+        self.sessions[token] = next(k for k, u in self.users.items() if u["name"] == name)
+
+    def share(self, owner: str, with_user: str, *, in_timeline: bool = True) -> None:
+        """`owner` shares their library with `with_user` (a partner); in_timeline is the viewer's
+        choice to show it in their timeline, which is what puts it in their search listing."""
+        with self.lock:
+            self.partners[(self._owner_id(owner), self._owner_id(with_user))] = in_timeline
+
+    def add_person(self, owner: str, name: str, *, person_id: str | None = None) -> dict[str, Any]:
+        person_id = person_id or str(uuid.uuid4())
+        person = {
+            "id": person_id,
+            "name": name,
+            "birthDate": None,
+            "thumbnailPath": f"/data/thumbs/{self._owner_id(owner)}/{person_id[:2]}/{person_id[2:4]}/{person_id}.jpeg",
+            "isHidden": False,
+            "isFavorite": False,
+            "updatedAt": iso_micro(self.now()),
+        }
+        self.people[person_id] = person
+        return person
 
     def _owner_id(self, name: str) -> str:
         for user in self.users.values():
             if user["name"] == name:
-                return user["id"]
+                return str(user["id"])
         raise KeyError(name)
 
     def add_asset(
@@ -153,8 +370,10 @@ class FakeImmich:
         *,
         taken: datetime | None = None,
         type: str = "IMAGE",
-        faces: list[dict[str, int]] | None = None,
+        faces: list[dict[str, Any]] | None = None,
         label: str = "",
+        visibility: str = "timeline",
+        asset_id: str | None = None,
     ) -> str:
         width = height = None
         mime = mimetypes.guess_type(file_name)[0] or "application/octet-stream"
@@ -165,7 +384,10 @@ class FakeImmich:
                     width, height = upright.size
             except Exception:
                 pass
-        asset_id = str(uuid.uuid4())
+        asset_id = asset_id or str(uuid.uuid4())
+        stored_faces = [
+            {"id": str(uuid.uuid4()), "person": None, "source_type": "machine-learning", **face} for face in faces or []
+        ]
         with self.lock:
             moment = self.now()
             self.assets[asset_id] = FakeAsset(
@@ -179,8 +401,10 @@ class FakeImmich:
                 width=width,
                 height=height,
                 mime=mime,
-                faces=list(faces or []),
+                faces=stored_faces,
                 label=label,
+                visibility=visibility,
+                created_at=moment,
             )
             self._order = None
         return asset_id
@@ -188,9 +412,21 @@ class FakeImmich:
     def add_file(self, owner: str, path: Path, *, taken: datetime | None = None, label: str = "", **kw: Any) -> str:
         return self.add_asset(owner, path.read_bytes(), path.name, taken=taken, label=label or str(path), **kw)
 
+    def add_face(self, asset_id: str, face: dict[str, Any], person: dict[str, Any] | None = None) -> str:
+        """A face added by hand (POST /faces): sourceType manual; like Immich, updatedAt stays."""
+        with self.lock:
+            record = {"id": str(uuid.uuid4()), "person": person, "source_type": "manual", **face}
+            self.assets[asset_id].faces.append(record)
+        return str(record["id"])
+
     def touch(self, asset_id: str) -> None:
         """What Immich's own jobs do: bump updatedAt without changing the file."""
         with self.lock:
+            self.assets[asset_id].updated_at = self.now()
+
+    def set_visibility(self, asset_id: str, visibility: str) -> None:
+        with self.lock:
+            self.assets[asset_id].visibility = visibility
             self.assets[asset_id].updated_at = self.now()
 
     def trash(self, asset_id: str) -> None:
@@ -212,9 +448,26 @@ class FakeImmich:
             self._order = None
 
     def delete(self, asset_id: str) -> None:
+        """The row is gone (what a force delete leaves once Immich's background job has run)."""
         with self.lock:
             del self.assets[asset_id]
             self._order = None
+
+    def force_delete(self, asset_id: str) -> None:
+        """DELETE /assets {force: true} as Immich does it: the asset is refused at once, but a
+        withDeleted search still lists it as trashed (updatedAt bumped) for force_delete_seconds,
+        until the background job removes the row."""
+        with self.lock:
+            asset = self.assets[asset_id]
+            asset.is_trashed = True
+            asset.updated_at = self.now()
+            asset.purge_at = time.monotonic() + self.force_delete_seconds
+
+    def _purge(self) -> None:
+        with self.lock:
+            now = time.monotonic()
+            for asset_id in [a.id for a in self.assets.values() if a.purge_at is not None and a.purge_at <= now]:
+                self.delete(asset_id)
 
     def count(self, method: str, path_prefix: str) -> int:
         with self.lock:
@@ -228,16 +481,20 @@ class FakeImmich:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def start(self) -> FakeImmich:
+    def _listen(self, address: tuple[str, int]) -> None:
         fake = self
 
         class Handler(_Handler):
             server_fake = fake
+            timeout = fake.keepalive_seconds  # an idle connection is closed after this
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(address, Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
+
+    def start(self) -> FakeImmich:
+        self._listen(("127.0.0.1", 0))
         return self
 
     def stop(self) -> None:
@@ -252,15 +509,7 @@ class FakeImmich:
         address = self._server.server_address[:2]
         self.stop()
         time.sleep(downtime)
-        fake = self
-
-        class Handler(_Handler):
-            server_fake = fake
-
-        self._server = ThreadingHTTPServer(address, Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._listen(address)
 
     def take_fault(self, path: str) -> Fault | None:
         with self.lock:
@@ -293,91 +542,155 @@ class FakeImmich:
             "correlationId": uuid.uuid4().hex[:8],
         }
 
-    def asset_dto(self, asset: FakeAsset) -> dict[str, Any]:
+    def invalid_body(self, problem: Invalid) -> dict[str, Any]:
+        if self.major >= 3:
+            return {"message": "Validation failed", "errors": [problem.issue]}
+        return self.error_body(400, [problem.sentence])
+
+    def people_of(self, asset: FakeAsset) -> list[dict[str, Any]]:
+        people: dict[str, dict[str, Any]] = {}
+        for face in asset.faces:
+            if face["person"] is not None:
+                people.setdefault(face["person"]["id"], face["person"])
+        return list(people.values())
+
+    def asset_dto(self, asset: FakeAsset, *, with_people: bool = False, full: bool = False) -> dict[str, Any]:
+        """An AssetResponseDto as /search/metadata lists it; `full` as GET /assets/{id} answers."""
+        created = asset.created_at or asset.updated_at
         dto: dict[str, Any] = {
             "id": asset.id,
-            "checksum": asset.checksum,
-            "createdAt": iso(asset.updated_at),
+            "createdAt": iso(created),
+            "ownerId": asset.owner,
+            "libraryId": asset.library_id,
+            "type": asset.type,
+            "originalPath": asset.original_path,
+            "originalFileName": asset.original_file_name,
+            "originalMimeType": asset.mime,
+            "thumbhash": asset.thumbhash,
             "fileCreatedAt": iso(asset.file_created_at),
             "fileModifiedAt": iso(asset.file_created_at),
             "localDateTime": iso(asset.file_created_at),
             "updatedAt": iso(asset.updated_at),
-            "hasMetadata": True,
-            "isArchived": False,
-            "isEdited": False,
             "isFavorite": False,
-            "isOffline": False,
+            "isArchived": asset.visibility == "archive",
             "isTrashed": asset.is_trashed,
-            "originalFileName": asset.original_file_name,
-            "originalPath": asset.original_path,
-            "originalMimeType": asset.mime,
-            "ownerId": asset.owner,
-            "thumbhash": None,
-            "type": asset.type,
-            "visibility": "timeline",
+            "visibility": asset.visibility,
+            "duration": None if self.major >= 3 else "0:00:00.00000",
+            "livePhotoVideoId": None,
+            "people": self.people_of(asset) if with_people or full else [],
+            "checksum": asset.checksum,
+            "isOffline": False,
+            "hasMetadata": True,
+            "duplicateId": None,
+            "resized": True,
             "width": asset.width,
             "height": asset.height,
-            "duration": None if self.major >= 3 else "0:00:00.00000",
-            "libraryId": asset.library_id,
-            "livePhotoVideoId": None,
-            "duplicateId": None,
-            "people": [],
-            "tags": [],
+            "isEdited": False,
         }
+        if full:
+            owner = self.user_of(asset.owner)
+            dto["owner"] = {
+                "id": owner["id"],
+                "email": owner["email"],
+                "name": owner["name"],
+                "profileImagePath": "",
+                "avatarColor": "orange",
+                "profileChangedAt": iso_micro(datetime(2024, 1, 1, tzinfo=UTC)),
+            }
+            taken = asset.file_created_at.astimezone(UTC).isoformat(timespec="seconds")
+            dto["exifInfo"] = {
+                "make": None, "model": None, "exifImageWidth": asset.width, "exifImageHeight": asset.height,
+                "fileSizeInByte": len(asset.data), "orientation": None, "dateTimeOriginal": taken,
+                "modifyDate": taken, "timeZone": None, "lensModel": None, "fNumber": None, "focalLength": None,
+                "iso": None, "exposureTime": None, "latitude": None, "longitude": None, "city": None,
+                "state": None, "country": None, "description": "", "projectionType": None, "rating": None,
+            }  # fmt: skip
+            dto["tags"] = []
+            dto["stack"] = None
         if self.major < 3:
             dto["deviceAssetId"] = f"web-{asset.original_file_name}"
             dto["deviceId"] = "WEB"
         return dto
 
-    def user_dto(self, user: dict[str, str]) -> dict[str, Any]:
+    def user_of(self, user_id: str) -> dict[str, Any]:
+        return next(u for u in self.users.values() if u["id"] == user_id)
+
+    def user_dto(self, user: dict[str, Any]) -> dict[str, Any]:
         stamp = iso(datetime(2024, 1, 1, tzinfo=UTC))
         return {
             "id": user["id"],
             "email": user["email"],
             "name": user["name"],
-            "avatarColor": "primary",
-            "createdAt": stamp,
-            "updatedAt": stamp,
-            "deletedAt": None,
-            "isAdmin": False,
-            "license": None,
-            "oauthId": "",
-            "profileChangedAt": stamp,
             "profileImagePath": "",
+            "avatarColor": "orange",
+            "profileChangedAt": stamp,
+            "storageLabel": "admin" if user["is_admin"] else None,
+            "shouldChangePassword": bool(user["is_admin"]),
+            "isAdmin": bool(user["is_admin"]),
+            "createdAt": stamp,
+            "deletedAt": None,
+            "updatedAt": stamp,
+            "oauthId": "",
             "quotaSizeInBytes": None,
             "quotaUsageInBytes": 0,
-            "shouldChangePassword": False,
             "status": "active",
-            "storageLabel": None,
+            "license": None,
         }
 
-    def visible(self, user: dict[str, str], asset_id: str) -> FakeAsset | None:
+    def visible(self, user: dict[str, Any], asset_id: str) -> FakeAsset | None:
+        """The asset if the user may read it: their own, or a partner's (whether or not the partner
+        is in their timeline); never a locked one (that needs a PIN-unlocked session), never one
+        being force-deleted."""
         asset = self.assets.get(asset_id)
-        return asset if asset is not None and asset.owner == user["id"] else None
+        if asset is None or asset.purge_at is not None or asset.visibility == "locked":
+            return None
+        if asset.owner == user["id"] or (asset.owner, user["id"]) in self.partners:
+            return asset
+        return None
 
-    def search(self, user: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
-        problems = []
-        size = body.get("size", 250)
-        page = body.get("page", 1)
-        if not isinstance(size, int) or not 1 <= size <= 1000:
-            problems.append("size must not be greater than 1000" if isinstance(size, int) else "size must be a number")
-        if not isinstance(page, int) or page < 1:
-            problems.append("page must not be less than 1")
-        if problems:
-            return 400, self.error_body(400, problems)
-        updated_after = parse_iso(body["updatedAfter"]) if body.get("updatedAfter") else None
-        taken_after = parse_iso(body["takenAfter"]) if body.get("takenAfter") else None
+    def listed_owners(self, user: dict[str, Any]) -> set[str]:
+        """Whose assets a user's search lists: their own and their partners' shown in the timeline."""
+        owners = {str(user["id"])}
+        owners.update(owner for (owner, viewer), shown in self.partners.items() if viewer == user["id"] and shown)
+        return owners
+
+    def search(self, user: dict[str, Any], body: dict[str, Any]) -> tuple[int, Any]:
+        try:
+            _check_int(body, "page", 1, None)
+            _check_int(body, "size", 1, 1000)
+            updated_after = _check_datetime(body, "updatedAfter")
+            taken_after = _check_datetime(body, "takenAfter")
+            trashed_after = _check_datetime(body, "trashedAfter")
+            if "visibility" in body:
+                _check_enum(body["visibility"], "visibility", VISIBILITIES)
+            person_ids = body.get("personIds") or []
+            for person_id in person_ids:
+                _check_uuid(person_id, "personIds")
+        except Invalid as problem:
+            return 400, self.invalid_body(problem)
+        if body.get("visibility") == "locked":
+            return 401, self.error_body(401, "Elevated permission is required")
+        size = int(body.get("size", 250))
+        page = int(body.get("page", 1))
         if self.ignore_taken_after:
             taken_after = None
         if self.endless_listing:
             page = 1
+        owners = self.listed_owners(user)
+        visibilities = {body["visibility"]} if body.get("visibility") else self.listed_by_default
+        # trashedAfter lists trashed assets even without withDeleted (only those: a live asset has no
+        # deletedAt); trashing bumps updatedAt, which stands in for deletedAt here
 
         def wanted(a: FakeAsset) -> bool:
+            if trashed_after is not None and not (a.is_trashed and a.updated_at >= trashed_after):
+                return False
             return (
-                a.owner == user["id"]
-                and (body.get("withDeleted") or not a.is_trashed)
+                a.owner in owners
+                and a.visibility in visibilities
+                and (body.get("withDeleted") or trashed_after is not None or not a.is_trashed)
                 and (updated_after is None or a.updated_at >= updated_after)
                 and (not body.get("type") or a.type == body["type"])
+                and (not person_ids or any(f["person"] and f["person"]["id"] in person_ids for f in a.faces))
             )
 
         start = (page - 1) * size
@@ -397,7 +710,7 @@ class FakeImmich:
                         break
             chunk = matches[start : start + size]
             more = len(matches) > start + size
-            dtos = [self.asset_dto(a) for a in chunk]
+            dtos = [self.asset_dto(a, with_people=bool(body.get("withPeople"))) for a in chunk]
         return 200, {
             "albums": {"total": 0, "count": 0, "items": [], "facets": [], "nextPage": None}
             if self.major < 3
@@ -412,37 +725,36 @@ class FakeImmich:
         }
 
     def faces_of(self, asset: FakeAsset) -> list[dict[str, Any]]:
-        answer = []
-        for face in asset.faces:
-            answer.append(
-                {
-                    "id": str(uuid.uuid4()),
-                    "boundingBoxX1": face["x1"],
-                    "boundingBoxY1": face["y1"],
-                    "boundingBoxX2": face["x2"],
-                    "boundingBoxY2": face["y2"],
-                    "imageWidth": face["image_width"],
-                    "imageHeight": face["image_height"],
-                    "person": None,
-                    "sourceType": "machine-learning",
-                }
-            )
-        return answer
+        return [
+            {
+                "id": face["id"],
+                "boundingBoxX1": face["x1"],
+                "boundingBoxY1": face["y1"],
+                "boundingBoxX2": face["x2"],
+                "boundingBoxY2": face["y2"],
+                "imageWidth": face["image_width"],
+                "imageHeight": face["image_height"],
+                "sourceType": face["source_type"],
+                "person": face["person"],
+            }
+            for face in asset.faces
+        ]
 
-    def preview(self, asset: FakeAsset) -> bytes:
+    def preview(self, asset: FakeAsset, *, size: int = 1440, format: str = "JPEG") -> bytes:
         if asset.preview_data is not None:
             return asset.preview_data
-        if asset.id not in self._previews:
+        key = f"{asset.id}/{size}/{format}"
+        if key not in self._previews:
             try:
                 with Image.open(io.BytesIO(asset.data)) as image:
                     upright = ImageOps.exif_transpose(image).convert("RGB")
-                    upright.thumbnail((1440, 1440))
+                    upright.thumbnail((size, size))
                     buffer = io.BytesIO()
-                    upright.save(buffer, format="JPEG", quality=90)
-                    self._previews[asset.id] = buffer.getvalue()
+                    upright.save(buffer, format=format, quality=90)
+                    self._previews[key] = buffer.getvalue()
             except Exception:
-                self._previews[asset.id] = b""
-        return self._previews[asset.id]
+                self._previews[key] = b""
+        return self._previews[key]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -457,10 +769,22 @@ class _Handler(BaseHTTPRequestHandler):
         # Headers and body go out in two writes; without this, Nagle's algorithm and the client's
         # delayed ACK stall every small answer by ~40 ms (Immich's Node server sets it too).
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self.server_fake.lock:
+            self.server_fake.connections += 1
 
     def date_time_string(self, timestamp: float | None = None) -> str:
         moment = self.server_fake.now() + self.server_fake.date_offset
         return moment.strftime("%a, %d %b %Y %H:%M:%S GMT")
+
+    def version_string(self) -> str:
+        return ""
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self.send_response_only(code, message)
+        self.send_header("Date", self.date_time_string())
+        self.send_header("X-Powered-By", "Express")
+        seconds = self.server_fake.keepalive_seconds
+        self.send_header("Keep-Alive", f"timeout={seconds:g}")
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -468,7 +792,7 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server_fake
         with fake.lock:
             fake.json_answers.append((self.command, template, status, body))
-        data = json.dumps(body).encode()
+        data = json.dumps(body, separators=(",", ":")).encode()  # compact, as Node writes it
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
@@ -477,10 +801,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _send_bytes(self, data: bytes, mime: str) -> None:
+    def _send_bytes(self, data: bytes, mime: str, file_name: str = "") -> None:
         self.send_response(200)
         self.send_header("Content-Type", mime)
         self.send_header("Content-Length", str(len(data)))
+        if file_name:
+            self.send_header("Content-Disposition", f"inline; filename*=UTF-8''{file_name}")
+            self.send_header("Cache-Control", "private, max-age=86400, no-transform")
         self.end_headers()
         self.wfile.write(data)
 
@@ -551,32 +878,97 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(2)
         return True
 
-    def _user(self, template: str) -> dict[str, str] | None:
+    def _user(self, template: str) -> dict[str, Any] | None:
+        """Authenticate (x-api-key, or a login token as Bearer), then check the key's permission
+        scope for the route: Immich answers 401, then 403, before it validates anything."""
+        fake = self.server_fake
         key = self.headers.get("x-api-key")
-        user = self.server_fake.users.get(key or "")
+        bearer = self.headers.get("authorization", "")
+        user = fake.users.get(key or "")
+        message = "Invalid API key" if key else "Authentication required"
+        if not key and bearer.lower().startswith("bearer "):
+            session_key = fake.sessions.get(bearer[7:].strip())
+            user = fake.users.get(session_key or "")
+            message = "Invalid user token"
         self._record(user)  # before answering: a client that has its answer may count at once
         if user is None:
-            self._error(401, "Invalid API key" if key else "Authentication required", template)
+            self._error(401, message, template)
+            return None
+        needed = PERMISSIONS.get(template)
+        if needed and "all" not in user["permissions"] and needed not in user["permissions"]:
+            self._error(403, f"Missing required permission: {needed}", template)
+            return None
         return user
 
-    def _record(self, user: dict[str, str] | None) -> None:
+    def _record(self, user: dict[str, Any] | None) -> None:
         fake = self.server_fake
         with fake.lock:
             fake.requests.append((self.command, urlsplit(self.path).path, user["name"] if user else ""))
 
-    def _about_asset(self, template: str, asset_id: str, answer: Callable[[FakeAsset], Any]) -> None:
-        """A JSON endpoint about one asset: 400 with the access-check message when the key's user
-        cannot see it (missing, another user's), as Immich answers."""
+    def _invalid(self, problem: Invalid, template: str) -> None:
+        self._send_json(400, self.server_fake.invalid_body(problem), template)
+
+    def _about_asset(self, template: str, asset_id: str | None, answer: Callable[[FakeAsset], Any]) -> None:
+        """A JSON endpoint about one asset: the id must be a v4 uuid (400 Validation failed), then
+        400 with the access-check message when the key's user cannot see it (missing, another
+        user's), as Immich answers."""
         fake = self.server_fake
         user = self._user(template)
         if not user:
             return
+        try:
+            _check_uuid(asset_id, "id")
+        except Invalid as problem:
+            return self._invalid(problem, template)
         with fake.lock:
-            asset = fake.visible(user, asset_id)
+            asset = fake.visible(user, str(asset_id))
             body = answer(asset) if asset else None
         if body is None:
             return self._error(400, "Not found or no asset.read access", template)
         self._send_json(200, body, template)
+
+    def _media(self, asset_id: str, what: str, query: dict[str, list[str]]) -> None:
+        """/assets/{id}/original and /thumbnail."""
+        fake = self.server_fake
+        template = f"/assets/{{id}}/{what}"
+        user = self._user(template)
+        if not user:
+            return
+        try:
+            _check_uuid(asset_id, "id")
+            size = (query.get("size") or ["thumbnail"])[0]
+            if what == "thumbnail":
+                _check_enum(size, "size", THUMBNAIL_SIZES)
+        except Invalid as problem:
+            return self._invalid(problem, template)
+        with fake.lock:
+            asset = fake.visible(user, asset_id)
+        stem = Path(asset.original_file_name).stem if asset else ""
+        if what == "original":
+            if asset is None:
+                # /original answers 404 {"message": "Not Found"} for a missing asset, where the
+                # JSON endpoints answer 400 (recorded-3.1.0/assets-original-random-uuid.json)
+                return self._error(404, "Not Found", template)
+            return self._send_bytes(asset.data, asset.mime, asset.original_file_name)
+        if asset is None:
+            return self._error(400, ACCESS_MESSAGES[template], template)
+        if size in ("fullsize", "original") and asset.mime in ("image/jpeg", "image/png", "image/webp"):
+            # a web format is its own full-size image: a redirect, relative, without the query
+            body = b"Found. Redirecting to original?"
+            self.send_response(302)
+            self.send_header("Location", "original?")
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        if size == "thumbnail":
+            data, mime, name = fake.preview(asset, size=250, format="WEBP"), "image/webp", f"{stem}_thumbnail.webp"
+        else:
+            data, mime, name = fake.preview(asset), "image/jpeg", f"{stem}_preview.jpeg"
+        if not data:  # the asset exists, its preview file does not
+            return self._error(404, "Asset media not found", template)
+        return self._send_bytes(data, mime, name)
 
     # -- routes -----------------------------------------------------------------------------
 
@@ -588,6 +980,7 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(fake.slow_seconds)
         if fake.on_request is not None:
             fake.on_request(path)
+        fake._purge()
         if path == "/api/server/version":
             major, minor, patch = (int(x) for x in fake.version.split("."))
             body: dict[str, Any] = {"major": major, "minor": minor, "patch": patch}
@@ -606,38 +999,23 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(200, fake.user_dto(user), "/users/me")
             return
         if path == "/api/faces":
-            return self._about_asset("/faces", (query.get("id") or [""])[0], fake.faces_of)
+            return self._about_asset("/faces", (query.get("id") or [None])[0], fake.faces_of)
         if path.startswith("/api/assets/") and path.count("/") == 3:
-            return self._about_asset("/assets/{id}", path.rsplit("/", 1)[1], fake.asset_dto)
+            return self._about_asset(
+                "/assets/{id}", path.rsplit("/", 1)[1], lambda asset: fake.asset_dto(asset, full=True)
+            )
         if path.startswith("/api/assets/") and path.count("/") == 4:
             _, _, _, asset_id, what = path.split("/")
-            template = f"/assets/{{id}}/{what}"
-            user = self._user(template)
-            if not user:
-                return
-            with fake.lock:
-                asset = fake.visible(user, asset_id)
-            if what == "original":
-                if asset is None:
-                    # /original answers 404 {"message": "Not Found"} for a missing asset, where the
-                    # JSON endpoints answer 400 (recorded-3.1.0/assets-original-random-uuid.json)
-                    return self._error(404, "Not Found", template)
-                return self._send_bytes(asset.data, asset.mime)
-            if what == "thumbnail":
-                if asset is None:
-                    return self._error(400, "Not found or no asset.read access", template)
-                size = (query.get("size") or ["thumbnail"])[0]
-                if size == "fullsize" and asset.mime in ("image/jpeg", "image/png", "image/webp"):
-                    self.send_response(302)
-                    self.send_header("Location", f"/api/assets/{asset_id}/original")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                data = fake.preview(asset)
-                if not data:  # the asset exists, its preview file does not
-                    return self._error(404, "Asset media not found", template)
-                return self._send_bytes(data, "image/jpeg")
+            if what in ("original", "thumbnail"):
+                return self._media(asset_id, what, query)
         self._record(None)
+        if not path.startswith("/api/"):
+            # outside /api an API-only build answers an empty page (a full install: the web app)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         self._error(404, f"Cannot GET {path}", path)
 
     def do_POST(self) -> None:  # noqa: N802
@@ -645,6 +1023,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        fake._purge()
         if self._fault():
             return
         if path == "/api/search/metadata":
@@ -654,14 +1033,14 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 body = json.loads(raw or b"{}")
             except ValueError:
-                return self._error(400, "Unexpected token in JSON", "/search/metadata")
+                return self._error(400, _node_json_error(raw), "/search/metadata")
             with fake.lock:
                 fake.request_bodies.append(("/search/metadata", body))
                 fake.search_calls += 1
                 call = fake.search_calls
             if fake.on_search_page is not None:
                 fake.on_search_page(call)
-            status, answer = fake.search(user, body)
+            status, answer = fake.search(user, body if isinstance(body, dict) else {})
             return self._send_json(status, answer, "/search/metadata")
         self._record(None)
         self._error(404, f"Cannot POST {path}", path)
