@@ -113,6 +113,9 @@ class ImmichSettings:
     )
     api_key: Secret = field(default=Secret(""), repr=False, metadata={"secret": True})
     verify_tls: bool = setting(True, "false must be explicit, and is logged as a warning")
+    include_partners: bool = setting(
+        False, "also take the assets of partners this user shows in the timeline (default: only the user's own)"
+    )
     timeout_seconds: float = setting(
         30.0, "per request; a download may take 2x this plus its size at 32 KiB/s", _positive, "> 0"
     )

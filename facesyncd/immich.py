@@ -143,6 +143,9 @@ def parse_asset(item: dict[str, Any]) -> RemoteAsset:
         return int(value) if isinstance(value, (int, float)) and value > 0 else None
 
     checksum = str(item.get("checksum") or "")
+    visibility = item.get("visibility")
+    if not isinstance(visibility, str):  # before visibility (Immich 1.x): isArchived
+        visibility = "archive" if item.get("isArchived") else "timeline"
     return RemoteAsset(
         id=asset_id.lower(),
         type=str(item.get("type") or "OTHER"),
@@ -155,6 +158,8 @@ def parse_asset(item: dict[str, Any]) -> RemoteAsset:
         height=dimension("height"),
         mime_type=item.get("originalMimeType"),
         checksum_kind=checksum_kind(item, checksum),
+        owner_id=str(item.get("ownerId") or "").lower(),
+        visibility=visibility,
     )
 
 

@@ -71,6 +71,16 @@ class RemoteAsset:
     height: int | None = None
     mime_type: str | None = None
     checksum_kind: str | None = None  # 'sha1': SHA-1 of the file; 'path': of its path (external library)
+    owner_id: str = ""  # the Immich user whose asset it is (a partner's, when shown in the timeline)
+    visibility: str = "timeline"  # timeline, archive (both photos), hidden, locked (never processed)
+
+
+# Listed assets that are not the user's photos: the video half of a live photo, and the locked folder
+# (which a key cannot even list on Immich 3.1; a server that lists it anyway is not trusted with it).
+SET_ASIDE = {
+    "hidden": "hidden in Immich (part of a live photo), not a photo",
+    "locked": "in Immich's locked folder: never processed",
+}
 
 
 @dataclass(frozen=True)
@@ -145,6 +155,8 @@ class CycleReport:
     identities_created: list[int] = field(default_factory=list)
     identities_merged: list[tuple[int, int]] = field(default_factory=list)  # (retired, kept)
     removed_assets: int = 0
+    restored_assets: int = 0  # back from Immich's trash: their faces came back without a download
+    partner_assets: int = 0  # listed assets of partners, passed over (include_partners = false)
     facesets_written: int = 0
     source_errors: dict[str, str] = field(default_factory=dict)
     providers: list[str] = field(default_factory=list)
@@ -195,6 +207,7 @@ class ListedPage:
 
     needing_work: int = 0
     trashed: list[str] = field(default_factory=list)
+    restored: list[str] = field(default_factory=list)  # back from the trash with the faces they kept
     dropped: Dropped = field(default_factory=Dropped)
 
 

@@ -35,6 +35,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             "last_reconcile_at": row["last_reconcile_at"],
             "last_error": row["last_error"],
             "last_error_at": row["last_error_at"],
+            "partner_assets": row["partner_assets"],
             "configured": row["name"] in configured,
         }
         for row in data["sources"]
@@ -88,6 +89,11 @@ def render_status(data: dict[str, Any]) -> str:
             lines.append(f"  error:    {last['error']}")
     for source in data["sources"]:
         lines.append(f"source {source['name']}: {source['url']} watermark {source['watermark'] or '(none)'}")
+        if source["partner_assets"]:
+            lines.append(
+                f"  passed over {source['partner_assets']} assets of partners shown in the timeline "
+                "(include_partners = true takes them)"
+            )
         if source["last_error"]:
             lines.append(f"  last error at {source['last_error_at']}: {source['last_error']}")
     for problem in data["problems"]:

@@ -38,7 +38,9 @@ def poll(
     reconcile_seconds have passed since the last full listing (and on a source's first sweep)."""
     store, settings = app.store, app.settings
     store.ensure_source(source.name, source.url)
-    client.whoami()
+    me = client.whoami()
+    owner = str(me.get("id") or "").lower()
+    partner_assets = 0
     server_now = client.server_now()  # the sweep's start, by the server's clock
     watermark = store.watermark(source.name)
     full = (
@@ -54,19 +56,29 @@ def poll(
         if app.stop.is_set():
             raise Interrupted("stop requested")
         report.listed += len(page)
+        for asset in page:
+            moment = parse_time(asset.updated_at)
+            if moment is not None and (newest is None or moment > newest):
+                newest = moment
+        app.reporter.advance(len(page))
+        if not source.include_partners and owner:
+            # A key lists a partner's assets too while the partner is shown in the timeline: they are
+            # the partner's photos (their own source, if configured), not this user's.
+            own = [asset for asset in page if not asset.owner_id or asset.owner_id == owner]
+            partner_assets += len(page) - len(own)
+            page = own
         listed = store.record_listed(source.name, page)
         checkpoint("listed-page")
         report.new_or_changed += listed.needing_work
         forget(app, listed.dropped)
         for asset_id in listed.trashed:
             remove_asset(app, source.name, asset_id, AssetState.TRASHED, report)
+        for asset_id in listed.restored:
+            report.restored_assets += 1
+            log.info("%s: asset %s restored from Immich's trash; its faces are back", source.name, asset_id)
         if full:
             remote.update((asset.id, asset.is_trashed) for asset in page)
-        for asset in page:
-            moment = parse_time(asset.updated_at)
-            if moment is not None and (newest is None or moment > newest):
-                newest = moment
-        app.reporter.advance(len(page))
+    report.partner_assets += partner_assets
     # Only a complete sweep moves the watermark: a broken one is redone from the old mark.
     store.finish_sweep(
         source.name, next_watermark(watermark, server_now, newest, settings.sync.watermark_overlap_seconds)
@@ -74,6 +86,7 @@ def poll(
     report.listing_seconds += round(time.monotonic() - started, 3)
     checkpoint("sweep-finished")
     if full:
+        store.set_partner_assets(source.name, partner_assets)
         _reconcile(app, source.name, remote, report, exact=not client.listing_by_offset)
 
 

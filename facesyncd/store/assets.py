@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from ..models import AssetRow, AssetState, Dropped, ListedPage, RemoteAsset
+from ..models import SET_ASIDE, AssetRow, AssetState, Dropped, ListedPage, RemoteAsset
 from ..redact import scrub
 from .database import utc_now
 from .faces import FaceQueries
@@ -39,6 +39,10 @@ class AssetQueries(FaceQueries):
                 "WHERE name = ?",
                 (watermark, utc_now(), name),
             )
+
+    def set_partner_assets(self, name: str, count: int) -> None:
+        with self.transaction():
+            self.execute("UPDATE sources SET partner_assets = ? WHERE name = ?", (count, name))
 
     def reconcile_due(self, name: str, every_seconds: float) -> bool:
         last = self.scalar("SELECT last_reconcile_at FROM sources WHERE name = ?", (name,))
@@ -78,9 +82,29 @@ class AssetQueries(FaceQueries):
                     if known is not None and known.state not in AssetState.removed():
                         page.trashed.append(asset.id)
                     continue
-                unchanged = (
-                    known is not None and known.checksum == asset.checksum and known.state not in AssetState.removed()
-                )
+                same_bytes = known is not None and known.checksum == asset.checksum
+                if same_bytes and known is not None and known.state == AssetState.TRASHED and known.sha256:
+                    # Restored from the trash: the faces it kept come back, with no download.
+                    self.execute(
+                        "UPDATE assets SET state = ?, reason = NULL, updated_at = ?, changed_at = ? "
+                        "WHERE source = ? AND asset_id = ?",
+                        (AssetState.DONE, asset.updated_at, now, source, asset.id),
+                    )
+                    page.restored.append(asset.id)
+                    continue
+                set_aside = SET_ASIDE.get(asset.visibility)
+                if set_aside is None and same_bytes and known is not None and known.state == AssetState.SKIPPED:
+                    # set aside before (hidden, locked folder) and now a photo again: looked at anew
+                    same_bytes = (
+                        self.scalar("SELECT reason FROM assets WHERE source = ? AND asset_id = ?", (source, asset.id))
+                        not in SET_ASIDE.values()
+                    )
+                unchanged = same_bytes and known is not None and known.state not in AssetState.removed()
+                if set_aside is not None and not (
+                    unchanged and known is not None and known.state == AssetState.SKIPPED
+                ):
+                    page.dropped.extend(self._set_aside(source, asset, set_aside, now, known is not None))
+                    continue
                 if unchanged:
                     self.execute(
                         "UPDATE assets SET updated_at = ?, checksum_kind = ? WHERE source = ? AND asset_id = ?",
@@ -123,6 +147,25 @@ class AssetQueries(FaceQueries):
                     # New bytes under a known asset: its old faces leave the facesets.
                     page.dropped.extend(self._detach_asset(source, asset.id))
         return page
+
+    def _set_aside(self, source: str, asset: RemoteAsset, reason: str, now: str, known: bool) -> Dropped:
+        """A listed asset that is not to be processed (hidden, locked): skipped with the reason, and
+        the faces of what it was before leave the facesets."""
+        dropped = self._detach_asset(source, asset.id) if known else Dropped()
+        self.execute(
+            """
+            INSERT INTO assets (source, asset_id, type, original_file_name, checksum, checksum_kind, updated_at,
+                file_created_at, width, height, state, reason, sha256, attempts, first_seen_at, changed_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 0, ?, ?)
+            ON CONFLICT(source, asset_id) DO UPDATE SET checksum = excluded.checksum,
+                updated_at = excluded.updated_at, state = excluded.state, reason = excluded.reason,
+                attempts = 0, next_attempt_at = NULL, changed_at = excluded.changed_at
+            """,
+            (source, asset.id, asset.type, asset.original_file_name, asset.checksum, asset.checksum_kind,
+             asset.updated_at, asset.file_created_at, asset.width, asset.height, AssetState.SKIPPED, reason, now,
+             now),
+        )  # fmt: skip
+        return dropped
 
     def assets_to_process(self, source: str, now: str) -> list[AssetRow]:
         """Pending assets, and failed ones whose retry time has come, in listing order."""
@@ -186,9 +229,11 @@ class AssetQueries(FaceQueries):
 
     def remove_asset(self, source: str, asset_id: str, state: AssetState) -> Dropped:
         """Mark an asset trashed/deleted; its faces leave the facesets unless another live asset or
-        an imported file has the same bytes."""
+        an imported file has the same bytes. A trashed asset keeps its bytes, so its faces stay in
+        the store (out of the facesets: only live faces are exported) until it is deleted for good,
+        and a restore brings them back as they were."""
         with self.transaction():
-            dropped = self._detach_asset(source, asset_id)
+            dropped = Dropped() if state == AssetState.TRASHED else self._detach_asset(source, asset_id)
             self.execute(
                 "UPDATE assets SET state = ?, reason = NULL, changed_at = ? WHERE source = ? AND asset_id = ?",
                 (state, utc_now(), source, asset_id),

@@ -10,7 +10,7 @@ from typing import Any
 from ..boxes import overlap
 from ..models import AssetState, Box, Correction, Dropped, FaceDetail, FacesetSummary
 from .database import utc_now
-from .faces import FaceQueries, _box
+from .faces import LIVE_FACE, FaceQueries, _box
 
 # A face detected again within a forgotten box (intersection over union) is the forgotten face.
 FORGOTTEN_OVERLAP = 0.5
@@ -89,7 +89,7 @@ class CorrectionQueries(FaceQueries):
         ]
 
     def faces_of_identity(self, number: int) -> list[FaceDetail]:
-        return self._face_details("f.identity = :p0", [number])
+        return self._face_details(f"f.identity = :p0 AND {LIVE_FACE}", [number])
 
     def pool(self, limit: int = 500) -> list[FaceDetail]:
         """Faces compared with every identity and in none (the pool clustering draws from)."""

@@ -79,8 +79,8 @@ class CycleQueries(FaceQueries):
             "WHERE json_extract(report, '$.faces_found') > 0 ORDER BY id DESC LIMIT 1"
         )
         sources = self.rows(
-            "SELECT name, url, watermark, last_sweep_at, last_reconcile_at, last_error, last_error_at "
-            "FROM sources ORDER BY name"
+            "SELECT name, url, watermark, last_sweep_at, last_reconcile_at, last_error, last_error_at, "
+            "partner_assets FROM sources ORDER BY name"
         )
         problems = self.rows(
             "SELECT source, asset_id, state, reason, attempts FROM assets WHERE state IN (?, ?) "

@@ -27,6 +27,13 @@ if TYPE_CHECKING:  # numpy stays out of `status`
     from numpy.typing import NDArray
 
 
+# A face whose photo is in Immich (not only in its trash) or in an imported tree: what facesets show.
+LIVE_FACE = (
+    "(EXISTS (SELECT 1 FROM assets a WHERE a.sha256 = f.sha256 AND a.state = :done) OR EXISTS "
+    "(SELECT 1 FROM imports i WHERE i.sha256 = f.sha256 AND i.state = 'done' AND i.superseded_at IS NULL))"
+)
+
+
 def _open_identity(number: str) -> str:
     """SQL: the identity numbered by the parameter `number` may be changed by automatic steps (it is
     not locked, merged away or forgotten)."""
@@ -63,9 +70,9 @@ class FaceQueries(Database):
 
     def _drop_blob_if_orphaned(self, sha256: str) -> Dropped:
         users = self.scalar(
-            "SELECT (SELECT COUNT(*) FROM assets WHERE sha256 = ? AND state = ?) + "
+            "SELECT (SELECT COUNT(*) FROM assets WHERE sha256 = ? AND state IN (?, ?)) + "
             "(SELECT COUNT(*) FROM imports WHERE sha256 = ? AND state = 'done' AND superseded_at IS NULL)",
-            (sha256, AssetState.DONE, sha256),
+            (sha256, AssetState.DONE, AssetState.TRASHED, sha256),
         )
         if users:
             return Dropped()
@@ -433,14 +440,14 @@ class FaceQueries(Database):
     def export_faces(self) -> dict[int, list[ExportFace]]:
         """Live faces per identity, with one representative asset each (lowest source/asset id)."""
         rows = self.rows(
-            """
+            f"""
             SELECT f.id AS face_id, f.sha256, f.identity, f.crop, f.x1, f.y1, f.x2, f.y2, f.det_score, f.distance,
                    f.quality_parts, f.subset,
                    (SELECT a.source FROM assets a WHERE a.sha256 = f.sha256 AND a.state = :done
                     ORDER BY a.source, a.asset_id LIMIT 1) AS source,
                    (SELECT a.asset_id FROM assets a WHERE a.sha256 = f.sha256 AND a.state = :done
                     ORDER BY a.source, a.asset_id LIMIT 1) AS asset_id
-            FROM faces f WHERE f.identity IS NOT NULL ORDER BY f.identity, f.id
+            FROM faces f WHERE f.identity IS NOT NULL AND {LIVE_FACE} ORDER BY f.identity, f.id
             """,
             {"done": AssetState.DONE},
         )

@@ -1,0 +1,161 @@
+"""What a real Immich server showed (issue 13): partners' assets in a key's listing, visibility
+(archive, hidden, locked), and the trash with its restore and its slow force delete."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import API_KEY, PHOTOS, Library, requires_shared, run_cli, write_config
+from fake_immich import FakeImmich
+
+pytestmark = requires_shared
+BOB_KEY = "test-key-bob-0123456789abcdef0000"
+
+
+def asset_states(library: Library) -> dict[str, tuple[str, str | None]]:
+    return {row[0]: (row[1], row[2]) for row in library.sql("SELECT asset_id, state, reason FROM assets")}
+
+
+def exported(library: Library) -> set[str]:
+    return {face["asset_id"] for number in library.sets() for face in library.show(number)["face_list"]}
+
+
+@pytest.fixture
+def fake() -> FakeImmich:
+    server = FakeImmich()
+    server.add_user("alice", API_KEY)
+    server.add_user("bob", BOB_KEY)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_a_partners_assets_are_passed_over_unless_asked_for_and_stay_one_face(fake: FakeImmich, tmp_path) -> None:
+    library = Library(fake, tmp_path / "alice")
+    library.add(["wild/angelina_jolie"])
+    bobs = {fake.add_file("bob", path): path.name for path in _photos("wild/biden")}
+    fake.share("bob", "alice", in_timeline=True)
+    library.cli("sync")
+    states = asset_states(library)
+    assert not set(bobs) & set(states), "a partner's assets were taken as alice's"
+    assert len(states) == len(library.labels)
+    status = json.loads(library.cli("status", "--json"))
+    assert status["sources"][0]["partner_assets"] == len(bobs)
+    assert f"passed over {len(bobs)} assets of partners" in library.cli("status")
+    # sharing turned off: nothing of alice's is taken as deleted
+    fake.share("bob", "alice", in_timeline=False)
+    library.cli("sync", "--reconcile")
+    assert {state for state, _ in asset_states(library).values()} <= {"done", "skipped"}
+
+    # opted in, with bob as a source of his own: bob's photos are listed by both keys, one face each
+    fake.share("bob", "alice", in_timeline=True)
+    sources = (
+        f'[[immich]]\nname = "alice"\nurl = "{fake.url}"\napi_key_env = "FACESYNCD_TEST_KEY_ALICE"\n'
+        "include_partners = true\n"
+        f'[[immich]]\nname = "bob"\nurl = "{fake.url}"\napi_key_env = "BOB_KEY"\n'
+    )
+    config = write_config(tmp_path / "both", fake.url, sources=sources)
+    result = run_cli("--config", str(config), "sync", env={"BOB_KEY": BOB_KEY})
+    assert result.returncode == 0, result.stderr
+    both = Library(fake, tmp_path / "both")
+    rows = both.sql("SELECT source, asset_id, sha256 FROM assets")
+    assert {asset for source, asset, _ in rows if source == "alice"} >= set(bobs)
+    blobs = {sha for _, asset, sha in rows if asset in bobs}
+    assert len(blobs) == len(bobs)  # listed twice, embedded once
+    faces_of_bob = both.sql(
+        f"SELECT COUNT(*) FROM faces WHERE sha256 IN ({','.join(repr(sha) for sha in blobs)})"  # noqa: S608
+    )[0][0]
+    assert faces_of_bob >= len(bobs)
+    listed = [face["face_id"] for number in both.sets() for face in both.show(number)["face_list"]]
+    assert len(listed) == len(set(listed))
+
+
+def _photos(folder: str) -> list[Path]:
+    return [path for path in sorted((PHOTOS / folder).rglob("*")) if path.is_file()]
+
+
+def test_archived_photos_are_kept_hidden_ones_skipped_locked_ones_never_touched(fake: FakeImmich, tmp_path) -> None:
+    fake.listed_by_default = {"timeline", "archive", "hidden", "locked"}  # a server that lists everything
+    library = Library(fake, tmp_path)
+    photos = _photos("wild/angelina_jolie")
+    archived = fake.add_file("alice", photos[0], visibility="archive")
+    hidden = fake.add_file("alice", photos[1], visibility="hidden")
+    locked = fake.add_file("alice", photos[2], visibility="locked")
+    moved = fake.add_file("alice", photos[3])
+    for photo in photos[4:]:  # enough of her for a faceset
+        fake.add_file("alice", photo)
+    library.cli("sync")
+    states = asset_states(library)
+    assert states[archived][0] == "done" and states[moved][0] == "done"
+    assert states[hidden] == ("skipped", "hidden in Immich (part of a live photo), not a photo")
+    assert states[locked] == ("skipped", "in Immich's locked folder: never processed")
+    touched = {path for method, path, _ in fake.requests if method == "GET"}
+    assert not any(asset in path for path in touched for asset in (hidden, locked))
+    assert moved in exported(library)
+    # a photo moved to the locked folder leaves the facesets
+    fake.set_visibility(moved, "locked")
+    library.cli("sync")
+    assert asset_states(library)[moved][0] == "skipped"
+    assert moved not in exported(library)
+    # and comes back when it leaves the locked folder
+    fake.set_visibility(moved, "timeline")
+    library.cli("sync")
+    assert asset_states(library)[moved][0] == "done" and moved in exported(library)
+
+
+def test_the_trash_keeps_faces_and_a_restore_brings_the_same_ones_back_without_a_download(
+    fake: FakeImmich, tmp_path
+) -> None:
+    library = Library(fake, tmp_path)
+    library.add(["wild/angelina_jolie", "wild/biden"])
+    library.cli("sync")
+    placed = {
+        face["face_id"]: (number, face["asset_id"])
+        for number in library.sets()
+        for face in library.show(number)["face_list"]
+    }
+    asset = next(asset for _, asset in placed.values())
+    its_faces = {face: where for face, where in placed.items() if where[1] == asset}
+    fake.trash(asset)
+    library.cli("sync")
+    assert asset not in exported(library)
+    kept = {row[0] for row in library.sql("SELECT f.id FROM faces f JOIN assets a ON a.sha256 = f.sha256")}
+    assert set(its_faces) <= kept, "a trashed asset's faces left the store"
+    downloads = fake.count("GET", f"/api/assets/{asset}/original")
+    fake.restore(asset)
+    library.cli("sync")
+    assert fake.count("GET", f"/api/assets/{asset}/original") == downloads, "a restore downloaded again"
+    back = {
+        face["face_id"]: (number, face["asset_id"])
+        for number in library.sets()
+        for face in library.show(number)["face_list"]
+        if face["asset_id"] == asset
+    }
+    assert back == its_faces  # the same faces (and so file names) in the same facesets
+
+
+def test_a_force_delete_is_handled_whether_it_is_first_seen_trashed_or_already_gone(fake: FakeImmich, tmp_path) -> None:
+    library = Library(fake, tmp_path)
+    library.add(["wild/angelina_jolie"])
+    library.cli("sync")
+    first, second = sorted(library.labels)[:2]
+    fake.force_delete_seconds = 1.0
+    fake.force_delete(first)  # listed as trashed for a moment
+    library.cli("sync")
+    assert asset_states(library)[first][0] == "trashed"
+    time.sleep(1.2)
+    library.cli("sync", "--reconcile")  # now gone for good: its faces leave the store
+    assert asset_states(library)[first][0] == "deleted"
+    assert not library.sql(
+        f"SELECT 1 FROM faces WHERE sha256 IN (SELECT sha256 FROM assets WHERE asset_id = '{first}')"  # noqa: S608
+    )
+    fake.force_delete_seconds = 0.0
+    fake.force_delete(second)  # gone before any listing saw it trashed
+    time.sleep(0.05)
+    library.cli("sync", "--reconcile")
+    assert asset_states(library)[second][0] == "deleted"
+    assert first not in exported(library) and second not in exported(library)
