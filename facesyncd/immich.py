@@ -56,6 +56,11 @@ MIN_BYTES_PER_SECOND = 32 * 1024
 # A listing larger than this is a server that never stops answering, not a photo library.
 MAX_LISTED_ASSETS = 50_000_000
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+# Immich closes a keep-alive connection idle for 5 s (Keep-Alive: timeout=5). A connection idle for
+# longer than this is not reused: sending on it races the server's close.
+KEEPALIVE_REUSE_SECONDS = 4.0
+# A request still failing this long after its first attempt is a stall worth an INFO line.
+STALL_LOG_SECONDS = 30.0
 PERMISSIONS_HINT = "asset.read, asset.view, asset.download, face.read, user.read"
 
 
@@ -296,17 +301,25 @@ class _QuickGet:
         return urllib.parse.urlsplit(url).scheme == "http" and not any(os.environ.get(v) for v in PROXY_VARIABLES)
 
     def get(self, path: str, query: dict[str, str]) -> Any | None:
-        connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
-            with self._lock:
-                self._connections.append(connection)
-            self._local.connection = connection
+        target = f"{self._prefix}{path}?{urllib.parse.urlencode(query)}"
+        connection, reused = self._connection()
         try:
-            connection.request("GET", f"{self._prefix}{path}?{urllib.parse.urlencode(query)}", headers=self._headers)
-            self._tracker.track(connection.sock)
-            response = connection.getresponse()
+            try:
+                connection.request("GET", target, headers=self._headers)
+                self._tracker.track(connection.sock)
+                response = connection.getresponse()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                if not reused:
+                    raise
+                # The server closed the idle connection as we sent (its keep-alive timeout): the
+                # request never arrived, so it is sent again on a fresh connection.
+                connection.close()
+                connection, _ = self._connection()
+                connection.request("GET", target, headers=self._headers)
+                self._tracker.track(connection.sock)
+                response = connection.getresponse()
             body = response.read(MAX_JSON_BYTES + 1)
+            self._local.used_at = time.monotonic()
             if response.status != 200 or len(body) > MAX_JSON_BYTES or not response.isclosed():
                 connection.close()
                 return None
@@ -314,6 +327,21 @@ class _QuickGet:
         except (OSError, http.client.HTTPException, ValueError, RecursionError):
             connection.close()  # the next request opens a new one
             return None
+
+    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's connection, and whether it was used before; one idle for too long (the
+        server may be closing it) is replaced."""
+        connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
+        idle = time.monotonic() - getattr(self._local, "used_at", 0.0)
+        if connection is not None and connection.sock is not None and idle < KEEPALIVE_REUSE_SECONDS:
+            return connection, True
+        if connection is None:
+            connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+            with self._lock:
+                self._connections.append(connection)
+            self._local.connection = connection
+        connection.close()  # a fresh socket at the next request
+        return connection, False
 
     def close(self) -> None:
         with self._lock:
@@ -343,7 +371,9 @@ class ImmichClient:
             log.warning("%s: TLS certificate verification is OFF for %s (verify_tls = false)", self.name, self.url)
         headers = {"x-api-key": settings.api_key.reveal(), "accept": "application/json"}
         self._tracker = _SocketTracker()
-        transport = httpx.HTTPTransport(verify=settings.verify_tls)
+        transport = httpx.HTTPTransport(
+            verify=settings.verify_tls, limits=httpx.Limits(keepalive_expiry=KEEPALIVE_REUSE_SECONDS)
+        )
         # httpx offers no public way to hand its connection pool a network backend; pinned httpx 0.28.
         transport._pool._network_backend = self._tracker  # noqa: SLF001
         self.http = _CookielessClient(
@@ -423,6 +453,7 @@ class ImmichClient:
         what = what or f"{method} {path}"
         last_problem = ""
         attempts = attempts or self._sync.http_retries + 1
+        started = time.monotonic()
         for attempt in range(attempts):
             try:
                 self._count_request()
@@ -439,7 +470,19 @@ class ImmichClient:
                     last_problem = str(problem)
                 delay = self._backoff(attempt, None)
             if attempt + 1 < attempts:
-                log.debug("%s: %s failed (%s); retry %d in %.1fs", self.name, what, last_problem, attempt + 1, delay)
+                stalled = time.monotonic() - started
+                # A stall (no progress for a while) is said at INFO; a quick retry is only a detail.
+                level = logging.INFO if stalled >= STALL_LOG_SECONDS else logging.DEBUG
+                log.log(
+                    level,
+                    "%s: %s failed (%s) for %.0fs; retry %d in %.1fs",
+                    self.name,
+                    what,
+                    last_problem,
+                    stalled,
+                    attempt + 1,
+                    delay,
+                )
                 self._sleep(delay)
         raise ImmichUnreachable(f"{self.name}: {what} at {self.url} failed {attempts} times: {last_problem}")
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from conftest import API_KEY, PHOTOS, requires_shared
+from facesyncd import immich
 from facesyncd.config import ImmichSettings, Secret, SyncSettings
 from facesyncd.errors import AssetGone, ImmichAuthError, ImmichError, ImmichUnreachable
 from facesyncd.immich import ImmichClient
@@ -405,3 +407,45 @@ def test_a_missing_asset_is_confirmed_by_asking_for_it(fake: FakeImmich) -> None
         fake.delete(asset_id)
         with pytest.raises(AssetGone, match="400"):
             client.asset(asset_id)
+
+
+def test_a_connection_the_server_closed_while_idle_is_retried_not_reported(
+    fake: FakeImmich, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Immich closes keep-alive connections idle for 5 s (here 0.3 s). Even a connection reused
+    after that (the client's own limit set high here) gets its answer: the request is sent again on
+    a fresh connection, without a fallback, a failure or a backoff."""
+    fake.stop()
+    fake.keepalive_seconds = 0.3
+    fake.start()
+    monkeypatch.setattr(immich, "KEEPALIVE_REUSE_SECONDS", 60.0)
+    box = {"x1": 1, "y1": 1, "x2": 40, "y2": 40, "image_width": 100, "image_height": 100}
+    asset_id = fake.add_asset("alice", b"x", "a.jpg", faces=[box])
+    with client_for(fake) as client:
+        if client._quick is None:  # noqa: SLF001
+            pytest.skip("the quick path needs plain HTTP without a proxy")
+        assert len(client.faces(asset_id)) == 1
+        time.sleep(0.6)  # the server has closed the idle connection by now
+
+        def no_fallback(*args: object, **kwargs: object) -> None:
+            raise AssertionError("the quick request failed and fell back to httpx")
+
+        monkeypatch.setattr(client, "_json", no_fallback)
+        assert len(client.faces(asset_id)) == 1
+    assert fake.connections >= 2
+
+
+def test_a_request_that_stalls_is_logged_at_info(
+    fake: FakeImmich, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    add_blank(fake, 1)
+    caplog.set_level(logging.INFO, logger="facesyncd.immich")
+    fake.faults.append(Fault("status", path_contains="/search/metadata", status=503))
+    with client_for(fake) as client:
+        listed(client)  # one quick retry: a detail, not an INFO line
+        assert not [r for r in caplog.records if r.levelno >= logging.INFO and "retry" in r.getMessage()]
+        monkeypatch.setattr(immich, "STALL_LOG_SECONDS", 0.0)  # every retry now counts as a stall
+        fake.faults.append(Fault("status", path_contains="/search/metadata", status=503))
+        listed(client)
+    stalls = [r for r in caplog.records if r.levelno == logging.INFO and "retry" in r.getMessage()]
+    assert stalls and "503" in stalls[0].getMessage()
