@@ -304,6 +304,7 @@ class FakeImmich:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._previews: dict[str, bytes] = {}
+        self._sizes: dict[bytes, tuple[int | None, int | None]] = {}
         self._order: list[tuple[datetime, str]] | None = None  # search order, rebuilt after changes
 
     # -- library ----------------------------------------------------------------------------
@@ -375,15 +376,18 @@ class FakeImmich:
         visibility: str = "timeline",
         asset_id: str | None = None,
     ) -> str:
-        width = height = None
+        width: int | None = None
+        height: int | None = None
         mime = mimetypes.guess_type(file_name)[0] or "application/octet-stream"
         if type == "IMAGE":
-            try:
-                with Image.open(io.BytesIO(data)) as image:
-                    upright = ImageOps.exif_transpose(image)
-                    width, height = upright.size
-            except Exception:
-                pass
+            digest = hashlib.sha1(data).digest()
+            if digest not in self._sizes:  # one photo served many times is measured once
+                try:
+                    with Image.open(io.BytesIO(data)) as image:
+                        self._sizes[digest] = ImageOps.exif_transpose(image).size
+                except Exception:
+                    self._sizes[digest] = (None, None)
+            width, height = self._sizes[digest]
         asset_id = asset_id or str(uuid.uuid4())
         stored_faces = [
             {"id": str(uuid.uuid4()), "person": None, "source_type": "machine-learning", **face} for face in faces or []

@@ -449,3 +449,15 @@ def test_a_request_that_stalls_is_logged_at_info(
         listed(client)
     stalls = [r for r in caplog.records if r.levelno == logging.INFO and "retry" in r.getMessage()]
     assert stalls and "503" in stalls[0].getMessage()
+
+
+def test_a_key_without_a_scope_is_told_which_one(fake: FakeImmich) -> None:
+    """Immich answers 403 "Missing required permission: X" (before validating anything); the error
+    names X and every scope facesyncd needs."""
+    fake.add_user("alice", "read-only-key-0123456789", permissions=("asset.read",))
+    with client_for(fake, key="read-only-key-0123456789") as client, pytest.raises(ImmichAuthError) as error:
+        client.whoami()
+    message = str(error.value)
+    assert "403: Missing required permission: user.read" in message
+    assert "asset.read, asset.view, asset.download, face.read, user.read" in message
+    assert "read-only-key" not in message

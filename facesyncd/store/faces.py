@@ -27,10 +27,11 @@ if TYPE_CHECKING:  # numpy stays out of `status`
     from numpy.typing import NDArray
 
 
-# A face whose photo is in Immich (not only in its trash) or in an imported tree: what facesets show.
+# A face that facesets show: not one whose photo is only in Immich's trash (kept there for a restore).
 LIVE_FACE = (
-    "(EXISTS (SELECT 1 FROM assets a WHERE a.sha256 = f.sha256 AND a.state = :done) OR EXISTS "
-    "(SELECT 1 FROM imports i WHERE i.sha256 = f.sha256 AND i.state = 'done' AND i.superseded_at IS NULL))"
+    f"(NOT EXISTS (SELECT 1 FROM assets t WHERE t.sha256 = f.sha256 AND t.state = '{AssetState.TRASHED}') "
+    f"OR EXISTS (SELECT 1 FROM assets a WHERE a.sha256 = f.sha256 AND a.state = '{AssetState.DONE}') "
+    "OR EXISTS (SELECT 1 FROM imports i WHERE i.sha256 = f.sha256 AND i.state = 'done' AND i.superseded_at IS NULL))"
 )
 
 
