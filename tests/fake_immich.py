@@ -293,9 +293,10 @@ class FakeImmich:
         self.date_offset = timedelta(0)  # the Date header alone (a wrong clock, or a proxy's)
         self.ignore_taken_after = False  # a server that does not know the takenAfter filter
         self.endless_listing = False  # nextPage never null, the same page again and again
-        # What a search without `visibility` lists: Immich 3.1 lists the timeline and the archive.
-        # A test may play a server that lists hidden and locked assets too.
-        self.listed_by_default = {"timeline", "archive"}
+        # What a search without `visibility` lists: every visibility but locked (the recordings show the
+        # archive listed; hidden ones are reported listed by Immich 3.0 users). A test may play a server
+        # that lists locked assets too.
+        self.listed_by_default = {"timeline", "archive", "hidden"}
         self.force_delete_seconds = 8.0  # how long a force-deleted asset is still listed as trashed
         self.keepalive_seconds = 5.0  # idle connections are closed after this (Keep-Alive: timeout=5)
         self.connections = 0  # connections accepted

@@ -120,9 +120,12 @@ def test_the_trash_keeps_faces_and_a_restore_brings_the_same_ones_back_without_a
     }
     asset = next(asset for _, asset in placed.values())
     its_faces = {face: where for face, where in placed.items() if where[1] == asset}
+    number = next(iter(its_faces.values()))[0]
+    before = library.sets()[number]["faces"]
     fake.trash(asset)
     library.cli("sync")
     assert asset not in exported(library)
+    assert library.sets()[number]["faces"] == before - sum(1 for n, _ in its_faces.values() if n == number)
     kept = {row[0] for row in library.sql("SELECT f.id FROM faces f JOIN assets a ON a.sha256 = f.sha256")}
     assert set(its_faces) <= kept, "a trashed asset's faces left the store"
     downloads = fake.count("GET", f"/api/assets/{asset}/original")

@@ -28,7 +28,7 @@ class CorrectionQueries(FaceQueries):
         rows = self.rows(
             f"""
             SELECT i.number, i.name, i.locked_at, i.merged_into, i.forgotten_at,
-                   (SELECT COUNT(*) FROM faces f WHERE f.identity = i.number) AS faces,
+                   (SELECT COUNT(*) FROM faces f WHERE f.identity = i.number AND {LIVE_FACE}) AS faces,
                    MAX(i.created_at, COALESCE(i.merged_at, ''), COALESCE(i.locked_at, ''),
                        COALESCE(i.forgotten_at, ''),
                        COALESCE((SELECT MAX(COALESCE(f.placed_at, f.matched_at)) FROM faces f
@@ -37,7 +37,7 @@ class CorrectionQueries(FaceQueries):
                                    json_extract(c.undo, '$.number'), json_extract(c.undo, '$.from'),
                                    json_extract(c.undo, '$.to'), json_extract(c.undo, '$.kept'),
                                    json_extract(c.undo, '$.before'))), '')) AS last_change,
-                   (SELECT f.id FROM faces f WHERE f.identity = i.number
+                   (SELECT f.id FROM faces f WHERE f.identity = i.number AND {LIVE_FACE}
                     ORDER BY COALESCE(f.quality, 0) DESC, f.id LIMIT 1) AS best_face
             FROM identities i {where} ORDER BY i.number
             """,
