@@ -305,19 +305,14 @@ class _QuickGet:
         connection, reused = self._connection()
         try:
             try:
-                connection.request("GET", target, headers=self._headers)
-                self._tracker.track(connection.sock)
-                response = connection.getresponse()
+                response = self._ask(connection, target)
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
                 if not reused:
                     raise
                 # The server closed the idle connection as we sent (its keep-alive timeout): the
                 # request never arrived, so it is sent again on a fresh connection.
-                connection.close()
-                connection, _ = self._connection()
-                connection.request("GET", target, headers=self._headers)
-                self._tracker.track(connection.sock)
-                response = connection.getresponse()
+                connection, _ = self._connection(fresh=True)
+                response = self._ask(connection, target)
             body = response.read(MAX_JSON_BYTES + 1)
             self._local.used_at = time.monotonic()
             if response.status != 200 or len(body) > MAX_JSON_BYTES or not response.isclosed():
@@ -328,12 +323,17 @@ class _QuickGet:
             connection.close()  # the next request opens a new one
             return None
 
-    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+    def _ask(self, connection: http.client.HTTPConnection, target: str) -> http.client.HTTPResponse:
+        connection.request("GET", target, headers=self._headers)
+        self._tracker.track(connection.sock)
+        return connection.getresponse()
+
+    def _connection(self, *, fresh: bool = False) -> tuple[http.client.HTTPConnection, bool]:
         """This thread's connection, and whether it was used before; one idle for too long (the
-        server may be closing it) is replaced."""
+        server may be closing it), or any when `fresh`, is replaced by a new socket."""
         connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
         idle = time.monotonic() - getattr(self._local, "used_at", 0.0)
-        if connection is not None and connection.sock is not None and idle < KEEPALIVE_REUSE_SECONDS:
+        if not fresh and connection is not None and connection.sock is not None and idle < KEEPALIVE_REUSE_SECONDS:
             return connection, True
         if connection is None:
             connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)

@@ -186,6 +186,7 @@ class AssetRow:
     width: int | None
     height: int | None
     checksum_kind: str | None = None
+    reason: str | None = None  # why it is skipped, failed or parked
 
 
 @dataclass

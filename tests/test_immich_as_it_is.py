@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import API_KEY, PHOTOS, Library, requires_shared, run_cli, write_config
+from conftest import API_KEY, PHOTOS, Library, add_photos, requires_shared, run_cli, write_config
 from fake_immich import FakeImmich
 
 pytestmark = requires_shared
 BOB_KEY = "test-key-bob-0123456789abcdef0000"
 
 
-def asset_states(library: Library) -> dict[str, tuple[str, str | None]]:
+def states_of(library: Library) -> dict[str, tuple[str, str | None]]:
     return {row[0]: (row[1], row[2]) for row in library.sql("SELECT asset_id, state, reason FROM assets")}
 
 
@@ -37,10 +37,10 @@ def fake() -> FakeImmich:
 def test_a_partners_assets_are_passed_over_unless_asked_for_and_stay_one_face(fake: FakeImmich, tmp_path) -> None:
     library = Library(fake, tmp_path / "alice")
     library.add(["wild/angelina_jolie"])
-    bobs = {fake.add_file("bob", path): path.name for path in _photos("wild/biden")}
+    bobs = add_photos(fake, ["wild/biden"], owner="bob")
     fake.share("bob", "alice", in_timeline=True)
     library.cli("sync")
-    states = asset_states(library)
+    states = states_of(library)
     assert not set(bobs) & set(states), "a partner's assets were taken as alice's"
     assert len(states) == len(library.labels)
     status = json.loads(library.cli("status", "--json"))
@@ -49,7 +49,7 @@ def test_a_partners_assets_are_passed_over_unless_asked_for_and_stay_one_face(fa
     # sharing turned off: nothing of alice's is taken as deleted
     fake.share("bob", "alice", in_timeline=False)
     library.cli("sync", "--reconcile")
-    assert {state for state, _ in asset_states(library).values()} <= {"done", "skipped"}
+    assert {state for state, _ in states_of(library).values()} <= {"done", "skipped"}
 
     # opted in, with bob as a source of his own: bob's photos are listed by both keys, one face each
     fake.share("bob", "alice", in_timeline=True)
@@ -89,7 +89,7 @@ def test_archived_photos_are_kept_hidden_ones_skipped_locked_ones_never_touched(
     for photo in photos[4:]:  # enough of her for a faceset
         fake.add_file("alice", photo)
     library.cli("sync")
-    states = asset_states(library)
+    states = states_of(library)
     assert states[archived][0] == "done" and states[moved][0] == "done"
     assert states[hidden] == ("skipped", "hidden in Immich (part of a live photo), not a photo")
     assert states[locked] == ("skipped", "in Immich's locked folder: never processed")
@@ -99,12 +99,12 @@ def test_archived_photos_are_kept_hidden_ones_skipped_locked_ones_never_touched(
     # a photo moved to the locked folder leaves the facesets
     fake.set_visibility(moved, "locked")
     library.cli("sync")
-    assert asset_states(library)[moved][0] == "skipped"
+    assert states_of(library)[moved][0] == "skipped"
     assert moved not in exported(library)
     # and comes back when it leaves the locked folder
     fake.set_visibility(moved, "timeline")
     library.cli("sync")
-    assert asset_states(library)[moved][0] == "done" and moved in exported(library)
+    assert states_of(library)[moved][0] == "done" and moved in exported(library)
 
 
 def test_the_trash_keeps_faces_and_a_restore_brings_the_same_ones_back_without_a_download(
@@ -149,10 +149,10 @@ def test_a_force_delete_is_handled_whether_it_is_first_seen_trashed_or_already_g
     fake.force_delete_seconds = 1.0
     fake.force_delete(first)  # listed as trashed for a moment
     library.cli("sync")
-    assert asset_states(library)[first][0] == "trashed"
+    assert states_of(library)[first][0] == "trashed"
     time.sleep(1.2)
     library.cli("sync", "--reconcile")  # now gone for good: its faces leave the store
-    assert asset_states(library)[first][0] == "deleted"
+    assert states_of(library)[first][0] == "deleted"
     assert not library.sql(
         f"SELECT 1 FROM faces WHERE sha256 IN (SELECT sha256 FROM assets WHERE asset_id = '{first}')"  # noqa: S608
     )
@@ -160,5 +160,5 @@ def test_a_force_delete_is_handled_whether_it_is_first_seen_trashed_or_already_g
     fake.force_delete(second)  # gone before any listing saw it trashed
     time.sleep(0.05)
     library.cli("sync", "--reconcile")
-    assert asset_states(library)[second][0] == "deleted"
+    assert states_of(library)[second][0] == "deleted"
     assert first not in exported(library) and second not in exported(library)

@@ -11,7 +11,8 @@ from .database import utc_now
 from .faces import FaceQueries
 
 ASSET_COLUMNS = (
-    "source, asset_id, state, checksum, sha256, attempts, type, original_file_name, width, height, checksum_kind"
+    "source, asset_id, state, checksum, sha256, attempts, type, original_file_name, width, height, checksum_kind, "
+    "reason"
 )
 
 
@@ -93,17 +94,15 @@ class AssetQueries(FaceQueries):
                     page.restored.append(asset.id)
                     continue
                 set_aside = SET_ASIDE.get(asset.visibility)
-                if set_aside is None and same_bytes and known is not None and known.state == AssetState.SKIPPED:
-                    # set aside before (hidden, locked folder) and now a photo again: looked at anew
-                    same_bytes = (
-                        self.scalar("SELECT reason FROM assets WHERE source = ? AND asset_id = ?", (source, asset.id))
-                        not in SET_ASIDE.values()
-                    )
+                if set_aside is None and known is not None and known.reason in SET_ASIDE.values():
+                    same_bytes = False  # set aside before (hidden, locked folder), a photo again: looked at anew
                 unchanged = same_bytes and known is not None and known.state not in AssetState.removed()
                 if set_aside is not None and not (
                     unchanged and known is not None and known.state == AssetState.SKIPPED
                 ):
-                    page.dropped.extend(self._set_aside(source, asset, set_aside, now, known is not None))
+                    if known is not None:
+                        page.dropped.extend(self._detach_asset(source, asset.id))
+                    self._upsert_listed(source, asset, AssetState.SKIPPED, set_aside, now)
                     continue
                 if unchanged:
                     self.execute(
@@ -114,58 +113,31 @@ class AssetQueries(FaceQueries):
                         page.needing_work += 1
                     continue
                 page.needing_work += 1
-                self.execute(
-                    """
-                    INSERT INTO assets (source, asset_id, type, original_file_name, checksum, checksum_kind,
-                        updated_at, file_created_at, width, height, state, reason, sha256, attempts,
-                        next_attempt_at, first_seen_at, changed_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, 0, NULL, ?, ?)
-                    ON CONFLICT(source, asset_id) DO UPDATE SET
-                        type = excluded.type, original_file_name = excluded.original_file_name,
-                        checksum = excluded.checksum, checksum_kind = excluded.checksum_kind,
-                        updated_at = excluded.updated_at, file_created_at = excluded.file_created_at,
-                        width = excluded.width, height = excluded.height, state = excluded.state, reason = NULL,
-                        attempts = 0, next_attempt_at = NULL, changed_at = excluded.changed_at
-                    """,
-                    (
-                        source,
-                        asset.id,
-                        asset.type,
-                        asset.original_file_name,
-                        asset.checksum,
-                        asset.checksum_kind,
-                        asset.updated_at,
-                        asset.file_created_at,
-                        asset.width,
-                        asset.height,
-                        AssetState.PENDING,
-                        now,
-                        now,
-                    ),
-                )
+                self._upsert_listed(source, asset, AssetState.PENDING, None, now)
                 if known is not None and known.sha256 is not None:
                     # New bytes under a known asset: its old faces leave the facesets.
                     page.dropped.extend(self._detach_asset(source, asset.id))
         return page
 
-    def _set_aside(self, source: str, asset: RemoteAsset, reason: str, now: str, known: bool) -> Dropped:
-        """A listed asset that is not to be processed (hidden, locked): skipped with the reason, and
-        the faces of what it was before leave the facesets."""
-        dropped = self._detach_asset(source, asset.id) if known else Dropped()
+    def _upsert_listed(self, source: str, asset: RemoteAsset, state: AssetState, reason: str | None, now: str) -> None:
+        """Record a listed asset as it now is, to be processed (pending) or set aside (skipped, with
+        the reason); its bytes (sha256) stay as they were."""
         self.execute(
             """
-            INSERT INTO assets (source, asset_id, type, original_file_name, checksum, checksum_kind, updated_at,
-                file_created_at, width, height, state, reason, sha256, attempts, first_seen_at, changed_at)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 0, ?, ?)
-            ON CONFLICT(source, asset_id) DO UPDATE SET checksum = excluded.checksum,
-                updated_at = excluded.updated_at, state = excluded.state, reason = excluded.reason,
-                attempts = 0, next_attempt_at = NULL, changed_at = excluded.changed_at
+            INSERT INTO assets (source, asset_id, type, original_file_name, checksum, checksum_kind,
+                updated_at, file_created_at, width, height, state, reason, sha256, attempts,
+                next_attempt_at, first_seen_at, changed_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 0, NULL, ?, ?)
+            ON CONFLICT(source, asset_id) DO UPDATE SET
+                type = excluded.type, original_file_name = excluded.original_file_name,
+                checksum = excluded.checksum, checksum_kind = excluded.checksum_kind,
+                updated_at = excluded.updated_at, file_created_at = excluded.file_created_at,
+                width = excluded.width, height = excluded.height, state = excluded.state,
+                reason = excluded.reason, attempts = 0, next_attempt_at = NULL, changed_at = excluded.changed_at
             """,
             (source, asset.id, asset.type, asset.original_file_name, asset.checksum, asset.checksum_kind,
-             asset.updated_at, asset.file_created_at, asset.width, asset.height, AssetState.SKIPPED, reason, now,
-             now),
+             asset.updated_at, asset.file_created_at, asset.width, asset.height, state, reason, now, now),
         )  # fmt: skip
-        return dropped
 
     def assets_to_process(self, source: str, now: str) -> list[AssetRow]:
         """Pending assets, and failed ones whose retry time has come, in listing order."""
