@@ -468,6 +468,14 @@ class FakeImmich:
             asset.updated_at = self.now()
             asset.purge_at = time.monotonic() + self.force_delete_seconds
 
+    def finish_force_deletes(self) -> None:
+        """Immich's background job has run: force-deleted assets are gone now."""
+        with self.lock:
+            for asset in self.assets.values():
+                if asset.purge_at is not None:
+                    asset.purge_at = time.monotonic()
+        self._purge()
+
     def _purge(self) -> None:
         with self.lock:
             now = time.monotonic()

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -145,20 +144,20 @@ def test_a_force_delete_is_handled_whether_it_is_first_seen_trashed_or_already_g
     library = Library(fake, tmp_path)
     library.add(["wild/angelina_jolie"])
     library.cli("sync")
-    first, second = sorted(library.labels)[:2]
-    fake.force_delete_seconds = 1.0
-    fake.force_delete(first)  # listed as trashed for a moment
+    with_faces = {row[0] for row in library.sql("SELECT a.asset_id FROM assets a JOIN faces f ON f.sha256 = a.sha256")}
+    first, second = sorted(with_faces)[:2]
+    fake.force_delete_seconds = 600.0  # listed as trashed until Immich's job runs (here: on demand)
+    fake.force_delete(first)
     library.cli("sync")
     assert states_of(library)[first][0] == "trashed"
-    time.sleep(1.2)
+    (kept,) = library.sql(f"SELECT sha256 FROM assets WHERE asset_id = '{first}'")  # noqa: S608
+    assert kept[0] and library.sql(f"SELECT 1 FROM faces WHERE sha256 = '{kept[0]}'")  # noqa: S608
+    fake.finish_force_deletes()
     library.cli("sync", "--reconcile")  # now gone for good: its faces leave the store
     assert states_of(library)[first][0] == "deleted"
-    assert not library.sql(
-        f"SELECT 1 FROM faces WHERE sha256 IN (SELECT sha256 FROM assets WHERE asset_id = '{first}')"  # noqa: S608
-    )
+    assert not library.sql(f"SELECT 1 FROM faces WHERE sha256 = '{kept[0]}'")  # noqa: S608
     fake.force_delete_seconds = 0.0
     fake.force_delete(second)  # gone before any listing saw it trashed
-    time.sleep(0.05)
     library.cli("sync", "--reconcile")
     assert states_of(library)[second][0] == "deleted"
     assert first not in exported(library) and second not in exported(library)
