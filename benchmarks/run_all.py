@@ -10,6 +10,8 @@ import os
 import platform
 import time
 
+import bench_immich_ml
+
 import bench_cluster
 import bench_index
 import bench_memory
@@ -25,6 +27,7 @@ def main() -> None:
     for name, run in (
         ("sync throughput", bench_sync.main),
         ("recognizer batching", bench_recognizer.main),
+        ("immich-ml services", bench_immich_ml.main),
         ("polling", bench_poll.main),
         ("status", bench_status.main),
         ("memory", bench_memory.main),

@@ -76,8 +76,10 @@ class App:
         return ImmichClient(source, self.settings.sync, stop=self.stop)
 
     def _dimension(self) -> int:
+        """The embeddings' size: the engine's, or (a remote engine that has not returned a face in this
+        process yet) the size of the faces stored."""
         self.embedder.load()
-        return self.embedder.dimension
+        return self.embedder.dimension or int(self.store.get_meta("embedding_dim") or 0)
 
     @property
     def download_dir(self) -> Path:

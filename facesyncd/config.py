@@ -38,6 +38,9 @@ MODEL_PACK_COMMAND = (
 )
 
 SOURCE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# The model names Immich's ML service takes (its own are like "buffalo_l" or "antelopev2").
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+BACKENDS = ("onnx", "immich-ml")
 API_KEY_RE = re.compile(r"^[\x21-\x7e]+$")
 
 
@@ -130,7 +133,7 @@ SECRET_KEYS = {
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """[model]: the insightface model pack and where it runs"""
+    """[model]: the face engine: an insightface pack run here, or Immich's machine-learning service"""
 
     pack: str = setting(
         "buffalo_l", "a pack name under ~/.insightface/models, or a folder (relative: to this file)", bool, "non-empty"
@@ -144,6 +147,24 @@ class ModelSettings:
     threads: int = setting(
         0, "onnxruntime threads per model; 0: cores / workers", lambda v: 0 <= v <= 64, "between 0 and 64"
     )
+    backend: str = setting(
+        "onnx",
+        "onnx: the pack above, here; immich-ml: Immich's machine-learning service at `urls`",
+        lambda v: v in BACKENDS,
+        " or ".join(BACKENDS),
+    )
+    urls: tuple[str, ...] = setting(
+        (),
+        'immich-ml: the services\' addresses, e.g. ["http://gpu-box:3003"]',
+        lambda v: all(_valid_url(url) for url in v),
+        "a list of http:// or https:// URLs",
+    )
+    model_name: str = setting(
+        "buffalo_l", "immich-ml: the facial-recognition model it runs", lambda v: bool(MODEL_NAME_RE.match(v)), "a name"
+    )
+    min_score: float = setting(0.0, "immich-ml: its detector's minScore; 0: [faces] min_det_score", _fraction, "0..1")
+    timeout_seconds: float = setting(60.0, "immich-ml: per request (a first one may load the model)", _positive, "> 0")
+    concurrency: int = setting(2, "immich-ml: requests at once per URL", lambda v: 1 <= v <= 64, "between 1 and 64")
 
     def pack_dir(self) -> Path:
         """A pack name resolves under insightface's model root; anything else is a folder."""
@@ -195,7 +216,10 @@ class SyncSettings:
         1000, "assets per listing request (Immich's maximum)", lambda v: 1 <= v <= 1000, "between 1 and 1000"
     )
     workers: int = setting(
-        0, "assets prepared in parallel; 0: one per core, at most 4", lambda v: 0 <= v <= 32, "between 0 and 32"
+        0,
+        "assets prepared at once; 0: cores (max 4), immich-ml: urls x concurrency",
+        lambda v: 0 <= v <= 32,
+        "between 0 and 32",
     )
     watermark_overlap_seconds: int = setting(
         300, "re-list this much before the last sweep (clock skew)", lambda v: v >= 0, ">= 0"
@@ -527,6 +551,11 @@ def settings_from_dict(data: dict[str, Any], path: Path, *, secrets: bool = True
     listening = parse_listen(web.get("listen", ""))
     if listening and not is_loopback(listening[0]) and not web.get("token_file"):
         problems.add("web.listen", f"{web['listen']} is reachable from other machines: set web.token_file too")
+    model = sections["model"]
+    if model.get("backend") == "immich-ml" and not model.get("urls"):
+        problems.add("model.urls", 'backend "immich-ml" needs the address of at least one service')
+    if model.get("urls"):
+        model["urls"] = tuple(url.rstrip("/") for url in model["urls"])
     pack = sections["model"].get("pack")
     if pack is not None and _is_path(pack):
         sections["model"]["pack"] = str(base / Path(pack).expanduser())

@@ -1,8 +1,8 @@
 """The embedder seam: what the cycle, the importer and the daemon need of a face engine.
 
-They call `make_embedder()` and speak to the `Embedder` protocol; only the factory names an engine
-(today the local onnxruntime one, in onnx_embedder.py). The embedding size is always the engine's:
-never assumed.
+They call `make_embedder()` and speak to the `Embedder` protocol; only the factory names an engine:
+the local onnxruntime one (onnx_embedder.py) or Immich's machine-learning service (immich_ml.py).
+The embedding size is always the engine's: never assumed.
 """
 
 from __future__ import annotations
@@ -18,12 +18,15 @@ from .models import DetectedFace
 class Embedder(Protocol):
     """Finds faces in an image and gives each an L2-normalised embedding."""
 
-    dimension: int  # known after load()
+    dimension: int  # known after load(); 0 for a remote engine until its first face
     providers: list[str]  # where it runs, e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    workers: int  # images it can take at once (the stage's default number of workers)
 
     @property
     def name(self) -> str:
-        """The model's name, recorded in the store: embeddings of two models never mix."""
+        """The engine and model, recorded in the store: embeddings of two models never mix. The local
+        engine's is the pack's name (as stores made before other engines recorded it); others prefix
+        theirs ("immich-ml:buffalo_l")."""
         ...
 
     def load(self) -> None:
@@ -36,6 +39,10 @@ class Embedder(Protocol):
 
 
 def make_embedder(model: ModelSettings, faces: FaceSettings) -> Embedder:
+    if model.backend == "immich-ml":
+        from .immich_ml import ImmichMlEmbedder
+
+        return ImmichMlEmbedder(model, faces)
     from .onnx_embedder import OnnxEmbedder
 
     return OnnxEmbedder(model, faces)

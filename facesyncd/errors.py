@@ -43,6 +43,11 @@ class ModelError(FacesyncError):
     exit_code = 5
 
 
+class EngineUnavailable(ModelError):
+    """No face engine answers (every configured Immich ML service is down): the cycle stops, nothing
+    is lost, and the next one tries again."""
+
+
 class StoreError(FacesyncError):
     """The state database cannot be opened, migrated or written."""
 

@@ -155,13 +155,13 @@ def _provenance(entry: dict[str, Any]) -> ImportProvenance | None:
 
 
 def _quality(entry: dict[str, Any]) -> Quality | None:
-    """The quality the tree recorded (measured on the original photo), where it has all five parts."""
+    """The quality the tree recorded (measured on the original photo), where it has all five parts
+    (frontality and symmetry may be null: measured by an engine without landmarks)."""
     recorded: dict[str, Any] = entry["quality"] if isinstance(entry.get("quality"), dict) else entry
     try:
-        parts = {part: float(recorded[part]) for part in ("det_score", "size", "blur", "frontality", "symmetry")}
+        return Quality.from_parts(recorded)
     except (KeyError, TypeError, ValueError):
         return None
-    return Quality(**parts)
 
 
 def _folders(root: Path) -> Iterator[_Folder]:

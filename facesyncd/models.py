@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -106,17 +107,38 @@ class Quality:
     det_score: float
     size: float
     blur: float
-    frontality: float
-    symmetry: float
+    frontality: float | None  # None: not measured (an engine that gives no landmarks)
+    symmetry: float | None
+
+    @classmethod
+    def from_parts(cls, parts: Mapping[str, Any]) -> Quality:
+        """The parts as parts() wrote them (frontality and symmetry may be null). Raises KeyError,
+        TypeError or ValueError for anything else."""
+
+        def optional(part: str) -> float | None:
+            value = parts[part]
+            return None if value is None else float(value)
+
+        return cls(
+            det_score=float(parts["det_score"]),
+            size=float(parts["size"]),
+            blur=float(parts["blur"]),
+            frontality=optional("frontality"),
+            symmetry=optional("symmetry"),
+        )
 
     @property
     def composite(self) -> float:
-        return float(sum(weight * float(getattr(self, part)) for part, weight in QUALITY_WEIGHTS.items()))
+        """The weighted mean of the measured parts (the weights of unmeasured ones left out)."""
+        measured = {part: weight for part, weight in QUALITY_WEIGHTS.items() if getattr(self, part) is not None}
+        total = sum(measured.values())
+        return float(sum(weight * float(getattr(self, part)) for part, weight in measured.items()) / total)
 
-    def parts(self) -> dict[str, float]:
-        return {part: round(float(getattr(self, part)), 4) for part in QUALITY_WEIGHTS}
+    def parts(self) -> dict[str, float | None]:
+        values = {part: getattr(self, part) for part in QUALITY_WEIGHTS}
+        return {part: None if value is None else round(float(value), 4) for part, value in values.items()}
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, float | None]:
         return {"composite": round(self.composite, 4), **self.parts()}
 
 

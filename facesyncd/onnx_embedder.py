@@ -321,6 +321,7 @@ class OnnxEmbedder:
         self._detector: Detector | None = None
         self._recognizer: Recognizer | None = None
         self.providers: list[str] = []
+        self.workers = default_workers()
         self.threads = 0
         self.dimension = 0
         self._detector_on_cpu = True

@@ -35,14 +35,15 @@ def assess(
     landmarks: Sequence[tuple[float, float]] | NDArray[np.float64],
     det_score: float,
 ) -> Quality:
-    """The quality of the face at `box` (with its five landmarks and detector score) in these pixels."""
-    points = np.asarray(landmarks, np.float64).reshape(5, 2)
+    """The quality of the face at `box` (with its five landmarks and detector score) in these pixels.
+    Without landmarks (Immich's ML service gives none) frontality and symmetry are not measured."""
+    points = np.asarray(landmarks, np.float64).reshape(5, 2) if len(landmarks) else None
     return Quality(
         det_score=float(np.clip(det_score, 0.0, 1.0)),
         size=size_score(box),
         blur=blur_score(pixels, box),
-        frontality=frontality_score(points),
-        symmetry=symmetry_score(points),
+        frontality=None if points is None else frontality_score(points),
+        symmetry=None if points is None else symmetry_score(points),
     )
 
 

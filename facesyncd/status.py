@@ -59,6 +59,8 @@ def render_status(data: dict[str, Any]) -> str:
         lines.append(f"  skipped:  {count} {reason}")
     faces = data["faces"]
     lines.append(f"faces:      {faces['total']} ({faces['assigned']} in facesets, {faces['pending']} waiting)")
+    if data.get("model"):  # the engine and model the stored embeddings came from
+        lines.append(f"model:      {data['model']}, {data.get('embedding_dim') or '?'}-d embeddings")
     lines.append(f"identities: {data['identities']} (highest number {data['highest_identity']})")
     lines.append(f"backlog:    {data['backlog']} assets to process")
     daemon = data["daemon"]

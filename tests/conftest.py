@@ -96,6 +96,7 @@ def write_config(
     faces: str = "",
     sync: str = "",
     sources: str | None = None,
+    model: str = "",
 ) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     if sources is None:
@@ -108,7 +109,7 @@ def write_config(
         f'facesets_dir = "{directory / "facesets"}"\n'
         f"{extra}\n"
         f"{sources}\n"
-        f'[model]\npack = "{TEST_PACK}"\nproviders = ["CPUExecutionProvider"]\n'
+        f'[model]\npack = "{TEST_PACK}"\nproviders = ["CPUExecutionProvider"]\n{model}\n'
         f"[faces]\n{faces}\n"
         f"[sync]\n{sync_text}\n"
     )
@@ -184,9 +185,9 @@ def add_photos(fake: FakeImmich, folders: list[str], owner: str = "alice") -> di
 class Library:
     """One configured facesyncd over the fake Immich, read through its own commands."""
 
-    def __init__(self, fake: FakeImmich, root: Path, extra: str = "") -> None:
+    def __init__(self, fake: FakeImmich, root: Path, extra: str = "", model: str = "") -> None:
         self.fake = fake
-        self.config = write_config(root, fake.url)
+        self.config = write_config(root, fake.url, model=model)
         if extra:
             self.config.write_text(self.config.read_text() + extra)
         self.state = root / "state"

@@ -30,11 +30,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from loopback import LoopbackServer
 from PIL import Image, ImageOps
 
 
@@ -302,8 +303,7 @@ class FakeImmich:
         self.connections = 0  # connections accepted
         self.slow_seconds = 0.0
         self.timeout_fault_seconds = 3.0  # longer than the client's read timeout in the tests
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = LoopbackServer()
         self._previews: dict[str, bytes] = {}
         self._sizes: dict[bytes, tuple[int | None, int | None]] = {}
         self._order: list[tuple[datetime, str]] | None = None  # search order, rebuilt after changes
@@ -490,8 +490,7 @@ class FakeImmich:
 
     @property
     def url(self) -> str:
-        assert self._server is not None
-        host, port = self._server.server_address[:2]
+        host, port = self._http.address
         return f"http://{host}:{port}"
 
     def _listen(self, address: tuple[str, int]) -> None:
@@ -501,25 +500,18 @@ class FakeImmich:
             server_fake = fake
             timeout = fake.keepalive_seconds  # an idle connection is closed after this
 
-        self._server = ThreadingHTTPServer(address, Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._http.serve(address, Handler)
 
     def start(self) -> FakeImmich:
         self._listen(("127.0.0.1", 0))
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self._http.stop()
 
     def restart(self, downtime: float = 0.2) -> None:
         """Stop listening, wait, listen again on the same port (a server restart)."""
-        assert self._server is not None
-        address = self._server.server_address[:2]
+        address = self._http.address
         self.stop()
         time.sleep(downtime)
         self._listen(address)

@@ -173,11 +173,45 @@ def test_identity_numbers_are_never_reused(store: Store) -> None:
     assert store.create_identity({store.unmatched_new_faces()[0].id: 0.1}) == 217
 
 
-def test_embeddings_of_another_size_are_refused(store: Store) -> None:
+def test_embeddings_of_another_model_or_size_are_refused(store: Store) -> None:
     store.check_model("buffalo_test", 128)
     store.check_model("buffalo_test", 128)
+    store.check_model("buffalo_test", 0)  # a remote engine's size is known only from its first face
     with pytest.raises(StoreError, match="holds 128-d embeddings"):
-        store.check_model("buffalo_l", 512)
+        store.check_model("buffalo_test", 512)
+    with pytest.raises(StoreError, match="embeddings of model pack buffalo_test .* asks for model pack buffalo_l"):
+        store.check_model("buffalo_l", 128)
+    with pytest.raises(StoreError, match="asks for model buffalo_test through immich-ml"):
+        store.check_model("immich-ml:buffalo_test", 0)
+
+
+def test_the_first_face_of_a_remote_engine_records_its_size(store: Store) -> None:
+    store.check_model("immich-ml:buffalo_l", 0)
+    assert store.get_meta("embedding_dim") is None
+    with store.transaction():
+        store.save_blob_faces(
+            "b" * 64,
+            size=1,
+            width=100,
+            height=100,
+            decoded_from="original",
+            model="immich-ml:buffalo_l",
+            faces=[face(1)],
+            crops=["x.jpg"],
+        )
+    assert store.get_meta("embedding_dim") == "8"
+    wrong = DetectedFace((0, 0, 100, 100), 0.9, (), np.ones(16, np.float32) / 4)
+    with pytest.raises(StoreError, match="holds 8-d embeddings"), store.transaction():
+        store.save_blob_faces(
+            "c" * 64,
+            size=1,
+            width=100,
+            height=100,
+            decoded_from="original",
+            model="immich-ml:buffalo_l",
+            faces=[wrong],
+            crops=["y.jpg"],
+        )
 
 
 def test_readonly_store_refuses_a_missing_database(tmp_path: Path) -> None:

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..crashpoints import checkpoint
-from ..embedder import default_workers
 from ..errors import AssetGone, ImageError, ImmichError, Interrupted
 from ..identities import SAME_FACE, pair_boxes
 from ..imaging import DecodedImage, decode_image
@@ -115,7 +114,7 @@ def stage(app: App, source: str, client: ImmichClient, report: CycleReport) -> N
     app.reporter.stage(f"{source}: processing", len(rows))
     if not rows:
         return
-    workers = app.settings.sync.workers or default_workers()
+    workers = app.settings.sync.workers or app.embedder.workers
     readers: list[Store] = []
     local = threading.local()
 

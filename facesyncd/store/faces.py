@@ -48,18 +48,26 @@ class FaceQueries(Database):
     """Distinct file contents (blobs), their faces, the identities those join, and imported trees."""
 
     def check_model(self, model_name: str, dimension: int) -> None:
-        """Embeddings of two models cannot be compared: refuse a model of another size than the stored faces."""
-        stored_dimension = self.get_meta("embedding_dim")
-        if stored_dimension is None:
+        """Embeddings of two engines or models are not compared: refuse a model other than the one the
+        stored faces came from (the name says engine and model, see Embedder.name), or of another
+        size. `dimension` 0: not known yet (a remote engine before its first face)."""
+        stored_model, stored_dimension = self.get_meta("model"), self.get_meta("embedding_dim")
+        if stored_model is None or (stored_dimension is None and dimension):
             with self.transaction():
-                self.set_meta("embedding_dim", str(dimension))
-                self.set_meta("model", model_name)
-            return
-        if int(stored_dimension) != dimension:
+                if stored_model is None:
+                    self.set_meta("model", model_name)
+                if stored_dimension is None and dimension:
+                    self.set_meta("embedding_dim", str(dimension))
+        if stored_model is not None and stored_model != model_name:
             raise StoreError(
-                f"the database holds {stored_dimension}-d embeddings from model "
-                f"{self.get_meta('model')!r}, but the configured model gives {dimension}-d: "
-                f"use the same model pack, or start from a new state_dir"
+                f"the database holds embeddings of {_engine(stored_model)}, but the configuration asks for "
+                f"{_engine(model_name)}: embeddings of two models (or of one through two engines) are not "
+                f"mixed. Configure [model] as before, or start from a new state_dir"
+            )
+        if stored_dimension is not None and dimension and int(stored_dimension) != dimension:
+            raise StoreError(
+                f"the database holds {stored_dimension}-d embeddings from model {stored_model!r}, but the "
+                f"configured model gives {dimension}-d: use the same model pack, or start from a new state_dir"
             )
 
     def index_version(self) -> int:
@@ -110,6 +118,8 @@ class FaceQueries(Database):
         """Insert a blob and its faces (no-op if the blob exists). Call inside a transaction."""
         if self.blob_exists(sha256):
             return
+        if faces:
+            self.check_model(model, len(faces[0].embedding))
         self.execute(
             "INSERT INTO blobs (sha256, size, width, height, decoded_from, model, embedded_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -488,6 +498,12 @@ class FaceQueries(Database):
         return {row[0] for row in self.tuples("SELECT crop FROM faces")}
 
 
+def _engine(model_name: str) -> str:
+    """How a recorded model name reads: "immich-ml:buffalo_l" or the local pack "buffalo_l"."""
+    engine, _, model = model_name.rpartition(":")
+    return f"model {model} through {engine}" if engine else f"model pack {model_name} (run here)"
+
+
 def _box(values: Sequence[Any]) -> Box:
     x1, y1, x2, y2 = (float(value) for value in values)
     return x1, y1, x2, y2
@@ -503,6 +519,6 @@ def _quality(parts: str | None) -> Quality | None:
     if not parts:
         return None
     try:
-        return Quality(**{key: float(value) for key, value in json.loads(parts).items()})
-    except (ValueError, TypeError):
+        return Quality.from_parts(json.loads(parts))
+    except (ValueError, TypeError, KeyError):
         return None

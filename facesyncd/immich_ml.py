@@ -1,0 +1,273 @@
+"""Immich's machine-learning service as the face engine ([model] backend = "immich-ml").
+
+The service (`immich-machine-learning`, read from Immich 3.1's `machine-learning/immich_ml/main.py`
+and its facial-recognition models) answers `POST /predict`, a multipart form with
+
+- `entries`: a JSON string naming, per task and model type, the model and its options:
+  `{"facial-recognition": {"detection": {"modelName": "buffalo_l", "options": {"minScore": 0.7}},
+  "recognition": {"modelName": "buffalo_l"}}}`;
+- `image`: the image file (any format Pillow reads; facesyncd sends the decoded, upright photo as
+  a JPEG, so the service never sees EXIF orientation or a format it lacks),
+
+with `{"facial-recognition": [{"boundingBox": {"x1", "y1", "x2", "y2"}, "embedding": "<a JSON array
+in a string>", "score": s}, ...], "imageWidth": w, "imageHeight": h}`: boxes (rounded) in the sent
+image's pixels, the detector's score, and the recognizer's raw embedding (not normalised). It does not
+return the five landmarks: faces from it have none, so the two quality parts measured from landmarks
+(frontality, symmetry) are left unmeasured (see quality.py). 422 means the entries were not
+understood, 400 a request without an image, 500 a model that would not load. `GET /ping` answers
+"pong". There is no authentication.
+
+Requests are spread over the configured URLs, at most `concurrency` at once on each, the least busy
+first. A URL that fails (refused, timed out, 5xx, a garbled answer) is skipped for a while
+(RETRY_SECONDS, doubling up to RETRY_MAX_SECONDS) and the image goes to the next; when none answers
+in PASSES rounds over all of them, EngineUnavailable stops the cycle (nothing is lost: the asset
+stays pending and the next cycle tries again). The embedding size is whatever the service returns:
+known from the first face on, and every later face must match it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import httpx
+import numpy as np
+
+from .config import FaceSettings, ModelSettings
+from .errors import EngineUnavailable, ModelError
+from .imaging import DecodedImage
+from .models import DetectedFace
+
+log = logging.getLogger(__name__)
+
+RETRY_SECONDS = 5.0  # a failed URL is skipped this long, doubling per failure in a row
+RETRY_MAX_SECONDS = 120.0
+PASSES = 3  # rounds over every URL before an image gives up (a short wait between them)
+PASS_WAIT_SECONDS = 1.0
+JPEG_QUALITY = 95
+PING_SECONDS = 5.0
+BACKEND = "immich-ml"
+
+
+@dataclass
+class _Service:
+    """One configured URL and what is known of it."""
+
+    url: str
+    busy: int = 0
+    failures: int = 0  # in a row
+    skip_until: float = 0.0
+    last_error: str = ""
+    slots: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(1))
+
+
+class _Refused(Exception):
+    """This service failed this request; another one may answer it."""
+
+
+class ImmichMlEmbedder:
+    """Finds and embeds faces through one or more Immich ML services."""
+
+    def __init__(self, model: ModelSettings, faces: FaceSettings) -> None:
+        self._settings = model
+        self._faces = faces
+        self._lock = threading.Lock()
+        self._services = [_Service(url, slots=threading.Semaphore(model.concurrency)) for url in model.urls]
+        self._turn = 0  # breaks ties between equally busy services, so they take turns
+        self._client: httpx.Client | None = None
+        self.dimension = 0  # known from the first face the service returns
+        self.providers = [f"{BACKEND} {service.url}" for service in self._services]
+        self.workers = len(self._services) * model.concurrency
+
+    @property
+    def name(self) -> str:
+        return f"{BACKEND}:{self._settings.model_name}"
+
+    def load(self) -> None:
+        """Nothing to load here; the services are asked whether they are up (a warning for each that
+        is not: it may come up later, and a cycle fails only when none answers)."""
+        with self._lock:
+            if self._client is not None:
+                return
+            timeout = httpx.Timeout(self._settings.timeout_seconds, connect=min(10.0, self._settings.timeout_seconds))
+            limits = httpx.Limits(max_connections=max(1, self.workers), max_keepalive_connections=max(1, self.workers))
+            self._client = httpx.Client(timeout=timeout, limits=limits, follow_redirects=False)
+        for service in self._services:
+            try:
+                answer = self._client.get(f"{service.url}/ping", timeout=PING_SECONDS)
+                if answer.status_code != 200 or answer.text.strip() != "pong":
+                    raise _Refused(f"answered {answer.status_code} to /ping, not pong: is it Immich's ML service?")
+                log.info("Immich ML service %s answers", service.url)
+            except (httpx.HTTPError, _Refused) as error:
+                log.warning("Immich ML service %s does not answer now: %s", service.url, _describe(error))
+
+    def faces(self, image: DecodedImage, *, min_face_px: int | None = None) -> list[DetectedFace]:
+        """Every face the service finds that passes the size and score gates, best first."""
+        self.load()
+        ok, encoded = cv2.imencode(".jpg", image.pixels, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            raise ModelError("cannot encode the image as JPEG for the Immich ML service")
+        found = self._predict(bytes(encoded.tobytes()), image)
+        min_px = self._faces.min_face_px if min_face_px is None else min_face_px
+        kept = [
+            face
+            for face in found
+            if face.det_score >= self._faces.min_det_score
+            and min(face.bbox[2] - face.bbox[0], face.bbox[3] - face.bbox[1]) >= min_px
+        ]
+        return sorted(kept, key=lambda face: -face.det_score)
+
+    # -- talking to the services -------------------------------------------------------------------
+
+    def _entries(self) -> str:
+        min_score = self._settings.min_score or self._faces.min_det_score
+        name = self._settings.model_name
+        return json.dumps(
+            {
+                "facial-recognition": {
+                    "detection": {"modelName": name, "options": {"minScore": min_score}},
+                    "recognition": {"modelName": name},
+                }
+            }
+        )
+
+    def _predict(self, jpeg: bytes, image: DecodedImage) -> list[DetectedFace]:
+        tried: set[str] = set()
+        for attempt in range(PASSES):
+            while (service := self._choose(tried, resting_too=attempt > 0)) is not None:
+                tried.add(service.url)
+                try:
+                    return self._parse(self._ask(service, jpeg), image)
+                except _Refused as error:
+                    self._failed(service, str(error))
+            if attempt + 1 < PASSES:
+                tried.clear()
+                time.sleep(PASS_WAIT_SECONDS * (attempt + 1))
+        reasons = "; ".join(f"{s.url}: {s.last_error}" for s in self._services)
+        raise EngineUnavailable(f"no Immich ML service answered ({reasons}); the next cycle tries again")
+
+    def _choose(self, tried: set[str], *, resting_too: bool) -> _Service | None:
+        """The least busy service not tried yet for this image and not resting after a failure (after
+        a first round found none that answers, resting ones too: an image fails only when every
+        service failed it)."""
+        now = time.monotonic()
+        with self._lock:
+            ready = [s for s in self._services if s.url not in tried and (resting_too or s.skip_until <= now)]
+            if not ready:
+                return None
+            self._turn += 1
+            count = len(self._services)
+            order = {s.url: (i - self._turn) % count for i, s in enumerate(self._services)}
+            chosen = min(ready, key=lambda s: (s.busy, order[s.url]))
+            chosen.busy += 1
+            return chosen
+
+    def _ask(self, service: _Service, jpeg: bytes) -> dict[str, Any]:
+        assert self._client is not None
+        try:
+            with service.slots:
+                try:
+                    answer = self._client.post(
+                        f"{service.url}/predict",
+                        data={"entries": self._entries()},
+                        files={"image": ("image.jpg", jpeg, "image/jpeg")},
+                    )
+                except httpx.TimeoutException as error:
+                    raise _Refused(f"no answer within {self._settings.timeout_seconds:g} s") from error
+                except httpx.HTTPError as error:
+                    raise _Refused(_describe(error)) from error
+        finally:
+            with self._lock:
+                service.busy -= 1
+        if answer.status_code in (400, 422):
+            # Our request is what it refuses: every service would say the same.
+            raise ModelError(f"the Immich ML service at {service.url} refused the request: {_detail(answer)}")
+        if answer.status_code != 200:
+            raise _Refused(f"answered {answer.status_code}: {_detail(answer)}")
+        try:
+            data = answer.json()
+        except ValueError as error:
+            raise _Refused("answered something that is not JSON") from error
+        if not isinstance(data, dict):
+            raise _Refused("answered JSON that is not an object")
+        with self._lock:
+            if service.failures:
+                log.info("Immich ML service %s answers again", service.url)
+            service.failures, service.last_error = 0, ""
+        return data
+
+    def _failed(self, service: _Service, reason: str) -> None:
+        with self._lock:
+            service.failures += 1
+            rest = min(RETRY_MAX_SECONDS, RETRY_SECONDS * 2 ** (service.failures - 1))
+            service.skip_until = time.monotonic() + rest
+            service.last_error = reason
+        log.warning("Immich ML service %s failed (%s); skipped for %g s", service.url, reason, rest)
+
+    # -- reading the answer -------------------------------------------------------------------------
+
+    def _parse(self, data: dict[str, Any], image: DecodedImage) -> list[DetectedFace]:
+        """The faces of an answer, boxes in the image's pixels. A malformed answer is that service's
+        fault (_Refused: another one is asked); embeddings of another size than before are the
+        configuration's (ModelError)."""
+        try:
+            entries = data["facial-recognition"]
+            width, height = float(data.get("imageWidth") or image.width), float(data.get("imageHeight") or image.height)
+            if not isinstance(entries, list) or width <= 0 or height <= 0:
+                raise TypeError("facial-recognition is not a list")
+            scale_x, scale_y = image.width / width, image.height / height
+            faces = []
+            for entry in entries:
+                box = entry["boundingBox"]
+                raw = entry["embedding"]
+                vector = np.asarray(json.loads(raw) if isinstance(raw, str) else raw, dtype=np.float32).reshape(-1)
+                x1, y1 = float(box["x1"]) * scale_x, float(box["y1"]) * scale_y
+                x2, y2 = float(box["x2"]) * scale_x, float(box["y2"]) * scale_y
+                faces.append((x1, y1, x2, y2, float(entry["score"]), vector))
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise _Refused(f"gave an answer facesyncd cannot read ({type(error).__name__}: {error})") from error
+        detected = []
+        for x1, y1, x2, y2, score, vector in faces:
+            norm = float(np.linalg.norm(vector))
+            if not np.isfinite(norm) or norm == 0 or not np.isfinite(score):
+                raise _Refused("returned an empty or invalid embedding or score")
+            self._check_dimension(vector.size)
+            box = (max(0.0, x1), max(0.0, y1), min(float(image.width), x2), min(float(image.height), y2))
+            if box[2] <= box[0] or box[3] <= box[1]:
+                continue
+            detected.append(DetectedFace(bbox=box, det_score=score, landmarks=(), embedding=vector / norm))
+        return detected
+
+    def _check_dimension(self, size: int) -> None:
+        with self._lock:
+            if self.dimension == 0:
+                self.dimension = size
+                log.info("Immich ML model %s gives %d-d embeddings", self._settings.model_name, size)
+            elif size != self.dimension:
+                raise ModelError(
+                    f"the Immich ML service returned a {size}-d embedding after {self.dimension}-d ones: "
+                    f"do all of [model] urls run model {self._settings.model_name}?"
+                )
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, httpx.ConnectError):
+        return "connection refused or host unreachable"
+    if isinstance(error, httpx.TimeoutException):
+        return "timed out"
+    return str(error) or type(error).__name__
+
+
+def _detail(answer: httpx.Response) -> str:
+    """The service's own words (FastAPI puts them in `detail`), short."""
+    try:
+        body = answer.json()
+        text = body.get("detail") if isinstance(body, dict) else None
+    except ValueError:
+        text = None
+    return str(text or answer.text or answer.reason_phrase)[:200]
