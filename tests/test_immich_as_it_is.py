@@ -140,6 +140,27 @@ def test_the_trash_keeps_faces_and_a_restore_brings_the_same_ones_back_without_a
     assert back == its_faces  # the same faces (and so file names) in the same facesets
 
 
+def test_faces_in_the_trash_open_no_faceset_until_restored(fake: FakeImmich, tmp_path) -> None:
+    """Two photos of one person are too few for a faceset; with both in the trash, a third photo must
+    not open one from faces nobody can see (a number given to an empty faceset is never reused)."""
+    library = Library(fake, tmp_path)
+    library.add(["wild/biden"])
+    library.cli("sync")
+    assert not library.sets(), "two photos opened a faceset"
+    trashed = list(library.labels)
+    for asset in trashed:
+        fake.trash(asset)
+    library.cli("sync")
+    library.add(["groups/obama_and_biden.jpg"])
+    library.cli("sync")
+    assert not library.sets(), "faces in the trash opened a faceset"
+    for asset in trashed:
+        fake.restore(asset)
+    library.cli("sync")
+    number = library.number_of("biden")
+    assert {label for label in library.faces(number).values()} >= {*(library.labels[a] for a in trashed)}
+
+
 def test_a_force_delete_is_handled_whether_it_is_first_seen_trashed_or_already_gone(fake: FakeImmich, tmp_path) -> None:
     library = Library(fake, tmp_path)
     library.add(["wild/angelina_jolie"])

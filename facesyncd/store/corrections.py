@@ -10,13 +10,10 @@ from typing import Any
 from ..boxes import overlap
 from ..models import AssetState, Box, Correction, Dropped, FaceDetail, FacesetSummary
 from .database import utc_now
-from .faces import LIVE_FACE, FaceQueries, _box
+from .faces import LIVE_FACE, POOL, FaceQueries, _box
 
 # A face detected again within a forgotten box (intersection over union) is the forgotten face.
 FORGOTTEN_OVERLAP = 0.5
-
-
-_POOL = "f.identity IS NULL AND f.matched_at IS NOT NULL AND f.held IS NULL"
 
 
 class CorrectionQueries(FaceQueries):
@@ -93,10 +90,10 @@ class CorrectionQueries(FaceQueries):
 
     def pool(self, limit: int = 500) -> list[FaceDetail]:
         """Faces compared with every identity and in none (the pool clustering draws from)."""
-        return self._face_details(_POOL, [], limit)
+        return self._face_details(POOL, [], limit)
 
     def pool_size(self) -> int:
-        return int(self.scalar(f"SELECT COUNT(*) FROM faces f WHERE {_POOL}"))
+        return int(self.scalar(f"SELECT COUNT(*) FROM faces f WHERE {POOL}"))
 
     def face_detail(self, face_id: int) -> FaceDetail | None:
         found = self._face_details("f.id = :p0", [face_id])

@@ -34,6 +34,9 @@ LIVE_FACE = (
     "OR EXISTS (SELECT 1 FROM imports i WHERE i.sha256 = f.sha256 AND i.state = 'done' AND i.superseded_at IS NULL))"
 )
 
+# A face compared with every identity and in none, that clustering may open a faceset from.
+POOL = f"f.identity IS NULL AND f.matched_at IS NOT NULL AND f.held IS NULL AND {LIVE_FACE}"
+
 
 def _open_identity(number: str) -> str:
     """SQL: the identity numbered by the parameter `number` may be changed by automatic steps (it is
@@ -173,7 +176,7 @@ class FaceQueries(Database):
         return [
             StoredFace(face_id, sha256, np.frombuffer(blob, dtype=np.float32), identity)
             for face_id, sha256, blob, identity in self.tuples(
-                f"SELECT id, sha256, embedding, identity FROM faces WHERE {where} ORDER BY id", parameters
+                f"SELECT f.id, f.sha256, f.embedding, f.identity FROM faces f WHERE {where} ORDER BY f.id", parameters
             )
         ]
 
@@ -181,7 +184,8 @@ class FaceQueries(Database):
         return self._faces("identity IS NULL AND matched_at IS NULL AND held IS NULL")
 
     def pool_faces(self) -> list[StoredFace]:
-        return self._faces("identity IS NULL AND matched_at IS NOT NULL AND held IS NULL")
+        """The faces clustering may open facesets from: in no identity, and not only in the trash."""
+        return self._faces(POOL)
 
     def held_faces(self) -> list[tuple[int, str, NDArray[np.float32]]]:
         """(face id, decision, embedding) of every face the user set aside."""
