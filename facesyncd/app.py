@@ -88,6 +88,7 @@ class App:
     def abort(self) -> None:
         """Break off requests in flight (called from another thread when a stop takes too long)."""
         self.clients.abort()
+        self.embedder.abort()
 
     def close(self) -> None:
         self.store.close()

@@ -37,6 +37,10 @@ class Embedder(Protocol):
         """Every face of the image that passes the size and score gates, best first."""
         ...
 
+    def abort(self) -> None:
+        """Break off work in flight (from another thread, when a stop takes too long)."""
+        ...
+
 
 def make_embedder(model: ModelSettings, faces: FaceSettings) -> Embedder:
     if model.backend == "immich-ml":

@@ -23,21 +23,19 @@ import logging
 import os
 import random
 import re
-import socket
 import tempfile
 import threading
 import time
 import urllib.parse
-import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpcore
 import httpx
 
+from .breakable import SocketTracker
 from .config import ImmichSettings, SyncSettings
 from .crashpoints import checkpoint
 from .errors import AssetGone, ImmichAuthError, ImmichError, ImmichUnreachable, Interrupted
@@ -223,54 +221,6 @@ class _CookielessClient(httpx.Client):
 _NO_COOKIES = _NoCookies()
 
 
-class _SocketTracker(httpcore.NetworkBackend):
-    """httpcore's network backend, keeping the sockets it opens so that a stop can shut them down.
-
-    Closing an httpx client from another thread does not wake a read blocked in that socket (it
-    waits out its timeout); shutdown() does, at once."""
-
-    def __init__(self) -> None:
-        self._inner = httpcore.SyncBackend()
-        self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
-        self._lock = threading.Lock()
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        stream = self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
-        self.track(stream.get_extra_info("socket"))
-        return stream
-
-    def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
-    ) -> httpcore.NetworkStream:
-        stream = self._inner.connect_unix_socket(path, timeout, socket_options)
-        self.track(stream.get_extra_info("socket"))
-        return stream
-
-    def sleep(self, seconds: float) -> None:
-        self._inner.sleep(seconds)
-
-    def track(self, sock: socket.socket | None) -> None:
-        if sock is not None:
-            with self._lock:
-                self._sockets.add(sock)
-
-    def shutdown_all(self) -> None:
-        with self._lock:
-            sockets = list(self._sockets)
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
 PROXY_VARIABLES = ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
@@ -284,7 +234,7 @@ class _QuickGet:
     retries, redirects, errors and their messages. Only for http:// servers with no proxy
     configured; TLS and proxies stay with httpx."""
 
-    def __init__(self, url: str, headers: dict[str, str], timeout: float, tracker: _SocketTracker) -> None:
+    def __init__(self, url: str, headers: dict[str, str], timeout: float, tracker: SocketTracker) -> None:
         parts = urllib.parse.urlsplit(url)
         self._host = parts.hostname or ""
         self._port = parts.port or 80
@@ -370,12 +320,10 @@ class ImmichClient:
         if not settings.verify_tls:
             log.warning("%s: TLS certificate verification is OFF for %s (verify_tls = false)", self.name, self.url)
         headers = {"x-api-key": settings.api_key.reveal(), "accept": "application/json"}
-        self._tracker = _SocketTracker()
-        transport = httpx.HTTPTransport(
+        self._tracker = SocketTracker()
+        transport = self._tracker.transport(
             verify=settings.verify_tls, limits=httpx.Limits(keepalive_expiry=KEEPALIVE_REUSE_SECONDS)
         )
-        # httpx offers no public way to hand its connection pool a network backend; pinned httpx 0.28.
-        transport._pool._network_backend = self._tracker  # noqa: SLF001
         self.http = _CookielessClient(
             base_url=f"{settings.url}/api",
             headers=headers,

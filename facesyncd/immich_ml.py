@@ -38,8 +38,9 @@ import cv2
 import httpx
 import numpy as np
 
+from .breakable import SocketTracker
 from .config import FaceSettings, ModelSettings
-from .errors import EngineUnavailable, ModelError
+from .errors import EngineUnavailable, Interrupted, ModelError
 from .imaging import DecodedImage
 from .models import DetectedFace
 
@@ -80,6 +81,8 @@ class ImmichMlEmbedder:
         self._services = [_Service(url, slots=threading.Semaphore(model.concurrency)) for url in model.urls]
         self._turn = 0  # breaks ties between equally busy services, so they take turns
         self._client: httpx.Client | None = None
+        self._aborted = False
+        self._tracker = SocketTracker()  # so that abort() breaks off requests in flight at once
         self.dimension = 0  # known from the first face the service returns
         self.providers = [f"{BACKEND} {service.url}" for service in self._services]
         self.workers = len(self._services) * model.concurrency
@@ -96,7 +99,8 @@ class ImmichMlEmbedder:
                 return
             timeout = httpx.Timeout(self._settings.timeout_seconds, connect=min(10.0, self._settings.timeout_seconds))
             limits = httpx.Limits(max_connections=max(1, self.workers), max_keepalive_connections=max(1, self.workers))
-            self._client = httpx.Client(timeout=timeout, limits=limits, follow_redirects=False)
+            transport = self._tracker.transport(limits=limits)
+            self._client = httpx.Client(timeout=timeout, transport=transport, follow_redirects=False)
         for service in self._services:
             try:
                 answer = self._client.get(f"{service.url}/ping", timeout=PING_SECONDS)
@@ -105,6 +109,15 @@ class ImmichMlEmbedder:
                 log.info("Immich ML service %s answers", service.url)
             except (httpx.HTTPError, _Refused) as error:
                 log.warning("Immich ML service %s does not answer now: %s", service.url, _describe(error))
+
+    def abort(self) -> None:
+        """Break off the requests in flight (a stop that takes too long); no request is sent after."""
+        with self._lock:
+            self._aborted = True
+            client = self._client
+        self._tracker.shutdown_all()
+        if client is not None:
+            client.close()
 
     def faces(self, image: DecodedImage, *, min_face_px: int | None = None) -> list[DetectedFace]:
         """Every face the service finds that passes the size and score gates, best first."""
@@ -144,6 +157,8 @@ class ImmichMlEmbedder:
                 try:
                     return self._parse(self._ask(service, jpeg), image)
                 except _Refused as error:
+                    if self._aborted:
+                        raise Interrupted("stopped while an Immich ML service was working") from error
                     self._failed(service, str(error))
             if attempt + 1 < PASSES:
                 tried.clear()
@@ -168,7 +183,8 @@ class ImmichMlEmbedder:
             return chosen
 
     def _ask(self, service: _Service, jpeg: bytes) -> dict[str, Any]:
-        assert self._client is not None
+        if self._aborted or self._client is None:
+            raise Interrupted("stopped: no more requests to the Immich ML services")
         try:
             with service.slots:
                 try:

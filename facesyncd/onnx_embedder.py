@@ -336,6 +336,9 @@ class OnnxEmbedder:
             if self._detector is None:
                 self._load()
 
+    def abort(self) -> None:
+        """Nothing in flight to break off: a model call here ends by itself."""
+
     def _load(self) -> None:
         pack = self._model_settings.pack_dir()
         # A zip unpacked into the pack's folder may have put the files one folder down.

@@ -17,7 +17,7 @@ from fake_immich_ml import FakeImmichMl
 import facesyncd.immich_ml as immich_ml
 from conftest import PHOTOS, TEST_PACK, Library, free_port, requires_shared, run_cli, write_config
 from facesyncd.config import FaceSettings, ModelSettings, settings_from_dict
-from facesyncd.errors import ConfigError, EngineUnavailable, ModelError
+from facesyncd.errors import ConfigError, EngineUnavailable, Interrupted, ModelError
 from facesyncd.imaging import DecodedImage, decode_image
 from facesyncd.immich_ml import ImmichMlEmbedder
 from facesyncd.onnx_embedder import OnnxEmbedder
@@ -206,6 +206,27 @@ def test_every_service_down_is_a_clear_error_and_a_refused_request_is_not_retrie
         refusing.faces(image)
     assert not isinstance(refused.value, EngineUnavailable)
     assert len(calls) == 1
+
+
+def test_a_stop_breaks_off_a_request_in_flight(ml: FakeImmichMl) -> None:
+    ml.hang = 10.0  # a GPU box busy for longer than a stop may wait
+    engine = remote(ml.url, timeout=30)
+    engine.load()
+    outcome: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            engine.faces(photo("groups/two_people.jpg"))
+        except BaseException as error:  # noqa: BLE001 - what the worker ends with is the point
+            outcome.append(error)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    threading.Event().wait(0.5)
+    engine.abort()
+    worker.join(timeout=3)
+    assert not worker.is_alive(), "the request was not broken off"
+    assert len(outcome) == 1 and isinstance(outcome[0], Interrupted), outcome
 
 
 def test_every_service_down_stops_the_cycle_and_loses_nothing(fake: FakeImmich, tmp_path: Path) -> None:
