@@ -188,30 +188,25 @@ def test_embeddings_of_another_model_or_size_are_refused(store: Store) -> None:
 def test_the_first_face_of_a_remote_engine_records_its_size(store: Store) -> None:
     store.check_model("immich-ml:buffalo_l", 0)
     assert store.get_meta("embedding_dim") is None
-    with store.transaction():
-        store.save_blob_faces(
-            "b" * 64,
-            size=1,
-            width=100,
-            height=100,
-            decoded_from="original",
-            model="immich-ml:buffalo_l",
-            faces=[face(1)],
-            crops=["x.jpg"],
-        )
+
+    def save(sha256: str, found: DetectedFace) -> None:
+        with store.transaction():
+            store.save_blob_faces(
+                sha256,
+                size=1,
+                width=100,
+                height=100,
+                decoded_from="original",
+                model="immich-ml:buffalo_l",
+                faces=[found],
+                crops=[f"{sha256[:8]}.jpg"],
+            )
+
+    save("b" * 64, face(1))
     assert store.get_meta("embedding_dim") == "8"
-    wrong = DetectedFace((0, 0, 100, 100), 0.9, (), np.ones(16, np.float32) / 4)
-    with pytest.raises(StoreError, match="holds 8-d embeddings"), store.transaction():
-        store.save_blob_faces(
-            "c" * 64,
-            size=1,
-            width=100,
-            height=100,
-            decoded_from="original",
-            model="immich-ml:buffalo_l",
-            faces=[wrong],
-            crops=["y.jpg"],
-        )
+    with pytest.raises(StoreError, match="holds 8-d embeddings"):
+        save("c" * 64, DetectedFace((0, 0, 100, 100), 0.9, (), np.ones(16, np.float32) / 4))
+    assert not store.blob_exists("c" * 64)
 
 
 def test_readonly_store_refuses_a_missing_database(tmp_path: Path) -> None:
