@@ -299,6 +299,16 @@ class _QuickGet:
                 connection.close()
 
 
+@dataclass(frozen=True)
+class _ListingPage:
+    """One answer of /search/metadata: its assets, `nextPage`, and (Immich 3.2+) `nextCursor`."""
+
+    assets: list[RemoteAsset]
+    next_page: Any
+    next_cursor: str | None
+    offers_cursor: bool  # the answer has a nextCursor field (3.2+), even a null one
+
+
 class ImmichClient:
     """One Immich user (one API key)."""
 
@@ -585,6 +595,9 @@ class ImmichClient:
         that instant. Only a run of more than `page_size` assets sharing one instant falls back to
         offsets, within that instant.
 
+        Immich 3.2 answers with a `nextCursor` of its own (and deprecates `page`): then the listing
+        follows that cursor instead (see _follow_cursor).
+
         A listing must make progress: a server that ignores takenAfter (Immich drops unknown fields
         silently, and older or patched servers may not know it) answers older assets than asked
         for, and then the listing goes on by offset, with a warning (`listing_by_offset`: deletions
@@ -606,20 +619,12 @@ class ImmichClient:
                 body["updatedAfter"] = updated_after
             if cursor and not self.listing_by_offset:
                 body["takenAfter"] = cursor
-            data = self._json("POST", "/search/metadata", json_body=body, what="listing assets")
-            try:
-                items = data["assets"]["items"]
-                next_page = data["assets"].get("nextPage")
-                if not isinstance(items, list):
-                    raise TypeError("items is not a list")
-            except (KeyError, TypeError, AttributeError) as error:
-                raise ImmichError(f"{self.name}: unexpected answer to /search/metadata") from error
-            assets: list[RemoteAsset] = []
-            for item in items:
-                try:
-                    assets.append(parse_asset(item if isinstance(item, dict) else {}))
-                except ImmichError as error:
-                    log.warning("%s: ignoring listed asset: %s", self.name, error)
+            answer = self._listing_page(body)
+            assets, next_page = answer.assets, answer.next_page
+            if answer.offers_cursor and cursor is None and page == 1 and not self.listing_by_offset:
+                del body["page"]  # deprecated in 3.2, where the server's cursor pages by key itself
+                yield from self._follow_cursor(body, answer, listed)
+                return
             if not self.listing_by_offset and cursor_time is not None and self._went_back(assets, cursor_time):
                 self._fall_back_to_offsets("answered assets older than takenAfter asked for")
                 page, stale_allowed = 1, len(listed) // page_size + 2
@@ -656,6 +661,49 @@ class ImmichClient:
             else:
                 cursor, cursor_time, page = last, parse_time(last), 1
                 seen_at_cursor = {a.id for a in assets if a.file_created_at == last}
+
+    def _listing_page(self, body: dict[str, Any]) -> _ListingPage:
+        data = self._json("POST", "/search/metadata", json_body=body, what="listing assets")
+        try:
+            answer = data["assets"]
+            items, next_cursor = answer["items"], answer.get("nextCursor")
+            if not isinstance(items, list) or not isinstance(next_cursor, (str, type(None))):
+                raise TypeError("items is not a list, or nextCursor not a string")
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ImmichError(f"{self.name}: unexpected answer to /search/metadata") from error
+        assets: list[RemoteAsset] = []
+        for item in items:
+            try:
+                assets.append(parse_asset(item if isinstance(item, dict) else {}))
+            except ImmichError as error:
+                log.warning("%s: ignoring listed asset: %s", self.name, error)
+        return _ListingPage(assets, answer.get("nextPage"), next_cursor, "nextCursor" in answer)
+
+    def _follow_cursor(
+        self, body: dict[str, Any], answer: _ListingPage, listed: set[str]
+    ) -> Iterator[list[RemoteAsset]]:
+        """Immich 3.2 and later: page by the cursor the server hands out (`nextCursor` back as
+        `cursor`), which pages by key on its side, so an asset deleted meanwhile skips nothing. A
+        cursor that repeats, or a page with no new asset while there are more, ends the listing as
+        a failing server, as with pages."""
+        previous: str | None = None
+        while True:
+            fresh = [a for a in answer.assets if a.id not in listed]
+            if fresh:
+                listed.update(a.id for a in fresh)
+                if len(listed) > MAX_LISTED_ASSETS:
+                    raise ImmichUnreachable(f"{self.name}: the listing passed {MAX_LISTED_ASSETS} assets; stopped")
+                yield fresh
+            if not answer.next_cursor or not answer.assets:
+                return
+            if not fresh or answer.next_cursor == previous:
+                raise ImmichUnreachable(
+                    f"{self.name}: Immich's listing does not advance (its cursor brings no new asset while it "
+                    f"says there are more); stopped after {len(listed)} assets"
+                )
+            previous = answer.next_cursor
+            self._check_stop()
+            answer = self._listing_page({**body, "cursor": answer.next_cursor})
 
     @staticmethod
     def _went_back(assets: list[RemoteAsset], cursor_time: datetime) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from fake_immich import FakeImmich
-from openapi_check import load_spec
+from openapi_check import DERIVED, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FACESYNCD_SHARED", REPO.parent / "shared")).resolve()
@@ -53,12 +53,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def spec_path(version: str) -> Path:
-    return SHARED / "immich" / f"openapi-{version}.json"
+    """Immich's OpenAPI document of this version, or of the one a derived version is built from."""
+    return SHARED / "immich" / f"openapi-{DERIVED.get(version, version)}.json"
 
 
 def validate_traffic(fake: FakeImmich) -> None:
     """Every JSON answer of the fake and every request body facesyncd sent must follow the spec."""
-    spec = load_spec(spec_path(fake.version))
+    spec = load_spec(spec_path(fake.version), fake.version)
     for method, template, status, body in fake.json_answers:
         if template.startswith("/api/"):
             continue  # unknown route: facesyncd never calls one (asserted below)

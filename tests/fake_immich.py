@@ -181,6 +181,25 @@ def _check_datetime(body: dict[str, Any], name: str) -> datetime | None:
     return parse_iso(value)
 
 
+def _cursor_of(asset: FakeAsset) -> str:
+    """An opaque cursor after this asset: its (fileCreatedAt, id) key, as Immich 3.2 pages by key."""
+    key = [asset.file_created_at.isoformat(), asset.id]
+    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
+
+
+def _cursor_key(body: dict[str, Any]) -> tuple[datetime, str] | None:
+    value = body.get("cursor")
+    if value is None:
+        return None
+    try:
+        created, asset_id = json.loads(base64.urlsafe_b64decode(str(value).encode()))
+        return datetime.fromisoformat(str(created)), str(asset_id)
+    except (ValueError, TypeError):
+        raise Invalid(
+            {"code": "custom", "path": ["cursor"], "message": "Invalid cursor"}, "cursor must be a valid cursor"
+        ) from None
+
+
 def _node_json_error(raw: bytes) -> str:
     """What Node's JSON.parse says about a body that is not JSON (near enough: the position)."""
     try:
@@ -271,7 +290,10 @@ RANDOM_FAULTS: list[dict[str, Any]] = [
 class FakeImmich:
     def __init__(self, *, version: str = "3.1.0") -> None:
         self.version = version
-        self.major = int(version.split(".")[0])
+        self.major, self.minor = (int(part) for part in version.split(".")[:2])
+        # 3.2 pages /search/metadata by a cursor of its own (`cursor` in, `nextCursor` out) and deprecates
+        # `page` (still honoured); facts from 3.2.0's spec as third parties report it (see the README).
+        self.cursors = (self.major, self.minor) >= (3, 2)
         # api key -> {"id", "name", "email", "permissions", "is_admin"}; a user may have several keys
         self.users: dict[str, dict[str, Any]] = {}
         self.sessions: dict[str, str] = {}  # login token -> api key of the same user
@@ -671,6 +693,7 @@ class FakeImmich:
             person_ids = body.get("personIds") or []
             for person_id in person_ids:
                 _check_uuid(person_id, "personIds")
+            after_key = _cursor_key(body) if self.cursors else None
         except Invalid as problem:
             return 400, self.invalid_body(problem)
         if body.get("visibility") == "locked":
@@ -680,7 +703,7 @@ class FakeImmich:
         if self.ignore_taken_after:
             taken_after = None
         if self.endless_listing:
-            page = 1
+            page, after_key = 1, None
         owners = self.listed_owners(user)
         visibilities = {body["visibility"]} if body.get("visibility") else self.listed_by_default
         # trashedAfter lists trashed assets even without withDeleted (only those: a live asset has no
@@ -698,7 +721,7 @@ class FakeImmich:
                 and (not person_ids or any(f["person"] and f["person"]["id"] in person_ids for f in a.faces))
             )
 
-        start = (page - 1) * size
+        start = 0 if after_key else (page - 1) * size
         with self.lock:
             # Assets kept sorted by (fileCreatedAt, id) as Immich orders them; takenAfter is a
             # bisection, so paging a large library stays fast.
@@ -706,6 +729,9 @@ class FakeImmich:
                 self._order = sorted((a.file_created_at, a.id) for a in self.assets.values())
             position = bisect.bisect_left(self._order, (taken_after,)) if taken_after else 0
             ascending = self._order[position:] if body.get("order", "desc") == "asc" else self._order[position:][::-1]
+            if after_key is not None:  # a key cursor: what comes after the last asset of the page before
+                descending = body.get("order", "desc") != "asc"
+                ascending = [key for key in ascending if (key < after_key if descending else key > after_key)]
             matches: list[FakeAsset] = []
             for _, asset_id in ascending:
                 asset = self.assets.get(asset_id)
@@ -726,7 +752,12 @@ class FakeImmich:
                 "items": dtos,
                 "facets": [],
                 "nextPage": str(page + 1) if more or self.endless_listing else None,
-            },
+            }
+            | (
+                {"nextCursor": _cursor_of(chunk[-1]) if chunk and (more or self.endless_listing) else None}
+                if self.cursors
+                else {}
+            ),
         }
 
     def faces_of(self, asset: FakeAsset) -> list[dict[str, Any]]:

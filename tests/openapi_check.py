@@ -30,9 +30,27 @@ def _convert(node: Any) -> Any:
     return converted
 
 
+# Immich 3.2.0's document is not in ../shared. Its changes to the parts facesyncd uses, as third parties
+# quote 3.2.0's spec (README "Immich versions"), applied to 3.1.0's: /search/metadata takes a `cursor`
+# and a structured `filter`, and answers a required `nextCursor` beside the deprecated `nextPage`.
+DERIVED = {"3.2.0": "3.1.0"}
+
+
+def _as_3_2(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    search = schemas["MetadataSearchDto"]["properties"]
+    search["cursor"] = {"type": "string", "description": "Cursor from a previous page's nextCursor"}
+    search["filter"] = {"type": "object", "description": "Structured filter tree (SearchFilter)"}
+    answer = schemas["SearchAssetResponseDto"]
+    answer["properties"]["nextCursor"] = {"type": "string", "nullable": True}
+    answer["required"] = [*answer.get("required", []), "nextCursor"]
+
+
 class Spec:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, version: str | None = None) -> None:
         document = json.loads(path.read_text(encoding="utf-8"))
+        if version == "3.2.0":
+            _as_3_2(document)
         self.paths = document["paths"]
         self.components = _convert(document["components"])
 
@@ -70,5 +88,6 @@ class Spec:
 
 
 @functools.lru_cache(maxsize=4)
-def load_spec(path: Path) -> Spec:
-    return Spec(path)
+def load_spec(path: Path, version: str | None = None) -> Spec:
+    """The document at `path`; for a DERIVED version, that of its base with the version's changes."""
+    return Spec(path, version)

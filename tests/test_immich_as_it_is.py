@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import API_KEY, PHOTOS, Library, add_photos, requires_shared, run_cli, write_config
+from conftest import API_KEY, PHOTOS, Library, add_photos, requires_shared, run_cli, validate_traffic, write_config
 from fake_immich import FakeImmich
 
 pytestmark = requires_shared
@@ -23,14 +23,15 @@ def exported(library: Library) -> set[str]:
     return {face["asset_id"] for number in library.sets() for face in library.show(number)["face_list"]}
 
 
-@pytest.fixture
-def fake() -> FakeImmich:
-    server = FakeImmich()
+@pytest.fixture(params=["3.1.0", "3.2.0"])
+def fake(request: pytest.FixtureRequest) -> FakeImmich:
+    server = FakeImmich(version=request.param)
     server.add_user("alice", API_KEY)
     server.add_user("bob", BOB_KEY)
     server.start()
     yield server
     server.stop()
+    validate_traffic(server)
 
 
 def test_a_partners_assets_are_passed_over_unless_asked_for_and_stay_one_face(fake: FakeImmich, tmp_path) -> None:

@@ -21,7 +21,7 @@ FAST = SyncSettings(http_retries=4, retry_base_seconds=0.01, retry_max_seconds=0
 BASE = datetime(2020, 1, 1, tzinfo=UTC)
 
 
-@pytest.fixture(params=["3.1.0", "2.7.5"])
+@pytest.fixture(params=["3.1.0", "2.7.5", "3.2.0"])
 def immich_version(request: pytest.FixtureRequest) -> str:
     return request.param
 
@@ -366,10 +366,11 @@ def test_a_server_that_ignores_taken_after_is_paged_by_offset(
     fake.ignore_taken_after = True
     with client_for(fake) as client:
         seen = listed(client)
-        assert client.listing_by_offset
+        # 3.2 pages by its own cursor: takenAfter is not relied on there
+        assert client.listing_by_offset == (not fake.cursors)
     assert sorted(seen) == sorted(ids) and len(seen) == len(ids)
     assert fake.count("POST", "/api/search/metadata") < 12
-    assert "paging by offset" in caplog.text
+    assert ("paging by offset" in caplog.text) == (not fake.cursors)
 
 
 def test_a_listing_that_never_ends_is_stopped(fake: FakeImmich) -> None:
@@ -385,6 +386,32 @@ def test_listing_progress_checks_leave_a_normal_listing_alone(fake: FakeImmich) 
     with client_for(fake) as client:
         assert sorted(listed(client, page_size=10)) == sorted(ids)
         assert not client.listing_by_offset
+
+
+def test_immich_3_2_is_listed_by_its_own_cursor(fake: FakeImmich) -> None:
+    """3.2 deprecates `page` for a cursor of its own; where the server hands one out, the listing
+    follows it (and a deletion between pages still skips nothing)."""
+    ids = add_blank(fake, 35)
+    fake.on_search_page = lambda call: fake.delete(ids[call]) if call == 2 else None
+    with client_for(fake) as client:
+        seen = listed(client)
+    assert set(ids) - {ids[2]} <= set(seen) and len(seen) == len(set(seen))
+    bodies = [body for template, body in fake.request_bodies if template == "/search/metadata"]
+    if fake.cursors:
+        assert "cursor" not in bodies[0] and all("cursor" in b and "page" not in b for b in bodies[1:])
+        assert len(bodies) == 4  # 35 assets, 10 a page
+    else:
+        assert not any("cursor" in body for body in bodies)
+
+
+def test_a_cursor_that_brings_nothing_new_is_stopped(fake: FakeImmich) -> None:
+    if not fake.cursors:
+        pytest.skip(f"Immich {fake.version} has no listing cursor")
+    add_blank(fake, 25)
+    fake.endless_listing = True  # the same first page, and a cursor, every time
+    with client_for(fake) as client, pytest.raises(ImmichUnreachable, match="does not advance"):
+        listed(client)
+    assert fake.count("POST", "/api/search/metadata") == 2
 
 
 def test_the_watermark_never_passes_the_newest_update_seen() -> None:
