@@ -629,11 +629,8 @@ class ImmichClient:
                 self._fall_back_to_offsets("answered assets older than takenAfter asked for")
                 page, stale_allowed = 1, len(listed) // page_size + 2
                 continue
-            fresh = [a for a in assets if a.id not in listed]
+            fresh = self._first_seen(assets, listed)
             if fresh:
-                listed.update(a.id for a in fresh)
-                if len(listed) > MAX_LISTED_ASSETS:
-                    raise ImmichUnreachable(f"{self.name}: the listing passed {MAX_LISTED_ASSETS} assets; stopped")
                 yield fresh
             if not next_page or not assets:
                 return
@@ -688,11 +685,8 @@ class ImmichClient:
         a failing server, as with pages."""
         previous: str | None = None
         while True:
-            fresh = [a for a in answer.assets if a.id not in listed]
+            fresh = self._first_seen(answer.assets, listed)
             if fresh:
-                listed.update(a.id for a in fresh)
-                if len(listed) > MAX_LISTED_ASSETS:
-                    raise ImmichUnreachable(f"{self.name}: the listing passed {MAX_LISTED_ASSETS} assets; stopped")
                 yield fresh
             if not answer.next_cursor or not answer.assets:
                 return
@@ -704,6 +698,15 @@ class ImmichClient:
             previous = answer.next_cursor
             self._check_stop()
             answer = self._listing_page({**body, "cursor": answer.next_cursor})
+
+    def _first_seen(self, assets: list[RemoteAsset], listed: set[str]) -> list[RemoteAsset]:
+        """The assets not listed before, now counted as listed; a listing past MAX_LISTED_ASSETS is a
+        server that never stops answering."""
+        fresh = [a for a in assets if a.id not in listed]
+        listed.update(a.id for a in fresh)
+        if len(listed) > MAX_LISTED_ASSETS:
+            raise ImmichUnreachable(f"{self.name}: the listing passed {MAX_LISTED_ASSETS} assets; stopped")
+        return fresh
 
     @staticmethod
     def _went_back(assets: list[RemoteAsset], cursor_time: datetime) -> bool:

@@ -31,7 +31,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -60,11 +60,11 @@ class _Service:
     """One configured URL and what is known of it."""
 
     url: str
+    slots: threading.Semaphore  # `concurrency` requests at once
     busy: int = 0
     failures: int = 0  # in a row
     skip_until: float = 0.0
     last_error: str = ""
-    slots: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(1))
 
 
 class _Refused(Exception):
@@ -78,7 +78,7 @@ class ImmichMlEmbedder:
         self._settings = model
         self._faces = faces
         self._lock = threading.Lock()
-        self._services = [_Service(url, slots=threading.Semaphore(model.concurrency)) for url in model.urls]
+        self._services = [_Service(url, threading.Semaphore(model.concurrency)) for url in model.urls]
         self._turn = 0  # breaks ties between equally busy services, so they take turns
         self._client: httpx.Client | None = None
         self._aborted = False
@@ -86,6 +86,10 @@ class ImmichMlEmbedder:
         self.dimension = 0  # known from the first face the service returns
         self.providers = [f"{BACKEND} {service.url}" for service in self._services]
         self.workers = len(self._services) * model.concurrency
+        # What every request asks for: the same for each image, so written once.
+        name = model.model_name
+        detection = {"modelName": name, "options": {"minScore": model.min_score or faces.min_det_score}}
+        self._entries = json.dumps({"facial-recognition": {"detection": detection, "recognition": {"modelName": name}}})
 
     @property
     def name(self) -> str:
@@ -137,18 +141,6 @@ class ImmichMlEmbedder:
 
     # -- talking to the services -------------------------------------------------------------------
 
-    def _entries(self) -> str:
-        min_score = self._settings.min_score or self._faces.min_det_score
-        name = self._settings.model_name
-        return json.dumps(
-            {
-                "facial-recognition": {
-                    "detection": {"modelName": name, "options": {"minScore": min_score}},
-                    "recognition": {"modelName": name},
-                }
-            }
-        )
-
     def _predict(self, jpeg: bytes, image: DecodedImage) -> list[DetectedFace]:
         tried: set[str] = set()
         for attempt in range(PASSES):
@@ -190,7 +182,7 @@ class ImmichMlEmbedder:
                 try:
                     answer = self._client.post(
                         f"{service.url}/predict",
-                        data={"entries": self._entries()},
+                        data={"entries": self._entries},
                         files={"image": ("image.jpg", jpeg, "image/jpeg")},
                     )
                 except httpx.TimeoutException as error:

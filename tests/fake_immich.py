@@ -723,17 +723,20 @@ class FakeImmich:
 
         start = 0 if after_key else (page - 1) * size
         with self.lock:
-            # Assets kept sorted by (fileCreatedAt, id) as Immich orders them; takenAfter is a
-            # bisection, so paging a large library stays fast.
+            # Assets kept sorted by (fileCreatedAt, id) as Immich orders them; takenAfter and a key
+            # cursor (what comes after the last asset of the page before) are bisections, so paging a
+            # large library stays fast.
             if self._order is None:
                 self._order = sorted((a.file_created_at, a.id) for a in self.assets.values())
-            position = bisect.bisect_left(self._order, (taken_after,)) if taken_after else 0
-            ascending = self._order[position:] if body.get("order", "desc") == "asc" else self._order[position:][::-1]
-            if after_key is not None:  # a key cursor: what comes after the last asset of the page before
-                descending = body.get("order", "desc") != "asc"
-                ascending = [key for key in ascending if (key < after_key if descending else key > after_key)]
+            low = bisect.bisect_left(self._order, (taken_after,)) if taken_after else 0
+            if body.get("order", "desc") == "asc":
+                low = max(low, bisect.bisect_right(self._order, after_key)) if after_key else low
+                in_order = self._order[low:]
+            else:
+                high = bisect.bisect_left(self._order, after_key) if after_key else len(self._order)
+                in_order = self._order[low:high][::-1]
             matches: list[FakeAsset] = []
-            for _, asset_id in ascending:
+            for _, asset_id in in_order:
                 asset = self.assets.get(asset_id)
                 if asset is not None and wanted(asset):
                     matches.append(asset)

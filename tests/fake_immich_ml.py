@@ -45,6 +45,7 @@ class FakeImmichMl:
         self.hang = 0.0
         self.fail = 0
         self.garble = 0
+        self.posts = 0  # /predict requests received
         self.requests = 0  # /predict requests answered 200
         self.received: list[dict[str, Any]] = []  # the entries of every /predict request
         self.in_flight = 0
@@ -127,6 +128,7 @@ def _handler(ml: FakeImmichMl) -> type[BaseHTTPRequestHandler]:
                 self._json(404, {"detail": "Not Found"})
                 return
             with ml._lock:
+                ml.posts += 1
                 ml.in_flight += 1
                 ml.most_in_flight = max(ml.most_in_flight, ml.in_flight)
                 failing = ml.fail > 0

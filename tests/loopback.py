@@ -17,10 +17,6 @@ class LoopbackServer:
         host, port = self._server.server_address[:2]
         return str(host), int(port)
 
-    @property
-    def listening(self) -> bool:
-        return self._server is not None
-
     def serve(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> tuple[str, int]:
         """Listen on `address` (port 0: any free one) and answer with `handler`; returns the address."""
         self._server = ThreadingHTTPServer(address, handler)
