@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 
 from conftest import API_KEY, PHOTOS, requires_shared
-from facesyncd import immich
 from facesyncd.config import ImmichSettings, Secret, SyncSettings
 from facesyncd.errors import AssetGone, ImmichAuthError, ImmichError, ImmichUnreachable
-from facesyncd.immich import ImmichClient
+from facesyncd.immich import ImmichClient, Listing, transport
 from fake_immich import FakeImmich, Fault
 
 FAST = SyncSettings(http_retries=4, retry_base_seconds=0.01, retry_max_seconds=0.05)
@@ -45,7 +44,13 @@ def add_blank(
 
 
 def listed(client: ImmichClient, updated_after: str | None = None, page_size: int = 10) -> list[str]:
-    return [asset.id for page in client.iter_changed(updated_after, page_size) for asset in page]
+    return [asset.id for asset in listing(client, updated_after, page_size)[0]]
+
+
+def listing(client: ImmichClient, updated_after: str | None = None, page_size: int = 10) -> tuple[list, Listing]:
+    """Every asset listed, in order, and the listing (what it learned)."""
+    result = client.list_changed(updated_after, page_size)
+    return [asset for page in result.pages() for asset in page], result
 
 
 @with_3_2
@@ -94,8 +99,7 @@ def test_updated_after_filters_and_trashed_assets_are_reported(fake: FakeImmich)
     fake.touch(ids[0])
     fake.trash(ids[1])
     with client_for(fake) as client:
-        pages = list(client.iter_changed(mark, 10))
-    assets = {asset.id: asset for page in pages for asset in page}
+        assets = {asset.id: asset for asset in listing(client, mark)[0]}
     assert set(assets) == {ids[0], ids[1]}
     assert assets[ids[1]].is_trashed and not assets[ids[0]].is_trashed
 
@@ -224,7 +228,7 @@ def test_faces_requests_survive_faults_on_the_quick_path(fake: FakeImmich, fault
     asset_id = fake.add_asset("alice", b"x", "a.jpg", faces=[box])
     fake.faults.append(Fault(path_contains="/faces", **fault))
     with client_for(fake, timeout=0.5) as client:
-        assert client._quick is not None
+        assert client.transport.has_quick_path
         faces = client.faces(asset_id)
         assert [(f.x1, f.y2, f.image_width) for f in faces] == [(5, 66, 1440)]
         assert not fake.faults, "the fault was never triggered"
@@ -235,13 +239,13 @@ def test_faces_requests_survive_faults_on_the_quick_path(fake: FakeImmich, fault
 
 def test_quick_path_only_for_plain_http_without_a_proxy(fake: FakeImmich, monkeypatch: pytest.MonkeyPatch) -> None:
     with client_for(fake) as client:
-        assert client._quick is not None
+        assert client.transport.has_quick_path
     settings = ImmichSettings(name="alice", url="https://immich.example", api_key=Secret("k"))
     with ImmichClient(settings, FAST) as client:
-        assert client._quick is None, "TLS stays with httpx"
+        assert not client.transport.has_quick_path, "TLS stays with httpx"
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
     with client_for(fake) as client:
-        assert client._quick is None, "proxies stay with httpx"
+        assert not client.transport.has_quick_path, "proxies stay with httpx"
 
 
 class _Capture:
@@ -374,9 +378,10 @@ def test_a_server_that_ignores_taken_after_is_paged_by_offset(
     ids = add_blank(fake, 35)
     fake.ignore_taken_after = True
     with client_for(fake) as client:
-        seen = listed(client)
+        assets, result = listing(client)
+        seen = [asset.id for asset in assets]
         # 3.2 pages by its own cursor: takenAfter is not relied on there
-        assert client.listing_by_offset == (not fake.cursors)
+        assert result.exact == fake.cursors
     assert sorted(seen) == sorted(ids) and len(seen) == len(ids)
     assert fake.count("POST", "/api/search/metadata") < 12
     assert ("paging by offset" in caplog.text) == (not fake.cursors)
@@ -395,8 +400,9 @@ def test_a_listing_that_never_ends_is_stopped(fake: FakeImmich) -> None:
 def test_listing_progress_checks_leave_a_normal_listing_alone(fake: FakeImmich) -> None:
     ids = add_blank(fake, 25, step=timedelta(0)) + add_blank(fake, 5, start=BASE + timedelta(hours=1))
     with client_for(fake) as client:
-        assert sorted(listed(client, page_size=10)) == sorted(ids)
-        assert not client.listing_by_offset
+        assets, result = listing(client, page_size=10)
+        assert sorted(asset.id for asset in assets) == sorted(ids)
+        assert result.exact
 
 
 @with_3_2
@@ -456,11 +462,11 @@ def test_a_connection_the_server_closed_while_idle_is_retried_not_reported(
     fake.stop()
     fake.keepalive_seconds = 0.3
     fake.start()
-    monkeypatch.setattr(immich, "KEEPALIVE_REUSE_SECONDS", 60.0)
+    monkeypatch.setattr(transport, "KEEPALIVE_REUSE_SECONDS", 60.0)
     box = {"x1": 1, "y1": 1, "x2": 40, "y2": 40, "image_width": 100, "image_height": 100}
     asset_id = fake.add_asset("alice", b"x", "a.jpg", faces=[box])
     with client_for(fake) as client:
-        if client._quick is None:  # noqa: SLF001
+        if not client.transport.has_quick_path:
             pytest.skip("the quick path needs plain HTTP without a proxy")
         assert len(client.faces(asset_id)) == 1
         time.sleep(0.6)  # the server has closed the idle connection by now
@@ -468,7 +474,7 @@ def test_a_connection_the_server_closed_while_idle_is_retried_not_reported(
         def no_fallback(*args: object, **kwargs: object) -> None:
             raise AssertionError("the quick request failed and fell back to httpx")
 
-        monkeypatch.setattr(client, "_json", no_fallback)
+        monkeypatch.setattr(client.transport, "json", no_fallback)
         assert len(client.faces(asset_id)) == 1
     assert fake.connections >= 2
 
@@ -482,7 +488,7 @@ def test_a_request_that_stalls_is_logged_at_info(
     with client_for(fake) as client:
         listed(client)  # one quick retry: a detail, not an INFO line
         assert not [r for r in caplog.records if r.levelno >= logging.INFO and "retry" in r.getMessage()]
-        monkeypatch.setattr(immich, "STALL_LOG_SECONDS", 0.0)  # every retry now counts as a stall
+        monkeypatch.setattr(transport, "STALL_LOG_SECONDS", 0.0)  # every retry now counts as a stall
         fake.faults.append(Fault("status", path_contains="/search/metadata", status=503))
         listed(client)
     stalls = [r for r in caplog.records if r.levelno == logging.INFO and "retry" in r.getMessage()]

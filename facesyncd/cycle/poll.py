@@ -41,7 +41,6 @@ def poll(
     me = client.whoami()
     owner = str(me.get("id") or "").lower()
     partner_assets = 0
-    server_now = client.server_now()  # the sweep's start, by the server's clock
     watermark = store.watermark(source.name)
     full = (
         watermark is None
@@ -52,7 +51,8 @@ def poll(
     newest: datetime | None = None
     app.reporter.stage(f"{source.name}: listing", None)
     started = time.monotonic()
-    for page in prefetched(client.iter_changed(None if full else watermark, settings.sync.page_size)):
+    listing = client.list_changed(None if full else watermark, settings.sync.page_size)
+    for page in prefetched(listing.pages()):
         if app.stop.is_set():
             raise Interrupted("stop requested")
         report.listed += len(page)
@@ -81,13 +81,13 @@ def poll(
     report.partner_assets += partner_assets
     # Only a complete sweep moves the watermark: a broken one is redone from the old mark.
     store.finish_sweep(
-        source.name, next_watermark(watermark, server_now, newest, settings.sync.watermark_overlap_seconds)
+        source.name, next_watermark(watermark, listing.server_time, newest, settings.sync.watermark_overlap_seconds)
     )
     report.listing_seconds += round(time.monotonic() - started, 3)
     checkpoint("sweep-finished")
     if full:
         store.set_partner_assets(source.name, partner_assets)
-        _reconcile(app, source.name, remote, report, exact=not client.listing_by_offset)
+        _reconcile(app, source.name, remote, report, exact=listing.exact)
 
 
 def _reconcile(app: App, source: str, remote: dict[str, bool], report: CycleReport, *, exact: bool) -> None:

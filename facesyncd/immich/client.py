@@ -1,0 +1,161 @@
+"""The endpoints facesyncd uses, for one Immich user (one API key): who the key is, the listing, one
+asset, its faces, its original and its preview. The transport (transport.py) owns retries and
+errors; the listing's paging is listing.py's.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ..config import ImmichSettings, SyncSettings
+from ..crashpoints import checkpoint
+from ..errors import ImmichError
+from ..models import RemoteAsset, RemoteFace
+from .answers import parse_asset, parse_faces
+from .listing import Listing
+from .transport import Transport
+
+
+@dataclass(frozen=True)
+class Download:
+    path: Path
+    sha256: str
+    size: int
+    sha1: str = ""  # base64, as Immich writes an asset's checksum
+
+
+class ImmichClient:
+    """One Immich user (one API key)."""
+
+    def __init__(
+        self,
+        settings: ImmichSettings,
+        sync: SyncSettings,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.transport = Transport(settings, sync, sleep=sleep, stop=stop)
+        self.name = settings.name
+        self.url = settings.url
+
+    @property
+    def requests(self) -> int:
+        """Requests sent so far (retries included)."""
+        return self.transport.requests
+
+    def close(self) -> None:
+        """Close the connections; from another thread, this breaks off requests in flight at once."""
+        self.transport.close()
+
+    def __enter__(self) -> ImmichClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def answers(self) -> bool:
+        """Whether the server answers a trivial request (GET /server/ping, no permission needed)."""
+        return self.transport.answers()
+
+    def whoami(self) -> dict[str, Any]:
+        """GET /users/me: proves the server is there and the key works."""
+        me = self.transport.json("GET", "/users/me", what="checking the API key")
+        if not isinstance(me, dict):
+            raise ImmichError(f"{self.name}: unexpected answer to /users/me")
+        return me
+
+    def asset(self, asset_id: str) -> RemoteAsset:
+        """GET /assets/{id}: a second opinion before an asset is taken as deleted. AssetGone if the
+        server says so again (400: not found or no access)."""
+        data = self.transport.per_asset(
+            lambda: self.transport.json(
+                "GET", f"/assets/{asset_id}", gone_statuses=(400, 404), what=f"asset {asset_id}", attempts=2
+            ),
+            f"asset {asset_id}",
+        )
+        if not isinstance(data, dict):
+            raise ImmichError(f"{self.name}: unexpected answer to /assets/{asset_id}")
+        return parse_asset(data)
+
+    def list_changed(self, updated_after: str | None, page_size: int) -> Listing:
+        """The assets with updatedAt >= updated_after (every asset when None), trashed ones included:
+        iterate `pages()`, then read what the listing learned from it (see Listing)."""
+        return Listing(self.transport, updated_after, page_size)
+
+    def faces(self, asset_id: str) -> list[RemoteFace]:
+        data = self.transport.quick_json("/faces", {"id": asset_id})
+        if data is None:
+            data = self.transport.per_asset(
+                lambda: self.transport.json(
+                    "GET", "/faces", params={"id": asset_id}, gone_statuses=(400, 404), what=f"faces of {asset_id}"
+                ),
+                f"faces of {asset_id}",
+            )
+        return parse_faces(data, self.name, asset_id)
+
+    def download_original(self, asset_id: str, directory: Path, max_bytes: int) -> Download:
+        what = f"original of {asset_id}"
+        return self.transport.per_asset(
+            lambda: self._download(f"/assets/{asset_id}/original", None, directory, max_bytes, what), what
+        )
+
+    def download_preview(self, asset_id: str, directory: Path, max_bytes: int) -> Download:
+        # size=preview is a JPEG/WebP Immich renders for every image type, RAW included. A missing
+        # asset is 400 here (the access check); 404 means the asset exists but has no preview file.
+        what = f"preview of {asset_id}"
+        return self.transport.per_asset(
+            lambda: self._download(
+                f"/assets/{asset_id}/thumbnail", {"size": "preview"}, directory, max_bytes, what, gone_statuses=(400,)
+            ),
+            what,
+        )
+
+    def _download(
+        self,
+        path: str,
+        params: dict[str, Any] | None,
+        directory: Path,
+        max_bytes: int,
+        what: str,
+        gone_statuses: tuple[int, ...] = (400, 404),
+    ) -> Download:
+        """Stream to a temporary file in `directory`, hashing (SHA-256, and SHA-1 as Immich's checksum)
+        as the bytes arrive."""
+        directory.mkdir(parents=True, exist_ok=True)
+
+        def consume(response: httpx.Response, body: Iterator[bytes]) -> Download:
+            declared = response.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > max_bytes:
+                raise ImmichError(f"{what}: {int(declared)} bytes is over the {max_bytes}-byte limit")
+            digest = hashlib.sha256()
+            sha1 = hashlib.sha1()
+            size = 0
+            handle, name = tempfile.mkstemp(prefix="download-", suffix=".part", dir=directory)
+            try:
+                with os.fdopen(handle, "wb") as output:
+                    for chunk in body:
+                        size += len(chunk)
+                        if size > max_bytes:
+                            raise ImmichError(f"{what}: over the {max_bytes}-byte limit")
+                        digest.update(chunk)
+                        sha1.update(chunk)
+                        output.write(chunk)
+                        checkpoint("download-chunk")
+            except BaseException:
+                Path(name).unlink(missing_ok=True)
+                raise
+            return Download(Path(name), digest.hexdigest(), size, base64.b64encode(sha1.digest()).decode())
+
+        return self.transport.send("GET", path, consume, params=params, gone_statuses=gone_statuses, what=what)

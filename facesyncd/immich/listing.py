@@ -1,0 +1,204 @@
+"""The listing of what changed in one Immich library: POST /search/metadata, page after page, each
+asset once, and where the next listing starts (the watermark).
+
+Immich orders /search/metadata by fileCreatedAt then id and pages by offset, so an asset deleted on
+the server while we page would shift every later asset back by one and one would be skipped. Instead
+of offsets the listing pages by key: each request asks again from page 1 with takenAfter (a
+fileCreatedAt >= filter) set to the last fileCreatedAt seen, and drops the ids already seen at that
+instant. Only a run of more than `page_size` assets sharing one instant falls back to offsets, within
+that instant. Immich 3.2 answers with a `nextCursor` of its own (and deprecates `page`): then the
+listing follows that cursor instead.
+
+A listing must make progress: a server that ignores takenAfter (Immich drops unknown fields silently,
+and older or patched servers may not know it) answers older assets than asked for, and then the
+listing goes on by offset, with a warning (the listing is then not `exact`: deletions during it may
+hide an asset until the next reconciliation). A page that brings no new asset while the server says
+there are more, and a listing past MAX_LISTED_ASSETS, end the listing as a failing server
+(ImmichUnreachable) instead of looping forever.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from ..errors import ImmichError, ImmichUnreachable
+from ..models import RemoteAsset
+from .answers import iso_z, parse_asset, parse_time
+from .transport import Transport
+
+log = logging.getLogger(__name__)
+
+# A listing larger than this is a server that never stops answering, not a photo library.
+MAX_LISTED_ASSETS = 50_000_000
+
+
+def next_watermark(
+    previous: str | None, server_now: datetime | None, newest_seen: datetime | None, overlap_seconds: int
+) -> str | None:
+    """Where the next sweep starts: the sweep's start by the server's clock, but never past the newest
+    `updatedAt` the sweep actually saw, minus the overlap; never before the previous mark.
+
+    A server clock (or a proxy's Date header) that runs a day ahead would otherwise move the mark
+    into the future, and photos updated in between would never be listed. A sweep that saw nothing
+    keeps the previous mark."""
+    if newest_seen is None:
+        return previous
+    mark = min(newest_seen, server_now) if server_now is not None else newest_seen
+    mark -= timedelta(seconds=overlap_seconds)
+    before = parse_time(previous) if previous else None
+    if before is not None and before > mark:
+        return previous
+    return iso_z(mark)
+
+
+@dataclass(frozen=True)
+class _ListingPage:
+    """One answer of /search/metadata: its assets, `nextPage`, and (Immich 3.2+) `nextCursor`."""
+
+    assets: list[RemoteAsset]
+    next_page: Any
+    next_cursor: str | None
+    offers_cursor: bool  # the answer has a nextCursor field (3.2+), even a null one
+
+
+class Listing:
+    """One listing of the assets with updatedAt >= `updated_after` (trashed ones included; all of
+    them when None). `pages()` yields them, each asset once; what the listing learned is read from
+    it once `pages()` is exhausted: whether it was `exact` (paged by key or by the server's cursor,
+    so a deletion meanwhile hid no asset), and `server_time`, the server's clock when it started."""
+
+    def __init__(self, transport: Transport, updated_after: str | None, page_size: int) -> None:
+        self._transport = transport
+        self._name = transport.name
+        self._updated_after = updated_after
+        self._page_size = page_size
+        self.server_time: datetime | None = None
+        self._by_offset = False
+
+    @property
+    def exact(self) -> bool:
+        return not self._by_offset
+
+    def pages(self) -> Iterator[list[RemoteAsset]]:
+        self._by_offset = False
+        cursor: str | None = None
+        cursor_time: datetime | None = None
+        seen_at_cursor: set[str] = set()
+        listed: set[str] = set()
+        page = 1
+        stale_allowed = 0  # pages without a new asset tolerated (re-reading after the fallback)
+        while True:
+            self._transport.check_stop()
+            body: dict[str, Any] = {"page": page, "size": self._page_size, "order": "asc", "withDeleted": True}
+            if self._updated_after:
+                body["updatedAfter"] = self._updated_after
+            if cursor and not self._by_offset:
+                body["takenAfter"] = cursor
+            answer = self._listing_page(body)
+            assets, next_page = answer.assets, answer.next_page
+            if answer.offers_cursor and cursor is None and page == 1 and not self._by_offset:
+                del body["page"]  # deprecated in 3.2, where the server's cursor pages by key itself
+                yield from self._follow_cursor(body, answer, listed)
+                return
+            if not self._by_offset and cursor_time is not None and self._went_back(assets, cursor_time):
+                self._fall_back_to_offsets("answered assets older than takenAfter asked for")
+                page, stale_allowed = 1, len(listed) // self._page_size + 2
+                continue
+            fresh = self._first_seen(assets, listed)
+            if fresh:
+                yield fresh
+            if not next_page or not assets:
+                return
+            # Page 1 at a new cursor repeats the assets of the last page that share its instant: when
+            # they fill the page (a burst), the next page is asked for; that is progress too.
+            burst = page == 1 and cursor is not None and all(a.file_created_at == cursor for a in assets)
+            if not fresh and not (burst and not self._by_offset):
+                if not self._by_offset:
+                    self._fall_back_to_offsets("a page brought no new asset")
+                    page, stale_allowed = 1, len(listed) // self._page_size + 2
+                    continue
+                stale_allowed -= 1
+                if stale_allowed < 0:
+                    raise ImmichUnreachable(
+                        f"{self._name}: Immich's listing does not advance (page {page} repeats assets already "
+                        f"listed while it says there are more); stopped after {len(listed)} assets"
+                    )
+            if self._by_offset:
+                page += 1
+                continue
+            last = assets[-1].file_created_at
+            if last == cursor:
+                page += 1
+                seen_at_cursor.update(a.id for a in assets if a.file_created_at == last)
+            else:
+                cursor, cursor_time, page = last, parse_time(last), 1
+                seen_at_cursor = {a.id for a in assets if a.file_created_at == last}
+
+    def _listing_page(self, body: dict[str, Any]) -> _ListingPage:
+        data = self._transport.json("POST", "/search/metadata", json_body=body, what="listing assets")
+        if self.server_time is None:  # the listing's start, by the server's clock
+            self.server_time = self._transport.server_time
+        try:
+            answer = data["assets"]
+            items, next_cursor = answer["items"], answer.get("nextCursor")
+            if not isinstance(items, list) or not isinstance(next_cursor, (str, type(None))):
+                raise TypeError("items is not a list, or nextCursor not a string")
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ImmichError(f"{self._name}: unexpected answer to /search/metadata") from error
+        assets: list[RemoteAsset] = []
+        for item in items:
+            try:
+                assets.append(parse_asset(item if isinstance(item, dict) else {}))
+            except ImmichError as error:
+                log.warning("%s: ignoring listed asset: %s", self._name, error)
+        return _ListingPage(assets, answer.get("nextPage"), next_cursor, "nextCursor" in answer)
+
+    def _follow_cursor(
+        self, body: dict[str, Any], answer: _ListingPage, listed: set[str]
+    ) -> Iterator[list[RemoteAsset]]:
+        """Immich 3.2 and later: page by the cursor the server hands out (`nextCursor` back as
+        `cursor`), which pages by key on its side, so an asset deleted meanwhile skips nothing. A
+        cursor that repeats, or a page with no new asset while there are more, ends the listing as
+        a failing server, as with pages."""
+        previous: str | None = None
+        while True:
+            fresh = self._first_seen(answer.assets, listed)
+            if fresh:
+                yield fresh
+            if not answer.next_cursor or not answer.assets:
+                return
+            if not fresh or answer.next_cursor == previous:
+                raise ImmichUnreachable(
+                    f"{self._name}: Immich's listing does not advance (its cursor brings no new asset while it "
+                    f"says there are more); stopped after {len(listed)} assets"
+                )
+            previous = answer.next_cursor
+            self._transport.check_stop()
+            answer = self._listing_page({**body, "cursor": answer.next_cursor})
+
+    def _first_seen(self, assets: list[RemoteAsset], listed: set[str]) -> list[RemoteAsset]:
+        """The assets not listed before, now counted as listed; a listing past MAX_LISTED_ASSETS is a
+        server that never stops answering."""
+        fresh = [a for a in assets if a.id not in listed]
+        listed.update(a.id for a in fresh)
+        if len(listed) > MAX_LISTED_ASSETS:
+            raise ImmichUnreachable(f"{self._name}: the listing passed {MAX_LISTED_ASSETS} assets; stopped")
+        return fresh
+
+    @staticmethod
+    def _went_back(assets: list[RemoteAsset], cursor_time: datetime) -> bool:
+        times = [parse_time(asset.file_created_at) for asset in assets]
+        return any(moment is not None and moment < cursor_time for moment in times)
+
+    def _fall_back_to_offsets(self, why: str) -> None:
+        self._by_offset = True
+        log.warning(
+            "%s: Immich's listing %s; paging by offset instead (an asset deleted meanwhile may hide another "
+            "until the next reconciliation)",
+            self._name,
+            why,
+        )
