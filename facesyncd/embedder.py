@@ -7,7 +7,6 @@ The embedding size is always the engine's: never assumed.
 
 from __future__ import annotations
 
-import os
 from typing import Protocol
 
 from .config import FaceSettings, ModelSettings
@@ -50,8 +49,3 @@ def make_embedder(model: ModelSettings, faces: FaceSettings) -> Embedder:
     from .onnx_embedder import OnnxEmbedder
 
     return OnnxEmbedder(model, faces)
-
-
-def default_workers() -> int:
-    """Assets prepared at once when [sync] workers = 0: one per core, at most 4."""
-    return min(4, os.cpu_count() or 1)

@@ -27,7 +27,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .config import MODEL_PACK_COMMAND, FaceSettings, ModelSettings
-from .embedder import default_workers
 from .errors import ModelError
 from .imaging import DecodedImage
 from .models import DetectedFace
@@ -152,6 +151,11 @@ def _nms(detections: NDArray[np.float32], threshold: float) -> list[int]:
         overlap = inter / (areas[first] + areas[rest] - inter)
         order = rest[overlap <= threshold]
     return keep
+
+
+def default_workers() -> int:
+    """Assets prepared at once when [sync] workers = 0: one per core, at most 4."""
+    return min(4, os.cpu_count() or 1)
 
 
 class Detector:
