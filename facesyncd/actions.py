@@ -104,19 +104,12 @@ def correct_in(
 
     with kept_by_owner(settings.state_dir, settings.facesets_dir):
         try:
-            with state_lock(settings.state_dir):
-                app = open_app(settings, create=False)
-                try:
-                    return correct(app, change, names=names), True
-                finally:
-                    app.close()
+            with state_lock(settings.state_dir), open_app(settings, create=False) as app:
+                return correct(app, change, names=names), True
         except AlreadyRunning:
             pass
-        app = open_app(settings, create=False)
-        try:
+        with open_app(settings, create=False) as app:
             return correct(app, change, names=names, export=False), False
-        finally:
-            app.close()
 
 
 def file_hashes(app: App) -> Callable[[Sequence[str]], list[str]]:

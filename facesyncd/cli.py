@@ -226,15 +226,15 @@ def sync(
         for app in running:
             _break_off_after(settings.schedule.stop_grace_seconds, app.abort)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    with kept_by_owner(settings.state_dir, settings.facesets_dir), state_lock(settings.state_dir):
-        app = open_app(settings, stop=stop, reporter=_ProgressBar())
-        running.append(app)
-        try:
-            report = actions.sync(app, reconcile=reconcile, fresh=fresh)
-        finally:
-            app.close()
+    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with kept_by_owner(settings.state_dir, settings.facesets_dir), state_lock(settings.state_dir):
+            with open_app(settings, stop=stop, reporter=_ProgressBar()) as app:
+                running.append(app)
+                report = actions.sync(app, reconcile=reconcile, fresh=fresh)
+    finally:
+        for signum, handler in previous.items():  # the caller's handlers again (the CLI run in-process)
+            signal.signal(signum, handler)
     created = ", ".join(f"{n:03d}" for n in report.identities_created) or "none"
     typer.echo(
         f"listed {report.listed}, downloaded {report.downloaded} ({report.deduplicated} duplicates), "
@@ -292,11 +292,8 @@ def rebuild_index() -> None:
 
     settings = _settings(secrets=False)
     with kept_by_owner(settings.state_dir):
-        app = open_app(settings, create=False)
-        try:
+        with open_app(settings, create=False) as app:
             count = actions.rebuild_index(app)
-        finally:
-            app.close()
     typer.echo(f"index rebuilt: {count} faces")
 
 
@@ -319,11 +316,8 @@ def import_facesets(
 
     settings = _settings(secrets=False)
     with kept_by_owner(settings.state_dir, settings.facesets_dir), state_lock(settings.state_dir):
-        app = open_app(settings)
-        try:
+        with open_app(settings) as app:
             report = actions.import_facesets(app, directory, merge=merge)
-        finally:
-            app.close()
     held = f", {report.held} set aside as the tree decided" if report.held else ""
     held += f", {report.forgotten} of forgotten people left out" if report.forgotten else ""
     others = f", not images: {len(report.not_images)}" if report.not_images else ""
@@ -349,11 +343,8 @@ def retry() -> None:
 
     settings = _settings(secrets=False)
     with kept_by_owner(settings.state_dir), state_lock(settings.state_dir):
-        app = open_app(settings, create=False)
-        try:
+        with open_app(settings, create=False) as app:
             count = actions.retry(app)
-        finally:
-            app.close()
     typer.echo(f"{count} assets queued for retry")
 
 
@@ -388,11 +379,8 @@ def faceset_list(
 
     Example: facesyncd faceset list --json
     """
-    app = _read_only_app()
-    try:
+    with _read_only_app() as app:
         sets = [summary for summary in app.store.facesets() if everything or not summary.retired]
-    finally:
-        app.close()
     if as_json:
         typer.echo(json.dumps([summary.as_dict() for summary in sets], indent=1))
         return
@@ -416,12 +404,9 @@ def faceset_show(
     """
     from .curation import CorrectionRefused
 
-    app = _read_only_app()
-    try:
+    with _read_only_app() as app:
         found = app.store.facesets(number)
         faces = app.store.faces_of_identity(number)
-    finally:
-        app.close()
     if not found:
         raise CorrectionRefused(f"there is no faceset {number:03d} (see `facesyncd faceset list`)")
     summary = found[0]
@@ -589,11 +574,8 @@ def history(as_json: bool = typer.Option(False, "--json", help="Machine-readable
 
     Example: facesyncd history
     """
-    app_ = _read_only_app()
-    try:
+    with _read_only_app() as app_:
         entries = app_.store.history()
-    finally:
-        app_.close()
     if as_json:
         typer.echo(json.dumps([entry.as_dict() for entry in entries], indent=1))
         return
@@ -610,11 +592,8 @@ def undo(correction: int = typer.Argument(..., help="The correction's id (see `f
     """
     from . import curation
 
-    app_ = _read_only_app()
-    try:
+    with _read_only_app() as app_:
         names = curation.names_restored(app_.store, correction)
-    finally:
-        app_.close()
     _correct(lambda app: curation.undo(app.store, correction), names=names)
 
 
@@ -630,11 +609,8 @@ def faceset_sheet(
     from . import actions
     from .errors import LocalWriteError
 
-    app = _read_only_app()
-    try:
+    with _read_only_app() as app:
         data = actions.contact_sheet(app, number)
-    finally:
-        app.close()
     target = out or Path(f"faceset_{number:03d}.png")
     try:
         target.write_bytes(data)
@@ -643,10 +619,11 @@ def faceset_sheet(
     typer.echo(f"wrote {target}")
 
 
-def main() -> None:
-    """Entry point: run the app, turning known errors into one line and an exit code."""
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app on `argv` (default: the command line), turning known errors into one
+    line and an exit code (SystemExit)."""
     try:
-        code = app(standalone_mode=False, prog_name="facesyncd")
+        code = app(args=argv, standalone_mode=False, prog_name="facesyncd")
     except FacesyncError as error:
         if _state.debug:
             logging.getLogger("facesyncd").exception("error")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import socket
 import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +128,63 @@ def env_key(monkeypatch: pytest.MonkeyPatch) -> str:
     return API_KEY
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+@dataclass
+class CliResult:
+    """What one facesyncd command did: its exit code and what it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> CliResult:
+    """facesyncd's command line run in this process (cli.main, as the console script calls it): the
+    same parsing, error lines and exit codes as a new process, without paying for one (interpreter,
+    imports) at every call. Signals, crash points and processes that must die stay with run_process."""
+    from facesyncd import cli, redact
+
+    environment = {**os.environ, API_KEY_ENV: API_KEY, **(env or {})}
+    assert "FACESYNCD_CRASH_AT" not in environment, "a crash point kills the process: use run_process"
+    root = logging.getLogger()
+    saved_logging = (root.handlers[:], root.level, {name: logging.getLogger(name).level for name in NOISY_LOGGERS})
+    saved_secrets = (set(redact._secrets), redact._pattern)  # a new process knows no key yet
+    redact._secrets.clear()
+    redact._pattern = None
+    saved_environment = dict(os.environ)
+    saved_streams = (sys.stdin, sys.stdout, sys.stderr)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    os.environ.clear()
+    os.environ.update(environment)
+    sys.stdin, sys.stdout, sys.stderr = io.StringIO(""), stdout, stderr
+    code = 0
+    try:
+        cli.main(list(args))
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    finally:
+        sys.stdin, sys.stdout, sys.stderr = saved_streams
+        os.environ.clear()
+        os.environ.update(saved_environment)
+        root.handlers[:], level, levels = saved_logging
+        root.setLevel(level)
+        for name, named_level in levels.items():
+            logging.getLogger(name).setLevel(named_level)
+        redact._secrets.clear()
+        redact._secrets.update(saved_secrets[0])
+        redact._pattern = saved_secrets[1]
+    result = CliResult(code, stdout.getvalue(), stderr.getvalue())
+    _no_key_printed(args, environment, result.stdout, result.stderr)
+    return result
+
+
+NOISY_LOGGERS = ("httpx", "httpcore", "apscheduler")
+
+
+def run_process(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """facesyncd as a new process (`python -m facesyncd`): for what only a process shows (signals,
+    kill -9 at a crash point, the daemon, the interpreter's own start)."""
     environment = {**os.environ, API_KEY_ENV: API_KEY, **(env or {})}
     result = subprocess.run(
         [sys.executable, "-m", "facesyncd", *args],
@@ -135,10 +194,14 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600)
         timeout=timeout,
         cwd=REPO,
     )
-    # Every command the suite runs is also a check that no API key leaks into its output.
-    for key in {API_KEY, environment[API_KEY_ENV]}:
-        assert key not in result.stdout and key not in result.stderr, f"API key printed by facesyncd {args}"
+    _no_key_printed(args, environment, result.stdout, result.stderr)
     return result
+
+
+def _no_key_printed(args: tuple[str, ...], environment: dict[str, str], stdout: str, stderr: str) -> None:
+    """Every command the suite runs is also a check that no API key leaks into its output."""
+    for key in {API_KEY, environment[API_KEY_ENV]}:
+        assert key not in stdout and key not in stderr, f"API key printed by facesyncd {args}"
 
 
 def with_extra_migration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, sql: str) -> Path:

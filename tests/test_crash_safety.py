@@ -6,7 +6,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from conftest import PHOTOS, add_photos, requires_shared, run_cli, write_config
+from conftest import PHOTOS, add_photos, requires_shared, run_cli, run_process, write_config
 from facesyncd.crashpoints import POINTS
 from fake_immich import FakeImmich
 
@@ -96,7 +96,7 @@ def test_kill_9_anywhere_loses_and_corrupts_nothing(fake: FakeImmich, tmp_path: 
     def kill_sequence(sequence: list[tuple[str, int]]) -> None:
         nonlocal kills
         for point, nth in sequence:
-            result = run_cli("--config", str(killed), "sync", env={"FACESYNCD_CRASH_AT": f"{point}:{nth}"})
+            result = run_process("--config", str(killed), "sync", env={"FACESYNCD_CRASH_AT": f"{point}:{nth}"})
             assert result.returncode in (0, -9), result.stderr
             if result.returncode == -9:
                 kills += 1

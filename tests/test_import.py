@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from conftest import PHOTOS, TEST_PACK, add_photos, requires_shared, run_cli, write_config
+from conftest import PHOTOS, TEST_PACK, add_photos, requires_shared, run_cli, run_process, write_config
 from facesyncd.config import FaceSettings, ModelSettings
 from facesyncd.imaging import DecodedImage, decode_image
 from facesyncd.onnx_embedder import OnnxEmbedder
@@ -102,7 +102,7 @@ def test_a_lost_database_gives_no_number_to_another_person(fake: FakeImmich, tmp
     refused = run_cli("--config", str(config), "sync")
     assert refused.returncode == 9, refused.stderr
     assert f"facesyncd import-facesets {facesets}" in refused.stderr and "--fresh" in refused.stderr
-    daemon = run_cli("--config", str(config), "run", timeout=60)  # the service refuses at start, too
+    daemon = run_process("--config", str(config), "run", timeout=60)  # the service refuses at start, too
     assert daemon.returncode == 9 and "import-facesets" in daemon.stderr, daemon.stderr
     assert sorted(str(p.relative_to(facesets)) for p in facesets.rglob("*")) == files, "the tree was touched"
     assert fake.count("GET", "/api/assets/") == downloads

@@ -17,6 +17,7 @@ from conftest import (
     asset_states,
     requires_shared,
     run_cli,
+    run_process,
     with_extra_migration,
     write_config,
 )
@@ -39,7 +40,7 @@ def test_the_api_key_appears_nowhere(fake: FakeImmich, tmp_path: Path) -> None:
     fake.faults += [Fault("status", status=503, times=2), Fault("reset", path_contains="/original")]
     outputs = [
         run_cli("--config", str(config), "--log-level", "debug", "--log-format", "json", "sync"),
-        run_cli("--config", str(config), "--log-level", "debug", "sync", env={"FACESYNCD_CRASH_AT": "committed:1"}),
+        run_process("--config", str(config), "--log-level", "debug", "sync", env={"FACESYNCD_CRASH_AT": "committed:1"}),
         run_cli("--config", str(config), "--log-level", "debug", "--debug", "sync"),
         run_cli("--config", str(config), "--debug", "--log-level", "debug", "sync", env={API_KEY_ENV: "wrong-key-x"}),
         run_cli("--config", str(config), "status", "--json"),

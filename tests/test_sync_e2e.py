@@ -169,7 +169,7 @@ def test_status_answers_while_a_writer_holds_the_database(library) -> None:
     try:
         writer.execute("BEGIN IMMEDIATE")
         writer.execute("UPDATE meta SET value = value WHERE key = 'model'")
-        result = run_cli("--config", str(config), "status", "--json", timeout=20)
+        result = run_cli("--config", str(config), "status", "--json")
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["identities"] > 0
     finally:
