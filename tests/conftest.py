@@ -50,6 +50,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         print(f"\nAPI key found in files written during the test run: {leaks}", file=sys.stderr)
 
 
+TIERS = ("unit", "integration", "system")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test carries its tier's marker (its folder): `pytest -m unit` runs the quick ones."""
+    for item in items:
+        tier = item.path.parent.name
+        if tier in TIERS:
+            item.add_marker(tier)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if os.environ.get("CI") and not (PHOTOS.is_dir() and TEST_PACK.is_dir()):
         raise pytest.UsageError(f"CI run without test data: {SHARED} is missing")

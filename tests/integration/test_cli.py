@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +13,6 @@ from conftest import (
     API_KEY,
     API_KEY_ENV,
     PHOTOS,
-    REPO,
     add_photos,
     asset_states,
     requires_shared,
@@ -174,72 +172,6 @@ def test_parked_assets_are_listed_and_retried_only_on_request(fake: FakeImmich, 
     assert fake.count("GET", f"/api/assets/{broken}/original") == downloads + 1
 
 
-def test_status_imports_no_model_runtime_or_index_library(tmp_path: Path) -> None:
-    """`status` must stay fast on a big library: it never loads onnxruntime, insightface or hnswlib,
-    nor numpy (which sqlite_utils would bring: 60 ms of a 150 ms command)."""
-    config = write_config(tmp_path, "http://127.0.0.1:9")
-    from facesyncd.store import Store
-
-    Store(tmp_path / "state" / "facesyncd.db").close()
-    probe = (
-        "import runpy, sys\n"
-        f"sys.argv = ['facesyncd', '--config', {str(config)!r}, 'status', '--json']\n"
-        "try:\n    runpy.run_module('facesyncd', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-        "heavy = ('onnxruntime', 'insightface', 'hnswlib', 'cv2', 'numpy')\n"
-        "print('LOADED', sorted(m for m in heavy if m in sys.modules))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60)
-    assert "LOADED []" in result.stdout, result.stdout + result.stderr
-
-
-def _without_root_privileges() -> None:
-    """For a child run as root: drop the capabilities that let root write where permissions forbid
-    (after exec the process keeps only its bounding set), so a read-only folder is read-only to it."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    for capability in (1, 2, 3):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
-        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
-def run_unprivileged(*args: str) -> subprocess.CompletedProcess[str]:
-    import os
-
-    return subprocess.run(
-        [sys.executable, "-m", "facesyncd", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, API_KEY_ENV: API_KEY},
-        timeout=120,
-        cwd=REPO,
-        preexec_fn=_without_root_privileges if os.geteuid() == 0 else None,
-    )
-
-
-@pytest.mark.parametrize("how", ["read-only", "foreign-owned"])
-def test_a_state_dir_that_cannot_be_written_exits_8(fake: FakeImmich, tmp_path: Path, how: str) -> None:
-    import os
-
-    config = write_config(tmp_path, fake.url)
-    state = tmp_path / "state"
-    state.mkdir()
-    if how == "read-only":
-        state.chmod(0o555)
-    elif os.geteuid() == 0:
-        os.chown(state, 65534, 65534)
-    else:  # a user cannot give a folder away: use one that root owns
-        state = Path("/usr/share")
-        config.write_text(config.read_text().replace(str(tmp_path / "state"), str(state)))
-    try:
-        result = run_unprivileged("--config", str(config), "sync")
-    finally:
-        (tmp_path / "state").chmod(0o755)
-    assert result.returncode == 8, result.stderr
-    assert f"cannot write in the state directory {state}" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
 def test_a_port_out_of_range_and_a_state_dir_that_is_a_file_are_config_errors(tmp_path: Path) -> None:
     config = write_config(tmp_path, "http://127.0.0.1:99999")
     (tmp_path / "state").write_text("a file, not a folder")
@@ -248,80 +180,6 @@ def test_a_port_out_of_range_and_a_state_dir_that_is_a_file_are_config_errors(tm
     assert "immich[0].url: must be an http:// or https:// URL with a host" in result.stderr
     assert f"state_dir: {tmp_path / 'state'} exists and is not a directory" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def _slow_sync(fake: FakeImmich, tmp_path: Path, **extra: str) -> subprocess.Popen[str]:
-    import os
-
-    config = write_config(tmp_path, fake.url, **extra)
-    return subprocess.Popen(
-        [sys.executable, "-m", "facesyncd", "--config", str(config), "sync"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, API_KEY_ENV: API_KEY},
-        cwd=REPO,
-    )
-
-
-def _wait_for_request(fake: FakeImmich, prefix: str, timeout: float = 60) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while fake.count("GET", prefix) == 0:
-        assert time.monotonic() < deadline, f"no request to {prefix}"
-        time.sleep(0.05)
-
-
-def _stop(fake: FakeImmich, process: subprocess.Popen[str], signum: int, settle: float = 0) -> tuple[int, str, float]:
-    """Once the sync downloads, wait `settle` seconds, send `signum`: (exit code, stderr, seconds to exit)."""
-    import time
-
-    try:
-        _wait_for_request(fake, "/api/assets/")
-        time.sleep(settle)
-        started = time.monotonic()
-        process.send_signal(signum)
-        _, stderr = process.communicate(timeout=30)
-        return process.returncode, stderr, time.monotonic() - started
-    finally:
-        process.kill()
-
-
-def test_ctrl_c_on_sync_exits_130(fake: FakeImmich, tmp_path: Path) -> None:
-    """typer turned the interrupt into Exit(130), which main() dropped: the exit code was 0."""
-    import signal
-
-    add_photos(fake, ["wild/obama", "wild/biden"])
-    fake.slow_seconds = 0.3
-    code, stderr, seconds = _stop(fake, _slow_sync(fake, tmp_path), signal.SIGINT)
-    assert code == 130, stderr
-    assert seconds < 10
-    assert "Traceback" not in stderr
-
-
-@pytest.mark.parametrize("server", ["trickles", "is-silent"])
-def test_sigterm_stops_sync_during_a_slow_download(fake: FakeImmich, tmp_path: Path, server: str) -> None:
-    """A body trickled a byte every 2 s ran past 120 s with timeout_seconds = 5, and SIGTERM was
-    ignored for over 60 s. Now a stop is seen at the next byte, and a silent server's request is
-    broken off after stop_grace_seconds."""
-    import signal
-
-    from fake_immich import Fault
-
-    add_photos(fake, ["wild/obama"])
-    fake.timeout_fault_seconds = 60
-    if server == "trickles":
-        fault = Fault("trickle", path_contains="/original", trickle_seconds=2, times=100)
-    else:
-        fault = Fault("timeout", path_contains="/original", times=100)
-    fake.faults.append(fault)
-    sources = f'[[immich]]\nname = "alice"\nurl = "{fake.url}"\napi_key_env = "{API_KEY_ENV}"\ntimeout_seconds = 30\n'
-    process = _slow_sync(fake, tmp_path, sources=sources, extra="[schedule]\nstop_grace_seconds = 1\n")
-    code, stderr, seconds = _stop(fake, process, signal.SIGTERM, settle=1)
-    assert code == 130, stderr
-    assert seconds < 5, "the stop waited for the download"
-    assert not list((tmp_path / "state" / "tmp").glob("download-*")), "a partial download was left"
 
 
 @pytest.mark.parametrize(
@@ -373,48 +231,6 @@ def test_init_writes_a_config_that_loads(tmp_path: Path, monkeypatch: pytest.Mon
     assert "photos.example.org" in config.read_text(), "an existing config was overwritten"
     bare = run_cli("--config", str(tmp_path / "other.toml"), "init")
     assert bare.returncode == 2 and "init needs --url" in bare.stderr
-
-
-def test_init_in_a_terminal_asks_and_keeps_the_key_private(tmp_path: Path) -> None:
-    import os
-    import pty
-    import select
-    import stat
-    import termios
-    import time
-
-    config = tmp_path / "config.toml"
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: facesyncd init on a terminal
-        os.chdir(REPO)
-        os.execv(sys.executable, [sys.executable, "-m", "facesyncd", "--config", str(config), "init"])
-    output = b""
-    answers = [(b"Immich URL", b"http://immich.local:2283\n", False), (b"API key", (API_KEY + "\n").encode(), True)]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.1)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:  # the child is gone
-                break
-            if not chunk:
-                break
-            output += chunk
-        if answers and answers[0][0] in output and output.endswith(b": "):
-            _, answer, hidden = answers[0]
-            if hidden and termios.tcgetattr(fd)[3] & termios.ECHO:
-                continue  # the hidden prompt flushes what is typed before it turns echo off
-            answers.pop(0)
-            os.write(fd, answer)
-            output += b"\n"
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, output.decode(errors="replace")
-    assert API_KEY.encode() not in output, "the key was echoed"
-    key_file = tmp_path / "alice.key"
-    assert key_file.read_text().strip() == API_KEY and stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    assert 'api_key_file = "alice.key"' in config.read_text()
-    assert API_KEY not in config.read_text()
 
 
 @pytest.mark.skipif(sys.platform == "win32" or not hasattr(__import__("os"), "geteuid"), reason="POSIX owners")
