@@ -10,7 +10,8 @@ import socket
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,15 @@ def asset_states(**counts: int) -> dict[str, int]:
     unknown = set(counts) - {str(state) for state in AssetState}
     assert not unknown, f"no such asset state: {unknown}"
     return {str(state): counts.get(str(state), 0) for state in AssetState}
+
+
+def wait_until(condition: Callable[[], object], what: str, guard_seconds: float = 120) -> None:
+    """Wait for `condition` to hold. The guard only ends a wait that would hang (a test's failure);
+    it is far longer than any condition takes on a loaded machine and is no measure of speed."""
+    deadline = time.monotonic() + guard_seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting after {guard_seconds:g}s: {what}"
+        time.sleep(0.02)
 
 
 def free_port() -> int:

@@ -323,6 +323,7 @@ class FakeImmich:
         self.force_delete_seconds = 8.0  # how long a force-deleted asset is still listed as trashed
         self.keepalive_seconds = 5.0  # idle connections are closed after this (Keep-Alive: timeout=5)
         self.connections = 0  # connections accepted
+        self.connections_closed = 0  # connections this side closed (idle past keepalive_seconds, or done)
         self.slow_seconds = 0.0
         self.timeout_fault_seconds = 3.0  # longer than the client's read timeout in the tests
         self._http = LoopbackServer()
@@ -810,6 +811,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self.server_fake.lock:
             self.server_fake.connections += 1
+
+    def finish(self) -> None:
+        super().finish()
+        with self.server_fake.lock:
+            self.server_fake.connections_closed += 1
 
     def date_time_string(self, timestamp: float | None = None) -> str:
         moment = self.server_fake.now() + self.server_fake.date_offset

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import io
 import sqlite3
-import time
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from conftest import PHOTOS, requires_shared, write_config
+from conftest import PHOTOS, requires_shared, wait_until, write_config
 from facesyncd import actions
 from facesyncd.app import App, open_app
 from facesyncd.config import load_settings
@@ -229,9 +229,9 @@ def test_hard_deletions_are_caught_when_a_reconcile_is_due(fake: FakeImmich, app
     fake.delete(gone)
     actions.sync(app)  # the first full sweep counted as a reconcile: none is due yet
     assert asset_rows(app)[gone][0] == "done"
-    app.settings = replace(app.settings, schedule=replace(app.settings.schedule, reconcile_seconds=1))
-    time.sleep(1.1)
-    actions.sync(app)
+    with sqlite3.connect(app.settings.database_path) as database:  # the last full listing, two days ago
+        database.execute("UPDATE sources SET last_reconcile_at = '2000-01-01T00:00:00.000Z'")
+    actions.sync(app)  # [schedule] reconcile_seconds (a day) have passed: this one lists everything
     assert asset_rows(app)[gone][0] == "deleted" and asset_rows(app)[kept][0] == "done"
 
 
@@ -376,9 +376,12 @@ def test_prefetched_keeps_order_raises_in_place_and_stops_when_abandoned() -> No
             produced.append(number)
             yield number
 
-    for item in prefetched(endless()):
-        if item == 3:
-            break
-    time.sleep(0.3)
+    with closing(prefetched(endless())) as items:
+        for item in items:
+            if item == 3:
+                break
+    wait_until(
+        lambda: not any(thread.name == "facesyncd-listing" for thread in threading.enumerate()),
+        "the producer thread ends once its consumer is gone",
+    )
     assert len(produced) <= 6, "the producer runs at most a page or two ahead, and stops when abandoned"
-    assert not any(thread.name == "facesyncd-listing" for thread in threading.enumerate())

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import API_KEY, API_KEY_ENV, PHOTOS, REPO, Library, free_port, requires_shared
+from conftest import API_KEY, API_KEY_ENV, PHOTOS, REPO, Library, free_port, requires_shared, wait_until
 from fake_immich import FakeImmich
 
 pytestmark = requires_shared
@@ -52,16 +51,14 @@ class Server:
             stderr=subprocess.STDOUT,
             text=True,
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
+        wait_until(self._answers, "facesyncd serve answers /healthz")
+
+    def _answers(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/healthz", timeout=5).status_code == 200
+        except requests.ConnectionError:
             assert self.process.poll() is None, self.process.communicate()[0]
-            time.sleep(0.1)
-        raise AssertionError("facesyncd serve did not answer /healthz")
+            return False
 
     def stop(self) -> str:
         self.process.terminate()
@@ -96,7 +93,7 @@ def browser(tmp_path: Path) -> Iterator[object]:
     ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    driver.set_page_load_timeout(30)
+    driver.set_page_load_timeout(120)
     try:
         yield driver
     finally:
@@ -112,7 +109,7 @@ def click_and_wait(driver: object, element: object) -> None:
 
     driver.execute_script("window.__before_click = true")
     element.click()
-    WebDriverWait(driver, 30, ignored_exceptions=(WebDriverException,)).until(
+    WebDriverWait(driver, 120, ignored_exceptions=(WebDriverException,)).until(
         lambda d: d.execute_script("return window.__before_click === undefined && document.readyState === 'complete'")
     )
 
