@@ -4,12 +4,26 @@ test doubles of Immich and of its ML service both serve through one)."""
 from __future__ import annotations
 
 import threading
+import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A handler's exception (a client that hung up mid-answer, as the fault tests make them do) is
+    kept, not printed: socketserver prints it to sys.stderr, which a facesyncd command run in the
+    test's process is capturing as its own output."""
+
+    daemon_threads = True
+    errors: list[str]
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        self.errors.append(traceback.format_exc())
 
 
 class LoopbackServer:
     def __init__(self) -> None:
         self._server: ThreadingHTTPServer | None = None
+        self.errors: list[str] = []  # what the handlers raised, for a test that wants to know
 
     @property
     def address(self) -> tuple[str, int]:
@@ -19,8 +33,8 @@ class LoopbackServer:
 
     def serve(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> tuple[str, int]:
         """Listen on `address` (port 0: any free one) and answer with `handler`; returns the address."""
-        self._server = ThreadingHTTPServer(address, handler)
-        self._server.daemon_threads = True
+        self._server = _QuietServer(address, handler)
+        self._server.errors = self.errors
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self.address
 
