@@ -190,9 +190,8 @@ def import_facesets(app: App, directory: Path, *, merge: bool = False) -> Import
     result: list[ImportReport] = []
 
     def body(report: CycleReport) -> None:
-        swap = app.swap if app.settings.export.format == "swap" else None
         imported = import_tree(
-            directory, app.store, app.embedder, app.crops, settings=app.settings.faces, merge=merge, swap=swap
+            directory, app.store, app.embedder, app.crops, settings=app.settings.faces, merge=merge, layout=app.layout
         )
         report.faces_found = imported.imported
         result.append(imported)
@@ -258,8 +257,7 @@ def contact_sheet(app: App, number: int) -> bytes:
     name = app.store.identity_names().get(number)
     tiles = []
     for face in sorted(faces, key=lambda face: -(face.quality.composite if face.quality else 0.0)):
-        png = app.swap.png(face.crop)
-        path = png if app.settings.export.format == "swap" and png.is_file() else app.crops.path(face.crop)
+        path = app.layout.face_file(face.crop)
         pixels = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR) if path.is_file() else None
         if pixels is not None:
             quality = f" q{face.quality.composite:.2f}" if face.quality else ""

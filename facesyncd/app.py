@@ -14,6 +14,7 @@ from .crops import Crops
 from .embedder import Embedder, make_embedder
 from .immich import ImmichClient
 from .index import IndexKeeper
+from .layouts import Layout, make_layout
 from .progress import Reporter, SilentReporter
 from .store import Store
 from .swap import SwapCache
@@ -63,6 +64,7 @@ class App:
     crops: Crops = field(init=False)
     swap: SwapCache = field(init=False)
     index: IndexKeeper = field(init=False)
+    layout: Layout = field(init=False)  # what the faceset folders hold ([export] format), decided here only
     corrections_seen: int = field(init=False, default=-1)  # the store's corrections_version last acted on
 
     def __post_init__(self) -> None:
@@ -71,6 +73,7 @@ class App:
         export = self.settings.export
         self.swap = SwapCache(self.settings.state_dir / "swap", export.swap_size, export.swap_padding)
         self.index = IndexKeeper(self.store, self.settings.state_dir, self._dimension)
+        self.layout = make_layout(export, self.settings.facesets_dir, self.crops, self.swap, self.embedder)
 
     def _client(self, source: ImmichSettings) -> ImmichClient:
         return ImmichClient(source, self.settings.sync, stop=self.stop)

@@ -39,10 +39,10 @@ from .errors import FacesyncError, ImageError
 from .export import FACESET_RE, FOLDER_RE, MANIFEST, NAME_FILE, SWAP_MANIFEST, highest_exported
 from .imaging import DecodedImage, decode_image
 from .immich import ASSET_ID_RE
+from .layouts import Layout
 from .models import DecodeSource, DetectedFace, ImportProvenance, Quality
 from .quality import assess
 from .store import Store
-from .swap import SwapCache
 
 log = logging.getLogger(__name__)
 
@@ -194,10 +194,11 @@ def import_facesets(
     *,
     settings: FaceSettings,
     merge: bool = False,
-    swap: SwapCache | None = None,
+    layout: Layout | None = None,
 ) -> ImportReport:
-    """Import the tree at `root` (see the module's docstring). With `swap`, each face's swap PNG is
-    cut while its image is at hand (later it could only be cut from the tighter crop)."""
+    """Import the tree at `root` (see the module's docstring). With `layout`, what it cuts from each
+    image (the swap layout's PNGs) is cut while the image is at hand (later it could only be cut from
+    the tighter crop)."""
     max_pixels = settings.max_image_megapixels * 1_000_000
     if not root.is_dir():
         raise FacesyncError(f"{root}: not a directory")
@@ -236,7 +237,7 @@ def import_facesets(
                 report.already += 1
                 continue
             entry = entries.get(path.name, {})
-            _import_file(path, key, folder, entry, store, embedder, crops, swap, max_pixels, report)
+            _import_file(path, key, folder, entry, store, embedder, crops, layout, max_pixels, report)
     known = store.identity_names()
     store.set_identity_names({number: name for number, name in names.items() if not known.get(number)})
     return report
@@ -289,7 +290,7 @@ def _import_file(
     store: Store,
     embedder: Embedder,
     crops: Crops,
-    swap: SwapCache | None,
+    layout: Layout | None,
     max_pixels: int,
     report: ImportReport,
 ) -> None:
@@ -309,9 +310,8 @@ def _import_file(
                 report.forgotten += 1
                 return
         names = crops.write_faces(sha256, image, [face.bbox for face in faces]) if image is not None else []
-        if swap is not None and image is not None:
-            for face, name in zip(faces, names, strict=True):
-                swap.make(name, image.pixels, face.bbox)
+        if layout is not None and image is not None:
+            layout.photo_at_hand(image.pixels, names, [face.bbox for face in faces])
         recorded = _quality(entry)
         with store.transaction():
             if image is not None:

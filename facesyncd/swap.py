@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import shutil
+import threading
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -108,26 +109,32 @@ class SwapCache:
         self.directory = directory
         self.size = size
         self.padding = padding
-        self._parameters_checked = False
+        self._prepared = False
+        self._preparing = threading.Lock()
 
-    def _check_parameters(self) -> None:
-        """PNGs of another size or padding are no use: they go, and are made again."""
-        if self._parameters_checked:
+    def prepare(self) -> None:
+        """PNGs of another size or padding are no use: they go, and are made again. Once per process;
+        a thread that asks meanwhile waits until the folder is ready (the stage's workers write PNGs
+        at once: one of them wrote into the folder another was deleting)."""
+        if self._prepared:
             return
-        self._parameters_checked = True
-        wanted = {"size": self.size, "padding": self.padding}
-        try:
-            current = json.loads((self.directory / PARAMETERS).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            current = None
-        if current != wanted:
-            if self.directory.exists():
-                shutil.rmtree(self.directory)
-            self.directory.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.directory / PARAMETERS, json.dumps(wanted).encode())
+        with self._preparing:
+            if self._prepared:
+                return
+            wanted = {"size": self.size, "padding": self.padding}
+            try:
+                current = json.loads((self.directory / PARAMETERS).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                current = None
+            if current != wanted:
+                if self.directory.exists():
+                    shutil.rmtree(self.directory)
+                self.directory.mkdir(parents=True, exist_ok=True)
+                write_atomic(self.directory / PARAMETERS, json.dumps(wanted).encode())
+            self._prepared = True
 
     def _path(self, crop: str, suffix: str) -> Path:
-        self._check_parameters()
+        self.prepare()
         return self.directory / Path(crop).with_suffix(suffix)
 
     def png(self, crop: str) -> Path:

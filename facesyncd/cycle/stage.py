@@ -115,6 +115,7 @@ def stage(app: App, source: str, client: ImmichClient, report: CycleReport) -> N
     if not rows:
         return
     workers = app.settings.sync.workers or app.embedder.workers
+    app.layout.prepare()  # before the workers write for it
     readers: list[Store] = []
     local = threading.local()
 
@@ -234,9 +235,7 @@ def prepare(app: App, client: ImmichClient, row: AssetRow, reader: Store) -> Out
             faces = [face for row, face in enumerate(faces) if row not in forgotten]  # `faceset forget`
             qualities = [assess(image.pixels, face.bbox, face.landmarks, face.det_score) for face in faces]
             crops = app.crops.write_faces(download.sha256, image, [face.bbox for face in faces])
-            if app.settings.export.format == "swap":  # its PNGs, while the photo is at hand
-                for face, crop in zip(faces, crops, strict=True):
-                    app.swap.make(crop, image.pixels, face.bbox)
+            app.layout.photo_at_hand(image.pixels, crops, [face.bbox for face in faces])
             size = (image.width, image.height)
             del image
             checkpoint("embedded")

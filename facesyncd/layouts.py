@@ -1,0 +1,190 @@
+"""The export layout seam: what a faceset folder holds, chosen once (app.py) from [export] format.
+
+    crops  every live face's crop and faceset.json (export.py)
+    swap   the faces a face-swap tool should get, one checked PNG each, best first, the .fsz bundles
+           and manifest.json (swap.py chooses them and checks each PNG with the detector)
+
+The stage, publish, the importer and the contact sheet speak to the Layout protocol; only
+make_layout names a layout, so no other module asks which format is configured.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .config import ExportSettings
+from .crops import Crops
+from .embedder import Embedder
+from .export import NAME_FILE, export_all, export_plans, folders, own_facesets
+from .imaging import DecodedImage
+from .models import Box, ExportFace
+from .swap import SwapCache, plan, select
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Library:
+    """What a layout reads from the rest of facesyncd while it writes the folders: the store's names
+    and embeddings, and a face's photo fetched again (None when it cannot be had)."""
+
+    names: Callable[[], dict[int, str]]
+    set_names: Callable[[dict[int, str | None]], None]
+    embeddings_of: Callable[[list[int]], dict[int, NDArray[np.float32]]]
+    photo_of: Callable[[ExportFace], DecodedImage | None]
+
+
+class Layout(Protocol):
+    name: str
+
+    def prepare(self) -> None:
+        """Before any worker writes for this layout (the stage's workers cut swap PNGs): its caches
+        are made to match the settings, once, on the calling thread."""
+        ...
+
+    def photo_at_hand(self, pixels: NDArray[np.uint8], crops: Sequence[str], boxes: Sequence[Box]) -> None:
+        """A photo is decoded (embedding, importing): keep what this layout cuts from it, so that it
+        is not fetched again at the export. Runs on worker threads."""
+        ...
+
+    def face_file(self, crop: str) -> Path:
+        """The picture of this face its folder shows (for the contact sheet)."""
+        ...
+
+    def write(self, faces: dict[int, list[ExportFace]], highest: int, library: Library) -> int:
+        """Bring every faceset folder in line with `faces`; returns how many folders were written."""
+        ...
+
+
+class CropsLayout:
+    name = "crops"
+
+    def __init__(self, facesets_dir: Path, crops: Crops) -> None:
+        self._facesets_dir = facesets_dir
+        self._crops = crops
+
+    def prepare(self) -> None:
+        pass
+
+    def photo_at_hand(self, pixels: NDArray[np.uint8], crops: Sequence[str], boxes: Sequence[Box]) -> None:
+        pass  # the crops themselves are cut for every layout (crops.py)
+
+    def face_file(self, crop: str) -> Path:
+        return self._crops.path(crop)
+
+    def write(self, faces: dict[int, list[ExportFace]], highest: int, library: Library) -> int:
+        """The crops, linked into the folders. Crops that went missing (state_dir/crops deleted, a
+        disk fault) are restored first, from a copy in an exported folder if there is one, else cut
+        again from the photo in Immich; a face whose crop cannot come back stays out of its folder
+        and is tried again next cycle."""
+        missing: list[ExportFace] = []
+        names = library.names()
+        crops_dir = self._crops.directory
+        written = export_all(self._facesets_dir, crops_dir, faces, missing, highest_number=highest, names=names)
+        if missing:
+
+            def photo_of(face: ExportFace) -> DecodedImage | None:
+                photo = library.photo_of(face)
+                if photo is None:
+                    log.warning("the crop of face %d is gone and its photo cannot be had again", face.face_id)
+                return photo
+
+            restored = self._crops.restore(missing, self._facesets_dir, photo_of)
+            log.warning("%d face crops were missing; %d restored", len(missing), restored)
+            written += export_all(self._facesets_dir, crops_dir, faces, highest_number=highest, names=names)
+        return written
+
+
+class SwapLayout:
+    name = "swap"
+
+    def __init__(
+        self, facesets_dir: Path, crops: Crops, cache: SwapCache, embedder: Embedder, settings: ExportSettings
+    ) -> None:
+        self._facesets_dir = facesets_dir
+        self._crops = crops
+        self._cache = cache
+        self._embedder = embedder
+        self._top_n = settings.top_n
+
+    def prepare(self) -> None:
+        self._cache.prepare()
+
+    def photo_at_hand(self, pixels: NDArray[np.uint8], crops: Sequence[str], boxes: Sequence[Box]) -> None:
+        for crop, box in zip(crops, boxes, strict=True):
+            self._cache.make(crop, pixels, box)
+
+    def face_file(self, crop: str) -> Path:
+        png = self._cache.png(crop)
+        return png if png.is_file() else self._crops.path(crop)
+
+    def write(self, faces: dict[int, list[ExportFace]], highest: int, library: Library) -> int:
+        """Each faceset's chosen faces (swap.select), their checked PNGs (made now for faces that have
+        none: from the photo in Immich, or the crop of an imported face), the bundles."""
+        self.prepare()
+        self._read_names(library)
+        names = library.names()
+        embeddings = library.embeddings_of([face.face_id for members in faces.values() for face in members])
+        wanted = folders(faces)
+        choices = {folder: select(members, embeddings, 0.0) for folder, (_, _, members) in wanted.items()}
+        needed = [face for chosen, _ in choices.values() for face in chosen if not self._cache.has(face.crop)]
+        if needed:
+            made = self._make_pngs(needed, library)
+            log.info("made the swap PNGs of %d faces (%d asked for)", made, len(needed))
+        for chosen, _ in choices.values():
+            for face in chosen:
+                self._cache.check(face.crop, face.bbox, self._embedder)
+        plans = {
+            folder: plan(number, names.get(number), members, *choices[folder], self._cache, self._top_n, subset)
+            for folder, (number, subset, members) in wanted.items()
+        }
+        return export_plans(self._facesets_dir, plans, highest_number=highest)
+
+    def _read_names(self, library: Library) -> None:
+        """A name the user wrote into a faceset's NAME.txt is the faceset's name from then on."""
+        known = library.names()
+        found: dict[int, str | None] = {}
+        for number, folder in own_facesets(self._facesets_dir).items():
+            try:
+                name = (folder / NAME_FILE).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError):
+                continue
+            if name and name != known.get(number):
+                found[number] = name
+        if found:
+            library.set_names(found)
+
+    def _make_pngs(self, faces: list[ExportFace], library: Library) -> int:
+        """Cut the swap PNG of each face: from its photo in Immich, fetched once per photo; a face
+        with no photo in Immich (imported) from its crop."""
+        made = 0
+        by_blob: dict[str, list[ExportFace]] = {}
+        for face in faces:
+            by_blob.setdefault(face.sha256, []).append(face)
+        for members in by_blob.values():
+            image = library.photo_of(members[0])
+            for face in members:
+                if image is not None:
+                    self._cache.make(face.crop, image.pixels, face.bbox)
+                    made += 1
+                    continue
+                crop = self._crops.crop_image(face)
+                if crop is not None:
+                    self._cache.make(face.crop, crop[0].pixels, crop[1])
+                    made += 1
+        return made
+
+
+def make_layout(
+    settings: ExportSettings, facesets_dir: Path, crops: Crops, cache: SwapCache, embedder: Embedder
+) -> Layout:
+    if settings.format == "swap":
+        return SwapLayout(facesets_dir, crops, cache, embedder, settings)
+    return CropsLayout(facesets_dir, crops)
