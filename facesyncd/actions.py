@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .app import App
 from .config import Settings
-from .curation import Outcome
+from .curation import Correction, FileHashes, Outcome
 from .cycle import merge_identities, open_new_facesets, publish, run_cycle
 from .errors import AlreadyRunning, FacesyncError, LocalWriteError, OrphanedFacesets, StoreError
 from .export import PRESERVED, own_facesets, set_aside_facesets, write_names
@@ -70,20 +70,15 @@ def corrections_pending(app: App) -> bool:
     return app.store.corrections_version() != app.corrections_seen
 
 
-def correct(
-    app: App,
-    change: Callable[[App], Outcome],
-    *,
-    export: bool = True,
-    names: Mapping[int, str | None] | None = None,
-) -> Outcome:
+def correct(app: App, correction: Correction, *, export: bool = True) -> Outcome:
     """Make one correction (curation.py) and tidy what it left outside the store: the crops and swap
     PNGs of deleted faces. With `export` (this process holds the state directory), the folders are
-    brought in line now; else the running daemon does it within seconds. `names`: names the
-    correction gives, written to NAME.txt first (it is read back as the user's word)."""
+    brought in line now; else the running daemon does it within seconds. Names the correction gives
+    are written to NAME.txt first (it is read back as the user's word)."""
+    names = correction.names(app.store)
     if names:
         write_names(app.settings.facesets_dir, names)
-    outcome = change(app)
+    outcome = correction.apply(app.store, file_hashes(app))
     app.crops.remove(outcome.dropped.crops)
     app.swap.remove(outcome.dropped.crops)
     if export:
@@ -91,9 +86,7 @@ def correct(
     return outcome
 
 
-def correct_in(
-    settings: Settings, change: Callable[[App], Outcome], *, names: Mapping[int, str | None] | None = None
-) -> tuple[Outcome, bool]:
+def correct_in(settings: Settings, correction: Correction) -> tuple[Outcome, bool]:
     """Make a correction from a command or the review page. Returns it, and whether the folders were
     brought in line now: when this process can take the state directory, yes; while another process
     (the daemon) holds it, the correction is saved and that process applies it within seconds
@@ -105,14 +98,14 @@ def correct_in(
     with kept_by_owner(settings.state_dir, settings.facesets_dir):
         try:
             with state_lock(settings.state_dir), open_app(settings, create=False) as app:
-                return correct(app, change, names=names), True
+                return correct(app, correction), True
         except AlreadyRunning:
             pass
         with open_app(settings, create=False) as app:
-            return correct(app, change, names=names, export=False), False
+            return correct(app, correction, export=False), False
 
 
-def file_hashes(app: App) -> Callable[[Sequence[str]], list[str]]:
+def file_hashes(app: App) -> FileHashes:
     """crop names -> the sha256 of each file facesyncd wrote for them (crop, swap PNG): what its
     own exported folders hold, for the block list of `faceset forget`."""
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import typer
 
-from . import __version__
+from . import __version__, curation
 from .config import (
     DEFAULT_SYSTEM_CONFIG,
     MODEL_PACK_COMMAND,
@@ -360,10 +360,10 @@ def _read_only_app() -> Any:
     return open_app(_settings(secrets=False), create=False)
 
 
-def _correct(change: Any, *, names: dict[int, str | None] | None = None) -> None:
+def _correct(correction: curation.Correction) -> None:
     from . import actions
 
-    outcome, applied = actions.correct_in(_settings(secrets=False), change, names=names)
+    outcome, applied = actions.correct_in(_settings(secrets=False), correction)
     number = outcome.correction
     undo = f" (correction {number}; `facesyncd undo {number}`)" if number else ""
     later = "" if applied else " The running facesyncd updates the folders within seconds."
@@ -402,13 +402,11 @@ def faceset_show(
 
     Example: facesyncd faceset show 7
     """
-    from .curation import CorrectionRefused
-
     with _read_only_app() as app:
         found = app.store.facesets(number)
         faces = app.store.faces_of_identity(number)
     if not found:
-        raise CorrectionRefused(f"there is no faceset {number:03d} (see `facesyncd faceset list`)")
+        raise curation.CorrectionRefused(f"there is no faceset {number:03d} (see `facesyncd faceset list`)")
     summary = found[0]
     if as_json:
         typer.echo(json.dumps({**summary.as_dict(), "face_list": [face.as_dict() for face in faces]}, indent=1))
@@ -430,112 +428,63 @@ def faceset_show(
         )
 
 
-@faceset_app.command("name")
+@faceset_app.command("name", help=curation.Name.help)
 def faceset_name(
     number: int = typer.Argument(..., help="The faceset's number."),
     name: str = typer.Argument(..., help='Its name ("" removes it).'),
 ) -> None:
-    """Name a faceset (also written to NAME.txt, manifest.json / faceset.json).
-
-    Example: facesyncd faceset name 7 "Barack Obama"
-    """
-    from . import curation
-
-    _correct(lambda app: curation.name(app.store, number, name), names={number: name.strip() or None})
+    _correct(curation.Name(number, name))
 
 
-@faceset_app.command("merge")
+@faceset_app.command("merge", help=curation.Merge.help)
 def faceset_merge(
     number: int = typer.Argument(..., help="The faceset that keeps its number."),
     others: list[int] = typer.Argument(..., help="The facesets that join it (their numbers are retired)."),
 ) -> None:
-    """Merge facesets into one: the others' faces join NUMBER; their numbers are never given again.
-
-    Example: facesyncd faceset merge 7 12 30
-    """
-    from . import curation
-
-    _correct(lambda app: curation.merge(app.store, number, others))
+    _correct(curation.Merge(number, tuple(others)))
 
 
-@faceset_app.command("split")
+@faceset_app.command("split", help=curation.Split.help)
 def faceset_split(
     number: int = typer.Argument(..., help="The faceset to split."),
     faces: list[int] = typer.Argument(..., help="Ids of the faces that leave it (see `faceset show`)."),
 ) -> None:
-    """Move these faces out of NUMBER into a new faceset; the two are never merged automatically.
-
-    Example: facesyncd faceset split 7 417 418
-    """
-    from . import curation
-
-    _correct(lambda app: curation.split(app.store, number, faces))
+    _correct(curation.Split(number, tuple(faces)))
 
 
-@faceset_app.command("lock")
+@faceset_app.command("lock", help=curation.Lock.help)
 def faceset_lock(number: int = typer.Argument(..., help="The faceset to lock.")) -> None:
-    """Lock a faceset: it takes no new faces automatically and is never merged automatically.
-
-    Example: facesyncd faceset lock 7
-    """
-    from . import curation
-
-    _correct(lambda app: curation.lock(app.store, number, True))
+    _correct(curation.Lock(number))
 
 
-@faceset_app.command("unlock")
+@faceset_app.command("unlock", help=curation.Unlock.help)
 def faceset_unlock(number: int = typer.Argument(..., help="The faceset to unlock.")) -> None:
-    """Let a locked faceset take new faces automatically again.
-
-    Example: facesyncd faceset unlock 7
-    """
-    from . import curation
-
-    _correct(lambda app: curation.lock(app.store, number, False))
+    _correct(curation.Unlock(number))
 
 
-@faceset_app.command("forget")
+@faceset_app.command("forget", help=curation.Forget.help)
 def faceset_forget(
     number: int = typer.Argument(..., help="The faceset of the person to forget."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
-    """Forget a person: the faceset's faces, crops and folder are deleted, its number retired, and the
-    same faces are never stored again (a block list of file hashes and boxes, no embeddings).
-
-    Example: facesyncd faceset forget 7 --yes
-    """
-    from . import actions, curation
-
     if not yes:
         if not sys.stdin.isatty():
             raise curation.CorrectionRefused(f"forgetting faceset {number:03d} deletes its faces: add --yes")
         typer.confirm(f"Delete faceset {number:03d}'s faces, crops and folder for good?", abort=True)
-    _correct(lambda app: curation.forget(app.store, number, actions.file_hashes(app)))
+    _correct(curation.Forget(number))
 
 
-@face_app.command("move")
+@face_app.command("move", help=curation.Move.help)
 def face_move(
     face: int = typer.Argument(..., help="The face's id (see `faceset show`)."),
     number: int = typer.Argument(..., help="The faceset it belongs to."),
 ) -> None:
-    """Put a face in a faceset by hand; it stays there.
-
-    Example: facesyncd face move 417 7
-    """
-    from . import curation
-
-    _correct(lambda app: curation.move(app.store, face, number))
+    _correct(curation.Move(face, number))
 
 
-@face_app.command("reject")
+@face_app.command("reject", help=curation.Reject.help)
 def face_reject(face: int = typer.Argument(..., help="The face's id (see `faceset show`).")) -> None:
-    """Not this person: the face leaves its faceset and never joins it again (it may join another).
-
-    Example: facesyncd face reject 417
-    """
-    from . import curation
-
-    _correct(lambda app: curation.reject(app.store, face))
+    _correct(curation.Reject(face))
 
 
 @app.command()
@@ -584,17 +533,9 @@ def history(as_json: bool = typer.Option(False, "--json", help="Machine-readable
         typer.echo(f"{entry.id:4d}  {entry.at}  {entry.summary}{undone}")
 
 
-@app.command()
+@app.command(help=curation.Undo.help)
 def undo(correction: int = typer.Argument(..., help="The correction's id (see `facesyncd history`).")) -> None:
-    """Undo one correction.
-
-    Example: facesyncd undo 12
-    """
-    from . import curation
-
-    with _read_only_app() as app_:
-        names = curation.names_restored(app_.store, correction)
-    _correct(lambda app: curation.undo(app.store, correction), names=names)
+    _correct(curation.Undo(correction))
 
 
 @faceset_app.command("sheet")

@@ -5,20 +5,28 @@ clustering of the pool, the automatic merge of identities and a rebuilt index al
 constraints it leaves (store/corrections.py): a rejected face never rejoins the identity it was
 rejected from (cannot-link), a moved face stays where it was put (must-link), a split pair is never
 merged again automatically, a locked faceset changes only by hand, a forgotten person's faces are
-never stored again. Each function here makes one correction in one transaction and records in the
-history what undoing it takes; `undo` reverts one. The folders are brought in line by the caller
-(actions.correct), or by a running daemon at its next cycle.
+never stored again.
+
+Every kind of correction is one class here, in KINDS: its parameters (typed), its help (the CLI's
+--help, the page's wording), how a form of the review page fills it, what applying it does in one
+transaction, and the record it leaves in the history: a typed Record that knows how to revert it.
+The CLI, the review page and `undo` read KINDS; nothing else names a kind. The folders are brought
+in line by the caller (actions.correct), or by a running daemon at its next cycle.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from .errors import FacesyncError
 from .models import Dropped, FaceDetail, FacesetSummary
 from .store import Store
+
+# crop names -> hashes of the files facesyncd made of them (what `forget` blocks from re-import)
+FileHashes = Callable[[Sequence[str]], list[str]]
 
 
 class CorrectionRefused(FacesyncError):
@@ -33,6 +41,72 @@ class Outcome:
     correction: int | None = None
     dropped: Dropped = field(default_factory=Dropped)
     removed_folders: list[int] = field(default_factory=list)  # facesets whose folders must go entirely
+
+
+@dataclass(frozen=True)
+class Form:
+    """A review page form's fields: one value per name, and the names sent several times (ticked
+    faces). A missing field is KeyError, a number that is not one ValueError: the page says so."""
+
+    values: Mapping[str, str]
+    lists: Mapping[str, list[str]]
+
+    def number(self, name: str) -> int:
+        return int(self.values[name])
+
+    def text(self, name: str) -> str:
+        return self.values.get(name, "")
+
+    def numbers(self, name: str) -> list[int]:
+        """Numbers ticked (a list) or typed into one field ("12 30", "12, 30")."""
+        given = self.lists.get(name) or [self.values.get(name, "")]
+        return [int(part) for value in given for part in value.replace(",", " ").split()]
+
+
+class Record(ABC):
+    """What a correction left in the history: enough to revert it. Stored as JSON (its own keys:
+    databases written by earlier versions hold them)."""
+
+    @classmethod
+    @abstractmethod
+    def read(cls, data: dict[str, Any]) -> Self: ...
+
+    @abstractmethod
+    def written(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def revert(self, store: Store, correction_id: int) -> str:
+        """Undo it (inside the undo's transaction); returns a note for the user, or ""."""
+
+    def names_restored(self) -> dict[int, str | None] | None:
+        """The names reverting it gives back (for NAME.txt, written before the store changes)."""
+        return None
+
+
+class Correction(ABC):
+    """One correction the user asks for."""
+
+    kind: ClassVar[str]
+    help: ClassVar[str]  # the command's --help and example
+    record: ClassVar[type[Record] | None]  # what it leaves in the history (None: nothing to undo)
+    confirm: ClassVar[str | None] = None  # the page asks for this box to be ticked first
+    leaves_faceset: ClassVar[bool] = False  # the faceset's page is gone afterwards: back to the grid
+
+    @classmethod
+    @abstractmethod
+    def from_form(cls, form: Form) -> Self: ...
+
+    @abstractmethod
+    def apply(self, store: Store, file_hashes: FileHashes) -> Outcome:
+        """Make it, in one transaction, with its record in the history."""
+
+    def names(self, store: Store) -> dict[int, str | None] | None:
+        """Names it gives facesets, written to NAME.txt before the store changes (the swap layout
+        reads NAME.txt back as the user's word)."""
+        return None
+
+
+# -- lookups --------------------------------------------------------------------------------------
 
 
 def _faceset(store: Store, number: int, *, live: bool = True) -> FacesetSummary:
@@ -58,173 +132,461 @@ def _face(store: Store, face_id: int) -> FaceDetail:
     return face
 
 
-def name(store: Store, number: int, new_name: str | None) -> Outcome:
-    summary = _faceset(store, number)
-    new_name = (new_name or "").strip() or None
-    if new_name is not None and ("\n" in new_name or len(new_name) > 200):
-        raise CorrectionRefused("a name is one line of at most 200 characters")
-    with store.transaction():
-        store.set_name(number, new_name)
-        said = f"named faceset {number:03d} {new_name!r}" if new_name else f"removed the name of faceset {number:03d}"
-        entry = store.record_correction("name", said, {"number": number, "before": summary.name})
-    return Outcome(said, entry)
+def _by_number(data: Mapping[str, list[int]]) -> dict[int, list[int]]:
+    return {int(number): list(faces) for number, faces in data.items()}
 
 
-def merge(store: Store, kept: int, others: Sequence[int]) -> Outcome:
-    """The faces of each of `others` join `kept`; their numbers are retired, recorded as merged into
-    it. A face rejected from `kept` does not come along: it goes to the pool."""
-    _faceset(store, kept)
-    others = sorted(set(others) - {kept})
-    if not others:
-        raise CorrectionRefused("name at least one other faceset to merge into it")
-    for number in others:
-        _faceset(store, number)
-    with store.transaction():
-        moved: dict[str, list[int]] = {}
-        pooled: dict[str, list[int]] = {}
-        for number in others:
-            faces = store.face_ids_of(number)
-            refused = store.rejections_of(faces)
-            pooled[str(number)] = [face for face in faces if kept in refused.get(face, set())]
-            moved[str(number)] = [face for face in faces if face not in pooled[str(number)]]
-            store.place_faces(moved[str(number)], kept, placed=None)
-            store.place_faces(pooled[str(number)], None, placed=None)
-            store.retire(number, kept)
-        listing = ", ".join(f"{number:03d}" for number in others)
-        said = f"merged {listing} into {kept:03d}"
-        entry = store.record_correction("merge", said, {"kept": kept, "moved": moved, "pooled": pooled})
-    left = sum(len(faces) for faces in pooled.values())
-    return Outcome(said + (f" ({left} faces rejected from {kept:03d} went to the pool)" if left else ""), entry)
+def _by_text(data: Mapping[int, list[int]]) -> dict[str, list[int]]:
+    return {str(number): faces for number, faces in data.items()}
 
 
-def split(store: Store, number: int, face_ids: Sequence[int]) -> Outcome:
-    """These faces leave `number` and open a new faceset; the two are never merged automatically."""
-    _faceset(store, number)
-    face_ids = sorted(set(face_ids))
-    members = set(store.faces_in(face_ids, number))
-    strangers = [face for face in face_ids if face not in members]
-    if strangers:
-        raise CorrectionRefused(f"faces {', '.join(map(str, strangers))} are not in faceset {number:03d}")
-    if len(face_ids) == len(store.face_ids_of(number)):
-        raise CorrectionRefused(f"that is every face of faceset {number:03d}: nothing would be left to split from")
-    with store.transaction():
-        new = store.new_identity("split")
-        store.place_faces(face_ids, new, placed=None)
-        said = f"split {len(face_ids)} faces from {number:03d} into the new faceset {new:03d}"
-        entry = store.record_correction("split", said, {"from": number, "to": new, "faces": face_ids})
-        store.keep_apart(number, new, entry)
-    return Outcome(said, entry)
+# -- the kinds ------------------------------------------------------------------------------------
 
 
-def move(store: Store, face_id: int, number: int) -> Outcome:
-    """The face joins `number` by hand and stays there (must-link); a rejection from `number` is lifted."""
-    face = _face(store, face_id)
-    before, placed_before = face.identity, face.placed
-    _faceset(store, number)
-    if before == number:
-        raise CorrectionRefused(f"face {face_id} is in faceset {number:03d} already")
-    with store.transaction():
-        lifted = store.unreject(face_id, number)
-        store.place_faces([face_id], number, placed=True)
-        said = f"moved face {face_id} " + (f"from {before:03d} " if before else "from the pool ") + f"to {number:03d}"
-        entry = store.record_correction(
-            "move",
-            said,
-            {"face": face_id, "to": number, "before": before, "placed_before": placed_before, "lifted": lifted},
-        )
-    return Outcome(said, entry)
+@dataclass(frozen=True)
+class NameRecord(Record):
+    number: int
+    before: str | None
+
+    @classmethod
+    def read(cls, data: dict[str, Any]) -> Self:
+        return cls(int(data["number"]), data["before"])
+
+    def written(self) -> dict[str, Any]:
+        return {"number": self.number, "before": self.before}
+
+    def revert(self, store: Store, correction_id: int) -> str:
+        store.set_name(self.number, self.before)
+        return ""
+
+    def names_restored(self) -> dict[int, str | None] | None:
+        return {self.number: self.before}
 
 
-def reject(store: Store, face_id: int) -> Outcome:
-    """Not this person: the face leaves its faceset and never joins it again (it may join another)."""
-    face = _face(store, face_id)
-    before, placed_before = face.identity, face.placed
-    if before is None:
-        raise CorrectionRefused(f"face {face_id} is in no faceset")
-    with store.transaction():
-        store.place_faces([face_id], None, placed=False)
-        said = f"rejected face {face_id} from {before:03d}"
-        entry = store.record_correction(
-            "reject", said, {"face": face_id, "from": before, "placed_before": placed_before}
-        )
-        store.reject(face_id, before, entry)
-    return Outcome(said, entry)
+@dataclass(frozen=True)
+class Name(Correction):
+    """Name a faceset (also written to NAME.txt, manifest.json / faceset.json).
 
+    Example: facesyncd faceset name 7 "Barack Obama"
+    """
 
-def lock(store: Store, number: int, locked: bool = True) -> Outcome:
-    summary = _faceset(store, number)
-    if summary.locked == locked:
-        raise CorrectionRefused(f"faceset {number:03d} is {'locked' if locked else 'not locked'} already")
-    with store.transaction():
-        store.set_locked(number, locked)
-        said = f"{'locked' if locked else 'unlocked'} faceset {number:03d}"
-        entry = store.record_correction("lock" if locked else "unlock", said, {"number": number, "locked": locked})
-    return Outcome(said, entry)
+    kind = "name"
+    help = __doc__
+    record = NameRecord
+    number: int
+    name: str | None
 
+    @classmethod
+    def from_form(cls, form: Form) -> Self:
+        return cls(form.number("number"), form.text("name"))
 
-def forget(store: Store, number: int, file_hashes: Callable[[Sequence[str]], list[str]]) -> Outcome:
-    """The person asked not to be kept: faces, embeddings, crops and folder deleted, the number
-    retired, and a block list with no embedding in it: each face's photo and box, and the hashes of
-    the files facesyncd made of them (`file_hashes` of their crops: what an exported folder holds, so
-    that importing it again brings nothing back)."""
-    summary = _faceset(store, number)
-    made = file_hashes([face.crop for face in store.faces_of_identity(number)])
-    with store.transaction():
-        said = f"forgot faceset {number:03d} ({summary.faces} faces)"
-        entry = store.record_correction("forget", said, {"number": number})
-        dropped = store.forget_identity(number, entry, made)
-    return Outcome(said, entry, dropped, removed_folders=[number])
+    def given(self) -> str | None:
+        return (self.name or "").strip() or None
 
+    def names(self, store: Store) -> dict[int, str | None] | None:
+        return {self.number: self.given()}
 
-def names_restored(store: Store, correction_id: int) -> dict[int, str | None] | None:
-    """The name undoing this correction gives back (a `name` correction's), for NAME.txt: it is
-    written before the store changes (see actions.correct)."""
-    entry = store.correction(correction_id)
-    if entry is None or entry.kind != "name":
-        return None
-    return {entry.undo["number"]: entry.undo["before"]}
-
-
-def undo(store: Store, correction_id: int) -> Outcome:
-    """Revert one correction. Faces that have moved on since (by a later correction) stay where they
-    are now; a later correction is never overwritten."""
-    entry = store.correction(correction_id)
-    if entry is None:
-        raise CorrectionRefused(f"there is no correction {correction_id} (see `facesyncd history`)")
-    if entry.undone_at is not None:
-        raise CorrectionRefused(f"correction {correction_id} was undone already ({entry.undone_at})")
-    data: dict[str, Any] = entry.undo
-    note = ""
-    with store.transaction():
-        if entry.kind == "name":
-            store.set_name(data["number"], data["before"])
-        elif entry.kind in ("lock", "unlock"):
-            store.set_locked(data["number"], not data["locked"])
-        elif entry.kind == "merge":
-            for number, faces in data["moved"].items():
-                store.place_faces(store.faces_in(faces, data["kept"]), int(number), placed=None)
-                store.retire(int(number), None)
-            for number, faces in data["pooled"].items():
-                store.place_faces(store.faces_in(faces, None), int(number), placed=None)
-        elif entry.kind == "split":
-            store.place_faces(store.faces_in(data["faces"], data["to"]), data["from"], placed=None)
-            store.retire(data["to"], data["from"])
-            store.stop_keeping_apart(data["from"], data["to"])
-        elif entry.kind == "move":
-            if store.faces_in([data["face"]], data["to"]):
-                store.place_faces([data["face"]], data["before"], placed=data["placed_before"])
-            if data["lifted"]:
-                store.reject(data["face"], data["to"], correction_id)
-        elif entry.kind == "reject":
-            store.unreject(data["face"], data["from"])
-            store.place_faces(store.faces_in([data["face"]], None), data["from"], placed=data["placed_before"])
-        elif entry.kind == "forget":
-            queued = store.unforget(correction_id)
-            note = (
-                f": its number stays retired and its faces were deleted; {queued} photos will be processed "
-                f"again at the next sync (their faces come back as new ones), the rest at a re-import"
+    def apply(self, store: Store, file_hashes: FileHashes) -> Outcome:
+        summary = _faceset(store, self.number)
+        new_name = self.given()
+        if new_name is not None and ("\n" in new_name or len(new_name) > 200):
+            raise CorrectionRefused("a name is one line of at most 200 characters")
+        number = self.number
+        with store.transaction():
+            store.set_name(number, new_name)
+            said = (
+                f"named faceset {number:03d} {new_name!r}" if new_name else f"removed the name of faceset {number:03d}"
             )
-        else:  # pragma: no cover - every kind recorded above has its undo
-            raise CorrectionRefused(f"correction {correction_id} ({entry.kind}) cannot be undone")
-        store.mark_undone(correction_id)
-    return Outcome(f"undid {correction_id}: {entry.summary}{note}")
+            entry = store.record_correction(self.kind, said, NameRecord(number, summary.name).written())
+        return Outcome(said, entry)
+
+
+@dataclass(frozen=True)
+class MergeRecord(Record):
+    kept: int
+    moved: dict[int, list[int]]  # faceset merged in -> its faces that joined `kept`
+    pooled: dict[int, list[int]]  # faceset merged in -> its faces rejected from `kept` (to the pool)
+
+    @classmethod
+    def read(cls, data: dict[str, Any]) -> Self:
+        return cls(int(data["kept"]), _by_number(data["moved"]), _by_number(data["pooled"]))
+
+    def written(self) -> dict[str, Any]:
+        return {"kept": self.kept, "moved": _by_text(self.moved), "pooled": _by_text(self.pooled)}
+
+    def revert(self, store: Store, correction_id: int) -> str:
+        for number, faces in self.moved.items():
+            store.place_faces(store.faces_in(faces, self.kept), number, placed=None)
+            store.retire(number, None)
+        for number, faces in self.pooled.items():
+            store.place_faces(store.faces_in(faces, None), number, placed=None)
+        return ""
+
+
+@dataclass(frozen=True)
+class Merge(Correction):
+    """Merge facesets into one: the others' faces join NUMBER; their numbers are never given again.
+    A face rejected from NUMBER does not come along: it goes to the pool.
+
+    Example: facesyncd faceset merge 7 12 30
+    """
+
+    kind = "merge"
+    help = __doc__
+    record = MergeRecord
+    number: int
+    others: tuple[int, ...]
+
+    @classmethod
+    def from_form(cls, form: Form) -> Self:
+        return cls(form.number("number"), tuple(form.numbers("others")))
+
+    def apply(self, store: Store, file_hashes: FileHashes) -> Outcome:
+        kept = self.number
+        _faceset(store, kept)
+        others = sorted(set(self.others) - {kept})
+        if not others:
+            raise CorrectionRefused("name at least one other faceset to merge into it")
+        for number in others:
+            _faceset(store, number)
+        with store.transaction():
+            moved: dict[int, list[int]] = {}
+            pooled: dict[int, list[int]] = {}
+            for number in others:
+                faces = store.face_ids_of(number)
+                refused = store.rejections_of(faces)
+                pooled[number] = [face for face in faces if kept in refused.get(face, set())]
+                moved[number] = [face for face in faces if face not in pooled[number]]
+                store.place_faces(moved[number], kept, placed=None)
+                store.place_faces(pooled[number], None, placed=None)
+                store.retire(number, kept)
+            listing = ", ".join(f"{number:03d}" for number in others)
+            said = f"merged {listing} into {kept:03d}"
+            entry = store.record_correction(self.kind, said, MergeRecord(kept, moved, pooled).written())
+        left = sum(len(faces) for faces in pooled.values())
+        return Outcome(said + (f" ({left} faces rejected from {kept:03d} went to the pool)" if left else ""), entry)
+
+
+@dataclass(frozen=True)
+class SplitRecord(Record):
+    source: int
+    new: int
+    faces: list[int]
+
+    @classmethod
+    def read(cls, data: dict[str, Any]) -> Self:
+        return cls(int(data["from"]), int(data["to"]), list(data["faces"]))
+
+    def written(self) -> dict[str, Any]:
+        return {"from": self.source, "to": self.new, "faces": self.faces}
+
+    def revert(self, store: Store, correction_id: int) -> str:
+        store.place_faces(store.faces_in(self.faces, self.new), self.source, placed=None)
+        store.retire(self.new, self.source)
+        store.stop_keeping_apart(self.source, self.new)
+        return ""
+
+
+@dataclass(frozen=True)
+class Split(Correction):
+    """Move these faces out of NUMBER into a new faceset; the two are never merged automatically.
+
+    Example: facesyncd faceset split 7 417 418
+    """
+
+    kind = "split"
+    help = __doc__
+    record = SplitRecord
+    number: int
+    faces: tuple[int, ...]
+
+    @classmethod
+    def from_form(cls, form: Form) -> Self:
+        return cls(form.number("number"), tuple(form.numbers("face")))
+
+    def apply(self, store: Store, file_hashes: FileHashes) -> Outcome:
+        number = self.number
+        _faceset(store, number)
+        face_ids = sorted(set(self.faces))
+        members = set(store.faces_in(face_ids, number))
+        strangers = [face for face in face_ids if face not in members]
+        if strangers:
+            raise CorrectionRefused(f"faces {', '.join(map(str, strangers))} are not in faceset {number:03d}")
+        if len(face_ids) == len(store.face_ids_of(number)):
+            raise CorrectionRefused(f"that is every face of faceset {number:03d}: nothing would be left to split from")
+        with store.transaction():
+            new = store.new_identity("split")
+            store.place_faces(face_ids, new, placed=None)
+            said = f"split {len(face_ids)} faces from {number:03d} into the new faceset {new:03d}"
+            entry = store.record_correction(self.kind, said, SplitRecord(number, new, face_ids).written())
+            store.keep_apart(number, new, entry)
+        return Outcome(said, entry)
+
+
+@dataclass(frozen=True)
+class MoveRecord(Record):
+    face: int
+    to: int
+    before: int | None
+    placed_before: bool
+    lifted: bool  # a rejection from `to` was lifted by the move
+
+    @classmethod
+    def read(cls, data: dict[str, Any]) -> Self:
+        before = None if data["before"] is None else int(data["before"])
+        return cls(int(data["face"]), int(data["to"]), before, bool(data["placed_before"]), bool(data["lifted"]))
+
+    def written(self) -> dict[str, Any]:
+        return {
+            "face": self.face,
+            "to": self.to,
+            "before": self.before,
+            "placed_before": self.placed_before,
+            "lifted": self.lifted,
+        }
+
+    def revert(self, store: Store, correction_id: int) -> str:
+        if store.faces_in([self.face], self.to):
+            store.place_faces([self.face], self.before, placed=self.placed_before)
+        if self.lifted:
+            store.reject(self.face, self.to, correction_id)
+        return ""
+
+
+@dataclass(frozen=True)
+class Move(Correction):
+    """Put a face in a faceset by hand; it stays there (a rejection from that faceset is lifted).
+
+    Example: facesyncd face move 417 7
+    """
+
+    kind = "move"
+    help = __doc__
+    record = MoveRecord
+    face: int
+    number: int
+
+    @classmethod
+    def from_form(cls, form: Form) -> Self:
+        return cls(form.number("face"), form.number("to"))
+
+    def apply(self, store: Store, file_hashes: FileHashes) -> Outcome:
+        face_id, number = self.face, self.number
+        face = _face(store, face_id)
+        before, placed_before = face.identity, face.placed
+        _faceset(store, number)
+        if before == number:
+            raise CorrectionRefused(f"face {face_id} is in faceset {number:03d} already")
+        with store.transaction():
+            lifted = store.unreject(face_id, number)
+            store.place_faces([face_id], number, placed=True)
+            origin = f"from {before:03d}" if before else "from the pool"
+            said = f"moved face {face_id} {origin} to {number:03d}"
+            record = MoveRecord(face_id, number, before, placed_before, lifted)
+            entry = store.record_correction(self.kind, said, record.written())
+        return Outcome(said, entry)
+
+
+@dataclass(frozen=True)
+class RejectRecord(Record):
+    face: int
+    source: int
+    placed_before: bool
+
+    @classmethod
+    def read(cls, data: dict[str, Any]) -> Self:
+        return cls(int(data["face"]), int(data["from"]), bool(data["placed_before"]))
+
+    def written(self) -> dict[str, Any]:
+        return {"face": self.face, "from": self.source, "placed_before": self.placed_before}
+
+    def revert(self, store: Store, correction_id: int) -> str:
+        store.unreject(self.face, self.source)
+        store.place_faces(store.faces_in([self.face], None), self.source, placed=self.placed_before)
+        return ""
+
+
+@dataclass(frozen=True)
+class Reject(Correction):
+    """Not this person: the face leaves its faceset and never joins it again (it may join another).
+
+    Example: facesyncd face reject 417
+    """
+
+    kind = "reject"
+    help = __doc__
+    record = RejectRecord
+    face: int
+
+    @classmethod
+    def from_form(cls, form: Form) -> Self:
+        return cls(form.number("face"))
+
+    def apply(self, store: Store, file_hashes: FileHashes) -> Outcome:
+        face = _face(store, self.face)
+        before, placed_before = face.identity, face.placed
+        if before is None:
+            raise CorrectionRefused(f"face {self.face} is in no faceset")
+        with store.transaction():
+            store.place_faces([self.face], None, placed=False)
+            said = f"rejected face {self.face} from {before:03d}"
+            entry = store.record_correction(self.kind, said, RejectRecord(self.face, before, placed_before).written())
+            store.reject(self.face, before, entry)
+        return Outcome(said, entry)
+
+
+@dataclass(frozen=True)
+class LockRecord(Record):
+    number: int
+    locked: bool  # what the correction set
+
+    @classmethod
+    def read(cls, data: dict[str, Any]) -> Self:
+        return cls(int(data["number"]), bool(data["locked"]))
+
+    def written(self) -> dict[str, Any]:
+        return {"number": self.number, "locked": self.locked}
+
+    def revert(self, store: Store, correction_id: int) -> str:
+        store.set_locked(self.number, not self.locked)
+        return ""
+
+
+@dataclass(frozen=True)
+class Lock(Correction):
+    """Lock a faceset: it takes no new faces automatically and is never merged automatically.
+
+    Example: facesyncd faceset lock 7
+    """
+
+    kind = "lock"
+    help = __doc__
+    record = LockRecord
+    locks: ClassVar[bool] = True
+    number: int
+
+    @classmethod
+    def from_form(cls, form: Form) -> Self:
+        return cls(form.number("number"))
+
+    def apply(self, store: Store, file_hashes: FileHashes) -> Outcome:
+        locked = self.locks
+        summary = _faceset(store, self.number)
+        if summary.locked == locked:
+            raise CorrectionRefused(f"faceset {self.number:03d} is {'locked' if locked else 'not locked'} already")
+        with store.transaction():
+            store.set_locked(self.number, locked)
+            said = f"{'locked' if locked else 'unlocked'} faceset {self.number:03d}"
+            entry = store.record_correction(self.kind, said, LockRecord(self.number, locked).written())
+        return Outcome(said, entry)
+
+
+@dataclass(frozen=True)
+class Unlock(Lock):
+    """Let a locked faceset take new faces automatically again.
+
+    Example: facesyncd faceset unlock 7
+    """
+
+    kind = "unlock"
+    help = __doc__
+    locks: ClassVar[bool] = False
+
+
+@dataclass(frozen=True)
+class ForgetRecord(Record):
+    number: int
+
+    @classmethod
+    def read(cls, data: dict[str, Any]) -> Self:
+        return cls(int(data["number"]))
+
+    def written(self) -> dict[str, Any]:
+        return {"number": self.number}
+
+    def revert(self, store: Store, correction_id: int) -> str:
+        queued = store.unforget(correction_id)
+        return (
+            f": its number stays retired and its faces were deleted; {queued} photos will be processed "
+            f"again at the next sync (their faces come back as new ones), the rest at a re-import"
+        )
+
+
+@dataclass(frozen=True)
+class Forget(Correction):
+    """Forget a person: the faceset's faces, crops and folder are deleted, its number retired, and the
+    same faces are never stored again (a block list of file hashes and boxes, no embeddings).
+
+    Example: facesyncd faceset forget 7 --yes
+    """
+
+    kind = "forget"
+    help = __doc__
+    record = ForgetRecord
+    confirm = "tick the box to confirm: forgetting deletes"
+    leaves_faceset = True
+    number: int
+
+    @classmethod
+    def from_form(cls, form: Form) -> Self:
+        return cls(form.number("number"))
+
+    def apply(self, store: Store, file_hashes: FileHashes) -> Outcome:
+        """The person asked not to be kept: faces, embeddings, crops and folder deleted, the number
+        retired, and a block list with no embedding in it: each face's photo and box, and the hashes
+        of the files facesyncd made of them (`file_hashes` of their crops: what an exported folder
+        holds, so that importing it again brings nothing back)."""
+        summary = _faceset(store, self.number)
+        made = file_hashes([face.crop for face in store.faces_of_identity(self.number)])
+        with store.transaction():
+            said = f"forgot faceset {self.number:03d} ({summary.faces} faces)"
+            entry = store.record_correction(self.kind, said, ForgetRecord(self.number).written())
+            dropped = store.forget_identity(self.number, entry, made)
+        return Outcome(said, entry, dropped, removed_folders=[self.number])
+
+
+@dataclass(frozen=True)
+class Undo(Correction):
+    """Undo one correction. Faces that have moved on since (by a later correction) stay where they
+    are now; a later correction is never overwritten.
+
+    Example: facesyncd undo 12
+    """
+
+    kind = "undo"
+    help = __doc__
+    record = None
+    correction: int
+
+    @classmethod
+    def from_form(cls, form: Form) -> Self:
+        return cls(form.number("correction"))
+
+    def _record(self, store: Store) -> tuple[str, Record]:
+        entry = store.correction(self.correction)
+        if entry is None:
+            raise CorrectionRefused(f"there is no correction {self.correction} (see `facesyncd history`)")
+        if entry.undone_at is not None:
+            raise CorrectionRefused(f"correction {self.correction} was undone already ({entry.undone_at})")
+        kind = KINDS.get(entry.kind)
+        if kind is None or kind.record is None:
+            raise CorrectionRefused(f"correction {self.correction} ({entry.kind}) cannot be undone")
+        return entry.summary, kind.record.read(entry.undo)
+
+    def names(self, store: Store) -> dict[int, str | None] | None:
+        try:
+            return self._record(store)[1].names_restored()
+        except CorrectionRefused:
+            return None  # apply says why
+
+    def apply(self, store: Store, file_hashes: FileHashes) -> Outcome:
+        summary, record = self._record(store)
+        with store.transaction():
+            note = record.revert(store, self.correction)
+            store.mark_undone(self.correction)
+        return Outcome(f"undid {self.correction}: {summary}{note}")
+
+
+KINDS: dict[str, type[Correction]] = {
+    kind.kind: kind for kind in (Name, Merge, Split, Move, Reject, Lock, Unlock, Forget, Undo)
+}

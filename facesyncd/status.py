@@ -14,12 +14,17 @@ from .sidecar import read_sidecar
 from .store import Store
 
 
-def collect_status(settings: Settings) -> dict[str, Any]:
-    store = Store(settings.database_path, readonly=True)
-    try:
+def collect_status(settings: Settings, store: Store | None = None) -> dict[str, Any]:
+    """What `status` shows; read through `store` when one is open (the metrics' scrape), else through
+    a read-only connection of its own."""
+    if store is not None:
         data = store.status()
-    finally:
-        store.close()
+    else:
+        own = Store(settings.database_path, readonly=True)
+        try:
+            data = own.status()
+        finally:
+            own.close()
     sidecar = read_sidecar(settings.state_dir)
     data["index"] = {
         "faces": None if sidecar is None else sidecar.get("faces"),

@@ -135,3 +135,60 @@ def test_a_forgotten_person_never_comes_back(fake: FakeImmich, tmp_path: Path) -
     imported = lib.cli("import-facesets", "--merge", str(kept_copy.parent))
     assert f"{len(crops)} of forgotten people left out" in imported, imported
     assert lib.sql("SELECT COUNT(*) FROM faces")[0][0] == faces_before - len(crops)
+
+
+def test_every_kind_of_correction_is_undone_to_where_it_was(fake: FakeImmich, tmp_path: Path) -> None:
+    """Each kind (curation.KINDS) applied, then undone: the facesets are as before, and the record it
+    left in the history has the keys databases of earlier versions hold."""
+    from facesyncd.curation import KINDS
+
+    lib = Library(fake, tmp_path / "run")
+    lib.add([*ANGELINA_FIRST, "wild/katy_perry", "wild/matt_damon"])
+    lib.cli("sync")
+    angelina, katy, matt = lib.number_of("angelina"), lib.number_of("katy"), lib.number_of("matt")
+    rejected_before = min(lib.faces(katy))
+    lib.cli("face", "reject", str(rejected_before))  # so that a move below lifts a rejection
+
+    def state() -> dict:
+        """The live facesets (a split's new number stays retired after its undo: numbers are never
+        given twice)."""
+        return {
+            number: (entry["name"], entry["locked"], sorted(lib.faces(number)))
+            for number, entry in lib.sets().items()
+            if entry["merged_into"] is None and not entry["forgotten"]
+        }
+
+    corrections = {
+        "name": ["faceset", "name", str(angelina), "Angelina Jolie"],
+        "lock": ["faceset", "lock", str(katy)],
+        "merge": ["faceset", "merge", str(katy), str(matt)],
+        "split": ["faceset", "split", str(angelina), str(min(lib.faces(angelina)))],
+        "move": ["face", "move", str(rejected_before), str(katy)],
+        "reject": ["face", "reject", str(max(lib.faces(matt)))],
+    }
+    for kind, command in corrections.items():
+        before = state()
+        made = _correction(lib.cli(*command))
+        assert state() != before, f"{kind} changed nothing"
+        lib.cli("undo", str(made))
+        assert state() == before, f"undoing {kind} did not bring the facesets back"
+    lib.cli("faceset", "lock", str(katy))
+    before = state()
+    made = _correction(lib.cli("faceset", "unlock", str(katy)))
+    lib.cli("undo", str(made))
+    assert state() == before
+    assert lib.sql(f"SELECT COUNT(*) FROM rejections WHERE face_id = {rejected_before}") == [(1,)], (
+        "undoing the move restored the rejection it lifted"
+    )
+
+    recorded = {kind: set(json.loads(undo)) for kind, undo in lib.sql("SELECT kind, undo FROM corrections")}
+    assert recorded == {
+        "name": {"number", "before"},
+        "lock": {"number", "locked"},
+        "unlock": {"number", "locked"},
+        "merge": {"kept", "moved", "pooled"},
+        "split": {"from", "to", "faces"},
+        "move": {"face", "to", "before", "placed_before", "lifted"},
+        "reject": {"face", "from", "placed_before"},
+    }
+    assert set(recorded) | {"forget", "undo"} == set(KINDS)

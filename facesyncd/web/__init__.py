@@ -1,0 +1,77 @@
+"""The review page: server-rendered HTML over the store, forms for every correction, /metrics and
+/healthz. A Starlette app served by uvicorn (`facesyncd serve`, or inside `run` with [web] listen).
+
+    guard.py    the token, the CSRF token of every form, the same-origin and Host checks
+    pages.py    the routes: the pages, the face images, one POST per correction, /healthz, /metrics
+    metrics.py  the Prometheus collector (the store read once per scrape)
+
+Safety: bound to 127.0.0.1 by default; with [web] token_file (required beyond loopback) every page
+asks for the token (once as ?token=, then a cookie; or an Authorization: Bearer header); every
+change is a POST carrying a per-process CSRF token, from a page of the same origin; the Host header
+must name this server (no DNS rebinding). Images are facesyncd's own crops; the Immich key never
+reaches the page. The access log is off: a ?token= would otherwise be written down.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from ..config import Settings, parse_listen
+from ..errors import FacesyncError
+from .guard import Guard, allowed_hosts, read_token
+from .pages import Pages
+
+__all__ = ["WebServer", "create_app", "read_token"]
+
+
+def create_app(settings: Settings) -> Any:
+    """The ASGI application."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse, Response
+
+    from ..store import Store
+
+    guard = Guard(read_token(settings))
+    Store(settings.database_path, create=False).close()  # no database yet: say so now, not per page
+    listen = parse_listen(settings.web.listen) or ("127.0.0.1", 8765)
+
+    async def failed(request: Request, error: Exception) -> Response:
+        return PlainTextResponse(f"facesyncd: {error}", status_code=503)
+
+    return Starlette(
+        routes=Pages(settings, guard).routes(),
+        exception_handlers={FacesyncError: failed},
+        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(listen[0]))],
+    )
+
+
+class WebServer:
+    """uvicorn in a thread (inside `run`), or in the foreground (`serve`)."""
+
+    def __init__(self, settings: Settings) -> None:
+        import uvicorn
+
+        host, port = parse_listen(settings.web.listen) or ("127.0.0.1", 8765)
+        config = uvicorn.Config(
+            create_app(settings), host=host, port=port, access_log=False, log_config=None, lifespan="off"
+        )
+        self._server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+        self.address = f"http://{host if ':' not in host else f'[{host}]'}:{port}/"
+
+    def serve(self) -> None:
+        self._server.run()
+
+    def start(self) -> None:
+        # uvicorn listens to signals only in the main thread: the daemon keeps its own handlers.
+        self._thread = threading.Thread(target=self._server.run, name="facesyncd-web", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=5)
