@@ -35,13 +35,13 @@ import numpy as np
 from .config import FaceSettings
 from .crops import Crops
 from .embedder import Embedder
+from .embedding import cut_faces, save_faces
 from .errors import FacesyncError, ImageError
 from .export import FACESET_RE, FOLDER_RE, MANIFEST, NAME_FILE, SWAP_MANIFEST, highest_exported
 from .imaging import DecodedImage, decode_image
 from .immich import ASSET_ID_RE
 from .layouts import Layout
 from .models import DecodeSource, DetectedFace, ImportProvenance, Quality
-from .quality import assess
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -194,9 +194,9 @@ def import_facesets(
     *,
     settings: FaceSettings,
     merge: bool = False,
-    layout: Layout | None = None,
+    layout: Layout,
 ) -> ImportReport:
-    """Import the tree at `root` (see the module's docstring). With `layout`, what it cuts from each
+    """Import the tree at `root` (see the module's docstring). What the export `layout` cuts from each
     image (the swap layout's PNGs) is cut while the image is at hand (later it could only be cut from
     the tighter crop)."""
     max_pixels = settings.max_image_megapixels * 1_000_000
@@ -290,7 +290,7 @@ def _import_file(
     store: Store,
     embedder: Embedder,
     crops: Crops,
-    layout: Layout | None,
+    layout: Layout,
     max_pixels: int,
     report: ImportReport,
 ) -> None:
@@ -309,23 +309,15 @@ def _import_file(
             if store.forgotten_in(sha256, [faces[0].bbox]):  # a photo of a forgotten person's
                 report.forgotten += 1
                 return
-        names = crops.write_faces(sha256, image, [face.bbox for face in faces]) if image is not None else []
-        if layout is not None and image is not None:
-            layout.photo_at_hand(image.pixels, names, [face.bbox for face in faces])
-        recorded = _quality(entry)
+        photo = None
+        if image is not None:
+            recorded = _quality(entry)
+            photo = cut_faces(
+                image, sha256, size, DecodeSource.IMPORT, faces, crops=crops, layout=layout, recorded_quality=recorded
+            )
         with store.transaction():
-            if image is not None:
-                store.save_blob_faces(
-                    sha256,
-                    size=size,
-                    width=image.width,
-                    height=image.height,
-                    decoded_from=DecodeSource.IMPORT,
-                    model=embedder.name,
-                    faces=faces,
-                    crops=names,
-                    qualities=[recorded or assess(image.pixels, f.bbox, f.landmarks, f.det_score) for f in faces],
-                )
+            if photo is not None:
+                save_faces(store, photo, embedder.name)
             blob_faces = store.faces_of_blob(sha256)
             if not blob_faces:
                 raise ImageError("no face found")

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..crashpoints import checkpoint
+from ..embedding import PhotoFaces, cut_faces, save_faces
 from ..errors import AssetGone, ImageError, ImmichError, Interrupted
 from ..identities import SAME_FACE, pair_boxes
 from ..imaging import DecodedImage, decode_image
@@ -33,13 +34,10 @@ from ..models import (
     AssetState,
     CycleReport,
     DecodeSource,
-    DetectedFace,
     Dropped,
-    Quality,
     RemoteFace,
     StoredFace,
 )
-from ..quality import assess
 from ..store import Store
 from .tidy import forget, remove_asset
 
@@ -88,11 +86,7 @@ class Known:
 class Embedded:
     row: AssetRow
     download: Download
-    decoded_from: DecodeSource
-    size: tuple[int, int]
-    faces: list[DetectedFace]
-    crops: list[str]
-    qualities: list[Quality]
+    photo: PhotoFaces
 
 
 Outcome = Skipped | Gone | Failed | Known | Embedded
@@ -232,17 +226,16 @@ def prepare(app: App, client: ImmichClient, row: AssetRow, reader: Store) -> Out
             image, decoded_from = decode(app, client, row.asset_id, download.path, max_bytes)
             faces = app.embedder.faces(image)
             forgotten = reader.forgotten_in(download.sha256, [face.bbox for face in faces])
-            faces = [face for row, face in enumerate(faces) if row not in forgotten]  # `faceset forget`
-            qualities = [assess(image.pixels, face.bbox, face.landmarks, face.det_score) for face in faces]
-            crops = app.crops.write_faces(download.sha256, image, [face.bbox for face in faces])
-            app.layout.photo_at_hand(image.pixels, crops, [face.bbox for face in faces])
-            size = (image.width, image.height)
+            faces = [face for index, face in enumerate(faces) if index not in forgotten]  # `faceset forget`
+            photo = cut_faces(
+                image, download.sha256, download.size, decoded_from, faces, crops=app.crops, layout=app.layout
+            )
             del image
             checkpoint("embedded")
         except BaseException:
             download.path.unlink(missing_ok=True)
             raise
-        return Embedded(row, download, decoded_from, size, faces, crops, qualities)
+        return Embedded(row, download, photo)
     except AssetGone as gone:
         return confirm_gone(client, row, str(gone))
     except (ImageError, ImmichError) as error:
@@ -309,25 +302,14 @@ def commit(app: App, source: str, outcome: Outcome, report: CycleReport) -> None
             report.deduplicated += 1
         elif isinstance(outcome, Embedded):
             report.downloaded += 1
-            download = outcome.download
-            width, height = outcome.size
+            download, photo = outcome.download, outcome.photo
             with store.transaction():
-                store.save_blob_faces(
-                    download.sha256,
-                    size=download.size,
-                    width=width,
-                    height=height,
-                    decoded_from=outcome.decoded_from,
-                    model=app.embedder.name,
-                    faces=outcome.faces,
-                    crops=outcome.crops,
-                    qualities=outcome.qualities,
-                )
+                save_faces(store, photo, app.embedder.name)
                 store.mark_done(
                     source,
                     row.asset_id,
                     download.sha256,
-                    None if outcome.decoded_from == DecodeSource.ORIGINAL else "decoded from Immich's preview",
+                    None if photo.decoded_from == DecodeSource.ORIGINAL else "decoded from Immich's preview",
                 )
                 replaced, dropped = replace_imported_faces(store, row, download.sha256)
             checkpoint("committed")
@@ -340,7 +322,7 @@ def commit(app: App, source: str, outcome: Outcome, report: CycleReport) -> None
                     [face.identity for face in joined if face.identity is not None],
                 )
             report.embedded_assets += 1
-            report.faces_found += len(outcome.faces)
+            report.faces_found += len(photo.faces)
     finally:
         discard(outcome)
 
