@@ -235,14 +235,7 @@ def sync(
     finally:
         for signum, handler in previous.items():  # the caller's handlers again (the CLI run in-process)
             signal.signal(signum, handler)
-    created = ", ".join(f"{n:03d}" for n in report.identities_created) or "none"
-    typer.echo(
-        f"listed {report.listed}, downloaded {report.downloaded} ({report.deduplicated} duplicates), "
-        f"embedded {report.embedded_assets} assets with {report.faces_found} faces, "
-        f"{report.faces_assigned} faces assigned, new facesets: {created}, "
-        f"{report.skipped} skipped, {report.failed} failed, {report.removed_assets} removed, "
-        f"{report.facesets_written} folders written, {report.requests} requests, {report.seconds:.1f}s"
-    )
+    typer.echo(report.line())
 
 
 def _break_off_after(grace_seconds: float, abort: Any) -> None:

@@ -174,46 +174,9 @@ class Daemon:
             log.error("%s failed: %s", kind, error)
             self._runtime.update(last_cycle={"kind": str(kind), "at": utc_now(), "error": error})
             return
-        summary = {
-            "kind": str(kind),
-            "at": utc_now(),
-            "listed": report.listed,
-            "downloaded": report.downloaded,
-            "faces": report.faces_found,
-            "assigned": report.faces_assigned,
-            "new_facesets": report.identities_created,
-            "failed": report.failed,
-            "removed": report.removed_assets,
-            "requests": report.requests,
-            "seconds": report.seconds,
-            "faces_per_second": report.faces_per_second,
-        }
+        summary = report.digest(str(kind), utc_now())
         self._runtime.update(last_cycle=summary)
-        created = ", ".join(f"{number:03d}" for number in report.identities_created) or "none"
-        if kind == JobKind.CLUSTER:
-            log.info(
-                "cluster: new facesets %s, %d pool faces assigned, %d folders written, %.1fs",
-                created,
-                report.faces_assigned,
-                report.facesets_written,
-                report.seconds,
-                extra={"fields": {"cycle": summary}},
-            )
-            return
-        log.info(
-            "%s: listed %d, downloaded %d, %d faces (%.1f/s), %d assigned, %d failed, %d removed, %d requests, %.1fs",
-            kind,
-            report.listed,
-            report.downloaded,
-            report.faces_found,
-            report.faces_per_second,
-            report.faces_assigned,
-            report.failed,
-            report.removed_assets,
-            report.requests,
-            report.seconds,
-            extra={"fields": {"cycle": summary}},
-        )
+        log.info("%s: %s", kind, report.line(), extra={"fields": {"cycle": summary}})
 
     # -- main loop ------------------------------------------------------------------------------
 

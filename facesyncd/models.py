@@ -192,6 +192,34 @@ class CycleReport:
     def as_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "faces_per_second": self.faces_per_second}
 
+    def line(self) -> str:
+        """The cycle in one line: what `sync` prints and the daemon logs."""
+        created = ", ".join(f"{number:03d}" for number in self.identities_created) or "none"
+        return (
+            f"listed {self.listed}, downloaded {self.downloaded} ({self.deduplicated} duplicates), "
+            f"embedded {self.embedded_assets} assets with {self.faces_found} faces ({self.faces_per_second:g}/s), "
+            f"{self.faces_assigned} faces assigned, new facesets: {created}, "
+            f"{self.skipped} skipped, {self.failed} failed, {self.removed_assets} removed, "
+            f"{self.facesets_written} folders written, {self.requests} requests, {self.seconds:.1f}s"
+        )
+
+    def digest(self, kind: str, at: str) -> dict[str, Any]:
+        """The cycle as `status` shows a running daemon's last one (daemon.json)."""
+        return {
+            "kind": kind,
+            "at": at,
+            "listed": self.listed,
+            "downloaded": self.downloaded,
+            "faces": self.faces_found,
+            "assigned": self.faces_assigned,
+            "new_facesets": self.identities_created,
+            "failed": self.failed,
+            "removed": self.removed_assets,
+            "requests": self.requests,
+            "seconds": self.seconds,
+            "faces_per_second": self.faces_per_second,
+        }
+
 
 @dataclass(frozen=True)
 class AssetRow:
