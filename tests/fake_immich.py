@@ -28,6 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from copy import deepcopy
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
@@ -332,6 +333,19 @@ class FakeImmich:
         self._order: list[tuple[datetime, str]] | None = None  # search order, rebuilt after changes
 
     # -- library ----------------------------------------------------------------------------
+
+    def clone(self) -> FakeImmich:
+        """Another server (not started) with this one's users, partners, people and assets, the same
+        ids included: a test changes its own copy of a library others read."""
+        copy = FakeImmich(version=self.version)
+        with self.lock:
+            copy.users = deepcopy(self.users)
+            copy.partners = dict(self.partners)
+            copy.people = deepcopy(self.people)
+            copy.assets = deepcopy(self.assets)
+            copy._previews = dict(self._previews)
+            copy._sizes = dict(self._sizes)
+        return copy
 
     def now(self) -> datetime:
         return datetime.now(UTC) + self.clock_offset

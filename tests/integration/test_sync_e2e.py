@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 from collections import Counter
 from pathlib import Path
@@ -70,6 +71,23 @@ def library(tmp_path_factory: pytest.TempPathFactory):
     validate_traffic(fake)
 
 
+@pytest.fixture
+def own_library(library, tmp_path: Path):
+    """The synced library, copied for a test that changes it (its server, state and folders): the
+    module's tests pass in any order."""
+    fake, labels, base, _, first = library
+    copy = fake.clone()
+    copy.start()
+    for folder in ("state", "facesets"):
+        shutil.copytree(base / folder, tmp_path / folder, symlinks=True)
+    config = write_config(tmp_path, copy.url)
+    try:
+        yield copy, labels, tmp_path, config, first
+        validate_traffic(copy)
+    finally:
+        copy.stop()
+
+
 def test_first_sync_builds_pure_facesets_for_every_identity(library) -> None:
     fake, labels, base, config, first = library
     assert first.returncode == 0, first.stderr
@@ -117,8 +135,8 @@ def test_noface_photos_give_no_faces_and_count_as_done(library) -> None:
     assert states == {"done": len(labels)}
 
 
-def test_second_sync_downloads_nothing_and_costs_two_requests(library) -> None:
-    fake, labels, base, config, first = library
+def test_second_sync_downloads_nothing_and_costs_two_requests(own_library) -> None:
+    fake, labels, base, config, first = own_library
     before = len(fake.requests)
     second = run_cli("--config", str(config), "sync")
     assert second.returncode == 0, second.stderr
@@ -126,8 +144,8 @@ def test_second_sync_downloads_nothing_and_costs_two_requests(library) -> None:
     assert [(m, p) for m, p, _ in requests] == [("GET", "/api/users/me"), ("POST", "/api/search/metadata")]
 
 
-def test_assets_bumped_by_immich_jobs_are_not_downloaded_again(library) -> None:
-    fake, labels, base, config, first = library
+def test_assets_bumped_by_immich_jobs_are_not_downloaded_again(own_library) -> None:
+    fake, labels, base, config, first = own_library
     for asset_id in list(labels)[:20]:
         fake.touch(asset_id)
     before = fake.count("GET", "/api/assets/")
@@ -136,8 +154,8 @@ def test_assets_bumped_by_immich_jobs_are_not_downloaded_again(library) -> None:
     assert fake.count("GET", "/api/assets/") == before
 
 
-def test_exporting_twice_changes_nothing(library) -> None:
-    fake, labels, base, config, first = library
+def test_exporting_twice_changes_nothing(own_library) -> None:
+    fake, labels, base, config, first = own_library
     root = base / "facesets"
     snapshot = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in root.rglob("*")}
     result = run_cli("--config", str(config), "sync")
@@ -177,9 +195,9 @@ def test_status_answers_while_a_writer_holds_the_database(library) -> None:
         writer.close()
 
 
-def test_new_photos_join_the_right_facesets(library) -> None:
+def test_new_photos_join_the_right_facesets(own_library) -> None:
     """edge/ holds more photos of obama and angelina_jolie: they must land in those facesets."""
-    fake, labels, base, config, first = library
+    fake, labels, base, config, first = own_library
     root, database = base / "facesets", base / "state" / "facesyncd.db"
     by_faceset = labelled(root, database, labels)
     owner = {number: counter.most_common(1)[0][0] for number, counter in by_faceset.items() if counter}
@@ -202,8 +220,8 @@ def test_new_photos_join_the_right_facesets(library) -> None:
     assert max(after) == highest_before  # no new faceset for known people
 
 
-def test_trashed_and_deleted_assets_leave_their_facesets(library) -> None:
-    fake, labels, base, config, first = library
+def test_trashed_and_deleted_assets_leave_their_facesets(own_library) -> None:
+    fake, labels, base, config, first = own_library
     root = base / "facesets"
     placed = {face["asset_id"]: number for number, data in facesets(root).items() for face in data["faces"]}
     biggest = max(facesets(root).values(), key=lambda data: len(data["faces"]))
