@@ -2,7 +2,7 @@
 
 Answers follow `../shared/immich/openapi-<version>.json` (the tests validate every JSON answer and
 request body against the spec), in the 3.x or the 2.x flavour (error bodies and some fields differ),
-and answer as a real Immich 3.1.0 does: tests/test_fake_immich.py replays every recorded case of
+and answer as a real Immich 3.1.0 does: tests/integration/test_fake_immich.py replays every recorded case of
 `../shared/immich/recorded-3.1.0/` that concerns an endpoint facesyncd uses and compares the answers.
 
 Like the real server it has users with API keys and their permission scopes, partners (a partner's

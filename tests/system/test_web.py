@@ -24,7 +24,7 @@ pytestmark = requires_shared
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver") or shutil.which("chromium.chromedriver")
 # Where test_the_readme_pictures_of_the_page leaves its screenshots when asked to: the README's are
-# made with FACESYNCD_SCREENSHOTS=docs .venv/bin/python -m pytest tests/test_web.py -k readme
+# made with FACESYNCD_SCREENSHOTS=docs .venv/bin/python -m pytest tests/system/test_web.py -k readme
 SCREENSHOTS = os.environ.get("FACESYNCD_SCREENSHOTS")
 
 
