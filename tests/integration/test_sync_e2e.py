@@ -6,6 +6,7 @@ import json
 import shutil
 import sqlite3
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -79,7 +80,11 @@ def own_library(library, tmp_path: Path):
     copy = fake.clone()
     copy.start()
     for folder in ("state", "facesets"):
-        shutil.copytree(base / folder, tmp_path / folder, symlinks=True)
+        database = shutil.ignore_patterns("facesyncd.db*")  # copied whole by SQLite, below
+        shutil.copytree(base / folder, tmp_path / folder, symlinks=True, ignore=database)
+    with closing(sqlite3.connect(base / "state" / "facesyncd.db")) as source:
+        with closing(sqlite3.connect(tmp_path / "state" / "facesyncd.db")) as target:
+            source.backup(target)
     config = write_config(tmp_path, copy.url)
     try:
         yield copy, labels, tmp_path, config, first
