@@ -124,7 +124,7 @@ def file_hashes(app: App) -> FileHashes:
 def apply_corrections(app: App) -> CycleReport:
     """Bring the folders and the index in line with the corrections in the store."""
     _prepare_to_embed(app)  # the swap layout checks new PNGs with the detector
-    return run_action(app, JobKind.CORRECT, lambda report: publish(app, report))
+    return run_action(app, JobKind.CORRECT, lambda report: publish(app.publish_parts(), report))
 
 
 def _record_failure(app: App, cycle_id: int, started: float, report: CycleReport, error: BaseException) -> None:
@@ -170,9 +170,10 @@ def cluster(app: App) -> CycleReport:
     _prepare_to_embed(app)
 
     def body(report: CycleReport) -> None:
-        open_new_facesets(app, report)
-        merge_identities(app, report)
-        publish(app, report)
+        identify = app.identify_parts()
+        open_new_facesets(identify, report)
+        merge_identities(identify, report)
+        publish(app.publish_parts(), report)
 
     return run_action(app, JobKind.CLUSTER, body)
 
@@ -189,7 +190,7 @@ def import_facesets(app: App, directory: Path, *, merge: bool = False) -> Import
         report.faces_found = imported.imported
         result.append(imported)
         app.index.drop()  # imported faces joined identities outside the index
-        publish(app, report)
+        publish(app.publish_parts(), report)
 
     run_action(app, JobKind.IMPORT, body)
     return result[0]

@@ -4,50 +4,23 @@ the daemon alike. Every command is an action (actions.py) over an App."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import ImmichSettings, Settings
 from .crops import Crops
+from .cycle.identify import IdentifyParts
+from .cycle.poll import PollParts
+from .cycle.publish import PublishParts
+from .cycle.stage import StageParts
+from .cycle.tidy import Caches
 from .embedder import Embedder, make_embedder
-from .immich import ImmichClient
+from .immich import ClientFactory, ClientSet, ImmichClient
 from .index import IndexKeeper
 from .layouts import Layout, make_layout
 from .progress import Reporter, SilentReporter
 from .store import Store
 from .swap import SwapCache
-
-ClientFactory = Callable[[ImmichSettings], ImmichClient]
-
-
-class ClientSet:
-    """The Immich clients in use, so that a stop can break off their requests from another thread."""
-
-    def __init__(self, factory: ClientFactory) -> None:
-        self._factory = factory
-        self._open: set[ImmichClient] = set()
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def open(self, source: ImmichSettings) -> Iterator[ImmichClient]:
-        client = self._factory(source)
-        with self._lock:
-            self._open.add(client)
-        try:
-            yield client
-        finally:
-            with self._lock:
-                self._open.discard(client)
-            client.close()
-
-    def abort(self) -> None:
-        """Break off every request in flight (their sockets are shut down)."""
-        with self._lock:
-            clients = list(self._open)
-        for client in clients:
-            client.close()
 
 
 @dataclass
@@ -65,6 +38,7 @@ class App:
     swap: SwapCache = field(init=False)
     index: IndexKeeper = field(init=False)
     layout: Layout = field(init=False)  # what the faceset folders hold ([export] format), decided here only
+    caches: Caches = field(init=False)  # what follows the faces in the store (crops, swap PNGs, index)
     corrections_seen: int = field(init=False, default=-1)  # the store's corrections_version last acted on
 
     def __post_init__(self) -> None:
@@ -74,6 +48,7 @@ class App:
         self.swap = SwapCache(self.settings.state_dir / "swap", export.swap_size, export.swap_padding)
         self.index = IndexKeeper(self.store, self.settings.state_dir, self._dimension)
         self.layout = make_layout(export, self.settings.facesets_dir, self.crops, self.swap, self.embedder)
+        self.caches = Caches(self.crops, self.swap, self.index)
 
     def _client(self, source: ImmichSettings) -> ImmichClient:
         return ImmichClient(source, self.settings.sync, stop=self.stop)
@@ -87,6 +62,45 @@ class App:
     @property
     def download_dir(self) -> Path:
         return self.settings.state_dir / "tmp"
+
+    # What each stage of the cycle uses, and nothing more (built at each use: a reload or a test may
+    # change the settings).
+
+    def poll_parts(self) -> PollParts:
+        settings = self.settings
+        return PollParts(self.store, self.caches, settings.schedule, settings.sync, self.reporter, self.stop)
+
+    def stage_parts(self) -> StageParts:
+        settings = self.settings
+        return StageParts(
+            self.store,
+            self.caches,
+            self.embedder,
+            self.layout,
+            settings.faces,
+            settings.sync,
+            self.download_dir,
+            self.reporter,
+            self.stop,
+        )
+
+    def identify_parts(self) -> IdentifyParts:
+        return IdentifyParts(self.store, self.index, self.settings.identities, self.reporter)
+
+    def publish_parts(self) -> PublishParts:
+        settings = self.settings
+        return PublishParts(
+            self.store,
+            self.caches,
+            self.layout,
+            self.clients,
+            tuple(settings.immich),
+            settings.faces,
+            settings.export,
+            settings.facesets_dir,
+            self.download_dir,
+            self.reporter,
+        )
 
     def abort(self) -> None:
         """Break off requests in flight (called from another thread when a stop takes too long)."""

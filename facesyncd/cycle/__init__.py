@@ -34,8 +34,8 @@ def run_cycle(app: App, report: CycleReport, *, reconcile: bool | None, cluster:
         try:
             with app.clients.open(source) as client:
                 try:
-                    poll(app, source, client, report, reconcile=reconcile)
-                    stage(app, source.name, client, report)
+                    poll(app.poll_parts(), source, client, report, reconcile=reconcile)
+                    stage(app.stage_parts(), source.name, client, report)
                 finally:
                     report.requests += client.requests
         except (ImmichAuthError, ImmichUnreachable, ImmichError) as error:
@@ -43,9 +43,10 @@ def run_cycle(app: App, report: CycleReport, *, reconcile: bool | None, cluster:
             report.source_errors[source.name] = str(error)
             app.store.set_source_error(source.name, str(error))
             first_error = first_error or error
-    assign_new_faces(app, report)
+    identify = app.identify_parts()
+    assign_new_faces(identify, report)
     if cluster:
-        open_new_facesets(app, report)
-    merge_identities(app, report)
-    publish(app, report)
+        open_new_facesets(identify, report)
+    merge_identities(identify, report)
+    publish(app.publish_parts(), report)
     return first_error

@@ -3,43 +3,53 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import IdentitySettings
 from ..crashpoints import checkpoint
 from ..identities import SAME_FACE, Cluster, assign, cluster_pool, merges
-from ..index import FaceIndex
+from ..index import FaceIndex, IndexKeeper
 from ..models import CycleReport, StoredFace
-
-if TYPE_CHECKING:
-    from ..app import App
+from ..progress import Reporter
+from ..store import Store
 
 log = logging.getLogger(__name__)
 
 NEIGHBOURS = 16
 
 
-def assign_new_faces(app: App, report: CycleReport) -> None:
+@dataclass(frozen=True)
+class IdentifyParts:
+    """What identifying faces uses: the store, the index, [identities] and the reporter."""
+
+    store: Store
+    index: IndexKeeper
+    settings: IdentitySettings
+    reporter: Reporter
+
+
+def assign_new_faces(parts: IdentifyParts, report: CycleReport) -> None:
     """Each face not yet compared joins the closest identity within match_distance (see _match);
     the same face as one the user set aside is set aside too."""
-    faces = _hold_the_held(app, app.store.unmatched_new_faces())
+    faces = _hold_the_held(parts, parts.store.unmatched_new_faces())
     if not faces:
         return
-    app.reporter.stage("assigning faces", len(faces))
-    matches = _match(app, faces, app.index.get())
-    app.store.record_matches(matches, [face.id for face in faces])
+    parts.reporter.stage("assigning faces", len(faces))
+    matches = _match(parts, faces, parts.index.get())
+    parts.store.record_matches(matches, [face.id for face in faces])
     checkpoint("assigned")
-    _add_to_index(app, faces, matches)
+    _add_to_index(parts, faces, matches)
     report.faces_assigned += len(matches)
-    app.reporter.advance(len(faces))
+    parts.reporter.advance(len(faces))
 
 
-def _hold_the_held(app: App, faces: list[StoredFace]) -> list[StoredFace]:
+def _hold_the_held(parts: IdentifyParts, faces: list[StoredFace]) -> list[StoredFace]:
     """A new face that is the same face as one the user set aside (a quarantined crop of the older
     pipeline, cut from the very photo that now arrives) is set aside by the same decision: it never
     forms a faceset and never joins one. The faces left to match are returned."""
-    held = app.store.held_faces()
+    held = parts.store.held_faces()
     if not held or not faces:
         return faces
     decisions = [reason for _, reason, _ in held]
@@ -51,23 +61,23 @@ def _hold_the_held(app: App, faces: list[StoredFace]) -> list[StoredFace]:
         if row[int(column)] <= SAME_FACE
     }
     if same:
-        app.store.hold_faces(same)
+        parts.store.hold_faces(same)
         log.info("%d new faces are faces the user set aside: set aside too", len(same))
     return [face for face in faces if face.id not in same]
 
 
-def open_new_facesets(app: App, report: CycleReport) -> None:
+def open_new_facesets(parts: IdentifyParts, report: CycleReport) -> None:
     """Cluster the pool of unmatched faces; clusters that pass the gates become identities.
 
     A pool too large to cluster at once goes in rounds (see cluster_pool): after each, the faces
     left in the pool are matched against the identities it opened, as a later sync would."""
-    settings = app.settings.identities
+    settings = parts.settings
     clustered: set[int] = set()  # face ids some round clustered
     while True:
-        pool = app.store.pool_faces()
+        pool = parts.store.pool_faces()
         if len(pool) < settings.min_faceset_faces:
             return
-        app.reporter.stage("clustering", len(pool))
+        parts.reporter.stage("clustering", len(pool))
         clustering = cluster_pool(
             np.stack([face.embedding for face in pool]),
             [face.sha256 for face in pool],
@@ -78,45 +88,47 @@ def open_new_facesets(app: App, report: CycleReport) -> None:
         )
         clustered.update(pool[int(row)].id for row in clustering.clustered)
         if clustering.clusters:
-            _open_identities(app, pool, clustering.clusters, report)
+            _open_identities(parts, pool, clustering.clusters, report)
         if not clustering.more_rounds:
             return
 
 
-def _open_identities(app: App, pool: list[StoredFace], clusters: list[Cluster], report: CycleReport) -> None:
-    index = app.index.get()
+def _open_identities(
+    parts: IdentifyParts, pool: list[StoredFace], clusters: list[Cluster], report: CycleReport
+) -> None:
+    index = parts.index.get()
     for cluster in clusters:
         members = {pool[row].id: distance for row, distance in zip(cluster.rows, cluster.distances, strict=True)}
-        number = app.store.create_identity(members)
+        number = parts.store.create_identity(members)
         checkpoint("identity-created")
-        app.index.add(list(members), np.stack([pool[row].embedding for row in cluster.rows]), [number] * len(members))
+        parts.index.add(list(members), np.stack([pool[row].embedding for row in cluster.rows]), [number] * len(members))
         report.identities_created.append(number)
         log.info("opened faceset %03d with %d faces", number, len(members))
     # Faces left in the pool may belong to the identities just opened.
-    remaining = app.store.pool_faces()
-    matches = _match(app, remaining, index)
+    remaining = parts.store.pool_faces()
+    matches = _match(parts, remaining, index)
     if matches:
-        app.store.record_matches(matches, [])
-        _add_to_index(app, remaining, matches)
+        parts.store.record_matches(matches, [])
+        _add_to_index(parts, remaining, matches)
         report.faces_assigned += len(matches)
 
 
-def _match(app: App, faces: list[StoredFace], index: FaceIndex) -> dict[int, tuple[int, float]]:
+def _match(parts: IdentifyParts, faces: list[StoredFace], index: FaceIndex) -> dict[int, tuple[int, float]]:
     """Face id -> (identity, distance) for the faces that join an identity: the closest one with a
     face within match_distance; failing that (with mean_join), the one whose faces are within
     cluster_distance on average, among the identities of its nearest faces. Never two faces of one
     photo into one identity."""
     if not faces or len(index) == 0:
         return {}
-    settings = app.settings.identities
+    settings = parts.settings
     embeddings = np.stack([face.embedding for face in faces])
     neighbour_ids, neighbour_distances = index.query(embeddings, NEIGHBOURS)
     blobs = [face.sha256 for face in faces]
-    taken = {blob: app.store.identities_of_blob(blob) for blob in set(blobs)}
+    taken = {blob: parts.store.identities_of_blob(blob) for blob in set(blobs)}
     # The user's corrections: a locked identity takes no face by itself, a rejected face never
     # goes back to the identity it was rejected from.
-    locked = app.store.locked_identities()
-    rejected = app.store.rejections_of([face.id for face in faces])
+    locked = parts.store.locked_identities()
+    rejected = parts.store.rejections_of([face.id for face in faces])
     banned = {row: locked | rejected.get(face.id, set()) for row, face in enumerate(faces)}
     matches = assign(
         blobs, neighbour_ids, neighbour_distances, index.identity_of, settings.match_distance, taken, banned
@@ -135,26 +147,26 @@ def _match(app: App, faces: list[StoredFace], index: FaceIndex) -> dict[int, tup
     return {faces[row].id: match for row, match in matches.items()}
 
 
-def merge_identities(app: App, report: CycleReport) -> None:
+def merge_identities(parts: IdentifyParts, report: CycleReport) -> None:
     """Identities found to be one person (centres within merge_distance, no photo with a face of
     each) become one: the lower number keeps them, the higher is retired and never given again.
     Never a locked one, nor two the user keeps apart (a split, a rejected face)."""
-    index = app.index.get()
-    locked = app.store.locked_identities()
+    index = parts.index.get()
+    locked = parts.store.locked_identities()
     centres = {number: centre for number, centre in index.centres().items() if number not in locked}
-    apart = app.store.photos_shared() | app.store.kept_apart()
-    for retired, kept in merges(centres, apart, app.settings.identities.merge_distance):
-        if not app.store.merge_identities(retired, kept):
+    apart = parts.store.photos_shared() | parts.store.kept_apart()
+    for retired, kept in merges(centres, apart, parts.settings.merge_distance):
+        if not parts.store.merge_identities(retired, kept):
             continue  # the user's corrections keep them apart (a hand-placed face, a lock made meanwhile)
         index.relabel(retired, kept)
         report.identities_merged.append((retired, kept))
         log.info("faceset %03d is the same person as %03d: merged into it, %03d retired", retired, kept, retired)
 
 
-def _add_to_index(app: App, faces: list[StoredFace], matches: dict[int, tuple[int, float]]) -> None:
+def _add_to_index(parts: IdentifyParts, faces: list[StoredFace], matches: dict[int, tuple[int, float]]) -> None:
     joined = [face for face in faces if face.id in matches]
     if joined:
-        app.index.add(
+        parts.index.add(
             [face.id for face in joined],
             np.stack([face.embedding for face in joined]),
             [matches[face.id][0] for face in joined],

@@ -13,30 +13,42 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
-from ..config import ImmichSettings
+from ..config import ImmichSettings, ScheduleSettings, SyncSettings
 from ..crashpoints import checkpoint
 from ..errors import Interrupted
 from ..immich import ImmichClient, next_watermark, parse_time
 from ..models import AssetState, CycleReport
-from .tidy import forget, remove_asset
-
-if TYPE_CHECKING:
-    from ..app import App
+from ..progress import Reporter
+from ..store import Store
+from .tidy import Caches, remove_asset
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class PollParts:
+    """What polling a source uses."""
+
+    store: Store
+    caches: Caches
+    schedule: ScheduleSettings
+    sync: SyncSettings
+    reporter: Reporter
+    stop: threading.Event
+
+
 def poll(
-    app: App, source: ImmichSettings, client: ImmichClient, report: CycleReport, *, reconcile: bool | None
+    parts: PollParts, source: ImmichSettings, client: ImmichClient, report: CycleReport, *, reconcile: bool | None
 ) -> None:
     """reconcile: True lists the whole library now, False never, None when [schedule]
     reconcile_seconds have passed since the last full listing (and on a source's first sweep)."""
-    store, settings = app.store, app.settings
+    store = parts.store
     store.ensure_source(source.name, source.url)
     me = client.whoami()
     owner = str(me.get("id") or "").lower()
@@ -45,22 +57,22 @@ def poll(
     full = (
         watermark is None
         or reconcile is True
-        or (reconcile is None and store.reconcile_due(source.name, settings.schedule.reconcile_seconds))
+        or (reconcile is None and store.reconcile_due(source.name, parts.schedule.reconcile_seconds))
     )
     remote: dict[str, bool] = {}
     newest: datetime | None = None
-    app.reporter.stage(f"{source.name}: listing", None)
+    parts.reporter.stage(f"{source.name}: listing", None)
     started = time.monotonic()
-    listing = client.list_changed(None if full else watermark, settings.sync.page_size)
+    listing = client.list_changed(None if full else watermark, parts.sync.page_size)
     for page in prefetched(listing.pages()):
-        if app.stop.is_set():
+        if parts.stop.is_set():
             raise Interrupted("stop requested")
         report.listed += len(page)
         for asset in page:
             moment = parse_time(asset.updated_at)
             if moment is not None and (newest is None or moment > newest):
                 newest = moment
-        app.reporter.advance(len(page))
+        parts.reporter.advance(len(page))
         if not source.include_partners and owner:
             # A key lists a partner's assets too while the partner is shown in the timeline: they are
             # the partner's photos (their own source, if configured), not this user's.
@@ -70,9 +82,9 @@ def poll(
         listed = store.record_listed(source.name, page)
         checkpoint("listed-page")
         report.new_or_changed += listed.needing_work
-        forget(app, listed.dropped)
+        parts.caches.forget(listed.dropped)
         for asset_id in listed.trashed:
-            remove_asset(app, source.name, asset_id, AssetState.TRASHED, report)
+            remove_asset(store, parts.caches, source.name, asset_id, AssetState.TRASHED, report)
         for asset_id in listed.restored:
             report.restored_assets += 1
             log.info("%s: asset %s restored from Immich's trash; its faces are back", source.name, asset_id)
@@ -81,28 +93,28 @@ def poll(
     report.partner_assets += partner_assets
     # Only a complete sweep moves the watermark: a broken one is redone from the old mark.
     store.finish_sweep(
-        source.name, next_watermark(watermark, listing.server_time, newest, settings.sync.watermark_overlap_seconds)
+        source.name, next_watermark(watermark, listing.server_time, newest, parts.sync.watermark_overlap_seconds)
     )
     report.listing_seconds += round(time.monotonic() - started, 3)
     checkpoint("sweep-finished")
     if full:
         store.set_partner_assets(source.name, partner_assets)
-        _reconcile(app, source.name, remote, report, exact=listing.exact)
+        _reconcile(parts, source.name, remote, report, exact=listing.exact)
 
 
-def _reconcile(app: App, source: str, remote: dict[str, bool], report: CycleReport, *, exact: bool) -> None:
+def _reconcile(parts: PollParts, source: str, remote: dict[str, bool], report: CycleReport, *, exact: bool) -> None:
     """Assets we hold that a complete listing no longer has were deleted there (hard deletions never
     show up in an incremental sweep, and an asset emptied from the trash neither)."""
     if not exact:
         log.warning("%s: the listing paged by offset; deletions are not applied until a clean listing", source)
-    for asset_id, state in sorted(app.store.known_asset_states(source).items()):
+    for asset_id, state in sorted(parts.store.known_asset_states(source).items()):
         if asset_id not in remote:
             if exact:
-                remove_asset(app, source, asset_id, AssetState.DELETED, report)
+                remove_asset(parts.store, parts.caches, source, asset_id, AssetState.DELETED, report)
         elif remote[asset_id] and state != AssetState.TRASHED:
-            remove_asset(app, source, asset_id, AssetState.TRASHED, report)
-    app.store.mark_reconciled(source)
-    app.crops.sweep_orphans(app.store.all_crops())  # crops a crash left without a database row
+            remove_asset(parts.store, parts.caches, source, asset_id, AssetState.TRASHED, report)
+    parts.store.mark_reconciled(source)
+    parts.caches.crops.sweep_orphans(parts.store.all_crops())  # crops a crash left without a database row
 
 
 def prefetched(items: Iterator[T]) -> Iterator[T]:

@@ -4,43 +4,62 @@ from __future__ import annotations
 
 import logging
 from contextlib import ExitStack
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from pathlib import Path
 
+from ..config import ExportSettings, FaceSettings, ImmichSettings
 from ..errors import ImageError, ImmichAuthError, ImmichError, ImmichUnreachable
 from ..export import remove_faceset
 from ..imaging import DecodedImage
-from ..immich import ImmichClient
-from ..layouts import Library
+from ..immich import ClientSet, ImmichClient
+from ..layouts import Layout, Library
 from ..models import CycleReport, ExportFace
+from ..progress import Reporter
+from ..store import Store
 from .stage import decode
-
-if TYPE_CHECKING:
-    from ..app import App
+from .tidy import Caches
 
 log = logging.getLogger(__name__)
 
 
-def publish(app: App, report: CycleReport) -> None:
+@dataclass(frozen=True)
+class PublishParts:
+    """What publishing the folders uses: the store, the caches, the layout, and (to fetch a photo
+    again) the Immich clients with the configured sources."""
+
+    store: Store
+    caches: Caches
+    layout: Layout
+    clients: ClientSet
+    sources: tuple[ImmichSettings, ...]
+    faces: FaceSettings
+    export: ExportSettings
+    facesets_dir: Path
+    download_dir: Path
+    reporter: Reporter
+
+
+def publish(parts: PublishParts, report: CycleReport) -> None:
     """Write the faceset folders in the configured layout (layouts.py) and save the index for the
     next start. The folders can always be rebuilt: a layout fetches a face's photo again from Immich
     when it needs it (a lost crop, a swap PNG not cut yet). Faces under [export] min_quality stay out
     of the folders (not the store)."""
-    app.reporter.stage("exporting", None)
-    for number in app.store.forgotten_numbers():  # `faceset forget`: nothing of them is kept
-        if remove_faceset(app.settings.facesets_dir, number):
+    parts.reporter.stage("exporting", None)
+    for number in parts.store.forgotten_numbers():  # `faceset forget`: nothing of them is kept
+        if remove_faceset(parts.facesets_dir, number):
             log.info("removed the folders of forgotten faceset %03d", number)
-    _measure_unmeasured(app)
-    faces = _good_enough(app.store.export_faces(), app.settings.export.min_quality)
-    with _Photos(app) as photos:
+    _measure_unmeasured(parts)
+    faces = _good_enough(parts.store.export_faces(), parts.export.min_quality)
+    with _Photos(parts) as photos:
         library = Library(
-            names=app.store.identity_names,
-            set_names=app.store.set_identity_names,
-            embeddings_of=app.store.embeddings_of,
+            names=parts.store.identity_names,
+            set_names=parts.store.set_identity_names,
+            embeddings_of=parts.store.embeddings_of,
             photo_of=photos.of,
         )
-        report.facesets_written = app.layout.write(faces, app.store.highest_identity(), library)
-    app.index.get()  # a first export builds the index the next start loads
-    app.index.save_if_changed()
+        report.facesets_written = parts.layout.write(faces, parts.store.highest_identity(), library)
+    parts.caches.index.get()  # a first export builds the index the next start loads
+    parts.caches.index.save_if_changed()
 
 
 def _good_enough(faces: dict[int, list[ExportFace]], min_quality: float) -> dict[int, list[ExportFace]]:
@@ -52,24 +71,24 @@ def _good_enough(faces: dict[int, list[ExportFace]], min_quality: float) -> dict
     }
 
 
-def _measure_unmeasured(app: App) -> None:
+def _measure_unmeasured(parts: PublishParts) -> None:
     """Faces embedded before qualities were measured get theirs, from their crops, once."""
     qualities = {}
-    for face in app.store.unmeasured_faces():
-        quality = app.crops.measure(face)
+    for face in parts.store.unmeasured_faces():
+        quality = parts.caches.crops.measure(face)
         if quality is not None:
             qualities[face.face_id] = quality
     if qualities:
-        app.store.set_qualities(qualities)
+        parts.store.set_qualities(qualities)
         log.info("measured the quality of %d faces embedded before qualities were", len(qualities))
 
 
 class _Photos:
     """Photos fetched again from Immich (to cut crops or PNGs), through one client per source."""
 
-    def __init__(self, app: App) -> None:
-        self._app = app
-        self._sources = {source.name: source for source in app.settings.immich}
+    def __init__(self, parts: PublishParts) -> None:
+        self._parts = parts
+        self._sources = {source.name: source for source in parts.sources}
         self._clients: dict[str, ImmichClient] = {}
         self._stack = ExitStack()
 
@@ -85,21 +104,23 @@ class _Photos:
         if face.asset_id is None or face.source not in self._sources:
             return None
         if face.source not in self._clients:
-            self._clients[face.source] = self._stack.enter_context(self._app.clients.open(self._sources[face.source]))
+            self._clients[face.source] = self._stack.enter_context(self._parts.clients.open(self._sources[face.source]))
         try:
-            return _photo(self._app, self._clients[face.source], face.asset_id, face.sha256)
+            return _photo(self._parts, self._clients[face.source], face.asset_id, face.sha256)
         except (ImmichError, ImmichUnreachable, ImmichAuthError, ImageError) as error:
             log.warning("cannot fetch the photo of %s again: %s", face.asset_id, error)
             return None
 
 
-def _photo(app: App, client: ImmichClient, asset_id: str, sha256: str) -> DecodedImage:
+def _photo(parts: PublishParts, client: ImmichClient, asset_id: str, sha256: str) -> DecodedImage:
     """The photo whose bytes hash to `sha256`, decoded as when it was embedded."""
-    max_bytes = app.settings.faces.max_download_mb * 1024 * 1024
-    download = client.download_original(asset_id, app.download_dir, max_bytes)
+    max_bytes = parts.faces.max_download_mb * 1024 * 1024
+    download = client.download_original(asset_id, parts.download_dir, max_bytes)
     try:
         if download.sha256 != sha256:
             raise ImmichError(f"{asset_id} changed in Immich since it was embedded")
-        return decode(app, client, asset_id, download.path, max_bytes)[0]
+        return decode(
+            client, asset_id, download.path, parts.faces, max_bytes=max_bytes, download_dir=parts.download_dir
+        )[0]
     finally:
         download.path.unlink(missing_ok=True)

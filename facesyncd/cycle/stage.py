@@ -19,16 +19,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..config import FaceSettings, SyncSettings
 from ..crashpoints import checkpoint
+from ..embedder import Embedder
 from ..embedding import PhotoFaces, cut_faces, save_faces
 from ..errors import AssetGone, ImageError, ImmichError, Interrupted
 from ..identities import SAME_FACE, pair_boxes
 from ..imaging import DecodedImage, decode_image
 from ..immich import Download, ImmichClient
+from ..layouts import Layout
 from ..models import (
     AssetRow,
     AssetState,
@@ -38,11 +40,9 @@ from ..models import (
     RemoteFace,
     StoredFace,
 )
+from ..progress import Reporter
 from ..store import Store
-from .tidy import forget, remove_asset
-
-if TYPE_CHECKING:
-    from ..app import App
+from .tidy import Caches, remove_asset
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,21 @@ TASK_ASSETS = 4  # assets per task handed to a worker
 # An imported crop and a face of the photo it was cut from are the same face when their boxes
 # overlap this much (intersection over union): the same detector on the same photo.
 IMPORT_MIN_OVERLAP = 0.5
+
+
+@dataclass(frozen=True)
+class StageParts:
+    """What staging a source's assets uses."""
+
+    store: Store
+    caches: Caches
+    embedder: Embedder
+    layout: Layout
+    faces: FaceSettings
+    sync: SyncSettings
+    download_dir: Path
+    reporter: Reporter
+    stop: threading.Event
 
 
 # -- what a worker hands back ---------------------------------------------------------------------
@@ -101,26 +116,26 @@ def discard(outcome: Outcome) -> None:
 # -- the stage ------------------------------------------------------------------------------------
 
 
-def stage(app: App, source: str, client: ImmichClient, report: CycleReport) -> None:
+def stage(parts: StageParts, source: str, client: ImmichClient, report: CycleReport) -> None:
     """Stage and embed every asset of `source` that needs it, `workers` at a time."""
     now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    rows = app.store.assets_to_process(source, now)
-    app.reporter.stage(f"{source}: processing", len(rows))
+    rows = parts.store.assets_to_process(source, now)
+    parts.reporter.stage(f"{source}: processing", len(rows))
     if not rows:
         return
-    workers = app.settings.sync.workers or app.embedder.workers
-    app.layout.prepare()  # before the workers write for it
+    workers = parts.sync.workers or parts.embedder.workers
+    parts.layout.prepare()  # before the workers write for it
     readers: list[Store] = []
     local = threading.local()
 
     def prepare_batch(batch: list[AssetRow]) -> list[Outcome]:
         if not hasattr(local, "store"):
-            local.store = Store(app.store.path, readonly=True, threaded=True)
+            local.store = Store(parts.store.path, readonly=True, threaded=True)
             readers.append(local.store)
         done: list[Outcome] = []
         try:
             for row in batch:
-                done.append(prepare(app, client, row, local.store))
+                done.append(prepare(parts, client, row, local.store))
         except BaseException:
             for outcome in done:
                 discard(outcome)
@@ -143,7 +158,7 @@ def stage(app: App, source: str, client: ImmichClient, report: CycleReport) -> N
                     for batch in itertools.islice(batches, 1):
                         pending.append(pool.submit(prepare_batch, batch))
                 outcome = results.popleft()
-                if app.stop.is_set():
+                if parts.stop.is_set():
                     discard(outcome)
                     raise Interrupted("stop requested")
                 # Skipped assets are committed SKIP_BATCH at a time (a crash only means asking again).
@@ -153,11 +168,11 @@ def stage(app: App, source: str, client: ImmichClient, report: CycleReport) -> N
                 if skipped and (
                     not isinstance(outcome, Skipped) or len(skipped) >= SKIP_BATCH or not (pending or results)
                 ):
-                    app.store.mark_skipped(source, skipped)
+                    parts.store.mark_skipped(source, skipped)
                     skipped.clear()
                 if not isinstance(outcome, Skipped):
-                    commit(app, source, outcome, report)
-                app.reporter.advance()
+                    commit(parts, source, outcome, report)
+                parts.reporter.advance()
         finally:
             for future in pending:
                 future.cancel()
@@ -196,14 +211,14 @@ def faces_too_small(faces: Sequence[RemoteFace], width: int | None, height: int 
     return True
 
 
-def prepare(app: App, client: ImmichClient, row: AssetRow, reader: Store) -> Outcome:
+def prepare(parts: StageParts, client: ImmichClient, row: AssetRow, reader: Store) -> Outcome:
     """Everything about one asset that needs no write to the store. Runs on a worker thread.
 
     Per-asset problems come back as an outcome; systemic ones (server down, disk full, stop)
     are raised."""
-    if app.stop.is_set():
+    if parts.stop.is_set():
         raise Interrupted("stop requested")
-    faces_settings = app.settings.faces
+    faces_settings = parts.faces
     if row.type != "IMAGE":
         return Skipped(row, f"not an image ({(row.type or 'unknown').lower()})")
     try:
@@ -212,7 +227,7 @@ def prepare(app: App, client: ImmichClient, row: AssetRow, reader: Store) -> Out
             if faces_too_small(remote_faces, row.width, row.height, faces_settings.min_face_px):
                 return Skipped(row, f"all faces Immich found are under {faces_settings.min_face_px}px")
         max_bytes = faces_settings.max_download_mb * 1024 * 1024
-        download = client.download_original(row.asset_id, app.download_dir, max_bytes)
+        download = client.download_original(row.asset_id, parts.download_dir, max_bytes)
         if row.checksum_kind == "sha1" and row.checksum and download.sha1 != row.checksum:
             download.path.unlink(missing_ok=True)
             return Failed(
@@ -223,12 +238,25 @@ def prepare(app: App, client: ImmichClient, row: AssetRow, reader: Store) -> Out
         try:
             if reader.blob_exists(download.sha256):
                 return Known(row, download)
-            image, decoded_from = decode(app, client, row.asset_id, download.path, max_bytes)
-            faces = app.embedder.faces(image)
+            image, decoded_from = decode(
+                client,
+                row.asset_id,
+                download.path,
+                faces_settings,
+                max_bytes=max_bytes,
+                download_dir=parts.download_dir,
+            )
+            faces = parts.embedder.faces(image)
             forgotten = reader.forgotten_in(download.sha256, [face.bbox for face in faces])
             faces = [face for index, face in enumerate(faces) if index not in forgotten]  # `faceset forget`
             photo = cut_faces(
-                image, download.sha256, download.size, decoded_from, faces, crops=app.crops, layout=app.layout
+                image,
+                download.sha256,
+                download.size,
+                decoded_from,
+                faces,
+                crops=parts.caches.crops,
+                layout=parts.layout,
             )
             del image
             checkpoint("embedded")
@@ -259,10 +287,10 @@ def confirm_gone(client: ImmichClient, row: AssetRow, answer: str) -> Outcome:
 
 
 def decode(
-    app: App, client: ImmichClient, asset_id: str, path: Path, max_bytes: int
+    client: ImmichClient, asset_id: str, path: Path, settings: FaceSettings, *, max_bytes: int, download_dir: Path
 ) -> tuple[DecodedImage, DecodeSource]:
     """The original if it decodes (RAW files do not), else Immich's preview of it."""
-    max_pixels = app.settings.faces.max_image_megapixels * 1_000_000
+    max_pixels = settings.max_image_megapixels * 1_000_000
     try:
         return decode_image(path, max_pixels=max_pixels), DecodeSource.ORIGINAL
     except ImageError as original_error:
@@ -270,7 +298,7 @@ def decode(
             "%s: original of %s does not decode (%s); using Immich's preview", client.name, asset_id, original_error
         )
         try:
-            preview = client.download_preview(asset_id, app.download_dir, max_bytes)
+            preview = client.download_preview(asset_id, download_dir, max_bytes)
         except AssetGone:
             raise
         except ImmichError as preview_error:
@@ -286,14 +314,14 @@ def decode(
 # -- committing (main thread) ---------------------------------------------------------------------
 
 
-def commit(app: App, source: str, outcome: Outcome, report: CycleReport) -> None:
+def commit(parts: StageParts, source: str, outcome: Outcome, report: CycleReport) -> None:
     """Write one asset's outcome in one transaction."""
-    store, row = app.store, outcome.row
+    store, row = parts.store, outcome.row
     try:
         if isinstance(outcome, Gone):
-            remove_asset(app, source, row.asset_id, outcome.state, report)
+            remove_asset(store, parts.caches, source, row.asset_id, outcome.state, report)
         elif isinstance(outcome, Failed):
-            fail(app, source, row, outcome.reason, report)
+            fail(parts, source, row, outcome.reason, report)
         elif isinstance(outcome, Known) or (
             isinstance(outcome, Embedded) and store.blob_exists(outcome.download.sha256)
         ):
@@ -304,7 +332,7 @@ def commit(app: App, source: str, outcome: Outcome, report: CycleReport) -> None
             report.downloaded += 1
             download, photo = outcome.download, outcome.photo
             with store.transaction():
-                save_faces(store, photo, app.embedder.name)
+                save_faces(store, photo, parts.embedder.name)
                 store.mark_done(
                     source,
                     row.asset_id,
@@ -313,10 +341,10 @@ def commit(app: App, source: str, outcome: Outcome, report: CycleReport) -> None
                 )
                 replaced, dropped = replace_imported_faces(store, row, download.sha256)
             checkpoint("committed")
-            forget(app, dropped)
+            parts.caches.forget(dropped)
             joined = [face for face in replaced if face.identity is not None]  # held faces join nothing
             if joined:
-                app.index.add(
+                parts.caches.index.add(
                     [face.id for face in joined],
                     np.stack([face.embedding for face in joined]),
                     [face.identity for face in joined if face.identity is not None],
@@ -352,11 +380,11 @@ def replace_imported_faces(store: Store, row: AssetRow, sha256: str) -> tuple[li
     return store.faces_by_id([face_id for _, face_id in replacements]), dropped
 
 
-def fail(app: App, source: str, row: AssetRow, reason: str, report: CycleReport) -> None:
-    sync = app.settings.sync
+def fail(parts: StageParts, source: str, row: AssetRow, reason: str, report: CycleReport) -> None:
+    sync = parts.sync
     delay = sync.retry_delay_seconds * (2**row.attempts)
     retry_at = datetime.now(UTC) + timedelta(seconds=min(delay, 7 * 86400))
-    state = app.store.mark_failed(
+    state = parts.store.mark_failed(
         source,
         row.asset_id,
         reason,

@@ -1,26 +1,38 @@
-"""Keeping the caches in step when the store drops faces: their crop files go, and they leave the index."""
+"""Keeping the caches in step when the store drops faces: their crop files and swap PNGs go, and they
+leave the index."""
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
+from ..crops import Crops
+from ..index import IndexKeeper
 from ..models import AssetState, CycleReport, Dropped
-
-if TYPE_CHECKING:
-    from ..app import App
+from ..store import Store
+from ..swap import SwapCache
 
 log = logging.getLogger(__name__)
 
 
-def forget(app: App, dropped: Dropped) -> None:
-    app.crops.remove(dropped.crops)
-    app.swap.remove(dropped.crops)
-    app.index.forget(dropped.indexed_faces)
+@dataclass(frozen=True)
+class Caches:
+    """What is derived from the faces in the store and must follow it."""
+
+    crops: Crops
+    swap: SwapCache
+    index: IndexKeeper
+
+    def forget(self, dropped: Dropped) -> None:
+        self.crops.remove(dropped.crops)
+        self.swap.remove(dropped.crops)
+        self.index.forget(dropped.indexed_faces)
 
 
-def remove_asset(app: App, source: str, asset_id: str, state: AssetState, report: CycleReport) -> None:
+def remove_asset(
+    store: Store, caches: Caches, source: str, asset_id: str, state: AssetState, report: CycleReport
+) -> None:
     """An asset left Immich (trashed or deleted): its faces leave the facesets."""
-    forget(app, app.store.remove_asset(source, asset_id, state))
+    caches.forget(store.remove_asset(source, asset_id, state))
     report.removed_assets += 1
     log.info("%s: asset %s %s in Immich; its faces left the facesets", source, asset_id, state)

@@ -8,11 +8,14 @@ client.py     the endpoints: who the key is, the listing, one asset, its faces, 
 
 from .answers import ASSET_ID_RE, iso_z, parse_asset, parse_time
 from .client import Download, ImmichClient
+from .clients import ClientFactory, ClientSet
 from .listing import Listing, next_watermark
 from .transport import error_message, origin_of
 
 __all__ = [
     "ASSET_ID_RE",
+    "ClientFactory",
+    "ClientSet",
     "Download",
     "ImmichClient",
     "Listing",

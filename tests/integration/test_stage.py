@@ -304,7 +304,7 @@ def test_a_pool_too_large_for_one_clustering_opens_one_faceset_per_person(
                 )
     store.record_matches({}, [face.id for face in store.unmatched_new_faces()])
     report = CycleReport()
-    open_new_facesets(app, report)
+    open_new_facesets(app.identify_parts(), report)
     sizes = sorted(len(faces) for faces in store.export_faces().values())
     assert len(report.identities_created) == 2 and sizes == [6, 20]
     assert report.faces_assigned == 12, "the first chunk opened the faceset; the other 12 faces joined it"

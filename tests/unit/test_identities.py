@@ -192,11 +192,11 @@ def test_a_face_near_no_single_face_joins_by_its_mean_distance(tmp_path) -> None
         app = _app(tmp_path / str(mean_join), mean_join=mean_join, merge_distance=0)
         app.store.record_matches({}, _add(app, faces[:8], "first"))
         report = CycleReport()
-        open_new_facesets(app, report)
+        open_new_facesets(app.identify_parts(), report)
         assert len(report.identities_created) == 1
         newcomers = _add(app, faces[8:], "later")
         others = _add(app, strangers, "stranger")
-        assign_new_faces(app, report)
+        assign_new_faces(app.identify_parts(), report)
         identity_of = app.store.identity_map()
         assert not any(face in identity_of for face in others), "a stranger joined"
         joined[mean_join] = sum(face in identity_of for face in newcomers)
@@ -232,9 +232,9 @@ def test_two_identities_of_one_person_merge_into_the_lower_number(tmp_path, merg
     )
     app.store.record_matches({}, _add(app, np.concatenate([person, alike]), "pool"))
     report = CycleReport()
-    open_new_facesets(app, report)
+    open_new_facesets(app.identify_parts(), report)
     assert len(report.identities_created) >= 3, report.identities_created
-    merge_identities(app, report)
+    merge_identities(app.identify_parts(), report)
     remaining = sorted(set(app.store.identity_map().values()))
     with sqlite3.connect(app.store.path) as connection:
         retired = dict(connection.execute("SELECT number, merged_into FROM identities WHERE merged_into IS NOT NULL"))
