@@ -31,6 +31,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,8 +75,11 @@ class _Refused(Exception):
 class ImmichMlEmbedder:
     """Finds and embeds faces through one or more Immich ML services."""
 
-    def __init__(self, model: ModelSettings, faces: FaceSettings) -> None:
+    def __init__(
+        self, model: ModelSettings, faces: FaceSettings, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._settings = model
+        self._clock = clock  # when a resting service is asked again (tests move it on)
         self._faces = faces
         self._lock = threading.Lock()
         self._services = [_Service(url, threading.Semaphore(model.concurrency)) for url in model.urls]
@@ -162,7 +166,7 @@ class ImmichMlEmbedder:
         """The least busy service not tried yet for this image and not resting after a failure (after
         a first round found none that answers, resting ones too: an image fails only when every
         service failed it)."""
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             ready = [s for s in self._services if s.url not in tried and (resting_too or s.skip_until <= now)]
             if not ready:
@@ -213,7 +217,7 @@ class ImmichMlEmbedder:
         with self._lock:
             service.failures += 1
             rest = min(RETRY_MAX_SECONDS, RETRY_SECONDS * 2 ** (service.failures - 1))
-            service.skip_until = time.monotonic() + rest
+            service.skip_until = self._clock() + rest
             service.last_error = reason
         log.warning("Immich ML service %s failed (%s); skipped for %g s", service.url, reason, rest)
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from fake_immich_ml import FakeImmichMl
 
 import facesyncd.immich_ml as immich_ml
-from conftest import PHOTOS, TEST_PACK, Library, free_port, requires_shared, run_cli, write_config
+from conftest import PHOTOS, TEST_PACK, Library, free_port, requires_shared, run_cli, wait_until, write_config
 from facesyncd.config import FaceSettings, ModelSettings, settings_from_dict
 from facesyncd.errors import ConfigError, EngineUnavailable, Interrupted, ModelError
 from facesyncd.imaging import DecodedImage, decode_image
@@ -42,9 +43,15 @@ def fast_failover(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(immich_ml, "RETRY_SECONDS", 0.3)
 
 
-def remote(*urls: str, concurrency: int = 2, timeout: float = 30.0, min_det_score: float = 0.5) -> ImmichMlEmbedder:
+def remote(
+    *urls: str,
+    concurrency: int = 2,
+    timeout: float = 30.0,
+    min_det_score: float = 0.5,
+    clock: Callable[[], float] = time.monotonic,
+) -> ImmichMlEmbedder:
     model = ModelSettings(backend="immich-ml", urls=urls, concurrency=concurrency, timeout_seconds=timeout)
-    return ImmichMlEmbedder(model, FaceSettings(min_face_px=20, min_det_score=min_det_score))
+    return ImmichMlEmbedder(model, FaceSettings(min_face_px=20, min_det_score=min_det_score), clock=clock)
 
 
 def photo(relative: str) -> DecodedImage:
@@ -139,24 +146,25 @@ def test_a_failing_service_is_skipped_and_asked_again_later(
 ) -> None:
     down = FakeImmichMl(TEST_PACK, port=free_port())  # configured, not started: refused connections
     slow = FakeImmichMl(TEST_PACK).start()
+    now = [1000.0]  # the engine's clock: a service's rest ends when the test moves it on
     try:
-        engine = remote(down.url, slow.url, ml.url, concurrency=1, timeout=0.5)
+        engine = remote(down.url, slow.url, ml.url, concurrency=1, timeout=5, clock=lambda: now[0])
         image = photo("groups/two_people.jpg")
         expected = len(engine.faces(image))
         assert expected == 2
-        slow.hang = 2.0  # never within the timeout
+        slow.hang = 900.0  # never within the timeout
         ml.fail = 1  # one 500
         with caplog.at_level(logging.WARNING, "facesyncd.immich_ml"):
             for _ in range(4):
                 assert len(engine.faces(image)) == expected, "a failing service costs no face"
         text = caplog.text
         assert f"{down.url} failed (connection refused" in text
-        assert f"{slow.url} failed (no answer within 0.5 s)" in text
+        assert f"{slow.url} failed (no answer within 5 s)" in text
         assert f"{ml.url} failed (answered 500" in text
         # back up: once its rest is over, the first service is asked again
         down.start()
         slow.hang = 0.0
-        threading.Event().wait(immich_ml.RETRY_SECONDS * 4 + 0.2)  # past the doubled rest
+        now[0] += immich_ml.RETRY_MAX_SECONDS + 1  # past the longest rest
         before = down.requests
         for _ in range(6):
             engine.faces(image)
@@ -205,8 +213,8 @@ def test_every_service_down_is_a_clear_error_and_a_refused_request_is_not_retrie
 
 
 def test_a_stop_breaks_off_a_request_in_flight(ml: FakeImmichMl) -> None:
-    ml.hang = 10.0  # a GPU box busy for longer than a stop may wait
-    engine = remote(ml.url, timeout=30)
+    ml.hang = 900.0  # a GPU box busy for far longer than a stop may wait (and than the guard below)
+    engine = remote(ml.url, timeout=600)
     engine.load()
     outcome: list[BaseException] = []
 
@@ -216,12 +224,12 @@ def test_a_stop_breaks_off_a_request_in_flight(ml: FakeImmichMl) -> None:
         except BaseException as error:  # noqa: BLE001 - what the worker ends with is the point
             outcome.append(error)
 
-    worker = threading.Thread(target=work)
+    posts = ml.posts
+    worker = threading.Thread(target=work, daemon=True)
     worker.start()
-    threading.Event().wait(0.5)
+    wait_until(lambda: ml.posts > posts, "the request reaches the service")
     engine.abort()
-    worker.join(timeout=3)
-    assert not worker.is_alive(), "the request was not broken off"
+    wait_until(lambda: not worker.is_alive(), "the request is broken off (the service answers in 15 minutes)")
     assert len(outcome) == 1 and isinstance(outcome[0], Interrupted), outcome
 
 

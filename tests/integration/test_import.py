@@ -102,7 +102,7 @@ def test_a_lost_database_gives_no_number_to_another_person(fake: FakeImmich, tmp
     refused = run_cli("--config", str(config), "sync")
     assert refused.returncode == 9, refused.stderr
     assert f"facesyncd import-facesets {facesets}" in refused.stderr and "--fresh" in refused.stderr
-    daemon = run_process("--config", str(config), "run", timeout=60)  # the service refuses at start, too
+    daemon = run_process("--config", str(config), "run", timeout=300)  # the service refuses at start, too
     assert daemon.returncode == 9 and "import-facesets" in daemon.stderr, daemon.stderr
     assert sorted(str(p.relative_to(facesets)) for p in facesets.rglob("*")) == files, "the tree was touched"
     assert fake.count("GET", "/api/assets/") == downloads

@@ -192,7 +192,7 @@ def test_a_second_daemon_is_refused_while_status_and_rebuild_work(
         [sys.executable, "-m", "facesyncd", "--config", str(config), "run"],
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=GUARD_SECONDS,
         cwd=REPO,
         env={**os.environ, API_KEY_ENV: API_KEY},
     )
@@ -439,7 +439,7 @@ def test_corrections_while_the_daemon_runs_reach_the_folders_within_seconds(
     merged = requests.post(
         f"http://127.0.0.1:{port}/act/merge",
         data={"csrf": csrf, "number": katy, "others": str(matt), "back": f"/faceset/{katy}"},
-        timeout=30,
+        timeout=GUARD_SECONDS,
     )
     assert merged.status_code == 200 and "the running facesyncd updates the folders" in merged.text
     daemon.wait_for(lambda: not (root / f"faceset_{matt:03d}").exists(), "the merged folder to go")
