@@ -20,7 +20,7 @@ from typing import TypeVar
 from ..config import ImmichSettings, ScheduleSettings, SyncSettings
 from ..crashpoints import checkpoint
 from ..errors import Interrupted
-from ..immich import ImmichClient, next_watermark, parse_time
+from ..immich import ImmichClient, ahead_of, next_watermark, parse_time
 from ..models import AssetState, CycleReport
 from ..progress import Reporter
 from ..store import Store
@@ -50,10 +50,19 @@ def poll(
     reconcile_seconds have passed since the last full listing (and on a source's first sweep)."""
     store = parts.store
     store.ensure_source(source.name, source.url)
-    me = client.whoami()
-    owner = str(me.get("id") or "").lower()
+    account = client.whoami()
+    owner = account.user_id
     partner_assets = 0
     watermark = store.watermark(source.name)
+    overlap = parts.sync.watermark_overlap_seconds
+    if ahead_of(watermark, account.server_time, overlap):
+        log.warning(
+            "%s: the watermark %s is ahead of Immich's clock (a clock that ran ahead and was put right): "
+            "listing the whole library once",
+            source.name,
+            watermark,
+        )
+        watermark = None
     full = (
         watermark is None
         or reconcile is True
@@ -92,9 +101,7 @@ def poll(
             remote.update((asset.id, asset.is_trashed) for asset in page)
     report.partner_assets += partner_assets
     # Only a complete sweep moves the watermark: a broken one is redone from the old mark.
-    store.finish_sweep(
-        source.name, next_watermark(watermark, listing.server_time, newest, parts.sync.watermark_overlap_seconds)
-    )
+    store.finish_sweep(source.name, next_watermark(watermark, listing.server_time, newest, overlap))
     report.listing_seconds += round(time.monotonic() - started, 3)
     checkpoint("sweep-finished")
     if full:

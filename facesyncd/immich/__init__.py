@@ -9,7 +9,7 @@ client.py     the endpoints: who the key is, the listing, one asset, its faces, 
 from .answers import ASSET_ID_RE, iso_z, parse_asset, parse_time
 from .client import Download, ImmichClient
 from .clients import ClientFactory, ClientSet
-from .listing import Listing, next_watermark
+from .listing import Listing, ahead_of, next_watermark
 from .transport import error_message, origin_of
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "Download",
     "ImmichClient",
     "Listing",
+    "ahead_of",
     "error_message",
     "iso_z",
     "next_watermark",

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,14 @@ class Download:
     sha256: str
     size: int
     sha1: str = ""  # base64, as Immich writes an asset's checksum
+
+
+@dataclass(frozen=True)
+class Account:
+    """Who an API key is, and the server's clock (its Date header) when it said so."""
+
+    user_id: str
+    server_time: datetime | None
 
 
 class ImmichClient:
@@ -69,12 +78,13 @@ class ImmichClient:
         """Whether the server answers a trivial request (GET /server/ping, no permission needed)."""
         return self.transport.answers()
 
-    def whoami(self) -> dict[str, Any]:
-        """GET /users/me: proves the server is there and the key works."""
+    def whoami(self) -> Account:
+        """GET /users/me: proves the server is there and the key works; whose key it is, and the
+        server's clock as it answered."""
         me = self.transport.json("GET", "/users/me", what="checking the API key")
         if not isinstance(me, dict):
             raise ImmichError(f"{self.name}: unexpected answer to /users/me")
-        return me
+        return Account(str(me.get("id") or "").lower(), self.transport.server_time)
 
     def asset(self, asset_id: str) -> RemoteAsset:
         """GET /assets/{id}: a second opinion before an asset is taken as deleted. AssetGone if the

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..errors import ImmichError, ImmichUnreachable
@@ -32,27 +32,55 @@ from .transport import Transport
 
 log = logging.getLogger(__name__)
 
+# Immich states times to the millisecond: the next instant after one it stated.
+SMALLEST_STEP = timedelta(milliseconds=1)
 # A listing larger than this is a server that never stops answering, not a photo library.
 MAX_LISTED_ASSETS = 50_000_000
 
 
 def next_watermark(
-    previous: str | None, server_now: datetime | None, newest_seen: datetime | None, overlap_seconds: int
+    previous: str | None,
+    server_now: datetime | None,
+    newest_seen: datetime | None,
+    overlap_seconds: int,
+    local_now: datetime | None = None,
 ) -> str | None:
-    """Where the next sweep starts: the sweep's start by the server's clock, but never past the newest
-    `updatedAt` the sweep actually saw, minus the overlap; never before the previous mark.
+    """Where the next sweep starts (`updatedAfter`, inclusive); never before the previous mark, and a
+    sweep that saw nothing keeps it.
 
-    A server clock (or a proxy's Date header) that runs a day ahead would otherwise move the mark
-    into the future, and photos updated in between would never be listed. A sweep that saw nothing
-    keeps the previous mark."""
+    Whatever is updated after a sweep began carries an `updatedAt` no earlier than the sweep's start
+    by the server's clock minus the overlap (clock skew, transactions that commit late, Immich's own
+    jobs bumping `updatedAt` seconds after an edit); whatever is older than that was committed, so
+    this sweep saw it. So the mark is that, capped just past the newest `updatedAt` the sweep saw (a
+    database clock behind the Date header skips nothing). After a burst of uploads, once the server's
+    clock is past the burst by more than the overlap, an idle sweep lists nothing of the burst
+    (it listed the whole burst again, for ever: one job's transaction stamps thousands of assets
+    with one instant).
+
+    That trusts the server's clock (its Date header), which a proxy may state wrongly: when it
+    disagrees with this machine's clock by more than the overlap, neither is trusted and the mark
+    stays the overlap behind the newest `updatedAt` seen (an idle sweep then lists what changed in
+    the overlap before it; a clock a day ahead skips no photo)."""
     if newest_seen is None:
         return previous
-    mark = min(newest_seen, server_now) if server_now is not None else newest_seen
-    mark -= timedelta(seconds=overlap_seconds)
+    local_now = local_now or datetime.now(UTC)
+    overlap = timedelta(seconds=overlap_seconds)
+    if server_now is not None and abs(server_now - local_now) <= overlap:
+        mark = min(newest_seen + SMALLEST_STEP, server_now - overlap)
+    else:
+        mark = min(newest_seen, server_now or newest_seen) - overlap
     before = parse_time(previous) if previous else None
     if before is not None and before > mark:
         return previous
     return iso_z(mark)
+
+
+def ahead_of(mark: str | None, server_now: datetime | None, overlap_seconds: int) -> bool:
+    """A mark ahead of the server's clock: a clock that ran ahead (stamping updates in the future)
+    and was put right. Photos updated since have an `updatedAt` before the mark and would wait for
+    the next full listing."""
+    moment = parse_time(mark) if mark else None
+    return moment is not None and server_now is not None and moment > server_now + timedelta(seconds=overlap_seconds)
 
 
 @dataclass(frozen=True)

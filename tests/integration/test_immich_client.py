@@ -436,17 +436,6 @@ def test_a_cursor_that_brings_nothing_new_is_stopped(fake: FakeImmich) -> None:
     assert fake.count("POST", "/api/search/metadata") == 2
 
 
-def test_the_watermark_never_passes_the_newest_update_seen() -> None:
-    from facesyncd.immich import next_watermark
-
-    now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
-    ahead = now + timedelta(days=1)  # the server's Date header, a day ahead
-    assert next_watermark(None, ahead, now, 300) == "2026-11-30T11:55:00.000Z"
-    assert next_watermark(None, now, now + timedelta(hours=2), 300) == "2026-11-30T11:55:00.000Z"
-    assert next_watermark("2026-11-30T10:00:00.000Z", now, None, 300) == "2026-11-30T10:00:00.000Z"
-    assert next_watermark("2026-11-30T11:58:00.000Z", now, now, 300) == "2026-11-30T11:58:00.000Z"
-
-
 def test_a_missing_asset_is_confirmed_by_asking_for_it(fake: FakeImmich) -> None:
     asset_id = add_blank(fake, 1)[0]
     with client_for(fake) as client:
