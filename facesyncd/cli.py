@@ -314,6 +314,7 @@ def import_facesets(
     held = f", {report.held} set aside as the tree decided" if report.held else ""
     held += f", {report.forgotten} of forgotten people left out" if report.forgotten else ""
     others = f", not images: {len(report.not_images)}" if report.not_images else ""
+    others += f", links out of the tree: {len(report.outside)}" if report.outside else ""
     typer.echo(
         f"imported {report.imported} faces into {len(report.identities)} facesets "
         f"({report.already} already imported, {len(report.failed)} failed{held}{others})"
@@ -322,6 +323,8 @@ def import_facesets(
         typer.echo(f"  failed: {path}: {reason}", err=True)
     for path in sorted(report.not_images):
         typer.echo(f"  not an image, left alone: {path}", err=True)
+    for path in report.outside:
+        typer.echo(f"  a link out of the tree, not followed: {path}", err=True)
 
 
 @app.command()

@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,6 +45,11 @@ MANIFESTS = (MANIFEST, SWAP_MANIFEST)
 NAME_FILE = "NAME.txt"
 PRESERVED = ".facesyncd-preserved"
 MARKER = ".facesyncd.json"
+# The highest faceset number facesyncd gives or adopts: a folder or marker naming a higher one is not
+# facesyncd's (a number that large would overflow the store's integers).
+MAX_FACESET_NUMBER = 999_999
+# A manifest or marker larger than this is not one facesyncd wrote.
+MAX_JSON_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -102,12 +108,29 @@ def manifest(
     }
 
 
+def read_json(path: Path) -> Any | None:
+    """A JSON file of a faceset tree, or None: missing, not a plain file (a named pipe would block the
+    reader for ever), too large, not UTF-8, not JSON, or nested deeper than Python recurses."""
+    try:
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode) or status.st_size > MAX_JSON_BYTES:
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+
+
+def faceset_number(text: str) -> int | None:
+    """The number a folder name gives (digits), or None when it is beyond MAX_FACESET_NUMBER."""
+    number = int(text)
+    return number if number <= MAX_FACESET_NUMBER else None
+
+
 def _read_manifest(folder: Path) -> dict[str, Any] | None:
     """The manifest of a folder facesyncd wrote, in either layout."""
     for name in MANIFESTS:
-        try:
-            data = json.loads((folder / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        data = read_json(folder / name)
+        if data is None:
             continue
         # Another program's manifest.json (the older pipeline's) is not ours.
         if isinstance(data, dict) and "faces" in data and (name == MANIFEST or data.get("written_by") == "facesyncd"):
@@ -116,10 +139,7 @@ def _read_manifest(folder: Path) -> dict[str, Any] | None:
 
 
 def _ours(path: Path) -> bool:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
+    data = read_json(path)
     return isinstance(data, dict) and data.get("written_by") == "facesyncd"
 
 
@@ -362,7 +382,14 @@ def own_folders(facesets_dir: Path) -> dict[str, Path]:
     if not facesets_dir.is_dir():
         return found
     for entry in facesets_dir.iterdir():
-        if FOLDER_RE.match(entry.name) and entry.is_dir() and not entry.is_symlink() and _read_manifest(entry):
+        match = FOLDER_RE.match(entry.name)
+        if (
+            match
+            and faceset_number(match.group(1)) is not None
+            and entry.is_dir()
+            and not entry.is_symlink()
+            and _read_manifest(entry)
+        ):
             found[entry.name] = entry
     return found
 
@@ -378,11 +405,13 @@ def own_facesets(facesets_dir: Path) -> dict[int, Path]:
 
 
 def _recorded_highest(facesets_dir: Path) -> int | None:
-    try:
-        marker = json.loads((facesets_dir / MARKER).read_text(encoding="utf-8"))
-        return int(marker["highest_number"])
-    except (OSError, ValueError, TypeError, KeyError):
+    marker = read_json(facesets_dir / MARKER)
+    highest = marker.get("highest_number") if isinstance(marker, dict) else None
+    if not isinstance(highest, int) or isinstance(highest, bool) or not 0 <= highest <= MAX_FACESET_NUMBER:
+        if highest is not None:
+            log.warning("%s: ignoring highest_number %.40r (not a faceset number)", facesets_dir / MARKER, highest)
         return None
+    return highest
 
 
 def highest_exported(facesets_dir: Path) -> int:

@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -37,7 +38,16 @@ from .crops import Crops
 from .embedder import Embedder
 from .embedding import cut_faces, save_faces
 from .errors import FacesyncError, ImageError
-from .export import FACESET_RE, FOLDER_RE, MANIFEST, NAME_FILE, SWAP_MANIFEST, highest_exported
+from .export import (
+    FACESET_RE,
+    FOLDER_RE,
+    MANIFEST,
+    MAX_FACESET_NUMBER,
+    NAME_FILE,
+    SWAP_MANIFEST,
+    faceset_number,
+    highest_exported,
+)
 from .imaging import DecodedImage, decode_image
 from .immich import ASSET_ID_RE
 from .layouts import Layout
@@ -64,6 +74,46 @@ class ImportReport:
     forgotten: int = 0  # files of people `faceset forget` removed
     failed: dict[str, str] = field(default_factory=dict)  # image -> why no face came of it
     not_images: list[str] = field(default_factory=list)  # files left alone, never decoded
+    outside: list[str] = field(default_factory=list)  # links out of the tree, never followed
+
+
+class _Tree:
+    """The tree being imported: nothing outside it is read. A link (a face file, a faceset folder, a
+    held folder) that leads out of it is left alone, and so is anything that is not a plain file
+    where a file is read (a named pipe would block the import for ever)."""
+
+    # A manifest or NAME.txt larger than this is not one a faceset tree holds.
+    MAX_TEXT_BYTES = 16 * 1024 * 1024
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.outside: list[str] = []
+
+    def inside(self, path: Path) -> bool:
+        try:
+            inside = path.resolve().is_relative_to(self.root)
+        except (OSError, RuntimeError):  # a link loop
+            inside = False
+        if not inside:
+            self.outside.append(str(path))
+        return inside
+
+    def regular_file(self, path: Path) -> bool:
+        try:
+            return stat.S_ISREG(path.stat().st_mode) and self.inside(path)
+        except OSError:
+            return False
+
+    def text(self, path: Path) -> str | None:
+        """A small text file of the tree (manifest, NAME.txt), or None."""
+        if not self.regular_file(path):
+            return None
+        try:
+            if path.stat().st_size > self.MAX_TEXT_BYTES:
+                return None
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
 
 
 @dataclass(frozen=True)
@@ -102,12 +152,15 @@ def _largest_face(embedder: Embedder, image: DecodedImage) -> tuple[list[Detecte
     return [], image
 
 
-def _entries(folder: Path) -> list[dict[str, Any]]:
+def _entries(folder: Path, tree: _Tree) -> list[dict[str, Any]]:
     """The faces[] of a folder's manifest, facesyncd's or the older pipeline's."""
     for name in (MANIFEST, SWAP_MANIFEST):
+        text = tree.text(folder / name)
+        if text is None:
+            continue
         try:
-            data = json.loads((folder / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            data = json.loads(text)
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than Python recurses
             continue
         faces = data.get("faces") if isinstance(data, dict) else None
         if isinstance(faces, list):
@@ -164,25 +217,32 @@ def _quality(entry: dict[str, Any]) -> Quality | None:
         return None
 
 
-def _folders(root: Path) -> Iterator[_Folder]:
+def _folders(root: Path, tree: _Tree) -> Iterator[_Folder]:
     for entry in sorted(root.iterdir()):
-        if not entry.is_dir() or entry.name.startswith("."):
+        if not entry.is_dir() or entry.name.startswith(".") or not tree.inside(entry):
             continue
         if entry.name in HELD_FOLDERS:
             held = HELD_FOLDERS[entry.name]
             yield _Folder(entry, None, held=held)
-            for inner in sorted(path for path in entry.rglob("*") if path.is_dir()):
+            for inner in sorted(path for path in entry.rglob("*") if path.is_dir() and tree.inside(path)):
                 yield _Folder(inner, None, held=held)
             continue
         match = FOLDER_RE.match(entry.name)
-        if match:
-            yield _Folder(entry, int(match.group(1)), subset=match.group(2))
+        if match and (number := faceset_number(match.group(1))) is not None:
+            yield _Folder(entry, number, subset=match.group(2))
+        elif match:
+            log.warning("import: %s: a faceset number over %d, left alone", entry, MAX_FACESET_NUMBER)
 
 
-def _numbers(root: Path) -> list[int]:
-    """Every faceset number the tree shows, in folder names anywhere (held folders too)."""
+def _numbers(root: Path, tree: _Tree) -> list[int]:
+    """Every faceset number the tree shows, in folder names anywhere in it (held folders too)."""
     return [
-        int(match.group(1)) for path in root.rglob("*") if path.is_dir() and (match := NUMBER_IN_NAME.search(path.name))
+        number
+        for path in root.rglob("*")
+        if path.is_dir()
+        and (match := NUMBER_IN_NAME.search(path.name))
+        and (number := faceset_number(match.group(1))) is not None
+        and tree.inside(path)
     ]
 
 
@@ -202,7 +262,8 @@ def import_facesets(
     max_pixels = settings.max_image_megapixels * 1_000_000
     if not root.is_dir():
         raise FacesyncError(f"{root}: not a directory")
-    folders = [folder for folder in _folders(root) if folder.number is None or folder.number > 0]
+    tree = _Tree(root)
+    folders = [folder for folder in _folders(root, tree) if folder.number is None or folder.number > 0]
     if not any(folder.number is not None and FACESET_RE.match(folder.path.name) for folder in folders):
         raise FacesyncError(f"{root}: no faceset_NNN folders found")
     _refuse_taken_numbers(root, store, folders, merge)
@@ -210,7 +271,7 @@ def import_facesets(
     store.check_model(embedder.name, embedder.dimension)
     # No number the tree ever used goes to another person: the highest in its folder names, held
     # ones included, and the highest facesyncd's own export recorded.
-    store.raise_number_floor(max([highest_exported(root), *_numbers(root)]))
+    store.raise_number_floor(max([highest_exported(root), *_numbers(root, tree)]))
     report = ImportReport()
     names: dict[int, str] = {}
     for folder in folders:
@@ -218,19 +279,19 @@ def import_facesets(
             report.identities.append(folder.number)  # an era folder alone makes its identity too
             with store.transaction():
                 store.ensure_identity(folder.number, "import")
-        if folder.number is not None and folder.subset is None and (name := _name(folder.path)):
+        if folder.number is not None and folder.subset is None and (name := _name(folder.path, tree)):
             names[folder.number] = name
         files = sorted(
             path
             for path in folder.path.iterdir()
-            if path.is_file()
+            if tree.regular_file(path)
             and not path.name.startswith(".")
             and path.name not in SKIPPED_NAMES
             and path.suffix.lower() != ".fsz"
         )
         report.not_images.extend(str(path) for path in files if path.suffix.lower() not in IMAGE_SUFFIXES)
         images = [path for path in files if path.suffix.lower() in IMAGE_SUFFIXES]
-        entries = _entries_by_file(_entries(folder.path), [path.name for path in images])
+        entries = _entries_by_file(_entries(folder.path, tree), [path.name for path in images])
         for path in images:
             key = str(path.resolve())
             if store.import_state(key) == "done" or _still_here(entries.get(path.name, {}), store):
@@ -240,6 +301,9 @@ def import_facesets(
             _import_file(path, key, folder, entry, store, embedder, crops, layout, max_pixels, report)
     known = store.identity_names()
     store.set_identity_names({number: name for number, name in names.items() if not known.get(number)})
+    report.outside = sorted(set(tree.outside))
+    if report.outside:
+        log.warning("import: %d links lead out of %s: left alone", len(report.outside), root)
     return report
 
 
@@ -248,7 +312,7 @@ def _still_here(entry: dict[str, Any], store: Store) -> bool:
     imported in place, or imported again): the face id its manifest gives, with the same box. A
     database started over may give that id to another face, which has another box."""
     face_id = entry.get("face_id")
-    if not isinstance(face_id, int) or isinstance(face_id, bool):
+    if not isinstance(face_id, int) or isinstance(face_id, bool) or not 0 < face_id < 2**63:
         return False
     box = store.face_box(face_id)
     try:
@@ -258,11 +322,9 @@ def _still_here(entry: dict[str, Any], store: Store) -> bool:
     return box is not None and [round(v, 1) for v in box] == given
 
 
-def _name(folder: Path) -> str | None:
-    try:
-        return (folder / NAME_FILE).read_text(encoding="utf-8").strip() or None
-    except (OSError, UnicodeDecodeError):
-        return None
+def _name(folder: Path, tree: _Tree) -> str | None:
+    text = tree.text(folder / NAME_FILE)
+    return (text or "").strip() or None
 
 
 def _refuse_taken_numbers(root: Path, store: Store, folders: list[_Folder], merge: bool) -> None:

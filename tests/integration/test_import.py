@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sqlite3
 import zipfile
 from pathlib import Path
 
@@ -345,3 +346,35 @@ def test_facesets_dir_pointed_at_the_older_tree_itself_keeps_every_old_file(fake
     assert again.returncode == 0, again.stderr
     assert "imported 0 faces into 3 facesets" in again.stdout, again.stdout
     assert tree_state(tree) == settled
+
+
+def test_nothing_outside_the_tree_is_read(fake: FakeImmich, tmp_path: Path) -> None:
+    """Links from a face file, a faceset folder and a held folder to places outside the tree were
+    followed: their faces imported, /etc/passwd read and its path stored, a `_masked` link to
+    /usr/share walked for minutes. A named pipe for a manifest or NAME.txt blocked the import for
+    ever. Now none of it is read, each link is named once, and the rest of the tree comes in."""
+    import os
+
+    tree = old_tree(tmp_path / "tree")
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(PHOTOS / "wild" / "biden", elsewhere / "biden")
+    (tree / "faceset_050").symlink_to(elsewhere / "biden", target_is_directory=True)
+    first = sorted(path for path in tree.iterdir() if path.name.startswith("faceset_0"))[0]
+    (first / "zz_stranger.jpg").symlink_to(elsewhere / "biden" / "biden.jpg")
+    (first / "passwd.jpg").symlink_to("/etc/passwd")
+    (tree / "_masked").symlink_to("/usr/share", target_is_directory=True)
+    (first / "inside_link.jpg").symlink_to(sorted(first.glob("*.jpg"))[0])  # within the tree: fine
+    for name in ("manifest.json", "NAME.txt"):
+        (first / name).unlink(missing_ok=True)
+        os.mkfifo(first / name)
+    config = write_config(tmp_path / "run", fake.url)
+    # a new process with a guard: the old code blocked for ever on the named pipe
+    result = run_process("--config", str(config), "import-facesets", str(tree), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("a link out of the tree, not followed") == 4, result.stderr
+    with sqlite3.connect(tmp_path / "run" / "state" / "facesyncd.db") as database:
+        paths = [row[0] for row in database.execute("SELECT path FROM imports")]
+        identities = {row[0] for row in database.execute("SELECT number FROM identities")}
+    assert paths and all(Path(path).is_relative_to(tree.resolve()) for path in paths), paths
+    assert 50 not in identities, "a linked folder made a faceset"
+    assert "imported" in result.stdout and "links out of the tree: 4" in result.stdout
