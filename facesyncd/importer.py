@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import stat
 from collections.abc import Iterator
@@ -95,7 +96,7 @@ class _Tree:
         except (OSError, RuntimeError):  # a link loop
             inside = False
         if not inside:
-            self.outside.append(str(path))
+            self.outside.append(shown(path))
         return inside
 
     def regular_file(self, path: Path) -> bool:
@@ -289,6 +290,10 @@ def import_facesets(
             and path.name not in SKIPPED_NAMES
             and path.suffix.lower() != ".fsz"
         )
+        unnamed = [path for path in files if not _utf8(str(path))]
+        for path in unnamed:  # the store keeps paths as UTF-8 text
+            report.failed[shown(path)] = "its name is not UTF-8: left alone (rename it to import it)"
+        files = [path for path in files if path not in unnamed]
         report.not_images.extend(str(path) for path in files if path.suffix.lower() not in IMAGE_SUFFIXES)
         images = [path for path in files if path.suffix.lower() in IMAGE_SUFFIXES]
         entries = _entries_by_file(_entries(folder.path, tree), [path.name for path in images])
@@ -305,6 +310,19 @@ def import_facesets(
     if report.outside:
         log.warning("import: %d links lead out of %s: left alone", len(report.outside), root)
     return report
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a file name's undecodable bytes, kept as surrogates
+        return False
+    return True
+
+
+def shown(path: Path) -> str:
+    """A path as it can be printed and stored, whatever bytes its name holds."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _still_here(entry: dict[str, Any], store: Store) -> bool:

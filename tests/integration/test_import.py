@@ -378,3 +378,37 @@ def test_nothing_outside_the_tree_is_read(fake: FakeImmich, tmp_path: Path) -> N
     assert paths and all(Path(path).is_relative_to(tree.resolve()) for path in paths), paths
     assert 50 not in identities, "a linked folder made a faceset"
     assert "imported" in result.stdout and "links out of the tree: 4" in result.stdout
+
+
+def test_a_hostile_tree_is_imported_without_breaking_the_state(fake: FakeImmich, tmp_path: Path) -> None:
+    """A marker with highest_number 10**23 imported fine, then every sync ended in an OverflowError;
+    a folder faceset_99999999999999999999, a manifest nested 100,000 deep, a face_id of 10**30, a
+    quality of 1e400 and a file name that is not UTF-8 each crashed the import. Each is now one
+    clear line (or left alone), and the rest of the tree comes in."""
+    import os
+
+    tree = old_tree(tmp_path / "tree")
+    (tree / ".facesyncd.json").write_text('{"highest_number": 99999999999999999999999}')
+    huge = tree / "faceset_99999999999999999999"
+    huge.mkdir()
+    shutil.copy(PHOTOS / "wild" / "biden" / "biden.jpg", huge / "biden.jpg")
+    (tree / "faceset_007" / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    entry = {"file": "img16.jpg", "face_id": 10**30, "bbox": [1, 2, 3, 4], "quality": {"composite": "1e400"}}
+    (tree / "faceset_216" / "manifest.json").write_text(json.dumps({"faces": [entry]}).replace('"1e400"', "1e400"))
+    shutil.copy(PHOTOS / "wild" / "obama" / "obama2.jpg", os.fsdecode(bytes(tree / "faceset_007") + b"/caf\xe9.jpg"))
+    (tree / "faceset_007" / "a_folder.jpg").mkdir()  # a file turned into a folder
+    config = write_config(tmp_path / "run", fake.url)
+    result = run_cli("--config", str(config), "import-facesets", str(tree))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "its name is not UTF-8" in result.stderr and "caf\\xe9.jpg" in result.stderr
+    assert "a faceset number over 999999" in result.stderr
+    numbers = {
+        entry["number"] for entry in json.loads(run_cli("--config", str(config), "faceset", "list", "--json").stdout)
+    }
+    assert {7, 216, 100} <= numbers and max(numbers) < 1000, numbers
+    fake.add_file("alice", next((PHOTOS / "wild" / "katy_perry").glob("*.jpg")))
+    synced = run_cli("--config", str(config), "sync")  # every sync ended in an OverflowError
+    assert synced.returncode == 0, synced.stderr
+    again = run_cli("--config", str(config), "import-facesets", str(tree), "--merge")
+    assert again.returncode == 0, again.stderr
