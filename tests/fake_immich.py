@@ -274,6 +274,7 @@ class Fault:
     skip: int = 0  # let this many matching requests through first
     location: str = ""
     trickle_seconds: float = 1.0
+    declared_bytes: int = 1000  # the Content-Length a trickle states (it sends that many bytes, slowly)
 
 
 RANDOM_FAULTS: list[dict[str, Any]] = [
@@ -915,10 +916,10 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault.kind == "trickle":
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", "1000")
+            self.send_header("Content-Length", str(fault.declared_bytes))
             self.end_headers()
             try:
-                for _ in range(1000):
+                for _ in range(fault.declared_bytes):
                     self.wfile.write(b"\xff")
                     self.wfile.flush()
                     time.sleep(fault.trickle_seconds)

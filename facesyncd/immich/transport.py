@@ -388,9 +388,7 @@ class Transport:
                     raise ImmichError(f"{what}: {status} {error_message(response)}")
                 if status >= 300:
                     raise _Fault(f"{status} answer without a usable redirect")
-                declared = response.headers.get("content-length")
-                size = int(declared) if declared and declared.isdigit() else 0
-                return consume(response, self._body(response, started, size, what))
+                return consume(response, self._body(response, started, what))
             finally:
                 response.close()
         raise _Fault(f"more than {MAX_REDIRECTS} redirects (a redirect loop)")
@@ -405,15 +403,20 @@ class Transport:
             )
         return target
 
-    def _body(self, response: httpx.Response, started: float, declared: int, what: str) -> Iterator[bytes]:
-        """The body as it arrives, checking the stop and the request's deadline at every read."""
+    def _body(self, response: httpx.Response, started: float, what: str) -> Iterator[bytes]:
+        """The body as it arrives, checking the stop and the transfer's rate at every read.
+
+        After a grace of twice the timeout, a body must keep arriving at MIN_BYTES_PER_SECOND on
+        average, whatever size it declares (a server that declared 1 GB and sent a byte every 2 s had
+        hours per attempt). A body that falls under that rate is the asset's problem, not retried
+        within this cycle: the rest of the cycle goes on, and the asset is tried at a later one."""
         received = 0
         for chunk in response.iter_bytes():
             self.check_stop()
             received += len(chunk)
             elapsed = time.monotonic() - started
-            if elapsed > 2 * self._timeout + max(received, declared) / MIN_BYTES_PER_SECOND:
-                raise _Fault(
+            if elapsed > 2 * self._timeout + received / MIN_BYTES_PER_SECOND:
+                raise ImmichError(
                     f"{what}: too slow ({received} bytes in {elapsed:.0f}s, under "
                     f"{MIN_BYTES_PER_SECOND // 1024} KiB/s after {2 * self._timeout:g}s)"
                 )

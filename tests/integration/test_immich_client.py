@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -341,6 +342,33 @@ def test_a_trickling_download_ends_at_a_deadline_that_scales_with_its_size(fake:
     sync = SyncSettings(http_retries=1, retry_base_seconds=0.01, retry_max_seconds=0.05)
     with client_for(fake, sync=sync, timeout=1) as client, pytest.raises(ImmichError, match="too slow"):
         client.download_original(asset_id, tmp_path, 10_000)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_download_that_declares_a_gigabyte_and_trickles_ends_once_and_fast(fake: FakeImmich, tmp_path: Path) -> None:
+    """The deadline grew with the declared size: 1 GB at a byte per 0.2 s had about 8.5 hours per
+    attempt, and 6 attempts, while the assets after it waited. Now the rate is checked against what
+    arrived, and a body too slow is the asset's problem: one attempt, then the cycle goes on."""
+    import threading
+
+    asset_id = fake.add_asset("alice", b"x" * 100, "a.jpg")
+    fault = Fault("trickle", path_contains=f"{asset_id}/original", trickle_seconds=0.2, times=100)
+    fake.faults.append(replace(fault, declared_bytes=10**9))
+    sync = SyncSettings(http_retries=5, retry_base_seconds=0.01, retry_max_seconds=0.05)
+    raised: list[BaseException] = []
+
+    def download() -> None:
+        with client_for(fake, sync=sync, timeout=1) as client:
+            try:
+                client.download_original(asset_id, tmp_path, 2 * 10**9)
+            except BaseException as error:
+                raised.append(error)
+
+    worker = threading.Thread(target=download, daemon=True)
+    worker.start()
+    wait_until(lambda: not worker.is_alive(), "the download ends (at the old deadline: hours)")
+    assert len(raised) == 1 and isinstance(raised[0], ImmichError) and "too slow" in str(raised[0]), raised
+    assert fake.count("GET", f"/api/assets/{asset_id}/original") == 1, "a body too slow is not asked for again"
     assert list(tmp_path.iterdir()) == []
 
 

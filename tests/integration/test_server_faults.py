@@ -143,7 +143,7 @@ NOT_ITS_BYTES = "do not match Immich's checksum"
         (dict(kind="status", status=500), ANSWERS_OTHERS),
         (dict(kind="truncate"), ANSWERS_OTHERS),
         (dict(kind="timeout"), ANSWERS_OTHERS),
-        (dict(kind="trickle", trickle_seconds=0.4), ANSWERS_OTHERS),
+        (dict(kind="trickle", trickle_seconds=0.4), "too slow"),  # the asset's problem at once, not retried
         (dict(kind="html"), NOT_ITS_BYTES),  # a 200 web page instead of the photo
     ],
     ids=["500", "short-body", "hang", "trickle", "html-page"],
