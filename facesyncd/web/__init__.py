@@ -45,8 +45,38 @@ def create_app(settings: Settings) -> Any:
     return Starlette(
         routes=Pages(settings, guard).routes(),
         exception_handlers={FacesyncError: failed},
-        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(listen[0]))],
+        middleware=[
+            Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(listen[0])),
+            Middleware(SafetyHeaders),
+        ],
     )
+
+
+class SafetyHeaders:
+    """Headers on every answer: no other site may frame the page (clickjacking a correction), a
+    response is never sniffed as another type, and no Referer carries a ?token= to another site."""
+
+    HEADERS = [
+        (b"x-frame-options", b"DENY"),
+        (b"content-security-policy", b"frame-ancestors 'none'"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"same-origin"),
+    ]
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *self.HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 class WebServer:
