@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from ..config import ImmichSettings, ScheduleSettings, SyncSettings
@@ -29,6 +29,9 @@ from .tidy import Caches, remove_asset
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# No asset was updated in Immich before this: an earlier `updatedAt` (year 0001 from a broken import
+# or a hostile server) says nothing about where the next sweep may start.
+EARLIEST_UPDATE = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ def poll(
         report.listed += len(page)
         for asset in page:
             moment = parse_time(asset.updated_at)
-            if moment is not None and (newest is None or moment > newest):
+            if moment is not None and moment >= EARLIEST_UPDATE and (newest is None or moment > newest):
                 newest = moment
         parts.reporter.advance(len(page))
         if not source.include_partners and owner:

@@ -75,3 +75,17 @@ def test_the_mark_passes_a_burst_only_when_the_clocks_agree() -> None:
     # never before the previous mark; a sweep that saw nothing keeps it
     assert next_watermark("2026-11-30T11:58:00.000Z", now, burst, 300, local_now=now) == "2026-11-30T11:58:00.000Z"
     assert next_watermark("2026-11-30T10:00:00.000Z", now, None, 300, local_now=now) == "2026-11-30T10:00:00.000Z"
+
+
+def test_an_update_time_of_year_one_breaks_no_sync(fake: FakeImmich, tmp_path: Path) -> None:
+    """A listed updatedAt of 0001-01-01 made the watermark arithmetic overflow: every later sync
+    failed with an OverflowError traceback."""
+    odd = fake.add_file("alice", PHOTOS / "wild" / "obama" / "obama.jpg")
+    fake.assets[odd].updated_at = datetime(1, 1, 1, tzinfo=UTC)
+    config = write_config(tmp_path, fake.url)
+    for _ in range(2):
+        result = run_cli("--config", str(config), "sync")
+        assert result.returncode == 0, result.stderr
+    assert _state(tmp_path, odd) == "done"
+    fake.clock_offset = timedelta(days=1)  # a Date header a day ahead: the cautious mark, no overflow
+    assert run_cli("--config", str(config), "sync", "--reconcile").returncode == 0
