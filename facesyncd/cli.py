@@ -31,11 +31,10 @@ from .config import (
     settings_from_dict,
     user_config_path,
 )
+from .entry import EXIT_INTERRUPTED
 from .errors import FacesyncError
 from .logs import setup_logging
 from .ownership import kept_by_owner
-
-EXIT_INTERRUPTED = 130
 
 app = typer.Typer(
     add_completion=False,

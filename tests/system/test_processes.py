@@ -193,3 +193,24 @@ def test_init_in_a_terminal_asks_and_keeps_the_key_private(tmp_path: Path) -> No
     assert key_file.read_text().strip() == API_KEY and stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert 'api_key_file = "alice.key"' in config.read_text()
     assert API_KEY not in config.read_text()
+
+
+def test_ctrl_c_while_the_command_line_loads_is_one_line(tmp_path: Path) -> None:
+    """Ctrl-C in the interpreter's first quarter second (while typer and the settings import) printed
+    Python's own traceback (8 times in 30 tries). The interrupt is made to land there for sure: the
+    child raises it when the command line imports typer."""
+    probe = (
+        "import builtins, sys\n"
+        "real = builtins.__import__\n"
+        "def interrupted(name, *args, **kwargs):\n"
+        "    if name == 'typer':\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = interrupted\n"
+        "sys.argv = ['facesyncd', 'status']\n"
+        "import runpy\n"
+        "runpy.run_module('facesyncd', run_name='__main__')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr == "facesyncd: interrupted\n", result.stderr
