@@ -76,12 +76,26 @@ class RemoteAsset:
     visibility: str = "timeline"  # timeline, archive (both photos), hidden, locked (never processed)
 
 
-# Listed assets that are not the user's photos: the video half of a live photo, and the locked folder
-# (which a key cannot even list on Immich 3.1; a server that lists it anyway is not trusted with it).
-SET_ASIDE = {
-    "hidden": "hidden in Immich (part of a live photo), not a photo",
-    "locked": "in Immich's locked folder: never processed",
-}
+# Listed assets set aside, never downloaded: hidden ones (Immich hides the video half of a live photo;
+# a photo hidden from the timeline is the user's choice too) and the locked folder (which a key cannot
+# even list on Immich 3.1; a server that lists it anyway is not trusted with it).
+HIDDEN_VIDEO = "hidden in Immich (the video half of a live photo): not a photo"
+HIDDEN_PHOTO = "hidden in Immich (not shown in its timeline): set aside until it is shown again"
+LOCKED = "in Immich's locked folder: never processed"
+# Reasons set-aside rows carry, those of earlier versions included: such a row listed again as a
+# plain photo is looked at anew.
+SET_ASIDE_REASONS = frozenset(
+    {HIDDEN_VIDEO, HIDDEN_PHOTO, LOCKED, "hidden in Immich (part of a live photo), not a photo"}
+)
+
+
+def set_aside(asset: RemoteAsset) -> str | None:
+    """Why a listed asset is set aside (never downloaded), or None."""
+    if asset.visibility == "locked":
+        return LOCKED
+    if asset.visibility == "hidden":
+        return HIDDEN_PHOTO if asset.type == "IMAGE" else HIDDEN_VIDEO
+    return None
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from ..models import SET_ASIDE, AssetRow, AssetState, Dropped, ListedPage, RemoteAsset
+from ..models import SET_ASIDE_REASONS, AssetRow, AssetState, Dropped, ListedPage, RemoteAsset, set_aside
 from ..redact import scrub
 from .database import utc_now
 from .faces import FaceQueries
@@ -93,16 +93,14 @@ class AssetQueries(FaceQueries):
                     )
                     page.restored.append(asset.id)
                     continue
-                set_aside = SET_ASIDE.get(asset.visibility)
-                if set_aside is None and known is not None and known.reason in SET_ASIDE.values():
+                reason = set_aside(asset)
+                if reason is None and known is not None and known.reason in SET_ASIDE_REASONS:
                     same_bytes = False  # set aside before (hidden, locked folder), a photo again: looked at anew
                 unchanged = same_bytes and known is not None and known.state not in AssetState.removed()
-                if set_aside is not None and not (
-                    unchanged and known is not None and known.state == AssetState.SKIPPED
-                ):
+                if reason is not None and not (unchanged and known is not None and known.state == AssetState.SKIPPED):
                     if known is not None:
                         page.dropped.extend(self._detach_asset(source, asset.id))
-                    self._upsert_listed(source, asset, AssetState.SKIPPED, set_aside, now)
+                    self._upsert_listed(source, asset, AssetState.SKIPPED, reason, now)
                     continue
                 if unchanged:
                     self.execute(

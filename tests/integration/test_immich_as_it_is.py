@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import API_KEY, PHOTOS, Library, add_photos, requires_shared, run_cli, validate_traffic, write_config
+from facesyncd.models import HIDDEN_PHOTO, HIDDEN_VIDEO
 from fake_immich import FakeImmich
 
 pytestmark = requires_shared
@@ -94,13 +95,16 @@ def test_archived_photos_are_kept_hidden_ones_skipped_locked_ones_never_touched(
     archived = fake.add_file("alice", photos[0], visibility="archive")
     hidden = fake.add_file("alice", photos[1], visibility="hidden")
     locked = fake.add_file("alice", photos[2], visibility="locked")
+    motion = fake.add_asset("alice", b"the moving half", "IMG_0001.MOV", type="VIDEO", visibility="hidden")
     moved = fake.add_file("alice", photos[3])
     for photo in photos[4:]:  # enough of her for a faceset
         fake.add_file("alice", photo)
     library.cli("sync")
     states = states_of(library)
     assert states[archived][0] == "done" and states[moved][0] == "done"
-    assert states[hidden] == ("skipped", "hidden in Immich (part of a live photo), not a photo")
+    # a photo hidden from the timeline is no live photo's video: it says what it is
+    assert states[hidden] == ("skipped", HIDDEN_PHOTO) and states[motion] == ("skipped", HIDDEN_VIDEO)
+    assert HIDDEN_PHOTO == "hidden in Immich (not shown in its timeline): set aside until it is shown again"
     assert states[locked] == ("skipped", "in Immich's locked folder: never processed")
     touched = {path for method, path, _ in fake.requests if method == "GET"}
     assert not any(asset in path for path in touched for asset in (hidden, locked))
