@@ -745,7 +745,11 @@ class FakeImmich:
             if self._order is None:
                 self._order = sorted((a.file_created_at, a.id) for a in self.assets.values())
             low = bisect.bisect_left(self._order, (taken_after,)) if taken_after else 0
-            if body.get("order", "desc") == "asc":
+            # 3.2 orders by `orderBy` (its direction defaulting to descending) and still reads the
+            # deprecated `order` when no orderBy is given; earlier versions drop orderBy unread.
+            order_by = body.get("orderBy") if self.cursors and isinstance(body.get("orderBy"), dict) else None
+            direction = order_by.get("direction", "desc") if order_by is not None else body.get("order", "desc")
+            if direction == "asc":
                 low = max(low, bisect.bisect_right(self._order, after_key)) if after_key else low
                 in_order = self._order[low:]
             else:

@@ -36,11 +36,19 @@ def _convert(node: Any) -> Any:
 DERIVED = {"3.2.0": "3.1.0"}
 
 
-def _as_3_2(document: dict[str, Any]) -> None:
+EXCERPT_3_2 = "openapi-3.2.0-search-excerpt.json"
+
+
+def _as_3_2(document: dict[str, Any], excerpt: dict[str, Any]) -> None:
+    """3.1.0's document with 3.2's listing: the cursor, the filter tree (its leaf schemas were not
+    transcribed: any object), and `orderBy` with its schemas as 3.2.0's published spec has them."""
     schemas = document["components"]["schemas"]
     search = schemas["MetadataSearchDto"]["properties"]
     search["cursor"] = {"type": "string", "description": "Cursor from a previous page's nextCursor"}
     search["filter"] = {"type": "object", "description": "Structured filter tree (SearchFilter)"}
+    search["orderBy"] = {"$ref": "#/components/schemas/SearchOrder"}
+    for name in ("SearchOrder", "SearchOrderField"):
+        schemas[name] = excerpt["components"]["schemas"][name]
     answer = schemas["SearchAssetResponseDto"]
     answer["properties"]["nextCursor"] = {"type": "string", "nullable": True}
     answer["required"] = [*answer.get("required", []), "nextCursor"]
@@ -50,7 +58,7 @@ class Spec:
     def __init__(self, path: Path, version: str | None = None) -> None:
         document = json.loads(path.read_text(encoding="utf-8"))
         if version == "3.2.0":
-            _as_3_2(document)
+            _as_3_2(document, json.loads((path.parent / EXCERPT_3_2).read_text(encoding="utf-8")))
         self.paths = document["paths"]
         self.components = _convert(document["components"])
 

@@ -32,6 +32,8 @@ from .transport import Transport
 
 log = logging.getLogger(__name__)
 
+# Oldest first by fileCreatedAt (Immich 3.2's SearchOrder; then by id, as the cursor pages).
+ORDER_BY = {"field": "fileCreatedAt", "direction": "asc"}
 # Immich states times to the millisecond: the next instant after one it stated.
 SMALLEST_STEP = timedelta(milliseconds=1)
 # A listing larger than this is a server that never stops answering, not a photo library.
@@ -129,7 +131,10 @@ class Listing:
             answer = self._listing_page(body)
             assets, next_page = answer.assets, answer.next_page
             if answer.offers_cursor and cursor is None and page == 1 and not self._by_offset:
-                del body["page"]  # deprecated in 3.2, where the server's cursor pages by key itself
+                # 3.2 from here on: what it documents only. `page` and `order` are deprecated (the
+                # first request sent them: what came before 3.2 reads); its cursor pages by key.
+                del body["page"], body["order"]
+                body["orderBy"] = ORDER_BY
                 yield from self._follow_cursor(body, answer, listed)
                 return
             if not self._by_offset and cursor_time is not None and self._went_back(assets, cursor_time):

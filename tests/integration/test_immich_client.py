@@ -527,3 +527,19 @@ def test_a_key_without_a_scope_is_told_which_one(fake: FakeImmich) -> None:
     assert "403: Missing required permission: user.read" in message
     assert "asset.read, asset.view, asset.download, face.read, user.read" in message
     assert "read-only-key" not in message
+
+
+@pytest.mark.parametrize("immich_version", ["3.2.0"])
+def test_immich_3_2_is_sent_what_it_documents(fake: FakeImmich) -> None:
+    """3.2 deprecates `page` and `order` on /search/metadata for its cursor and `orderBy` (whose
+    direction defaults to descending): once the server shows it pages by cursor (its first answer),
+    only what 3.2 documents is sent."""
+    ids = add_blank(fake, 35)
+    with client_for(fake) as client:
+        assert listed(client, page_size=10) == ids  # oldest first, as asked
+    bodies = [body for template, body in fake.request_bodies if template == "/search/metadata"]
+    assert len(bodies) == 4
+    assert bodies[0]["page"] == 1 and bodies[0]["order"] == "asc" and "cursor" not in bodies[0]
+    for body in bodies[1:]:
+        assert body["orderBy"] == {"field": "fileCreatedAt", "direction": "asc"} and body["cursor"]
+        assert "page" not in body and "order" not in body
