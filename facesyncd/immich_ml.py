@@ -160,7 +160,14 @@ class ImmichMlEmbedder:
                 tried.clear()
                 time.sleep(PASS_WAIT_SECONDS * (attempt + 1))
         reasons = "; ".join(f"{s.url}: {s.last_error}" for s in self._services)
-        raise EngineUnavailable(f"no Immich ML service answered ({reasons}); the next cycle tries again")
+        hint = ""
+        if all((s.last_error or "").startswith("answered 500") for s in self._services):
+            # What the service answers for a model it does not know, or cannot download: a bare 500.
+            hint = (
+                f"; a 500 from every service usually means [model] model_name = "
+                f"{self._settings.model_name!r} is not a model it knows or can download (its log says which)"
+            )
+        raise EngineUnavailable(f"no Immich ML service answered ({reasons}){hint}; the next cycle tries again")
 
     def _choose(self, tried: set[str], *, resting_too: bool) -> _Service | None:
         """The least busy service not tried yet for this image and not resting after a failure (after

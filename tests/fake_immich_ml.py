@@ -64,20 +64,20 @@ class FakeImmichMl:
     def stop(self) -> None:
         self._http.stop()
 
-    def predict(self, entries: dict[str, Any], image: bytes) -> tuple[int, dict[str, Any]]:
-        """The answer to one /predict (status, JSON body)."""
+    def predict(self, entries: dict[str, Any], image: bytes) -> tuple[int, dict[str, Any] | None]:
+        """The answer to one /predict (status, JSON body; None: the service's bare 500, as a model it
+        cannot load or an image it cannot read gets: text/plain "Internal Server Error")."""
         try:
             task = entries["facial-recognition"]
             names = {task["detection"]["modelName"], task["recognition"]["modelName"]}
             min_score = float(task["detection"].get("options", {}).get("minScore", 0.7))
         except (KeyError, TypeError, AttributeError, ValueError):
             return 422, {"detail": "Invalid request format."}
-        unknown = names - {self.model_name}
-        if unknown:
-            return 500, {"detail": f"Failed to load model '{sorted(unknown)[0]}'"}
+        if names - {self.model_name}:  # a name it does not know, or a model it cannot download
+            return 500, None
         pixels = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
         if pixels is None:
-            return 500, {"detail": "Internal Server Error"}
+            return 500, None
         faces = self.engine.faces(DecodedImage(np.asarray(pixels, np.uint8), "JPEG"), min_face_px=0)
         return 200, {
             "facial-recognition": [
@@ -110,7 +110,10 @@ def _handler(ml: FakeImmichMl) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
-        def _json(self, status: int, body: dict[str, Any]) -> None:
+        def _json(self, status: int, body: dict[str, Any] | None) -> None:
+            if body is None:  # what the real service answers on a failure it did not foresee
+                self._send(status, b"Internal Server Error", "text/plain; charset=utf-8")
+                return
             self._send(status, json.dumps(body).encode(), "application/json")
 
         def do_GET(self) -> None:
@@ -138,7 +141,7 @@ def _handler(ml: FakeImmichMl) -> type[BaseHTTPRequestHandler]:
             try:
                 time.sleep(ml.delay + ml.hang)
                 if failing:
-                    self._json(500, {"detail": "Internal Server Error"})
+                    self._json(500, None)
                     return
                 fields = _form(self.headers.get("Content-Type", ""), body)
                 if "entries" not in fields:

@@ -196,11 +196,12 @@ def test_every_service_down_is_a_clear_error_and_a_refused_request_is_not_retrie
     assert f"{gone}: connection refused" in message and f"{ml.url}: answered 500" in message
     assert "the next cycle tries again" in message
     ml.fail = 0
-    # A model the service does not have: its own words come through.
+    # A model the service does not have: it answers a bare 500 (recorded), and the error names the
+    # configured model as the likely cause.
     unknown = ImmichMlEmbedder(
         ModelSettings(backend="immich-ml", urls=(ml.url,), model_name="antelopev2"), FaceSettings()
     )
-    with pytest.raises(EngineUnavailable, match="Failed to load model 'antelopev2'"):
+    with pytest.raises(EngineUnavailable, match="model_name = 'antelopev2' is not a model it knows"):
         unknown.faces(image)
     # A request the service cannot read (a 422) would be refused by any: not asked again.
     refusing = remote(ml.url)
@@ -284,3 +285,46 @@ def test_the_backend_is_configured_with_its_addresses(tmp_path: Path) -> None:
         settings({"backend": "immich-ml", "urls": ["gpu-box:3003"]})
     good = settings({"backend": "immich-ml", "urls": ["http://gpu-box:3003/", "http://gpu-2:3003"], "concurrency": 4})
     assert good.model.urls == ("http://gpu-box:3003", "http://gpu-2:3003")  # type: ignore[attr-defined]
+
+
+RECORDED_ML = PHOTOS.parent.parent / "immich" / "recorded-ml-3.1.0"
+
+
+@pytest.mark.parametrize(
+    "recording", ["04-model-not-in-cache-buffalo_l", "05-unknown-model-name", "06-no-image", "07-bad-entries"]
+)
+def test_the_stand_in_fails_as_the_real_service_does(ml: FakeImmichMl, recording: str) -> None:
+    """The stand-in is checked against real answers of Immich 3.1.0's ML service: status, content type
+    and body of each error it recorded (a model it cannot load is a bare text 500, not JSON)."""
+    import requests
+
+    path = RECORDED_ML / f"{recording}.json"
+    if not path.is_file():
+        pytest.skip(f"recorded ML answers not found at {RECORDED_ML}")
+    recorded = json.loads(path.read_text())
+    fields = recorded["request"]["fields"]
+    files = {"entries": (None, fields["entries"])}
+    if fields["image"] is not None:
+        files["image"] = ("image.jpg", (PHOTOS / "groups" / "two_people.jpg").read_bytes())
+    if "not-in-cache" in recording:
+        ml.model_name = "buffalo_s"  # buffalo_l is not in this service's cache, and it cannot fetch it
+    answer = requests.post(f"{ml.url}/predict", files=files, timeout=120)
+    expected = recorded["response"]
+    assert answer.status_code == expected["status"]
+    assert answer.headers["content-type"] == expected["content_type"]
+    body = answer.json() if expected["content_type"] == "application/json" else answer.text
+    assert body == expected["body"]
+
+
+def test_an_unknown_model_name_is_said_to_be_one(ml: FakeImmichMl, fast_failover: None) -> None:
+    """The service answers a model it does not know with a bare 500 (recorded): the cycle's error said
+    only that no service answered."""
+    engine = ImmichMlEmbedder(
+        ModelSettings(backend="immich-ml", urls=(ml.url,), model_name="no_such_model", timeout_seconds=30),
+        FaceSettings(min_face_px=20),
+    )
+    with pytest.raises(EngineUnavailable) as failed:
+        engine.faces(photo("groups/two_people.jpg"))
+    message = str(failed.value)
+    assert "answered 500: Internal Server Error" in message
+    assert "model_name = 'no_such_model' is not a model it knows or can download" in message
