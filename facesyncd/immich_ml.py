@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -54,6 +55,13 @@ PASS_WAIT_SECONDS = 1.0
 JPEG_QUALITY = 95
 PING_SECONDS = 5.0
 BACKEND = "immich-ml"
+# An answer is ~10 kB a face: more than this is no answer of a face model.
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
+MAX_FACES = 1000  # faces in one photo
+# What a face model's embedding can be: its size is learned from the first face, within these.
+EMBEDDING_SIZES = range(64, 4097)
+# A box may stand out of the image by rounding, not more.
+BOX_SLACK = 2.0
 
 
 @dataclass
@@ -191,11 +199,7 @@ class ImmichMlEmbedder:
         try:
             with service.slots:
                 try:
-                    answer = self._client.post(
-                        f"{service.url}/predict",
-                        data={"entries": self._entries},
-                        files={"image": ("image.jpg", jpeg, "image/jpeg")},
-                    )
+                    status, body = self._exchange(service, jpeg)
                 except httpx.TimeoutException as error:
                     raise _Refused(f"no answer within {self._settings.timeout_seconds:g} s") from error
                 except httpx.HTTPError as error:
@@ -203,15 +207,15 @@ class ImmichMlEmbedder:
         finally:
             with self._lock:
                 service.busy -= 1
-        if answer.status_code in (400, 422):
+        if status in (400, 422):
             # Our request is what it refuses: every service would say the same.
-            raise ModelError(f"the Immich ML service at {service.url} refused the request: {_detail(answer)}")
-        if answer.status_code != 200:
-            raise _Refused(f"answered {answer.status_code}: {_detail(answer)}")
+            raise ModelError(f"the Immich ML service at {service.url} refused the request: {_detail(body)}")
+        if status != 200:
+            raise _Refused(f"answered {status}: {_detail(body)}")
         try:
-            data = answer.json()
-        except ValueError as error:
-            raise _Refused("answered something that is not JSON") from error
+            data = json.loads(body)
+        except (ValueError, RecursionError) as error:  # not JSON, or nested deeper than Python recurses
+            raise _Refused("answered something that is not JSON (or JSON nested too deep)") from error
         if not isinstance(data, dict):
             raise _Refused("answered JSON that is not an object")
         with self._lock:
@@ -219,6 +223,27 @@ class ImmichMlEmbedder:
                 log.info("Immich ML service %s answers again", service.url)
             service.failures, service.last_error = 0, ""
         return data
+
+    def _exchange(self, service: _Service, jpeg: bytes) -> tuple[int, bytes]:
+        """One /predict: its status and body. The whole exchange has a deadline (twice the timeout;
+        the timeout alone bounds each read, and a body trickled a byte at a time never trips it)
+        and the body a size limit."""
+        assert self._client is not None
+        deadline = self._clock() + 2 * self._settings.timeout_seconds
+        with self._client.stream(
+            "POST",
+            f"{service.url}/predict",
+            data={"entries": self._entries},
+            files={"image": ("image.jpg", jpeg, "image/jpeg")},
+        ) as answer:
+            body = bytearray()
+            for chunk in answer.iter_bytes():
+                body += chunk
+                if len(body) > MAX_ANSWER_BYTES:
+                    raise _Refused(f"answered more than {MAX_ANSWER_BYTES // (1024 * 1024)} MB")
+                if self._clock() > deadline:
+                    raise _Refused(f"took more than {2 * self._settings.timeout_seconds:g} s to answer")
+            return answer.status_code, bytes(body)
 
     def _failed(self, service: _Service, reason: str) -> None:
         with self._lock:
@@ -231,35 +256,54 @@ class ImmichMlEmbedder:
     # -- reading the answer -------------------------------------------------------------------------
 
     def _parse(self, data: dict[str, Any], image: DecodedImage) -> list[DetectedFace]:
-        """The faces of an answer, boxes in the image's pixels. A malformed answer is that service's
-        fault (_Refused: another one is asked); embeddings of another size than before are the
-        configuration's (ModelError)."""
+        """The faces of an answer, boxes in the image's pixels. An answer no face model could give (a
+        box that is not finite or lies out of the image, a score out of 0..1, an embedding that is
+        not finite or of no model's size, an image size that is not the one sent) is that service's
+        fault (_Refused: another one is asked) and nothing of it is stored; embeddings of another
+        size than before are the configuration's (ModelError)."""
         try:
             entries = data["facial-recognition"]
-            width, height = float(data.get("imageWidth") or image.width), float(data.get("imageHeight") or image.height)
-            if not isinstance(entries, list) or width <= 0 or height <= 0:
+            width = _finite(data.get("imageWidth") or image.width)
+            height = _finite(data.get("imageHeight") or image.height)
+            if not isinstance(entries, list):
                 raise TypeError("facial-recognition is not a list")
-            scale_x, scale_y = image.width / width, image.height / height
             faces = []
             for entry in entries:
                 box = entry["boundingBox"]
                 raw = entry["embedding"]
-                vector = np.asarray(json.loads(raw) if isinstance(raw, str) else raw, dtype=np.float32).reshape(-1)
-                x1, y1 = float(box["x1"]) * scale_x, float(box["y1"]) * scale_y
-                x2, y2 = float(box["x2"]) * scale_x, float(box["y2"]) * scale_y
-                faces.append((x1, y1, x2, y2, float(entry["score"]), vector))
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
+                vector = np.asarray(json.loads(raw) if isinstance(raw, str) else raw, dtype=np.float64).reshape(-1)
+                corners = tuple(_finite(box[key]) for key in ("x1", "y1", "x2", "y2"))
+                faces.append((corners, _finite(entry["score"]), vector))
+        except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as error:
             raise _Refused(f"gave an answer facesyncd cannot read ({type(error).__name__}: {error})") from error
+        if (
+            not (0 < width <= 100_000 and 0 < height <= 100_000)
+            or abs(width / height - image.width / image.height) > 0.02
+        ):
+            raise _Refused(f"answered for an image of {width:g}x{height:g}, not the {image.width}x{image.height} sent")
+        if len(faces) > MAX_FACES:
+            raise _Refused(f"answered {len(faces)} faces for one photo")
+        scale_x, scale_y = image.width / width, image.height / height
         detected = []
-        for x1, y1, x2, y2, score, vector in faces:
+        for (x1, y1, x2, y2), score, vector in faces:
+            if not (0.0 <= score <= 1.0):
+                raise _Refused(f"answered a detector score of {score:g}")
+            if not (-BOX_SLACK <= x1 < x2 <= width + BOX_SLACK and -BOX_SLACK <= y1 < y2 <= height + BOX_SLACK):
+                raise _Refused(f"answered a box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) out of its {width:g}x{height:g} image")
+            if vector.size not in EMBEDDING_SIZES or not np.isfinite(vector).all():
+                raise _Refused(f"answered an embedding of {vector.size} numbers no face model gives, or not finite")
             norm = float(np.linalg.norm(vector))
-            if not np.isfinite(norm) or norm == 0 or not np.isfinite(score):
-                raise _Refused("returned an empty or invalid embedding or score")
+            if not np.isfinite(norm) or norm == 0:
+                raise _Refused("answered an empty embedding")
             self._check_dimension(vector.size)
-            box = (max(0.0, x1), max(0.0, y1), min(float(image.width), x2), min(float(image.height), y2))
-            if box[2] <= box[0] or box[3] <= box[1]:
-                continue
-            detected.append(DetectedFace(bbox=box, det_score=score, landmarks=(), embedding=vector / norm))
+            bbox = (
+                max(0.0, x1 * scale_x),
+                max(0.0, y1 * scale_y),
+                min(float(image.width), x2 * scale_x),
+                min(float(image.height), y2 * scale_y),
+            )
+            embedding = (vector / norm).astype(np.float32)
+            detected.append(DetectedFace(bbox=bbox, det_score=score, landmarks=(), embedding=embedding))
         return detected
 
     def _check_dimension(self, size: int) -> None:
@@ -282,11 +326,21 @@ def _describe(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-def _detail(answer: httpx.Response) -> str:
+def _detail(body: bytes) -> str:
     """The service's own words (FastAPI puts them in `detail`), short."""
     try:
-        body = answer.json()
-        text = body.get("detail") if isinstance(body, dict) else None
-    except ValueError:
+        data = json.loads(body)
+        text = data.get("detail") if isinstance(data, dict) else None
+    except (ValueError, RecursionError):
         text = None
-    return str(text or answer.text or answer.reason_phrase)[:200]
+    return str(text or body.decode("utf-8", "replace").strip() or "no body")[:200]
+
+
+def _finite(value: Any) -> float:
+    """A number from an answer; ValueError for NaN, an infinity, or what is no number."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{value!r} is not a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{value!r} is not a finite number")
+    return number

@@ -7,7 +7,9 @@ and embeddings are the test pack's, computed by facesyncd's own local engine.
 
 Faults, for the tests: `delay` (seconds per request, to play a GPU box that takes its time), `fail`
 (the next n requests answer 500), `hang` (requests wait this long before answering), `garble` (the
-next n answers are not JSON), stop() and start() again on the same port (a service down, then up).
+next n answers are not JSON), `tamper` (a hostile service: turns each good answer into another body,
+JSON or raw bytes), `trickle_seconds` (the body sent a byte at a time), stop() and start() again on the
+same port (a service down, then up).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import email.policy
 import json
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,8 @@ class FakeImmichMl:
         self.hang = 0.0
         self.fail = 0
         self.garble = 0
+        self.tamper: Callable[[dict[str, Any]], dict[str, Any] | bytes] | None = None
+        self.trickle_seconds = 0.0
         self.posts = 0  # /predict requests received
         self.requests = 0  # /predict requests answered 200
         self.received: list[dict[str, Any]] = []  # the entries of every /predict request
@@ -110,6 +115,19 @@ def _handler(ml: FakeImmichMl) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
+        def _trickle(self, body: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                for byte in body:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(ml.trickle_seconds)
+            except OSError:  # the client gave up
+                pass
+
         def _json(self, status: int, body: dict[str, Any] | None) -> None:
             if body is None:  # what the real service answers on a failure it did not foresee
                 self._send(status, b"Internal Server Error", "text/plain; charset=utf-8")
@@ -164,6 +182,11 @@ def _handler(ml: FakeImmichMl) -> type[BaseHTTPRequestHandler]:
                 if status == 200:
                     with ml._lock:
                         ml.requests += 1
+                if status == 200 and answer is not None and (ml.tamper is not None or ml.trickle_seconds):
+                    changed = ml.tamper(answer) if ml.tamper is not None else answer
+                    raw = changed if isinstance(changed, bytes) else json.dumps(changed).encode()
+                    self._trickle(raw) if ml.trickle_seconds else self._send(200, raw, "application/json")
+                    return
                 self._json(status, answer)
             finally:
                 with ml._lock:

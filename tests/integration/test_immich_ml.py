@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -328,3 +330,69 @@ def test_an_unknown_model_name_is_said_to_be_one(ml: FakeImmichMl, fast_failover
     message = str(failed.value)
     assert "answered 500: Internal Server Error" in message
     assert "model_name = 'no_such_model' is not a model it knows or can download" in message
+
+
+def _first_face(change: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def tamper(answer: dict[str, Any]) -> dict[str, Any]:
+        change(answer["facial-recognition"][0])
+        return answer
+
+    return tamper
+
+
+def _answer(change: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def tamper(answer: dict[str, Any]) -> dict[str, Any]:
+        change(answer)
+        return answer
+
+    return tamper
+
+
+HOSTILE_ANSWERS = {
+    # NaN or infinite boxes became whole-image boxes (25 faces where honest answers give 19)
+    "a NaN box": (_first_face(lambda face: face["boundingBox"].update(x1=float("nan"))), "not a finite number"),
+    "an infinite box": (_first_face(lambda face: face["boundingBox"].update(x2=float("inf"))), "not a finite number"),
+    "a NaN image width": (_answer(lambda answer: answer.update(imageWidth=float("nan"))), "not a finite number"),
+    # a box larger than the image was cut to fit: a second face with the same embedding
+    "a box past the image": (
+        _first_face(lambda face: face["boundingBox"].update(x2=face["boundingBox"]["x2"] + 5000)),
+        "out of its",
+    ),
+    # a 7-number embedding was taken as the model's size
+    "a 7-number embedding": (_first_face(lambda face: face.update(embedding="[1, 2, 3, 4, 5, 6, 7]")), "7 numbers"),
+    "a score of 1e308": (_first_face(lambda face: face.update(score=1e308)), "detector score of 1e+308"),
+    "another image's size": (_answer(lambda answer: answer.update(imageWidth=answer["imageWidth"] * 3)), "not the"),
+    "deeply nested JSON": (lambda answer: b"[" * 100_000 + b"]" * 100_000, "nested too deep"),
+    "an answer too large": (lambda answer: b'{"pad": "' + b"x" * (40 * 1024 * 1024) + b'"}', "more than 32 MB"),
+}
+
+
+@pytest.mark.parametrize("hostile", list(HOSTILE_ANSWERS))
+def test_an_answer_no_face_model_could_give_is_refused_and_stores_nothing(
+    ml: FakeImmichMl, fast_failover: None, hostile: str
+) -> None:
+    """A hostile (or broken) service's answer is checked against what a face model can produce: it is
+    that service's failure (another is asked), never faces in the store."""
+    tamper, says = HOSTILE_ANSWERS[hostile]
+    honest = FakeImmichMl(TEST_PACK).start()
+    try:
+        image = photo("groups/two_people.jpg")
+        expected = [face.bbox for face in remote(honest.url).faces(image)]
+        ml.tamper = tamper
+        alone = remote(ml.url, concurrency=1)
+        with pytest.raises(EngineUnavailable, match=re.escape(says)):
+            alone.faces(image)
+        assert alone.dimension == 0, "nothing of the answer was taken as the model's size"
+        both = remote(ml.url, honest.url, concurrency=1)
+        assert [face.bbox for face in both.faces(image)] == expected
+    finally:
+        honest.stop()
+
+
+def test_an_answer_trickled_a_byte_at_a_time_ends_at_a_deadline(ml: FakeImmichMl, fast_failover: None) -> None:
+    """A body sent a byte at a time never trips a read timeout of 5 s: `sync` hung past 420 s. The
+    whole exchange now has a deadline of twice the timeout."""
+    ml.trickle_seconds = 0.05  # a few kB: minutes at this pace
+    engine = remote(ml.url, concurrency=1, timeout=1)
+    with pytest.raises(EngineUnavailable, match="took more than 2 s to answer"):
+        engine.faces(photo("groups/two_people.jpg"))
