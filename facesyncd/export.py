@@ -97,6 +97,7 @@ def manifest(
                 "face_id": face.face_id,
                 "source": face.source,
                 "asset_id": face.asset_id,
+                "owner": face.owner,
                 "file": face_file(face),
                 "bbox": [round(v, 1) for v in face.bbox],
                 "det_score": round(face.det_score, 4),

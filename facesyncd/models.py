@@ -290,6 +290,7 @@ class ExportFace:
     distance: float | None
     quality: Quality | None = None
     subset: str | None = None  # a labelled sub-set of the identity (its own folder)
+    owner: str | None = None  # the Immich user whose photo it is (a partner's, with include_partners)
 
 
 @dataclass(frozen=True)

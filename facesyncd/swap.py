@@ -293,6 +293,7 @@ def plan(
                 "face_id": face.face_id,
                 "source": face.source,
                 "asset_id": face.asset_id,
+                "owner": face.owner,
                 "bbox": [round(v, 1) for v in face.bbox],
                 "det_score": round(face.det_score, 4),
                 "distance": None if face.distance is None else round(face.distance, 4),

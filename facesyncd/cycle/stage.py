@@ -90,6 +90,15 @@ class Failed:
 
 
 @dataclass(frozen=True)
+class Same:
+    """Immich's checksum names bytes embedded before (another source lists the same photo): nothing
+    to download."""
+
+    row: AssetRow
+    sha256: str
+
+
+@dataclass(frozen=True)
 class Known:
     """The bytes were embedded before (another asset, another user): nothing to detect."""
 
@@ -104,7 +113,7 @@ class Embedded:
     photo: PhotoFaces
 
 
-Outcome = Skipped | Gone | Failed | Known | Embedded
+Outcome = Skipped | Gone | Failed | Same | Known | Embedded
 
 
 def discard(outcome: Outcome) -> None:
@@ -221,6 +230,8 @@ def prepare(parts: StageParts, client: ImmichClient, row: AssetRow, reader: Stor
     faces_settings = parts.faces
     if row.type != "IMAGE":
         return Skipped(row, f"not an image ({(row.type or 'unknown').lower()})")
+    if row.checksum_kind == "sha1" and row.checksum and (known := reader.embedded_by_checksum(row.checksum)):
+        return Same(row, known)
     try:
         if faces_settings.prefilter:
             remote_faces = client.faces(row.asset_id)
@@ -322,6 +333,9 @@ def commit(parts: StageParts, source: str, outcome: Outcome, report: CycleReport
             remove_asset(store, parts.caches, source, row.asset_id, outcome.state, report)
         elif isinstance(outcome, Failed):
             fail(parts, source, row, outcome.reason, report)
+        elif isinstance(outcome, Same):
+            store.link_asset(source, row.asset_id, outcome.sha256)
+            report.deduplicated += 1
         elif isinstance(outcome, Known) or (
             isinstance(outcome, Embedded) and store.blob_exists(outcome.download.sha256)
         ):

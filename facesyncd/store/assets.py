@@ -104,8 +104,9 @@ class AssetQueries(FaceQueries):
                     continue
                 if unchanged:
                     self.execute(
-                        "UPDATE assets SET updated_at = ?, checksum_kind = ? WHERE source = ? AND asset_id = ?",
-                        (asset.updated_at, asset.checksum_kind, source, asset.id),
+                        "UPDATE assets SET updated_at = ?, checksum_kind = ?, owner_id = ? "
+                        "WHERE source = ? AND asset_id = ?",
+                        (asset.updated_at, asset.checksum_kind, asset.owner_id or None, source, asset.id),
                     )
                     if known is not None and known.state in (AssetState.PENDING, AssetState.FAILED):
                         page.needing_work += 1
@@ -124,17 +125,19 @@ class AssetQueries(FaceQueries):
             """
             INSERT INTO assets (source, asset_id, type, original_file_name, checksum, checksum_kind,
                 updated_at, file_created_at, width, height, state, reason, sha256, attempts,
-                next_attempt_at, first_seen_at, changed_at)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 0, NULL, ?, ?)
+                next_attempt_at, first_seen_at, changed_at, owner_id)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 0, NULL, ?, ?, ?)
             ON CONFLICT(source, asset_id) DO UPDATE SET
                 type = excluded.type, original_file_name = excluded.original_file_name,
                 checksum = excluded.checksum, checksum_kind = excluded.checksum_kind,
                 updated_at = excluded.updated_at, file_created_at = excluded.file_created_at,
                 width = excluded.width, height = excluded.height, state = excluded.state,
-                reason = excluded.reason, attempts = 0, next_attempt_at = NULL, changed_at = excluded.changed_at
+                reason = excluded.reason, attempts = 0, next_attempt_at = NULL, changed_at = excluded.changed_at,
+                owner_id = excluded.owner_id
             """,
             (source, asset.id, asset.type, asset.original_file_name, asset.checksum, asset.checksum_kind,
-             asset.updated_at, asset.file_created_at, asset.width, asset.height, state, reason, now, now),
+             asset.updated_at, asset.file_created_at, asset.width, asset.height, state, reason, now, now,
+             asset.owner_id or None),
         )  # fmt: skip
 
     def assets_to_process(self, source: str, now: str) -> list[AssetRow]:
@@ -209,6 +212,16 @@ class AssetQueries(FaceQueries):
                 (state, utc_now(), source, asset_id),
             )
         return dropped
+
+    def embedded_by_checksum(self, checksum: str) -> str | None:
+        """The bytes (sha256) of an asset whose file Immich's checksum (SHA-1 of the file) names, when
+        they were embedded already: a photo two sources list is downloaded once."""
+        found = self.scalar(
+            "SELECT a.sha256 FROM assets a JOIN blobs b ON b.sha256 = a.sha256 "
+            "WHERE a.checksum = ? AND a.checksum_kind = 'sha1' LIMIT 1",
+            (checksum,),
+        )
+        return None if found is None else str(found)
 
     def link_asset(self, source: str, asset_id: str, sha256: str) -> None:
         """The bytes were embedded before (another asset or user): point this asset at them."""

@@ -461,7 +461,9 @@ class FaceQueries(Database):
                    (SELECT a.source FROM assets a WHERE a.sha256 = f.sha256 AND a.state = :done
                     ORDER BY a.source, a.asset_id LIMIT 1) AS source,
                    (SELECT a.asset_id FROM assets a WHERE a.sha256 = f.sha256 AND a.state = :done
-                    ORDER BY a.source, a.asset_id LIMIT 1) AS asset_id
+                    ORDER BY a.source, a.asset_id LIMIT 1) AS asset_id,
+                   (SELECT a.owner_id FROM assets a WHERE a.sha256 = f.sha256 AND a.state = :done
+                    ORDER BY a.source, a.asset_id LIMIT 1) AS owner_id
             FROM faces f WHERE f.identity IS NOT NULL AND {LIVE_FACE} ORDER BY f.identity, f.id
             """,
             {"done": AssetState.DONE},
@@ -474,6 +476,7 @@ class FaceQueries(Database):
                     sha256=row["sha256"],
                     source=row["source"] or "import",
                     asset_id=row["asset_id"],
+                    owner=row["owner_id"],
                     crop=row["crop"],
                     bbox=(row["x1"], row["y1"], row["x2"], row["y2"]),
                     det_score=row["det_score"],

@@ -47,7 +47,7 @@ def fake(immich_version: str) -> FakeImmich:
 def test_a_partners_assets_are_passed_over_unless_asked_for_and_stay_one_face(fake: FakeImmich, tmp_path) -> None:
     library = Library(fake, tmp_path / "alice")
     library.add(["wild/angelina_jolie"])
-    bobs = add_photos(fake, ["wild/biden"], owner="bob")
+    bobs = add_photos(fake, ["wild/obama"], owner="bob")  # enough of him for a faceset
     fake.share("bob", "alice", in_timeline=True)
     library.cli("sync")
     states = states_of(library)
@@ -63,6 +63,7 @@ def test_a_partners_assets_are_passed_over_unless_asked_for_and_stay_one_face(fa
 
     # opted in, with bob as a source of his own: bob's photos are listed by both keys, one face each
     fake.share("bob", "alice", in_timeline=True)
+    downloads_before = {asset: fake.count("GET", f"/api/assets/{asset}/original") for asset in bobs}
     sources = (
         f'[[immich]]\nname = "alice"\nurl = "{fake.url}"\napi_key_env = "FACESYNCD_TEST_KEY_ALICE"\n'
         "include_partners = true\n"
@@ -82,6 +83,20 @@ def test_a_partners_assets_are_passed_over_unless_asked_for_and_stay_one_face(fa
     assert faces_of_bob >= len(bobs)
     listed = [face["face_id"] for number in both.sets() for face in both.show(number)["face_list"]]
     assert len(listed) == len(set(listed))
+    # downloaded once: Immich's checksum names bytes the other source embedded (620 downloads were
+    # counted for 510 distinct photos)
+    downloads = {asset: fake.count("GET", f"/api/assets/{asset}/original") - downloads_before[asset] for asset in bobs}
+    assert downloads == dict.fromkeys(bobs, 1), downloads
+    # whose photo each face is: bob's, in the store and in the manifests
+    bob = fake.users[BOB_KEY]["id"]
+    assert {owner for (owner,) in both.sql(f"SELECT owner_id FROM assets WHERE asset_id IN {tuple(bobs)!r}")} == {bob}
+    owners = {
+        face["asset_id"]: face["owner"]
+        for manifest in (tmp_path / "both" / "facesets").glob("faceset_*/faceset.json")
+        for face in json.loads(manifest.read_text())["faces"]
+    }
+    assert set(bobs) & set(owners), "bob's photos are in a faceset"
+    assert {owners[asset] for asset in bobs if asset in owners} == {bob}
 
 
 def _photos(folder: str) -> list[Path]:
