@@ -1,7 +1,9 @@
 """One photo's faces, from found to stored: what the stage (photos from Immich) and the importer (a
-tree's face images) both do once a photo's faces are found. Each face is measured (quality.py), its
-crop cut, and what the export layout cuts from the photo is cut while the pixels are at hand (outside
-any transaction); then the photo and its faces are written in the caller's transaction.
+tree's face images) both do. The faces are found (again with a border around the photo when it
+seems to have none: a face that fills the whole frame is missed by the detector), each is measured
+(quality.py), its crop cut, and what the export layout cuts from the photo is cut while the pixels
+are at hand (outside any transaction); then the photo and its faces are written in the caller's
+transaction.
 """
 
 from __future__ import annotations
@@ -9,12 +11,47 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from .crops import Crops
+from .embedder import Embedder
 from .imaging import DecodedImage
 from .layouts import Layout
 from .models import DecodeSource, DetectedFace, Quality
 from .quality import assess
 from .store import Store
+
+# The border around a photo that seems to have no face, as a fraction of its longer side: the
+# detector misses a face that fills the whole frame (10 of 10 test photos cut to their face box, or
+# closer), and finds each with this much room around it (scores 0.74-0.88; 0.61-0.83 with 0.25).
+PAD_FRACTION = 0.6
+
+
+def pad(image: DecodedImage, fraction: float = PAD_FRACTION) -> tuple[DecodedImage, int]:
+    """The image with a black border on every side (`fraction` of its longer side), and the border's
+    width."""
+    border = int(max(image.width, image.height) * fraction)
+    padded = np.zeros((image.height + 2 * border, image.width + 2 * border, 3), np.uint8)
+    padded[border : border + image.height, border : border + image.width] = image.pixels
+    return DecodedImage(padded, image.format), border
+
+
+def find_faces(embedder: Embedder, image: DecodedImage) -> list[DetectedFace]:
+    """The faces of the photo, in its own pixels; when none is found, those found with a border
+    around it (boxes and landmarks moved back, boxes cut to the photo)."""
+    faces = embedder.faces(image)
+    if faces:
+        return faces
+    padded, border = pad(image)
+    found = []
+    for face in embedder.faces(padded):
+        x1, y1, x2, y2 = (value - border for value in face.bbox)
+        box = (max(0.0, x1), max(0.0, y1), min(float(image.width), x2), min(float(image.height), y2))
+        if box[2] - box[0] < 1 or box[3] - box[1] < 1:
+            continue  # a "face" in the border alone
+        landmarks = tuple((x - border, y - border) for x, y in face.landmarks)
+        found.append(DetectedFace(bbox=box, det_score=face.det_score, landmarks=landmarks, embedding=face.embedding))
+    return found
 
 
 @dataclass(frozen=True)

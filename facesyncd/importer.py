@@ -32,12 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-import numpy as np
-
 from .config import FaceSettings
 from .crops import Crops
 from .embedder import Embedder
-from .embedding import cut_faces, save_faces
+from .embedding import cut_faces, pad, save_faces
 from .errors import FacesyncError, ImageError
 from .export import (
     FACESET_RE,
@@ -57,9 +55,6 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
-# The older pipeline's folders hold face crops; tight, already aligned crops (112x112) defeat the
-# detector unless surrounded by some background, so a second try pads the image.
-PAD_FRACTION = 0.6
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".avif", ".tif", ".tiff", ".bmp", ".gif"}
 HELD_FOLDERS = {"_thin": "thin", "_masked": "masked", "_merged": "merged", "_candidates": "candidates"}
 SKIPPED_NAMES = {MANIFEST, SWAP_MANIFEST, NAME_FILE}
@@ -137,15 +132,9 @@ def _sha256(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _pad(image: DecodedImage) -> DecodedImage:
-    border = int(max(image.width, image.height) * PAD_FRACTION)
-    padded = np.zeros((image.height + 2 * border, image.width + 2 * border, 3), np.uint8)
-    padded[border : border + image.height, border : border + image.width] = image.pixels
-    return DecodedImage(padded, image.format)
-
-
 def _largest_face(embedder: Embedder, image: DecodedImage) -> tuple[list[DetectedFace], DecodedImage]:
-    for candidate in (image, _pad(image)):
+    # the older pipeline's tight, aligned crops (112x112) defeat the detector without a border
+    for candidate in (image, pad(image)[0]):
         faces = embedder.faces(candidate, min_face_px=0)
         if faces:
             largest = max(faces, key=lambda f: (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]))

@@ -25,7 +25,7 @@ import numpy as np
 from ..config import FaceSettings, SyncSettings
 from ..crashpoints import checkpoint
 from ..embedder import Embedder
-from ..embedding import PhotoFaces, cut_faces, save_faces
+from ..embedding import PhotoFaces, cut_faces, find_faces, save_faces
 from ..errors import AssetGone, ImageError, ImmichError, Interrupted
 from ..identities import SAME_FACE, pair_boxes
 from ..imaging import DecodedImage, decode_image
@@ -257,7 +257,7 @@ def prepare(parts: StageParts, client: ImmichClient, row: AssetRow, reader: Stor
                 max_bytes=max_bytes,
                 download_dir=parts.download_dir,
             )
-            faces = parts.embedder.faces(image)
+            faces = find_faces(parts.embedder, image)
             forgotten = reader.forgotten_in(download.sha256, [face.bbox for face in faces])
             faces = [face for index, face in enumerate(faces) if index not in forgotten]  # `faceset forget`
             photo = cut_faces(

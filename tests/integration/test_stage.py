@@ -8,6 +8,7 @@ from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -18,6 +19,7 @@ from facesyncd.config import load_settings
 from facesyncd.cycle import open_new_facesets
 from facesyncd.cycle.stage import faces_too_small
 from facesyncd.errors import ImmichUnreachable
+from facesyncd.imaging import DecodedImage, decode_image
 from facesyncd.models import RemoteFace
 from fake_immich import FakeImmich, Fault
 
@@ -161,6 +163,32 @@ def test_exif_orientation_is_applied(fake: FakeImmich, app: App) -> None:
         )
     assert sizes[upright] == sizes[rotated]
     assert counts[upright] == counts[rotated] == 2
+
+
+def test_a_face_that_fills_the_whole_photo_is_found(fake: FakeImmich, app: App) -> None:
+    """The detector misses a face that fills the frame (every test photo cut to its face box): such a
+    photo is looked at again with a border around it, and its face lands in the photo's own pixels.
+    A photo with no face at all still has none."""
+    import cv2
+
+    app.embedder.load()
+    photo = decode_image(PHOTOS / "wild" / "obama" / "obama.jpg", max_pixels=10**8)
+    x1, y1, x2, y2 = (int(v) for v in app.embedder.faces(photo)[0].bbox)
+    tight = np.ascontiguousarray(photo.pixels[y1:y2, x1:x2])
+    assert app.embedder.faces(DecodedImage(tight, "JPEG")) == [], "the detector should miss it, as it does"
+    ok, jpeg = cv2.imencode(".jpg", tight)
+    assert ok
+    close = fake.add_asset("alice", bytes(jpeg.tobytes()), "close.jpg")
+    empty = fake.add_file("alice", next((PHOTOS / "noface").iterdir()))
+    actions.sync(app)
+    with sqlite3.connect(app.settings.database_path) as connection:
+        boxes = connection.execute(
+            "SELECT a.asset_id, f.x1, f.y1, f.x2, f.y2 FROM assets a JOIN faces f ON f.sha256 = a.sha256"
+        ).fetchall()
+    found = [box for asset, *box in boxes if asset == close]
+    assert len(found) == 1 and not [box for asset, *box in boxes if asset == empty]
+    left, top, right, bottom = found[0]
+    assert 0 <= left < right <= tight.shape[1] and 0 <= top < bottom <= tight.shape[0]
 
 
 def test_undecodable_original_falls_back_to_the_preview(fake: FakeImmich, app: App) -> None:
