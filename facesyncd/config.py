@@ -206,6 +206,19 @@ class IdentitySettings:
         lambda v: 0 <= v < 2,
         "between 0 and 2",
     )
+    seed_min_blur: float = setting(
+        0.6,
+        "sharpness (quality blur, 0..1) a face needs to open or grow a new faceset; blurrier ones only join",
+        lambda v: 0 <= v <= 1,
+        "between 0 and 1",
+    )
+    seed_min_frontality: float = setting(
+        0.2,
+        "frontality (0..1) a face needs to open or grow a new faceset (strong profiles only join)",
+        lambda v: 0 <= v <= 1,
+        "between 0 and 1",
+    )
+    seed_from_cut_faces: bool = setting(False, "faces cut by the photo's edge may open or grow a new faceset")
 
 
 @dataclass(frozen=True)

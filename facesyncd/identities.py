@@ -9,11 +9,26 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .boxes import overlap
-from .models import Box
+from .config import IdentitySettings
+from .models import Box, StoredFace
 
 # Two faces this close (cosine distance) are one face seen twice: a crop and the photo it was cut
 # from, the same photo at two sizes. Different people, even look-alikes, are far beyond it.
 SAME_FACE = 0.2
+
+
+def may_seed(face: StoredFace, settings: IdentitySettings) -> bool:
+    """Whether a face may open a new faceset or grow one from the pool. Blurred faces, strong
+    profiles and faces cut by the photo's edge are close to many people at once: clustered, they
+    chained strangers into one faceset (80 blurred faces of 80 people, 95 edge-cut or profile
+    bystanders in another). Such a face only joins an identity it is close to (match_distance), and
+    otherwise waits in the pool. A face without a measured part is not held to it."""
+    quality = face.quality
+    if quality is not None and quality.blur < settings.seed_min_blur:
+        return False
+    if quality is not None and quality.frontality is not None and quality.frontality < settings.seed_min_frontality:
+        return False
+    return settings.seed_from_cut_faces or not face.cut
 
 
 def assign(

@@ -172,6 +172,8 @@ class StoredFace:
     sha256: str
     embedding: Embedding = field(repr=False)
     identity: int | None = None
+    quality: Quality | None = None
+    cut: bool = False  # the box touches the photo's edge (a face half out of the frame)
 
 
 @dataclass

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..config import IdentitySettings
 from ..crashpoints import checkpoint
-from ..identities import SAME_FACE, Cluster, assign, cluster_pool, merges
+from ..identities import SAME_FACE, Cluster, assign, cluster_pool, may_seed, merges
 from ..index import FaceIndex, IndexKeeper
 from ..models import CycleReport, StoredFace
 from ..progress import Reporter
@@ -74,7 +74,9 @@ def open_new_facesets(parts: IdentifyParts, report: CycleReport) -> None:
     settings = parts.settings
     clustered: set[int] = set()  # face ids some round clustered
     while True:
-        pool = parts.store.pool_faces()
+        # Poor faces (blurred, strong profiles, cut by the edge) never open or grow a faceset: they
+        # wait in the pool, and join an identity only when close to one (see may_seed).
+        pool = [face for face in parts.store.pool_faces() if may_seed(face, settings)]
         if len(pool) < settings.min_faceset_faces:
             return
         parts.reporter.stage("clustering", len(pool))
@@ -135,7 +137,7 @@ def _match(parts: IdentifyParts, faces: list[StoredFace], index: FaceIndex) -> d
     )
     if settings.mean_join:
         for row, blob in enumerate(blobs):
-            if row in matches:
+            if row in matches or not may_seed(faces[row], settings):  # a poor face joins only when close
                 continue
             near = {index.identity_of[int(face)] for face in neighbour_ids[row] if int(face) in index.identity_of}
             used = taken[blob] | {identity for other, (identity, _) in matches.items() if blobs[other] == blob}

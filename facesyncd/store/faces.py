@@ -173,11 +173,20 @@ class FaceQueries(Database):
     def _faces(self, where: str, parameters: Sequence[Any] = ()) -> list[StoredFace]:
         import numpy as np
 
+        # A face "cut" touches its photo's edge (a bystander half out of the frame); an imported crop
+        # fills its image by design and is not.
+        rows = self.tuples(
+            f"""
+            SELECT f.id, f.sha256, f.embedding, f.identity, f.quality_parts,
+                   b.decoded_from != 'import' AND (f.x1 <= 1 OR f.y1 <= 1 OR f.x2 >= b.width - 1
+                                                   OR f.y2 >= b.height - 1) AS cut
+            FROM faces f LEFT JOIN blobs b ON b.sha256 = f.sha256 WHERE {where} ORDER BY f.id
+            """,
+            parameters,
+        )
         return [
-            StoredFace(face_id, sha256, np.frombuffer(blob, dtype=np.float32), identity)
-            for face_id, sha256, blob, identity in self.tuples(
-                f"SELECT f.id, f.sha256, f.embedding, f.identity FROM faces f WHERE {where} ORDER BY f.id", parameters
-            )
+            StoredFace(face_id, sha256, np.frombuffer(blob, dtype=np.float32), identity, _quality(parts), bool(cut))
+            for face_id, sha256, blob, identity, parts, cut in rows
         ]
 
     def unmatched_new_faces(self) -> list[StoredFace]:

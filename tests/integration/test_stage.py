@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import sqlite3
 from contextlib import closing
 from dataclasses import replace
@@ -316,8 +317,8 @@ def test_a_pool_too_large_for_one_clustering_opens_one_faceset_per_person(
     for person, count in ((0, 20), (1, 6)):
         for number in range(count):
             vector = people[person] / np.linalg.norm(people[person]) + 0.02 * rng.normal(size=dimension)
-            face = DetectedFace(
-                (0, 0, 90, 90), 0.9, ((1.0, 1.0),) * 5, (vector / np.linalg.norm(vector)).astype(np.float32)
+            face = DetectedFace(  # inside its photo: a face cut by the edge opens no faceset
+                (5, 5, 95, 95), 0.9, ((1.0, 1.0),) * 5, (vector / np.linalg.norm(vector)).astype(np.float32)
             )
             with store.transaction():
                 store.save_blob_faces(
@@ -413,3 +414,33 @@ def test_prefetched_keeps_order_raises_in_place_and_stops_when_abandoned() -> No
         "the producer thread ends once its consumer is gone",
     )
     assert len(produced) <= 6, "the producer runs at most a page or two ahead, and stops when abandoned"
+
+
+def test_blurred_faces_open_no_faceset_and_join_one_only_when_close(fake: FakeImmich, app: App, tmp_path: Path) -> None:
+    """Blurred faces are near many people at once: clustered, they chained strangers into one faceset
+    (80 blurred faces of 80 people). Blurred copies of one person wait in the pool; once sharp photos
+    open her faceset, the copies close to it join it."""
+    import cv2
+
+    folder = PHOTOS / "wild" / "angelina_jolie"
+    sharp = sorted(folder.iterdir())
+    blurred = []
+    for path in sharp[:4]:
+        pixels = decode_image(path, max_pixels=10**8).pixels
+        sigma = max(pixels.shape[:2]) / 120  # as blurred whatever the photo's size
+        ok, jpeg = cv2.imencode(".jpg", cv2.GaussianBlur(pixels, (0, 0), sigma))
+        assert ok
+        blurred.append(fake.add_asset("alice", bytes(jpeg.tobytes()), f"blurred_{path.name}"))
+    actions.sync(app)
+    with sqlite3.connect(app.settings.database_path) as connection:
+        blur = [json.loads(parts)["blur"] for (parts,) in connection.execute("SELECT quality_parts FROM faces")]
+    assert blur and max(blur) < app.settings.identities.seed_min_blur, blur  # the photos are blurred enough
+    assert app.store.export_faces() == {}, "blurred faces opened a faceset"
+    assert len(app.store.pool_faces()) == len(blur), "they wait in the pool"
+    for path in sharp[4:]:
+        fake.add_file("alice", path)
+    actions.sync(app)
+    facesets = app.store.export_faces()
+    assert len(facesets) == 1, facesets
+    joined = {face.asset_id for face in next(iter(facesets.values()))} & set(blurred)
+    assert joined, "blurred copies close to her faceset join it"

@@ -160,7 +160,8 @@ def _add(app, vectors: np.ndarray, prefix: str) -> list[int]:
     store = app.store
     before = {face.id for face in store.unmatched_new_faces()}
     for number, vector in enumerate(vectors):
-        face = DetectedFace((0, 0, 120, 120), 0.9, ((1.0, 1.0),) * 5, vector.astype(np.float32))
+        # a face inside its photo (one that touches the edge is a bystander, which opens no faceset)
+        face = DetectedFace((40, 40, 160, 160), 0.9, ((1.0, 1.0),) * 5, vector.astype(np.float32))
         with store.transaction():
             store.save_blob_faces(
                 f"{prefix}-{number}", size=1, width=200, height=200, decoded_from="original",
@@ -269,3 +270,26 @@ def test_identities_seen_together_in_a_photo_never_merge() -> None:
     assert pairs == [(12, 9)], "two faces in one photo are two people"
     assert merges({**near, **far}, set(), 0.0) == []
     assert all(20 not in pair for pair in merges({**near, **far}, set(), 0.40))
+
+
+def test_blurred_profile_and_cut_faces_may_not_seed_a_faceset() -> None:
+    from facesyncd.config import IdentitySettings
+    from facesyncd.identities import may_seed
+    from facesyncd.models import Quality, StoredFace
+
+    settings = IdentitySettings()
+    vector = np.ones(128, np.float32)
+
+    def face(
+        blur: float = 0.95, frontality: float | None = 0.7, cut: bool = False, measured: bool = True
+    ) -> StoredFace:
+        quality = Quality(det_score=0.8, size=0.5, blur=blur, frontality=frontality, symmetry=0.9) if measured else None
+        return StoredFace(1, "sha", vector, None, quality, cut)
+
+    assert may_seed(face(), settings)
+    assert not may_seed(face(blur=0.39), settings), "blurred (sigma 3: blur 0.39 at the median)"
+    assert not may_seed(face(frontality=0.1), settings), "a strong profile"
+    assert not may_seed(face(cut=True), settings), "cut by the photo's edge"
+    assert may_seed(face(cut=True), IdentitySettings(seed_from_cut_faces=True))
+    assert may_seed(face(frontality=None), settings), "Immich's ML service measures no frontality"
+    assert may_seed(face(measured=False), settings), "faces stored before qualities were measured"
