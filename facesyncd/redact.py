@@ -14,6 +14,8 @@ import logging
 import re
 import threading
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 REPLACEMENT = "***"
 # Shorter pieces of a key are not scrubbed on their own: they would mangle ordinary words.
@@ -52,6 +54,24 @@ def register(secret: str) -> None:
         forms = set().union(*(_forms(value) for value in _secrets))
         # Longest first, so a whole key is replaced before any of its pieces.
         _pattern = re.compile("|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True)))
+
+
+@contextmanager
+def fresh_registry() -> Iterator[None]:
+    """Inside, no secret is known yet, as in a new process; afterwards, the ones known before again.
+    For a command run inside another process (the test suite runs the CLI in its own)."""
+    global _pattern
+    with _lock:
+        saved = (set(_secrets), _pattern)
+        _secrets.clear()
+        _pattern = None
+    try:
+        yield
+    finally:
+        with _lock:
+            _secrets.clear()
+            _secrets.update(saved[0])
+            _pattern = saved[1]
 
 
 def scrub(text: str) -> str:

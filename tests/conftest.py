@@ -159,9 +159,6 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> CliResult:
     assert "FACESYNCD_CRASH_AT" not in environment, "a crash point kills the process: use run_process"
     root = logging.getLogger()
     saved_logging = (root.handlers[:], root.level, {name: logging.getLogger(name).level for name in NOISY_LOGGERS})
-    saved_secrets = (set(redact._secrets), redact._pattern)  # a new process knows no key yet
-    redact._secrets.clear()
-    redact._pattern = None
     saved_environment = dict(os.environ)
     saved_streams = (sys.stdin, sys.stdout, sys.stderr)
     stdout, stderr = io.StringIO(), io.StringIO()
@@ -170,7 +167,8 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> CliResult:
     sys.stdin, sys.stdout, sys.stderr = io.StringIO(""), stdout, stderr
     code = 0
     try:
-        cli.main(list(args))
+        with redact.fresh_registry():  # a new process knows no key yet
+            cli.main(list(args))
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     finally:
@@ -181,9 +179,6 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> CliResult:
         root.setLevel(level)
         for name, named_level in levels.items():
             logging.getLogger(name).setLevel(named_level)
-        redact._secrets.clear()
-        redact._secrets.update(saved_secrets[0])
-        redact._pattern = saved_secrets[1]
     result = CliResult(code, stdout.getvalue(), stderr.getvalue())
     _no_key_printed(args, environment, result.stdout, result.stderr)
     return result
