@@ -42,8 +42,6 @@ class Library:
 
 
 class Layout(Protocol):
-    name: str
-
     def prepare(self) -> None:
         """Before any worker writes for this layout (the stage's workers cut swap PNGs): its caches
         are made to match the settings, once, on the calling thread."""
@@ -64,8 +62,6 @@ class Layout(Protocol):
 
 
 class CropsLayout:
-    name = "crops"
-
     def __init__(self, facesets_dir: Path, crops: Crops) -> None:
         self._facesets_dir = facesets_dir
         self._crops = crops
@@ -103,8 +99,6 @@ class CropsLayout:
 
 
 class SwapLayout:
-    name = "swap"
-
     def __init__(
         self, facesets_dir: Path, crops: Crops, cache: SwapCache, embedder: Embedder, settings: ExportSettings
     ) -> None:
@@ -128,7 +122,6 @@ class SwapLayout:
     def write(self, faces: dict[int, list[ExportFace]], highest: int, library: Library) -> int:
         """Each faceset's chosen faces (swap.select), their checked PNGs (made now for faces that have
         none: from the photo in Immich, or the crop of an imported face), the bundles."""
-        self.prepare()
         self._read_names(library)
         names = library.names()
         embeddings = library.embeddings_of([face.face_id for members in faces.values() for face in members])

@@ -74,10 +74,6 @@ class ImmichClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def answers(self) -> bool:
-        """Whether the server answers a trivial request (GET /server/ping, no permission needed)."""
-        return self.transport.answers()
-
     def whoami(self) -> Account:
         """GET /users/me: proves the server is there and the key works; whose key it is, and the
         server's clock as it answered."""
