@@ -14,3 +14,8 @@ def overlap(first: Box, second: Box) -> float:
     intersection = width * height
     union = (first[2] - first[0]) * (first[3] - first[1]) + (second[2] - second[0]) * (second[3] - second[1])
     return intersection / (union - intersection) if union > intersection else 0.0
+
+
+def clip(box: Box, width: float, height: float) -> Box:
+    """The box cut to a width x height image."""
+    return (max(0.0, box[0]), max(0.0, box[1]), min(float(width), box[2]), min(float(height), box[3]))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .boxes import clip
 from .crops import Crops
 from .embedder import Embedder
 from .imaging import DecodedImage
@@ -46,7 +47,7 @@ def find_faces(embedder: Embedder, image: DecodedImage) -> list[DetectedFace]:
     found = []
     for face in embedder.faces(padded):
         x1, y1, x2, y2 = (value - border for value in face.bbox)
-        box = (max(0.0, x1), max(0.0, y1), min(float(image.width), x2), min(float(image.height), y2))
+        box = clip((x1, y1, x2, y2), image.width, image.height)
         if box[2] - box[0] < 1 or box[3] - box[1] < 1:
             continue  # a "face" in the border alone
         landmarks = tuple((x - border, y - border) for x, y in face.landmarks)

@@ -40,6 +40,7 @@ import cv2
 import httpx
 import numpy as np
 
+from .boxes import clip
 from .breakable import SocketTracker
 from .config import FaceSettings, ModelSettings
 from .errors import EngineUnavailable, Interrupted, ModelError
@@ -296,12 +297,7 @@ class ImmichMlEmbedder:
             if not np.isfinite(norm) or norm == 0:
                 raise _Refused("answered an empty embedding")
             self._check_dimension(vector.size)
-            bbox = (
-                max(0.0, x1 * scale_x),
-                max(0.0, y1 * scale_y),
-                min(float(image.width), x2 * scale_x),
-                min(float(image.height), y2 * scale_y),
-            )
+            bbox = clip((x1 * scale_x, y1 * scale_y, x2 * scale_x, y2 * scale_y), image.width, image.height)
             embedding = (vector / norm).astype(np.float32)
             detected.append(DetectedFace(bbox=bbox, det_score=score, landmarks=(), embedding=embedding))
         return detected
