@@ -49,7 +49,7 @@ MARKER = ".facesyncd.json"
 # facesyncd's (a number that large would overflow the store's integers).
 MAX_FACESET_NUMBER = 999_999
 # A manifest or marker larger than this is not one facesyncd wrote.
-MAX_JSON_BYTES = 64 * 1024 * 1024
+MAX_TEXT_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -109,15 +109,27 @@ def manifest(
     }
 
 
-def read_json(path: Path) -> Any | None:
-    """A JSON file of a faceset tree, or None: missing, not a plain file (a named pipe would block the
-    reader for ever), too large, not UTF-8, not JSON, or nested deeper than Python recurses."""
+def read_text(path: Path, max_bytes: int = MAX_TEXT_BYTES) -> str | None:
+    """A small text file of a faceset tree, or None: missing, not a plain file (a named pipe would block
+    the reader for ever), larger than `max_bytes`, or not UTF-8."""
     try:
         status = path.stat()
-        if not stat.S_ISREG(status.st_mode) or status.st_size > MAX_JSON_BYTES:
+        if not stat.S_ISREG(status.st_mode) or status.st_size > max_bytes:
             return None
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def read_json(path: Path, max_bytes: int = MAX_TEXT_BYTES) -> Any | None:
+    """A JSON file of a faceset tree (see read_text), or None: also for what is not JSON, or is nested
+    deeper than Python recurses."""
+    text = read_text(path, max_bytes)
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
         return None
 
 

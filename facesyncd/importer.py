@@ -22,7 +22,6 @@ state that already has identities with the tree's numbers (from elsewhere) is re
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -46,6 +45,8 @@ from .export import (
     SWAP_MANIFEST,
     faceset_number,
     highest_exported,
+    read_json,
+    read_text,
 )
 from .imaging import DecodedImage, decode_image
 from .immich import ASSET_ID_RE
@@ -101,15 +102,12 @@ class _Tree:
             return False
 
     def text(self, path: Path) -> str | None:
-        """A small text file of the tree (manifest, NAME.txt), or None."""
-        if not self.regular_file(path):
-            return None
-        try:
-            if path.stat().st_size > self.MAX_TEXT_BYTES:
-                return None
-            return path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            return None
+        """A small text file of the tree (NAME.txt), or None (see export.read_text)."""
+        return read_text(path, self.MAX_TEXT_BYTES) if self.inside(path) else None
+
+    def json(self, path: Path) -> Any | None:
+        """A small JSON file of the tree (a manifest), or None (see export.read_json)."""
+        return read_json(path, self.MAX_TEXT_BYTES) if self.inside(path) else None
 
 
 @dataclass(frozen=True)
@@ -145,13 +143,7 @@ def _largest_face(embedder: Embedder, image: DecodedImage) -> tuple[list[Detecte
 def _entries(folder: Path, tree: _Tree) -> list[dict[str, Any]]:
     """The faces[] of a folder's manifest, facesyncd's or the older pipeline's."""
     for name in (MANIFEST, SWAP_MANIFEST):
-        text = tree.text(folder / name)
-        if text is None:
-            continue
-        try:
-            data = json.loads(text)
-        except (ValueError, RecursionError):  # not JSON, or nested deeper than Python recurses
-            continue
+        data = tree.json(folder / name)
         faces = data.get("faces") if isinstance(data, dict) else None
         if isinstance(faces, list):
             return [entry for entry in faces if isinstance(entry, dict)]
