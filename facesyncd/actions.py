@@ -79,8 +79,7 @@ def correct(app: App, correction: Correction, *, export: bool = True) -> Outcome
     if names:
         write_names(app.settings.facesets_dir, names)
     outcome = correction.apply(app.store, file_hashes(app))
-    app.crops.remove(outcome.dropped.crops)
-    app.swap.remove(outcome.dropped.crops)
+    app.caches.forget(outcome.dropped)
     if export:
         apply_corrections(app)
     return outcome
