@@ -16,6 +16,7 @@ import bench_cluster
 import bench_index
 import bench_memory
 import bench_poll
+import bench_pool
 import bench_recognizer
 import bench_status
 import bench_sync
@@ -32,6 +33,7 @@ def main() -> None:
         ("status", bench_status.main),
         ("memory", bench_memory.main),
         ("clustering", bench_cluster.main),
+        ("reading the pool", bench_pool.main),
         ("index", bench_index.main),
     ):
         print(f"\n== {name} ==", flush=True)
