@@ -144,13 +144,15 @@ def sync(
     app: App,
     *,
     reconcile: bool | None = None,
+    census: bool | None = None,
     cluster: bool = True,
     fresh: bool = False,
     kind: JobKind = JobKind.SYNC,
 ) -> CycleReport:
     """One full cycle over every source. Raises the first source's error (after finishing the others).
 
-    reconcile: True lists the whole library now, False never, None when due. cluster: open new
+    reconcile: True lists the whole library now, False never, None when due. census: True counts
+    Immich's assets for changes the listing hides, False never, None when due. cluster: open new
     facesets from the pool too. fresh: see check_adopted."""
     check_adopted(app, fresh=fresh)
     _prepare_to_embed(app)
@@ -160,7 +162,9 @@ def sync(
         leftover.unlink(missing_ok=True)
     app.crops.remove_leftovers()
     app.swap.remove_leftovers()
-    return run_action(app, kind, lambda report: run_cycle(app, report, reconcile=reconcile, cluster=cluster))
+    return run_action(
+        app, kind, lambda report: run_cycle(app, report, reconcile=reconcile, census=census, cluster=cluster)
+    )
 
 
 def cluster(app: App) -> CycleReport:

@@ -197,7 +197,8 @@ def sync(
         None,
         "--reconcile/--no-reconcile",
         help="List the whole library now to catch assets deleted in Immich (otherwise done every "
-        "[schedule] reconcile_seconds, default a day); --no-reconcile never.",
+        "[schedule] reconcile_seconds, default a day, and when the count taken every sweep_minutes "
+        "differs); --no-reconcile never (and no count).",
     ),
     fresh: bool = typer.Option(
         False,
@@ -230,7 +231,9 @@ def sync(
         with kept_by_owner(settings.state_dir, settings.facesets_dir), state_lock(settings.state_dir):
             with open_app(settings, stop=stop, reporter=_ProgressBar()) as app:
                 running.append(app)
-                report = actions.sync(app, reconcile=reconcile, fresh=fresh)
+                report = actions.sync(
+                    app, reconcile=reconcile, census=False if reconcile is False else None, fresh=fresh
+                )
     finally:
         for signum, handler in previous.items():  # the caller's handlers again (the CLI run in-process)
             signal.signal(signum, handler)

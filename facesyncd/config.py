@@ -252,6 +252,12 @@ class ScheduleSettings:
 
     poll_seconds: float = setting(300.0, "incremental sync", _positive, "> 0")
     cluster_seconds: float = setting(900.0, "open new facesets from the pool of unmatched faces", _positive, "> 0")
+    sweep_minutes: float = setting(
+        15.0,
+        "one count request; a difference (force delete, locked folder, partner) lists everything at once",
+        _positive,
+        "> 0",
+    )
     reconcile_seconds: float = setting(
         86400.0, "full listing: assets deleted in Immich leave their facesets", _positive, "> 0"
     )

@@ -1,8 +1,9 @@
 """`facesyncd run`: the long-running service.
 
-Three apscheduler (3.x) jobs share one worker thread, so they never overlap and the store's single
+Four apscheduler (3.x) jobs share one worker thread, so they never overlap and the store's single
 connection is used by one thread at a time: poll (sync every [schedule] poll_seconds, starting at
-once), cluster (open new facesets every cluster_seconds) and reconcile (a full listing every
+once), sweep (a poll that also counts Immich's assets, every sweep_minutes: changes the listing
+hides), cluster (open new facesets every cluster_seconds) and reconcile (a full listing every
 reconcile_seconds). Missed runs are coalesced. The main thread only waits for signals, feeds the
 systemd watchdog and keeps `daemon.json` (what `status` shows about the daemon) up to date.
 
@@ -122,6 +123,7 @@ class Daemon:
         schedule = self.settings.schedule
         return {
             JobKind.POLL: schedule.poll_seconds,
+            JobKind.SWEEP: schedule.sweep_minutes * 60,
             JobKind.CLUSTER: schedule.cluster_seconds,
             JobKind.RECONCILE: schedule.reconcile_seconds,
         }
@@ -141,6 +143,7 @@ class Daemon:
                 report = actions.sync(
                     self._app,
                     reconcile=kind == JobKind.RECONCILE,
+                    census=kind == JobKind.SWEEP,
                     cluster=not self._polled,
                     kind=kind,
                 )
@@ -192,6 +195,7 @@ class Daemon:
             "started_at": started_at,
             "state": state,
             "next_poll_at": self._next_run(JobKind.POLL),
+            "next_sweep_at": self._next_run(JobKind.SWEEP),
             "next_cluster_at": self._next_run(JobKind.CLUSTER),
             "next_reconcile_at": self._next_run(JobKind.RECONCILE),
             "poll_seconds": self.settings.schedule.poll_seconds,

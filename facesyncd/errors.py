@@ -31,6 +31,11 @@ class ImmichAuthError(FacesyncError):
     exit_code = 3
 
 
+class PermissionMissing(ImmichAuthError):
+    """Immich refused a request for the key's permissions (403): fatal for what facesyncd needs, a
+    missed extra for what it can do without (a count, the partner list)."""
+
+
 class ImmichUnreachable(FacesyncError):
     """Immich could not be reached, or kept failing after retries."""
 

@@ -24,11 +24,18 @@ class AssetState(StrEnum):
     FAILED = "failed"  # will be tried again (attempts, next_attempt_at)
     PARKED = "parked"  # failed too often: waits for `facesyncd retry`
     TRASHED = "trashed"  # in Immich's trash: its faces left the facesets
+    WITHHELD = "withheld"  # a partner's the key no longer sees (partner hidden): its faces left too
     DELETED = "deleted"  # gone from Immich
 
     @classmethod
     def removed(cls) -> tuple[AssetState, ...]:
-        return (cls.TRASHED, cls.DELETED)
+        return (cls.TRASHED, cls.WITHHELD, cls.DELETED)
+
+    @classmethod
+    def kept(cls) -> tuple[AssetState, ...]:
+        """Out of the facesets, but keeping their bytes and faces: listed again with the same
+        checksum, they are back as they were, without a download."""
+        return (cls.TRASHED, cls.WITHHELD)
 
 
 class DecodeSource(StrEnum):
@@ -43,6 +50,7 @@ class JobKind(StrEnum):
     """The daemon's jobs, and what a cycle record says it was."""
 
     POLL = "poll"
+    SWEEP = "sweep"  # a poll that also counts Immich's assets (the census)
     CLUSTER = "cluster"
     RECONCILE = "reconcile"
     SYNC = "sync"
@@ -54,7 +62,7 @@ class JobKind(StrEnum):
     @classmethod
     def syncs(cls) -> tuple[JobKind, ...]:
         """The kinds that talk to Immich: what `status` calls the last sync."""
-        return (cls.SYNC, cls.POLL, cls.RECONCILE)
+        return (cls.SYNC, cls.POLL, cls.SWEEP, cls.RECONCILE)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,9 @@ def collect_status(settings: Settings, store: Store | None = None) -> dict[str, 
             "last_error": row["last_error"],
             "last_error_at": row["last_error_at"],
             "partner_assets": row["partner_assets"],
+            # the census: when Immich's assets were last counted, and whether the key may count them
+            "last_count_at": row["census_at"],
+            "counting": row["census_at"] is None or row["census_offset"] is not None,
             "configured": row["name"] in configured,
         }
         for row in data["sources"]
@@ -75,6 +78,7 @@ def render_status(data: dict[str, Any]) -> str:
         lines.append(
             f"daemon:     running, pid {daemon['pid']} since {daemon['started_at']}, {daemon['state']}, "
             f"next poll {daemon['next_poll_at'] or '(after the job in hand)'}, "
+            f"next count {daemon.get('next_sweep_at') or '(after the job in hand)'}, "
             f"next clustering {daemon.get('next_cluster_at') or '(after the job in hand)'}"
         )
     if data["providers"]:
@@ -100,6 +104,11 @@ def render_status(data: dict[str, Any]) -> str:
             lines.append(
                 f"  passed over {source['partner_assets']} assets of partners shown in the timeline "
                 "(include_partners = true takes them)"
+            )
+        if not source["counting"]:
+            lines.append(
+                "  no count of Immich's assets (the key lacks asset.statistics): force deletes, locked-folder "
+                "moves and partner changes wait for the full listing"
             )
         if source["last_error"]:
             lines.append(f"  last error at {source['last_error_at']}: {source['last_error']}")

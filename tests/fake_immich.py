@@ -70,6 +70,9 @@ PERMISSIONS = {
     "/assets/{id}": "asset.read",
     "/assets/{id}/original": "asset.download",
     "/assets/{id}/thumbnail": "asset.view",
+    "/assets/statistics": "asset.statistics",
+    "/search/statistics": "asset.statistics",
+    "/partners": "partner.read",
 }
 ACCESS_MESSAGES = {"/assets/{id}/thumbnail": "Not found or no asset.view access"}
 
@@ -783,6 +786,75 @@ class FakeImmich:
             ),
         }
 
+    def asset_statistics(self, user: dict[str, Any], query: dict[str, list[str]]) -> tuple[int, Any]:
+        """GET /assets/statistics: the user's own assets (never a partner's), outside the trash
+        unless isTrashed=true, of the default visibilities (timeline and archive: hidden and locked
+        left out) unless `visibility` names one, counted by type."""
+        visibility = (query.get("visibility") or [None])[0]
+        try:
+            if visibility is not None:
+                _check_enum(visibility, "visibility", VISIBILITIES)
+        except Invalid as problem:
+            return 400, self.invalid_body(problem)
+        trashed = (query.get("isTrashed") or ["false"])[0] == "true"
+        visibilities = {visibility} if visibility else {"timeline", "archive"}
+        with self.lock:
+            counted = [
+                a
+                for a in self.assets.values()
+                if a.owner == user["id"] and a.visibility in visibilities and a.is_trashed == trashed
+            ]
+        images = sum(1 for a in counted if a.type == "IMAGE")
+        videos = sum(1 for a in counted if a.type == "VIDEO")
+        return 200, {"images": images, "videos": videos, "total": len(counted)}
+
+    def search_statistics(self, user: dict[str, Any], body: dict[str, Any]) -> tuple[int, Any]:
+        """POST /search/statistics: how many assets the same search lists (its owners, partners shown
+        in the timeline included, and its default visibilities), outside the trash (the statistics
+        search has no withDeleted)."""
+        try:
+            if "visibility" in body:
+                _check_enum(body["visibility"], "visibility", VISIBILITIES)
+        except Invalid as problem:
+            return 400, self.invalid_body(problem)
+        owners = self.listed_owners(user)
+        visibilities = {body["visibility"]} if body.get("visibility") else self.listed_by_default
+        with self.lock:
+            total = sum(
+                1
+                for a in self.assets.values()
+                if a.owner in owners and a.visibility in visibilities and not a.is_trashed
+            )
+        return 200, {"total": total}
+
+    def partner_list(self, user: dict[str, Any], query: dict[str, list[str]]) -> tuple[int, Any]:
+        """GET /partners?direction=shared-with: the users who share their library with this one, each
+        with this user's inTimeline choice; shared-by: those this user shares with."""
+        direction = (query.get("direction") or [None])[0]
+        try:
+            _check_enum(direction, "direction", ["shared-by", "shared-with"])
+        except Invalid as problem:
+            return 400, self.invalid_body(problem)
+        with self.lock:
+            pairs = [
+                (owner if direction == "shared-with" else viewer, shown)
+                for (owner, viewer), shown in self.partners.items()
+                if (viewer if direction == "shared-with" else owner) == user["id"]
+            ]
+            people = [(self.user_of(other), shown) for other, shown in pairs]
+        return 200, [
+            {
+                "id": other["id"],
+                "email": other["email"],
+                "name": other["name"],
+                "profileImagePath": "",
+                "avatarColor": "yellow",
+                "profileChangedAt": iso_micro(datetime(2024, 1, 1, tzinfo=UTC)),
+                "inTimeline": shown,
+            }
+            for other, shown in people
+        ]
+
     def faces_of(self, asset: FakeAsset) -> list[dict[str, Any]]:
         return [
             {
@@ -1064,6 +1136,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if path == "/api/faces":
             return self._about_asset("/faces", (query.get("id") or [None])[0], fake.faces_of)
+        if path in ("/api/assets/statistics", "/api/partners"):
+            template = path[4:]
+            user = self._user(template)
+            if user:
+                answer = fake.asset_statistics if template == "/assets/statistics" else fake.partner_list
+                self._send_json(*answer(user, query), template)
+            return
         if path.startswith("/api/assets/") and path.count("/") == 3:
             return self._about_asset(
                 "/assets/{id}", path.rsplit("/", 1)[1], lambda asset: fake.asset_dto(asset, full=True)
@@ -1106,5 +1185,17 @@ class _Handler(BaseHTTPRequestHandler):
                 fake.on_search_page(call)
             status, answer = fake.search(user, body if isinstance(body, dict) else {})
             return self._send_json(status, answer, "/search/metadata")
+        if path == "/api/search/statistics":
+            user = self._user("/search/statistics")
+            if not user:
+                return
+            try:
+                body = json.loads(raw or b"{}")
+            except ValueError:
+                return self._error(400, _node_json_error(raw), "/search/statistics")
+            with fake.lock:
+                fake.request_bodies.append(("/search/statistics", body))
+            status, answer = fake.search_statistics(user, body if isinstance(body, dict) else {})
+            return self._send_json(status, answer, "/search/statistics")
         self._record(None)
         self._error(404, f"Cannot POST {path}", path)

@@ -1,6 +1,6 @@
 """One sync cycle, as a short composition of stages, each in its own module:
 
-    for each source:  poll (list, record, reconcile, watermark)  ->  stage (download, embed, commit)
+    for each source:  poll (list, record, census, reconcile, watermark)  ->  stage (download, embed, commit)
     then:             identify (assign, open new facesets)  ->  publish (restore crops, export, save index)
 
 I/O happens outside transactions; each asset's result is written in one short transaction. A source
@@ -27,14 +27,17 @@ log = logging.getLogger(__name__)
 __all__ = ["run_cycle", "assign_new_faces", "merge_identities", "open_new_facesets", "publish"]
 
 
-def run_cycle(app: App, report: CycleReport, *, reconcile: bool | None, cluster: bool = True) -> FacesyncError | None:
-    """Returns the first source's error (the others were still synced), or None."""
+def run_cycle(
+    app: App, report: CycleReport, *, reconcile: bool | None, census: bool | None = None, cluster: bool = True
+) -> FacesyncError | None:
+    """Returns the first source's error (the others were still synced), or None. reconcile and
+    census: see poll."""
     first_error: FacesyncError | None = None
     for source in app.settings.immich:
         try:
             with app.clients.open(source) as client:
                 try:
-                    poll(app.poll_parts(), source, client, report, reconcile=reconcile)
+                    poll(app.poll_parts(), source, client, report, reconcile=reconcile, census=census)
                     stage(app.stage_parts(), source.name, client, report)
                 finally:
                     report.requests += client.requests

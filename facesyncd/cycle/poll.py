@@ -3,7 +3,9 @@
 A full listing (the first sweep, then every reconcile_seconds, or on request) records every asset the
 server has: it queues those it does not know, brings back those held as deleted, and removes those it
 no longer lists (only when the listing was exact: a listing that had to page by offset may have
-skipped some).
+skipped some). Between full listings, every sweep_minutes one count request (the census) asks whether
+Immich holds what the incremental listings showed: they never show a force delete that skipped the
+trash, a move into the locked folder, or a partner shown or hidden; a difference lists everything now.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -47,15 +49,21 @@ class PollParts:
 
 
 def poll(
-    parts: PollParts, source: ImmichSettings, client: ImmichClient, report: CycleReport, *, reconcile: bool | None
+    parts: PollParts,
+    source: ImmichSettings,
+    client: ImmichClient,
+    report: CycleReport,
+    *,
+    reconcile: bool | None,
+    census: bool | None = None,
 ) -> None:
     """reconcile: True lists the whole library now, False never, None when [schedule]
-    reconcile_seconds have passed since the last full listing (and on a source's first sweep)."""
+    reconcile_seconds have passed since the last full listing (and on a source's first sweep).
+    census: True counts Immich's assets after an incremental listing (see _census_says), False
+    never, None when [schedule] sweep_minutes have passed since the last count."""
     store = parts.store
     store.ensure_source(source.name, source.url)
     account = client.whoami()
-    owner = account.user_id
-    partner_assets = 0
     watermark = store.watermark(source.name)
     overlap = parts.sync.watermark_overlap_seconds
     if ahead_of(watermark, account.server_time, overlap):
@@ -71,8 +79,48 @@ def poll(
         or reconcile is True
         or (reconcile is None and store.reconcile_due(source.name, parts.schedule.reconcile_seconds))
     )
-    remote: dict[str, bool] = {}
+    swept = _sweep(parts, source, client, report, account.user_id, watermark, full=full)
+    if not full and census is not False:
+        due = census is True or (census is None and store.census_due(source.name, parts.schedule.sweep_minutes * 60))
+        if due and _census_says(parts, source, client, swept):
+            full = True
+            swept = _sweep(parts, source, client, report, account.user_id, store.watermark(source.name), full=True)
+    if full:
+        store.set_partner_assets(source.name, swept.partner_assets)
+        _reconcile(parts, source.name, client, account.user_id, swept, report)
+        count = client.count_assets(with_partners=source.include_partners)
+        _note_count(source.name, count)
+        offset = None if count is None else count - _counted(store, source)
+        store.record_census(source.name, offset)
+
+
+@dataclass
+class _Swept:
+    """What one listing found: with a full one, every asset id listed (and whether it is trashed)."""
+
+    full: bool
+    exact: bool = True
+    remote: dict[str, bool] = field(default_factory=dict)
+    partner_assets: int = 0
+    needing_work: int = 0
+
+
+def _sweep(
+    parts: PollParts,
+    source: ImmichSettings,
+    client: ImmichClient,
+    report: CycleReport,
+    owner: str,
+    watermark: str | None,
+    *,
+    full: bool,
+) -> _Swept:
+    """List (everything when `full`, else what changed since the watermark), record it page by page,
+    and move the watermark."""
+    store = parts.store
+    swept = _Swept(full)
     newest: datetime | None = None
+    overlap = parts.sync.watermark_overlap_seconds
     parts.reporter.stage(f"{source.name}: listing", None)
     started = time.monotonic()
     listing = client.list_changed(None if full else watermark, parts.sync.page_size)
@@ -89,40 +137,106 @@ def poll(
             # A key lists a partner's assets too while the partner is shown in the timeline: they are
             # the partner's photos (their own source, if configured), not this user's.
             own = [asset for asset in page if not asset.owner_id or asset.owner_id == owner]
-            partner_assets += len(page) - len(own)
+            swept.partner_assets += len(page) - len(own)
             page = own
         listed = store.record_listed(source.name, page)
         checkpoint("listed-page")
         report.new_or_changed += listed.needing_work
+        swept.needing_work += listed.needing_work
         parts.caches.forget(listed.dropped)
         for asset_id in listed.trashed:
             remove_asset(store, parts.caches, source.name, asset_id, AssetState.TRASHED, report)
         for asset_id in listed.restored:
             report.restored_assets += 1
-            log.info("%s: asset %s restored from Immich's trash; its faces are back", source.name, asset_id)
+            log.info("%s: asset %s is back (restored from the trash, or its owner shown again); its faces are "
+                     "back", source.name, asset_id)  # fmt: skip
         if full:
-            remote.update((asset.id, asset.is_trashed) for asset in page)
-    report.partner_assets += partner_assets
+            swept.remote.update((asset.id, asset.is_trashed) for asset in page)
     # Only a complete sweep moves the watermark: a broken one is redone from the old mark.
     store.finish_sweep(source.name, next_watermark(watermark, listing.server_time, newest, overlap))
     report.listing_seconds += round(time.monotonic() - started, 3)
+    swept.exact = listing.exact
     checkpoint("sweep-finished")
-    if full:
-        store.set_partner_assets(source.name, partner_assets)
-        _reconcile(parts, source.name, remote, report, exact=listing.exact)
+    return swept
 
 
-def _reconcile(parts: PollParts, source: str, remote: dict[str, bool], report: CycleReport, *, exact: bool) -> None:
+def _counted(store: Store, source: ImmichSettings) -> int:
+    return store.counted_assets(source.name, own_only=not source.include_partners)
+
+
+def _note_count(source: str, count: int | None) -> None:
+    if count is None and source not in _UNCOUNTED:
+        _UNCOUNTED.add(source)
+        log.warning(
+            "%s: the API key lacks the asset.statistics permission: changes Immich's listing does not show "
+            "(a force delete, a move into the locked folder, a partner shown or hidden) wait for the next full "
+            "listing ([schedule] reconcile_seconds)",
+            source,
+        )
+
+
+_UNCOUNTED: set[str] = set()  # sources warned about a missing permission, once per process
+
+
+def _census_says(parts: PollParts, source: ImmichSettings, client: ImmichClient, swept: _Swept) -> bool:
+    """Whether Immich holds other assets than the listings showed: one count request, compared with
+    the store as a full listing left it (the offset absorbs whatever Immich counts that is never
+    listed, or the reverse). Fewer: something left unlisted (a force delete that skipped the trash,
+    a move into the locked folder, a partner hidden). More: a partner shown, or assets uploaded
+    between the listing and the count; while this listing saw new work, that race is the likelier
+    one and the count is taken again at the next sweep."""
+    store = parts.store
+    count = client.count_assets(with_partners=source.include_partners)
+    _note_count(source.name, count)
+    offset = store.census_offset(source.name)
+    if count is None:
+        store.record_census(source.name, offset)
+        return False
+    drift = count - _counted(store, source) - (offset if offset is not None else 0)
+    if offset is not None and drift == 0:
+        store.record_census(source.name, offset)
+        return False
+    if offset is not None and drift > 0 and swept.needing_work:
+        log.info("%s: Immich counts %d more assets than listed while uploads arrive; counting again later",
+                 source.name, drift)  # fmt: skip
+        return False
+    log.info(
+        "%s: Immich counts %s assets than its listings showed (%s): listing the whole library now",
+        source.name,
+        "a different number of" if offset is None else f"{abs(drift)} {'fewer' if drift < 0 else 'more'}",
+        "no count of a full listing to compare with yet" if offset is None
+        else "deleted without the trash, moved to the locked folder, or a partner hidden" if drift < 0
+        else "a partner shown in the timeline",
+    )  # fmt: skip
+    return True
+
+
+def _reconcile(
+    parts: PollParts, source: str, client: ImmichClient, owner: str, swept: _Swept, report: CycleReport
+) -> None:
     """Assets we hold that a complete listing no longer has were deleted there (hard deletions never
-    show up in an incremental sweep, and an asset emptied from the trash neither)."""
-    if not exact:
+    show up in an incremental sweep, and an asset emptied from the trash neither); a partner's that
+    the key no longer sees while its owner still shares with this user is withheld (the partner was
+    hidden from the timeline): kept, out of the facesets, back without a download when shown again."""
+    if not swept.exact:
         log.warning("%s: the listing paged by offset; deletions are not applied until a clean listing", source)
-    for asset_id, state in sorted(parts.store.known_asset_states(source).items()):
-        if asset_id not in remote:
-            if exact:
-                remove_asset(parts.store, parts.caches, source, asset_id, AssetState.DELETED, report)
-        elif remote[asset_id] and state != AssetState.TRASHED:
-            remove_asset(parts.store, parts.caches, source, asset_id, AssetState.TRASHED, report)
+    partners: frozenset[str] | None = None
+    asked = False
+    for asset_id, (state, asset_owner) in sorted(parts.store.known_asset_states(source).items()):
+        if asset_id in swept.remote:
+            if swept.remote[asset_id] and state != AssetState.TRASHED:
+                remove_asset(parts.store, parts.caches, source, asset_id, AssetState.TRASHED, report)
+            continue
+        if not swept.exact:
+            continue
+        if asset_owner and owner and asset_owner != owner:
+            if not asked:
+                partners, asked = client.partners(), True
+            if partners is None or asset_owner in partners:  # without partner.read: kept, to be safe
+                if state != AssetState.WITHHELD:
+                    remove_asset(parts.store, parts.caches, source, asset_id, AssetState.WITHHELD, report)
+                continue
+        remove_asset(parts.store, parts.caches, source, asset_id, AssetState.DELETED, report)
     parts.store.mark_reconciled(source)
     parts.caches.crops.sweep_orphans(parts.store.all_crops())  # crops a crash left without a database row
 

@@ -32,7 +32,15 @@ class Caches:
 def remove_asset(
     store: Store, caches: Caches, source: str, asset_id: str, state: AssetState, report: CycleReport
 ) -> None:
-    """An asset left Immich (trashed or deleted): its faces leave the facesets."""
+    """An asset left Immich (trashed, deleted) or this key's sight (withheld): its faces leave the
+    facesets."""
     caches.forget(store.remove_asset(source, asset_id, state))
     report.removed_assets += 1
-    log.info("%s: asset %s %s in Immich; its faces left the facesets", source, asset_id, state)
+    log.info("%s: asset %s %s; its faces left the facesets", source, asset_id, _GONE.get(state, state))
+
+
+_GONE = {
+    AssetState.TRASHED: "trashed in Immich",
+    AssetState.DELETED: "deleted in Immich",
+    AssetState.WITHHELD: "no longer shown (its owner, a partner, was hidden from the timeline)",
+}

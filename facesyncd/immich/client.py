@@ -21,11 +21,14 @@ import httpx
 
 from ..config import ImmichSettings, SyncSettings
 from ..crashpoints import checkpoint
-from ..errors import ImmichError
+from ..errors import ImmichError, PermissionMissing
 from ..models import RemoteAsset, RemoteFace
 from .answers import parse_asset, parse_faces
 from .listing import Listing
 from .transport import Transport
+
+# A count larger than this is not a photo library's (Immich's own limit for an integer is 2^53).
+MAX_COUNT = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,34 @@ class ImmichClient:
         """The assets with updatedAt >= updated_after (every asset when None), trashed ones included:
         iterate `pages()`, then read what the listing learned from it (see Listing)."""
         return Listing(self.transport, updated_after, page_size)
+
+    def count_assets(self, *, with_partners: bool) -> int | None:
+        """How many assets Immich holds outside its trash, by a count that costs one request: the key
+        user's own (GET /assets/statistics, which leaves hidden and locked ones out) or, with_partners,
+        all that a listing lists, partners shown in the timeline included (POST /search/statistics).
+        None when the key lacks the asset.statistics permission."""
+        try:
+            if with_partners:
+                data = self.transport.json("POST", "/search/statistics", json_body={}, what="counting assets")
+            else:
+                data = self.transport.json("GET", "/assets/statistics", what="counting assets")
+        except PermissionMissing:
+            return None
+        total = data.get("total") if isinstance(data, dict) else None
+        if not isinstance(total, int) or isinstance(total, bool) or not 0 <= total <= MAX_COUNT:
+            raise ImmichError(f"{self.name}: unexpected answer to the asset count")
+        return total
+
+    def partners(self) -> frozenset[str] | None:
+        """The users who share their library with this key's user, shown in its timeline or not
+        (GET /partners?direction=shared-with); None when the key lacks the partner.read permission."""
+        try:
+            data = self.transport.json("GET", "/partners", params={"direction": "shared-with"}, what="listing partners")
+        except PermissionMissing:
+            return None
+        if not isinstance(data, list) or not all(isinstance(p, dict) and isinstance(p.get("id"), str) for p in data):
+            raise ImmichError(f"{self.name}: unexpected answer to /partners")
+        return frozenset(str(partner["id"]).lower() for partner in data)
 
     def faces(self, asset_id: str) -> list[RemoteFace]:
         data = self.transport.quick_json("/faces", {"id": asset_id})

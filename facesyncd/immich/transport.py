@@ -32,7 +32,7 @@ import httpx
 
 from ..breakable import SocketTracker
 from ..config import ImmichSettings, SyncSettings
-from ..errors import AssetGone, ImmichAuthError, ImmichError, ImmichUnreachable, Interrupted
+from ..errors import AssetGone, ImmichAuthError, ImmichError, ImmichUnreachable, Interrupted, PermissionMissing
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ MAX_JSON_BYTES = 64 * 1024 * 1024
 # The slowest transfer still accepted: a request may take twice the timeout plus its size at this
 # rate, so a body trickled a byte at a time ends instead of holding a worker for hours.
 MIN_BYTES_PER_SECOND = 32 * 1024
-# A listing larger than this is a server that never stops answering, not a photo library.
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 # Immich closes a keep-alive connection idle for 5 s (Keep-Alive: timeout=5). A connection idle for
 # longer than this is not reused: sending on it races the server's close.
@@ -373,7 +372,7 @@ class Transport:
                 if status in (401, 403):
                     response.read()
                     verb = "rejected the API key" if status == 401 else "refused access"
-                    raise ImmichAuthError(
+                    raise (ImmichAuthError if status == 401 else PermissionMissing)(
                         f"{self.name}: Immich at {self.url} {verb} ({status}: {error_message(response)}); "
                         f"check the key and its permissions ({PERMISSIONS_HINT})"
                     )

@@ -46,15 +46,42 @@ class AssetQueries(FaceQueries):
             self.execute("UPDATE sources SET partner_assets = ? WHERE name = ?", (count, name))
 
     def reconcile_due(self, name: str, every_seconds: float) -> bool:
-        last = self.scalar("SELECT last_reconcile_at FROM sources WHERE name = ?", (name,))
-        if last is None:
-            return True
-        age = datetime.now(UTC) - datetime.fromisoformat(str(last).replace("Z", "+00:00"))
-        return age.total_seconds() >= every_seconds
+        return _due(self.scalar("SELECT last_reconcile_at FROM sources WHERE name = ?", (name,)), every_seconds)
 
     def mark_reconciled(self, name: str) -> None:
         with self.transaction():
             self.execute("UPDATE sources SET last_reconcile_at = ? WHERE name = ?", (utc_now(), name))
+
+    # -- the census (see migration 0010) ---------------------------------------------------------
+
+    def census_due(self, name: str, every_seconds: float) -> bool:
+        return _due(self.scalar("SELECT census_at FROM sources WHERE name = ?", (name,)), every_seconds)
+
+    def census_offset(self, name: str) -> int | None:
+        """Immich's count minus counted_assets at the last full listing; None before one was counted."""
+        value = self.scalar("SELECT census_offset FROM sources WHERE name = ?", (name,))
+        return None if value is None else int(value)
+
+    def record_census(self, name: str, offset: int | None) -> None:
+        """A count was taken: `offset` is what it stood from the store's after a full listing (None:
+        Immich gave no count), or the old one after a comparison."""
+        with self.transaction():
+            self.execute(
+                "UPDATE sources SET census_offset = ?, census_at = ? WHERE name = ?", (offset, utc_now(), name)
+            )
+
+    def counted_assets(self, source: str, *, own_only: bool) -> int:
+        """The source's assets Immich still lists outside its trash: what its counts are compared
+        with. own_only: without those set aside as hidden or locked (Immich's per-user count leaves
+        them out; a partner's assets are only recorded with include_partners)."""
+        removed = [str(state) for state in AssetState.removed()]
+        sql = f"SELECT COUNT(*) FROM assets WHERE source = ? AND state NOT IN ({', '.join('?' * len(removed))})"
+        params: list[str] = [source, *removed]
+        if own_only:
+            reasons = sorted(SET_ASIDE_REASONS)
+            sql += f" AND (reason IS NULL OR reason NOT IN ({', '.join('?' * len(reasons))}))"
+            params += reasons
+        return int(self.scalar(sql, params) or 0)
 
     def set_source_error(self, name: str, error: str) -> None:
         with self.transaction():
@@ -84,8 +111,9 @@ class AssetQueries(FaceQueries):
                         page.trashed.append(asset.id)
                     continue
                 same_bytes = known is not None and known.checksum == asset.checksum
-                if same_bytes and known is not None and known.state == AssetState.TRASHED and known.sha256:
-                    # Restored from the trash: the faces it kept come back, with no download.
+                if same_bytes and known is not None and known.state in AssetState.kept() and known.sha256:
+                    # Restored from the trash, or a hidden partner shown again: the faces it kept come
+                    # back, with no download.
                     self.execute(
                         "UPDATE assets SET state = ?, reason = NULL, updated_at = ?, changed_at = ? "
                         "WHERE source = ? AND asset_id = ?",
@@ -149,12 +177,13 @@ class AssetQueries(FaceQueries):
         )
         return [_asset_row(row) for row in rows]
 
-    def known_asset_states(self, source: str) -> dict[str, AssetState]:
-        """asset id -> state, for every asset not yet known to be deleted."""
+    def known_asset_states(self, source: str) -> dict[str, tuple[AssetState, str | None]]:
+        """asset id -> (state, owner id), for every asset not yet known to be deleted."""
         rows = self.tuples(
-            "SELECT asset_id, state FROM assets WHERE source = ? AND state != ?", (source, AssetState.DELETED)
+            "SELECT asset_id, state, owner_id FROM assets WHERE source = ? AND state != ?",
+            (source, AssetState.DELETED),
         )
-        return {asset_id: AssetState(state) for asset_id, state in rows}
+        return {asset_id: (AssetState(state), owner) for asset_id, state, owner in rows}
 
     def mark_skipped(self, source: str, skipped: Sequence[tuple[str, str]]) -> None:
         """(asset id, reason) pairs, in one transaction: a first sync may skip most of a library."""
@@ -201,12 +230,12 @@ class AssetQueries(FaceQueries):
         return cursor.rowcount
 
     def remove_asset(self, source: str, asset_id: str, state: AssetState) -> Dropped:
-        """Mark an asset trashed/deleted; its faces leave the facesets unless another live asset or
-        an imported file has the same bytes. A trashed asset keeps its bytes, so its faces stay in
-        the store (out of the facesets: only live faces are exported) until it is deleted for good,
-        and a restore brings them back as they were."""
+        """Mark an asset trashed/withheld/deleted; its faces leave the facesets unless another live
+        asset or an imported file has the same bytes. A trashed or withheld asset keeps its bytes, so
+        its faces stay in the store (out of the facesets: only live faces are exported) until it is
+        deleted for good, and a restore (or the partner shown again) brings them back as they were."""
         with self.transaction():
-            dropped = Dropped() if state == AssetState.TRASHED else self._detach_asset(source, asset_id)
+            dropped = Dropped() if state in AssetState.kept() else self._detach_asset(source, asset_id)
             self.execute(
                 "UPDATE assets SET state = ?, reason = NULL, changed_at = ? WHERE source = ? AND asset_id = ?",
                 (state, utc_now(), source, asset_id),
@@ -245,6 +274,13 @@ class AssetQueries(FaceQueries):
         if sha256 is None:
             return Dropped()
         return self._drop_blob_if_orphaned(sha256)
+
+
+def _due(last: object, every_seconds: float) -> bool:
+    if last is None:
+        return True
+    age = datetime.now(UTC) - datetime.fromisoformat(str(last).replace("Z", "+00:00"))
+    return age.total_seconds() >= every_seconds
 
 
 def _asset_row(row: dict[str, object]) -> AssetRow:

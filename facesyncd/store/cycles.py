@@ -80,7 +80,7 @@ class CycleQueries(FaceQueries):
         )
         sources = self.rows(
             "SELECT name, url, watermark, last_sweep_at, last_reconcile_at, last_error, last_error_at, "
-            "partner_assets FROM sources ORDER BY name"
+            "partner_assets, census_at, census_offset FROM sources ORDER BY name"
         )
         problems = self.rows(
             "SELECT source, asset_id, state, reason, attempts FROM assets WHERE state IN (?, ?) "

@@ -27,9 +27,11 @@ if TYPE_CHECKING:  # numpy stays out of `status`
     from numpy.typing import NDArray
 
 
-# A face that facesets show: not one whose photo is only in Immich's trash (kept there for a restore).
+# A face that facesets show: not one whose photo is only kept for a return (in Immich's trash, or a
+# hidden partner's).
+_KEPT = ", ".join(f"'{state}'" for state in AssetState.kept())
 LIVE_FACE = (
-    f"(NOT EXISTS (SELECT 1 FROM assets t WHERE t.sha256 = f.sha256 AND t.state = '{AssetState.TRASHED}') "
+    f"(NOT EXISTS (SELECT 1 FROM assets t WHERE t.sha256 = f.sha256 AND t.state IN ({_KEPT})) "
     f"OR EXISTS (SELECT 1 FROM assets a WHERE a.sha256 = f.sha256 AND a.state = '{AssetState.DONE}') "
     "OR EXISTS (SELECT 1 FROM imports i WHERE i.sha256 = f.sha256 AND i.state = 'done' AND i.superseded_at IS NULL))"
 )
@@ -82,9 +84,9 @@ class FaceQueries(Database):
 
     def _drop_blob_if_orphaned(self, sha256: str) -> Dropped:
         users = self.scalar(
-            "SELECT (SELECT COUNT(*) FROM assets WHERE sha256 = ? AND state IN (?, ?)) + "
+            f"SELECT (SELECT COUNT(*) FROM assets WHERE sha256 = ? AND state IN ('{AssetState.DONE}', {_KEPT})) + "
             "(SELECT COUNT(*) FROM imports WHERE sha256 = ? AND state = 'done' AND superseded_at IS NULL)",
-            (sha256, AssetState.DONE, AssetState.TRASHED, sha256),
+            (sha256, sha256),
         )
         if users:
             return Dropped()

@@ -32,12 +32,14 @@ from fake_immich import FakeImmich
 pytestmark = requires_shared
 
 
-def daemon_config(directory: Path, url: str, *, poll: float = 0.5, cluster: float = 1.0, grace: float = 8) -> Path:
+def daemon_config(
+    directory: Path, url: str, *, poll: float = 0.5, cluster: float = 1.0, grace: float = 8, sweep: float = 15
+) -> Path:
     config = write_config(directory, url)
     config.write_text(
         config.read_text()
         + f"[schedule]\npoll_seconds = {poll}\ncluster_seconds = {cluster}\nreconcile_seconds = 3600\n"
-        + f"stop_grace_seconds = {grace}\n"
+        + f"stop_grace_seconds = {grace}\nsweep_minutes = {sweep}\n"
     )
     return config
 
@@ -279,7 +281,8 @@ def test_json_logs_one_object_per_line(fake: FakeImmich, tmp_path: Path, daemons
     assert daemon.terminate() == 0
     entries = [json.loads(line) for line in daemon.log.splitlines() if line.strip()]
     polls = [entry for entry in entries if entry["message"].startswith("poll:")]
-    assert polls and polls[0]["cycle"]["requests"] == 2 and polls[0]["level"] == "info"
+    # the first poll is a full listing: /users/me, one page, and the count the census starts from
+    assert polls and polls[0]["cycle"]["requests"] == 3 and polls[0]["level"] == "info"
     assert all({"time", "level", "logger", "message"} <= set(entry) for entry in entries)
 
 
@@ -403,6 +406,28 @@ def test_the_first_cycle_opens_facesets_at_once(fake: FakeImmich, tmp_path: Path
     assert "next clustering" in run_cli("--config", str(config), "status").stdout
     code = daemon.terminate()
     assert code == 0
+
+
+def test_the_sweep_job_finds_a_force_delete_long_before_the_next_poll_or_reconcile(
+    fake: FakeImmich, tmp_path: Path, daemons: list
+) -> None:
+    """A force delete that skipped the trash is in no incremental listing: the daemon's sweep job
+    (every sweep_minutes) counts Immich's assets and lists the whole library when they differ."""
+    photos = add_photos(fake, ["wild/obama"])
+    fake.force_delete_seconds = 0.0
+    config = daemon_config(tmp_path, fake.url, poll=3600, cluster=3600, sweep=0.02)  # a sweep every 1.2 s
+    daemon = Daemon(config, tmp_path / "daemon.log")
+    daemons.append(daemon)
+    root = tmp_path / "facesets"
+    daemon.wait_for(lambda: faceset_assets(root) and set().union(*faceset_assets(root).values()), "a faceset")
+    status = json.loads(run_cli("--config", str(config), "status", "--json").stdout)
+    assert status["daemon"]["next_sweep_at"] < status["daemon"]["next_poll_at"]
+    gone = next(iter(set().union(*faceset_assets(root).values())))
+    assert gone in photos
+    fake.force_delete(gone)
+    daemon.wait_for(lambda: gone not in set().union(set(), *faceset_assets(root).values()), "the deletion")
+    assert "listing the whole library now" in daemon.log
+    assert daemon.terminate() == 0
 
 
 def test_corrections_while_the_daemon_runs_reach_the_folders_within_seconds(

@@ -241,3 +241,43 @@ def test_a_failing_inner_transaction_undoes_only_its_own_part(store: Store) -> N
             store.set_meta("nested", "1")
         raise RuntimeError("outer fails")
     assert store.get_meta("whole") is None and store.get_meta("nested") is None
+
+
+def test_version_10_keeps_every_asset_and_adds_the_withheld_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0010 copies the assets table to widen its CHECK constraint: every row and column survives, the
+    indexes are there again, and a partner's photo can now be withheld."""
+    import facesyncd.store.database as database
+
+    older = tmp_path / "migrations-9"
+    older.mkdir()
+    for migration in migrations():
+        if migration.version < 10:
+            (older / f"{migration.name}.sql").write_text(migration.script)
+    monkeypatch.setattr(database, "MIGRATIONS_DIR", older)
+    path = tmp_path / "facesyncd.db"
+    before = Store(path)
+    before.ensure_source("alice", "http://immich")
+    before.record_listed("alice", [asset("a1"), asset("a2", trashed=False)])
+    before.execute(
+        "UPDATE assets SET state = 'trashed', owner_id = 'bob', checksum_kind = 'sha1' WHERE asset_id = 'a2'"
+    )
+    with pytest.raises(sqlite3.IntegrityError):
+        before.conn.execute("UPDATE assets SET state = 'withheld' WHERE asset_id = 'a1'")
+    rows = before.conn.execute("SELECT * FROM assets ORDER BY asset_id").fetchall()
+    columns = [row[1] for row in before.conn.execute("PRAGMA table_info(assets)")]
+    before.close()
+
+    monkeypatch.setattr(database, "MIGRATIONS_DIR", None)
+    after = Store(path)
+    assert after.schema_version() >= 10
+    names = [row[1] for row in after.conn.execute("PRAGMA table_info(assets)")]
+    assert sorted(names) == sorted(columns)
+    moved = after.conn.execute(f"SELECT {', '.join(columns)} FROM assets ORDER BY asset_id").fetchall()
+    assert [tuple(row) for row in moved] == [tuple(row) for row in rows]
+    indexes = {row[1] for row in after.conn.execute("PRAGMA index_list(assets)")}
+    assert {"assets_by_state", "assets_by_sha256", "assets_by_checksum"} <= indexes
+    after.conn.execute("UPDATE assets SET state = 'withheld' WHERE asset_id = 'a1'")
+    assert after.census_offset("alice") is None and after.census_due("alice", 900)
+    after.close()
