@@ -28,7 +28,10 @@ for index in range(spec.get("blank", 0)):
     fake.assets[asset_id].updated_at -= timedelta(days=1)  # a library at rest, not one changed just now
 fake.start()
 print(fake.url, flush=True)
-sys.stdin.read()
+for line in sys.stdin:  # commands from the benchmark, one per line; end of input stops the server
+    if line.strip() == "delete":  # a force delete that skipped the trash: the row is just gone
+        fake.delete(next(iter(fake.assets)))
+        print("deleted", flush=True)
 fake.stop()
 """
 
@@ -47,6 +50,14 @@ class FakeServerProcess:
         self.url = self.process.stdout.readline().strip()
         if not self.url.startswith("http"):
             raise RuntimeError("the fake Immich did not start")
+
+    def delete_one(self) -> None:
+        """Remove one asset the way a force delete does once Immich's job has run (no trash)."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write("delete\n")
+        self.process.stdin.flush()
+        if self.process.stdout.readline().strip() != "deleted":
+            raise RuntimeError("the fake Immich did not delete an asset")
 
     def close(self) -> None:
         assert self.process.stdin is not None

@@ -10,6 +10,7 @@ import os
 import platform
 import time
 
+import bench_census
 import bench_immich_ml
 
 import bench_cluster
@@ -30,6 +31,7 @@ def main() -> None:
         ("recognizer batching", bench_recognizer.main),
         ("immich-ml services", bench_immich_ml.main),
         ("polling", bench_poll.main),
+        ("the census", bench_census.main),
         ("status", bench_status.main),
         ("memory", bench_memory.main),
         ("clustering", bench_cluster.main),
