@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Callable
 from copy import deepcopy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -321,6 +321,10 @@ class FakeImmich:
         self.date_offset = timedelta(0)  # the Date header alone (a wrong clock, or a proxy's)
         self.ignore_taken_after = False  # a server that does not know the takenAfter filter
         self.endless_listing = False  # nextPage never null, the same page again and again
+        # A hostile server: every page brings new asset ids (copies of one asset under ids it never
+        # stored), with more always said to come, up to this many pages; its counts stay honest.
+        self.new_ids_for_pages = 0
+        self.phantom_pages = 0
         # What a search without `visibility` lists: every visibility but locked (the recordings show the
         # archive listed; hidden ones are reported listed by Immich 3.0 users). A test may play a server
         # that lists locked assets too.
@@ -740,6 +744,24 @@ class FakeImmich:
                 and (not person_ids or any(f["person"] and f["person"]["id"] in person_ids for f in a.faces))
             )
 
+        if self.new_ids_for_pages:
+            with self.lock:
+                template = next(iter(self.assets.values()))
+                self.phantom_pages += 1
+                phantoms = [replace(template, id=str(uuid.uuid4())) for _ in range(size)]
+                more = self.phantom_pages < self.new_ids_for_pages
+                dtos = [self.asset_dto(a) for a in phantoms]
+            return 200, {
+                "albums": {"total": 0, "count": 0, "items": [], "facets": []},
+                "assets": {
+                    "total": size,
+                    "count": size,
+                    "items": dtos,
+                    "facets": [],
+                    "nextPage": str(page + 1) if more else None,
+                }
+                | ({"nextCursor": _cursor_of(phantoms[-1]) if more else None} if self.cursors else {}),
+            }
         start = 0 if after_key else (page - 1) * size
         with self.lock:
             # Assets kept sorted by (fileCreatedAt, id) as Immich orders them; takenAfter and a key

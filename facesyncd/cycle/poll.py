@@ -123,7 +123,11 @@ def _sweep(
     overlap = parts.sync.watermark_overlap_seconds
     parts.reporter.stage(f"{source.name}: listing", None)
     started = time.monotonic()
-    listing = client.list_changed(None if full else watermark, parts.sync.page_size)
+    listing = client.list_changed(
+        None if full else watermark,
+        parts.sync.page_size,
+        known=store.counted_assets(source.name, own_only=False) + store.partner_assets(source.name),
+    )
     for page in prefetched(listing.pages()):
         if parts.stop.is_set():
             raise Interrupted("stop requested")

@@ -13,14 +13,14 @@ A listing must make progress: a server that ignores takenAfter (Immich drops unk
 and older or patched servers may not know it) answers older assets than asked for, and then the
 listing goes on by offset, with a warning (the listing is then not `exact`: deletions during it may
 hide an asset until the next reconciliation). A page that brings no new asset while the server says
-there are more, and a listing past MAX_LISTED_ASSETS, end the listing as a failing server
-(ImmichUnreachable) instead of looping forever.
+there are more, and a listing far past what Immich counts (or past MAX_LISTED_ASSETS when it gives no
+count), end the listing as a failing server (ImmichUnreachable) instead of looping forever.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,6 +38,10 @@ ORDER_BY = {"field": "fileCreatedAt", "direction": "asc"}
 SMALLEST_STEP = timedelta(milliseconds=1)
 # A listing larger than this is a server that never stops answering, not a photo library.
 MAX_LISTED_ASSETS = 50_000_000
+# A listing this far past what the store knows asks Immich how many assets it holds (one count
+# request), and may then list at most twice that (the trash is listed but not counted, and uploads
+# arrive meanwhile) plus this much again.
+LISTING_SLACK = 10_000
 
 
 def next_watermark(
@@ -101,13 +105,27 @@ class Listing:
     it once `pages()` is exhausted: whether it was `exact` (paged by key or by the server's cursor,
     so a deletion meanwhile hid no asset), and `server_time`, the server's clock when it started."""
 
-    def __init__(self, transport: Transport, updated_after: str | None, page_size: int) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        updated_after: str | None,
+        page_size: int,
+        *,
+        known: int = 0,
+        count: Callable[[], int | None] | None = None,
+    ) -> None:
+        """known: how many assets the store holds for this source; count: asks Immich how many it
+        holds (None when it will not say). Together they bound a listing that never ends."""
         self._transport = transport
         self._name = transport.name
         self._updated_after = updated_after
         self._page_size = page_size
         self.server_time: datetime | None = None
         self._by_offset = False
+        self._count = count
+        self._ask_at = known + LISTING_SLACK if count is not None else MAX_LISTED_ASSETS
+        self._limit = MAX_LISTED_ASSETS
+        self._counted: int | None = None
 
     @property
     def exact(self) -> bool:
@@ -214,12 +232,22 @@ class Listing:
             answer = self._listing_page({**body, "cursor": answer.next_cursor})
 
     def _first_seen(self, assets: list[RemoteAsset], listed: set[str]) -> list[RemoteAsset]:
-        """The assets not listed before, now counted as listed; a listing past MAX_LISTED_ASSETS is a
-        server that never stops answering."""
+        """The assets not listed before, now counted as listed. A listing far past what the store
+        knows asks Immich's count once; past twice that count (plus LISTING_SLACK), or past
+        MAX_LISTED_ASSETS, it is a server that never stops answering new ids."""
         fresh = [a for a in assets if a.id not in listed]
         listed.update(a.id for a in fresh)
-        if len(listed) > MAX_LISTED_ASSETS:
-            raise ImmichUnreachable(f"{self._name}: the listing passed {MAX_LISTED_ASSETS} assets; stopped")
+        if len(listed) > self._ask_at and self._count is not None:
+            self._ask_at = MAX_LISTED_ASSETS
+            self._counted = self._count()
+            if self._counted is not None:
+                self._limit = min(MAX_LISTED_ASSETS, 2 * self._counted + LISTING_SLACK)
+        if len(listed) > self._limit:
+            counts = "" if self._counted is None else f" while it counts {self._counted}"
+            raise ImmichUnreachable(
+                f"{self._name}: Immich's listing passed {self._limit} assets{counts} (it keeps answering new "
+                "ones); stopped"
+            )
         return fresh
 
     @staticmethod

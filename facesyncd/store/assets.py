@@ -45,6 +45,10 @@ class AssetQueries(FaceQueries):
         with self.transaction():
             self.execute("UPDATE sources SET partner_assets = ? WHERE name = ?", (count, name))
 
+    def partner_assets(self, name: str) -> int:
+        """The partners' assets the last full listing passed over (include_partners off)."""
+        return int(self.scalar("SELECT partner_assets FROM sources WHERE name = ?", (name,)) or 0)
+
     def reconcile_due(self, name: str, every_seconds: float) -> bool:
         return _due(self.scalar("SELECT last_reconcile_at FROM sources WHERE name = ?", (name,)), every_seconds)
 

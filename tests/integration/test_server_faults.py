@@ -260,6 +260,25 @@ def test_a_listing_that_never_advances_ends_the_cycle_with_a_clear_error(fake: F
     assert fake.count("POST", "/api/search/metadata") < 20
 
 
+def test_a_listing_of_ever_new_asset_ids_is_bounded_by_immichs_own_count(fake: FakeImmich, tmp_path: Path) -> None:
+    """A server answering new ids on every page was followed for 409 pages (240 s) and would have
+    gone on to 50 million assets: a listing far past what the store knows asks Immich's count, and
+    ends past twice that plus LISTING_SLACK."""
+    from facesyncd.immich.listing import LISTING_SLACK
+
+    library = add_photos(fake, ["wild/obama"])
+    config = write_config(tmp_path, fake.url, sync="page_size = 100")
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    fake.new_ids_for_pages = 400  # 40,000 ids that were never there, then the listing would end
+    result = run_cli("--config", str(config), "sync", "--reconcile")
+    assert result.returncode == 4, result.stderr
+    assert f"counts {len(library)}" in result.stderr and "Traceback" not in result.stderr
+    pages = (2 * len(library) + LISTING_SLACK) // 100 + 2
+    assert fake.phantom_pages <= pages < fake.new_ids_for_pages
+    # nothing of the real library was taken as deleted by the broken listing
+    assert {statuses(tmp_path)[asset][0] for asset in library} == {"done"}
+
+
 @pytest.mark.parametrize("kind", ["html", "empty", "invalid-json", "nested-json"])
 def test_garbled_answers_end_in_a_clear_error_not_a_traceback(fake: FakeImmich, tmp_path: Path, kind: str) -> None:
     fake.faults.append(Fault(kind, path_contains="/users/me", times=1000))
