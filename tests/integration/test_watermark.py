@@ -23,15 +23,15 @@ def _state(tmp_path: Path, asset_id: str) -> str:
 
 
 def test_an_idle_cycle_after_a_burst_lists_one_page_not_the_burst(fake: FakeImmich, tmp_path: Path) -> None:
-    """A phone backup of 1,000 assets an hour ago (here: videos, never downloaded), listed 100 a page,
-    over a hundred of them stamped in one millisecond. The mark stayed "newest updatedAt seen minus
-    the overlap", so every idle cycle listed the whole burst again: 11 requests instead of 2, for
+    """A phone backup of 20,000 assets an hour ago (here: videos, never downloaded), listed 1,000 a
+    page, dozens of them stamped in one millisecond. The mark stayed "newest updatedAt seen minus
+    the overlap", so every idle cycle listed the whole burst again: 22 requests instead of 2, for
     ever."""
     fake.clock_offset = -timedelta(hours=1)
-    for number in range(1000):
+    for number in range(20_000):
         fake.add_asset("alice", f"clip {number}".encode(), f"clip{number}.mp4", type="VIDEO")
     fake.clock_offset = timedelta(0)
-    config = write_config(tmp_path, fake.url, sync="page_size = 100")
+    config = write_config(tmp_path, fake.url)
     assert run_cli("--config", str(config), "sync").returncode == 0
     for _ in range(2):  # idle cycles: the second one starts where the first left the mark
         before = len(fake.requests)
