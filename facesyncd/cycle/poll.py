@@ -127,6 +127,7 @@ def _sweep(
         None if full else watermark,
         parts.sync.page_size,
         known=store.counted_assets(source.name, own_only=False) + store.partner_assets(source.name),
+        cursor_first=store.lists_by_cursor(source.name),
     )
     for page in prefetched(listing.pages()):
         if parts.stop.is_set():
@@ -160,6 +161,8 @@ def _sweep(
     store.finish_sweep(source.name, next_watermark(watermark, listing.server_time, newest, overlap))
     report.listing_seconds += round(time.monotonic() - started, 3)
     swept.exact = listing.exact
+    if listing.offers_cursor is not None and listing.offers_cursor != store.lists_by_cursor(source.name):
+        store.set_lists_by_cursor(source.name, listing.offers_cursor)
     checkpoint("sweep-finished")
     return swept
 

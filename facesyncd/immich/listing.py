@@ -113,9 +113,12 @@ class Listing:
         *,
         known: int = 0,
         count: Callable[[], int | None] | None = None,
+        cursor_first: bool = False,
     ) -> None:
         """known: how many assets the store holds for this source; count: asks Immich how many it
-        holds (None when it will not say). Together they bound a listing that never ends."""
+        holds (None when it will not say). Together they bound a listing that never ends.
+        cursor_first: the server handed out a cursor last time (3.2+): the first request too sends
+        only what 3.2 documents (no `page`, no `order`)."""
         self._transport = transport
         self._name = transport.name
         self._updated_after = updated_after
@@ -126,6 +129,8 @@ class Listing:
         self._ask_at = known + LISTING_SLACK if count is not None else MAX_LISTED_ASSETS
         self._limit = MAX_LISTED_ASSETS
         self._counted: int | None = None
+        self._cursor_first = cursor_first
+        self.offers_cursor: bool | None = None  # once listed: whether the server pages by a cursor of its own
 
     @property
     def exact(self) -> bool:
@@ -133,12 +138,28 @@ class Listing:
 
     def pages(self) -> Iterator[list[RemoteAsset]]:
         self._by_offset = False
+        if self._cursor_first:
+            body: dict[str, Any] = {"size": self._page_size, "withDeleted": True, "orderBy": ORDER_BY}
+            if self._updated_after:
+                body["updatedAfter"] = self._updated_after
+            answer = self._listing_page(body)
+            if answer.offers_cursor:
+                self.offers_cursor = True
+                yield from self._follow_cursor(body, answer, set())
+                return
+            # No cursor (a server older than 3.2 ignores orderBy and orders newest first): nothing
+            # of that answer was taken; list as for any version.
+            log.info("%s: Immich no longer pages by a cursor of its own; listing by pages", self._name)
+        yield from self._pages()
+
+    def _pages(self) -> Iterator[list[RemoteAsset]]:
         cursor: str | None = None
         cursor_time: datetime | None = None
         seen_at_cursor: set[str] = set()
         listed: set[str] = set()
         page = 1
         stale_allowed = 0  # pages without a new asset tolerated (re-reading after the fallback)
+        self.offers_cursor = False
         while True:
             self._transport.check_stop()
             body: dict[str, Any] = {"page": page, "size": self._page_size, "order": "asc", "withDeleted": True}
@@ -150,7 +171,9 @@ class Listing:
             assets, next_page = answer.assets, answer.next_page
             if answer.offers_cursor and cursor is None and page == 1 and not self._by_offset:
                 # 3.2 from here on: what it documents only. `page` and `order` are deprecated (the
-                # first request sent them: what came before 3.2 reads); its cursor pages by key.
+                # first request sent them: what came before 3.2 reads; the next listing will not,
+                # see cursor_first); its cursor pages by key.
+                self.offers_cursor = True
                 del body["page"], body["order"]
                 body["orderBy"] = ORDER_BY
                 yield from self._follow_cursor(body, answer, listed)

@@ -45,6 +45,14 @@ class AssetQueries(FaceQueries):
         with self.transaction():
             self.execute("UPDATE sources SET partner_assets = ? WHERE name = ?", (count, name))
 
+    def lists_by_cursor(self, name: str) -> bool:
+        """The source's server paged its last listing by a cursor of its own (Immich 3.2+)."""
+        return self.get_meta(f"lists_by_cursor:{name}") == "1"
+
+    def set_lists_by_cursor(self, name: str, by_cursor: bool) -> None:
+        with self.transaction():
+            self.set_meta(f"lists_by_cursor:{name}", "1" if by_cursor else "0")
+
     def partner_assets(self, name: str) -> int:
         """The partners' assets the last full listing passed over (include_partners off)."""
         return int(self.scalar("SELECT partner_assets FROM sources WHERE name = ?", (name,)) or 0)

@@ -213,3 +213,17 @@ def test_a_force_delete_is_handled_whether_it_is_first_seen_trashed_or_already_g
     library.cli("sync", "--reconcile")
     assert states_of(library)[second][0] == "deleted"
     assert first not in exported(library) and second not in exported(library)
+
+
+@pytest.mark.parametrize("immich_version", ["3.2.0"])
+def test_immich_3_2_is_sent_what_it_documents_from_the_second_listing_on(fake: FakeImmich, tmp_path) -> None:
+    library = Library(fake, tmp_path)
+    library.add(["wild/obama"])
+    library.cli("sync")  # the first request asks as every version reads: it learns the server pages by cursor
+    before = len(fake.request_bodies)
+    fake.add_file("alice", PHOTOS / "wild" / "biden" / "biden.jpg")
+    library.cli("sync")
+    library.cli("sync", "--reconcile")
+    bodies = [body for template, body in fake.request_bodies[before:] if template == "/search/metadata"]
+    assert len(bodies) >= 2 and all("page" not in body and "order" not in body for body in bodies)
+    assert len(states_of(library)) == len(library.labels) + 1
