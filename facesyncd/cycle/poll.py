@@ -89,7 +89,7 @@ def poll(
         store.set_partner_assets(source.name, swept.partner_assets)
         _reconcile(parts, source.name, client, account.user_id, swept, report)
         count = client.count_assets(with_partners=source.include_partners)
-        _note_count(source.name, count)
+        _note_count(store, source.name, count)
         offset = None if count is None else count - _counted(store, source)
         store.record_census(source.name, offset)
 
@@ -171,18 +171,15 @@ def _counted(store: Store, source: ImmichSettings) -> int:
     return store.counted_assets(source.name, own_only=not source.include_partners)
 
 
-def _note_count(source: str, count: int | None) -> None:
-    if count is None and source not in _UNCOUNTED:
-        _UNCOUNTED.add(source)
+def _note_count(store: Store, source: str, count: int | None) -> None:
+    """Say once (until counting works again) that Immich would not count."""
+    if count is None and not store.count_refused(source):
         log.warning(
-            "%s: the API key lacks the asset.statistics permission: changes Immich's listing does not show "
-            "(a force delete, a move into the locked folder, a partner shown or hidden) wait for the next full "
-            "listing ([schedule] reconcile_seconds)",
+            "%s: Immich would not count the assets (the API key lacks the asset.statistics permission?): "
+            "changes its listing does not show (a force delete, a move into the locked folder, a partner "
+            "shown or hidden) wait for the next full listing ([schedule] reconcile_seconds)",
             source,
         )
-
-
-_UNCOUNTED: set[str] = set()  # sources warned about a missing permission, once per process
 
 
 def _census_says(parts: PollParts, source: ImmichSettings, client: ImmichClient, swept: _Swept) -> bool:
@@ -194,11 +191,11 @@ def _census_says(parts: PollParts, source: ImmichSettings, client: ImmichClient,
     one and the count is taken again at the next sweep."""
     store = parts.store
     count = client.count_assets(with_partners=source.include_partners)
-    _note_count(source.name, count)
-    offset = store.census_offset(source.name)
+    _note_count(store, source.name, count)
     if count is None:
-        store.record_census(source.name, offset)
+        store.record_census(source.name, None)
         return False
+    offset = store.census_offset(source.name)
     drift = count - _counted(store, source) - (offset if offset is not None else 0)
     if offset is not None and drift == 0:
         store.record_census(source.name, offset)

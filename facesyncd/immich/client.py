@@ -119,13 +119,14 @@ class ImmichClient:
         """How many assets Immich holds outside its trash, by a count that costs one request: the key
         user's own (GET /assets/statistics, which leaves hidden and locked ones out) or, with_partners,
         all that a listing lists, partners shown in the timeline included (POST /search/statistics).
-        None when the key lacks the asset.statistics permission."""
+        None when the key lacks the asset.statistics permission, or the server refuses the request
+        (a count is an extra: nothing else depends on it)."""
         try:
             if with_partners:
                 data = self.transport.json("POST", "/search/statistics", json_body={}, what="counting assets")
             else:
                 data = self.transport.json("GET", "/assets/statistics", what="counting assets")
-        except PermissionMissing:
+        except (PermissionMissing, ImmichError):
             return None
         total = data.get("total") if isinstance(data, dict) else None
         if not isinstance(total, int) or isinstance(total, bool) or not 0 <= total <= MAX_COUNT:
@@ -134,10 +135,11 @@ class ImmichClient:
 
     def partners(self) -> frozenset[str] | None:
         """The users who share their library with this key's user, shown in its timeline or not
-        (GET /partners?direction=shared-with); None when the key lacks the partner.read permission."""
+        (GET /partners?direction=shared-with); None when the key lacks the partner.read permission or
+        the server refuses the request."""
         try:
             data = self.transport.json("GET", "/partners", params={"direction": "shared-with"}, what="listing partners")
-        except PermissionMissing:
+        except (PermissionMissing, ImmichError):
             return None
         if not isinstance(data, list) or not all(isinstance(p, dict) and isinstance(p.get("id"), str) for p in data):
             raise ImmichError(f"{self.name}: unexpected answer to /partners")

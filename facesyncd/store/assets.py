@@ -74,9 +74,14 @@ class AssetQueries(FaceQueries):
         value = self.scalar("SELECT census_offset FROM sources WHERE name = ?", (name,))
         return None if value is None else int(value)
 
+    def count_refused(self, name: str) -> bool:
+        """The last count was asked for and not given (see record_census)."""
+        rows = self.tuples("SELECT census_at, census_offset FROM sources WHERE name = ?", (name,))
+        return bool(rows) and rows[0][0] is not None and rows[0][1] is None
+
     def record_census(self, name: str, offset: int | None) -> None:
-        """A count was taken: `offset` is what it stood from the store's after a full listing (None:
-        Immich gave no count), or the old one after a comparison."""
+        """A count was taken: `offset` is what it stood from the store's after a full listing, or the
+        old one after a comparison; None: Immich gave no count (until the next full listing's)."""
         with self.transaction():
             self.execute(
                 "UPDATE sources SET census_offset = ?, census_at = ? WHERE name = ?", (offset, utc_now(), name)
