@@ -21,8 +21,13 @@ NEEDED = ("asset.read", "asset.view", "asset.download", "face.read", "user.read"
 
 
 @pytest.fixture
-def fake() -> FakeImmich:
-    server = FakeImmich()
+def immich_version() -> str:
+    return "3.1.0"
+
+
+@pytest.fixture
+def fake(immich_version: str) -> FakeImmich:
+    server = FakeImmich(version=immich_version)
     server.add_user("alice", API_KEY)
     server.add_user("bob", BOB_KEY)
     server.force_delete_seconds = 0.0  # gone before any listing sees it trashed
@@ -52,6 +57,7 @@ def requests_of(fake: FakeImmich, action) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.parametrize("immich_version", ["3.1.0", "2.7.5", "3.2.0"])
 def test_a_force_delete_and_a_move_into_the_locked_folder_leave_the_facesets_at_the_next_sweep(
     fake: FakeImmich, tmp_path
 ) -> None:
