@@ -74,6 +74,10 @@ class _Hnsw:
     def mark_deleted(self, label: int) -> None:
         self._index.mark_deleted(label)
 
+    def labels(self) -> list[int]:
+        """Every label added, those marked deleted included."""
+        return [int(label) for label in self._index.get_ids_list()]
+
     def vectors(self, labels: Sequence[int]) -> NDArray[np.float32]:
         return np.asarray(self._index.get_items(list(labels)), np.float32).reshape(len(labels), -1)
 
@@ -121,6 +125,9 @@ class _Exact:
     def mark_deleted(self, label: int) -> None:
         self._live[self._labels == label] = False
 
+    def labels(self) -> list[int]:
+        return [int(label) for label in self._labels]
+
     def vectors(self, labels: Sequence[int]) -> NDArray[np.float32]:
         rows = {int(label): row for row, label in enumerate(self._labels) if self._live[row]}
         return self._vectors[[rows[int(label)] for label in labels]].reshape(len(labels), -1)
@@ -161,6 +168,11 @@ class FaceIndex:
         # an identity's faces is 1 - face . sum / count, and its centre is sum / |sum|.
         self._sums: dict[int, NDArray[np.float64]] = {}
         self._counts: dict[int, int] = {}
+        # Labels marked deleted, saved with the index: a loader can then bring a saved index in step
+        # with a store that changed since (a correction, a deletion) instead of building it anew.
+        # None: not known (a sidecar written before they were kept).
+        self._dead: set[int] | None = set()
+        self.stale_on_disk = False  # loaded and brought in step with the store: the file is behind
 
     @property
     def backend(self) -> str:
@@ -182,7 +194,9 @@ class FaceIndex:
         if needed > capacity:
             self._index.resize(max(needed, capacity * 2))
         vectors = np.asarray(embeddings, np.float32)
-        self._index.add(vectors, np.asarray(face_ids, np.int64))
+        self._index.add(vectors, np.asarray(face_ids, np.int64))  # a deleted label comes back (an undo)
+        if self._dead is not None:
+            self._dead.difference_update(int(face_id) for face_id in face_ids)
         self.identity_of.update(zip((int(f) for f in face_ids), (int(i) for i in identities), strict=True))
         self._account(vectors, [int(i) for i in identities], 1)
 
@@ -221,8 +235,8 @@ class FaceIndex:
             self._counts[kept] = self._counts.get(kept, 0) + self._counts.pop(retired)
 
     def remove(self, face_ids: Sequence[int]) -> None:
-        """Faces that left their identities: never returned by a query again. (Face ids are never
-        reused, so a deleted label is never added back.)"""
+        """Faces that left their identities: never returned by a query again (until one is added back:
+        an undo)."""
         leaving = [int(face_id) for face_id in face_ids if int(face_id) in self.identity_of]
         if not leaving:
             return
@@ -230,6 +244,8 @@ class FaceIndex:
         for face_id in leaving:
             del self.identity_of[face_id]
             self._index.mark_deleted(face_id)
+        if self._dead is not None:
+            self._dead.update(leaving)
 
     def query(self, embeddings: NDArray[np.float32], k: int) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
         """k nearest face ids and cosine distances per row; fewer columns when the index is small."""
@@ -249,24 +265,42 @@ class FaceIndex:
         remove_leftovers(state_dir, INDEX_FILE, SIDECAR_FILE)  # of a process killed mid-save
         write_atomic(state_dir / INDEX_FILE, self._index.save)
         checkpoint("index-save")
-        sidecar: dict[str, int | str] = {
+        sidecar: dict[str, int | str | list[int]] = {
             "version": version,
             "dimension": self.dimension,
             "faces": len(self.identity_of),
             "deleted": self.deleted,
         }
+        if self._dead is not None and len(self._dead) == self.deleted:
+            sidecar["deleted_labels"] = sorted(self._dead)
         if self.backend != "hnswlib":
             sidecar["backend"] = self.backend
         write_atomic(state_dir / SIDECAR_FILE, json.dumps(sidecar).encode())
 
     @classmethod
-    def load(cls, state_dir: Path, dimension: int, version: int, identity_of: dict[int, int]) -> FaceIndex | None:
-        """The saved index if it was built from this store version; None if missing, stale or corrupt.
+    def load(
+        cls,
+        state_dir: Path,
+        dimension: int,
+        version: int,
+        identity_of: dict[int, int],
+        embeddings_of: Callable[[Sequence[int]], dict[int, NDArray[np.float32]]] | None = None,
+    ) -> FaceIndex | None:
+        """The saved index, holding the faces of `identity_of` (face id -> identity, from the store);
+        None if missing, corrupt, or too far behind the store.
 
-        `identity_of` (face id -> identity, from the store) must be what the index holds.
+        Saved from this store version, it is used as it is. Saved from an earlier one (corrections,
+        deletions and new faces since), it is brought in step: faces that left identities are marked
+        deleted, faces that joined are added (their embeddings from `embeddings_of`), identities are
+        the store's. Only when that is most of the index is it built anew: a correction in a library
+        of 500,000 faces costs what it changed, not a rebuild (`stale_on_disk` then says to save it).
         """
         sidecar = read_sidecar(state_dir)
-        if sidecar is None or sidecar.get("version") != version or sidecar.get("dimension") != dimension:
+        if sidecar is None or sidecar.get("dimension") != dimension:
+            return None
+        current = sidecar.get("version") == version
+        dead_listed = sidecar.get("deleted_labels")
+        if not current and (embeddings_of is None or not isinstance(dead_listed, list)):
             return None
         index = cls(dimension, empty=False)
         if sidecar.get("backend", "hnswlib") != index.backend:
@@ -274,13 +308,24 @@ class FaceIndex:
         try:
             count, deleted = int(sidecar["faces"]), int(sidecar.get("deleted", 0))
             index._index.load(state_dir / INDEX_FILE, max(1024, count + deleted))
-            index.identity_of = dict(identity_of)
+            dead = {int(label) for label in dead_listed} if isinstance(dead_listed, list) else None
+            stored = set(index._index.labels())
         except (RuntimeError, OSError, ValueError, KeyError, TypeError, MemoryError) as error:
             log.warning("face index in %s is unreadable (%s); rebuilding it", state_dir, error)
             return None
-        if index._index.count() != count + deleted or len(index.identity_of) != count:
+        if index._index.count() != count + deleted or (dead is not None and (len(dead) != deleted or dead - stored)):
             log.warning("face index in %s does not match its sidecar; rebuilding it", state_dir)
             return None
+        index._dead = dead
+        live = stored - dead if dead is not None else stored
+        leaving = sorted(live - identity_of.keys()) if dead is not None else []
+        joining = sorted(set(identity_of) - live) if dead is not None else []
+        if current and (len(identity_of) != count or leaving or joining):
+            log.warning("face index in %s does not match the database; rebuilding it", state_dir)
+            return None
+        if len(leaving) + len(joining) > max(1024, len(identity_of) // 10):
+            return None  # as cheap to build afresh, and compact
+        index.identity_of = {face_id: identity for face_id, identity in identity_of.items() if face_id in live}
         labels = list(index.identity_of)
         try:
             for start in range(0, len(labels), 10_000):
@@ -289,6 +334,21 @@ class FaceIndex:
         except (RuntimeError, KeyError) as error:  # a face the file lacks
             log.warning("face index in %s lacks faces of the store (%s); rebuilding it", state_dir, error)
             return None
+        if not current:
+            for face_id in leaving:
+                index._index.mark_deleted(face_id)
+            if index._dead is not None:
+                index._dead.update(leaving)
+            if joining and embeddings_of is not None:
+                vectors = embeddings_of(joining)
+                known = [face_id for face_id in joining if face_id in vectors]
+                if known:
+                    stacked = np.stack([vectors[face_id] for face_id in known])
+                    index.add(known, stacked, [identity_of[face_id] for face_id in known])
+            index.stale_on_disk = True
+            log.info(
+                "face index brought in step with the database: %d faces left it, %d joined", len(leaving), len(joining)
+            )
         return index
 
 
@@ -308,11 +368,18 @@ class IndexSource(Protocol):
 
     def iter_identity_faces(self) -> Iterator[tuple[list[int], NDArray[np.float32], list[int]]]: ...
 
+    def embeddings_of(self, face_ids: Sequence[int]) -> dict[int, NDArray[np.float32]]: ...
+
 
 def load_or_build(source: IndexSource, state_dir: Path, dimension: int, *, force: bool = False) -> FaceIndex:
     """The saved index when it was built from the store as it is now, else one rebuilt from the store."""
     version = source.index_version()
-    index = None if force else FaceIndex.load(state_dir, dimension, version, source.identity_map())
+    index = (
+        None if force else FaceIndex.load(state_dir, dimension, version, source.identity_map(), source.embeddings_of)
+    )
+    if index is not None and index.stale_on_disk:
+        index.save(state_dir, version)
+        index.stale_on_disk = False
     if index is None:
         index = FaceIndex(dimension, capacity=source.count_identity_faces())
         for face_ids, embeddings, identities in source.iter_identity_faces():
