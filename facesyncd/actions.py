@@ -81,7 +81,7 @@ def correct(app: App, correction: Correction, *, export: bool = True) -> Outcome
     outcome = correction.apply(app.store, file_hashes(app))
     app.caches.forget(outcome.dropped)
     if export:
-        apply_corrections(app)
+        apply_corrections(app, outcome.touched)
     return outcome
 
 
@@ -120,10 +120,11 @@ def file_hashes(app: App) -> FileHashes:
     return hashes
 
 
-def apply_corrections(app: App) -> CycleReport:
-    """Bring the folders and the index in line with the corrections in the store."""
-    _prepare_to_embed(app)  # the swap layout checks new PNGs with the detector
-    return run_action(app, JobKind.CORRECT, lambda report: publish(app.publish_parts(), report))
+def apply_corrections(app: App, only: frozenset[int] | None = None) -> CycleReport:
+    """Bring the folders in line with the corrections in the store: those of `only` (what this
+    process's correction touched), else all (corrections another process made). No face model is
+    loaded for it (the swap layout's detector loads itself if a new PNG must be checked)."""
+    return run_action(app, JobKind.CORRECT, lambda report: publish(app.publish_parts(), report, only))
 
 
 def _record_failure(app: App, cycle_id: int, started: float, report: CycleReport, error: BaseException) -> None:

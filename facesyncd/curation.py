@@ -41,6 +41,7 @@ class Outcome:
     correction: int | None = None
     dropped: Dropped = field(default_factory=Dropped)
     removed_folders: list[int] = field(default_factory=list)  # facesets whose folders must go entirely
+    touched: frozenset[int] = frozenset()  # the facesets whose folders it changes (only these are written)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,10 @@ class Record(ABC):
     @abstractmethod
     def revert(self, store: Store, correction_id: int) -> str:
         """Undo it (inside the undo's transaction); returns a note for the user, or ""."""
+
+    @abstractmethod
+    def numbers(self) -> frozenset[int]:
+        """The facesets it (and its revert) changes: only their folders are written again."""
 
     def names_restored(self) -> dict[int, str | None] | None:
         """The names reverting it gives back (for NAME.txt, written before the store changes)."""
@@ -162,6 +167,9 @@ class NameRecord(Record):
     def names_restored(self) -> dict[int, str | None] | None:
         return {self.number: self.before}
 
+    def numbers(self) -> frozenset[int]:
+        return frozenset({self.number})
+
 
 @dataclass(frozen=True)
 class Name(Correction):
@@ -197,8 +205,9 @@ class Name(Correction):
             said = (
                 f"named faceset {number:03d} {new_name!r}" if new_name else f"removed the name of faceset {number:03d}"
             )
-            entry = store.record_correction(self.kind, said, NameRecord(number, summary.name).written())
-        return Outcome(said, entry)
+            record = NameRecord(number, summary.name)
+            entry = store.record_correction(self.kind, said, record.written())
+        return Outcome(said, entry, touched=record.numbers())
 
 
 @dataclass(frozen=True)
@@ -221,6 +230,9 @@ class MergeRecord(Record):
         for number, faces in self.pooled.items():
             store.place_faces(store.faces_in(faces, None), number, placed=None)
         return ""
+
+    def numbers(self) -> frozenset[int]:
+        return frozenset({self.kept, *self.moved, *self.pooled})
 
 
 @dataclass(frozen=True)
@@ -262,9 +274,11 @@ class Merge(Correction):
                 store.retire(number, kept)
             listing = ", ".join(f"{number:03d}" for number in others)
             said = f"merged {listing} into {kept:03d}"
-            entry = store.record_correction(self.kind, said, MergeRecord(kept, moved, pooled).written())
+            record = MergeRecord(kept, moved, pooled)
+            entry = store.record_correction(self.kind, said, record.written())
         left = sum(len(faces) for faces in pooled.values())
-        return Outcome(said + (f" ({left} faces rejected from {kept:03d} went to the pool)" if left else ""), entry)
+        said += f" ({left} faces rejected from {kept:03d} went to the pool)" if left else ""
+        return Outcome(said, entry, touched=record.numbers())
 
 
 @dataclass(frozen=True)
@@ -285,6 +299,9 @@ class SplitRecord(Record):
         store.retire(self.new, self.source)
         store.stop_keeping_apart(self.source, self.new)
         return ""
+
+    def numbers(self) -> frozenset[int]:
+        return frozenset({self.source, self.new})
 
 
 @dataclass(frozen=True)
@@ -318,9 +335,10 @@ class Split(Correction):
             new = store.new_identity("split")
             store.place_faces(face_ids, new, placed=None)
             said = f"split {len(face_ids)} faces from {number:03d} into the new faceset {new:03d}"
-            entry = store.record_correction(self.kind, said, SplitRecord(number, new, face_ids).written())
+            record = SplitRecord(number, new, face_ids)
+            entry = store.record_correction(self.kind, said, record.written())
             store.keep_apart(number, new, entry)
-        return Outcome(said, entry)
+        return Outcome(said, entry, touched=record.numbers())
 
 
 @dataclass(frozen=True)
@@ -351,6 +369,9 @@ class MoveRecord(Record):
         if self.lifted:
             store.reject(self.face, self.to, correction_id)
         return ""
+
+    def numbers(self) -> frozenset[int]:
+        return frozenset({self.to} if self.before is None else {self.to, self.before})
 
 
 @dataclass(frozen=True)
@@ -384,7 +405,7 @@ class Move(Correction):
             said = f"moved face {face_id} {origin} to {number:03d}"
             record = MoveRecord(face_id, number, before, placed_before, lifted)
             entry = store.record_correction(self.kind, said, record.written())
-        return Outcome(said, entry)
+        return Outcome(said, entry, touched=record.numbers())
 
 
 @dataclass(frozen=True)
@@ -404,6 +425,9 @@ class RejectRecord(Record):
         store.unreject(self.face, self.source)
         store.place_faces(store.faces_in([self.face], None), self.source, placed=self.placed_before)
         return ""
+
+    def numbers(self) -> frozenset[int]:
+        return frozenset({self.source})
 
 
 @dataclass(frozen=True)
@@ -430,9 +454,10 @@ class Reject(Correction):
         with store.transaction():
             store.place_faces([self.face], None, placed=False)
             said = f"rejected face {self.face} from {before:03d}"
-            entry = store.record_correction(self.kind, said, RejectRecord(self.face, before, placed_before).written())
+            record = RejectRecord(self.face, before, placed_before)
+            entry = store.record_correction(self.kind, said, record.written())
             store.reject(self.face, before, entry)
-        return Outcome(said, entry)
+        return Outcome(said, entry, touched=record.numbers())
 
 
 @dataclass(frozen=True)
@@ -450,6 +475,9 @@ class LockRecord(Record):
     def revert(self, store: Store, correction_id: int) -> str:
         store.set_locked(self.number, not self.locked)
         return ""
+
+    def numbers(self) -> frozenset[int]:
+        return frozenset({self.number})
 
 
 @dataclass(frozen=True)
@@ -477,8 +505,9 @@ class Lock(Correction):
         with store.transaction():
             store.set_locked(self.number, locked)
             said = f"{'locked' if locked else 'unlocked'} faceset {self.number:03d}"
-            entry = store.record_correction(self.kind, said, LockRecord(self.number, locked).written())
-        return Outcome(said, entry)
+            record = LockRecord(self.number, locked)
+            entry = store.record_correction(self.kind, said, record.written())
+        return Outcome(said, entry, touched=record.numbers())
 
 
 @dataclass(frozen=True)
@@ -511,6 +540,9 @@ class ForgetRecord(Record):
             f"again at the next sync (their faces come back as new ones), the rest at a re-import"
         )
 
+    def numbers(self) -> frozenset[int]:
+        return frozenset({self.number})
+
 
 @dataclass(frozen=True)
 class Forget(Correction):
@@ -540,9 +572,10 @@ class Forget(Correction):
         made = file_hashes([face.crop for face in store.faces_of_identity(self.number)])
         with store.transaction():
             said = f"forgot faceset {self.number:03d} ({summary.faces} faces)"
-            entry = store.record_correction(self.kind, said, ForgetRecord(self.number).written())
+            record = ForgetRecord(self.number)
+            entry = store.record_correction(self.kind, said, record.written())
             dropped = store.forget_identity(self.number, entry, made)
-        return Outcome(said, entry, dropped, removed_folders=[self.number])
+        return Outcome(said, entry, dropped, removed_folders=[self.number], touched=record.numbers())
 
 
 @dataclass(frozen=True)
@@ -584,7 +617,7 @@ class Undo(Correction):
         with store.transaction():
             note = record.revert(store, self.correction)
             store.mark_undone(self.correction)
-        return Outcome(f"undid {self.correction}: {summary}{note}")
+        return Outcome(f"undid {self.correction}: {summary}{note}", touched=record.numbers())
 
 
 KINDS: dict[str, type[Correction]] = {

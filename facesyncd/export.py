@@ -25,7 +25,7 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -389,16 +389,18 @@ def write_names(facesets_dir: Path, names: Mapping[int, str | None]) -> None:
             write_atomic(folder / NAME_FILE, ((names[number] or "") + "\n").encode())
 
 
-def own_folders(facesets_dir: Path) -> dict[str, Path]:
-    """Every folder that facesyncd wrote (it holds facesyncd's manifest): facesets and sub-sets."""
+def own_folders(facesets_dir: Path, numbers: Collection[int] | None = None) -> dict[str, Path]:
+    """Every folder that facesyncd wrote (it holds facesyncd's manifest): facesets and sub-sets;
+    with `numbers`, only theirs (no other manifest is read)."""
     found: dict[str, Path] = {}
     if not facesets_dir.is_dir():
         return found
     for entry in facesets_dir.iterdir():
         match = FOLDER_RE.match(entry.name)
+        number = faceset_number(match.group(1)) if match else None
         if (
-            match
-            and faceset_number(match.group(1)) is not None
+            number is not None
+            and (numbers is None or number in numbers)
             and entry.is_dir()
             and not entry.is_symlink()
             and _read_manifest(entry)
@@ -407,10 +409,11 @@ def own_folders(facesets_dir: Path) -> dict[str, Path]:
     return found
 
 
-def own_facesets(facesets_dir: Path) -> dict[int, Path]:
-    """faceset_NNN folders that facesyncd wrote (they hold its manifest), by number."""
+def own_facesets(facesets_dir: Path, numbers: Collection[int] | None = None) -> dict[int, Path]:
+    """faceset_NNN folders that facesyncd wrote (they hold its manifest), by number (with `numbers`,
+    only theirs)."""
     found: dict[int, Path] = {}
-    for name, folder in own_folders(facesets_dir).items():
+    for name, folder in own_folders(facesets_dir, numbers).items():
         match = FACESET_RE.match(name)
         if match:
             found[int(match.group(1))] = folder
@@ -456,17 +459,19 @@ def export_all(
     *,
     highest_number: int = 0,
     names: Mapping[int, str] | None = None,
+    only: Collection[int] | None = None,
 ) -> int:
-    """Bring every faceset folder in line with the store, in the crops layout. Returns how many
-    folders were written. Faces whose crop files are gone are collected in `missing` (see
-    write_faceset)."""
+    """Bring every faceset folder in line with the store, in the crops layout (with `only`, the
+    folders of those numbers: `faces_by_identity` holds theirs). Returns how many folders were
+    written. Faces whose crop files are gone are collected in `missing` (see write_faceset)."""
     wanted = folders(faces_by_identity)
 
     def write(name: str, faces: Sequence[ExportFace]) -> bool:
         number, subset = _number_and_subset(name)
         return write_faceset(facesets_dir, crops_dir, number, faces, missing, subset, (names or {}).get(number))
 
-    return _export(facesets_dir, {name: faces for name, (_, _, faces) in wanted.items()}, write, highest_number)
+    by_folder = {name: faces for name, (_, _, faces) in wanted.items()}
+    return _export(facesets_dir, by_folder, write, highest_number, only)
 
 
 def _number_and_subset(name: str) -> tuple[int, str | None]:
@@ -475,9 +480,12 @@ def _number_and_subset(name: str) -> tuple[int, str | None]:
     return int(match.group(1)), match.group(2)
 
 
-def export_plans(facesets_dir: Path, plans: Mapping[str, Plan], *, highest_number: int = 0) -> int:
+def export_plans(
+    facesets_dir: Path, plans: Mapping[str, Plan], *, highest_number: int = 0, only: Collection[int] | None = None
+) -> int:
     """Bring every faceset folder in line with these plans, by folder name (the swap layout); writes
-    the tree's manifest.json too."""
+    the tree's manifest.json too. With `only`, the folders of those numbers (`plans` holds theirs),
+    and the tree manifest keeps its entries of the others."""
 
     def write(name: str, faces: Sequence[Any]) -> bool:
         number, subset = _number_and_subset(name)
@@ -485,25 +493,32 @@ def export_plans(facesets_dir: Path, plans: Mapping[str, Plan], *, highest_numbe
         return write_folder(facesets_dir, name, plans.get(name) or empty)
 
     written = _export(
-        facesets_dir, {name: plan.manifest["faces"] for name, plan in plans.items()}, write, highest_number
+        facesets_dir, {name: plan.manifest["faces"] for name, plan in plans.items()}, write, highest_number, only
     )
-    tree = {
-        "facesets": [
-            {
-                "number": plan.manifest["number"],
-                "folder": name,
-                **({"subset": plan.manifest["subset"]} if plan.manifest.get("subset") else {}),
-                "name": plan.manifest.get("name"),
-                "faces": len(plan.manifest["faces"]),
-                "files": sorted(plan.files),
-            }
-            for name, plan in sorted(plans.items())
-            if plan.manifest["faces"]
-        ],
-        "written_by": "facesyncd",
-    }
-    data = (json.dumps(tree, indent=1) + "\n").encode()
     path = facesets_dir / SWAP_MANIFEST
+    kept: list[dict[str, Any]] = []
+    if only is not None and path.is_file() and not path.is_symlink() and _ours(path):
+        before = read_json(path)
+        listed = before.get("facesets") if isinstance(before, dict) else None
+        kept = [
+            entry
+            for entry in listed or []
+            if isinstance(entry, dict) and isinstance(entry.get("number"), int) and entry["number"] not in only
+        ]
+    entries = kept + [
+        {
+            "number": plan.manifest["number"],
+            "folder": name,
+            **({"subset": plan.manifest["subset"]} if plan.manifest.get("subset") else {}),
+            "name": plan.manifest.get("name"),
+            "faces": len(plan.manifest["faces"]),
+            "files": sorted(plan.files),
+        }
+        for name, plan in plans.items()
+        if plan.manifest["faces"]
+    ]
+    tree = {"facesets": sorted(entries, key=lambda entry: str(entry.get("folder"))), "written_by": "facesyncd"}
+    data = (json.dumps(tree, indent=1) + "\n").encode()
     if path.is_symlink() or (path.exists() and not _ours(path)):
         # The older pipeline's tree manifest, when facesets_dir is that tree: kept, not overwritten.
         _set_aside(facesets_dir, path, "which facesyncd did not write")
@@ -517,6 +532,7 @@ def _export(
     faces_by_folder: Mapping[str, Sequence[Any]],
     write: Callable[[str, Sequence[Any]], bool],
     highest_number: int,
+    only: Collection[int] | None = None,
 ) -> int:
     """A folder whose faces are all gone (all its photos deleted) is removed, but for the files the
     user put in it; its number stays taken in the store and is never given to another identity."""
@@ -527,7 +543,7 @@ def _export(
     for name, faces in sorted(faces_by_folder.items()):
         if faces and write(name, faces):
             written += 1
-    for name, folder in sorted(own_folders(facesets_dir).items()):
+    for name, folder in sorted(own_folders(facesets_dir, only).items()):
         if faces_by_folder.get(name):
             continue
         if _user_entries(folder, _read_manifest(folder)):

@@ -56,8 +56,11 @@ class Layout(Protocol):
         """The picture of this face its folder shows (for the contact sheet)."""
         ...
 
-    def write(self, faces: dict[int, list[ExportFace]], highest: int, library: Library) -> int:
-        """Bring every faceset folder in line with `faces`; returns how many folders were written."""
+    def write(
+        self, faces: dict[int, list[ExportFace]], highest: int, library: Library, only: frozenset[int] | None = None
+    ) -> int:
+        """Bring every faceset folder in line with `faces` (with `only`: the folders of those numbers,
+        whose faces `faces` holds; a correction touches a few); returns how many folders were written."""
         ...
 
 
@@ -75,7 +78,9 @@ class CropsLayout:
     def face_file(self, crop: str) -> Path:
         return self._crops.path(crop)
 
-    def write(self, faces: dict[int, list[ExportFace]], highest: int, library: Library) -> int:
+    def write(
+        self, faces: dict[int, list[ExportFace]], highest: int, library: Library, only: frozenset[int] | None = None
+    ) -> int:
         """The crops, linked into the folders. Crops that went missing (state_dir/crops deleted, a
         disk fault) are restored first, from a copy in an exported folder if there is one, else cut
         again from the photo in Immich; a face whose crop cannot come back stays out of its folder
@@ -83,7 +88,9 @@ class CropsLayout:
         missing: list[ExportFace] = []
         names = library.names()
         crops_dir = self._crops.directory
-        written = export_all(self._facesets_dir, crops_dir, faces, missing, highest_number=highest, names=names)
+        written = export_all(
+            self._facesets_dir, crops_dir, faces, missing, highest_number=highest, names=names, only=only
+        )
         if missing:
 
             def photo_of(face: ExportFace) -> DecodedImage | None:
@@ -94,7 +101,7 @@ class CropsLayout:
 
             restored = self._crops.restore(missing, self._facesets_dir, photo_of)
             log.warning("%d face crops were missing; %d restored", len(missing), restored)
-            written += export_all(self._facesets_dir, crops_dir, faces, highest_number=highest, names=names)
+            written += export_all(self._facesets_dir, crops_dir, faces, highest_number=highest, names=names, only=only)
         return written
 
 
@@ -119,10 +126,12 @@ class SwapLayout:
         png = self._cache.png(crop)
         return png if png.is_file() else self._crops.path(crop)
 
-    def write(self, faces: dict[int, list[ExportFace]], highest: int, library: Library) -> int:
+    def write(
+        self, faces: dict[int, list[ExportFace]], highest: int, library: Library, only: frozenset[int] | None = None
+    ) -> int:
         """Each faceset's chosen faces (swap.select), their checked PNGs (made now for faces that have
         none: from the photo in Immich, or the crop of an imported face), the bundles."""
-        self._read_names(library)
+        self._read_names(library, only)
         names = library.names()
         embeddings = library.embeddings_of([face.face_id for members in faces.values() for face in members])
         wanted = folders(faces)
@@ -138,13 +147,13 @@ class SwapLayout:
             folder: plan(number, names.get(number), members, *choices[folder], self._cache, self._top_n, subset)
             for folder, (number, subset, members) in wanted.items()
         }
-        return export_plans(self._facesets_dir, plans, highest_number=highest)
+        return export_plans(self._facesets_dir, plans, highest_number=highest, only=only)
 
-    def _read_names(self, library: Library) -> None:
+    def _read_names(self, library: Library, only: frozenset[int] | None) -> None:
         """A name the user wrote into a faceset's NAME.txt is the faceset's name from then on."""
         known = library.names()
         found: dict[int, str | None] = {}
-        for number, folder in own_facesets(self._facesets_dir).items():
+        for number, folder in own_facesets(self._facesets_dir, only).items():
             try:
                 name = (folder / NAME_FILE).read_text(encoding="utf-8").strip()
             except (OSError, UnicodeDecodeError):

@@ -39,17 +39,21 @@ class PublishParts:
     reporter: Reporter
 
 
-def publish(parts: PublishParts, report: CycleReport) -> None:
+def publish(parts: PublishParts, report: CycleReport, only: frozenset[int] | None = None) -> None:
     """Write the faceset folders in the configured layout (layouts.py) and save the index for the
     next start. The folders can always be rebuilt: a layout fetches a face's photo again from Immich
     when it needs it (a lost crop, a swap PNG not cut yet). Faces under [export] min_quality stay out
-    of the folders (not the store)."""
+    of the folders (not the store).
+
+    only: the facesets a correction touched: their folders alone are written, and the index is
+    neither built nor loaded for it (only saved if this process holds it already), so a correction
+    costs what it changes, not the library."""
     parts.reporter.stage("exporting", None)
     for number in parts.store.forgotten_numbers():  # `faceset forget`: nothing of them is kept
-        if remove_faceset(parts.facesets_dir, number):
+        if (only is None or number in only) and remove_faceset(parts.facesets_dir, number):
             log.info("removed the folders of forgotten faceset %03d", number)
     _measure_unmeasured(parts)
-    faces = _good_enough(parts.store.export_faces(), parts.export.min_quality)
+    faces = _good_enough(parts.store.export_faces(only), parts.export.min_quality)
     with _Photos(parts) as photos:
         library = Library(
             names=parts.store.identity_names,
@@ -57,8 +61,9 @@ def publish(parts: PublishParts, report: CycleReport) -> None:
             embeddings_of=parts.store.embeddings_of,
             photo_of=photos.of,
         )
-        report.facesets_written = parts.layout.write(faces, parts.store.highest_identity(), library)
-    parts.caches.index.get()  # a first export builds the index the next start loads
+        report.facesets_written = parts.layout.write(faces, parts.store.highest_identity(), library, only)
+    if only is None:
+        parts.caches.index.get()  # a first export builds the index the next start loads
     parts.caches.index.save_if_changed()
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
@@ -463,8 +463,10 @@ class FaceQueries(Database):
 
     # -- export ---------------------------------------------------------------------------------
 
-    def export_faces(self) -> dict[int, list[ExportFace]]:
-        """Live faces per identity, with one representative asset each (lowest source/asset id)."""
+    def export_faces(self, numbers: Collection[int] | None = None) -> dict[int, list[ExportFace]]:
+        """Live faces per identity, with one representative asset each (lowest source/asset id); with
+        `numbers`, of those identities only."""
+        among = "" if numbers is None else f"AND f.identity IN ({', '.join(str(int(n)) for n in numbers) or 'NULL'})"
         rows = self.rows(
             f"""
             SELECT f.id AS face_id, f.sha256, f.identity, f.crop, f.x1, f.y1, f.x2, f.y2, f.det_score, f.distance,
@@ -475,7 +477,7 @@ class FaceQueries(Database):
                     ORDER BY a.source, a.asset_id LIMIT 1) AS asset_id,
                    (SELECT a.owner_id FROM assets a WHERE a.sha256 = f.sha256 AND a.state = :done
                     ORDER BY a.source, a.asset_id LIMIT 1) AS owner_id
-            FROM faces f WHERE f.identity IS NOT NULL AND {LIVE_FACE} ORDER BY f.identity, f.id
+            FROM faces f WHERE f.identity IS NOT NULL {among} AND {LIVE_FACE} ORDER BY f.identity, f.id
             """,
             {"done": AssetState.DONE},
         )

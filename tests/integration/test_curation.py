@@ -6,7 +6,9 @@ import json
 import shutil
 from pathlib import Path
 
-from conftest import Library, requires_shared, run_cli
+import pytest
+
+from conftest import TEST_PACK, Library, requires_shared, run_cli
 from fake_immich import FakeImmich
 
 pytestmark = requires_shared
@@ -192,3 +194,42 @@ def test_every_kind_of_correction_is_undone_to_where_it_was(fake: FakeImmich, tm
         "reject": {"face", "from", "placed_before"},
     }
     assert set(recorded) | {"forget", "undo"} == set(KINDS)
+
+
+def test_a_correction_costs_what_it_changes_not_the_library(
+    fake: FakeImmich, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every correction loaded the face model, rebuilt the index and compared every folder (10-28 s a
+    correction): now it writes the folders it touches, loads no model, and leaves the index to be
+    brought in step (not rebuilt) by the next process that needs it."""
+    import facesyncd.export as export
+
+    lib = Library(fake, tmp_path / "run")
+    lib.add(["wild/angelina_jolie", "wild/scarlett_johansson", "wild/katy_perry"])
+    lib.cli("sync")
+    angelina, scarlett, katy = (lib.number_of(person) for person in ("angelina", "scarlett", "katy"))
+    configured = lib.config.read_text()
+    # no model pack at all: a correction needs none
+    lib.config.write_text(configured.replace(str(TEST_PACK), str(tmp_path / "no-pack-here")))
+    written: list[int] = []
+    original = export.write_faceset
+
+    def counting(facesets_dir: Path, crops_dir: Path, number: int, *rest: object) -> bool:
+        written.append(number)
+        return original(facesets_dir, crops_dir, number, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(export, "write_faceset", counting)
+    lib.cli("faceset", "name", str(angelina), "Angelina Jolie")
+    lib.cli("face", "reject", str(min(lib.faces(katy))))
+    assert sorted(set(written)) == sorted({angelina, katy})  # scarlett's folder is not even read
+    split_off = sorted(lib.faces(scarlett))[:2]
+    lib.cli("faceset", "split", str(scarlett), *map(str, split_off))
+    new = max(lib.sets())
+    assert sorted(lib.faces(new)) == split_off
+    assert (lib.facesets / f"faceset_{new:03d}").is_dir()
+    # the index, left behind by the corrections, is brought in step by the next sync, not rebuilt
+    lib.config.write_text(configured)
+    synced = lib.cli("sync")
+    assert "brought in step with the database" in synced and "rebuilt from the database" not in synced
+    every = dict(lib.sql("SELECT id, identity FROM faces WHERE identity IS NOT NULL"))
+    assert len(every) and lib.sets()[new]["faces"] == len(split_off)

@@ -267,3 +267,25 @@ def test_a_contact_sheet_shows_a_faceset_best_first(fake: FakeImmich, tmp_path: 
     assert tile.std() > 20, "the first tile is empty"
     missing = run_cli("--config", str(config), "faceset", "sheet", "99")
     assert missing.returncode == 1 and "faceset 099 has no faces" in missing.stderr
+
+
+def test_a_correction_in_the_swap_layout_rewrites_its_folders_and_keeps_the_rest_of_the_tree_manifest(
+    swap_library: tuple[Path, Path, dict[str, str]], fake: FakeImmich
+) -> None:
+    """A correction writes only the folders it touches; the tree's manifest.json keeps the other
+    facesets' entries, and equals what a whole export writes."""
+    config, facesets, _ = swap_library
+    add_photos(fake, ["wild/katy_perry"])
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    numbers = sorted(int(path.name[8:]) for path in facesets.glob("faceset_*") if path.is_dir())
+    assert len(numbers) >= 2
+    first = numbers[0]
+    named = run_cli("--config", str(config), "faceset", "name", str(first), "Someone")
+    assert named.returncode == 0, named.stderr
+    tree = json.loads((facesets / "manifest.json").read_text())
+    assert sorted(entry["number"] for entry in tree["facesets"]) == numbers
+    assert next(entry for entry in tree["facesets"] if entry["number"] == first)["name"] == "Someone"
+    partial = (facesets / "manifest.json").read_bytes()
+    whole = run_cli("--config", str(config), "sync")
+    assert "0 folders written" in whole.stdout, whole.stdout
+    assert (facesets / "manifest.json").read_bytes() == partial
