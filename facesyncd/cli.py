@@ -358,6 +358,14 @@ def _read_only_app() -> Any:
     return open_app(_settings(secrets=False), create=False)
 
 
+def _read_only_store() -> Any:
+    """The store alone, read-only: what `faceset list/show` and `history` read (the application,
+    its HTTP client, OpenCV and the model stay unloaded)."""
+    from .store import Store
+
+    return Store(_settings(secrets=False).database_path, readonly=True)
+
+
 def _correct(correction: curation.Correction) -> None:
     from . import actions
 
@@ -377,8 +385,8 @@ def faceset_list(
 
     Example: facesyncd faceset list --json
     """
-    with _read_only_app() as app:
-        sets = [summary for summary in app.store.facesets() if everything or not summary.retired]
+    with _read_only_store() as store:
+        sets = [summary for summary in store.facesets() if everything or not summary.retired]
     if as_json:
         typer.echo(json.dumps([summary.as_dict() for summary in sets], indent=1))
         return
@@ -400,9 +408,9 @@ def faceset_show(
 
     Example: facesyncd faceset show 7
     """
-    with _read_only_app() as app:
-        found = app.store.facesets(number)
-        faces = app.store.faces_of_identity(number)
+    with _read_only_store() as store:
+        found = store.facesets(number)
+        faces = store.faces_of_identity(number)
     if not found:
         raise curation.CorrectionRefused(f"there is no faceset {number:03d} (see `facesyncd faceset list`)")
     summary = found[0]
@@ -521,8 +529,8 @@ def history(as_json: bool = typer.Option(False, "--json", help="Machine-readable
 
     Example: facesyncd history
     """
-    with _read_only_app() as app_:
-        entries = app_.store.history()
+    with _read_only_store() as store:
+        entries = store.history()
     if as_json:
         typer.echo(json.dumps([entry.as_dict() for entry in entries], indent=1))
         return
