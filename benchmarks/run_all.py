@@ -11,6 +11,7 @@ import platform
 import time
 
 import bench_census
+import bench_curation
 import bench_immich_ml
 
 import bench_cluster
@@ -36,6 +37,7 @@ def main() -> None:
         ("memory", bench_memory.main),
         ("clustering", bench_cluster.main),
         ("reading the pool", bench_pool.main),
+        ("corrections", bench_curation.main),
         ("index", bench_index.main),
     ):
         print(f"\n== {name} ==", flush=True)

@@ -383,7 +383,7 @@ def remove_faceset(facesets_dir: Path, number: int) -> int:
 def write_names(facesets_dir: Path, names: Mapping[int, str | None]) -> None:
     """Put names given by a command into the folders' NAME.txt (where there is one): NAME.txt is
     read back as the user's word for the name, so it must not keep the old one."""
-    for folder_name, folder in own_folders(facesets_dir).items():
+    for folder_name, folder in own_folders(facesets_dir, names.keys()).items():
         number, _ = _number_and_subset(folder_name)
         if number in names and (folder / NAME_FILE).is_file():
             write_atomic(folder / NAME_FILE, ((names[number] or "") + "\n").encode())
