@@ -143,6 +143,8 @@ def main(faces: int = 50_000, facesets: int = 1_000, rounds: int = 5) -> list[tu
             ("faceset split", lambda i: ["faceset", "split", str(60 + i), str(face_of(60 + i, 1))]),
             ("face move", lambda i: ["face", "move", str(face_of(70 + i, 2)), str(80 + i)]),
             ("face reject", lambda i: ["face", "reject", str(face_of(90 + i, 3))]),
+            ("faceset hide", lambda i: ["faceset", "hide", str(110 + i)]),
+            ("faceset unhide", lambda i: ["faceset", "unhide", str(110 + i)]),
             ("faceset forget", lambda i: ["faceset", "forget", str(100 + i), "--yes"]),
             ("undo (of the last forget)", lambda i: ["undo", str(_last_correction(config))]),
             ("faceset list --json", lambda i: ["faceset", "list", "--json"]),

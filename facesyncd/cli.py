@@ -391,7 +391,7 @@ def faceset_list(
         typer.echo(json.dumps([summary.as_dict() for summary in sets], indent=1))
         return
     for summary in sets:
-        flags = " locked" if summary.locked else ""
+        flags = (" locked" if summary.locked else "") + (" hidden" if summary.hidden else "")
         if summary.merged_into is not None:
             flags += f" merged into {summary.merged_into:03d}"
         if summary.forgotten:
@@ -424,6 +424,8 @@ def faceset_show(
         typer.echo("forgotten: its faces were deleted and this number is retired")
     if summary.locked:
         typer.echo("locked: takes no new faces automatically")
+    if summary.hidden:
+        typer.echo("hidden: kept and taking its person's new faces, never exported (`faceset unhide` shows it)")
     for face in faces:
         distance = "-" if face.distance is None else f"{face.distance:.3f}"
         quality = "-" if face.quality is None else f"{face.quality:.2f}"
@@ -466,6 +468,16 @@ def faceset_lock(number: int = typer.Argument(..., help="The faceset to lock."))
 @faceset_app.command("unlock", help=curation.Unlock.help)
 def faceset_unlock(number: int = typer.Argument(..., help="The faceset to unlock.")) -> None:
     _correct(curation.Unlock(number))
+
+
+@faceset_app.command("hide", help=curation.Hide.help)
+def faceset_hide(number: int = typer.Argument(..., help="The faceset to hide.")) -> None:
+    _correct(curation.Hide(number))
+
+
+@faceset_app.command("unhide", help=curation.Unhide.help)
+def faceset_unhide(number: int = typer.Argument(..., help="The faceset to show again.")) -> None:
+    _correct(curation.Unhide(number))
 
 
 @faceset_app.command("forget", help=curation.Forget.help)

@@ -523,6 +523,70 @@ class Unlock(Lock):
 
 
 @dataclass(frozen=True)
+class HideRecord(Record):
+    number: int
+    hidden: bool  # what the correction set
+
+    @classmethod
+    def read(cls, data: dict[str, Any]) -> Self:
+        return cls(int(data["number"]), bool(data["hidden"]))
+
+    def written(self) -> dict[str, Any]:
+        return {"number": self.number, "hidden": self.hidden}
+
+    def revert(self, store: Store, correction_id: int) -> str:
+        store.set_hidden(self.number, not self.hidden)
+        return ""
+
+    def numbers(self) -> frozenset[int]:
+        return frozenset({self.number})
+
+
+@dataclass(frozen=True)
+class Hide(Correction):
+    """Hide a faceset: it keeps its faces and keeps taking its person's new ones (so they form no new
+    faceset), but it is never exported and leaves the review page's grid. Nothing is deleted: to
+    erase a person, use `faceset forget`.
+
+    Example: facesyncd faceset hide 7
+    """
+
+    kind = "hide"
+    help = __doc__
+    record = HideRecord
+    hides: ClassVar[bool] = True
+    number: int
+
+    @classmethod
+    def from_form(cls, form: Form) -> Self:
+        return cls(form.number("number"))
+
+    def apply(self, store: Store, file_hashes: FileHashes) -> Outcome:
+        hidden = self.hides
+        summary = _faceset(store, self.number)
+        if summary.hidden == hidden:
+            raise CorrectionRefused(f"faceset {self.number:03d} is {'hidden' if hidden else 'not hidden'} already")
+        with store.transaction():
+            store.set_hidden(self.number, hidden)
+            said = f"{'hid' if hidden else 'showed'} faceset {self.number:03d}"
+            record = HideRecord(self.number, hidden)
+            entry = store.record_correction(self.kind, said, record.written())
+        return Outcome(said, entry, touched=record.numbers())
+
+
+@dataclass(frozen=True)
+class Unhide(Hide):
+    """Show a hidden faceset again: exported, and on the grid.
+
+    Example: facesyncd faceset unhide 7
+    """
+
+    kind = "unhide"
+    help = __doc__
+    hides: ClassVar[bool] = False
+
+
+@dataclass(frozen=True)
 class ForgetRecord(Record):
     number: int
 
@@ -621,5 +685,5 @@ class Undo(Correction):
 
 
 KINDS: dict[str, type[Correction]] = {
-    kind.kind: kind for kind in (Name, Merge, Split, Move, Reject, Lock, Unlock, Forget, Undo)
+    kind.kind: kind for kind in (Name, Merge, Split, Move, Reject, Lock, Unlock, Hide, Unhide, Forget, Undo)
 }

@@ -351,6 +351,7 @@ class FacesetSummary:
     forgotten: bool
     last_change: str | None  # when a face last joined or left, or the identity changed
     best_face: int | None  # the face to show for it (highest quality)
+    hidden: bool = False  # kept and still taking faces, never exported, off the grid
 
     @property
     def retired(self) -> bool:
@@ -366,6 +367,7 @@ class FacesetSummary:
             "forgotten": self.forgotten,
             "last_change": self.last_change,
             "best_face": self.best_face,
+            "hidden": self.hidden,
         }
 
 

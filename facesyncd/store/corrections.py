@@ -24,10 +24,10 @@ class CorrectionQueries(FaceQueries):
         where = "WHERE i.number = ?" if number is not None else ""
         rows = self.rows(
             f"""
-            SELECT i.number, i.name, i.locked_at, i.merged_into, i.forgotten_at,
+            SELECT i.number, i.name, i.locked_at, i.merged_into, i.forgotten_at, i.hidden_at,
                    (SELECT COUNT(*) FROM faces f WHERE f.identity = i.number AND {LIVE_FACE}) AS faces,
                    MAX(i.created_at, COALESCE(i.merged_at, ''), COALESCE(i.locked_at, ''),
-                       COALESCE(i.forgotten_at, ''),
+                       COALESCE(i.forgotten_at, ''), COALESCE(i.hidden_at, ''),
                        COALESCE((SELECT MAX(COALESCE(f.placed_at, f.matched_at)) FROM faces f
                                  WHERE f.identity = i.number), ''),
                        COALESCE((SELECT MAX(c.at) FROM corrections c WHERE i.number IN (
@@ -50,6 +50,7 @@ class CorrectionQueries(FaceQueries):
                 forgotten=row["forgotten_at"] is not None,
                 last_change=row["last_change"] or None,
                 best_face=row["best_face"],
+                hidden=row["hidden_at"] is not None,
             )
             for row in rows
         ]
@@ -193,6 +194,9 @@ class CorrectionQueries(FaceQueries):
 
     def set_locked(self, number: int, locked: bool) -> None:
         self.execute("UPDATE identities SET locked_at = ? WHERE number = ?", (utc_now() if locked else None, number))
+
+    def set_hidden(self, number: int, hidden: bool) -> None:
+        self.execute("UPDATE identities SET hidden_at = ? WHERE number = ?", (utc_now() if hidden else None, number))
 
     def place_faces(self, face_ids: Sequence[int], identity: int | None, *, placed: bool | None) -> None:
         """Put faces in `identity` (None: the pool) by hand. placed: True marks them must-link, False

@@ -465,7 +465,7 @@ class FaceQueries(Database):
 
     def export_faces(self, numbers: Collection[int] | None = None) -> dict[int, list[ExportFace]]:
         """Live faces per identity, with one representative asset each (lowest source/asset id); with
-        `numbers`, of those identities only."""
+        `numbers`, of those identities only. A hidden identity has none to export."""
         among = "" if numbers is None else f"AND f.identity IN ({', '.join(str(int(n)) for n in numbers) or 'NULL'})"
         rows = self.rows(
             f"""
@@ -477,7 +477,9 @@ class FaceQueries(Database):
                     ORDER BY a.source, a.asset_id LIMIT 1) AS asset_id,
                    (SELECT a.owner_id FROM assets a WHERE a.sha256 = f.sha256 AND a.state = :done
                     ORDER BY a.source, a.asset_id LIMIT 1) AS owner_id
-            FROM faces f WHERE f.identity IS NOT NULL {among} AND {LIVE_FACE} ORDER BY f.identity, f.id
+            FROM faces f WHERE f.identity IS NOT NULL {among} AND {LIVE_FACE}
+              AND NOT EXISTS (SELECT 1 FROM identities h WHERE h.number = f.identity AND h.hidden_at IS NOT NULL)
+            ORDER BY f.identity, f.id
             """,
             {"done": AssetState.DONE},
         )

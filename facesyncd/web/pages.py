@@ -55,10 +55,14 @@ class Pages:
         return response
 
     def grid(self, request: Any) -> Any:
+        showing_hidden = request.query_params.get("hidden") == "1"
         with self._store() as db:
-            sets = [summary for summary in db.facesets() if not summary.retired]
+            live = [summary for summary in db.facesets() if not summary.retired]
             pool = db.pool_size()
-        return self._page(request, "grid.html", sets=sets, pool=pool)
+        # hidden facesets leave the grid; the filter shows them (alone)
+        sets = [summary for summary in live if summary.hidden == showing_hidden]
+        hidden = sum(1 for summary in live if summary.hidden)
+        return self._page(request, "grid.html", sets=sets, pool=pool, hidden=hidden, showing_hidden=showing_hidden)
 
     def faceset(self, request: Any) -> Any:
         number = int(request.path_params["number"])

@@ -155,7 +155,7 @@ def test_every_kind_of_correction_is_undone_to_where_it_was(fake: FakeImmich, tm
         """The live facesets (a split's new number stays retired after its undo: numbers are never
         given twice)."""
         return {
-            number: (entry["name"], entry["locked"], sorted(lib.faces(number)))
+            number: (entry["name"], entry["locked"], entry["hidden"], sorted(lib.faces(number)))
             for number, entry in lib.sets().items()
             if entry["merged_into"] is None and not entry["forgotten"]
         }
@@ -163,6 +163,7 @@ def test_every_kind_of_correction_is_undone_to_where_it_was(fake: FakeImmich, tm
     corrections = {
         "name": ["faceset", "name", str(angelina), "Angelina Jolie"],
         "lock": ["faceset", "lock", str(katy)],
+        "hide": ["faceset", "hide", str(katy)],
         "merge": ["faceset", "merge", str(katy), str(matt)],
         "split": ["faceset", "split", str(angelina), str(min(lib.faces(angelina)))],
         "move": ["face", "move", str(rejected_before), str(katy)],
@@ -179,6 +180,11 @@ def test_every_kind_of_correction_is_undone_to_where_it_was(fake: FakeImmich, tm
     made = _correction(lib.cli("faceset", "unlock", str(katy)))
     lib.cli("undo", str(made))
     assert state() == before
+    lib.cli("faceset", "hide", str(katy))
+    before = state()
+    made = _correction(lib.cli("faceset", "unhide", str(katy)))
+    lib.cli("undo", str(made))
+    assert state() == before
     assert lib.sql(f"SELECT COUNT(*) FROM rejections WHERE face_id = {rejected_before}") == [(1,)], (
         "undoing the move restored the rejection it lifted"
     )
@@ -188,6 +194,8 @@ def test_every_kind_of_correction_is_undone_to_where_it_was(fake: FakeImmich, tm
         "name": {"number", "before"},
         "lock": {"number", "locked"},
         "unlock": {"number", "locked"},
+        "hide": {"number", "hidden"},
+        "unhide": {"number", "hidden"},
         "merge": {"kept", "moved", "pooled"},
         "split": {"from", "to", "faces"},
         "move": {"face", "to", "before", "placed_before", "lifted"},
@@ -233,3 +241,37 @@ def test_a_correction_costs_what_it_changes_not_the_library(
     assert "brought in step with the database" in synced and "rebuilt from the database" not in synced
     every = dict(lib.sql("SELECT id, identity FROM faces WHERE identity IS NOT NULL"))
     assert len(every) and lib.sets()[new]["faces"] == len(split_off)
+
+
+def test_a_hidden_faceset_keeps_taking_its_person_and_is_never_exported(fake: FakeImmich, tmp_path: Path) -> None:
+    """Forget was the only way to put a person away, and it keeps no embedding: 2 new photos of a
+    forgotten person opened a new faceset. A hidden faceset keeps its faces and takes the new ones."""
+    lib = Library(fake, tmp_path / "run")
+    lib.add([*ANGELINA_FIRST, "wild/katy_perry"])
+    lib.cli("sync")
+    angelina = lib.number_of("angelina")
+    folder = lib.facesets / f"faceset_{angelina:03d}"
+    (folder / "notes.txt").write_text("mine")  # a file of the user's stays
+    before = set(lib.faces(angelina))
+    hidden = lib.cli("faceset", "hide", str(angelina))
+    assert f"hid faceset {angelina:03d}" in hidden
+    assert not exported_faces(folder) and (folder / "notes.txt").read_text() == "mine"
+    assert lib.sets()[angelina]["hidden"] and f"{angelina:03d}" in lib.cli("faceset", "list")
+    assert "hidden" in lib.cli("faceset", "list") and "hidden:" in lib.cli("faceset", "show", str(angelina))
+    lib.add(ANGELINA_LATER)
+    lib.cli("sync")
+    grown = set(lib.faces(angelina))
+    assert grown > before, "the hidden faceset took its person's new photos"
+    assert all(number == angelina or "angelina" not in " ".join(lib.faces(number).values()) for number in lib.sets())
+    assert not exported_faces(folder), "a hidden faceset was exported"
+    assert "already" in lib.cli("faceset", "hide", str(angelina), ok=False)
+    shown = lib.cli("faceset", "unhide", str(angelina))
+    assert f"showed faceset {angelina:03d}" in shown and exported_faces(folder) == grown
+    lib.cli("undo", str(_correction(shown)))  # hidden again
+    assert not exported_faces(folder) and lib.sets()[angelina]["hidden"]
+
+
+def exported_faces(folder: Path) -> set[int]:
+    """The faces facesyncd's manifest in a folder lists (none when it wrote no manifest there)."""
+    manifest = folder / "faceset.json"
+    return {face["face_id"] for face in json.loads(manifest.read_text())["faces"]} if manifest.exists() else set()

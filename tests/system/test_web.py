@@ -176,6 +176,24 @@ def test_review_page_merges_and_rejects_in_a_browser(fake: FakeImmich, tmp_path:
         click_and_wait(driver, rows[1].find_element(By.TAG_NAME, "button"))
         assert face in lib.faces(angelina)
 
+        # hide: off the grid (a filter shows it), off the disk, kept in the store; unhide brings it back
+        driver.get(f"{server.url}/faceset/{angelina}")
+        click_and_wait(driver, driver.find_element(By.ID, "hide"))
+        assert f"hid faceset {angelina:03d}" in driver.find_element(By.ID, "message").text
+        assert not (lib.facesets / f"faceset_{angelina:03d}").exists() and lib.faces(angelina)
+        driver.get(server.url + "/")
+        numbers = {
+            int(card.get_attribute("data-number")) for card in driver.find_elements(By.CSS_SELECTOR, ".card.faceset")
+        }
+        assert angelina not in numbers and numbers
+        click_and_wait(driver, driver.find_element(By.ID, "show-hidden"))
+        cards = driver.find_elements(By.CSS_SELECTOR, ".card.faceset")
+        assert [int(card.get_attribute("data-number")) for card in cards] == [angelina]
+        driver.get(f"{server.url}/faceset/{angelina}")
+        click_and_wait(driver, driver.find_element(By.ID, "hide"))  # now labelled "unhide"
+        assert f"showed faceset {angelina:03d}" in driver.find_element(By.ID, "message").text
+        assert (lib.facesets / f"faceset_{angelina:03d}").is_dir()
+
         # a form posted from elsewhere is refused: no CSRF token, or another origin
         refused = requests.post(f"{server.url}/act/lock", data={"number": angelina}, timeout=5)
         assert refused.status_code == 403
