@@ -116,6 +116,9 @@ class ImmichSettings:
     )
     api_key: Secret = field(default=Secret(""), repr=False, metadata={"secret": True})
     verify_tls: bool = setting(True, "false must be explicit, and is logged as a warning")
+    adopt_names: bool = setting(
+        True, "an unnamed faceset takes the name of the Immich person most of its photos show (read only)"
+    )
     include_partners: bool = setting(
         False, "also take the assets of partners this user shows in the timeline (default: only the user's own)"
     )
@@ -219,6 +222,15 @@ class IdentitySettings:
         "between 0 and 1",
     )
     seed_from_cut_faces: bool = setting(False, "faces cut by the photo's edge may open or grow a new faceset")
+    name_min_faces: int = setting(
+        3,
+        "an unnamed faceset takes an Immich person's name when at least this many of its photos show them",
+        _positive,
+        "> 0",
+    )
+    name_min_share: float = setting(
+        0.6, "... and at least this share of its faces' photos (more than any other name)", _fraction, "between 0 and 1"
+    )
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,7 @@ class RemoteAsset:
     checksum_kind: str | None = None  # 'sha1': SHA-1 of the file; 'path': of its path (external library)
     owner_id: str = ""  # the Immich user whose asset it is (a partner's, when shown in the timeline)
     visibility: str = "timeline"  # timeline, archive (both photos), hidden, locked (never processed)
+    people: tuple[str, ...] | None = None  # names of the people Immich shows in it (None: not asked)
 
 
 # Listed assets set aside, never downloaded: hidden ones (Immich hides the video half of a live photo;
@@ -202,6 +203,7 @@ class CycleReport:
     identities_merged: list[tuple[int, int]] = field(default_factory=list)  # (retired, kept)
     removed_assets: int = 0
     restored_assets: int = 0  # back from Immich's trash: their faces came back without a download
+    names_adopted: int = 0  # facesets named after Immich's people
     partner_assets: int = 0  # listed assets of partners, passed over (include_partners = false)
     facesets_written: int = 0
     source_errors: dict[str, str] = field(default_factory=dict)

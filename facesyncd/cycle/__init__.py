@@ -1,7 +1,8 @@
 """One sync cycle, as a short composition of stages, each in its own module:
 
     for each source:  poll (list, record, census, reconcile, watermark)  ->  stage (download, embed, commit)
-    then:             identify (assign, open new facesets)  ->  publish (restore crops, export, save index)
+    then:             identify (assign, open new facesets)  ->  names (from Immich's people)
+                      ->  publish (restore crops, export, save index)
 
 I/O happens outside transactions; each asset's result is written in one short transaction. A source
 that fails (wrong key, server down) never stops the other sources: its error is recorded and returned.
@@ -13,8 +14,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..errors import FacesyncError, ImmichAuthError, ImmichError, ImmichUnreachable
+from ..export import write_names
 from ..models import CycleReport
 from .identify import assign_new_faces, merge_identities, open_new_facesets
+from .names import adopt_immich_names
 from .poll import poll
 from .publish import publish
 from .stage import stage
@@ -51,5 +54,8 @@ def run_cycle(
     if cluster:
         open_new_facesets(identify, report)
     merge_identities(identify, report)
+    names = adopt_immich_names(app.store, app.settings.identities, report)
+    if names:
+        write_names(app.settings.facesets_dir, names)  # NAME.txt is read back as the user's word
     publish(app.publish_parts(), report)
     return first_error

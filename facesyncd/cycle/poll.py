@@ -128,6 +128,7 @@ def _sweep(
         parts.sync.page_size,
         known=store.counted_assets(source.name, own_only=False) + store.partner_assets(source.name),
         cursor_first=store.lists_by_cursor(source.name),
+        with_people=source.adopt_names,
     )
     for page in prefetched(listing.pages()):
         if parts.stop.is_set():

@@ -65,7 +65,22 @@ def parse_asset(item: dict[str, Any]) -> RemoteAsset:
         checksum_kind=checksum_kind(item, checksum),
         owner_id=str(item.get("ownerId") or "").lower(),
         visibility=visibility,
+        people=people_of(item),
     )
+
+
+def people_of(item: dict[str, Any]) -> tuple[str, ...] | None:
+    """The names of the named people of a listed asset (withPeople); None when the answer has no
+    `people` (not asked for). A name is one line of at most 200 characters, as facesyncd's own."""
+    people = item.get("people")
+    if not isinstance(people, list):
+        return None
+    names = {
+        " ".join(person["name"].split())
+        for person in people
+        if isinstance(person, dict) and isinstance(person.get("name"), str) and person["name"].strip()
+    }
+    return tuple(sorted(name for name in names if len(name) <= 200))
 
 
 def parse_time(text: str) -> datetime | None:

@@ -99,13 +99,19 @@ class ImmichClient:
         return parse_asset(data)
 
     def list_changed(
-        self, updated_after: str | None, page_size: int, *, known: int = 0, cursor_first: bool = False
+        self,
+        updated_after: str | None,
+        page_size: int,
+        *,
+        known: int = 0,
+        cursor_first: bool = False,
+        with_people: bool = False,
     ) -> Listing:
         """The assets with updatedAt >= updated_after (every asset when None), trashed ones included:
         iterate `pages()`, then read what the listing learned from it (see Listing). known: how many
         assets the key's listing held last time; a listing far past it asks Immich to count what the
         listing lists (partners shown in the timeline included) and stops past twice that.
-        cursor_first: see Listing."""
+        cursor_first, with_people: see Listing."""
         return Listing(
             self.transport,
             updated_after,
@@ -113,6 +119,7 @@ class ImmichClient:
             known=known,
             count=lambda: self.count_assets(with_partners=True),
             cursor_first=cursor_first,
+            with_people=with_people,
         )
 
     def count_assets(self, *, with_partners: bool) -> int | None:

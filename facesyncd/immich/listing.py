@@ -114,11 +114,13 @@ class Listing:
         known: int = 0,
         count: Callable[[], int | None] | None = None,
         cursor_first: bool = False,
+        with_people: bool = False,
     ) -> None:
         """known: how many assets the store holds for this source; count: asks Immich how many it
         holds (None when it will not say). Together they bound a listing that never ends.
         cursor_first: the server handed out a cursor last time (3.2+): the first request too sends
-        only what 3.2 documents (no `page`, no `order`)."""
+        only what 3.2 documents (no `page`, no `order`). with_people: each asset with the named people
+        Immich shows in it."""
         self._transport = transport
         self._name = transport.name
         self._updated_after = updated_after
@@ -130,6 +132,7 @@ class Listing:
         self._limit = MAX_LISTED_ASSETS
         self._counted: int | None = None
         self._cursor_first = cursor_first
+        self._with_people = with_people
         self.offers_cursor: bool | None = None  # once listed: whether the server pages by a cursor of its own
 
     @property
@@ -140,6 +143,8 @@ class Listing:
         self._by_offset = False
         if self._cursor_first:
             body: dict[str, Any] = {"size": self._page_size, "withDeleted": True, "orderBy": ORDER_BY}
+            if self._with_people:
+                body["withPeople"] = True
             if self._updated_after:
                 body["updatedAfter"] = self._updated_after
             answer = self._listing_page(body)
@@ -163,6 +168,8 @@ class Listing:
         while True:
             self._transport.check_stop()
             body: dict[str, Any] = {"page": page, "size": self._page_size, "order": "asc", "withDeleted": True}
+            if self._with_people:
+                body["withPeople"] = True
             if self._updated_after:
                 body["updatedAfter"] = self._updated_after
             if cursor and not self._by_offset:

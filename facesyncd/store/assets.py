@@ -122,6 +122,12 @@ class AssetQueries(FaceQueries):
         page = ListedPage()
         with self.transaction():
             for asset in assets:
+                if asset.people is not None:  # the named people Immich shows in it (withPeople)
+                    self.execute("DELETE FROM asset_people WHERE source = ? AND asset_id = ?", (source, asset.id))
+                    self.executemany(
+                        "INSERT INTO asset_people (source, asset_id, name) VALUES (?, ?, ?)",
+                        [(source, asset.id, name) for name in asset.people],
+                    )
                 known = self.get_asset(source, asset.id)
                 if asset.is_trashed:
                     if known is not None and known.state not in AssetState.removed():

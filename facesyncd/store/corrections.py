@@ -189,8 +189,40 @@ class CorrectionQueries(FaceQueries):
         self.execute("UPDATE corrections SET undone_at = ? WHERE id = ?", (utc_now(), correction_id))
         self._corrected()
 
-    def set_name(self, number: int, name: str | None) -> None:
-        self.execute("UPDATE identities SET name = ? WHERE number = ?", (name, number))
+    def set_name(self, number: int, name: str | None, origin: str = "user") -> None:
+        """origin: who gave it: 'user' (a command, the page, an undo: never overwritten by Immich's
+        names, even a name removed), or 'immich' (see cycle/names.py)."""
+        self.execute("UPDATE identities SET name = ?, name_origin = ? WHERE number = ?", (name, origin, number))
+
+    def name_votes(self) -> dict[int, tuple[int, dict[str, int]]]:
+        """For each live identity that may take a name from Immich (none given in facesyncd): its live
+        faces, and per name of an Immich person, how many of its faces' photos show that person."""
+        open_to_names = (
+            "i.merged_into IS NULL AND i.forgotten_at IS NULL "
+            "AND (i.name_origin = 'immich' OR (i.name IS NULL AND i.name_origin IS NULL))"
+        )
+        votes: dict[int, tuple[int, dict[str, int]]] = {}
+        for number, faces in self.tuples(
+            f"SELECT f.identity, COUNT(*) FROM faces f JOIN identities i ON i.number = f.identity "
+            f"WHERE {open_to_names} AND {LIVE_FACE} GROUP BY f.identity"
+        ):
+            votes[number] = (faces, {})
+        for number, name, count in self.tuples(
+            f"""
+            SELECT f.identity, p.name, COUNT(DISTINCT f.id) FROM faces f
+            JOIN identities i ON i.number = f.identity
+            JOIN assets a ON a.sha256 = f.sha256 AND a.state = '{AssetState.DONE}'
+            JOIN asset_people p ON p.source = a.source AND p.asset_id = a.asset_id
+            WHERE {open_to_names} GROUP BY f.identity, p.name
+            """
+        ):
+            if number in votes:
+                votes[number][1][name] = count
+        return votes
+
+    def name_origin(self, number: int) -> str | None:
+        value = self.scalar("SELECT name_origin FROM identities WHERE number = ?", (number,))
+        return None if value is None else str(value)
 
     def set_locked(self, number: int, locked: bool) -> None:
         self.execute("UPDATE identities SET locked_at = ? WHERE number = ?", (utc_now() if locked else None, number))

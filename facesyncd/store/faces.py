@@ -508,7 +508,7 @@ class FaceQueries(Database):
     def set_identity_names(self, names: dict[int, str | None]) -> None:
         with self.transaction():
             for number, name in names.items():
-                self.execute("UPDATE identities SET name = ? WHERE number = ?", (name, number))
+                self.execute("UPDATE identities SET name = ?, name_origin = 'user' WHERE number = ?", (name, number))
 
     def embeddings_of(self, face_ids: Sequence[int]) -> dict[int, NDArray[np.float32]]:
         import numpy as np
