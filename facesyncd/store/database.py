@@ -88,9 +88,17 @@ class Database:
             self._create()
         self.conn = self._connect(path, readonly=readonly, threaded=threaded)
         if readonly:
-            if self.schema_version() == 0:
+            version = self.schema_version()
+            if version == 0:
                 self.conn.close()
                 raise StoreError(f"the database {path} is not initialised yet (a first sync is creating it)")
+            latest = max(migration.version for migration in migrations())
+            if version < latest:  # a reader cannot migrate it, and would meet columns it lacks
+                self.conn.close()
+                raise StoreError(
+                    f"the database {path} was written by an earlier facesyncd (schema {version}; this one "
+                    f"uses {latest}): `facesyncd sync`, or a restart of the service, upgrades it"
+                )
         else:
             self.migrate()
 

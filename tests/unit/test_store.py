@@ -281,3 +281,24 @@ def test_version_10_keeps_every_asset_and_adds_the_withheld_state(
     after.conn.execute("UPDATE assets SET state = 'withheld' WHERE asset_id = 'a1'")
     assert after.census_offset("alice") is None and after.census_due("alice", 900)
     after.close()
+
+
+def test_a_reader_of_a_database_from_an_earlier_version_is_told_how_to_upgrade_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`status` (a read-only reader) met "no such column: census_at" after an upgrade, before any sync."""
+    import facesyncd.store.database as database
+
+    older = tmp_path / "migrations-9"
+    older.mkdir()
+    for migration in migrations():
+        if migration.version <= 9:
+            (older / f"{migration.name}.sql").write_text(migration.script)
+    monkeypatch.setattr(database, "MIGRATIONS_DIR", older)
+    path = tmp_path / "facesyncd.db"
+    Store(path).close()
+    monkeypatch.setattr(database, "MIGRATIONS_DIR", None)
+    with pytest.raises(StoreError, match=r"earlier facesyncd \(schema 9; .*`facesyncd sync`"):
+        Store(path, readonly=True)
+    Store(path).close()  # a writer migrates it
+    assert Store(path, readonly=True).status()["assets"] is not None
