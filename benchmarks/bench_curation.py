@@ -27,9 +27,10 @@ from common import REPO, TEST_PACK, require_shared
 QUALITY = json.dumps({"det_score": 0.9, "size": 0.8, "blur": 0.9, "frontality": 0.7, "symmetry": 0.8})
 
 
-def make_library(directory: Path, faces: int, facesets: int, dimension: int = 128) -> Path:
+def make_library(directory: Path, faces: int, facesets: int, dimension: int = 128, *, big: int = 0) -> Path:
     """A store of `faces` faces in `facesets` identities (one face per photo), a crop file for each
-    (hard links of one small JPEG), and a config; the folders are exported by the caller."""
+    (hard links of one small JPEG), and a config; the folders are exported by the caller. `big`:
+    that many more faces, all in faceset 1."""
     from PIL import Image
 
     from facesyncd.store import Store
@@ -54,13 +55,16 @@ def make_library(directory: Path, faces: int, facesets: int, dimension: int = 12
             ((n, now) for n in range(1, facesets + 1)),
         )
         rows = []
-        for face in range(faces):
-            identity = face % facesets
+        for face in range(faces + big):
+            identity = face % facesets if face < faces else 0
             vector = centres[identity] + rng.normal(scale=0.6, size=dimension).astype(np.float32)
             vector /= np.linalg.norm(vector)
             sha = f"{face:064x}"
             crop = f"{sha[:2]}/{sha}_0.jpg"
             (crops / crop).parent.mkdir(exist_ok=True)
+            if face % 60_000 == 0 and face:  # a file takes at most 65,000 links (ext4)
+                sample = directory / f"sample{face}.jpg"
+                Image.new("RGB", (112, 112), (128, 96, 80)).save(sample, quality=85)
             os.link(sample, crops / crop)
             rows.append((sha, vector.tobytes(), crop, identity + 1, face))
         store.conn.executemany(

@@ -13,6 +13,7 @@ import time
 import bench_census
 import bench_curation
 import bench_immich_ml
+import bench_pages
 
 import bench_cluster
 import bench_index
@@ -38,6 +39,7 @@ def main() -> None:
         ("clustering", bench_cluster.main),
         ("reading the pool", bench_pool.main),
         ("corrections", bench_curation.main),
+        ("review pages", bench_pages.main),
         ("index", bench_index.main),
     ):
         print(f"\n== {name} ==", flush=True)

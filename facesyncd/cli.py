@@ -35,6 +35,7 @@ from .entry import EXIT_INTERRUPTED
 from .errors import FacesyncError
 from .logs import setup_logging
 from .ownership import kept_by_owner
+from .review import FACE_SORTS, sorted_faces
 
 app = typer.Typer(
     add_completion=False,
@@ -359,11 +360,12 @@ def _read_only_app() -> Any:
 
 
 def _read_only_store() -> Any:
-    """The store alone, read-only: what `faceset list/show` and `history` read (the application,
-    its HTTP client, OpenCV and the model stay unloaded)."""
+    """The store alone: what `faceset list/show` and `history` read (the application, its HTTP
+    client, OpenCV and the model stay unloaded). Opened as every command opens it, so a database of
+    an earlier version is migrated first, as before."""
     from .store import Store
 
-    return Store(_settings(secrets=False).database_path, readonly=True)
+    return Store(_settings(secrets=False).database_path, create=False)
 
 
 def _correct(correction: curation.Correction) -> None:
@@ -403,14 +405,23 @@ def faceset_list(
 def faceset_show(
     number: int = typer.Argument(..., help="The faceset's number (faceset_NNN)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    sort: str = typer.Option(
+        FACE_SORTS[0],
+        "--sort",
+        help=f"Order as the review page can: {', '.join(FACE_SORTS)} (distance: farthest first; date: newest first).",
+    ),
 ) -> None:
-    """Show one faceset: each face with its id, photo, distance and quality.
+    """Show one faceset: each face with its id, photo (file name, date taken), distance and quality.
 
-    Example: facesyncd faceset show 7
+    Example: facesyncd faceset show 7 --sort distance
     """
+    from .errors import ConfigError
+
+    if sort not in FACE_SORTS:
+        raise ConfigError(f"--sort {sort}: one of {', '.join(FACE_SORTS)}")
     with _read_only_store() as store:
         found = store.facesets(number)
-        faces = store.faces_of_identity(number)
+        faces = sorted_faces(store.faces_of_identity(number), sort)
     if not found:
         raise curation.CorrectionRefused(f"there is no faceset {number:03d} (see `facesyncd faceset list`)")
     summary = found[0]
@@ -430,10 +441,8 @@ def faceset_show(
         distance = "-" if face.distance is None else f"{face.distance:.3f}"
         quality = "-" if face.quality is None else f"{face.quality:.2f}"
         placed = "  (placed by hand)" if face.placed else ""
-        typer.echo(
-            f"  face {face.face_id}  photo {face.asset_id or 'imported'}  distance {distance}  "
-            f"quality {quality}{placed}"
-        )
+        photo = f"{face.file_name or face.asset_id} {(face.taken or '')[:10]}".strip() if face.asset_id else "imported"
+        typer.echo(f"  face {face.face_id}  photo {photo}  distance {distance}  quality {quality}{placed}")
 
 
 @faceset_app.command("name", help=curation.Name.help)

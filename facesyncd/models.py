@@ -389,6 +389,8 @@ class FaceDetail:
     quality: float | None
     placed: bool  # put there by hand
     held: str | None
+    taken: str | None = None  # when its photo was taken (Immich's fileCreatedAt)
+    file_name: str | None = None  # its photo's original file name
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -401,6 +403,8 @@ class FaceDetail:
             "distance": None if self.distance is None else round(self.distance, 4),
             "quality": None if self.quality is None else round(self.quality, 4),
             "placed": self.placed,
+            "taken": self.taken,
+            "file_name": self.file_name,
         }
 
 

@@ -8,17 +8,58 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from .. import curation
 from ..config import Settings
 from ..curation import Correction, Outcome
 from ..errors import FacesyncError
+from ..review import FACE_SORTS, GRID_SORTS, matches, sorted_faces, sorted_sets
 from ..store import Store
 from .guard import Guard
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-SORTS = {"quality": "quality", "distance": "distance", "id": "id"}
+# How many facesets and faces a page shows: a library of 5,000 facesets, or a faceset of 3,000
+# faces, is paged.
+SETS_PER_PAGE = 200
+FACES_PER_PAGE = 150
+THUMBNAIL_SIZES = (96, 160, 320)  # the sizes the page shows faces at, doubled for sharp screens
+
+
+def _choice(request: Any, name: str, choices: tuple[str, ...]) -> str:
+    value = str(request.query_params.get(name, choices[0]))
+    return value if value in choices else choices[0]
+
+
+def _page_number(request: Any) -> int:
+    value = request.query_params.get("page", "1")
+    return max(1, int(value)) if value.isdigit() else 1
+
+
+def _here(request: Any) -> str:
+    """This page's address with its query (paging, sort, search), without a message: where a form
+    sent from it comes back to."""
+    query = [(key, value) for key, value in request.query_params.multi_items() if key != "m"]
+    return str(request.url.path) + (f"?{urlencode(query)}" if query else "")
+
+
+def _pages(request: Any, count: int, per_page: int) -> dict[str, Any]:
+    """Which slice of `count` items this page shows, and the addresses of its neighbours."""
+    pages = max(1, -(-count // per_page))
+    page = min(_page_number(request), pages)
+    query = [(key, value) for key, value in request.query_params.multi_items() if key not in ("m", "page")]
+
+    def link(number: int) -> str:
+        return str(request.url.path) + "?" + urlencode([*query, ("page", str(number))])
+
+    return {
+        "page": page,
+        "pages": pages,
+        "start": (page - 1) * per_page,
+        "stop": page * per_page,
+        "previous": link(page - 1) if page > 1 else None,
+        "next": link(page + 1) if page < pages else None,
+    }
 
 
 class Pages:
@@ -48,7 +89,7 @@ class Pages:
         if not self._guard.allowed(request):
             return PlainTextResponse("a token is needed: open this page with ?token=...", status_code=401)
         html = self._templates.get_template(template).render(
-            csrf=self._guard.csrf, message=request.query_params.get("m"), **values
+            csrf=self._guard.csrf, message=request.query_params.get("m"), here=_here(request), **values
         )
         response = HTMLResponse(html, status_code=status)
         self._guard.remember(request, response)
@@ -56,28 +97,53 @@ class Pages:
 
     def grid(self, request: Any) -> Any:
         showing_hidden = request.query_params.get("hidden") == "1"
+        query = request.query_params.get("q", "").strip()
+        sort = _choice(request, "sort", GRID_SORTS)
         with self._store() as db:
             live = [summary for summary in db.facesets() if not summary.retired]
             pool = db.pool_size()
         # hidden facesets leave the grid; the filter shows them (alone)
-        sets = [summary for summary in live if summary.hidden == showing_hidden]
+        found = [summary for summary in live if summary.hidden == showing_hidden and matches(summary, query)]
         hidden = sum(1 for summary in live if summary.hidden)
-        return self._page(request, "grid.html", sets=sets, pool=pool, hidden=hidden, showing_hidden=showing_hidden)
+        paging = _pages(request, len(found), SETS_PER_PAGE)
+        sets = sorted_sets(found, sort)[paging["start"] : paging["stop"]]
+        return self._page(
+            request,
+            "grid.html",
+            sets=sets,
+            found=len(found),
+            pool=pool,
+            hidden=hidden,
+            showing_hidden=showing_hidden,
+            query=query,
+            sort=sort,
+            sorts=GRID_SORTS,
+            paging=paging,
+        )
 
     def faceset(self, request: Any) -> Any:
         number = int(request.path_params["number"])
-        sort = SORTS.get(request.query_params.get("sort", "quality"), "quality")
+        sort = _choice(request, "sort", FACE_SORTS)
         with self._store() as db:
             found = db.facesets(number)
             faces = db.faces_of_identity(number)
-            others = [summary for summary in db.facesets() if not summary.retired and summary.number != number]
+            names = db.identity_names()  # the merge field suggests named facesets (not all 5,000 numbers)
+            others = sorted((other, name) for other, name in names.items() if other != number)
         if not found:
             return self._page(request, "missing.html", status=404, what=f"faceset {number:03d}")
-        if sort == "quality":
-            faces.sort(key=lambda face: (-(face.quality or 0.0), face.face_id))
-        elif sort == "distance":
-            faces.sort(key=lambda face: (face.distance if face.distance is not None else 9.0, face.face_id))
-        return self._page(request, "faceset.html", summary=found[0], faces=faces, sort=sort, others=others)
+        paging = _pages(request, len(faces), FACES_PER_PAGE)
+        shown = sorted_faces(faces, sort)[paging["start"] : paging["stop"]]
+        return self._page(
+            request,
+            "faceset.html",
+            summary=found[0],
+            faces=shown,
+            total=len(faces),
+            sort=sort,
+            sorts=FACE_SORTS,
+            others=others,
+            paging=paging,
+        )
 
     def pool(self, request: Any) -> Any:
         with self._store() as db:
@@ -103,7 +169,13 @@ class Pages:
         path = (crops / face.crop).resolve()
         if not path.is_relative_to(crops.resolve()) or not path.is_file():
             return PlainTextResponse("its crop is not there (it comes back at the next sync)", status_code=404)
-        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+        cached = {"Cache-Control": "private, max-age=3600"}
+        size = request.query_params.get("size", "")
+        if size.isdigit() and int(size) in THUMBNAIL_SIZES:  # the size the page shows it at
+            from starlette.responses import Response
+
+            return Response(_thumbnail(path, int(size)), media_type="image/jpeg", headers=cached)
+        return FileResponse(path, media_type="image/jpeg", headers=cached)
 
     async def act(self, request: Any) -> Any:
         """Every change: one form POST, checked for the token, the CSRF token and its origin."""
@@ -179,5 +251,23 @@ class Pages:
 
 
 def _with_message(path: str, message: str) -> str:
-    base = path.split("?", 1)[0]
-    return f"{base}?{urlencode({'m': message})}"
+    """The page a form came from (its paging, sort and search kept), with the outcome to show."""
+    base, _, query = path.partition("?")
+    kept = [(key, value) for key, value in parse_qsl(query) if key != "m"]
+    return f"{base}?{urlencode([*kept, ('m', message)])}"
+
+
+def _thumbnail(path: Path, size: int) -> bytes:
+    """A face's crop at the size the page shows it (a crop may be 512 px and more: a page of 150
+    faces would load megabytes); JPEG's own scaling does most of it."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.draft("RGB", (size, size))
+        picture = image.convert("RGB")
+        picture.thumbnail((size, size))
+        output = io.BytesIO()
+        picture.save(output, "JPEG", quality=85)
+    return output.getvalue()
