@@ -489,6 +489,40 @@ def faceset_unhide(number: int = typer.Argument(..., help="The faceset to show a
     _correct(curation.Unhide(number))
 
 
+@faceset_app.command("apart", help=curation.Apart.help)
+def faceset_apart(
+    number: int = typer.Argument(..., help="One faceset."),
+    other: int = typer.Argument(..., help="The other: not the same person."),
+) -> None:
+    _correct(curation.Apart(number, other))
+
+
+@faceset_app.command("suggestions")
+def faceset_suggestions(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """List "same person?" pairs: facesets whose faces are close ([identities] suggest_distance) or that
+    carry the same name. Accept one with `faceset merge A B`, decline it with `faceset apart A B`.
+
+    Example: facesyncd faceset suggestions
+    """
+    from .suggestions import suggestions_of
+
+    settings = _settings(secrets=False)
+    with _read_only_store() as store:
+        found = suggestions_of(store, settings.identities.suggest_distance)
+        names = store.identity_names()
+    if as_json:
+        typer.echo(json.dumps([suggestion.as_dict() for suggestion in found], indent=1))
+        return
+    if not found:
+        typer.echo("no suggestions: no two facesets are close or share a name")
+    for suggestion in found:
+        distance = "-" if suggestion.distance is None else f"{suggestion.distance:.3f}"
+        typer.echo(
+            f"{suggestion.low:03d} {names.get(suggestion.low) or '-'}  +  {suggestion.high:03d} "
+            f"{names.get(suggestion.high) or '-'}  distance {distance}  ({suggestion.why})"
+        )
+
+
 @faceset_app.command("forget", help=curation.Forget.help)
 def faceset_forget(
     number: int = typer.Argument(..., help="The faceset of the person to forget."),

@@ -222,6 +222,12 @@ class IdentitySettings:
         "between 0 and 1",
     )
     seed_from_cut_faces: bool = setting(False, "faces cut by the photo's edge may open or grow a new faceset")
+    suggest_distance: float = setting(
+        0.55,
+        "facesets whose centres are this close are suggested as one person (merge_distance merges on its own)",
+        _distance,
+        "between 0 and 2 (cosine distance)",
+    )
     name_min_faces: int = setting(
         3,
         "an unnamed faceset takes an Immich person's name when at least this many of its photos show them",

@@ -587,6 +587,58 @@ class Unhide(Hide):
 
 
 @dataclass(frozen=True)
+class ApartRecord(Record):
+    low: int
+    high: int
+
+    @classmethod
+    def read(cls, data: dict[str, Any]) -> Self:
+        return cls(int(data["low"]), int(data["high"]))
+
+    def written(self) -> dict[str, Any]:
+        return {"low": self.low, "high": self.high}
+
+    def revert(self, store: Store, correction_id: int) -> str:
+        store.stop_keeping_apart(self.low, self.high)
+        return ""
+
+    def numbers(self) -> frozenset[int]:
+        return frozenset({self.low, self.high})
+
+
+@dataclass(frozen=True)
+class Apart(Correction):
+    """Not the same person: two facesets are never suggested as one again and never merged
+    automatically (a "same person?" suggestion declined).
+
+    Example: facesyncd faceset apart 7 12
+    """
+
+    kind = "apart"
+    help = __doc__
+    record = ApartRecord
+    number: int
+    other: int
+
+    @classmethod
+    def from_form(cls, form: Form) -> Self:
+        return cls(form.number("number"), form.number("other"))
+
+    def apply(self, store: Store, file_hashes: FileHashes) -> Outcome:
+        low, high = sorted((self.number, self.other))
+        if low == high:
+            raise CorrectionRefused("name two different facesets")
+        _faceset(store, low)
+        _faceset(store, high)
+        with store.transaction():
+            said = f"kept {low:03d} and {high:03d} apart: not the same person"
+            record = ApartRecord(low, high)
+            entry = store.record_correction(self.kind, said, record.written())
+            store.keep_apart(low, high, entry)
+        return Outcome(said, entry, touched=frozenset())
+
+
+@dataclass(frozen=True)
 class ForgetRecord(Record):
     number: int
 
@@ -685,5 +737,5 @@ class Undo(Correction):
 
 
 KINDS: dict[str, type[Correction]] = {
-    kind.kind: kind for kind in (Name, Merge, Split, Move, Reject, Lock, Unlock, Hide, Unhide, Forget, Undo)
+    kind.kind: kind for kind in (Name, Merge, Split, Move, Reject, Lock, Unlock, Hide, Unhide, Apart, Forget, Undo)
 }

@@ -218,6 +218,10 @@ class FaceIndex:
             if identity in self._counts
         }
 
+    def face_counts(self) -> dict[int, int]:
+        """Each identity's faces in the index."""
+        return dict(self._counts)
+
     def centres(self) -> dict[int, NDArray[np.float32]]:
         """Each identity's centre: the mean of its faces' embeddings, normalised."""
         return {

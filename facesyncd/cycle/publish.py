@@ -63,7 +63,9 @@ def publish(parts: PublishParts, report: CycleReport, only: frozenset[int] | Non
         )
         report.facesets_written = parts.layout.write(faces, parts.store.highest_identity(), library, only)
     if only is None:
-        parts.caches.index.get()  # a first export builds the index the next start loads
+        index = parts.caches.index.get()  # a first export builds the index the next start loads
+        if not parts.store.centres_current():  # what "same person?" suggestions compare
+            parts.store.save_centres(index.centres(), index.face_counts())
     parts.caches.index.save_if_changed()
 
 

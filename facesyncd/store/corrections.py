@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..boxes import overlap
 from ..models import AssetState, Box, Correction, Dropped, FaceDetail, FacesetSummary
 from .database import utc_now
 from .faces import LIVE_FACE, POOL, FaceQueries, _box
+
+if TYPE_CHECKING:  # numpy stays out of `status`
+    import numpy as np
+    from numpy.typing import NDArray
 
 # A face detected again within a forgotten box (intersection over union) is the forgotten face.
 FORGOTTEN_OVERLAP = 0.5
@@ -73,7 +77,9 @@ class CorrectionQueries(FaceQueries):
             for row in rows
         ]
 
-    def _face_details(self, where: str, parameters: Sequence[Any], limit: int = -1) -> list[FaceDetail]:
+    def _face_details(
+        self, where: str, parameters: Sequence[Any], limit: int = -1, order: str = "f.id"
+    ) -> list[FaceDetail]:
         rows = self.rows(
             f"""
             SELECT f.id, f.identity, f.sha256, f.crop, f.x1, f.y1, f.x2, f.y2, f.det_score, f.distance,
@@ -86,7 +92,7 @@ class CorrectionQueries(FaceQueries):
                     ORDER BY a.source, a.asset_id LIMIT 1) AS taken,
                    (SELECT a.original_file_name FROM assets a WHERE a.sha256 = f.sha256 AND a.state = :done
                     ORDER BY a.source, a.asset_id LIMIT 1) AS file_name
-            FROM faces f WHERE {where} ORDER BY f.id LIMIT :limit
+            FROM faces f WHERE {where} ORDER BY {order} LIMIT :limit
             """,
             {"done": AssetState.DONE, "limit": limit, **{f"p{n}": value for n, value in enumerate(parameters)}},
         )
@@ -112,6 +118,12 @@ class CorrectionQueries(FaceQueries):
 
     def faces_of_identity(self, number: int) -> list[FaceDetail]:
         return self._face_details(f"f.identity = :p0 AND {LIVE_FACE}", [number])
+
+    def best_faces(self, number: int, limit: int) -> list[FaceDetail]:
+        """A faceset's best faces (highest quality first): its preview."""
+        return self._face_details(
+            f"f.identity = :p0 AND {LIVE_FACE}", [number], limit, "COALESCE(f.quality, 0) DESC, f.id"
+        )
 
     def pool(self, limit: int = 500) -> list[FaceDetail]:
         """Faces compared with every identity and in none (the pool clustering draws from)."""
@@ -243,6 +255,32 @@ class CorrectionQueries(FaceQueries):
             if number in votes:
                 votes[number][1][name] = count
         return votes
+
+    def save_centres(self, centres: dict[int, NDArray[np.float32]], counts: dict[int, int]) -> None:
+        """The identities' centres as of this index version (see migration 0013)."""
+        with self.transaction():
+            self.execute("DELETE FROM identity_centres")
+            self.executemany(
+                "INSERT INTO identity_centres (number, centre, faces) VALUES (?, ?, ?)",
+                [
+                    (number, centre.astype("float32").tobytes(), counts.get(number, 0))
+                    for number, centre in centres.items()
+                ],
+            )
+            self.set_meta("centres_version", str(self.index_version()))
+
+    def centres_current(self) -> bool:
+        return self.get_meta("centres_version") == str(self.index_version())
+
+    def centres(self) -> dict[int, NDArray[np.float32]]:
+        """The live, shown identities' centres as the last cycle left them."""
+        import numpy as np
+
+        rows = self.tuples(
+            "SELECT c.number, c.centre FROM identity_centres c JOIN identities i ON i.number = c.number "
+            "WHERE i.merged_into IS NULL AND i.forgotten_at IS NULL AND i.hidden_at IS NULL"
+        )
+        return {number: np.frombuffer(blob, np.float32) for number, blob in rows}
 
     def name_origin(self, number: int) -> str | None:
         value = self.scalar("SELECT name_origin FROM identities WHERE number = ?", (number,))

@@ -22,6 +22,7 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 # How many facesets and faces a page shows: a library of 5,000 facesets, or a faceset of 3,000
 # faces, is paged.
 SETS_PER_PAGE = 200
+SUGGESTIONS_PER_PAGE = 50
 FACES_PER_PAGE = 150
 THUMBNAIL_SIZES = (96, 160, 320)  # the sizes the page shows faces at, doubled for sharp screens
 
@@ -151,6 +152,18 @@ class Pages:
             sets = [summary for summary in db.facesets() if not summary.retired]
         return self._page(request, "pool.html", faces=faces, sets=sets)
 
+    def suggestions(self, request: Any) -> Any:
+        """ "Same person?" pairs with a preview of both; accept merges, decline keeps them apart."""
+        from ..suggestions import suggestions_of
+
+        with self._store() as db:
+            found = suggestions_of(db, self._settings.identities.suggest_distance)[:SUGGESTIONS_PER_PAGE]
+            summaries = {summary.number: summary for summary in db.facesets()}
+            previews = {
+                number: db.best_faces(number, 4) for suggestion in found for number in (suggestion.low, suggestion.high)
+            }
+        return self._page(request, "suggestions.html", found=found, summaries=summaries, previews=previews)
+
     def history(self, request: Any) -> Any:
         with self._store() as db:
             entries = list(reversed(db.history()))
@@ -243,6 +256,7 @@ class Pages:
             Route("/faceset/{number:int}", self.faceset),
             Route("/pool", self.pool),
             Route("/history", self.history),
+            Route("/suggestions", self.suggestions),
             Route("/face/{face_id:int}.jpg", self.face_image),
             Route("/act/{action}", self.act, methods=["POST"]),
             Route("/metrics", self.metrics),

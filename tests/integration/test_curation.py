@@ -154,16 +154,18 @@ def test_every_kind_of_correction_is_undone_to_where_it_was(fake: FakeImmich, tm
     def state() -> dict:
         """The live facesets (a split's new number stays retired after its undo: numbers are never
         given twice)."""
-        return {
+        sets = {
             number: (entry["name"], entry["locked"], entry["hidden"], sorted(lib.faces(number)))
             for number, entry in lib.sets().items()
             if entry["merged_into"] is None and not entry["forgotten"]
         }
+        return {**sets, "kept apart": sorted(lib.sql("SELECT low, high FROM kept_apart"))}
 
     corrections = {
         "name": ["faceset", "name", str(angelina), "Angelina Jolie"],
         "lock": ["faceset", "lock", str(katy)],
         "hide": ["faceset", "hide", str(katy)],
+        "apart": ["faceset", "apart", str(katy), str(matt)],
         "merge": ["faceset", "merge", str(katy), str(matt)],
         "split": ["faceset", "split", str(angelina), str(min(lib.faces(angelina)))],
         "move": ["face", "move", str(rejected_before), str(katy)],
@@ -195,6 +197,7 @@ def test_every_kind_of_correction_is_undone_to_where_it_was(fake: FakeImmich, tm
         "lock": {"number", "locked"},
         "unlock": {"number", "locked"},
         "hide": {"number", "hidden"},
+        "apart": {"low", "high"},
         "unhide": {"number", "hidden"},
         "merge": {"kept", "moved", "pooled"},
         "split": {"from", "to", "faces"},

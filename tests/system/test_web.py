@@ -414,3 +414,50 @@ def test_a_big_library_is_paged_searched_and_sorted_and_an_action_comes_back_to_
     finally:
         output = server.stop()
     assert "Traceback" not in output, output
+
+
+def test_same_person_suggestions_are_accepted_or_declined_for_good_in_a_browser(
+    fake: FakeImmich, tmp_path: Path, browser: object
+) -> None:
+    """Naming 044 "angelina jolie" while 001 was "Angelina Jolie" gave no hint, and nothing proposed
+    "same person?" pairs. Now: close faces and same names are suggested; accepting merges, declining
+    keeps the two apart for good (never suggested again, never merged automatically)."""
+    from selenium.webdriver.common.by import By
+
+    lib = Library(fake, tmp_path / "run")
+    first = [f"wild/angelina_jolie/img{n}.jpg" for n in (1, 10, 11, 2, 4)]
+    lib.add([*first, "wild/katy_perry", "wild/scarlett_johansson"])
+    lib.cli("sync")
+    angelina, katy, scarlett = (lib.number_of(person) for person in ("angelina", "katy", "scarlett"))
+    lib.cli("faceset", "lock", str(angelina))  # her later photos cannot join: they open a faceset of their own
+    lib.add([f"wild/angelina_jolie/img{n}.jpg" for n in (5, 6, 7)])
+    lib.cli("sync")
+    later = max(lib.sets())
+    assert later not in (angelina, katy, scarlett) and lib.sets()[later]["merged_into"] is None
+    lib.cli("faceset", "name", str(katy), "Star")
+    lib.cli("faceset", "name", str(scarlett), "  star ")
+    listed = lib.cli("faceset", "suggestions")
+    assert f"{angelina:03d}" in listed and f"{later:03d}" in listed and "same name" in listed
+    server = Server(lib)
+    driver = browser
+    try:
+        driver.get(server.url + "/suggestions")
+        pairs = {card.get_attribute("data-pair"): card for card in driver.find_elements(By.CSS_SELECTOR, ".suggestion")}
+        close, named = f"{angelina}-{later}", f"{min(katy, scarlett)}-{max(katy, scarlett)}"
+        assert {close, named} <= set(pairs), list(pairs)
+        assert len(pairs[close].find_elements(By.TAG_NAME, "img")) >= 2  # a preview of both
+        screenshot(driver, tmp_path / "suggestions.png")
+        click_and_wait(driver, pairs[named].find_element(By.CSS_SELECTOR, "button.decline"))
+        assert "not the same person" in driver.find_element(By.ID, "message").text
+        pairs = {card.get_attribute("data-pair"): card for card in driver.find_elements(By.CSS_SELECTOR, ".suggestion")}
+        assert named not in pairs and close in pairs
+        click_and_wait(driver, pairs[close].find_element(By.CSS_SELECTOR, "button.accept"))
+        assert f"merged {later:03d} into {angelina:03d}" in driver.find_element(By.ID, "message").text
+        assert not driver.find_elements(By.CSS_SELECTOR, ".suggestion")
+    finally:
+        output = server.stop()
+    assert "Traceback" not in output, output
+    assert lib.sets()[later]["merged_into"] == angelina
+    lib.cli("sync", "--reconcile")  # never again, and never merged automatically
+    assert "no suggestions" in lib.cli("faceset", "suggestions")
+    assert lib.sets()[katy]["merged_into"] is None and lib.sets()[scarlett]["merged_into"] is None

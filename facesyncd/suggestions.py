@@ -1,0 +1,81 @@
+"""'Same person?': pairs of facesets the user may want to merge, and why (one place decides).
+
+Two facesets are suggested when their centres are within `max_distance` (looser than the automatic
+merge's `merge_distance`: what the cycle would not merge on its own), or when they carry the same name
+(case and spacing ignored: "angelina jolie" and "Angelina Jolie"). Never two the user keeps apart (a
+suggestion declined, a split, a face rejected from the other) nor two with faces in one photo (two
+people). Closest first; same-named pairs with no centre close enough after them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .naming import normalised
+from .store import Store
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    low: int
+    high: int
+    distance: float | None  # between the centres (None: unknown, a faceset without a centre yet)
+    why: str  # "close faces", "same name", or both
+
+    def as_dict(self) -> dict[str, object]:
+        distance = None if self.distance is None else round(self.distance, 4)
+        return {"facesets": [self.low, self.high], "distance": distance, "why": self.why}
+
+
+def suggest(
+    centres: Mapping[int, NDArray[np.float32]],
+    names: Mapping[int, str],
+    apart: set[frozenset[int]],
+    max_distance: float,
+    limit: int = 200,
+) -> list[Suggestion]:
+    numbers = sorted(centres)
+    distances: dict[frozenset[int], float] = {}
+    if len(numbers) >= 2:
+        matrix = np.stack([centres[number] for number in numbers])
+        matrix = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+        between = 1.0 - matrix @ matrix.T
+        rows, columns = np.nonzero(np.triu(between <= max_distance, k=1))
+        for row, column in zip(rows.tolist(), columns.tolist(), strict=True):
+            distances[frozenset((numbers[row], numbers[column]))] = float(between[row, column])
+    by_name: dict[str, list[int]] = {}
+    for number, name in names.items():
+        if normalised(name):
+            by_name.setdefault(normalised(name), []).append(number)
+    named = {frozenset((a, b)) for group in by_name.values() for a in group for b in group if a < b}
+    found = []
+    for pair in set(distances) | named:
+        if pair in apart:
+            continue
+        low, high = sorted(pair)
+        why = " and ".join(
+            reason for reason, holds in (("close faces", pair in distances), ("same name", pair in named)) if holds
+        )
+        distance = distances.get(pair)
+        if distance is None and low in centres and high in centres:
+            distance = float(
+                1.0
+                - centres[low]
+                @ centres[high]
+                / max(float(np.linalg.norm(centres[low]) * np.linalg.norm(centres[high])), 1e-12)
+            )
+        found.append(Suggestion(low, high, distance, why))
+    found.sort(key=lambda s: (s.distance is None, s.distance if s.distance is not None else 0.0, s.low, s.high))
+    return found[:limit]
+
+
+def suggestions_of(store: Store, max_distance: float) -> list[Suggestion]:
+    """The suggestions for the facesets in `store` as its last cycle left their centres."""
+    shown = {summary.number for summary in store.facesets() if not summary.retired and not summary.hidden}
+    names = {number: name for number, name in store.identity_names().items() if number in shown}
+    centres = {number: centre for number, centre in store.centres().items() if number in shown}
+    return suggest(centres, names, store.kept_apart() | store.photos_shared(), max_distance)
