@@ -548,6 +548,18 @@ def face_reject(face: int = typer.Argument(..., help="The face's id (see `facese
     _correct(curation.Reject(face))
 
 
+@face_app.command("gather", help=curation.Gather.help)
+def face_gather(
+    faces: list[int] = typer.Argument(..., help="Ids of the faces (see `faceset show`, the pool page)."),
+) -> None:
+    _correct(curation.Gather(tuple(faces)))
+
+
+@face_app.command("put-away", help=curation.PutAway.help)
+def face_put_away(faces: list[int] = typer.Argument(..., help="Ids of the faces.")) -> None:
+    _correct(curation.PutAway(tuple(faces)))
+
+
 @app.command()
 def serve(
     listen: str | None = typer.Option(

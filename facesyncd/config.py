@@ -222,6 +222,12 @@ class IdentitySettings:
         "between 0 and 1",
     )
     seed_from_cut_faces: bool = setting(False, "faces cut by the photo's edge may open or grow a new faceset")
+    pool_group_distance: float = setting(
+        0.6,
+        "the pool page groups faces this close on average (looser than cluster_distance)",
+        _distance,
+        "between 0 and 2 (cosine distance)",
+    )
     suggest_distance: float = setting(
         0.55,
         "facesets whose centres are this close are suggested as one person (merge_distance merges on its own)",

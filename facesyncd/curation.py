@@ -133,7 +133,8 @@ def _face(store: Store, face_id: int) -> FaceDetail:
     if face is None:
         raise CorrectionRefused(f"there is no face {face_id} (see `facesyncd faceset show N`)")
     if face.held is not None:
-        raise CorrectionRefused(f"face {face_id} was set aside by an imported tree ({face.held}/)")
+        where = "put away" if face.held == PUT_AWAY else f"set aside by an imported tree ({face.held}/)"
+        raise CorrectionRefused(f"face {face_id} was {where}")
     return face
 
 
@@ -586,6 +587,117 @@ class Unhide(Hide):
     hides: ClassVar[bool] = False
 
 
+def _faces(store: Store, face_ids: Sequence[int]) -> list[FaceDetail]:
+    faces = [_face(store, face_id) for face_id in sorted(set(face_ids))]
+    if not faces:
+        raise CorrectionRefused("tick at least one face")
+    return faces
+
+
+@dataclass(frozen=True)
+class GatherRecord(Record):
+    new: int
+    before: dict[int, int | None]  # face -> the faceset it was in (None: the pool)
+
+    @classmethod
+    def read(cls, data: dict[str, Any]) -> Self:
+        return cls(int(data["new"]), {int(face): number for face, number in data["before"].items()})
+
+    def written(self) -> dict[str, Any]:
+        return {"new": self.new, "before": {str(face): number for face, number in self.before.items()}}
+
+    def revert(self, store: Store, correction_id: int) -> str:
+        for face in store.faces_in(list(self.before), self.new):
+            store.place_faces([face], self.before[face], placed=False)
+        came_from = sorted({number for number in self.before.values() if number is not None})
+        if came_from:  # retired (never given again), pointing where its faces went
+            store.retire(self.new, came_from[0])
+        return ""
+
+    def numbers(self) -> frozenset[int]:
+        return frozenset({self.new, *(number for number in self.before.values() if number is not None)})
+
+
+@dataclass(frozen=True)
+class Gather(Correction):
+    """Make a new faceset of these faces (from the pool or from facesets): one person, put together by
+    hand; they stay together (must-link).
+
+    Example: facesyncd face gather 417 418 502
+    """
+
+    kind = "gather"
+    help = __doc__
+    record = GatherRecord
+    faces: tuple[int, ...]
+
+    @classmethod
+    def from_form(cls, form: Form) -> Self:
+        return cls(tuple(form.numbers("face")))
+
+    def apply(self, store: Store, file_hashes: FileHashes) -> Outcome:
+        faces = _faces(store, self.faces)
+        with store.transaction():
+            new = store.new_identity("gather")
+            store.place_faces([face.face_id for face in faces], new, placed=True)
+            said = f"made the new faceset {new:03d} of {len(faces)} faces"
+            record = GatherRecord(new, {face.face_id: face.identity for face in faces})
+            entry = store.record_correction(self.kind, said, record.written())
+        return Outcome(said, entry, touched=record.numbers())
+
+
+@dataclass(frozen=True)
+class PutAwayRecord(Record):
+    before: dict[int, int | None]  # face -> the faceset it was in (None: the pool)
+
+    @classmethod
+    def read(cls, data: dict[str, Any]) -> Self:
+        return cls({int(face): number for face, number in data["before"].items()})
+
+    def written(self) -> dict[str, Any]:
+        return {"before": {str(face): number for face, number in self.before.items()}}
+
+    def revert(self, store: Store, correction_id: int) -> str:
+        store.set_held(list(self.before), None)
+        for face, number in self.before.items():
+            if number is not None:
+                store.place_faces([face], number, placed=None)
+        return ""
+
+    def numbers(self) -> frozenset[int]:
+        return frozenset(number for number in self.before.values() if number is not None)
+
+
+PUT_AWAY = "put away"  # faces.held for faces the user put away: strangers, never a faceset
+
+
+@dataclass(frozen=True)
+class PutAway(Correction):
+    """Put these faces away: strangers, background people. They leave their faceset or the pool and
+    never form or join a faceset (undo brings them back).
+
+    Example: facesyncd face put-away 417 418
+    """
+
+    kind = "put-away"
+    help = __doc__
+    record = PutAwayRecord
+    faces: tuple[int, ...]
+
+    @classmethod
+    def from_form(cls, form: Form) -> Self:
+        return cls(tuple(form.numbers("face")))
+
+    def apply(self, store: Store, file_hashes: FileHashes) -> Outcome:
+        faces = _faces(store, self.faces)
+        with store.transaction():
+            store.set_held([face.face_id for face in faces], PUT_AWAY)
+            said = f"put away {len(faces)} faces"
+            record = PutAwayRecord({face.face_id: face.identity for face in faces})
+            entry = store.record_correction(self.kind, said, record.written())
+        return Outcome(said, entry, touched=record.numbers())
+
+
 @dataclass(frozen=True)
 class ApartRecord(Record):
     low: int
@@ -737,5 +849,6 @@ class Undo(Correction):
 
 
 KINDS: dict[str, type[Correction]] = {
-    kind.kind: kind for kind in (Name, Merge, Split, Move, Reject, Lock, Unlock, Hide, Unhide, Apart, Forget, Undo)
+    kind.kind: kind
+    for kind in (Name, Merge, Split, Move, Reject, Gather, PutAway, Lock, Unlock, Hide, Unhide, Apart, Forget, Undo)
 }

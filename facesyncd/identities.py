@@ -206,6 +206,15 @@ def cluster_pool(
     return Clustering(clusters, np.concatenate(clustered) if clustered else nothing, more_rounds)
 
 
+def look_alike(embeddings: NDArray[np.float32], distance: float) -> list[list[int]]:
+    """Rows grouped by faces that look alike (average linkage cut at `distance`, looser than the
+    clustering that opens facesets): the pool page's work queue, largest group first, then by row."""
+    if len(embeddings) == 0:
+        return []
+    groups = _average_linkage(embeddings, np.arange(len(embeddings)), distance)
+    return sorted(([int(row) for row in group] for group in groups), key=lambda rows: (-len(rows), rows[0]))
+
+
 def _average_linkage(embeddings: NDArray[np.float32], rows: NDArray[np.int64], cut: float) -> list[NDArray[np.int64]]:
     """The groups (as rows) of exact average-linkage clustering of these rows, cut at `cut`."""
     if len(rows) == 1:

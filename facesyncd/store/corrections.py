@@ -126,8 +126,9 @@ class CorrectionQueries(FaceQueries):
         )
 
     def pool(self, limit: int = 500) -> list[FaceDetail]:
-        """Faces compared with every identity and in none (the pool clustering draws from)."""
-        return self._face_details(POOL, [], limit)
+        """Faces compared with every identity and in none (the pool clustering draws from), newest
+        first."""
+        return self._face_details(POOL, [], limit, "f.id DESC")
 
     def pool_size(self) -> int:
         return int(self.scalar(f"SELECT COUNT(*) FROM faces f WHERE {POOL}"))
@@ -302,6 +303,15 @@ class CorrectionQueries(FaceQueries):
                 "placed_at = CASE WHEN ? IS NULL THEN placed_at WHEN ? THEN ? ELSE NULL END WHERE id = ?",
                 (identity, now, placed, placed, now, face_id),
             )
+
+    def set_held(self, face_ids: Sequence[int], held: str | None) -> None:
+        """Set faces aside (`held`: the decision; they never form a faceset and never join one), or
+        back (None: into the pool, to be compared again)."""
+        for face_id in face_ids:
+            if held is None:
+                self.execute("UPDATE faces SET held = NULL, matched_at = NULL WHERE id = ?", (face_id,))
+            else:
+                self.execute("UPDATE faces SET held = ?, identity = NULL WHERE id = ?", (held, face_id))
 
     def faces_in(self, face_ids: Sequence[int], identity: int | None) -> list[int]:
         """Those of these faces that are in `identity` now (None: in no identity), in their order."""

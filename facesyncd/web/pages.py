@@ -23,6 +23,8 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 # faces, is paged.
 SETS_PER_PAGE = 200
 SUGGESTIONS_PER_PAGE = 50
+GROUPS_PER_PAGE = 40
+POOL_GROUPED = 2_000  # the pool's newest faces grouped on the page (a pool of 40,000 is a backlog)
 FACES_PER_PAGE = 150
 THUMBNAIL_SIZES = (96, 160, 320)  # the sizes the page shows faces at, doubled for sharp screens
 
@@ -101,7 +103,7 @@ class Pages:
         query = request.query_params.get("q", "").strip()
         sort = _choice(request, "sort", GRID_SORTS)
         with self._store() as db:
-            live = [summary for summary in db.facesets() if not summary.retired]
+            live = [summary for summary in db.facesets() if not summary.retired and summary.faces]
             pool = db.pool_size()
         # hidden facesets leave the grid; the filter shows them (alone)
         found = [summary for summary in live if summary.hidden == showing_hidden and matches(summary, query)]
@@ -147,10 +149,34 @@ class Pages:
         )
 
     def pool(self, request: Any) -> Any:
+        """The pool as a work queue: its faces in groups that look alike (largest first), to be made
+        a faceset, moved to one, or put away, a group or a selection at a time."""
+        from ..identities import look_alike
+
         with self._store() as db:
-            faces = db.pool()
-            sets = [summary for summary in db.facesets() if not summary.retired]
-        return self._page(request, "pool.html", faces=faces, sets=sets)
+            faces = db.pool(POOL_GROUPED)
+            total = db.pool_size()
+            vectors = db.embeddings_of([face.face_id for face in faces])
+            names = db.identity_names()
+        faces = [face for face in faces if face.face_id in vectors]
+        groups: list[list[Any]] = []
+        if faces:
+            import numpy as np
+
+            rows = look_alike(
+                np.stack([vectors[face.face_id] for face in faces]), self._settings.identities.pool_group_distance
+            )
+            groups = [[faces[row] for row in group] for group in rows]
+        paging = _pages(request, len(groups), GROUPS_PER_PAGE)
+        return self._page(
+            request,
+            "pool.html",
+            groups=groups[paging["start"] : paging["stop"]],
+            shown=len(faces),
+            total=total,
+            names=sorted(names.items()),
+            paging=paging,
+        )
 
     def suggestions(self, request: Any) -> Any:
         """ "Same person?" pairs with a preview of both; accept merges, decline keeps them apart."""
@@ -211,8 +237,14 @@ class Pages:
         if kind.confirm and values.get("confirm") != "yes":
             return RedirectResponse(_with_message(back, kind.confirm), 303)
         try:
-            correction = kind.from_form(curation.Form(values, lists))
-            outcome, applied = await run_in_threadpool(self._correct, correction)
+            corrections = _corrections_of(kind, curation.Form(values, lists))
+            outcomes = [await run_in_threadpool(self._correct, correction) for correction in corrections]
+            outcome, applied = outcomes[-1]
+            if len(outcomes) > 1:  # a selection moved or rejected face by face: one correction each
+                numbers = [str(made.correction) for made, _ in outcomes if made.correction]
+                outcome = curation.Outcome(
+                    f"{len(outcomes)} faces: {outcome.message.split(' ', 1)[0]} (corrections {', '.join(numbers)})"
+                )
         except (KeyError, ValueError):
             return RedirectResponse(_with_message(back, "refused: a number is missing or is not one"), 303)
         except FacesyncError as error:
@@ -262,6 +294,15 @@ class Pages:
             Route("/metrics", self.metrics),
             Route("/healthz", self.healthz),
         ]
+
+
+def _corrections_of(kind: type[Correction], form: curation.Form) -> list[Correction]:
+    """What one form asks: a move or a rejection of several ticked faces is one correction per face
+    (each undoable on its own); anything else, one."""
+    faces = form.lists.get("face") or []
+    if kind in (curation.Move, curation.Reject) and len(faces) > 1:
+        return [kind.from_form(curation.Form({**form.values, "face": face}, {})) for face in faces]
+    return [kind.from_form(form)]
 
 
 def _with_message(path: str, message: str) -> str:

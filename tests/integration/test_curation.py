@@ -170,6 +170,8 @@ def test_every_kind_of_correction_is_undone_to_where_it_was(fake: FakeImmich, tm
         "split": ["faceset", "split", str(angelina), str(min(lib.faces(angelina)))],
         "move": ["face", "move", str(rejected_before), str(katy)],
         "reject": ["face", "reject", str(max(lib.faces(matt)))],
+        "gather": ["face", "gather", *map(str, sorted(lib.faces(matt))[:2])],
+        "put-away": ["face", "put-away", str(min(lib.faces(matt)))],
     }
     for kind, command in corrections.items():
         before = state()
@@ -198,6 +200,8 @@ def test_every_kind_of_correction_is_undone_to_where_it_was(fake: FakeImmich, tm
         "unlock": {"number", "locked"},
         "hide": {"number", "hidden"},
         "apart": {"low", "high"},
+        "gather": {"new", "before"},
+        "put-away": {"before"},
         "unhide": {"number", "hidden"},
         "merge": {"kept", "moved", "pooled"},
         "split": {"from", "to", "faces"},

@@ -461,3 +461,64 @@ def test_same_person_suggestions_are_accepted_or_declined_for_good_in_a_browser(
     lib.cli("sync", "--reconcile")  # never again, and never merged automatically
     assert "no suggestions" in lib.cli("faceset", "suggestions")
     assert lib.sets()[katy]["merged_into"] is None and lib.sets()[scarlett]["merged_into"] is None
+
+
+def test_the_pool_is_a_work_queue_in_a_browser(fake: FakeImmich, tmp_path: Path, browser: object) -> None:
+    """331 pooled faces in id order, two photos of one person with no way to make a faceset of them,
+    strangers that could not be put away. Now: groups that look alike, a selection (shift for a
+    range), a new faceset of it, strangers put away; bulk reject on a faceset's page."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    lib = Library(fake, tmp_path / "run")
+    lib.add(["wild/biden", "wild/rose_leslie", "wild/katy_perry"])  # two photos of each of the first two: pooled
+    lib.cli("sync")
+    katy = lib.number_of("katy")
+    pooled = {int(face): label for face, label in lib.sql(
+        "SELECT f.id, a.original_file_name FROM faces f JOIN assets a ON a.sha256 = f.sha256 WHERE f.identity IS NULL"
+    )}  # fmt: skip
+    biden = sorted(face for face, name in pooled.items() if "biden" in name)
+    assert len(biden) == 2 and katy
+    server = Server(lib)
+    driver = browser
+    try:
+        driver.get(server.url + "/pool")
+        groups = driver.find_elements(By.CSS_SELECTOR, "section.group")
+        together = [
+            {int(card.get_attribute("data-face")) for card in group.find_elements(By.CSS_SELECTOR, ".card.face")}
+            for group in groups
+        ]
+        assert set(biden) in together, together  # his two photos look alike
+        screenshot(driver, tmp_path / "pool.png")
+        boxes = {int(box.get_attribute("value")): box for box in driver.find_elements(By.CSS_SELECTOR, "input.pick")}
+        order = list(boxes)
+        first, second = sorted(order.index(face) for face in biden)
+        assert second == first + 1  # one group: side by side
+        boxes[order[first]].click()
+        ActionChains(driver).key_down(Keys.SHIFT).click(boxes[order[second]]).key_up(Keys.SHIFT).perform()
+        assert "2 ticked" in driver.find_element(By.ID, "ticked").text
+        click_and_wait(driver, driver.find_element(By.ID, "gather"))
+        assert "made the new faceset" in driver.find_element(By.ID, "message").text
+        new = max(lib.sets())
+        assert sorted(lib.faces(new)) == biden
+        strangers = [face for face in pooled if face not in biden]
+        driver.get(server.url + "/pool")
+        for box in driver.find_elements(By.CSS_SELECTOR, "input.pick"):
+            box.click()
+        click_and_wait(driver, driver.find_element(By.ID, "put-away"))
+        assert f"put away {len(strangers)} faces" in driver.find_element(By.ID, "message").text
+        assert not driver.find_elements(By.CSS_SELECTOR, "input.pick")
+        assert lib.sql("SELECT COUNT(*) FROM faces WHERE held = 'put away'") == [(len(strangers),)]
+
+        # bulk reject on a faceset's page: one correction per face
+        driver.get(f"{server.url}/faceset/{katy}")
+        ticked = sorted(lib.faces(katy))[:2]
+        for face in ticked:
+            driver.find_element(By.CSS_SELECTOR, f'input[name="face"][value="{face}"]').click()
+        click_and_wait(driver, driver.find_element(By.ID, "reject-ticked"))
+        assert "2 faces" in driver.find_element(By.ID, "message").text
+        assert not set(ticked) & set(lib.faces(katy))
+    finally:
+        output = server.stop()
+    assert "Traceback" not in output, output
