@@ -577,7 +577,10 @@ def serve(
     from .errors import ConfigError
     from .web import WebServer
 
-    settings = _settings(secrets=False)
+    try:  # with the keys, a face opens in its photo (fetched from Immich); without, in its crop
+        settings = _settings()
+    except ConfigError:
+        settings = _settings(secrets=False)
     chosen = listen or settings.web.listen or "127.0.0.1:8765"
     address = parse_listen(chosen)
     if address is None:

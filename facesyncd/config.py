@@ -116,6 +116,12 @@ class ImmichSettings:
     )
     api_key: Secret = field(default=Secret(""), repr=False, metadata={"secret": True})
     verify_tls: bool = setting(True, "false must be explicit, and is logged as a warning")
+    web_url: str = setting(
+        "",
+        "Immich's address in a browser, for the review page's links to photos (empty: the url's origin)",
+        lambda v: v == "" or _valid_url(v),
+        "empty, or an http:// or https:// URL",
+    )
     adopt_names: bool = setting(
         True, "an unnamed faceset takes the name of the Immich person most of its photos show (read only)"
     )

@@ -139,6 +139,60 @@ def faceset_number(text: str) -> int | None:
     return number if number <= MAX_FACESET_NUMBER else None
 
 
+@dataclass(frozen=True)
+class Exported:
+    """What a faceset's folder holds of its faces, as its manifest says (either layout): the rank of
+    each face exported (1: best), those in the top bundle, and why each face left out is."""
+
+    ranks: dict[int, int]
+    top: frozenset[int]
+    left_out: dict[int, str]
+
+    def status(self, face_id: int) -> str:
+        if face_id in self.left_out:
+            return f"left out: {self.left_out[face_id]}"
+        if face_id in self.top:
+            return f"top {self.ranks[face_id]}"
+        if face_id in self.ranks:
+            return f"exported #{self.ranks[face_id]}"
+        return "not exported"
+
+
+def exported(facesets_dir: Path, number: int) -> Exported | None:
+    """What faceset `number`'s folder holds (None: no folder of facesyncd's for it)."""
+    folder = own_facesets(facesets_dir, {number}).get(number)
+    data = _read_manifest(folder) if folder is not None else None
+    if data is None:
+        return None
+    faces = [
+        face for face in data.get("faces") or [] if isinstance(face, dict) and isinstance(face.get("face_id"), int)
+    ]
+    ranks = {face["face_id"]: rank for rank, face in enumerate(faces, 1)}
+    top: set[int] = set()
+    bundles = [
+        bundle for bundle in data.get("bundles") or [] if isinstance(bundle, str) and bundle.endswith(".top.fsz")
+    ]
+    if bundles and folder is not None:  # the swap layout: the top bundle holds the first faces
+        top = {face["face_id"] for face in faces[: _top_size(folder, bundles[0])]}
+    left = {
+        entry["face_id"]: str(entry.get("why") or "")
+        for entry in data.get("left_out") or []
+        if isinstance(entry, dict) and isinstance(entry.get("face_id"), int)
+    }
+    return Exported(ranks, frozenset(top), left)
+
+
+def _top_size(folder: Path, bundle: str) -> int:
+    """How many faces the top bundle holds (its zip's entries)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(folder / bundle) as archive:
+            return len([name for name in archive.namelist() if name.lower().endswith(".png")])
+    except (OSError, zipfile.BadZipFile):
+        return 0
+
+
 def _read_manifest(folder: Path) -> dict[str, Any] | None:
     """The manifest of a folder facesyncd wrote, in either layout."""
     for name in MANIFESTS:

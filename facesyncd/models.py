@@ -391,6 +391,7 @@ class FaceDetail:
     held: str | None
     taken: str | None = None  # when its photo was taken (Immich's fileCreatedAt)
     file_name: str | None = None  # its photo's original file name
+    photo_size: tuple[int, int] | None = None  # its photo's width and height as decoded (the box's space)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -4,6 +4,8 @@ The first of each tuple of sorts is the default."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from .models import FaceDetail, FacesetSummary
 
 GRID_SORTS = ("number", "size", "changed", "name")
@@ -29,9 +31,19 @@ def matches(summary: FacesetSummary, query: str) -> bool:
     return query.casefold() in (summary.name or "").casefold()
 
 
-def sorted_faces(faces: list[FaceDetail], sort: str) -> list[FaceDetail]:
+def sorted_faces(
+    faces: list[FaceDetail], sort: str, from_centre: Mapping[int, float] | None = None
+) -> list[FaceDetail]:
+    """from_centre: each face's distance from its faceset's centre (what the export decides by);
+    without it, the distance it was assigned at."""
     if sort == "distance":  # farthest first: where the faces that are not this person are
-        return sorted(faces, key=lambda f: (-(f.distance if f.distance is not None else -1.0), f.face_id))
+
+        def distance(face: FaceDetail) -> float:
+            if from_centre is not None and face.face_id in from_centre:
+                return from_centre[face.face_id]
+            return face.distance if face.distance is not None else -1.0
+
+        return sorted(faces, key=lambda f: (-distance(f), f.face_id))
     if sort == "date":  # newest first
         return sorted(faces, key=lambda f: (f.taken or "", f.face_id), reverse=True)
     if sort == "id":

@@ -200,6 +200,18 @@ class SwapCache:
                     remove_leftovers(folder)
 
 
+def distances_from_centre(embeddings: dict[int, NDArray[np.float32]], face_ids: Sequence[int]) -> dict[int, float]:
+    """Each face's cosine distance from the centre of these faces (the normalised mean): what the swap
+    export leaves outliers out by, and what the review page shows."""
+    present = [face_id for face_id in face_ids if face_id in embeddings]
+    if not present:
+        return {}
+    vectors = np.stack([embeddings[face_id] for face_id in present])
+    centre = vectors.mean(axis=0)
+    centre /= max(float(np.linalg.norm(centre)), 1e-12)
+    return dict(zip(present, (1.0 - vectors @ centre).tolist(), strict=True))
+
+
 def select(
     faces: Sequence[ExportFace], embeddings: dict[int, NDArray[np.float32]], min_quality: float
 ) -> tuple[list[ExportFace], dict[int, str]]:
@@ -218,12 +230,10 @@ def select(
         elif face.face_id in embeddings:
             candidates.append(face)
     if candidates:
-        vectors = np.stack([embeddings[face.face_id] for face in candidates])
-        centre = vectors.mean(axis=0)
-        centre /= max(float(np.linalg.norm(centre)), 1e-12)
-        distances = 1.0 - vectors @ centre
+        from_centre = distances_from_centre(embeddings, [face.face_id for face in candidates])
         kept = []
-        for face, distance in zip(candidates, distances, strict=True):
+        for face in candidates:
+            distance = from_centre[face.face_id]
             if distance > OUTLIER_DISTANCE:
                 left_out[face.face_id] = f"{distance:.2f} from the set's centre (over {OUTLIER_DISTANCE})"
             else:

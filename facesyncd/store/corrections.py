@@ -91,7 +91,9 @@ class CorrectionQueries(FaceQueries):
                    (SELECT a.file_created_at FROM assets a WHERE a.sha256 = f.sha256 AND a.state = :done
                     ORDER BY a.source, a.asset_id LIMIT 1) AS taken,
                    (SELECT a.original_file_name FROM assets a WHERE a.sha256 = f.sha256 AND a.state = :done
-                    ORDER BY a.source, a.asset_id LIMIT 1) AS file_name
+                    ORDER BY a.source, a.asset_id LIMIT 1) AS file_name,
+                   (SELECT b.width FROM blobs b WHERE b.sha256 = f.sha256) AS photo_width,
+                   (SELECT b.height FROM blobs b WHERE b.sha256 = f.sha256) AS photo_height
             FROM faces f WHERE {where} ORDER BY {order} LIMIT :limit
             """,
             {"done": AssetState.DONE, "limit": limit, **{f"p{n}": value for n, value in enumerate(parameters)}},
@@ -112,6 +114,9 @@ class CorrectionQueries(FaceQueries):
                 held=row["held"],
                 taken=row["taken"] or None,
                 file_name=row["file_name"] or None,
+                photo_size=(row["photo_width"], row["photo_height"])
+                if row["photo_width"] and row["photo_height"]
+                else None,
             )
             for row in rows
         ]

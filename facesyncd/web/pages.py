@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,9 +15,13 @@ from .. import curation
 from ..config import Settings
 from ..curation import Correction, Outcome
 from ..errors import FacesyncError
+from ..immich.transport import origin_of
+from ..models import FaceDetail
 from ..review import FACE_SORTS, GRID_SORTS, matches, sorted_faces, sorted_sets
 from ..store import Store
 from .guard import Guard
+
+log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 # How many facesets and faces a page shows: a library of 5,000 facesets, or a faceset of 3,000
@@ -127,15 +132,25 @@ class Pages:
     def faceset(self, request: Any) -> Any:
         number = int(request.path_params["number"])
         sort = _choice(request, "sort", FACE_SORTS)
+        from ..export import exported
+        from ..swap import distances_from_centre
+
         with self._store() as db:
             found = db.facesets(number)
             faces = db.faces_of_identity(number)
-            names = db.identity_names()  # the merge field suggests named facesets (not all 5,000 numbers)
+            names = db.identity_names()
+            # the distance the export decides by: from the centre of the faces it may take
+            floor = self._settings.export.min_quality
+            candidates = [face.face_id for face in faces if (face.quality or 0.0) >= floor]
+            from_centre = distances_from_centre(
+                db.embeddings_of(candidates), candidates
+            )  # the merge field suggests named facesets (not all 5,000 numbers)
             others = sorted((other, name) for other, name in names.items() if other != number)
         if not found:
             return self._page(request, "missing.html", status=404, what=f"faceset {number:03d}")
         paging = _pages(request, len(faces), FACES_PER_PAGE)
-        shown = sorted_faces(faces, sort)[paging["start"] : paging["stop"]]
+        shown = sorted_faces(faces, sort, from_centre)[paging["start"] : paging["stop"]]
+        folder = exported(self._settings.facesets_dir, number)
         return self._page(
             request,
             "faceset.html",
@@ -146,6 +161,8 @@ class Pages:
             sorts=FACE_SORTS,
             others=others,
             paging=paging,
+            from_centre=from_centre,
+            exported=folder,
         )
 
     def pool(self, request: Any) -> Any:
@@ -189,6 +206,67 @@ class Pages:
                 number: db.best_faces(number, 4) for suggestion in found for number in (suggestion.low, suggestion.high)
             }
         return self._page(request, "suggestions.html", found=found, summaries=summaries, previews=previews)
+
+    def photo(self, request: Any) -> Any:
+        """A face in its photo: the photo (Immich's preview) with the face's box, the date it was
+        taken, its file name and a link to it in Immich."""
+        face_id = int(request.path_params["face_id"])
+        with self._store() as db:
+            face = db.face_detail(face_id)
+        if face is None:
+            return self._page(request, "missing.html", status=404, what=f"face {face_id}")
+        box = None
+        if face.photo_size is not None:
+            width, height = face.photo_size
+            x1, y1, x2, y2 = face.bbox
+            box = {
+                "left": 100 * x1 / width,
+                "top": 100 * y1 / height,
+                "width": 100 * (x2 - x1) / width,
+                "height": 100 * (y2 - y1) / height,
+            }
+        source = next((s for s in self._settings.immich if s.name == face.source), None)
+        link = None
+        if source is not None and face.asset_id is not None:
+            scheme, host, port = origin_of(source.url)
+            default = f"{scheme}://{host}" + ("" if (scheme, port) in (("http", 80), ("https", 443)) else f":{port}")
+            link = f"{(source.web_url or default).rstrip('/')}/photos/{face.asset_id}"
+        return self._page(request, "photo.html", face=face, box=box, link=link)
+
+    def photo_image(self, request: Any) -> Any:
+        """The photo of a face: Immich's preview, fetched with the source's key (the key never reaches
+        the browser); the face's crop when it cannot be had (no key in this process, Immich down)."""
+        from starlette.responses import PlainTextResponse, Response
+
+        if not self._guard.allowed(request):
+            return PlainTextResponse("a token is needed", status_code=401)
+        with self._store() as db:
+            face = db.face_detail(int(request.path_params["face_id"]))
+        if face is None:
+            return PlainTextResponse("no such face", status_code=404)
+        preview = self._preview(face)
+        if preview is not None:
+            return Response(preview, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+        return self.face_image(request)
+
+    def _preview(self, face: FaceDetail) -> bytes | None:
+        from ..errors import FacesyncError as Failed
+        from ..immich import ImmichClient
+
+        source = next((s for s in self._settings.immich if s.name == face.source), None)
+        if source is None or face.asset_id is None or not source.api_key.reveal():
+            return None
+        directory = self._settings.state_dir / "tmp"
+        try:
+            with ImmichClient(source, self._settings.sync) as client:
+                download = client.download_preview(face.asset_id, directory, 64 * 1024 * 1024)
+            try:
+                return download.path.read_bytes()
+            finally:
+                download.path.unlink(missing_ok=True)
+        except (Failed, OSError) as error:
+            log.info("the photo of face %d cannot be had from Immich: %s", face.face_id, error)
+            return None
 
     def history(self, request: Any) -> Any:
         with self._store() as db:
@@ -290,6 +368,8 @@ class Pages:
             Route("/history", self.history),
             Route("/suggestions", self.suggestions),
             Route("/face/{face_id:int}.jpg", self.face_image),
+            Route("/photo/{face_id:int}.jpg", self.photo_image),
+            Route("/photo/{face_id:int}", self.photo),
             Route("/act/{action}", self.act, methods=["POST"]),
             Route("/metrics", self.metrics),
             Route("/healthz", self.healthz),

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import API_KEY, API_KEY_ENV, PHOTOS, REPO, Library, free_port, requires_shared, wait_until
+from conftest import API_KEY, API_KEY_ENV, PHOTOS, REPO, Library, add_photos, free_port, requires_shared, wait_until
 from fake_immich import FakeImmich
 
 pytestmark = requires_shared
@@ -295,6 +296,15 @@ def test_the_readme_pictures_of_the_page(fake: FakeImmich, tmp_path: Path, brows
         server.stop()
 
 
+def farther(face: int, total: int) -> np.ndarray:
+    """An embedding that lies farther from the common direction the higher the face's id: one shared
+    axis, and a part of its own on another axis, growing with the id."""
+    vector = np.zeros(256, np.float32)
+    vector[0] = 1.0
+    vector[1 + face % 255] = face / total
+    return vector / np.linalg.norm(vector)
+
+
 def synthetic_library(root: Path, facesets: int, per_set: int, big: int) -> Path:
     """A library of `facesets` facesets of `per_set` faces, faceset 1 with `big` more, straight into a
     store (no Immich, no model: the page reads the store and the crops). Every fifth faceset is
@@ -332,8 +342,8 @@ def synthetic_library(root: Path, facesets: int, per_set: int, big: int) -> Path
             store.conn.execute(
                 "INSERT INTO faces (sha256, face_index, x1, y1, x2, y2, det_score, landmarks, embedding, crop, "
                 "identity, distance, matched_at, quality) "
-                "VALUES (?, 0, 0, 0, 100, 100, 0.9, '[]', x'00', ?, ?, ?, ?, ?)",
-                (sha, f"{sha}.jpg", identity, face / (total + 1), now, 0.5),
+                "VALUES (?, 0, 0, 0, 100, 100, 0.9, '[]', ?, ?, ?, ?, ?, ?)",
+                (sha, farther(face, total).tobytes(), f"{sha}.jpg", identity, face / (total + 1), now, 0.5),
             )
     store.close()
     config = root / "config.toml"
@@ -519,6 +529,81 @@ def test_the_pool_is_a_work_queue_in_a_browser(fake: FakeImmich, tmp_path: Path,
         click_and_wait(driver, driver.find_element(By.ID, "reject-ticked"))
         assert "2 faces" in driver.find_element(By.ID, "message").text
         assert not set(ticked) & set(lib.faces(katy))
+    finally:
+        output = server.stop()
+    assert "Traceback" not in output, output
+
+
+def test_the_page_shows_what_the_export_took_and_left_out(fake: FakeImmich, tmp_path: Path, browser: object) -> None:
+    """The page hid what the export does: faces left out of the swap export and the top bundle were
+    not marked, and it showed the distance faces were assigned at, not the one the export decides by."""
+    from selenium.webdriver.common.by import By
+
+    add_photos(fake, ["wild/angelina_jolie"])
+    image = cv2.imread(str(PHOTOS / "wild" / "angelina_jolie" / "img1.jpg"))
+    smaller = cv2.resize(image, None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA)
+    fake.add_asset("alice", cv2.imencode(".jpg", smaller)[1].tobytes(), "img1-small.jpg")  # a near-duplicate
+    lib = Library(fake, tmp_path / "run", extra='\n[export]\nformat = "swap"\ntop_n = 3\n')
+    lib.cli("sync")
+    number = lib.number_of("angelina")
+    manifest = json.loads((lib.facesets / f"faceset_{number:03d}" / "manifest.json").read_text())
+    left = {entry["face_id"]: entry["why"] for entry in manifest["left_out"]}
+    assert left, "the copy is a near-duplicate, left out of the swap set"
+    ranked = [face["face_id"] for face in manifest["faces"]]
+    server = Server(lib)
+    driver = browser
+    try:
+        driver.get(f"{server.url}/faceset/{number}")
+        badges = {
+            int(card.get_attribute("data-face")): card.find_element(By.CSS_SELECTOR, ".badge.export").text
+            for card in driver.find_elements(By.CSS_SELECTOR, ".card.face")
+        }
+        for face, why in left.items():
+            assert badges[face] == f"left out: {why}"
+        assert [badges[face] for face in ranked[:3]] == ["top 1", "top 2", "top 3"]
+        assert all(badges[face] == f"exported #{rank}" for rank, face in enumerate(ranked, 1) if rank > 3)
+        shown = driver.find_elements(By.CSS_SELECTOR, '.card.face span[title^="distance from the set"]')
+        assert shown and all(element.text.endswith("from centre") for element in shown)
+    finally:
+        output = server.stop()
+    assert "Traceback" not in output, output
+
+
+def test_a_face_opens_in_its_photo_with_its_box_date_name_and_a_link_to_immich(
+    fake: FakeImmich, tmp_path: Path, browser: object
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    lib = Library(fake, tmp_path / "run")
+    lib.add(["wild/obama"])
+    lib.config.write_text(
+        lib.config.read_text().replace("api_key_env", 'web_url = "https://photos.example.org"\napi_key_env')
+    )
+    lib.cli("sync")
+    number = lib.number_of("obama")
+    face = min(lib.faces(number))
+    detail = next(entry for entry in lib.show(number)["face_list"] if entry["face_id"] == face)
+    server = Server(lib)
+    driver = browser
+    try:
+        driver.get(f"{server.url}/faceset/{number}")
+        click_and_wait(driver, driver.find_element(By.CSS_SELECTOR, f'.card.face[data-face="{face}"] a'))
+        assert driver.current_url.endswith(f"/photo/{face}")
+        picture = driver.find_element(By.CSS_SELECTOR, "#photo img")
+        WebDriverWait(driver, 60).until(
+            lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", picture)
+        )
+        box = driver.find_element(By.ID, "box").rect
+        shown = picture.rect
+        assert 0 < box["width"] < shown["width"] and 0 < box["height"] < shown["height"]
+        assert shown["x"] <= box["x"] and box["x"] + box["width"] <= shown["x"] + shown["width"] + 1
+        assert driver.find_element(By.ID, "file-name").text == detail["file_name"]
+        assert driver.find_element(By.ID, "taken").get_attribute("datetime") == detail["taken"]
+        link = driver.find_element(By.ID, "in-immich").get_attribute("href")
+        assert link == f"https://photos.example.org/photos/{detail['asset_id']}"
+        assert fake.count("GET", f"/api/assets/{detail['asset_id']}/thumbnail") >= 1  # the preview, fetched server-side
+        assert "x-api-key" not in driver.page_source.lower()
     finally:
         output = server.stop()
     assert "Traceback" not in output, output
