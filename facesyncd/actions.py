@@ -19,11 +19,11 @@ from .config import Settings
 from .curation import Correction, FileHashes, Outcome
 from .cycle import merge_identities, open_new_facesets, publish, run_cycle
 from .errors import AlreadyRunning, FacesyncError, LocalWriteError, OrphanedFacesets, StoreError
-from .export import PRESERVED, own_facesets, set_aside_facesets, write_names
+from .export import PRESERVED, Exported, exported, own_facesets, set_aside_facesets, write_names
 from .importer import ImportReport
 from .importer import import_facesets as import_tree
 from .index import load_or_build
-from .models import CycleReport, JobKind
+from .models import CycleReport, ExportFace, JobKind
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +241,17 @@ def check_adopted(app: App, *, fresh: bool = False) -> None:
     log.warning("starting over: new facesets will number from %03d", highest + 1)
 
 
+def sheet_caption(face: ExportFace, folder: Exported | None) -> str:
+    """A contact sheet tile's caption: the face, its quality, and what its folder does with it (the
+    top bundle, its rank, or left out) as the review page says it."""
+    quality = f" q{face.quality.composite:.2f}" if face.quality else ""
+    if folder is None:
+        return f"#{face.face_id}{quality}"
+    status = folder.status(face.face_id)
+    short = "left out" if status.startswith("left out") else status.replace("exported ", "")
+    return f"#{face.face_id}{quality} {short}"
+
+
 def contact_sheet(app: App, number: int) -> bytes:
     """A PNG of faceset `number`'s faces as its folder shows them, best first (swap PNGs where there
     are, else crops), each captioned with its face id and quality."""
@@ -253,12 +264,12 @@ def contact_sheet(app: App, number: int) -> bytes:
     if not faces:
         raise FacesyncError(f"faceset {number:03d} has no faces (see `facesyncd status`)")
     name = app.store.identity_names().get(number)
+    folder = exported(app.settings.facesets_dir, number)
     tiles = []
     for face in sorted(faces, key=lambda face: -(face.quality.composite if face.quality else 0.0)):
         path = app.layout.face_file(face.crop)
         pixels = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR) if path.is_file() else None
         if pixels is not None:
-            quality = f" q{face.quality.composite:.2f}" if face.quality else ""
-            tiles.append((np.asarray(pixels, np.uint8), f"#{face.face_id}{quality}"))
+            tiles.append((np.asarray(pixels, np.uint8), sheet_caption(face, folder)))
     title = f"faceset_{number:03d}" + (f"  {name}" if name else "") + f"  {len(tiles)} faces"
     return render(tiles, title)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,17 @@ def test_a_second_folder_facesyncd_did_not_write_is_set_aside_too(tree: tuple[Pa
         b"the user's photo, round 0",
         b"the user's photo, round 1",
     ]
+
+
+def test_a_contact_sheet_says_what_the_folder_does_with_each_face() -> None:
+    """The contact sheet, like the page, marks the top bundle, the rank and the faces left out."""
+    from facesyncd.actions import sheet_caption
+    from facesyncd.export import Exported
+
+    face = ExportFace(7, "ab" * 32, "alice", "a", "c.jpg", (1.0, 2.0, 30.0, 40.0), 0.9, 0.1)
+    folder = Exported({7: 1, 8: 5}, frozenset({7}), {9: "a near-duplicate of face 7"})
+    assert sheet_caption(face, folder) == "#7 top 1"
+    assert sheet_caption(replace(face, face_id=8), folder) == "#8 #5"
+    assert sheet_caption(replace(face, face_id=9), folder) == "#9 left out"
+    assert sheet_caption(face, None) == "#7"
+    assert folder.status(10) == "not exported"
