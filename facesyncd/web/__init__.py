@@ -35,7 +35,7 @@ def create_app(settings: Settings) -> Any:
 
     from ..store import Store
 
-    guard = Guard(read_token(settings))
+    guard = Guard(read_token(settings), settings.state_dir)
     Store(settings.database_path, create=False).close()  # no database yet: say so now, not per page
     listen = parse_listen(settings.web.listen) or ("127.0.0.1", 8765)
 

@@ -303,13 +303,17 @@ class Pages:
             return PlainTextResponse("a token is needed", status_code=401)
         form = await request.form()
         if not self._guard.form_is_ours(request, form):
+            if self._guard.same_origin(request, stated=True):
+                # A page of this server, opened before its token changed (a new state directory, a
+                # reader's own token): nothing typed is lost; the user checks it and sends it again.
+                fields = [(key, value) for key, value in form.multi_items() if isinstance(value, str) and key != "csrf"]
+                back = _safe_back(str(form.get("back") or "/"))
+                return self._page(request, "resend.html", status=409, action=request.url.path, fields=fields, back=back)
             return PlainTextResponse("refused: this form did not come from this page (CSRF)", status_code=403)
         kind = curation.KINDS.get(request.path_params["action"])
         if kind is None:
             return PlainTextResponse("no such action", status_code=404)
-        back = str(form.get("back") or "/")
-        if not back.startswith("/") or back.startswith("//"):
-            back = "/"
+        back = _safe_back(str(form.get("back") or "/"))
         values = {key: str(value).strip() for key, value in form.multi_items() if isinstance(value, str)}
         lists = {key: [str(value) for value in form.getlist(key) if isinstance(value, str)] for key in form}
         if kind.confirm and values.get("confirm") != "yes":
@@ -374,6 +378,11 @@ class Pages:
             Route("/metrics", self.metrics),
             Route("/healthz", self.healthz),
         ]
+
+
+def _safe_back(back: str) -> str:
+    """Where a form returns to: a path of this server only (never another site's address)."""
+    return back if back.startswith("/") and not back.startswith("//") and "\\" not in back else "/"
 
 
 def _corrections_of(kind: type[Correction], form: curation.Form) -> list[Correction]:

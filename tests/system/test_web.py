@@ -32,8 +32,8 @@ SCREENSHOTS = os.environ.get("FACESYNCD_SCREENSHOTS")
 class Server:
     """`facesyncd serve` in a subprocess, on a free loopback port."""
 
-    def __init__(self, lib: Library, extra: list[str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(self, lib: Library, extra: list[str] | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [
@@ -604,6 +604,48 @@ def test_a_face_opens_in_its_photo_with_its_box_date_name_and_a_link_to_immich(
         assert link == f"https://photos.example.org/photos/{detail['asset_id']}"
         assert fake.count("GET", f"/api/assets/{detail['asset_id']}/thumbnail") >= 1  # the preview, fetched server-side
         assert "x-api-key" not in driver.page_source.lower()
+    finally:
+        output = server.stop()
+    assert "Traceback" not in output, output
+
+
+def test_a_form_from_a_tab_opened_before_a_restart_is_not_lost(
+    fake: FakeImmich, tmp_path: Path, browser: object
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    lib = Library(fake, tmp_path / "run")
+    lib.add(["wild/obama"])
+    lib.cli("sync")
+    number = lib.number_of("obama")
+    server = Server(lib)
+    driver = browser
+    try:
+        driver.get(f"{server.url}/faceset/{number}")
+        port = server.port
+        server.stop()
+        server = Server(lib, port=port)  # restarted: the tab's form still belongs to this server
+        field = driver.find_element(By.CSS_SELECTOR, 'input[name="name"]')
+        field.clear()
+        field.send_keys("Barack")
+        click_and_wait(driver, driver.find_element(By.ID, "save-name"))
+        assert "named faceset" in driver.find_element(By.ID, "message").text
+        assert lib.sets()[number]["name"] == "Barack"
+
+        # a new state directory's token: the page explains, keeps what was typed, and sends it again
+        driver.get(f"{server.url}/faceset/{number}")
+        server.stop()
+        (lib.state / "web-csrf").unlink()
+        server = Server(lib, port=port)
+        field = driver.find_element(By.CSS_SELECTOR, 'input[name="name"]')
+        field.clear()
+        field.send_keys("Barack Obama")
+        click_and_wait(driver, driver.find_element(By.ID, "save-name"))
+        assert "Nothing you typed is lost" in driver.find_element(By.ID, "resend").text
+        assert "Barack Obama" in driver.page_source and lib.sets()[number]["name"] == "Barack"
+        click_and_wait(driver, driver.find_element(By.ID, "send-again"))
+        assert "named faceset" in driver.find_element(By.ID, "message").text
+        assert lib.sets()[number]["name"] == "Barack Obama"
     finally:
         output = server.stop()
     assert "Traceback" not in output, output
