@@ -416,6 +416,7 @@ def faceset_show(
     Example: facesyncd faceset show 7 --sort distance
     """
     from .errors import ConfigError
+    from .localtime import local_time
 
     if sort not in FACE_SORTS:
         raise ConfigError(f"--sort {sort}: one of {', '.join(FACE_SORTS)}")
@@ -441,7 +442,7 @@ def faceset_show(
         distance = "-" if face.distance is None else f"{face.distance:.3f}"
         quality = "-" if face.quality is None else f"{face.quality:.2f}"
         placed = "  (placed by hand)" if face.placed else ""
-        photo = f"{face.file_name or face.asset_id} {(face.taken or '')[:10]}".strip() if face.asset_id else "imported"
+        photo = f"{face.file_name or face.asset_id} {local_time(face.taken)}".strip() if face.asset_id else "imported"
         typer.echo(f"  face {face.face_id}  photo {photo}  distance {distance}  quality {quality}{placed}")
 
 
@@ -604,9 +605,13 @@ def history(as_json: bool = typer.Option(False, "--json", help="Machine-readable
     if as_json:
         typer.echo(json.dumps([entry.as_dict() for entry in entries], indent=1))
         return
+    from .localtime import local_time
+
+    if not entries:
+        typer.echo("no corrections yet (see `facesyncd faceset --help`)")
     for entry in entries:
-        undone = f"  (undone {entry.undone_at})" if entry.undone_at else ""
-        typer.echo(f"{entry.id:4d}  {entry.at}  {entry.summary}{undone}")
+        undone = f"  (undone {local_time(entry.undone_at)})" if entry.undone_at else ""
+        typer.echo(f"{entry.id:4d}  {local_time(entry.at)}  {entry.summary}{undone}")
 
 
 @app.command(help=curation.Undo.help)

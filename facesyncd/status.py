@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import Settings
+from .localtime import local_time
 from .runstate import read_daemon_file
 from .sidecar import read_sidecar
 from .store import Store
@@ -76,10 +77,10 @@ def render_status(data: dict[str, Any]) -> str:
         lines.append("daemon:     not running")
     else:
         lines.append(
-            f"daemon:     running, pid {daemon['pid']} since {daemon['started_at']}, {daemon['state']}, "
-            f"next poll {daemon['next_poll_at'] or '(after the job in hand)'}, "
-            f"next count {daemon.get('next_sweep_at') or '(after the job in hand)'}, "
-            f"next clustering {daemon.get('next_cluster_at') or '(after the job in hand)'}"
+            f"daemon:     running, pid {daemon['pid']} since {local_time(daemon['started_at'])}, {daemon['state']}, "
+            f"next poll {local_time(daemon['next_poll_at']) or '(after the job in hand)'}, "
+            f"next count {local_time(daemon.get('next_sweep_at')) or '(after the job in hand)'}, "
+            f"next clustering {local_time(daemon.get('next_cluster_at')) or '(after the job in hand)'}"
         )
     if data["providers"]:
         lines.append(f"providers:  {', '.join(data['providers'])}")
@@ -95,7 +96,8 @@ def render_status(data: dict[str, Any]) -> str:
         lines.append("last sync:  never")
     else:
         outcome = "running or interrupted" if last["ok"] is None else ("ok" if last["ok"] else "FAILED")
-        lines.append(f"last sync:  {last['started_at']} -> {last['finished_at'] or '...'} {outcome}")
+        started, finished = local_time(last["started_at"], seconds=True), local_time(last["finished_at"], seconds=True)
+        lines.append(f"last sync:  {started} -> {finished or '...'} {outcome}")
         if last["error"]:
             lines.append(f"  error:    {last['error']}")
     for source in data["sources"]:

@@ -16,6 +16,7 @@ from ..config import Settings
 from ..curation import Correction, Outcome
 from ..errors import FacesyncError
 from ..immich.transport import origin_of
+from ..localtime import local_time
 from ..models import FaceDetail
 from ..review import FACE_SORTS, GRID_SORTS, matches, sorted_faces, sorted_sets
 from ..store import Store
@@ -79,6 +80,7 @@ class Pages:
         self._settings = settings
         self._guard = guard
         self._templates = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
+        self._templates.filters["local"] = local_time  # times in this machine's time zone
         # Two forms at once would otherwise find the state directory held by this very process, and
         # leave the folders to a daemon that may not run.
         self._serialised = threading.Lock()

@@ -5,7 +5,10 @@ good; nothing is written to Immich."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+
+import pytest
 
 from conftest import Library, requires_shared
 from fake_immich import FakeImmich
@@ -21,7 +24,9 @@ def name_people(fake: FakeImmich, assets: list[str], person: dict) -> None:
         )
 
 
-def test_a_faceset_takes_the_name_immich_gives_most_of_its_photos(fake: FakeImmich, tmp_path: Path) -> None:
+def test_a_faceset_takes_the_name_immich_gives_most_of_its_photos(
+    fake: FakeImmich, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     lib = Library(fake, tmp_path / "run")
     lib.add(["wild/angelina_jolie", "wild/katy_perry", "wild/scarlett_johansson"])
     by_person = {
@@ -38,8 +43,12 @@ def test_a_faceset_takes_the_name_immich_gives_most_of_its_photos(fake: FakeImmi
     assert sets[katy]["name"] is None and sets[scarlett]["name"] is None
     manifest = json.loads((lib.facesets / f"faceset_{angelina:03d}" / "faceset.json").read_text())
     assert manifest["name"] == "Angelina Jolie"
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # times are shown in the local time zone
+    time.tzset()
     history = lib.cli("history")
-    assert "after Immich's people" in history and "Angelina Jolie" in history
+    monkeypatch.undo()
+    time.tzset()
+    assert "after Immich's people" in history and "Angelina Jolie" in history and " +0530 " in history
     assert not [method for method, *_ in fake.requests if method not in ("GET", "POST")]  # read only
 
     # a name given in facesyncd is never overwritten, not even by a clear majority in Immich
