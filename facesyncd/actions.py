@@ -37,6 +37,7 @@ def run_action(app: App, kind: JobKind, body: Callable[[CycleReport], FacesyncEr
     cycle_id = app.store.start_cycle(kind)
     try:
         deferred = body(report)
+        app.reporter.done()
     except OSError as error:
         problem = LocalWriteError(
             f"cannot write under {app.settings.state_dir} or {app.settings.facesets_dir}: "
@@ -189,7 +190,14 @@ def import_facesets(app: App, directory: Path, *, merge: bool = False) -> Import
 
     def body(report: CycleReport) -> None:
         imported = import_tree(
-            directory, app.store, app.embedder, app.crops, settings=app.settings.faces, merge=merge, layout=app.layout
+            directory,
+            app.store,
+            app.embedder,
+            app.crops,
+            settings=app.settings.faces,
+            merge=merge,
+            layout=app.layout,
+            reporter=app.reporter,
         )
         report.faces_found = imported.imported
         result.append(imported)

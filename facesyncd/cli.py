@@ -35,6 +35,7 @@ from .entry import EXIT_INTERRUPTED
 from .errors import FacesyncError
 from .logs import setup_logging
 from .ownership import kept_by_owner
+from .progress import TerminalProgress
 from .review import FACE_SORTS, sorted_faces
 
 app = typer.Typer(
@@ -86,29 +87,6 @@ def _main(
 
 def _settings(*, secrets: bool = True) -> Settings:
     return load_settings(find_config(_state.config), secrets=secrets)
-
-
-class _ProgressBar:
-    """tqdm on a terminal; nothing otherwise (the log has the summary)."""
-
-    def __init__(self) -> None:
-        self._bar: Any = None
-
-    def stage(self, name: str, total: int | None) -> None:
-        self.finish()
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, desc=name, unit="item", leave=False, file=sys.stderr)
-
-    def advance(self, count: int = 1) -> None:
-        if self._bar is not None:
-            self._bar.update(count)
-
-    def finish(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
 
 
 @app.command()
@@ -230,7 +208,7 @@ def sync(
     previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         with kept_by_owner(settings.state_dir, settings.facesets_dir), state_lock(settings.state_dir):
-            with open_app(settings, stop=stop, reporter=_ProgressBar()) as app:
+            with open_app(settings, stop=stop, reporter=TerminalProgress()) as app:
                 running.append(app)
                 report = actions.sync(
                     app, reconcile=reconcile, census=False if reconcile is False else None, fresh=fresh
@@ -312,7 +290,7 @@ def import_facesets(
 
     settings = _settings(secrets=False)
     with kept_by_owner(settings.state_dir, settings.facesets_dir), state_lock(settings.state_dir):
-        with open_app(settings) as app:
+        with open_app(settings, reporter=TerminalProgress()) as app:
             report = actions.import_facesets(app, directory, merge=merge)
     held = f", {report.held} set aside as the tree decided" if report.held else ""
     held += f", {report.forgotten} of forgotten people left out" if report.forgotten else ""

@@ -52,6 +52,7 @@ from .imaging import DecodedImage, decode_image
 from .immich import ASSET_ID_RE
 from .layouts import Layout
 from .models import DecodeSource, DetectedFace, ImportProvenance, Quality
+from .progress import Reporter, SilentReporter
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -237,6 +238,7 @@ def import_facesets(
     settings: FaceSettings,
     merge: bool = False,
     layout: Layout,
+    reporter: Reporter | None = None,
 ) -> ImportReport:
     """Import the tree at `root` (see the module's docstring). What the export `layout` cuts from each
     image (the swap layout's PNGs) is cut while the image is at hand (later it could only be cut from
@@ -256,7 +258,10 @@ def import_facesets(
     store.raise_number_floor(max([highest_exported(root), *_numbers(root, tree)]))
     report = ImportReport()
     names: dict[int, str] = {}
+    reporter = reporter or SilentReporter()
+    reporter.stage("importing folders", len(folders))
     for folder in folders:
+        reporter.advance()
         if folder.number is not None and folder.number not in report.identities:
             report.identities.append(folder.number)  # an era folder alone makes its identity too
             with store.transaction():

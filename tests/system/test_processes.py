@@ -214,3 +214,61 @@ def test_ctrl_c_while_the_command_line_loads_is_one_line(tmp_path: Path) -> None
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert result.returncode == 130, result.stderr
     assert result.stderr == "facesyncd: interrupted\n", result.stderr
+
+
+def _on_a_terminal(arguments: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run facesyncd with a terminal for its output (a pty); returns its exit code and what it drew."""
+    import os
+    import pty
+    import select
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:
+        import fcntl
+        import struct
+        import termios
+
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a terminal 160 wide
+        os.chdir(REPO)
+        os.execve(sys.executable, [sys.executable, "-m", "facesyncd", *arguments], {**os.environ, **env})
+    output = b""
+    deadline = time.monotonic() + STOP_GUARD_SECONDS
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # the child is gone
+                break
+            if not chunk:
+                break
+            output += chunk
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+
+
+def test_progress_bars_finish_at_100_percent_and_log_lines_stay_out_of_them(fake: FakeImmich, tmp_path: Path) -> None:
+    import re
+
+    add_photos(fake, ["wild/obama", "wild/biden"])
+    config = write_config(tmp_path, fake.url)
+    code, drawn = _on_a_terminal(["--config", str(config), "sync"], {API_KEY_ENV: API_KEY})
+    assert code == 0, drawn
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", drawn)  # terminal control sequences
+    assert re.search(r"alice: processing: 100%\|[^\r\n]*\| 6/6", text), text[-3000:]
+    assert re.search(r"assigning faces: 100%", text), text[-3000:]
+    # every log line starts a line of its own: none is glued after a bar's text
+    for match in re.finditer(r"(INFO|WARNING) facesyncd", text):
+        start = text.rfind("\n", 0, match.start())
+        line = text[start + 1 : match.start()].split("\r")[-1]
+        assert re.fullmatch(r"[\d\- :,]*", line), f"a log line inside a bar: {line!r}"
+    # import-facesets shows its progress too: here, the tree this sync wrote, into a new library
+    other = write_config(tmp_path / "other", fake.url)
+    code, drawn = _on_a_terminal(
+        ["--config", str(other), "import-facesets", str(tmp_path / "facesets")], {API_KEY_ENV: API_KEY}
+    )
+    assert code == 0, drawn
+    assert re.search(r"importing folders: 100%\|[^\r\n]*\| 1/1", re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", drawn)), drawn[
+        -2000:
+    ]
