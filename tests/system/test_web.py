@@ -117,7 +117,12 @@ def click_and_wait(driver: object, element: object) -> None:
 
 def screenshot(driver: object, path: Path, *, height: int | None = None) -> np.ndarray:
     """The page as the browser drew it (its top `height` pixels); fails on a blank page (one colour,
-    or images not drawn)."""
+    or images not drawn). Lazy images are loaded and decoded first."""
+    driver.execute_script("document.querySelectorAll('img[loading=lazy]').forEach(i => i.loading = 'eager')")
+    driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "Promise.all([...document.images].map(i => i.decode().catch(() => null))).then(() => done(true));"
+    )
     driver.save_screenshot(str(path))
     if height is not None:
         cv2.imwrite(str(path), cv2.imread(str(path))[:height], [cv2.IMWRITE_PNG_COMPRESSION, 9])
@@ -292,6 +297,31 @@ def test_the_readme_pictures_of_the_page(fake: FakeImmich, tmp_path: Path, brows
                 shutil.copy(tmp_path / name, Path(SCREENSHOTS) / name)
         names = [element.text for element in driver.find_elements("css selector", "h1 .name")]
         assert names == ["Marie Curie"]
+    finally:
+        server.stop()
+    # the pool, "same person?" and a face in its photo: Newton's faces back in the pool, the two
+    # Curies given one family name (a suggestion to decline), Gauss's portrait arriving from Immich
+    lib.cli("faceset", "name", "1", "Curie")
+    lib.cli("faceset", "name", "2", "curie")
+    fake.add_file("alice", PHOTOS / "edge" / "gauss.png")
+    lib.cli("sync")
+    lib.sql("UPDATE faces SET identity = NULL, matched_at = '2026-12-01T00:00:00Z' WHERE identity = 4")
+    [(from_immich,)] = lib.sql("SELECT f.id FROM faces f JOIN assets a ON a.sha256 = f.sha256 LIMIT 1")
+    server = Server(lib)
+    try:
+        driver.set_window_size(1100, 760)
+        pictures = {
+            "review-pool.png": ("/pool", 420),
+            "review-suggestions.png": ("/suggestions", 340),
+            "review-photo.png": (f"/photo/{from_immich}", 700),
+        }
+        for name, (path, height) in pictures.items():
+            driver.get(server.url + path)
+            screenshot(driver, tmp_path / name, height=height)
+            if SCREENSHOTS:
+                shutil.copy(tmp_path / name, Path(SCREENSHOTS) / name)
+        driver.get(server.url + "/suggestions")
+        assert driver.find_elements("css selector", '.suggestion[data-pair="1-2"]')
     finally:
         server.stop()
 

@@ -293,3 +293,20 @@ def test_blurred_profile_and_cut_faces_may_not_seed_a_faceset() -> None:
     assert may_seed(face(cut=True), IdentitySettings(seed_from_cut_faces=True))
     assert may_seed(face(frontality=None), settings), "Immich's ML service measures no frontality"
     assert may_seed(face(measured=False), settings), "faces stored before qualities were measured"
+
+
+def test_the_pool_page_groups_faces_that_look_alike_largest_first() -> None:
+    """The pool as a work queue: faces that look alike together (a looser cut than the clustering
+    that opens facesets), the largest group first, a face alone last."""
+    from facesyncd.identities import look_alike
+
+    rng = np.random.default_rng(5)
+    people = rng.normal(size=(3, 64))
+    rows = []
+    for person, count in ((0, 2), (1, 4), (2, 1)):
+        for _ in range(count):
+            vector = people[person] + rng.normal(scale=0.3, size=64)
+            rows.append(vector / np.linalg.norm(vector))
+    groups = look_alike(np.asarray(rows, np.float32), 0.6)
+    assert groups == [[2, 3, 4, 5], [0, 1], [6]]
+    assert look_alike(np.zeros((0, 64), np.float32), 0.6) == []
