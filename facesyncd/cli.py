@@ -487,7 +487,7 @@ def faceset_suggestions(as_json: bool = typer.Option(False, "--json", help="Mach
 
     settings = _settings(secrets=False)
     with _read_only_store() as store:
-        found = suggestions_of(store, settings.identities.suggest_distance)
+        found = suggestions_of(store, settings.identities)
         names = store.identity_names()
     if as_json:
         typer.echo(json.dumps([suggestion.as_dict() for suggestion in found], indent=1))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from .config import IdentitySettings
 from .naming import normalised
 from .store import Store
 
@@ -37,7 +38,10 @@ def suggest(
     apart: set[frozenset[int]],
     max_distance: float,
     limit: int = 200,
+    immich_names: Mapping[int, str] | None = None,
 ) -> list[Suggestion]:
+    """immich_names: the name Immich's people give a faceset that did not take it (another one has
+    it): the two are suggested, "Immich names both"."""
     numbers = sorted(centres)
     distances: dict[frozenset[int], float] = {}
     if len(numbers) >= 2:
@@ -52,14 +56,24 @@ def suggest(
         if normalised(name):
             by_name.setdefault(normalised(name), []).append(number)
     named = {frozenset((a, b)) for group in by_name.values() for a in group for b in group if a < b}
+    by_immich = {
+        frozenset((number, other))
+        for number, name in (immich_names or {}).items()
+        for other in by_name.get(normalised(name), [])
+        + [n for n, given in (immich_names or {}).items() if n != number and normalised(given) == normalised(name)]
+        if other != number
+    }
     found = []
-    for pair in set(distances) | named:
+    for pair in set(distances) | named | by_immich:
         if pair in apart:
             continue
         low, high = sorted(pair)
-        why = " and ".join(
-            reason for reason, holds in (("close faces", pair in distances), ("same name", pair in named)) if holds
+        reasons = (
+            ("close faces", pair in distances),
+            ("same name", pair in named),
+            ("Immich names both", pair in by_immich),
         )
+        why = " and ".join(reason for reason, holds in reasons if holds)
         distance = distances.get(pair)
         if distance is None and low in centres and high in centres:
             distance = float(
@@ -73,9 +87,28 @@ def suggest(
     return found[:limit]
 
 
-def suggestions_of(store: Store, max_distance: float) -> list[Suggestion]:
+def suggestions_of(store: Store, settings: IdentitySettings) -> list[Suggestion]:
     """The suggestions for the facesets in `store` as its last cycle left their centres."""
     shown = {summary.number for summary in store.facesets() if not summary.retired and not summary.hidden}
     names = {number: name for number, name in store.identity_names().items() if number in shown}
     centres = {number: centre for number, centre in store.centres().items() if number in shown}
-    return suggest(centres, names, store.kept_apart() | store.photos_shared(), max_distance)
+    return suggest(
+        centres,
+        names,
+        store.kept_apart() | store.photos_shared(),
+        settings.suggest_distance,
+        immich_names=immich_names_of(store, settings.name_min_faces, settings.name_min_share),
+    )
+
+
+def immich_names_of(store: Store, min_faces: int, min_share: float) -> dict[int, str]:
+    """The names Immich's people give the facesets that have no name of their own (cycle/names.py
+    gives a name only to one faceset: another one it would give is a question for the user)."""
+    from .naming import immich_name
+
+    found = {}
+    for number, (faces, votes) in store.name_votes().items():
+        name = immich_name(faces, votes, min_faces=min_faces, min_share=min_share)
+        if name is not None and store.facesets(number)[0].name is None:
+            found[number] = name
+    return found

@@ -202,7 +202,7 @@ class Pages:
         from ..suggestions import suggestions_of
 
         with self._store() as db:
-            found = suggestions_of(db, self._settings.identities.suggest_distance)[:SUGGESTIONS_PER_PAGE]
+            found = suggestions_of(db, self._settings.identities)[:SUGGESTIONS_PER_PAGE]
             summaries = {summary.number: summary for summary in db.facesets()}
             previews = {
                 number: db.best_faces(number, 4) for suggestion in found for number in (suggestion.low, suggestion.high)

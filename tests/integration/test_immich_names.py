@@ -84,3 +84,4 @@ def test_no_name_is_taken_with_adopt_names_off_or_when_another_faceset_has_it(fa
     lib.cli("sync", "--reconcile")
     names = [entry["name"] for entry in lib.sets().values()]
     assert names.count("Someone") == 1 and names.count(None) == len(names) - 1  # one name, one faceset
+    assert "Immich names both" in lib.cli("faceset", "suggestions")  # the other one is the user's question

@@ -36,3 +36,12 @@ def test_the_same_name_is_a_suggestion_however_it_is_spelled() -> None:
     both = suggest(CENTRES, {1: "Ann", 5: "ann"}, set(), 0.1)
     assert both[0].why == "close faces and same name"
     assert suggest({}, {7: "Bob", 8: "bob"}, set(), 0.5)[0].distance is None  # no centre yet
+
+
+def test_a_name_immich_gives_two_facesets_is_a_suggestion() -> None:
+    """Immich's people name a faceset that did not take the name (another one has it): the two."""
+    found = suggest(CENTRES, {3: "Bob"}, set(), 0.001, immich_names={4: "bob"})
+    assert [(s.low, s.high, s.why) for s in found] == [(3, 4, "Immich names both")]
+    both_unnamed = suggest(CENTRES, {}, set(), 0.001, immich_names={3: "Ann", 4: "ANN"})
+    assert [(s.low, s.high) for s in both_unnamed] == [(3, 4)]
+    assert suggest(CENTRES, {3: "Bob"}, {frozenset((3, 4))}, 0.001, immich_names={4: "Bob"}) == []
