@@ -462,27 +462,92 @@ class Reject(Correction):
 
 
 @dataclass(frozen=True)
-class LockRecord(Record):
+class SwitchRecord(Record):
+    """A faceset's setting that a correction turned on or off (locked, hidden): the undo turns it
+    back. Stored as {"number", KEY: what the correction set}."""
+
     number: int
-    locked: bool  # what the correction set
+    on: bool
+    key: ClassVar[str]
 
     @classmethod
     def read(cls, data: dict[str, Any]) -> Self:
-        return cls(int(data["number"]), bool(data["locked"]))
+        return cls(int(data["number"]), bool(data[cls.key]))
 
     def written(self) -> dict[str, Any]:
-        return {"number": self.number, "locked": self.locked}
+        return {"number": self.number, self.key: self.on}
 
     def revert(self, store: Store, correction_id: int) -> str:
-        store.set_locked(self.number, not self.locked)
+        self.switch(store, self.number, not self.on)
         return ""
 
     def numbers(self) -> frozenset[int]:
         return frozenset({self.number})
 
+    @staticmethod
+    @abstractmethod
+    def switch(store: Store, number: int, on: bool) -> None: ...
+
+    @staticmethod
+    @abstractmethod
+    def state(summary: FacesetSummary) -> bool: ...
+
 
 @dataclass(frozen=True)
-class Lock(Correction):
+class LockRecord(SwitchRecord):
+    key = "locked"
+
+    @staticmethod
+    def switch(store: Store, number: int, on: bool) -> None:
+        store.set_locked(number, on)
+
+    @staticmethod
+    def state(summary: FacesetSummary) -> bool:
+        return summary.locked
+
+
+@dataclass(frozen=True)
+class HideRecord(SwitchRecord):
+    key = "hidden"
+
+    @staticmethod
+    def switch(store: Store, number: int, on: bool) -> None:
+        store.set_hidden(number, on)
+
+    @staticmethod
+    def state(summary: FacesetSummary) -> bool:
+        return summary.hidden
+
+
+@dataclass(frozen=True)
+class Switch(Correction):
+    """Turn a faceset's setting on or off (see SwitchRecord); `words`: its state, and what turning it
+    on and off is called."""
+
+    switch_record: ClassVar[type[SwitchRecord]]
+    on: ClassVar[bool]
+    words: ClassVar[tuple[str, str, str]]
+    number: int
+
+    @classmethod
+    def from_form(cls, form: Form) -> Self:
+        return cls(form.number("number"))
+
+    def apply(self, store: Store, file_hashes: FileHashes) -> Outcome:
+        state, turned_on, turned_off = self.words
+        summary = _faceset(store, self.number)
+        if self.switch_record.state(summary) == self.on:
+            raise CorrectionRefused(f"faceset {self.number:03d} is {'' if self.on else 'not '}{state} already")
+        with store.transaction():
+            self.switch_record.switch(store, self.number, self.on)
+            said = f"{turned_on if self.on else turned_off} faceset {self.number:03d}"
+            record = self.switch_record(self.number, self.on)
+            entry = store.record_correction(self.kind, said, record.written())
+        return Outcome(said, entry, touched=record.numbers())
+
+
+@dataclass(frozen=True)
+class Lock(Switch):
     """Lock a faceset: it takes no new faces automatically and is never merged automatically.
 
     Example: facesyncd faceset lock 7
@@ -491,24 +556,9 @@ class Lock(Correction):
     kind = "lock"
     help = __doc__
     record = LockRecord
-    locks: ClassVar[bool] = True
-    number: int
-
-    @classmethod
-    def from_form(cls, form: Form) -> Self:
-        return cls(form.number("number"))
-
-    def apply(self, store: Store, file_hashes: FileHashes) -> Outcome:
-        locked = self.locks
-        summary = _faceset(store, self.number)
-        if summary.locked == locked:
-            raise CorrectionRefused(f"faceset {self.number:03d} is {'locked' if locked else 'not locked'} already")
-        with store.transaction():
-            store.set_locked(self.number, locked)
-            said = f"{'locked' if locked else 'unlocked'} faceset {self.number:03d}"
-            record = LockRecord(self.number, locked)
-            entry = store.record_correction(self.kind, said, record.written())
-        return Outcome(said, entry, touched=record.numbers())
+    switch_record = LockRecord
+    on = True
+    words = ("locked", "locked", "unlocked")
 
 
 @dataclass(frozen=True)
@@ -520,31 +570,11 @@ class Unlock(Lock):
 
     kind = "unlock"
     help = __doc__
-    locks: ClassVar[bool] = False
+    on = False
 
 
 @dataclass(frozen=True)
-class HideRecord(Record):
-    number: int
-    hidden: bool  # what the correction set
-
-    @classmethod
-    def read(cls, data: dict[str, Any]) -> Self:
-        return cls(int(data["number"]), bool(data["hidden"]))
-
-    def written(self) -> dict[str, Any]:
-        return {"number": self.number, "hidden": self.hidden}
-
-    def revert(self, store: Store, correction_id: int) -> str:
-        store.set_hidden(self.number, not self.hidden)
-        return ""
-
-    def numbers(self) -> frozenset[int]:
-        return frozenset({self.number})
-
-
-@dataclass(frozen=True)
-class Hide(Correction):
+class Hide(Switch):
     """Hide a faceset: it keeps its faces and keeps taking its person's new ones (so they form no new
     faceset), but it is never exported and leaves the review page's grid. Nothing is deleted: to
     erase a person, use `faceset forget`.
@@ -555,24 +585,9 @@ class Hide(Correction):
     kind = "hide"
     help = __doc__
     record = HideRecord
-    hides: ClassVar[bool] = True
-    number: int
-
-    @classmethod
-    def from_form(cls, form: Form) -> Self:
-        return cls(form.number("number"))
-
-    def apply(self, store: Store, file_hashes: FileHashes) -> Outcome:
-        hidden = self.hides
-        summary = _faceset(store, self.number)
-        if summary.hidden == hidden:
-            raise CorrectionRefused(f"faceset {self.number:03d} is {'hidden' if hidden else 'not hidden'} already")
-        with store.transaction():
-            store.set_hidden(self.number, hidden)
-            said = f"{'hid' if hidden else 'showed'} faceset {self.number:03d}"
-            record = HideRecord(self.number, hidden)
-            entry = store.record_correction(self.kind, said, record.written())
-        return Outcome(said, entry, touched=record.numbers())
+    switch_record = HideRecord
+    on = True
+    words = ("hidden", "hid", "showed")
 
 
 @dataclass(frozen=True)
@@ -584,7 +599,7 @@ class Unhide(Hide):
 
     kind = "unhide"
     help = __doc__
-    hides: ClassVar[bool] = False
+    on = False
 
 
 def _faces(store: Store, face_ids: Sequence[int]) -> list[FaceDetail]:
