@@ -600,7 +600,11 @@ def _export(
     for name, folder in sorted(own_folders(facesets_dir, only).items()):
         if faces_by_folder.get(name):
             continue
-        if _user_entries(folder, _read_manifest(folder)):
+        # In the swap layout NAME.txt is facesyncd's placeholder for the name (kept in the store):
+        # alone, it keeps no folder. (In the crops layout a NAME.txt is the user's own file.)
+        manifest = _read_manifest(folder)
+        placeholder = NAME_FILE if (manifest or {}).get("manifest") == SWAP_MANIFEST else None
+        if [entry for entry in _user_entries(folder, manifest) if entry != placeholder]:
             written += write(name, [])
             continue
         retired = facesets_dir / f".{folder.name}.tmp"

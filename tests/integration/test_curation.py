@@ -282,3 +282,17 @@ def exported_faces(folder: Path) -> set[int]:
     """The faces facesyncd's manifest in a folder lists (none when it wrote no manifest there)."""
     manifest = folder / "faceset.json"
     return {face["face_id"] for face in json.loads(manifest.read_text())["faces"]} if manifest.exists() else set()
+
+
+def test_in_the_crops_layout_a_name_file_is_the_users_and_keeps_its_folder(fake: FakeImmich, tmp_path: Path) -> None:
+    """facesyncd writes no NAME.txt in the crops layout: one there is the user's own file, kept when the
+    folder's faces go (the swap layout's NAME.txt is facesyncd's placeholder and is not)."""
+    lib = Library(fake, tmp_path / "run")
+    lib.add(["wild/katy_perry", "wild/matt_damon"])
+    lib.cli("sync")
+    katy, matt = lib.number_of("katy"), lib.number_of("matt")
+    folder = lib.facesets / f"faceset_{matt:03d}"
+    (folder / "NAME.txt").write_text("my own words\n")
+    lib.cli("faceset", "merge", str(katy), str(matt))
+    assert (folder / "NAME.txt").read_text() == "my own words\n"
+    assert not exported_faces(folder)

@@ -289,3 +289,25 @@ def test_a_correction_in_the_swap_layout_rewrites_its_folders_and_keeps_the_rest
     whole = run_cli("--config", str(config), "sync")
     assert "0 folders written" in whole.stdout, whole.stdout
     assert (facesets / "manifest.json").read_bytes() == partial
+
+
+def test_a_merged_away_swap_faceset_leaves_no_folder_behind(
+    swap_library: tuple[Path, Path, dict[str, str]], fake: FakeImmich
+) -> None:
+    """A merged-away faceset left a folder holding only NAME.txt and `faces: []`: facesyncd counted
+    its own NAME.txt as a file of the user's (issue 22, part 3). A file of the user's still keeps one."""
+    config, facesets, _ = swap_library
+    add_photos(fake, ["wild/katy_perry", "wild/matt_damon"])
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    numbers = sorted(int(path.name[8:]) for path in facesets.glob("faceset_*") if path.is_dir())
+    kept, gone, other = numbers[0], numbers[1], numbers[2]
+    assert (facesets / f"faceset_{gone:03d}" / "NAME.txt").is_file()
+    merged = run_cli("--config", str(config), "faceset", "merge", str(kept), str(gone))
+    assert merged.returncode == 0, merged.stderr
+    assert not (facesets / f"faceset_{gone:03d}").exists()
+    tree = json.loads((facesets / "manifest.json").read_text())
+    assert gone not in [entry["number"] for entry in tree["facesets"]]
+    (facesets / f"faceset_{other:03d}" / "notes.txt").write_text("mine")
+    assert run_cli("--config", str(config), "faceset", "merge", str(kept), str(other)).returncode == 0
+    assert (facesets / f"faceset_{other:03d}" / "notes.txt").read_text() == "mine"
+    assert "0 folders written" in run_cli("--config", str(config), "sync").stdout
