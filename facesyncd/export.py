@@ -172,7 +172,9 @@ def exported(facesets_dir: Path, number: int) -> Exported | None:
     bundles = [
         bundle for bundle in data.get("bundles") or [] if isinstance(bundle, str) and bundle.endswith(".top.fsz")
     ]
-    if bundles and folder is not None:  # the swap layout: the top bundle holds the first faces
+    if any("top" in face for face in faces):  # the swap manifest says which faces the top bundle holds
+        top = {face["face_id"] for face in faces if face.get("top") is True}
+    elif bundles and folder is not None:  # a manifest from before it did: the bundle's first faces
         top = {face["face_id"] for face in faces[: _top_size(folder, bundles[0])]}
     left = {
         entry["face_id"]: str(entry.get("why") or "")

@@ -308,10 +308,13 @@ def plan(
                 "det_score": round(face.det_score, 4),
                 "distance": None if face.distance is None else round(face.distance, 4),
                 "quality": None if face.quality is None else face.quality.as_dict(),
+                "top": file in bundles.get(f"{folder}.top.fsz", []),  # in the top bundle
             }
             for file, face in files.items()
         ],
         "bundles": list(bundles),
+        # The settings the files were made with: a change of any of them rewrites every folder.
+        "png": {"size": cache.size, "padding": cache.padding, "top_n": top_n},
         "left_out": [
             {"face_id": face_id, "asset_id": photo.get(face_id), "why": why}
             for face_id, why in sorted(left_out.items())

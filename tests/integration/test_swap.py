@@ -311,3 +311,24 @@ def test_a_merged_away_swap_faceset_leaves_no_folder_behind(
     assert run_cli("--config", str(config), "faceset", "merge", str(kept), str(other)).returncode == 0
     assert (facesets / f"faceset_{other:03d}" / "notes.txt").read_text() == "mine"
     assert "0 folders written" in run_cli("--config", str(config), "sync").stdout
+
+
+def test_a_change_of_an_export_setting_reaches_every_faceset_at_the_next_cycle(
+    swap_library: tuple[Path, Path, dict[str, str]],
+) -> None:
+    """[export] top_n from 8 to 3: faceset_001.top.fsz still held 6 faces after 5 syncs (issue 22,
+    part 7). The manifest records the settings its files were made with, and which faces are top."""
+    import zipfile
+
+    config, facesets, _ = swap_library
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    folder, manifest = the_set(facesets)
+    assert manifest["png"] == {"size": 512, "padding": 0.5, "top_n": 3}
+    assert [face["top"] for face in manifest["faces"]][:4] == [True, True, True, False]
+    config.write_text(config.read_text().replace("top_n = 3", "top_n = 2"))
+    result = run_cli("--config", str(config), "sync")
+    assert "1 folders written" in result.stdout, result.stdout
+    folder, manifest = the_set(facesets)
+    with zipfile.ZipFile(folder / f"{folder.name}.top.fsz") as bundle:
+        assert len(bundle.namelist()) == 2
+    assert sum(face["top"] for face in manifest["faces"]) == 2 and manifest["png"]["top_n"] == 2
