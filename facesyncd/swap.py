@@ -290,7 +290,9 @@ def plan(
             usable.append(face)
         else:
             left_out[face.face_id] = "no PNG yet (its photo could not be fetched)"
-    files = {f"{rank:03d}_face_{face.face_id:07d}.png": face for rank, face in enumerate(usable, 1)}
+    # A face keeps its file name as long as it stays in the set (tools keep paths); its rank is the
+    # manifest's order (and `rank`) and the bundles' order.
+    files = {f"face_{face.face_id:07d}.png": face for face in usable}
     folder = faceset_name(number, subset)
     bundles = {f"{folder}.fsz": list(files), f"{folder}.top.fsz": list(files)[:top_n]} if files else {}
     manifest = {
@@ -300,6 +302,7 @@ def plan(
         "faces": [
             {
                 "file": file,
+                "rank": rank,
                 "face_id": face.face_id,
                 "source": face.source,
                 "asset_id": face.asset_id,
@@ -310,7 +313,7 @@ def plan(
                 "quality": None if face.quality is None else face.quality.as_dict(),
                 "top": file in bundles.get(f"{folder}.top.fsz", []),  # in the top bundle
             }
-            for file, face in files.items()
+            for rank, (file, face) in enumerate(files.items(), 1)
         ],
         "bundles": list(bundles),
         # The settings the files were made with: a change of any of them rewrites every folder.

@@ -110,7 +110,8 @@ def test_swap_sets_hold_one_clean_face_per_png_as_the_face_tools_read_them(
         ["NAME.txt", "manifest.json", f"faceset_{number:03d}.fsz", f"faceset_{number:03d}.top.fsz"]
     )
     pngs = sorted(p.name for p in folder.glob("*.png"))
-    assert pngs == [face["file"] for face in manifest["faces"]], "best first by name order"
+    ranked = [face["file"] for face in manifest["faces"]]  # best first; names stay as ranks change
+    assert pngs == sorted(ranked)
     composites = [face["quality"]["composite"] for face in manifest["faces"]]
     assert composites == sorted(composites, reverse=True)
     assert all(
@@ -119,7 +120,7 @@ def test_swap_sets_hold_one_clean_face_per_png_as_the_face_tools_read_them(
     )
     everything = zipfile.ZipFile(folder / f"faceset_{number:03d}.fsz")
     top = zipfile.ZipFile(folder / f"faceset_{number:03d}.top.fsz")
-    assert everything.namelist() == pngs and top.namelist() == pngs[:3]
+    assert everything.namelist() == ranked and top.namelist() == ranked[:3]  # the bundles keep the rank
     embeddings = []
     for name in everything.namelist():
         data = np.frombuffer(everything.read(name), np.uint8)
@@ -332,3 +333,36 @@ def test_a_change_of_an_export_setting_reaches_every_faceset_at_the_next_cycle(
     with zipfile.ZipFile(folder / f"{folder.name}.top.fsz") as bundle:
         assert len(bundle.namelist()) == 2
     assert sum(face["top"] for face in manifest["faces"]) == 2 and manifest["png"]["top_n"] == 2
+
+
+def test_a_faces_file_name_survives_a_split_a_merge_and_a_new_rank(
+    swap_library: tuple[Path, Path, dict[str, str]], fake: FakeImmich
+) -> None:
+    """002_face_0000980.png became 001_face_0000980.png after a split: tools that keep paths broke
+    (issue 22, part 2). A face keeps its file name while it stays in the set; rank is the manifest's."""
+    config, facesets, _ = swap_library
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    folder, manifest = the_set(facesets)
+    number = manifest["number"]
+    files = {face["face_id"]: face["file"] for face in manifest["faces"]}
+    assert all(name == f"face_{face:07d}.png" for face, name in files.items())
+    assert [face["rank"] for face in manifest["faces"]] == list(range(1, len(files) + 1))
+    best = manifest["faces"][0]["face_id"]
+    split = run_cli("--config", str(config), "faceset", "split", str(number), str(best))  # the best one leaves
+    assert split.returncode == 0, split.stderr
+    folder, manifest = the_set_numbered(facesets, number)
+    after = {face["face_id"]: face["file"] for face in manifest["faces"]}
+    assert best not in after and all(after[face] == files[face] for face in after if face in files)
+    assert all(name == f"face_{face:07d}.png" for face, name in after.items())  # one left out before, too
+    assert manifest["faces"][0]["rank"] == 1 and (folder / manifest["faces"][0]["file"]).is_file()
+    new = max(int(path.name[8:]) for path in facesets.glob("faceset_*") if path.is_dir())
+    merged = run_cli("--config", str(config), "faceset", "merge", str(number), str(new))
+    assert merged.returncode == 0, merged.stderr
+    folder, manifest = the_set_numbered(facesets, number)
+    assert all(face["file"] == f"face_{face['face_id']:07d}.png" for face in manifest["faces"])
+    assert {face["face_id"]: face["file"] for face in manifest["faces"]}.get(best) == files[best]  # back, same name
+
+
+def the_set_numbered(facesets: Path, number: int) -> tuple[Path, dict]:
+    folder = facesets / f"faceset_{number:03d}"
+    return folder, json.loads((folder / "manifest.json").read_text())
