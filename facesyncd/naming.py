@@ -18,6 +18,19 @@ def normalised(name: str) -> str:
     return " ".join(name.split()).casefold()
 
 
+def clear_names(
+    votes: Mapping[int, tuple[int, Mapping[str, int]]], *, min_faces: int, min_share: float
+) -> dict[int, str]:
+    """For each faceset (number -> its faces, and its votes as immich_name takes them), the name
+    Immich's people clearly give it; facesets with none left out."""
+    found = {}
+    for number, (faces, counted) in sorted(votes.items()):
+        name = immich_name(faces, counted, min_faces=min_faces, min_share=min_share)
+        if name is not None:
+            found[number] = name
+    return found
+
+
 def immich_name(faces: int, votes: Mapping[str, int], *, min_faces: int, min_share: float) -> str | None:
     """The name a faceset of `faces` faces takes, given per Immich person's name how many of its faces'
     photos show that person (`votes`); None when no name is clear."""

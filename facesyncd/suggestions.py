@@ -16,7 +16,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .config import IdentitySettings
-from .naming import normalised
+from .models import FacesetSummary
+from .naming import clear_names, normalised
 from .store import Store
 
 
@@ -43,10 +44,10 @@ def suggest(
     """immich_names: the name Immich's people give a faceset that did not take it (another one has
     it): the two are suggested, "Immich names both"."""
     numbers = sorted(centres)
+    unit = {number: centre / max(float(np.linalg.norm(centre)), 1e-12) for number, centre in centres.items()}
     distances: dict[frozenset[int], float] = {}
     if len(numbers) >= 2:
-        matrix = np.stack([centres[number] for number in numbers])
-        matrix = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+        matrix = np.stack([unit[number] for number in numbers])
         between = 1.0 - matrix @ matrix.T
         rows, columns = np.nonzero(np.triu(between <= max_distance, k=1))
         for row, column in zip(rows.tolist(), columns.tolist(), strict=True):
@@ -75,40 +76,27 @@ def suggest(
         )
         why = " and ".join(reason for reason, holds in reasons if holds)
         distance = distances.get(pair)
-        if distance is None and low in centres and high in centres:
-            distance = float(
-                1.0
-                - centres[low]
-                @ centres[high]
-                / max(float(np.linalg.norm(centres[low]) * np.linalg.norm(centres[high])), 1e-12)
-            )
+        if distance is None and low in unit and high in unit:
+            distance = float(1.0 - unit[low] @ unit[high])
         found.append(Suggestion(low, high, distance, why))
     found.sort(key=lambda s: (s.distance is None, s.distance if s.distance is not None else 0.0, s.low, s.high))
     return found[:limit]
 
 
-def suggestions_of(store: Store, settings: IdentitySettings) -> list[Suggestion]:
-    """The suggestions for the facesets in `store` as its last cycle left their centres."""
-    shown = {summary.number for summary in store.facesets() if not summary.retired and not summary.hidden}
-    names = {number: name for number, name in store.identity_names().items() if number in shown}
+def suggestions_of(
+    store: Store, settings: IdentitySettings, summaries: list[FacesetSummary] | None = None
+) -> list[Suggestion]:
+    """The suggestions for the facesets in `store` as its last cycle left their centres (`summaries`:
+    its facesets, when the caller has read them already)."""
+    summaries = store.facesets() if summaries is None else summaries
+    shown = {summary.number for summary in summaries if not summary.retired and not summary.hidden}
+    all_names = store.identity_names()
+    names = {number: name for number, name in all_names.items() if number in shown}
     centres = {number: centre for number, centre in store.centres().items() if number in shown}
+    # The names Immich's people give facesets that have none of their own (cycle/names.py gives a
+    # name to one faceset only: another one it would give is a question for the user).
+    given = clear_names(store.name_votes(), min_faces=settings.name_min_faces, min_share=settings.name_min_share)
+    immich_names = {number: name for number, name in given.items() if number not in all_names}
     return suggest(
-        centres,
-        names,
-        store.kept_apart() | store.photos_shared(),
-        settings.suggest_distance,
-        immich_names=immich_names_of(store, settings.name_min_faces, settings.name_min_share),
+        centres, names, store.kept_apart() | store.photos_shared(), settings.suggest_distance, immich_names=immich_names
     )
-
-
-def immich_names_of(store: Store, min_faces: int, min_share: float) -> dict[int, str]:
-    """The names Immich's people give the facesets that have no name of their own (cycle/names.py
-    gives a name only to one faceset: another one it would give is a question for the user)."""
-    from .naming import immich_name
-
-    found = {}
-    for number, (faces, votes) in store.name_votes().items():
-        name = immich_name(faces, votes, min_faces=min_faces, min_share=min_share)
-        if name is not None and store.facesets(number)[0].name is None:
-            found[number] = name
-    return found

@@ -9,7 +9,7 @@ import logging
 from ..config import IdentitySettings
 from ..curation import NameRecord
 from ..models import CycleReport
-from ..naming import immich_name, normalised
+from ..naming import clear_names, normalised
 from ..store import Store
 
 log = logging.getLogger(__name__)
@@ -19,17 +19,21 @@ def adopt_immich_names(store: Store, settings: IdentitySettings, report: CycleRe
     """Name the facesets Immich's people name clearly; returns number -> the name each took (to be
     written into NAME.txt before the folders are exported). A name another live faceset has is not
     taken twice: the two may be one person, which is the user's to decide."""
-    taken = {normalised(name) for name in store.identity_names().values()}
+    names = store.identity_names()
+    taken = {normalised(name) for name in names.values()}
+    votes = store.name_votes()
     named: dict[int, str] = {}
-    for number, (faces, votes) in sorted(store.name_votes().items()):
-        name = immich_name(faces, votes, min_faces=settings.name_min_faces, min_share=settings.name_min_share)
-        current = store.facesets(number)[0].name
-        if name is None or name == current:
+    for number, name in clear_names(
+        votes, min_faces=settings.name_min_faces, min_share=settings.name_min_share
+    ).items():
+        current = names.get(number)
+        if name == current:
             continue
         if normalised(name) in taken and (current is None or normalised(name) != normalised(current)):
             log.info("faceset %03d: Immich's %r is another faceset's name already; not taken", number, name)
             continue
-        shown = sum(count for spelled, count in votes.items() if normalised(spelled) == normalised(name))
+        faces, counted = votes[number]
+        shown = sum(count for spelled, count in counted.items() if normalised(spelled) == normalised(name))
         said = f"named faceset {number:03d} {name!r} after Immich's people ({shown} of its {faces} faces' photos)"
         with store.transaction():
             store.set_name(number, name, origin="immich")
