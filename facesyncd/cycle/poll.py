@@ -88,8 +88,7 @@ def poll(
     if full:
         store.set_partner_assets(source.name, swept.partner_assets)
         _reconcile(parts, source.name, client, account.user_id, swept, report)
-        count = client.count_assets(with_partners=source.include_partners)
-        _note_count(store, source.name, count)
+        count = _count(store, client, source)
         offset = None if count is None else count - _counted(store, source)
         store.record_census(source.name, offset)
 
@@ -123,11 +122,13 @@ def _sweep(
     overlap = parts.sync.watermark_overlap_seconds
     parts.reporter.stage(f"{source.name}: listing", None)
     started = time.monotonic()
+    by_cursor = store.lists_by_cursor(source.name)
     listing = client.list_changed(
         None if full else watermark,
         parts.sync.page_size,
+        # read here: the listing pages on a thread of its own, and the store is this thread's
         known=store.counted_assets(source.name, own_only=False) + store.partner_assets(source.name),
-        cursor_first=store.lists_by_cursor(source.name),
+        cursor_first=by_cursor,
         with_people=source.adopt_names,
     )
     for page in prefetched(listing.pages()):
@@ -162,7 +163,7 @@ def _sweep(
     store.finish_sweep(source.name, next_watermark(watermark, listing.server_time, newest, overlap))
     report.listing_seconds += round(time.monotonic() - started, 3)
     swept.exact = listing.exact
-    if listing.offers_cursor is not None and listing.offers_cursor != store.lists_by_cursor(source.name):
+    if listing.offers_cursor is not None and listing.offers_cursor != by_cursor:
         store.set_lists_by_cursor(source.name, listing.offers_cursor)
     checkpoint("sweep-finished")
     return swept
@@ -172,15 +173,18 @@ def _counted(store: Store, source: ImmichSettings) -> int:
     return store.counted_assets(source.name, own_only=not source.include_partners)
 
 
-def _note_count(store: Store, source: str, count: int | None) -> None:
-    """Say once (until counting works again) that Immich would not count."""
-    if count is None and not store.count_refused(source):
+def _count(store: Store, client: ImmichClient, source: ImmichSettings) -> int | None:
+    """Immich's count of what this source compares with the store (see ImmichClient.count_assets);
+    a refusal is said once (until counting works again)."""
+    count = client.count_assets(with_partners=source.include_partners)
+    if count is None and not store.count_refused(source.name):
         log.warning(
             "%s: Immich would not count the assets (the API key lacks the asset.statistics permission?): "
             "changes its listing does not show (a force delete, a move into the locked folder, a partner "
             "shown or hidden) wait for the next full listing ([schedule] reconcile_seconds)",
-            source,
+            source.name,
         )
+    return count
 
 
 def _census_says(parts: PollParts, source: ImmichSettings, client: ImmichClient, swept: _Swept) -> bool:
@@ -191,8 +195,7 @@ def _census_says(parts: PollParts, source: ImmichSettings, client: ImmichClient,
     between the listing and the count; while this listing saw new work, that race is the likelier
     one and the count is taken again at the next sweep."""
     store = parts.store
-    count = client.count_assets(with_partners=source.include_partners)
-    _note_count(store, source.name, count)
+    count = _count(store, client, source)
     if count is None:
         store.record_census(source.name, None)
         return False

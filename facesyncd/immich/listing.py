@@ -117,7 +117,8 @@ class Listing:
         with_people: bool = False,
     ) -> None:
         """known: how many assets the store holds for this source; count: asks Immich how many it
-        holds (None when it will not say). Together they bound a listing that never ends.
+        holds (None when it will not say; called on the thread that pages). Together they bound a
+        listing that never ends.
         cursor_first: the server handed out a cursor last time (3.2+): the first request too sends
         only what 3.2 documents (no `page`, no `order`). with_people: each asset with the named people
         Immich shows in it."""

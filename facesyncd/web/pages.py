@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from .. import curation
-from ..config import Settings
+from ..config import ImmichSettings, Settings
 from ..curation import Correction, Outcome
 from ..errors import FacesyncError
 from ..immich.transport import origin_of
@@ -144,10 +144,9 @@ class Pages:
             # the distance the export decides by: from the centre of the faces it may take
             floor = self._settings.export.min_quality
             candidates = [face.face_id for face in faces if (face.quality or 0.0) >= floor]
-            from_centre = distances_from_centre(
-                db.embeddings_of(candidates), candidates
-            )  # the merge field suggests named facesets (not all 5,000 numbers)
-            others = sorted((other, name) for other, name in names.items() if other != number)
+            from_centre = distances_from_centre(db.embeddings_of(candidates), candidates)
+        # the merge field suggests named facesets (not all 5,000 numbers)
+        others = sorted((other, name) for other, name in names.items() if other != number)
         if not found:
             return self._page(request, "missing.html", status=404, what=f"faceset {number:03d}")
         paging = _pages(request, len(faces), FACES_PER_PAGE)
@@ -202,8 +201,9 @@ class Pages:
         from ..suggestions import suggestions_of
 
         with self._store() as db:
-            found = suggestions_of(db, self._settings.identities)[:SUGGESTIONS_PER_PAGE]
-            summaries = {summary.number: summary for summary in db.facesets()}
+            every = db.facesets()
+            found = suggestions_of(db, self._settings.identities, every)[:SUGGESTIONS_PER_PAGE]
+            summaries = {summary.number: summary for summary in every}
             previews = {
                 number: db.best_faces(number, 4) for suggestion in found for number in (suggestion.low, suggestion.high)
             }
@@ -227,7 +227,7 @@ class Pages:
                 "width": 100 * (x2 - x1) / width,
                 "height": 100 * (y2 - y1) / height,
             }
-        source = next((s for s in self._settings.immich if s.name == face.source), None)
+        source = self._source_of(face)
         link = None
         if source is not None and face.asset_id is not None:
             scheme, host, port = origin_of(source.url)
@@ -251,11 +251,14 @@ class Pages:
             return Response(preview, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
         return self.face_image(request)
 
+    def _source_of(self, face: FaceDetail) -> ImmichSettings | None:
+        """The configured source a face's photo came from (None: imported, or no longer configured)."""
+        return next((source for source in self._settings.immich if source.name == face.source), None)
+
     def _preview(self, face: FaceDetail) -> bytes | None:
-        from ..errors import FacesyncError as Failed
         from ..immich import ImmichClient
 
-        source = next((s for s in self._settings.immich if s.name == face.source), None)
+        source = self._source_of(face)
         if source is None or face.asset_id is None or not source.api_key.reveal():
             return None
         directory = self._settings.state_dir / "tmp"
@@ -266,7 +269,7 @@ class Pages:
                 return download.path.read_bytes()
             finally:
                 download.path.unlink(missing_ok=True)
-        except (Failed, OSError) as error:
+        except (FacesyncError, OSError) as error:
             log.info("the photo of face %d cannot be had from Immich: %s", face.face_id, error)
             return None
 
