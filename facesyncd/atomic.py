@@ -2,6 +2,8 @@
 
 A crash (kill -9, a power cut) leaves the old file or the new one, never half of either. Crops, the
 face index and its sidecar, the daemon's state file and the faceset tree's marker all go through here.
+Such a file gets the mode any new file gets (0666 less the umask), not mkstemp's 0600: another user in
+the group (`UMask=0027`) reads the exports.
 """
 
 from __future__ import annotations
@@ -14,9 +16,37 @@ from pathlib import Path
 PREFIX = ".tmp-"
 
 
+def _read_umask() -> int:
+    """The process's umask, without changing it: Linux says it in /proc (os.umask can only read it by
+    setting it, and another thread creating a file meanwhile would get the wrong mode)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _UMASK_AT_START
+
+
+def _umask_at_start() -> int:
+    # Read once, when the module is imported (single-threaded then), where /proc is not at hand.
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+_UMASK_AT_START = _umask_at_start()
+
+
+def new_file_mode() -> int:
+    """The mode a file made now gets: 0666 less the umask."""
+    return 0o666 & ~_read_umask()
+
+
 def write_atomic(path: Path, content: bytes | Callable[[Path], None], *, mode: int | None = None) -> None:
     """Replace `path` with `content`: bytes, or a function that writes the file at the path it is given
-    (for libraries that only write to a file name, such as hnswlib)."""
+    (for libraries that only write to a file name, such as hnswlib). `mode`: for a secret (0600);
+    else the umask decides."""
     handle, name = tempfile.mkstemp(prefix=f"{PREFIX}{path.name}.", dir=path.parent)
     temporary = Path(name)
     try:
@@ -30,8 +60,7 @@ def write_atomic(path: Path, content: bytes | Callable[[Path], None], *, mode: i
                 output.write(content)
                 output.flush()
                 os.fsync(output.fileno())
-        if mode is not None:
-            os.chmod(temporary, mode)
+        os.chmod(temporary, new_file_mode() if mode is None else mode)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

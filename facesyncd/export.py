@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .atomic import remove_leftovers, write_atomic
+from .atomic import new_file_mode, remove_leftovers, write_atomic
 from .crashpoints import checkpoint
 from .models import ExportFace
 
@@ -250,6 +250,30 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
+def _new_file_group(folder: Path) -> int:
+    """The group a file made in `folder` gets: the folder's when it is set-group-ID, else ours."""
+    status = folder.stat()
+    return status.st_gid if status.st_mode & stat.S_ISGID else os.getegid()
+
+
+def _place(source: Path, target: Path) -> None:
+    """Put one of facesyncd's own files (a crop, a PNG of state_dir) into a folder being written, as
+    a file made there would be: a hard link shares the source's inode, so the source is first given
+    the group and mode a new file in the folder gets (the folder's set-group-ID group, the umask),
+    which the state directory, private to the service, does not show to anyone. Where that cannot
+    be done (another owner's file, a file system without links), a copy."""
+    group, mode = _new_file_group(target.parent), new_file_mode()
+    try:
+        status = source.stat()
+        if status.st_gid != group:
+            os.chown(source, -1, group)
+        if stat.S_IMODE(status.st_mode) != mode:
+            os.chmod(source, mode)
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 def _carry(source: Path, target: Path) -> None:
     """Put a user's entry into the rebuilt folder without touching the original (which stays until
     the swap, so a crash loses nothing): files are linked (or copied), folders copied that way,
@@ -390,11 +414,17 @@ def write_folder(facesets_dir: Path, name: str, plan: Plan) -> bool:
     _remove(staging)
     try:
         staging.mkdir(parents=True)
+        placed: dict[Path, Path] = {}  # a file wanted under two names (top/): one inode
         for name, source in plan.files.items():
-            if isinstance(source, Path):
-                _link_or_copy(source, staging / name)
+            target = staging / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(source, Path) and source in placed:
+                _link_or_copy(placed[source], target)
+            elif isinstance(source, Path):
+                _place(source, target)
+                placed[source] = target
             else:
-                (staging / name).write_bytes(source)
+                target.write_bytes(source)
             checkpoint("export-file")
         for name in users:
             _carry(final / name, staging / name)
