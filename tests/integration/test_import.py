@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from conftest import PHOTOS, TEST_PACK, add_photos, requires_shared, run_cli, run_process, write_config
 from facesyncd.config import FaceSettings, ModelSettings
@@ -412,3 +413,90 @@ def test_a_hostile_tree_is_imported_without_breaking_the_state(fake: FakeImmich,
     assert synced.returncode == 0, synced.stderr
     again = run_cli("--config", str(config), "import-facesets", str(tree), "--merge")
     assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.parametrize("manifest", ["source and box", "another file name", "none"])
+def test_quarantined_faces_stay_aside_when_their_photos_and_their_persons_others_arrive(
+    fake: FakeImmich, tmp_path: Path, manifest: str
+) -> None:
+    """A thin set the user quarantined (`_thin/`), then every photo of that person arrives from Immich:
+    the person's other photos may form a faceset, the quarantined ones join nothing. The tree may say
+    where its crops came from (a path, a box), name the photos otherwise (Immich's storage keeps
+    files under names of its own), or say nothing."""
+    embedder = OnnxEmbedder(
+        ModelSettings(pack=str(TEST_PACK), providers=("CPUExecutionProvider",)), FaceSettings(min_face_px=0)
+    )
+    quarantined = [PHOTOS / "wild" / "katy_perry" / f"img{n}.jpg" for n in (26, 27, 28)]
+    tree = tmp_path / "facesets_swap_ready"
+    folder = tree / "_thin" / "faceset_045"
+    folder.mkdir(parents=True)
+    entries = []
+    for rank, photo in enumerate(quarantined, 1):
+        png, entry = _crop(embedder, photo)
+        name = f"{rank:03d}_{photo.stem}.png"
+        (folder / name).write_bytes(png)
+        if manifest == "another file name":
+            entry["source"] = f"/mnt/immich/upload/u1/ab/cd/{hashlib.sha256(name.encode()).hexdigest()[:32]}.jpg"
+        entries.append({"file": name, **entry})
+    if manifest != "none":
+        (folder / "manifest.json").write_text(json.dumps({"faces": entries}))
+    (tree / "faceset_007").mkdir()
+    (tree / "faceset_007" / "obama.png").write_bytes(_crop(embedder, PHOTOS / "wild" / "obama" / "obama.jpg")[0])
+    config = write_config(tmp_path / "run", fake.url)
+    config.write_text(config.read_text() + '[export]\nformat = "swap"\n')
+    result = run_cli("--config", str(config), "import-facesets", str(tree))
+    assert result.returncode == 0 and "3 set aside" in result.stdout, result.stdout + result.stderr
+
+    labels = add_photos(fake, ["wild/katy_perry", "wild/obama"])
+    result = run_cli("--config", str(config), "sync")
+    assert result.returncode == 0, result.stderr
+    sets = swap_sets(tmp_path / "run" / "facesets")
+    shown = {
+        labels[face["asset_id"]]: folder
+        for folder, data in sets.items()
+        for face in data["faces"] + data["left_out"]
+        if face["asset_id"]
+    }
+    assert any("katy_perry" in label for label in shown), f"the person's other photos formed no faceset: {sets}"
+    for photo in quarantined:
+        label = f"wild/katy_perry/{photo.name}"
+        assert label not in shown, f"{label}, quarantined, is in {shown[label]}"
+
+
+def test_later_photos_of_imported_people_join_their_numbers(fake: FakeImmich, tmp_path: Path) -> None:
+    """An older tree holds four 512 px crops of each person; the people's other photos then arrive
+    from Immich: they join the imported numbers (the older pipeline's users saw 16 of 20; 9 in 10 is
+    the aim), and no photo joins another person's number."""
+    embedder = OnnxEmbedder(
+        ModelSettings(pack=str(TEST_PACK), providers=("CPUExecutionProvider",)), FaceSettings(min_face_px=0)
+    )
+    tree = tmp_path / "facesets_swap_ready"
+    people = ["angelina_jolie", "jennifer_aniston", "katy_perry", "jack_dorsey"]
+    later: list[str] = []
+    for number, person in enumerate(people, 10):
+        photos = sorted((PHOTOS / "wild" / person).iterdir())
+        folder = tree / f"faceset_{number:03d}"
+        folder.mkdir(parents=True)
+        for photo in photos[:4]:
+            (folder / f"{photo.stem}.png").write_bytes(_crop(embedder, photo)[0])
+        later += [f"wild/{person}/{photo.name}" for photo in photos[4:]]
+    config = write_config(tmp_path / "run", fake.url)
+    config.write_text(config.read_text() + '[export]\nformat = "swap"\n')
+    result = run_cli("--config", str(config), "import-facesets", str(tree))
+    assert result.returncode == 0 and "imported 16 faces into 4 facesets" in result.stdout, result.stdout
+
+    labels = add_photos(fake, later)
+    result = run_cli("--config", str(config), "sync")
+    assert result.returncode == 0, result.stderr
+    sets = swap_sets(tmp_path / "run" / "facesets")
+    placed = {
+        labels[face["asset_id"]]: data["number"]
+        for data in sets.values()
+        for face in data["faces"] + data["left_out"]
+        if face.get("asset_id")
+    }
+    imported = {number: person for number, person in enumerate(people, 10)}
+    wrong = {label: number for label, number in placed.items() if number in imported and imported[number] not in label}
+    assert wrong == {}, f"photos joined another person's number: {wrong}"
+    joined = [label for label in later if imported.get(placed.get(label, 0), "?") in label]
+    assert len(joined) >= 0.9 * len(later), f"{len(joined)} of {len(later)} joined: {sorted(set(later) - set(joined))}"
