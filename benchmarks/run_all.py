@@ -12,6 +12,7 @@ import time
 
 import bench_census
 import bench_curation
+import bench_export_disk
 import bench_immich_ml
 import bench_pages
 
@@ -41,6 +42,7 @@ def main() -> None:
         ("corrections", bench_curation.main),
         ("review pages", bench_pages.main),
         ("index", bench_index.main),
+        ("export disk use", bench_export_disk.main),
     ):
         print(f"\n== {name} ==", flush=True)
         rows += run()

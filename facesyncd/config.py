@@ -118,7 +118,7 @@ class ImmichSettings:
     verify_tls: bool = setting(True, "false must be explicit, and is logged as a warning")
     web_url: str = setting(
         "",
-        "Immich's address in a browser, for the review page's links to photos (empty: the url's origin)",
+        "Immich's address in a browser, for links to photos (review page, manifests; empty: the url's origin)",
         lambda v: v == "" or _valid_url(v),
         "empty, or an http:// or https:// URL",
     )
@@ -131,6 +131,14 @@ class ImmichSettings:
     timeout_seconds: float = setting(
         30.0, "per request; a download may take 2x this plus its size at 32 KiB/s", _positive, "> 0"
     )
+
+    def photo_link(self, asset_id: str) -> str:
+        """The asset's page in Immich's web app: under web_url, else the url's origin (an API under
+        /api, or behind a path, is served by the same origin's web app)."""
+        if self.web_url:
+            return f"{self.web_url.rstrip('/')}/photos/{asset_id}"
+        parsed = urllib.parse.urlsplit(self.url)
+        return f"{parsed.scheme}://{parsed.netloc.rpartition('@')[2]}/photos/{asset_id}"
 
 
 # The API key of an [[immich]] table: exactly one of these two keys.
@@ -299,6 +307,9 @@ class ScheduleSettings:
     )
 
 
+BUNDLES = ("both", "top", "full", "none")
+
+
 @dataclass(frozen=True)
 class ExportSettings:
     """[export]: what the faceset folders hold"""
@@ -313,7 +324,13 @@ class ExportSettings:
     swap_padding: float = setting(
         0.5, "box widened by this fraction of its size on each side", lambda v: 0 <= v <= 2, "between 0 and 2"
     )
-    top_n: int = setting(8, "faces in the top bundle", _positive, "> 0")
+    top_n: int = setting(8, "faces in the top bundle and the top/ folder", _positive, "> 0")
+    bundles: str = setting(
+        "both",
+        "swap: which .fsz bundles each faceset gets: both, top (the best top_n), full (every face), none",
+        lambda v: v in BUNDLES,
+        '"both", "top", "full" or "none"',
+    )
     min_quality: float = setting(
         0.0, "faces below this composite score stay out of the exported set", _fraction, "between 0 and 1"
     )

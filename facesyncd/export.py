@@ -43,6 +43,10 @@ MANIFEST = "faceset.json"  # the crops layout's
 SWAP_MANIFEST = "manifest.json"  # the swap layout's, in each folder and at the top
 MANIFESTS = (MANIFEST, SWAP_MANIFEST)
 NAME_FILE = "NAME.txt"
+TOP_FOLDER = "top"  # the swap layout's best top_n PNGs again, loose, for tools that take files
+# The manifests' layout (docs/manifest.schema.json): 2 added schema_version, rank, top, file_name,
+# taken_at, immich_url, png_box, top_folder and the tree's retired numbers.
+SCHEMA_VERSION = 2
 PRESERVED = ".facesyncd-preserved"
 MARKER = ".facesyncd.json"
 # The highest faceset number facesyncd gives or adopts: a folder or marker naming a higher one is not
@@ -85,10 +89,19 @@ def face_file(face: ExportFace) -> str:
     return f"face_{face.face_id:07d}.jpg"
 
 
+def no_link(face: ExportFace) -> str | None:
+    return None
+
+
 def manifest(
-    number: int, faces: Sequence[ExportFace], subset: str | None = None, name: str | None = None
+    number: int,
+    faces: Sequence[ExportFace],
+    subset: str | None = None,
+    name: str | None = None,
+    link_of: Callable[[ExportFace], str | None] = no_link,
 ) -> dict[str, Any]:
     return {
+        "schema_version": SCHEMA_VERSION,
         "number": number,
         **({"subset": subset} if subset else {}),
         **({"name": name} if name else {}),
@@ -98,6 +111,9 @@ def manifest(
                 "source": face.source,
                 "asset_id": face.asset_id,
                 "owner": face.owner,
+                "file_name": face.file_name,
+                "taken_at": face.taken,
+                "immich_url": link_of(face),
                 "file": face_file(face),
                 "bbox": [round(v, 1) for v in face.bbox],
                 "det_score": round(face.det_score, 4),
@@ -220,6 +236,8 @@ def _our_files(existing: dict[str, Any] | None) -> set[str]:
         if isinstance(face, dict) and isinstance(face.get("file"), str):
             files.add(face["file"])
     files.update(str(name) for name in existing.get("bundles") or [])
+    if existing.get("top_folder") == TOP_FOLDER:
+        files.add(TOP_FOLDER)
     return files
 
 
@@ -346,10 +364,15 @@ def clean_leftovers(facesets_dir: Path) -> None:
 
 
 def crops_plan(
-    number: int, faces: Sequence[ExportFace], crops_dir: Path, subset: str | None = None, name: str | None = None
+    number: int,
+    faces: Sequence[ExportFace],
+    crops_dir: Path,
+    subset: str | None = None,
+    name: str | None = None,
+    link_of: Callable[[ExportFace], str | None] = no_link,
 ) -> Plan:
     files: dict[str, Path | bytes] = {face_file(face): crops_dir / face.crop for face in faces}
-    return Plan(MANIFEST, manifest(number, faces, subset, name), files)
+    return Plan(MANIFEST, manifest(number, faces, subset, name, link_of), files)
 
 
 def write_faceset(
@@ -360,6 +383,7 @@ def write_faceset(
     missing: list[ExportFace] | None = None,
     subset: str | None = None,
     set_name: str | None = None,
+    link_of: Callable[[ExportFace], str | None] = no_link,
 ) -> bool:
     """Write one faceset folder of the crops layout if it differs from the store. Returns whether
     anything was written.
@@ -374,7 +398,7 @@ def write_faceset(
     final = _claim(facesets_dir, name)
     existing = _read_manifest(final) if final.is_dir() else None
     users = _user_entries(final, existing) if existing is not None else []
-    if _is_current(final, existing, crops_plan(number, faces, crops_dir, subset, set_name), users):
+    if _is_current(final, existing, crops_plan(number, faces, crops_dir, subset, set_name, link_of), users):
         return False
     present = [face for face in faces if (crops_dir / face.crop).is_file()]
     if len(present) < len(faces):
@@ -384,7 +408,7 @@ def write_faceset(
         faces = present
         if not faces and not users:
             return False
-    return write_folder(facesets_dir, name, crops_plan(number, faces, crops_dir, subset, set_name))
+    return write_folder(facesets_dir, name, crops_plan(number, faces, crops_dir, subset, set_name, link_of))
 
 
 def _claim(facesets_dir: Path, name: str) -> Path:
@@ -546,6 +570,7 @@ def export_all(
     highest_number: int = 0,
     names: Mapping[int, str] | None = None,
     only: Collection[int] | None = None,
+    link_of: Callable[[ExportFace], str | None] = no_link,
 ) -> int:
     """Bring every faceset folder in line with the store, in the crops layout (with `only`, the
     folders of those numbers: `faces_by_identity` holds theirs). Returns how many folders were
@@ -554,7 +579,9 @@ def export_all(
 
     def write(name: str, faces: Sequence[ExportFace]) -> bool:
         number, subset = _number_and_subset(name)
-        return write_faceset(facesets_dir, crops_dir, number, faces, missing, subset, (names or {}).get(number))
+        return write_faceset(
+            facesets_dir, crops_dir, number, faces, missing, subset, (names or {}).get(number), link_of
+        )
 
     by_folder = {name: faces for name, (_, _, faces) in wanted.items()}
     return _export(facesets_dir, by_folder, write, highest_number, only)
@@ -567,16 +594,25 @@ def _number_and_subset(name: str) -> tuple[int, str | None]:
 
 
 def export_plans(
-    facesets_dir: Path, plans: Mapping[str, Plan], *, highest_number: int = 0, only: Collection[int] | None = None
+    facesets_dir: Path,
+    plans: Mapping[str, Plan],
+    *,
+    highest_number: int = 0,
+    only: Collection[int] | None = None,
+    retired: Mapping[int, int] | None = None,
 ) -> int:
     """Bring every faceset folder in line with these plans, by folder name (the swap layout); writes
-    the tree's manifest.json too. With `only`, the folders of those numbers (`plans` holds theirs),
-    and the tree manifest keeps its entries of the others."""
+    the tree's manifest.json too, which also says where the faces of each number merged away went
+    (`retired`: number -> the number they are in now). With `only`, the folders of those numbers
+    (`plans` holds theirs), and the tree manifest keeps its entries of the others."""
+    retired = retired or {}
 
     def write(name: str, faces: Sequence[Any]) -> bool:
         number, subset = _number_and_subset(name)
-        empty = Plan(SWAP_MANIFEST, {"number": number, "faces": [], "written_by": "facesyncd"}, {})
-        return write_folder(facesets_dir, name, plans.get(name) or empty)
+        empty = {"schema_version": SCHEMA_VERSION, "number": number, "faces": [], "written_by": "facesyncd"}
+        if number in retired:  # a folder kept for the user's files: it says where its faces went
+            empty["merged_into"] = retired[number]
+        return write_folder(facesets_dir, name, plans.get(name) or Plan(SWAP_MANIFEST, empty, {}))
 
     written = _export(
         facesets_dir, {name: plan.manifest["faces"] for name, plan in plans.items()}, write, highest_number, only
@@ -603,7 +639,12 @@ def export_plans(
         for name, plan in plans.items()
         if plan.manifest["faces"]
     ]
-    tree = {"facesets": sorted(entries, key=lambda entry: str(entry.get("folder"))), "written_by": "facesyncd"}
+    tree = {
+        "schema_version": SCHEMA_VERSION,
+        "facesets": sorted(entries, key=lambda entry: str(entry.get("folder"))),
+        "retired": [{"number": number, "merged_into": into} for number, into in sorted(retired.items())],
+        "written_by": "facesyncd",
+    }
     data = (json.dumps(tree, indent=1) + "\n").encode()
     if path.is_symlink() or (path.exists() and not _ours(path)):
         # The older pipeline's tree manifest, when facesets_dir is that tree: kept, not overwritten.

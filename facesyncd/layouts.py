@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from .config import ExportSettings
 from .crops import Crops
 from .embedder import Embedder
-from .export import NAME_FILE, export_all, export_plans, folders, own_facesets
+from .export import NAME_FILE, export_all, export_plans, folders, no_link, own_facesets
 from .imaging import DecodedImage
 from .models import Box, ExportFace
 from .swap import SwapCache, plan, select
@@ -32,13 +32,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Library:
-    """What a layout reads from the rest of facesyncd while it writes the folders: the store's names
-    and embeddings, and a face's photo fetched again (None when it cannot be had)."""
+    """What a layout reads from the rest of facesyncd while it writes the folders: the store's names,
+    embeddings and retired numbers (-> where their faces went), a face's photo fetched again (None
+    when it cannot be had) and its page in Immich's web app."""
 
     names: Callable[[], dict[int, str]]
     set_names: Callable[[dict[int, str | None]], None]
     embeddings_of: Callable[[list[int]], dict[int, NDArray[np.float32]]]
     photo_of: Callable[[ExportFace], DecodedImage | None]
+    link_of: Callable[[ExportFace], str | None] = no_link
+    retired: Callable[[], dict[int, int]] = dict
 
 
 class Layout(Protocol):
@@ -89,7 +92,14 @@ class CropsLayout:
         names = library.names()
         crops_dir = self._crops.directory
         written = export_all(
-            self._facesets_dir, crops_dir, faces, missing, highest_number=highest, names=names, only=only
+            self._facesets_dir,
+            crops_dir,
+            faces,
+            missing,
+            highest_number=highest,
+            names=names,
+            only=only,
+            link_of=library.link_of,
         )
         if missing:
 
@@ -101,7 +111,15 @@ class CropsLayout:
 
             restored = self._crops.restore(missing, self._facesets_dir, photo_of)
             log.warning("%d face crops were missing; %d restored", len(missing), restored)
-            written += export_all(self._facesets_dir, crops_dir, faces, highest_number=highest, names=names, only=only)
+            written += export_all(
+                self._facesets_dir,
+                crops_dir,
+                faces,
+                highest_number=highest,
+                names=names,
+                only=only,
+                link_of=library.link_of,
+            )
         return written
 
 
@@ -113,7 +131,7 @@ class SwapLayout:
         self._crops = crops
         self._cache = cache
         self._embedder = embedder
-        self._top_n = settings.top_n
+        self._settings = settings
 
     def prepare(self) -> None:
         self._cache.prepare()
@@ -144,10 +162,19 @@ class SwapLayout:
             for face in chosen:
                 self._cache.check(face.crop, face.bbox, self._embedder)
         plans = {
-            folder: plan(number, names.get(number), members, *choices[folder], self._cache, self._top_n, subset)
+            folder: plan(
+                number,
+                names.get(number),
+                members,
+                *choices[folder],
+                self._cache,
+                self._settings,
+                library.link_of,
+                subset,
+            )
             for folder, (number, subset, members) in wanted.items()
         }
-        return export_plans(self._facesets_dir, plans, highest_number=highest, only=only)
+        return export_plans(self._facesets_dir, plans, highest_number=highest, only=only, retired=library.retired())
 
     def _read_names(self, library: Library, only: frozenset[int] | None) -> None:
         """A name the user wrote into a faceset's NAME.txt is the faceset's name from then on."""

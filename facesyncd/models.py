@@ -303,6 +303,8 @@ class ExportFace:
     quality: Quality | None = None
     subset: str | None = None  # a labelled sub-set of the identity (its own folder)
     owner: str | None = None  # the Immich user whose photo it is (a partner's, with include_partners)
+    taken: str | None = None  # when the photo was taken, as Immich says (fileCreatedAt)
+    file_name: str | None = None  # the photo's original file name in Immich
 
 
 @dataclass(frozen=True)

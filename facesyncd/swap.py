@@ -18,7 +18,7 @@ import logging
 import shutil
 import threading
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +28,9 @@ from numpy.typing import NDArray
 
 from .atomic import remove_leftovers, write_atomic
 from .boxes import overlap
+from .config import ExportSettings
 from .embedder import Embedder
-from .export import NAME_FILE, SWAP_MANIFEST, Plan, faceset_name
+from .export import NAME_FILE, SCHEMA_VERSION, SWAP_MANIFEST, TOP_FOLDER, Plan, faceset_name
 from .imaging import DecodedImage
 from .models import Box, ExportFace
 
@@ -54,6 +55,13 @@ def square(box: Box, padding: float) -> tuple[float, float, float]:
     return (box[0] + box[2]) / 2 - side / 2, (box[1] + box[3]) / 2 - side / 2, side
 
 
+def placed_box(box: Box, padding: float, size: int) -> Box:
+    """Where the face box lies in its PNG (the square around it, `size` pixels on a side)."""
+    left, top, side = square(box, padding)
+    scale = size / side
+    return ((box[0] - left) * scale, (box[1] - top) * scale, (box[2] - left) * scale, (box[3] - top) * scale)
+
+
 def cut_square(pixels: NDArray[np.uint8], box: Box, padding: float, size: int) -> tuple[NDArray[np.uint8], Box]:
     """The square around the face, `size` pixels on a side; what lies outside the photo is black.
     Returns the pixels and the face box in them."""
@@ -61,8 +69,7 @@ def cut_square(pixels: NDArray[np.uint8], box: Box, padding: float, size: int) -
     scale = size / side
     matrix = np.array([[scale, 0.0, -left * scale], [0.0, scale, -top * scale]])
     out = cv2.warpAffine(pixels, matrix, (size, size), flags=cv2.INTER_AREA, borderValue=(0, 0, 0))
-    placed = ((box[0] - left) * scale, (box[1] - top) * scale, (box[2] - left) * scale, (box[3] - top) * scale)
-    return np.asarray(out, np.uint8), placed
+    return np.asarray(out, np.uint8), placed_box(box, padding, size)
 
 
 @dataclass(frozen=True)
@@ -165,9 +172,7 @@ class SwapCache:
         if pixels is None:
             png.unlink(missing_ok=True)
             return
-        left, top, side = square(box, self.padding)
-        scale = self.size / side
-        placed = ((box[0] - left) * scale, (box[1] - top) * scale, (box[2] - left) * scale, (box[3] - top) * scale)
+        placed = placed_box(box, self.padding, self.size)
         verdict = one_face(np.asarray(pixels, np.uint8), placed, embedder)
         if verdict.pixels is None:
             write_atomic(self._path(crop, ".excluded"), (verdict.note or "left out").encode())
@@ -275,11 +280,13 @@ def plan(
     chosen: Sequence[ExportFace],
     left_out: dict[int, str],
     cache: SwapCache,
-    top_n: int,
+    settings: ExportSettings,
+    link_of: Callable[[ExportFace], str | None],
     subset: str | None = None,
 ) -> Plan:
     """The swap layout of one faceset (of all its `members`): the chosen faces that have a clean
-    PNG, best first, and each face left out with its photo and why."""
+    PNG, best first, the best top_n of them again in top/ (for tools that take files, not zips), the
+    bundles [export] bundles asks for, and each face left out with its photo and why."""
     photo = {face.face_id: face.asset_id for face in members}
     usable: list[ExportFace] = []
     for face in chosen:
@@ -293,9 +300,15 @@ def plan(
     # A face keeps its file name as long as it stays in the set (tools keep paths); its rank is the
     # manifest's order (and `rank`) and the bundles' order.
     files = {f"face_{face.face_id:07d}.png": face for face in usable}
+    top = list(files)[: settings.top_n]
     folder = faceset_name(number, subset)
-    bundles = {f"{folder}.fsz": list(files), f"{folder}.top.fsz": list(files)[:top_n]} if files else {}
+    bundles: dict[str, list[str]] = {}
+    if files and settings.bundles in ("both", "full"):
+        bundles[f"{folder}.fsz"] = list(files)
+    if files and settings.bundles in ("both", "top"):
+        bundles[f"{folder}.top.fsz"] = top
     manifest = {
+        "schema_version": SCHEMA_VERSION,
         "number": number,
         **({"subset": subset} if subset else {}),
         "name": name,
@@ -303,21 +316,26 @@ def plan(
             {
                 "file": file,
                 "rank": rank,
+                "top": file in top,  # in top/ and the top bundle
                 "face_id": face.face_id,
                 "source": face.source,
                 "asset_id": face.asset_id,
                 "owner": face.owner,
+                "file_name": face.file_name,
+                "taken_at": face.taken,
+                "immich_url": link_of(face),
                 "bbox": [round(v, 1) for v in face.bbox],
+                "png_box": [round(v, 1) for v in placed_box(face.bbox, cache.padding, cache.size)],
                 "det_score": round(face.det_score, 4),
                 "distance": None if face.distance is None else round(face.distance, 4),
                 "quality": None if face.quality is None else face.quality.as_dict(),
-                "top": file in bundles.get(f"{folder}.top.fsz", []),  # in the top bundle
             }
             for rank, (file, face) in enumerate(files.items(), 1)
         ],
+        "top_folder": TOP_FOLDER if top else None,
         "bundles": list(bundles),
         # The settings the files were made with: a change of any of them rewrites every folder.
-        "png": {"size": cache.size, "padding": cache.padding, "top_n": top_n},
+        "png": {"size": cache.size, "padding": cache.padding, "top_n": settings.top_n, "bundles": settings.bundles},
         "left_out": [
             {"face_id": face_id, "asset_id": photo.get(face_id), "why": why}
             for face_id, why in sorted(left_out.items())
@@ -325,6 +343,7 @@ def plan(
         "written_by": "facesyncd",  # the older pipeline writes a manifest.json too: this one is ours
     }
     contents: dict[str, Path | bytes] = {file: cache.png(face.crop) for file, face in files.items()}
+    contents.update({f"{TOP_FOLDER}/{file}": cache.png(files[file].crop) for file in top})
     for bundle_name, bundled in bundles.items():
         contents[bundle_name] = bundle([(file, cache.png(files[file].crop)) for file in bundled])
     return Plan(SWAP_MANIFEST, manifest, contents, placeholders={NAME_FILE: ((name or "") + "\n").encode()})

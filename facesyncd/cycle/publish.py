@@ -55,11 +55,19 @@ def publish(parts: PublishParts, report: CycleReport, only: frozenset[int] | Non
     _measure_unmeasured(parts)
     faces = _good_enough(parts.store.export_faces(only), parts.export.min_quality)
     with _Photos(parts) as photos:
+        sources = {source.name: source for source in parts.sources}
+
+        def link_of(face: ExportFace) -> str | None:
+            source = sources.get(face.source)
+            return source.photo_link(face.asset_id) if source is not None and face.asset_id else None
+
         library = Library(
             names=parts.store.identity_names,
             set_names=parts.store.set_identity_names,
             embeddings_of=parts.store.embeddings_of,
             photo_of=photos.of,
+            link_of=link_of,
+            retired=parts.store.retired_numbers,
         )
         report.facesets_written = parts.layout.write(faces, parts.store.highest_identity(), library, only)
     if only is None:

@@ -15,7 +15,6 @@ from .. import curation
 from ..config import ImmichSettings, Settings
 from ..curation import Correction, Outcome
 from ..errors import FacesyncError
-from ..immich.transport import origin_of
 from ..localtime import local_time
 from ..models import FaceDetail
 from ..review import FACE_SORTS, GRID_SORTS, matches, sorted_faces, sorted_sets
@@ -228,11 +227,7 @@ class Pages:
                 "height": 100 * (y2 - y1) / height,
             }
         source = self._source_of(face)
-        link = None
-        if source is not None and face.asset_id is not None:
-            scheme, host, port = origin_of(source.url)
-            default = f"{scheme}://{host}" + ("" if (scheme, port) in (("http", 80), ("https", 443)) else f":{port}")
-            link = f"{(source.web_url or default).rstrip('/')}/photos/{face.asset_id}"
+        link = source.photo_link(face.asset_id) if source is not None and face.asset_id is not None else None
         return self._page(request, "photo.html", face=face, box=box, link=link)
 
     def photo_image(self, request: Any) -> Any:

@@ -16,7 +16,7 @@ from facesyncd.config import FaceSettings, ModelSettings
 from facesyncd.imaging import DecodedImage, decode_image
 from facesyncd.onnx_embedder import OnnxEmbedder
 from facesyncd.quality import assess, blur_score, frontality_score, symmetry_score
-from fake_immich import FakeImmich
+from fake_immich import FakeImmich, iso
 
 pytestmark = requires_shared
 
@@ -107,11 +107,14 @@ def test_swap_sets_hold_one_clean_face_per_png_as_the_face_tools_read_them(
     folder, manifest = the_set(facesets)
     number = manifest["number"]
     assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(".png")) == sorted(
-        ["NAME.txt", "manifest.json", f"faceset_{number:03d}.fsz", f"faceset_{number:03d}.top.fsz"]
+        ["NAME.txt", "manifest.json", f"faceset_{number:03d}.fsz", f"faceset_{number:03d}.top.fsz", "top"]
     )
     pngs = sorted(p.name for p in folder.glob("*.png"))
     ranked = [face["file"] for face in manifest["faces"]]  # best first; names stay as ranks change
     assert pngs == sorted(ranked)
+    # top/: the best top_n again, loose, the same files (no second copy on disk)
+    assert sorted(p.name for p in (folder / "top").iterdir()) == sorted(ranked[:3])
+    assert all((folder / "top" / name).stat().st_ino == (folder / name).stat().st_ino for name in ranked[:3])
     composites = [face["quality"]["composite"] for face in manifest["faces"]]
     assert composites == sorted(composites, reverse=True)
     assert all(
@@ -324,7 +327,7 @@ def test_a_change_of_an_export_setting_reaches_every_faceset_at_the_next_cycle(
     config, facesets, _ = swap_library
     assert run_cli("--config", str(config), "sync").returncode == 0
     folder, manifest = the_set(facesets)
-    assert manifest["png"] == {"size": 512, "padding": 0.5, "top_n": 3}
+    assert manifest["png"] == {"size": 512, "padding": 0.5, "top_n": 3, "bundles": "both"}
     assert [face["top"] for face in manifest["faces"]][:4] == [True, True, True, False]
     config.write_text(config.read_text().replace("top_n = 3", "top_n = 2"))
     result = run_cli("--config", str(config), "sync")
@@ -366,3 +369,96 @@ def test_a_faces_file_name_survives_a_split_a_merge_and_a_new_rank(
 def the_set_numbered(facesets: Path, number: int) -> tuple[Path, dict]:
     folder = facesets / f"faceset_{number:03d}"
     return folder, json.loads((folder / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("bundles", "expected"),
+    [("both", {".fsz", ".top.fsz"}), ("top", {".top.fsz"}), ("full", {".fsz"}), ("none", set())],
+)
+def test_each_bundles_setting_writes_those_bundles_and_the_top_folder(
+    swap_library: tuple[Path, Path, dict[str, str]], bundles: str, expected: set[str]
+) -> None:
+    """[export] bundles: the full .fsz repeats every PNG (574 MB of export for a 17 MB library);
+    a user whose tool takes files keeps the loose PNGs and top/ alone."""
+    config, facesets, _ = swap_library
+    config.write_text(config.read_text().replace("top_n = 3\n", f'top_n = 3\nbundles = "{bundles}"\n'))
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    folder, manifest = the_set(facesets)
+    written = {path.name[len(folder.name) :] for path in folder.glob("*.fsz")}
+    assert written == expected
+    assert sorted(manifest["bundles"]) == sorted(folder.name + suffix for suffix in expected)
+    ranked = [face["file"] for face in manifest["faces"]]
+    assert sorted(p.name for p in (folder / "top").iterdir()) == sorted(ranked[:3])
+    assert manifest["top_folder"] == "top" and [face["top"] for face in manifest["faces"]][:4] == [True] * 3 + [False]
+    # another value later: the bundles follow at the next cycle, and the folder holds nothing stale
+    config.write_text(config.read_text().replace(f'bundles = "{bundles}"', 'bundles = "both"'))
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    assert {path.name[len(folder.name) :] for path in folder.glob("*.fsz")} == {".fsz", ".top.fsz"}
+    config.write_text(config.read_text().replace('bundles = "both"', 'bundles = "none"'))
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    assert list(folder.glob("*.fsz")) == []
+    assert json.loads((folder / "manifest.json").read_text())["user_files"] == ["NAME.txt"], "a bundle was kept"
+
+
+SCHEMA = Path(__file__).resolve().parents[2] / "docs" / "manifest.schema.json"
+
+
+def schema_of(kind: str):  # noqa: ANN201 - a jsonschema validator
+    from jsonschema import Draft202012Validator
+
+    schema = json.loads(SCHEMA.read_text())
+    Draft202012Validator.check_schema(schema)
+    readme = (SCHEMA.parents[1] / "README.md").read_text()
+    assert "docs/manifest.schema.json" in readme, "the README does not point to the schema"
+    return Draft202012Validator({"$ref": f"#/$defs/{kind}", "$defs": schema["$defs"]})
+
+
+def test_the_manifests_follow_the_schema_the_readme_points_to(
+    fake: FakeImmich, tmp_path: Path, embedder: OnnxEmbedder
+) -> None:
+    """What scripts need, versioned: per face its photo's file name, date and page in Immich, its
+    box in the PNG's own pixels; for a number merged away, where its faces went."""
+    from facesyncd.boxes import overlap
+
+    labels = add_photos(fake, ["wild/katy_perry", "wild/matt_damon", "wild/angelina_jolie"])
+    config = write_config(tmp_path, fake.url, faces="min_face_px = 40")
+    config.write_text(config.read_text() + SWAP)
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    facesets = tmp_path / "facesets"
+    numbers = sorted(int(path.name[8:]) for path in facesets.glob("faceset_*") if path.is_dir())
+    assert len(numbers) >= 2
+    kept, gone = numbers[0], numbers[1]
+    (facesets / f"faceset_{gone:03d}" / "notes.txt").write_text("mine")  # keeps its folder
+    assert run_cli("--config", str(config), "faceset", "merge", str(kept), str(gone)).returncode == 0
+
+    tree = json.loads((facesets / "manifest.json").read_text())
+    schema_of("tree").validate(tree)
+    assert tree["schema_version"] == 2 and tree["retired"] == [{"number": gone, "merged_into": kept}]
+    assert "top/" in " ".join(tree["facesets"][0]["files"])
+    leftover = json.loads((facesets / f"faceset_{gone:03d}" / "manifest.json").read_text())
+    schema_of("faceset").validate(leftover)
+    assert leftover["faces"] == [] and leftover["merged_into"] == kept
+    checked = 0
+    for entry in tree["facesets"]:
+        folder = facesets / entry["folder"]
+        manifest = json.loads((folder / "manifest.json").read_text())
+        schema_of("faceset").validate(manifest)
+        for face in manifest["faces"]:
+            asset = fake.assets[face["asset_id"]]
+            assert face["file_name"] == asset.original_file_name == Path(labels[face["asset_id"]]).name
+            assert face["taken_at"] == iso(asset.file_created_at)
+            assert face["immich_url"] == f"{fake.url.rstrip('/')}/photos/{face['asset_id']}".replace("/api/", "/")
+            pixels = cv2.imread(str(folder / face["file"]))
+            found = embedder.faces(DecodedImage(pixels, "PNG"), min_face_px=0)
+            assert max(overlap(tuple(face["png_box"]), f.bbox) for f in found) > 0.6, face["file"]
+            checked += 1
+    assert checked >= 10
+
+    # the crops layout's faceset.json, by the same schema
+    config.write_text(config.read_text().replace('format = "swap"', 'format = "crops"'))
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    crops = [json.loads(path.read_text()) for path in facesets.glob("faceset_*/faceset.json")]
+    assert crops
+    for manifest in crops:
+        schema_of("crops").validate(manifest)
+        assert all(face["immich_url"] and face["taken_at"] for face in manifest["faces"])

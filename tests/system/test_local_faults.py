@@ -46,7 +46,7 @@ def app(fake: FakeImmich, tmp_path: Path, env_key: str) -> Iterator[App]:
 
 def test_disk_full_while_exporting(fake: FakeImmich, app: App, monkeypatch: pytest.MonkeyPatch) -> None:
     add_photos(fake, ["wild/obama", "wild/biden", "wild/elon_musk"])
-    real = export_module._link_or_copy
+    real = export_module._place
     calls = {"n": 0}
 
     def fill_up(source: Path, target: Path) -> None:
@@ -55,13 +55,13 @@ def test_disk_full_while_exporting(fake: FakeImmich, app: App, monkeypatch: pyte
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
         real(source, target)
 
-    monkeypatch.setattr(export_module, "_link_or_copy", fill_up)
+    monkeypatch.setattr(export_module, "_place", fill_up)
     with pytest.raises(LocalWriteError, match="No space left on device"):
         actions.sync(app)
     root = app.settings.facesets_dir
     assert hidden_leftovers(root) == []
     assert integrity(app.settings.database_path) == "ok"
-    monkeypatch.setattr(export_module, "_link_or_copy", real)
+    monkeypatch.setattr(export_module, "_place", real)
     report = actions.sync(app)
     assert report.facesets_written >= 1 and hidden_leftovers(root) == []
     status = app.store.status()
