@@ -34,9 +34,11 @@ from ..layouts import Layout
 from ..models import (
     AssetRow,
     AssetState,
+    Box,
     CycleReport,
     DecodeSource,
     Dropped,
+    ImportClaim,
     RemoteFace,
     StoredFace,
 )
@@ -380,6 +382,7 @@ def replace_imported_faces(store: Store, row: AssetRow, sha256: str) -> tuple[li
         return [], Dropped()
     boxes = store.blob_boxes(sha256)
     pairs = pair_boxes([claim.bbox for claim in claims], [box for _, box in boxes], IMPORT_MIN_OVERLAP)
+    pairs += _pair_faces(store, claims, boxes, pairs)
     replacements = [(claims[claim], boxes[face][0]) for claim, face in pairs]
     # A file name is not unique (every camera writes IMG_0001.JPG): a claim made by name alone
     # stands only where the photo's face is the imported face itself.
@@ -392,6 +395,36 @@ def replace_imported_faces(store: Store, row: AssetRow, sha256: str) -> tuple[li
         replacements = [(claim, face) for claim, face in replacements if claim.path not in strangers]
     dropped = store.supersede_imports(replacements)
     return store.faces_by_id([face_id for _, face_id in replacements]), dropped
+
+
+def _pair_faces(
+    store: Store, claims: Sequence[ImportClaim], boxes: Sequence[tuple[int, Box]], paired: Sequence[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """Claims whose box matched no face of the photo, paired by the face itself: a tree's boxes may be
+    in another photo's pixels (a preview, a copy scaled down, one not turned upright). The same face
+    re-detected in a 512 px crop lies within 0.11 of the photo's (benchmarks/measure_crop_distance.py),
+    well inside SAME_FACE; nearest first, each face in one pair at most."""
+    claimed, found = {row for row, _ in paired}, {column for _, column in paired}
+    rows = [row for row in range(len(claims)) if row not in claimed]
+    columns = [column for column in range(len(boxes)) if column not in found]
+    if not rows or not columns:
+        return []
+    vectors = store.embeddings_of([claims[row].face_id for row in rows] + [boxes[column][0] for column in columns])
+    candidates = sorted(
+        (1.0 - float(vectors[claims[row].face_id] @ vectors[boxes[column][0]]), row, column)
+        for row in rows
+        for column in columns
+        if claims[row].face_id in vectors and boxes[column][0] in vectors
+    )
+    pairs: list[tuple[int, int]] = []
+    for distance, row, column in candidates:
+        if distance > SAME_FACE:
+            break
+        if row not in claimed and column not in found:
+            pairs.append((row, column))
+            claimed.add(row)
+            found.add(column)
+    return pairs
 
 
 def fail(parts: StageParts, source: str, row: AssetRow, reason: str, report: CycleReport) -> None:

@@ -500,3 +500,44 @@ def test_later_photos_of_imported_people_join_their_numbers(fake: FakeImmich, tm
     assert wrong == {}, f"photos joined another person's number: {wrong}"
     joined = [label for label in later if imported.get(placed.get(label, 0), "?") in label]
     assert len(joined) >= 0.9 * len(later), f"{len(joined)} of {len(later)} joined: {sorted(set(later) - set(joined))}"
+
+
+def test_a_crop_whose_box_is_in_a_previews_pixels_is_still_its_photos_face(fake: FakeImmich, tmp_path: Path) -> None:
+    """The tree names each crop's Immich asset, but its boxes were measured on Immich's preview (a
+    smaller copy): no box of the photo overlaps them. The photo's own face still takes the imported
+    crop's place (not a second copy of it), and a quarantined crop's photo stays aside."""
+    embedder = OnnxEmbedder(
+        ModelSettings(pack=str(TEST_PACK), providers=("CPUExecutionProvider",)), FaceSettings(min_face_px=0)
+    )
+    ids = {label: asset for asset, label in add_photos(fake, ["wild/obama", "wild/katy_perry"]).items()}
+    tree = tmp_path / "facesets_swap_ready"
+
+    def faceset(folder: Path, labels: list[str]) -> None:
+        folder.mkdir(parents=True)
+        entries = []
+        for label in labels:
+            png, entry = _crop(embedder, PHOTOS / label)
+            (folder / f"{Path(label).stem}.png").write_bytes(png)
+            preview = [round(v * 0.4, 1) for v in entry["bbox"]]  # a 1440 px preview of a 3600 px photo
+            entries.append({"file": f"{Path(label).stem}.png", "source": ids[label], "bbox": preview})
+        (folder / "manifest.json").write_text(json.dumps({"faces": entries}))
+
+    obama = [f"wild/obama/{name}" for name in ("obama.jpg", "obama1.jpg", "obama2.jpg")]
+    quarantined = [f"wild/katy_perry/img{n}.jpg" for n in (26, 27, 28)]
+    faceset(tree / "faceset_007", obama)
+    faceset(tree / "_thin" / "faceset_045", quarantined)
+    config = write_config(tmp_path / "run", fake.url)
+    config.write_text(config.read_text() + '[export]\nformat = "swap"\n')
+    result = run_cli("--config", str(config), "import-facesets", str(tree))
+    assert result.returncode == 0 and "imported 3 faces into 1 facesets" in result.stdout, result.stdout
+
+    result = run_cli("--config", str(config), "sync")
+    assert result.returncode == 0, result.stderr
+    sets = swap_sets(tmp_path / "run" / "facesets")
+    faces = sets["faceset_007"]["faces"] + sets["faceset_007"]["left_out"]
+    assert all(face["asset_id"] for face in faces), "an imported copy stayed beside its photo's face"
+    assert {ids[label] for label in obama} <= {face["asset_id"] for face in faces}
+    shown = {face["asset_id"] for data in sets.values() for face in data["faces"] + data["left_out"]}
+    assert not shown & {ids[label] for label in quarantined}, "a quarantined photo is in a faceset"
+    status = json.loads(run_cli("--config", str(config), "status", "--json").stdout)
+    assert status["faces"]["assigned"] == len(shown), "a face is in a faceset twice"
