@@ -28,11 +28,12 @@ from .config import (
     find_config,
     load_settings,
     sample_config,
+    server_url,
     settings_from_dict,
     user_config_path,
 )
 from .entry import EXIT_INTERRUPTED
-from .errors import FacesyncError
+from .errors import FacesyncError, permission_denied
 from .logs import setup_logging
 from .ownership import kept_by_owner
 from .progress import TerminalProgress
@@ -117,7 +118,7 @@ def init(
         if not interactive:
             raise ConfigError("init needs --url (or run it in a terminal to be asked)")
         url = typer.prompt("Immich URL (e.g. https://photos.example.org)")
-    values: dict[str, str] = {"name": name, "url": url.rstrip("/")}
+    values: dict[str, str] = {"name": name, "url": server_url(url)}
     key_path: Path | None = None
     if api_key_env:
         values["api_key_env"] = api_key_env
@@ -568,6 +569,7 @@ def serve(
         raise ConfigError(f"--listen {chosen} is reachable from other machines: set [web] token_file first")
     settings = dataclasses.replace(settings, web=dataclasses.replace(settings.web, listen=chosen))
     server = WebServer(settings)
+    server.bind()
     typer.echo(f"serving the review page on {server.address} (Ctrl-C stops)")
     server.serve()
 
@@ -619,11 +621,39 @@ def faceset_sheet(
     typer.echo(f"wrote {target}")
 
 
+# facesyncd's own options, with whether each takes a value: accepted after the command too
+# (`facesyncd sync --config x` said "No such option").
+GLOBAL_OPTIONS = {"--config": True, "-c": True, "--log-level": True, "--log-format": True, "--debug": False}
+
+
+def global_options_first(argv: list[str]) -> list[str]:
+    """`argv` with facesyncd's own options moved before the command, wherever they were given (never
+    past a `--`, after which everything is an argument)."""
+    front: list[str] = []
+    rest: list[str] = []
+    position = 0
+    while position < len(argv):
+        word = argv[position]
+        if word == "--":
+            rest += argv[position:]
+            break
+        name = word.split("=", 1)[0]
+        if name in GLOBAL_OPTIONS:
+            takes_value = GLOBAL_OPTIONS[name] and "=" not in word
+            front += argv[position : position + 1 + takes_value]
+            position += 1 + takes_value
+            continue
+        rest.append(word)
+        position += 1
+    return front + rest
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app on `argv` (default: the command line), turning known errors into one
     line and an exit code (SystemExit)."""
+    arguments = global_options_first(sys.argv[1:] if argv is None else argv)
     try:
-        code = app(args=argv, standalone_mode=False, prog_name="facesyncd")
+        code = app(args=arguments, standalone_mode=False, prog_name="facesyncd")
     except FacesyncError as error:
         if _state.debug:
             logging.getLogger("facesyncd").exception("error")
@@ -632,6 +662,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.echo("facesyncd: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except PermissionError as error:  # a folder of another user's (the service's state directory)
+        if _state.debug:
+            logging.getLogger("facesyncd").exception("error")
+        refused = permission_denied(error)
+        typer.echo(f"facesyncd: error: {refused}", err=True)
+        sys.exit(refused.exit_code)
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except typer.Abort:

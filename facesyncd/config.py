@@ -98,6 +98,13 @@ def _valid_url(value: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0 and not parts.query
 
 
+def server_url(url: str) -> str:
+    """Immich's address as facesyncd keeps it: without a trailing slash, and without the `/api` Immich's
+    own CLI asks for (facesyncd adds it: `.../api/api/users/me` was a 404)."""
+    url = url.rstrip("/")
+    return url[: -len("/api")] if url.lower().endswith("/api") else url
+
+
 @dataclass(frozen=True)
 class ImmichSettings:
     """[[immich]]: one table per Immich user; a key only sees its own user (and partners it shows)"""
@@ -110,7 +117,7 @@ class ImmichSettings:
     )
     url: str = setting(
         "https://photos.example.org",
-        "Immich's address",
+        "Immich's address (as in a browser; a trailing /api is fine too)",
         _valid_url,
         "an http:// or https:// URL with a host (and a port from 1 to 65535)",
     )
@@ -570,7 +577,7 @@ def _immich_entries(raw: Any, base: Path, problems: _Problems, *, secrets: bool)
         if name:
             seen.add(name)
         if name and "url" in values and secret is not None:
-            entries.append(ImmichSettings(**{**values, "url": values["url"].rstrip("/"), "api_key": secret}))
+            entries.append(ImmichSettings(**{**values, "url": server_url(values["url"]), "api_key": secret}))
     return tuple(entries)
 
 

@@ -29,7 +29,7 @@ from . import actions
 from .app import App, open_app
 from .config import Settings, load_settings
 from .embedder import make_embedder
-from .errors import FacesyncError, Interrupted
+from .errors import AddressInUse, FacesyncError, Interrupted
 from .lock import state_lock
 from .models import CycleReport, JobKind
 from .notify import Notifier
@@ -241,9 +241,13 @@ class Daemon:
                 if self.settings.web.listen:
                     from .web import WebServer
 
-                    self._web = WebServer(self.settings)
-                    self._web.start()
-                    log.info("review page on %s", self._web.address)
+                    web = WebServer(self.settings)
+                    try:
+                        web.start()
+                        self._web = web
+                        log.info("review page on %s", web.address)
+                    except AddressInUse as error:  # the photos still sync; the page waits for a restart
+                        log.error("%s; the review page is off until facesyncd restarts", error)
                 self._write_daemon_file()
                 self.notifier.ready(
                     f"polling {len(self.settings.immich)} source(s) every {self.settings.schedule.poll_seconds:g}s"

@@ -77,6 +77,42 @@ class LocalWriteError(FacesyncError):
     exit_code = 8
 
 
+def permission_denied(error: PermissionError) -> LocalWriteError:
+    """A file or folder this user may not enter, as one line that says whose it is and how to look:
+    a state directory of the service (systemd's DynamicUser keeps it under /var/lib/private, 0700)
+    is read with sudo, or shared through a group."""
+    import os
+    from pathlib import Path
+
+    path = Path(str(error.filename)) if error.filename else None
+    if path is None:
+        return LocalWriteError(f"permission denied: {error.strerror or error}")
+    blocked = path
+    for entry in [path, *path.parents]:  # the outermost entry this user cannot enter or read
+        wanted = os.X_OK if os.path.isdir(entry) else os.R_OK
+        if os.path.exists(entry) and not os.access(entry, wanted):
+            blocked = entry
+    try:
+        status = blocked.stat()
+        import pwd
+
+        owner = pwd.getpwuid(status.st_uid).pw_name
+    except (OSError, KeyError, ImportError):
+        owner = None
+    whose = f" (it belongs to {owner}, mode {oct(status.st_mode & 0o777)[2:]})" if owner else ""
+    return LocalWriteError(
+        f"permission denied: {path}: this user may not enter {blocked}{whose}; run facesyncd as its owner, "
+        "or with sudo (an admin command hands the files it makes back to the owner); to let others read "
+        "the facesets, see 'Sharing with another user' in the README"
+    )
+
+
+class AddressInUse(FacesyncError):
+    """The review page's address cannot be listened on: another program (another `serve`) has it."""
+
+    exit_code = 10
+
+
 class OrphanedFacesets(FacesyncError):
     """facesets_dir holds facesyncd's own facesets, but the database is new (it was lost or moved):
     numbering afresh would give their numbers to other people."""

@@ -48,3 +48,15 @@ def setup_logging(level: int, log_format: str) -> None:
     logging.getLogger("httpx").setLevel(logging.DEBUG if level <= logging.DEBUG else logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.DEBUG if level <= logging.DEBUG else logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING if level > logging.DEBUG else logging.INFO)
+    scheduler = logging.getLogger("apscheduler.scheduler")
+    if not any(isinstance(kept, _QueuedRuns) for kept in scheduler.filters):
+        scheduler.addFilter(_QueuedRuns())
+
+
+class _QueuedRuns(logging.Filter):
+    """The daemon's jobs share one worker thread by design: a job due while another runs waits, and
+    apscheduler warns "skipped: maximum number of running instances reached" for it, every 2 s of a
+    long cycle (thousands of lines in a first sync)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances" not in record.getMessage()

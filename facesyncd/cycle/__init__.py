@@ -45,10 +45,12 @@ def run_cycle(
                 finally:
                     report.requests += client.requests
         except (ImmichAuthError, ImmichUnreachable, ImmichError) as error:
-            log.error("%s", error)
             report.source_errors[source.name] = str(error)
             app.store.set_source_error(source.name, str(error))
-            first_error = first_error or error
+            if first_error is None:
+                first_error = error  # said once, by whoever runs the cycle (the command's last line)
+            else:
+                log.error("%s", error)
     identify = app.identify_parts()
     assign_new_faces(identify, report)
     if cluster:

@@ -104,6 +104,6 @@ class CycleQueries(FaceQueries):
             "sources": sources,
             "problems": problems,
             "index_version": self.index_version(),
-            "embedding_dim": self.get_meta("embedding_dim"),
+            "embedding_dim": int(self.get_meta("embedding_dim") or 0) or None,  # meta keeps text
             "model": self.get_meta("model"),
         }

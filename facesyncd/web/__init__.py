@@ -14,11 +14,12 @@ reaches the page. The access log is off: a ?token= would otherwise be written do
 
 from __future__ import annotations
 
+import socket
 import threading
 from typing import Any
 
 from ..config import Settings, parse_listen
-from ..errors import FacesyncError
+from ..errors import AddressInUse, FacesyncError
 from .guard import Guard, allowed_hosts, read_token
 from .pages import Pages
 
@@ -93,12 +94,40 @@ class WebServer:
         self._thread: threading.Thread | None = None
         self.address = f"http://{host if ':' not in host else f'[{host}]'}:{port}/"
 
+        self._listen = (host, port)
+        self._socket: socket.socket | None = None
+
+    def bind(self) -> None:
+        """Take the address now, so that a busy one is one clear error (uvicorn would log it among
+        its own lines and exit from inside its thread)."""
+        host, port = self._listen
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind((host, port))
+            listener.listen(128)
+        except OSError as error:
+            listener.close()
+            raise AddressInUse(
+                f"cannot serve the review page on {host}:{port}: {error.strerror or error} (another program, "
+                "perhaps `facesyncd run` with [web] listen, has it: choose another with --listen or [web] listen)"
+            ) from None
+        self._socket = listener
+
+    def _run(self) -> None:
+        if self._socket is None:
+            self.bind()
+        assert self._socket is not None
+        self._server.run(sockets=[self._socket])
+
     def serve(self) -> None:
-        self._server.run()
+        self._run()
 
     def start(self) -> None:
         # uvicorn listens to signals only in the main thread: the daemon keeps its own handlers.
-        self._thread = threading.Thread(target=self._server.run, name="facesyncd-web", daemon=True)
+        self.bind()
+        self._thread = threading.Thread(target=self._run, name="facesyncd-web", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

@@ -261,3 +261,121 @@ def test_admin_commands_run_as_root_leave_the_service_users_files_to_it(fake: Fa
     }
     assert len(owners) > 10
     assert {path: uid for path, uid in owners.items() if uid != service} == {}
+
+
+@pytest.mark.skipif(sys.platform == "win32" or not hasattr(__import__("os"), "geteuid"), reason="POSIX owners")
+@pytest.mark.parametrize("command", [["status"], ["sync"], ["status", "--json"]])
+def test_a_state_dir_this_user_cannot_enter_is_one_line_and_exit_8(
+    fake: FakeImmich, tmp_path: Path, command: list[str]
+) -> None:
+    """A user's `status` on a host running the service (DynamicUser keeps /var/lib/private at 0700)
+    printed a 66-line traceback and exited 1."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("being another user needs root and setpriv: run the suite as root (CI does)")
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "facesyncd"]
+    base = Path(tempfile.mkdtemp(prefix="facesyncd-private-"))
+    try:
+        base.chmod(0o755)
+        (base / "state").mkdir(mode=0o700)  # the service's, root's here
+        config = write_config(base, fake.url)
+        config.chmod(0o644)
+        if subprocess.run([*nobody, "--version"], capture_output=True, check=False).returncode != 0:
+            pytest.skip("another user cannot run this checkout's Python (its folders are private)")
+        result = subprocess.run(
+            [*nobody, "--config", str(config), *command],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, API_KEY_ENV: API_KEY},
+        )
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert result.returncode == 8, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("facesyncd: error:"), result.stderr
+    assert str(base / "state") in lines[0] and "Traceback" not in result.stderr
+    if command[0] == "status":  # a reader: how to look
+        assert f"may not enter {base / 'state'} (it belongs to root" in lines[0] and "sudo" in lines[0]
+
+
+def test_a_url_ending_in_api_is_immichs_address_too(fake: FakeImmich, tmp_path: Path) -> None:
+    """Immich's own CLI asks for the URL with /api: facesyncd answered `404 Cannot GET /api/api/users/me`."""
+    add_photos(fake, ["wild/obama"])
+    config = write_config(tmp_path, f"{fake.url}/api/")
+    result = run_cli("--config", str(config), "sync")
+    assert result.returncode == 0, result.stderr
+    assert fake.requests and not [path for _, path, _ in fake.requests if "/api/api/" in path]
+
+
+def test_facesyncds_own_options_work_after_the_command_too(fake: FakeImmich, tmp_path: Path) -> None:
+    """`facesyncd sync --config x` said "No such option"."""
+    from facesyncd.cli import global_options_first
+
+    config = write_config(tmp_path, fake.url)
+    assert run_cli("sync", "--config", str(config), "--log-level", "warning").returncode == 0
+    before = run_cli("--config", str(config), "status", "--json")
+    after = run_cli("status", "--json", f"--config={config}")
+    shortly = run_cli("status", "-c", str(config), "--json")
+    assert before.returncode == after.returncode == shortly.returncode == 0, after.stderr
+    assert json.loads(after.stdout)["sources"] == json.loads(before.stdout)["sources"]
+    assert json.loads(shortly.stdout)["sources"] == json.loads(before.stdout)["sources"]
+    # after `--` everything is an argument
+    assert global_options_first(["faceset", "name", "3", "--", "--debug"]) == ["faceset", "name", "3", "--", "--debug"]
+
+
+def test_serve_on_a_busy_port_is_one_line_and_its_own_exit_code(fake: FakeImmich, tmp_path: Path) -> None:
+    """`serve` printed "serving ... on" and then exited 3, the code of a refused API key."""
+    config = write_config(tmp_path, fake.url)
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = run_cli("--config", str(config), "serve", "--listen", f"127.0.0.1:{port}")
+    assert result.returncode == 10, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "--listen" in lines[0], result.stderr
+    assert "serving" not in result.stdout
+
+
+def test_a_dead_server_is_said_once(tmp_path: Path) -> None:
+    """The error was logged by the cycle and printed again as the command's last line."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # nothing listens there once closed
+    config = write_config(tmp_path, f"http://127.0.0.1:{port}")
+    result = run_cli("--config", str(config), "sync")
+    assert result.returncode == 4, result.stderr
+    assert result.stderr.count("Connection refused") == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("facesyncd: error: alice:")
+
+
+def test_the_daemons_queued_jobs_are_not_a_warning_every_2_seconds() -> None:
+    """`run` logged apscheduler's "skipped: maximum number of running instances" every 2 s of a cycle."""
+    import io
+    import logging
+
+    from facesyncd.logs import setup_logging
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        setup_logging(logging.INFO, "text")
+        root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
+        scheduler = logging.getLogger("apscheduler.scheduler")
+        scheduler.warning(
+            'Execution of job "Daemon._apply_corrections (trigger: interval[0:00:02], next run at: 2026-12-02)" '
+            "skipped: maximum number of running instances reached (1)"
+        )
+        scheduler.warning("Run time of job was missed by 0:00:03")
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    assert "maximum number of running instances" not in stream.getvalue()
+    assert "was missed by" in stream.getvalue()

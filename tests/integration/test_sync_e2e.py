@@ -184,6 +184,7 @@ def test_status_json_reports_the_library(library) -> None:
     assert [s["name"] for s in data["sources"]] == ["alice"]
     assert data["sources"][0]["watermark"]
     assert data["index"] == {"faces": data["faces"]["assigned"], "stale": False}
+    assert data["embedding_dim"] == 128  # a number, as the model gives it (was "128")
     text = run_cli("--config", str(config), "status")
     assert "identities:" in text.stdout and "alice" in text.stdout
 
