@@ -22,7 +22,6 @@ import typer
 from . import __version__, curation
 from .config import (
     DEFAULT_SYSTEM_CONFIG,
-    MODEL_PACK_COMMAND,
     ModelSettings,
     Settings,
     find_config,
@@ -157,7 +156,7 @@ def init(
     typer.echo(f"wrote {target}" + (f" and the API key to {key_path}" if key_path else ""))
     typer.echo("next:")
     if not any(pack.glob("*.onnx")):
-        typer.echo(f"  get the model pack:  {MODEL_PACK_COMMAND.format(folder=pack)}")
+        typer.echo(f"  get the model pack:  facesyncd{' --config ' + str(target) if _state.config else ''} model fetch")
     config_option = f" --config {target}" if _state.config else ""
     typer.echo(f"  first sync:          facesyncd{config_option} sync")
     typer.echo(f"  the facesets:        ls {values.get('facesets_dir', Path(values['state_dir']) / 'facesets')}")
@@ -324,6 +323,54 @@ def retry() -> None:
         with open_app(settings, create=False) as app:
             count = actions.retry(app)
     typer.echo(f"{count} assets queued for retry")
+
+
+model_app = typer.Typer(help="The face model pack.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("fetch")
+def model_fetch(
+    name: str | None = typer.Argument(None, help="The pack's name (default: the config's [model] pack)."),
+    url: str | None = typer.Option(None, "--url", help="Download from here (with --sha256) instead."),
+    sha256: str | None = typer.Option(None, "--sha256", help="The zip's checksum, for --url."),
+    force: bool = typer.Option(False, "--force", help="Replace a pack that is there already."),
+) -> None:
+    """Download the model pack once, check its sha256 and unpack it where the config looks for it
+    ([model] pack: a folder, or a name under ~/.insightface/models). Only this command downloads.
+
+    Example: facesyncd model fetch
+    """
+    from .modelpacks import fetch, source_of
+
+    path = find_config(_state.config)
+    configured = _settings(secrets=False).model if path.exists() else ModelSettings()
+    model = configured if name is None or name == configured.pack_dir().name else ModelSettings(pack=name)
+    folder = model.pack_dir()
+    source = source_of(name or folder.name, url, sha256)
+    bar: Any = None
+
+    def progress(done: int, total: int | None) -> None:
+        nonlocal bar
+        if bar is None and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, desc=folder.name, unit="B", unit_scale=True, file=sys.stderr)
+        if bar is not None:
+            bar.update(done - bar.n)
+
+    typer.echo(f"downloading {source.url}")
+    try:
+        fetched = fetch(source, folder, force=force, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    typer.echo(
+        f"checked (sha256 {source.sha256[:12]}…) and unpacked {len(fetched.files)} models "
+        f"({fetched.downloaded / 1e6:.1f} MB) into {fetched.folder}: {', '.join(fetched.files)}"
+    )
+    if name is not None and model is not configured:
+        typer.echo(f'to use it, set [model] pack = "{folder}" in the config')
 
 
 faceset_app = typer.Typer(help="Look at facesets and correct them.", no_args_is_help=True, rich_markup_mode=None)

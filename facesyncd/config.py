@@ -151,8 +151,26 @@ class ImmichSettings:
 # The API key of an [[immich]] table: exactly one of these two keys.
 SECRET_KEYS = {
     "api_key_env": "environment variable holding the API key",
-    "api_key_file": "or: a file holding it (relative: to this file; a bare name: in $CREDENTIALS_DIRECTORY)",
+    "api_key_file": "or: a file holding it (relative: to this file; a bare name: $CREDENTIALS_DIRECTORY, keys/)",
 }
+KEYS_FOLDER = "keys"  # beside the config: where a bare key file name is found outside the service
+
+
+def key_file_path(name: str, base: Path) -> Path:
+    """Where an api_key_file is read. systemd's LoadCredential= puts the service's secrets in
+    $CREDENTIALS_DIRECTORY, under the credential's name: a bare name is looked up there first; outside
+    the service (an admin's `sudo facesyncd sync --reconcile` with the same config) it is looked up in
+    keys/ beside the config, where the README's recipe keeps the file LoadCredential= reads, and
+    then beside the config itself (where `init` writes a key)."""
+    path = Path(name).expanduser()
+    if path.is_absolute():
+        return path
+    if _is_path(name):
+        return base / path
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    places = [Path(credentials) / path] if credentials else []
+    places += [base / KEYS_FOLDER / path, base / path]
+    return next((place for place in places if os.path.lexists(place)), places[0])
 
 
 @dataclass(frozen=True)
@@ -509,18 +527,20 @@ def _read_secret(entry: dict[str, Any], where: str, base: Path, problems: _Probl
             problems.add(f"{where}.api_key_env", f"environment variable {env_name} is not set or empty")
             return None
         return _checked_key(value, f"{where}.api_key_env", f"environment variable {env_name}", problems)
-    path = Path(str(file_name)).expanduser()
-    # systemd LoadCredential= puts secrets in $CREDENTIALS_DIRECTORY; a bare name is looked up there.
-    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-    if credentials and not path.is_absolute() and not _is_path(str(file_name)):
-        path = Path(credentials) / path
-    elif not path.is_absolute():
-        path = base / path
+    path = key_file_path(str(file_name), base)
     try:
         raw = path.read_bytes()
         mode = path.stat().st_mode
     except OSError as error:
-        problems.add(f"{where}.api_key_file", f"cannot read {path}: {error.strerror or error}")
+        bare = (
+            ""
+            if _is_path(str(file_name)) or Path(str(file_name)).is_absolute()
+            else (
+                f" (a bare name is looked up in $CREDENTIALS_DIRECTORY under systemd, then in {base / KEYS_FOLDER}/ "
+                f"and {base}/)"
+            )
+        )
+        problems.add(f"{where}.api_key_file", f"cannot read {path}: {error.strerror or error}{bare}")
         return None
     try:
         value = raw.decode("ascii").strip()

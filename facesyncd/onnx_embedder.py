@@ -350,7 +350,7 @@ class OnnxEmbedder:
         if not files:
             raise ModelError(
                 f"model pack not found: no .onnx files in {pack}. Get the insightface pack "
-                f"'{pack.name}' (buffalo_l: `{MODEL_PACK_COMMAND.format(folder=pack)}`), "
+                f"'{pack.name}' (`facesyncd model fetch`, or by hand: `{MODEL_PACK_COMMAND.format(folder=pack)}`), "
                 f"or set [model] pack to the folder that holds it"
             )
         try:

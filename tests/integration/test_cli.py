@@ -379,3 +379,39 @@ def test_the_daemons_queued_jobs_are_not_a_warning_every_2_seconds() -> None:
         root.setLevel(level)
     assert "maximum number of running instances" not in stream.getvalue()
     assert "was missed by" in stream.getvalue()
+
+
+def test_the_services_config_serves_the_admins_commands_too(fake: FakeImmich, tmp_path: Path) -> None:
+    """The README's systemd recipe: the key in /etc/facesyncd/keys/immich-alice, passed to the unit by
+    LoadCredential= and named `api_key_file = "immich-alice"`. `sudo facesyncd sync --reconcile` with the
+    same config exited 2 (outside the unit $CREDENTIALS_DIRECTORY is unset); a root quick start's
+    `alice.key` beside the config was looked for in the unit's credentials only."""
+    unit = (Path(__file__).resolve().parents[2] / "systemd" / "facesyncd.service").read_text()
+    [credential] = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("LoadCredential=")]
+    name, source = credential.split(":", 1)
+    assert (name, source) == ("immich-alice", "/etc/facesyncd/keys/immich-alice"), "the recipe changed"
+    add_photos(fake, ["wild/obama"])
+    etc = tmp_path / "etc"
+    (etc / "keys").mkdir(parents=True)
+    (etc / "keys" / "immich-alice").write_text(API_KEY + "\n")
+    (etc / "keys" / "immich-alice").chmod(0o600)
+    sources = f'[[immich]]\nname = "alice"\nurl = "{fake.url}"\napi_key_file = "immich-alice"\n'
+    config = write_config(tmp_path / "run", fake.url, sources=sources)
+    config = config.rename(etc / "config.toml")
+    credentials = tmp_path / "credentials"  # what systemd makes of LoadCredential=immich-alice:...
+    credentials.mkdir()
+    (credentials / "immich-alice").write_text(API_KEY + "\n")
+    service = {"CREDENTIALS_DIRECTORY": str(credentials)}
+    assert run_cli("--config", str(config), "sync", env=service).returncode == 0
+    admin: dict[str, str] = {}
+    for command in (["status"], ["sync", "--reconcile"], ["retry"], ["rebuild-index"], ["faceset", "list"]):
+        result = run_cli("--config", str(config), *command, env=admin)
+        assert result.returncode == 0, f"{command}: {result.stderr}"
+    # the root quick start: init wrote the key beside the config; the unit's credentials lack it
+    (etc / "keys" / "immich-alice").rename(etc / "alice.key")
+    config.write_text(config.read_text().replace('"immich-alice"', '"alice.key"'))
+    assert run_cli("--config", str(config), "sync", env=service).returncode == 0
+    # a key found nowhere: the places looked in are named
+    config.write_text(config.read_text().replace('"alice.key"', '"bob.key"'))
+    missing = run_cli("--config", str(config), "sync", env=admin)
+    assert missing.returncode == 2 and "bob.key" in missing.stderr and "keys/" in missing.stderr
