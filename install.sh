@@ -32,7 +32,9 @@ if [ -n "$TEST" ]; then   # the review page is tested in a real headless browser
 fi
 if [ -n "$missing" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing
+    # --no-install-recommends: chromium alone pulled 261 packages with its recommends.
+    echo "install.sh: installing system packages:$missing (apt-get, without recommended extras)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
   else
     echo "install.sh: missing system packages:$missing" >&2
     echo "  sudo apt-get install -y$missing" >&2
@@ -40,7 +42,8 @@ if [ -n "$missing" ]; then
   fi
 fi
 
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+say() { echo "install.sh: $*"; }
+[ -x .venv/bin/python ] || { say "making the virtual environment .venv"; "$PYTHON" -m venv .venv; }
 PIP=".venv/bin/python -m pip --disable-pip-version-check"
 # Exactly one onnxruntime: the three flavours share the module name and break each other.
 for other in onnxruntime onnxruntime-gpu onnxruntime-directml; do
@@ -49,10 +52,21 @@ for other in onnxruntime onnxruntime-gpu onnxruntime-directml; do
 done
 EXTRAS=$FLAVOUR
 [ -n "$TEST" ] && EXTRAS="$FLAVOUR,test"
-$PIP install -q -c constraints.txt -e ".[$EXTRAS]"
+say "installing facesyncd and its Python packages (.[$EXTRAS], pinned by constraints.txt; hnswlib is"
+say "  compiled: a few minutes on a small machine; pip names each package as it goes)"
+log=$(mktemp)
+status=$(mktemp)
+# pip's own lines, filtered to one per package as it goes; all of them if it fails (sh has no pipefail).
+{ $PIP install --progress-bar off -c constraints.txt -e ".[$EXTRAS]" >"$log" 2>&1; echo $? >"$status"; } &
+tail -n +1 -f "$log" --pid=$! 2>/dev/null | grep --line-buffered -E '^(Collecting|Building wheel|Successfully)' \
+  | sed 's/^/  /' || true
+wait
+if [ "$(cat "$status")" != 0 ]; then cat "$log" >&2; rm -f "$log" "$status"; exit 1; fi
+rm -f "$log" "$status"
 if [ -n "$TEST" ]; then
   # The tests compare facesyncd's detector and recognizer with insightface's. Its metadata asks for
   # opencv-python (libGL) and onnxruntime: --no-deps, its imports are met by the test extra.
+  say "installing insightface 2.1 (the tests' reference, without its dependencies)"
   $PIP install -q --no-deps insightface==2.1
 fi
 echo "facesyncd installed in $(pwd)/.venv"
