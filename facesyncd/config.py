@@ -2,7 +2,7 @@
 
 The schema is written once: each setting is a dataclass field declared with `setting()` — its
 default, what values it takes, and the comment the sample config shows. Validation, the defaults and
-the sample (`facesyncd init`, and the README's block, which a test compares) are all driven by those
+the sample (`facesyncd init`) and docs/configuration.md (which a test compares) are all driven by those
 declarations, so a new section is one dataclass here. Every problem in a file (unknown keys, wrong
 types, out-of-range values, missing secrets) is collected and reported together, with the file name,
 as one ConfigError. Relative paths are relative to the config file. Nothing is read at import time.
@@ -160,7 +160,7 @@ def key_file_path(name: str, base: Path) -> Path:
     """Where an api_key_file is read. systemd's LoadCredential= puts the service's secrets in
     $CREDENTIALS_DIRECTORY, under the credential's name: a bare name is looked up there first; outside
     the service (an admin's `sudo facesyncd sync --reconcile` with the same config) it is looked up in
-    keys/ beside the config, where the README's recipe keeps the file LoadCredential= reads, and
+    keys/ beside the config, where the service guide's recipe keeps the file LoadCredential= reads, and
     then beside the config itself (where `init` writes a key)."""
     path = Path(name).expanduser()
     if path.is_absolute():
@@ -712,3 +712,70 @@ def sample_config(**values: str) -> str:
         for item, _ in _settings_fields(kind):
             lines.append(_line(f"{item.name} = {_toml(item.default)}", item.metadata["doc"]))
     return "\n".join(lines) + "\n"
+
+
+def reference() -> str:
+    """docs/configuration.md: every setting, from the same declarations as the defaults and the checks
+    (a test keeps the file equal to this, so the reference cannot drift from the code)."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    def table(kind: type) -> list[str]:
+        rows = ["| key | default | what | allowed |", "| --- | --- | --- | --- |"]
+        for item, _ in _settings_fields(kind):
+            default, doc, rule = f"`{_toml(item.default)}`", item.metadata["doc"], item.metadata["rule"] or "any"
+            rows.append(f"| `{item.name}` | {cell(default)} | {cell(doc)} | {cell(rule)} |")
+        return rows
+
+    lines = [
+        "# Configuration",
+        "",
+        "<!-- Generated from facesyncd/config.py by `python -m facesyncd.config > docs/configuration.md`;",
+        "     tests/unit/test_config.py keeps it equal to the code. -->",
+        "",
+        "The config is looked up in this order: `--config PATH` (before or after the command),",
+        "`$FACESYNCD_CONFIG`, `$XDG_CONFIG_HOME/facesyncd/config.toml` (`~/.config/...`),",
+        "`/etc/facesyncd/config.toml`. `facesyncd init` writes one. Unknown keys and bad values are all",
+        "reported at once, with the file name (exit 2). Relative paths (`state_dir`, `facesets_dir`,",
+        "`api_key_file`, a `[model] pack` folder) are relative to the config file. `facesyncd run` re-reads",
+        "it on SIGHUP (`systemctl reload facesyncd`).",
+        "",
+        "## Every setting at its default",
+        "",
+        "```toml",
+        sample_config().rstrip("\n"),
+        "```",
+        "",
+        "## Top level",
+        "",
+        "| key | default | what |",
+        "| --- | --- | --- |",
+        *(f"| `{key}` | `{default}` | {cell(doc)} |" for key, (default, doc) in TOP_KEYS.items()),
+        "",
+        "## [[immich]]",
+        "",
+        cell((ImmichSettings.__doc__ or "").split(":", 1)[1].strip()).capitalize() + ". Exactly one of",
+        "`api_key_env` ("
+        + SECRET_KEYS["api_key_env"]
+        + ") and `api_key_file` ("
+        + SECRET_KEYS["api_key_file"].removeprefix("or: ")
+        + ").",
+        "",
+        *table(ImmichSettings),
+        "",
+        "The API key needs these Immich permissions: `asset.read`, `asset.view`, `asset.download`, `face.read`,",
+        "`user.read`; and, to notice within `sweep_minutes` what the listing never shows, `asset.statistics`,",
+        "plus `partner.read` with `include_partners` (without those two it works as before and says so once).",
+        "It is sent only in the `x-api-key` header, only to the configured URL's origin (a redirect elsewhere",
+        "is refused), and never appears in logs, errors, the database or `status`. It must be one line of",
+        "printable ASCII (a key file may end with a newline).",
+    ]
+    for name, kind in SECTIONS.items():
+        lines += ["", f"## [{name}]", "", (kind.__doc__ or "").split(":", 1)[1].strip().capitalize() + ".", ""]
+        lines += table(kind)
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference(), end="")

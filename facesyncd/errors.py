@@ -103,7 +103,7 @@ def permission_denied(error: PermissionError) -> LocalWriteError:
     return LocalWriteError(
         f"permission denied: {path}: this user may not enter {blocked}{whose}; run facesyncd as its owner, "
         "or with sudo (an admin command hands the files it makes back to the owner); to let others read "
-        "the facesets, see 'Sharing with another user' in the README"
+        "the facesets, see 'Sharing with another user' in docs/export.md"
     )
 
 

@@ -5,7 +5,7 @@ root-owned files behind (the database's -wal and -shm, the index, crops, faceset
 service can then neither open nor replace. When root works in a state directory another user owns,
 everything in it and in the facesets directory is handed back to that user, before the command and
 after it, whatever way it ends. The group is the state directory's, but in a set-group-ID folder (the
-README's recipe for sharing the facesets with a group) it is that folder's, as for the service's files.
+export guide's recipe for sharing the facesets with a group) it is that folder's, as for the service's files.
 """
 
 from __future__ import annotations

@@ -415,3 +415,12 @@ def test_the_services_config_serves_the_admins_commands_too(fake: FakeImmich, tm
     config.write_text(config.read_text().replace('"alice.key"', '"bob.key"'))
     missing = run_cli("--config", str(config), "sync", env=admin)
     assert missing.returncode == 2 and "bob.key" in missing.stderr and "keys/" in missing.stderr
+
+
+def test_history_with_no_corrections_says_so(fake: FakeImmich, tmp_path: Path) -> None:
+    """`history` printed nothing at all: was that no corrections, or a broken command?"""
+    config = write_config(tmp_path, fake.url)
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    result = run_cli("--config", str(config), "history")
+    assert result.returncode == 0 and result.stdout.startswith("no corrections yet"), result.stdout
+    assert json.loads(run_cli("--config", str(config), "history", "--json").stdout) == []

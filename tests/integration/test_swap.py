@@ -409,7 +409,8 @@ def schema_of(kind: str):  # noqa: ANN201 - a jsonschema validator
     schema = json.loads(SCHEMA.read_text())
     Draft202012Validator.check_schema(schema)
     readme = (SCHEMA.parents[1] / "README.md").read_text()
-    assert "docs/manifest.schema.json" in readme, "the README does not point to the schema"
+    guide = (SCHEMA.parent / "export.md").read_text()
+    assert "docs/manifest.schema.json" in readme and "(manifest.schema.json)" in guide, "the schema is not linked"
     return Draft202012Validator({"$ref": f"#/$defs/{kind}", "$defs": schema["$defs"]})
 
 

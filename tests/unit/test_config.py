@@ -110,7 +110,7 @@ def test_relative_paths_follow_the_config_file_not_the_working_directory(
 
 
 def test_the_sample_config_is_every_default_and_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The schema is written once: the sample (facesyncd init, the README) comes from the same
+    """The schema is written once: the sample (facesyncd init, docs/configuration.md) comes from the same
     declarations as the defaults and the checks."""
     import tomllib
 
@@ -123,9 +123,15 @@ def test_the_sample_config_is_every_default_and_loads(tmp_path: Path, monkeypatc
     assert settings.immich[0].url == "https://photos.example.org"
 
 
-def test_the_readme_shows_the_sample_config() -> None:
+def test_the_configuration_reference_is_generated_from_the_code() -> None:
+    """docs/configuration.md cannot drift: it is what `python -m facesyncd.config` prints, every
+    setting with its default, comment and allowed values."""
     from conftest import REPO
-    from facesyncd.config import sample_config
+    from facesyncd.config import SECTIONS, _settings_fields, reference, sample_config
 
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    assert f"```toml\n{sample_config()}```" in readme, "README's config block differs from sample_config()"
+    written = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert written == reference(), "docs/configuration.md is stale: python -m facesyncd.config > docs/configuration.md"
+    assert f"```toml\n{sample_config()}```" in written
+    for name, kind in SECTIONS.items():
+        for item, _ in _settings_fields(kind):
+            assert f"| `{item.name}` |" in written.split(f"## [{name}]")[1], f"{name}.{item.name}"
