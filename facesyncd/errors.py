@@ -77,6 +77,20 @@ class LocalWriteError(FacesyncError):
     exit_code = 8
 
 
+def whose(path: object) -> str:
+    """ " (it belongs to NAME, mode 750)" for a file or folder, or "" where that cannot be told."""
+    import os
+
+    try:
+        import pwd
+
+        status = os.stat(str(path))
+        owner = pwd.getpwuid(status.st_uid).pw_name
+    except (OSError, KeyError, ImportError):
+        return ""
+    return f" (it belongs to {owner}, mode {oct(status.st_mode & 0o777)[2:]})"
+
+
 def permission_denied(error: PermissionError) -> LocalWriteError:
     """A file or folder this user may not enter, as one line that says whose it is and how to look:
     a state directory of the service (systemd's DynamicUser keeps it under /var/lib/private, 0700)
@@ -92,17 +106,9 @@ def permission_denied(error: PermissionError) -> LocalWriteError:
         wanted = os.X_OK if os.path.isdir(entry) else os.R_OK
         if os.path.exists(entry) and not os.access(entry, wanted):
             blocked = entry
-    try:
-        status = blocked.stat()
-        import pwd
-
-        owner = pwd.getpwuid(status.st_uid).pw_name
-    except (OSError, KeyError, ImportError):
-        owner = None
-    whose = f" (it belongs to {owner}, mode {oct(status.st_mode & 0o777)[2:]})" if owner else ""
     return LocalWriteError(
-        f"permission denied: {path}: this user may not enter {blocked}{whose}; run facesyncd as its owner, "
-        "or with sudo (an admin command hands the files it makes back to the owner); to let others read "
+        f"permission denied: {path}: this user may not enter {blocked}{whose(blocked)}; run facesyncd as its "
+        "owner, or with sudo (an admin command hands the files it makes back to the owner); to let others read "
         "the facesets, see 'Sharing with another user' in docs/export.md"
     )
 

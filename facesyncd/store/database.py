@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from ..errors import StoreError
+from ..errors import StoreError, whose
 
 if TYPE_CHECKING:  # imported where used: `status` needs it not (sqlite_utils brings numpy, 60 ms)
     import sqlite_utils
@@ -117,7 +117,13 @@ class Database:
                 connection.execute("PRAGMA journal_mode = WAL")
                 connection.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.Error as error:
-            raise StoreError(f"cannot open database {path}: {error}") from error
+            hint = ""
+            if path.parent.is_dir() and not os.access(path.parent, os.W_OK):
+                hint = (
+                    f"; this user may not write in {path.parent}{whose(path.parent)}, which SQLite needs even "
+                    "to read the database: run facesyncd as its owner, or with sudo"
+                )
+            raise StoreError(f"cannot open database {path}: {error}{hint}") from error
         return connection
 
     def _create(self) -> None:

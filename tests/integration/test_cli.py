@@ -424,3 +424,32 @@ def test_history_with_no_corrections_says_so(fake: FakeImmich, tmp_path: Path) -
     result = run_cli("--config", str(config), "history")
     assert result.returncode == 0 and result.stdout.startswith("no corrections yet"), result.stdout
     assert json.loads(run_cli("--config", str(config), "history", "--json").stdout) == []
+
+
+@pytest.mark.skipif(sys.platform == "win32" or not hasattr(__import__("os"), "geteuid"), reason="POSIX owners")
+def test_another_users_status_on_a_readable_state_says_what_sqlite_needs(fake: FakeImmich) -> None:
+    """root's state_dir (0755) read by a user: SQLite answered "unable to open database file", exit 6,
+    and nothing more (it needs to write beside a WAL database even to read it)."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("being another user needs root and setpriv: run the suite as root (CI does)")
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "facesyncd"]
+    base = Path(tempfile.mkdtemp(prefix="facesyncd-readable-"))
+    try:
+        base.chmod(0o755)
+        config = write_config(base, fake.url)
+        config.chmod(0o644)
+        assert run_cli("--config", str(config), "sync").returncode == 0
+        if subprocess.run([*nobody, "--version"], capture_output=True, check=False).returncode != 0:
+            pytest.skip("another user cannot run this checkout's Python (its folders are private)")
+        result = subprocess.run([*nobody, "--config", str(config), "status"], capture_output=True, text=True)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert result.returncode == 6, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"may not write in {base / 'state'} (it belongs to root" in lines[0], result.stderr
+    assert "sudo" in lines[0]
