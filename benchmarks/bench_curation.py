@@ -27,10 +27,13 @@ from common import REPO, TEST_PACK, require_shared
 QUALITY = json.dumps({"det_score": 0.9, "size": 0.8, "blur": 0.9, "frontality": 0.7, "symmetry": 0.8})
 
 
-def make_library(directory: Path, faces: int, facesets: int, dimension: int = 128, *, big: int = 0) -> Path:
+def make_library(
+    directory: Path, faces: int, facesets: int, dimension: int = 128, *, big: int = 0, pool: int = 0
+) -> Path:
     """A store of `faces` faces in `facesets` identities (one face per photo), a crop file for each
     (hard links of one small JPEG), and a config; the folders are exported by the caller. `big`:
-    that many more faces, all in faceset 1."""
+    that many more faces, all in faceset 1; `pool`: that many more in no identity, each unlike any
+    other (the faces a library keeps waiting: strangers, one-offs)."""
     from PIL import Image
 
     from facesyncd.store import Store
@@ -55,9 +58,12 @@ def make_library(directory: Path, faces: int, facesets: int, dimension: int = 12
             ((n, now) for n in range(1, facesets + 1)),
         )
         rows = []
-        for face in range(faces + big):
-            identity = face % facesets if face < faces else 0
-            vector = centres[identity] + rng.normal(scale=0.6, size=dimension).astype(np.float32)
+        for face in range(faces + big + pool):
+            identity: int | None = face % facesets if face < faces else 0 if face < faces + big else None
+            if identity is None:
+                vector = rng.normal(size=dimension).astype(np.float32)
+            else:
+                vector = centres[identity] + rng.normal(scale=0.6, size=dimension).astype(np.float32)
             vector /= np.linalg.norm(vector)
             sha = f"{face:064x}"
             crop = f"{sha[:2]}/{sha}_0.jpg"
@@ -66,7 +72,7 @@ def make_library(directory: Path, faces: int, facesets: int, dimension: int = 12
                 sample = directory / f"sample{face}.jpg"
                 Image.new("RGB", (112, 112), (128, 96, 80)).save(sample, quality=85)
             os.link(sample, crops / crop)
-            rows.append((sha, vector.tobytes(), crop, identity + 1, face))
+            rows.append((sha, vector.tobytes(), crop, None if identity is None else identity + 1, face))
         store.conn.executemany(
             "INSERT INTO blobs (sha256, size, width, height, decoded_from, model, embedded_at) "
             "VALUES (?, 1, 1000, 1000, 'original', 'buffalo_test', ?)",

@@ -14,6 +14,7 @@ import bench_census
 import bench_curation
 import bench_export_disk
 import bench_immich_ml
+import bench_nochange
 import bench_pages
 
 import bench_cluster
@@ -43,6 +44,7 @@ def main() -> None:
         ("review pages", bench_pages.main),
         ("index", bench_index.main),
         ("export disk use", bench_export_disk.main),
+        ("a cycle with nothing new", bench_nochange.main),
     ):
         print(f"\n== {name} ==", flush=True)
         rows += run()

@@ -49,15 +49,18 @@ class App:
         self.index = IndexKeeper(self.store, self.settings.state_dir, self._dimension)
         self.layout = make_layout(export, self.settings.facesets_dir, self.crops, self.swap, self.embedder)
         self.caches = Caches(self.crops, self.swap, self.index)
+        self.leftovers_removed = False  # a killed process's temporary files: looked for once per process
 
     def _client(self, source: ImmichSettings) -> ImmichClient:
         return ImmichClient(source, self.settings.sync, stop=self.stop)
 
     def _dimension(self) -> int:
-        """The embeddings' size: the engine's, or (a remote engine that has not returned a face in this
-        process yet) the size of the faces stored."""
+        """The embeddings' size: the stored faces', or (none yet) the engine's."""
+        stored = int(self.store.get_meta("embedding_dim") or 0)
+        if stored:  # the model need not load for the index of the faces stored
+            return stored
         self.embedder.load()
-        return self.embedder.dimension or int(self.store.get_meta("embedding_dim") or 0)
+        return self.embedder.dimension
 
     @property
     def download_dir(self) -> Path:

@@ -32,6 +32,11 @@ class Embedder(Protocol):
         """Load the models (once); raises ModelError with what is missing and where."""
         ...
 
+    def check(self) -> None:
+        """Raise ModelError now if the engine plainly cannot be had (no pack where the config says),
+        without loading it: a cycle loads the model only when a photo needs it."""
+        ...
+
     def faces(self, image: DecodedImage, *, min_face_px: int | None = None) -> list[DetectedFace]:
         """Every face of the image that passes the size and score gates, best first."""
         ...

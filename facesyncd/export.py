@@ -499,6 +499,24 @@ def write_names(facesets_dir: Path, names: Mapping[int, str | None]) -> None:
             write_atomic(folder / NAME_FILE, ((names[number] or "") + "\n").encode())
 
 
+def folder_state(facesets_dir: Path) -> tuple[tuple[str, int], ...]:
+    """What a user may have changed in the tree since the last export, cheaply (no manifest read): the
+    faceset folders there are, and when each one's NAME.txt (read back as the set's name) changed."""
+    found: list[tuple[str, int]] = []
+    try:
+        entries = list(os.scandir(facesets_dir))
+    except OSError:
+        return ()
+    for entry in entries:
+        if FOLDER_RE.match(entry.name) or entry.name in (SWAP_MANIFEST, MARKER):
+            try:
+                changed = os.stat(os.path.join(entry.path, NAME_FILE)).st_mtime_ns
+            except OSError:
+                changed = 0
+            found.append((entry.name, changed))
+    return tuple(sorted(found))
+
+
 def own_folders(facesets_dir: Path, numbers: Collection[int] | None = None) -> dict[str, Path]:
     """Every folder that facesyncd wrote (it holds facesyncd's manifest): facesets and sub-sets;
     with `numbers`, only theirs (no other manifest is read)."""

@@ -108,6 +108,9 @@ class ImmichMlEmbedder:
     def name(self) -> str:
         return f"{BACKEND}:{self._settings.model_name}"
 
+    def check(self) -> None:
+        """Nothing to check without asking the services (load() asks them)."""
+
     def load(self) -> None:
         """Nothing to load here; the services are asked whether they are up (a warning for each that
         is not: it may come up later, and a cycle fails only when none answers)."""

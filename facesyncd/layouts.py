@@ -61,9 +61,11 @@ class Layout(Protocol):
 
     def write(
         self, faces: dict[int, list[ExportFace]], highest: int, library: Library, only: frozenset[int] | None = None
-    ) -> int:
+    ) -> tuple[int, bool]:
         """Bring every faceset folder in line with `faces` (with `only`: the folders of those numbers,
-        whose faces `faces` holds; a correction touches a few); returns how many folders were written."""
+        whose faces `faces` holds; a correction touches a few); returns how many folders were written,
+        and whether every face got its file (False: a photo could not be had; the next export tries
+        again even if nothing else changed)."""
         ...
 
 
@@ -83,12 +85,13 @@ class CropsLayout:
 
     def write(
         self, faces: dict[int, list[ExportFace]], highest: int, library: Library, only: frozenset[int] | None = None
-    ) -> int:
+    ) -> tuple[int, bool]:
         """The crops, linked into the folders. Crops that went missing (state_dir/crops deleted, a
         disk fault) are restored first, from a copy in an exported folder if there is one, else cut
         again from the photo in Immich; a face whose crop cannot come back stays out of its folder
         and is tried again next cycle."""
         missing: list[ExportFace] = []
+        complete = True
         names = library.names()
         crops_dir = self._crops.directory
         written = export_all(
@@ -111,6 +114,7 @@ class CropsLayout:
 
             restored = self._crops.restore(missing, self._facesets_dir, photo_of)
             log.warning("%d face crops were missing; %d restored", len(missing), restored)
+            complete = restored == len(missing)
             written += export_all(
                 self._facesets_dir,
                 crops_dir,
@@ -120,7 +124,7 @@ class CropsLayout:
                 only=only,
                 link_of=library.link_of,
             )
-        return written
+        return written, complete
 
 
 class SwapLayout:
@@ -146,7 +150,7 @@ class SwapLayout:
 
     def write(
         self, faces: dict[int, list[ExportFace]], highest: int, library: Library, only: frozenset[int] | None = None
-    ) -> int:
+    ) -> tuple[int, bool]:
         """Each faceset's chosen faces (swap.select), their checked PNGs (made now for faces that have
         none: from the photo in Immich, or the crop of an imported face), the bundles."""
         self._read_names(library, only)
@@ -174,7 +178,8 @@ class SwapLayout:
             )
             for folder, (number, subset, members) in wanted.items()
         }
-        return export_plans(self._facesets_dir, plans, highest_number=highest, only=only, retired=library.retired())
+        written = export_plans(self._facesets_dir, plans, highest_number=highest, only=only, retired=library.retired())
+        return written, all(self._cache.has(face.crop) for chosen, _ in choices.values() for face in chosen)
 
     def _read_names(self, library: Library, only: frozenset[int] | None) -> None:
         """A name the user wrote into a faceset's NAME.txt is the faceset's name from then on."""

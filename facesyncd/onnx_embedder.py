@@ -343,7 +343,10 @@ class OnnxEmbedder:
     def abort(self) -> None:
         """Nothing in flight to break off: a model call here ends by itself."""
 
-    def _load(self) -> None:
+    def check(self) -> None:
+        self._files()
+
+    def _files(self) -> list[Path]:
         pack = self._model_settings.pack_dir()
         # A zip unpacked into the pack's folder may have put the files one folder down.
         files = (sorted(pack.glob("*.onnx")) or sorted(pack.glob("*/*.onnx"))) if pack.is_dir() else []
@@ -353,6 +356,11 @@ class OnnxEmbedder:
                 f"'{pack.name}' (`facesyncd model fetch`, or by hand: `{MODEL_PACK_COMMAND.format(folder=pack)}`), "
                 f"or set [model] pack to the folder that holds it"
             )
+        return files
+
+    def _load(self) -> None:
+        files = self._files()
+        pack = self._model_settings.pack_dir()
         try:
             import onnxruntime
         except ImportError as error:

@@ -14,6 +14,7 @@ from ..index import FaceIndex, IndexKeeper
 from ..models import CycleReport, StoredFace
 from ..progress import Reporter
 from ..store import Store
+from .unchanged import CLUSTER, MERGE, finished, unchanged
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,16 @@ def open_new_facesets(parts: IdentifyParts, report: CycleReport) -> None:
     """Cluster the pool of unmatched faces; clusters that pass the gates become identities.
 
     A pool too large to cluster at once goes in rounds (see cluster_pool): after each, the faces
-    left in the pool are matched against the identities it opened, as a later sync would."""
+    left in the pool are matched against the identities it opened, as a later sync would. A pool
+    as it was when last clustered (nothing in the store changed since) is not clustered again."""
+    if unchanged(parts.store, CLUSTER, parts.settings):
+        log.debug("nothing changed since the last clustering: the pool is not clustered again")
+        return
+    _cluster_rounds(parts, report)
+    finished(parts.store, CLUSTER, parts.settings)
+
+
+def _cluster_rounds(parts: IdentifyParts, report: CycleReport) -> None:
     settings = parts.settings
     clustered: set[int] = set()  # face ids some round clustered
     while True:
@@ -152,7 +162,15 @@ def _match(parts: IdentifyParts, faces: list[StoredFace], index: FaceIndex) -> d
 def merge_identities(parts: IdentifyParts, report: CycleReport) -> None:
     """Identities found to be one person (centres within merge_distance, no photo with a face of
     each) become one: the lower number keeps them, the higher is retired and never given again.
-    Never a locked one, nor two the user keeps apart (a split, a rejected face)."""
+    Never a locked one, nor two the user keeps apart (a split, a rejected face). Not looked for again
+    while nothing in the store changed since the last look."""
+    if unchanged(parts.store, MERGE, parts.settings.merge_distance):
+        return
+    _merge(parts, report)
+    finished(parts.store, MERGE, parts.settings.merge_distance)
+
+
+def _merge(parts: IdentifyParts, report: CycleReport) -> None:
     index = parts.index.get()
     locked = parts.store.locked_identities()
     centres = {number: centre for number, centre in index.centres().items() if number not in locked}

@@ -11,6 +11,7 @@ from ..curation import NameRecord
 from ..models import CycleReport
 from ..naming import clear_names, normalised
 from ..store import Store
+from .unchanged import NAMES, finished, unchanged
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +19,16 @@ log = logging.getLogger(__name__)
 def adopt_immich_names(store: Store, settings: IdentitySettings, report: CycleReport) -> dict[int, str]:
     """Name the facesets Immich's people name clearly; returns number -> the name each took (to be
     written into NAME.txt before the folders are exported). A name another live faceset has is not
-    taken twice: the two may be one person, which is the user's to decide."""
+    taken twice: the two may be one person, which is the user's to decide. Not counted again while
+    nothing in the store changed since the last count."""
+    if unchanged(store, NAMES, settings.name_min_faces, settings.name_min_share):
+        return {}
+    named = _adopt(store, settings, report)
+    finished(store, NAMES, settings.name_min_faces, settings.name_min_share)
+    return named
+
+
+def _adopt(store: Store, settings: IdentitySettings, report: CycleReport) -> dict[int, str]:
     names = store.identity_names()
     taken = {normalised(name) for name in names.values()}
     votes = store.name_votes()

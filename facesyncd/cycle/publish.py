@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..config import ExportSettings, FaceSettings, ImmichSettings
 from ..errors import ImageError, ImmichAuthError, ImmichError, ImmichUnreachable
-from ..export import remove_faceset
+from ..export import folder_state, remove_faceset
 from ..imaging import DecodedImage
 from ..immich import ClientSet, ImmichClient
 from ..layouts import Layout, Library
@@ -18,6 +18,7 @@ from ..progress import Reporter
 from ..store import Store
 from .stage import decode
 from .tidy import Caches
+from .unchanged import PUBLISH, finished, unchanged
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,18 @@ def publish(parts: PublishParts, report: CycleReport, only: frozenset[int] | Non
 
     only: the facesets a correction touched: their folders alone are written, and the index is
     neither built nor loaded for it (only saved if this process holds it already), so a correction
-    costs what it changes, not the library."""
+    costs what it changes, not the library. A whole export after which nothing changed (the store,
+    the settings, the folders and their NAME.txt) is not done again."""
+    state = (parts.export, parts.facesets_dir, [(source.url, source.web_url) for source in parts.sources])
+    if only is None and unchanged(parts.store, PUBLISH, *state, folder_state(parts.facesets_dir)):
+        log.debug("nothing changed since the last export: the folders are as the store says")
+        return
+    complete = _publish(parts, report, only)
+    if only is None and complete:  # else the faces whose photo could not be had are tried again
+        finished(parts.store, PUBLISH, *state, folder_state(parts.facesets_dir))
+
+
+def _publish(parts: PublishParts, report: CycleReport, only: frozenset[int] | None) -> bool:
     parts.reporter.stage("exporting", None)
     for number in parts.store.forgotten_numbers():  # `faceset forget`: nothing of them is kept
         if (only is None or number in only) and remove_faceset(parts.facesets_dir, number):
@@ -69,12 +81,13 @@ def publish(parts: PublishParts, report: CycleReport, only: frozenset[int] | Non
             link_of=link_of,
             retired=parts.store.retired_numbers,
         )
-        report.facesets_written = parts.layout.write(faces, parts.store.highest_identity(), library, only)
+        report.facesets_written, complete = parts.layout.write(faces, parts.store.highest_identity(), library, only)
     if only is None:
         index = parts.caches.index.get()  # a first export builds the index the next start loads
         if not parts.store.centres_current():  # what "same person?" suggestions compare
             parts.store.save_centres(index.centres(), index.face_counts())
     parts.caches.index.save_if_changed()
+    return complete
 
 
 def _good_enough(faces: dict[int, list[ExportFace]], min_quality: float) -> dict[int, list[ExportFace]]:

@@ -347,6 +347,7 @@ def commit(parts: StageParts, source: str, outcome: Outcome, report: CycleReport
         elif isinstance(outcome, Embedded):
             report.downloaded += 1
             download, photo = outcome.download, outcome.photo
+            store.check_model(parts.embedder.name, parts.embedder.dimension)  # loaded now: its size known
             with store.transaction():
                 save_faces(store, photo, parts.embedder.name)
                 store.mark_done(

@@ -326,6 +326,11 @@ class Database:
         value = self.scalar("SELECT value FROM meta WHERE key = ?", (key,))
         return None if value is None else str(value)
 
+    def generation(self) -> int:
+        """How many changes clustering, merging or the export could see the store has had (triggers
+        count them: migrations/0014)."""
+        return int(self.get_meta("generation") or 0)
+
     def set_meta(self, key: str, value: str) -> None:
         self.execute(
             "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",

@@ -1,0 +1,36 @@
+"""Steps a cycle skips when nothing they read has changed since they last ran to the end.
+
+The store counts every change clustering, merging or the export could see (meta 'generation', kept
+by triggers: migrations/0014). A step records the generation it finished at, with a signature of the
+settings (and, for the export, of the folders) it depended on; while both are the same, running it
+again would change nothing, so a cycle with nothing new costs its two requests, not the library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from ..store import Store
+
+CLUSTER = "cluster"
+MERGE = "merge"
+NAMES = "names"
+PUBLISH = "publish"
+
+
+def _signature(values: tuple[object, ...]) -> str:
+    return hashlib.sha256(repr(values).encode()).hexdigest()[:16]
+
+
+def _key(step: str) -> str:
+    return f"unchanged:{step}"
+
+
+def unchanged(store: Store, step: str, *values: object) -> bool:
+    """Whether `step` last finished at the store's present generation, with these values."""
+    return store.get_meta(_key(step)) == f"{store.generation()}|{_signature(values)}"
+
+
+def finished(store: Store, step: str, *values: object) -> None:
+    """`step` ran to the end: at this generation (its own writes included), with these values."""
+    store.set_meta(_key(step), f"{store.generation()}|{_signature(values)}")
