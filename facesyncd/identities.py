@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,22 +103,32 @@ def pair_boxes(wanted: Sequence[Box], found: Sequence[Box], min_overlap: float) 
     one pair at most, none under `min_overlap`."""
     candidates = sorted(
         (
-            (overlap(first, second), row, column)
+            (-overlap(first, second), row, column)
             for row, first in enumerate(wanted)
             for column, second in enumerate(found)
-        ),
-        reverse=True,
+        )
     )
+    return pair_greedily(candidates, -min_overlap)
+
+
+def pair_greedily(
+    candidates: Iterable[tuple[float, int, int]],
+    bound: float,
+    rows: Collection[int] = (),
+    columns: Collection[int] = (),
+) -> list[tuple[int, int]]:
+    """Pairs (row, column) from (cost, row, column) candidates sorted by cost: cheapest first, none
+    costing more than `bound`, each row and column in one pair at most (`rows` and `columns`: paired
+    already)."""
+    taken_rows, taken_columns = set(rows), set(columns)
     pairs: list[tuple[int, int]] = []
-    rows: set[int] = set()
-    columns: set[int] = set()
-    for score, row, column in candidates:
-        if score < min_overlap:
+    for cost, row, column in candidates:
+        if cost > bound:
             break
-        if row not in rows and column not in columns:
+        if row not in taken_rows and column not in taken_columns:
             pairs.append((row, column))
-            rows.add(row)
-            columns.add(column)
+            taken_rows.add(row)
+            taken_columns.add(column)
     return pairs
 
 

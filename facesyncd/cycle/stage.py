@@ -27,7 +27,7 @@ from ..crashpoints import checkpoint
 from ..embedder import Embedder
 from ..embedding import PhotoFaces, cut_faces, find_faces, save_faces
 from ..errors import AssetGone, ImageError, ImmichError, Interrupted
-from ..identities import SAME_FACE, pair_boxes
+from ..identities import SAME_FACE, pair_boxes, pair_greedily
 from ..imaging import DecodedImage, decode_image
 from ..immich import Download, ImmichClient
 from ..layouts import Layout
@@ -417,15 +417,7 @@ def _pair_faces(
         for column in columns
         if claims[row].face_id in vectors and boxes[column][0] in vectors
     )
-    pairs: list[tuple[int, int]] = []
-    for distance, row, column in candidates:
-        if distance > SAME_FACE:
-            break
-        if row not in claimed and column not in found:
-            pairs.append((row, column))
-            claimed.add(row)
-            found.add(column)
-    return pairs
+    return pair_greedily(candidates, SAME_FACE, claimed, found)
 
 
 def fail(parts: StageParts, source: str, row: AssetRow, reason: str, report: CycleReport) -> None:

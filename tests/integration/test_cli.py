@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
+import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -233,12 +238,10 @@ def test_init_writes_a_config_that_loads(tmp_path: Path, monkeypatch: pytest.Mon
     assert bare.returncode == 2 and "init needs --url" in bare.stderr
 
 
-@pytest.mark.skipif(sys.platform == "win32" or not hasattr(__import__("os"), "geteuid"), reason="POSIX owners")
+@pytest.mark.skipif(sys.platform == "win32" or not hasattr(os, "geteuid"), reason="POSIX owners")
 def test_admin_commands_run_as_root_leave_the_service_users_files_to_it(fake: FakeImmich, tmp_path: Path) -> None:
     """The service runs as its own user; `sudo facesyncd ...` left root-owned files (the database's
     -wal and -shm, the index, crops) that the service could then not open."""
-    import os
-
     if os.geteuid() != 0:
         pytest.skip("only root can run as root: this test needs the suite to run as root (CI does)")
     add_photos(fake, ["wild/obama"])
@@ -263,44 +266,64 @@ def test_admin_commands_run_as_root_leave_the_service_users_files_to_it(fake: Fa
     assert {path: uid for path, uid in owners.items() if uid != service} == {}
 
 
-@pytest.mark.skipif(sys.platform == "win32" or not hasattr(__import__("os"), "geteuid"), reason="POSIX owners")
+class Nobody:
+    """facesyncd run as another user (nobody) in a folder both can reach: pytest's own temporary
+    folders are private to root."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+
+    def run(self, *arguments: str) -> subprocess.CompletedProcess[str]:
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "facesyncd"]
+        environment = {**os.environ, API_KEY_ENV: API_KEY}
+        return subprocess.run([*command, *arguments], capture_output=True, text=True, check=False, env=environment)
+
+
+@pytest.fixture
+def nobody() -> Iterator[Nobody]:
+    if sys.platform == "win32" or not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("being another user needs root and setpriv: run the suite as root (CI does)")
+    base = Path(tempfile.mkdtemp(prefix="facesyncd-another-user-"))
+    base.chmod(0o755)
+    try:
+        user = Nobody(base)
+        if user.run("--version").returncode != 0:
+            pytest.skip("another user cannot run this checkout's Python (its folders are private)")
+        yield user
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.mark.parametrize("command", [["status"], ["sync"], ["status", "--json"]])
 def test_a_state_dir_this_user_cannot_enter_is_one_line_and_exit_8(
-    fake: FakeImmich, tmp_path: Path, command: list[str]
+    fake: FakeImmich, nobody: Nobody, command: list[str]
 ) -> None:
     """A user's `status` on a host running the service (DynamicUser keeps /var/lib/private at 0700)
     printed a 66-line traceback and exited 1."""
-    import os
-    import shutil
-    import subprocess
-    import tempfile
-
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("being another user needs root and setpriv: run the suite as root (CI does)")
-    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "facesyncd"]
-    base = Path(tempfile.mkdtemp(prefix="facesyncd-private-"))
-    try:
-        base.chmod(0o755)
-        (base / "state").mkdir(mode=0o700)  # the service's, root's here
-        config = write_config(base, fake.url)
-        config.chmod(0o644)
-        if subprocess.run([*nobody, "--version"], capture_output=True, check=False).returncode != 0:
-            pytest.skip("another user cannot run this checkout's Python (its folders are private)")
-        result = subprocess.run(
-            [*nobody, "--config", str(config), *command],
-            capture_output=True,
-            text=True,
-            check=False,
-            env={**os.environ, API_KEY_ENV: API_KEY},
-        )
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    (nobody.base / "state").mkdir(mode=0o700)  # the service's, root's here
+    config = write_config(nobody.base, fake.url)
+    config.chmod(0o644)
+    result = nobody.run("--config", str(config), *command)
     assert result.returncode == 8, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("facesyncd: error:"), result.stderr
-    assert str(base / "state") in lines[0] and "Traceback" not in result.stderr
+    assert str(nobody.base / "state") in lines[0] and "Traceback" not in result.stderr
     if command[0] == "status":  # a reader: how to look
-        assert f"may not enter {base / 'state'} (it belongs to root" in lines[0] and "sudo" in lines[0]
+        assert f"may not enter {nobody.base / 'state'} (it belongs to root" in lines[0] and "sudo" in lines[0]
+
+
+def test_another_users_status_on_a_readable_state_says_what_sqlite_needs(fake: FakeImmich, nobody: Nobody) -> None:
+    """root's state_dir (0755) read by a user: SQLite answered "unable to open database file", exit 6,
+    and nothing more (it needs to write beside a WAL database even to read it)."""
+    config = write_config(nobody.base, fake.url)
+    config.chmod(0o644)
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    result = nobody.run("--config", str(config), "status")
+    assert result.returncode == 6, result.stderr
+    lines = result.stderr.strip().splitlines()
+    state = nobody.base / "state"
+    assert len(lines) == 1 and f"may not write in {state} (it belongs to root" in lines[0], result.stderr
+    assert "sudo" in lines[0]
 
 
 def test_a_url_ending_in_api_is_immichs_address_too(fake: FakeImmich, tmp_path: Path) -> None:
@@ -424,32 +447,3 @@ def test_history_with_no_corrections_says_so(fake: FakeImmich, tmp_path: Path) -
     result = run_cli("--config", str(config), "history")
     assert result.returncode == 0 and result.stdout.startswith("no corrections yet"), result.stdout
     assert json.loads(run_cli("--config", str(config), "history", "--json").stdout) == []
-
-
-@pytest.mark.skipif(sys.platform == "win32" or not hasattr(__import__("os"), "geteuid"), reason="POSIX owners")
-def test_another_users_status_on_a_readable_state_says_what_sqlite_needs(fake: FakeImmich) -> None:
-    """root's state_dir (0755) read by a user: SQLite answered "unable to open database file", exit 6,
-    and nothing more (it needs to write beside a WAL database even to read it)."""
-    import os
-    import shutil
-    import subprocess
-    import tempfile
-
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("being another user needs root and setpriv: run the suite as root (CI does)")
-    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "facesyncd"]
-    base = Path(tempfile.mkdtemp(prefix="facesyncd-readable-"))
-    try:
-        base.chmod(0o755)
-        config = write_config(base, fake.url)
-        config.chmod(0o644)
-        assert run_cli("--config", str(config), "sync").returncode == 0
-        if subprocess.run([*nobody, "--version"], capture_output=True, check=False).returncode != 0:
-            pytest.skip("another user cannot run this checkout's Python (its folders are private)")
-        result = subprocess.run([*nobody, "--config", str(config), "status"], capture_output=True, text=True)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-    assert result.returncode == 6, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and f"may not write in {base / 'state'} (it belongs to root" in lines[0], result.stderr
-    assert "sudo" in lines[0]

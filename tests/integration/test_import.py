@@ -151,18 +151,28 @@ def _crop(embedder: OnnxEmbedder, photo: Path) -> tuple[bytes, dict]:
 RECORDED = {"det_score": 0.9, "size": 0.8, "blur": 0.7, "frontality": 0.6, "symmetry": 0.5}
 
 
+def crops_folder(folder: Path, photos: list[Path], embedder: OnnxEmbedder) -> list[dict]:
+    """A folder of the older pipeline's crops of these photos (001_<photo>.png, ...): their manifest
+    entries (file, source, bbox, det_score)."""
+    folder.mkdir(parents=True)
+    entries = []
+    for rank, photo in enumerate(photos, 1):
+        png, entry = _crop(embedder, photo)
+        name = f"{rank:03d}_{photo.stem}.png"
+        (folder / name).write_bytes(png)
+        entries.append({"file": name, **entry})
+    return entries
+
+
 def older_pipeline_tree(root: Path, embedder: OnnxEmbedder) -> Path:
     """facesets_swap_ready/ as the older pipeline and its user left it."""
     wild = PHOTOS / "wild"
 
     def faceset(folder: Path, photos: list[Path], *, files: bool = True, manifest: bool = True) -> None:
-        folder.mkdir(parents=True)
-        entries = []
-        for rank, photo in enumerate(photos, 1):
-            png, entry = _crop(embedder, photo)
-            name = f"{rank:03d}_{photo.stem}.png"
-            (folder / name).write_bytes(png)
-            entries.append({**({"file": name} if files else {}), **entry, "quality": dict(RECORDED)})
+        entries = [
+            {**{key: value for key, value in entry.items() if files or key != "file"}, "quality": dict(RECORDED)}
+            for entry in crops_folder(folder, photos, embedder)
+        ]
         if manifest:
             (folder / "manifest.json").write_text(json.dumps({"faces": entries}))
         with zipfile.ZipFile(folder / f"{folder.name}.fsz", "w") as bundle:  # the same PNGs, zipped
@@ -429,15 +439,12 @@ def test_quarantined_faces_stay_aside_when_their_photos_and_their_persons_others
     quarantined = [PHOTOS / "wild" / "katy_perry" / f"img{n}.jpg" for n in (26, 27, 28)]
     tree = tmp_path / "facesets_swap_ready"
     folder = tree / "_thin" / "faceset_045"
-    folder.mkdir(parents=True)
-    entries = []
-    for rank, photo in enumerate(quarantined, 1):
-        png, entry = _crop(embedder, photo)
-        name = f"{rank:03d}_{photo.stem}.png"
-        (folder / name).write_bytes(png)
-        if manifest == "another file name":
-            entry["source"] = f"/mnt/immich/upload/u1/ab/cd/{hashlib.sha256(name.encode()).hexdigest()[:32]}.jpg"
-        entries.append({"file": name, **entry})
+    entries = crops_folder(folder, quarantined, embedder)
+    if manifest == "another file name":  # Immich's storage keeps files under names of its own
+        for entry in entries:
+            entry["source"] = (
+                f"/mnt/immich/upload/u1/ab/cd/{hashlib.sha256(entry['file'].encode()).hexdigest()[:32]}.jpg"
+            )
     if manifest != "none":
         (folder / "manifest.json").write_text(json.dumps({"faces": entries}))
     (tree / "faceset_007").mkdir()
