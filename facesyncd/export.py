@@ -499,10 +499,11 @@ def write_names(facesets_dir: Path, names: Mapping[int, str | None]) -> None:
             write_atomic(folder / NAME_FILE, ((names[number] or "") + "\n").encode())
 
 
-def folder_state(facesets_dir: Path) -> tuple[tuple[str, int], ...]:
+def folder_state(facesets_dir: Path) -> tuple[tuple[str, int, int], ...]:
     """What a user may have changed in the tree since the last export, cheaply (no manifest read): the
-    faceset folders there are, and when each one's NAME.txt (read back as the set's name) changed."""
-    found: list[tuple[str, int]] = []
+    faceset folders there are, when each one's entries last changed (a file added or deleted), and
+    when its NAME.txt (read back as the set's name) changed."""
+    found: list[tuple[str, int, int]] = []
     try:
         entries = list(os.scandir(facesets_dir))
     except OSError:
@@ -510,10 +511,14 @@ def folder_state(facesets_dir: Path) -> tuple[tuple[str, int], ...]:
     for entry in entries:
         if FOLDER_RE.match(entry.name) or entry.name in (SWAP_MANIFEST, MARKER):
             try:
-                changed = os.stat(os.path.join(entry.path, NAME_FILE)).st_mtime_ns
+                listed = entry.stat(follow_symlinks=False).st_mtime_ns
             except OSError:
-                changed = 0
-            found.append((entry.name, changed))
+                listed = 0
+            try:
+                named = os.stat(os.path.join(entry.path, NAME_FILE)).st_mtime_ns
+            except OSError:
+                named = 0
+            found.append((entry.name, listed, named))
     return tuple(sorted(found))
 
 

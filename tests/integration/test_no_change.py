@@ -39,8 +39,13 @@ def test_a_cycle_with_nothing_new_loads_no_model_clusters_nothing_and_writes_not
     assert snapshot(facesets) == before
     assert len(fake.requests) - requests == 2, fake.requests[requests:]
 
-    # What a user changes in the folders is still seen: a name written into NAME.txt, a folder deleted
+    # What a user changes in the folders is still seen: a face's file deleted, a name written into
+    # NAME.txt, a folder deleted
     numbers = sorted(path.name for path in facesets.glob("faceset_*"))
+    lost = sorted((facesets / numbers[0]).glob("face_*.png"))[0]
+    lost.unlink()
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    assert lost.is_file(), "a face's file deleted by hand did not come back"
     (facesets / numbers[0] / "NAME.txt").write_text("Someone\n")
     shutil.rmtree(facesets / numbers[1])
     again = run_cli("--config", str(config), "sync")
