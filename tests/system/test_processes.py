@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -156,36 +157,26 @@ def test_sigterm_stops_sync_during_a_slow_download(fake: FakeImmich, tmp_path: P
 def test_init_in_a_terminal_asks_and_keeps_the_key_private(tmp_path: Path) -> None:
     import os
     import pty
-    import select
     import stat
     import termios
-    import time
 
     config = tmp_path / "config.toml"
     pid, fd = pty.fork()
     if pid == 0:  # the child: facesyncd init on a terminal
         os.chdir(REPO)
         os.execv(sys.executable, [sys.executable, "-m", "facesyncd", "--config", str(config), "init"])
-    output = b""
     answers = [(b"Immich URL", b"http://immich.local:2283\n", False), (b"API key", (API_KEY + "\n").encode(), True)]
-    deadline = time.monotonic() + STOP_GUARD_SECONDS
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.1)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:  # the child is gone
-                break
-            if not chunk:
-                break
-            output += chunk
+
+    def answer(output: bytes) -> bytes | None:
         if answers and answers[0][0] in output and output.endswith(b": "):
-            _, answer, hidden = answers[0]
+            _, typed, hidden = answers[0]
             if hidden and termios.tcgetattr(fd)[3] & termios.ECHO:
-                continue  # the hidden prompt flushes what is typed before it turns echo off
+                return None  # the hidden prompt flushes what is typed before it turns echo off
             answers.pop(0)
-            os.write(fd, answer)
-            output += b"\n"
+            return typed
+        return None
+
+    output = _read_terminal(fd, answer)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, output.decode(errors="replace")
     assert API_KEY.encode() not in output, "the key was echoed"
@@ -220,8 +211,6 @@ def _on_a_terminal(arguments: list[str], env: dict[str, str]) -> tuple[int, str]
     """Run facesyncd with a terminal for its output (a pty); returns its exit code and what it drew."""
     import os
     import pty
-    import select
-    import time
 
     pid, fd = pty.fork()
     if pid == 0:
@@ -232,6 +221,18 @@ def _on_a_terminal(arguments: list[str], env: dict[str, str]) -> tuple[int, str]
         fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a terminal 160 wide
         os.chdir(REPO)
         os.execve(sys.executable, [sys.executable, "-m", "facesyncd", *arguments], {**os.environ, **env})
+    output = _read_terminal(fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+
+
+def _read_terminal(fd: int, answer: Callable[[bytes], bytes | None] | None = None) -> bytes:
+    """What a child on the pty `fd` draws, until it closes the terminal (or the guard against a hang
+    runs out); `answer` sees the output so far after each read and may type a line (its bytes)."""
+    import os
+    import select
+    import time
+
     output = b""
     deadline = time.monotonic() + STOP_GUARD_SECONDS
     while time.monotonic() < deadline:
@@ -244,8 +245,11 @@ def _on_a_terminal(arguments: list[str], env: dict[str, str]) -> tuple[int, str]
             if not chunk:
                 break
             output += chunk
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+        typed = answer(output) if answer is not None else None
+        if typed is not None:
+            os.write(fd, typed)
+            output += b"\n"
+    return output
 
 
 def test_progress_bars_finish_at_100_percent_and_log_lines_stay_out_of_them(fake: FakeImmich, tmp_path: Path) -> None:
