@@ -137,7 +137,7 @@ def _record_failure(app: App, cycle_id: int, started: float, report: CycleReport
         log.error("could not record the failed cycle: %s", store_error)
 
 
-def _prepare_to_embed(app: App) -> None:
+def _check_model(app: App) -> None:
     """The configured model must be the one the stored faces came from: checked by its name now; the
     model itself loads when a photo first needs it (a cycle with nothing new never loads it), and
     its embedding size is checked then (stage.commit). A pack that is not there fails now, before
@@ -161,7 +161,7 @@ def sync(
     Immich's assets for changes the listing hides, False never, None when due. cluster: open new
     facesets from the pool too. fresh: see check_adopted."""
     check_adopted(app, fresh=fresh)
-    _prepare_to_embed(app)
+    _check_model(app)
     # Temporary files of a process that was killed (before this one started): partial downloads and
     # crops. Once per process: looking through every crop folder cost a quiet cycle 50 ms at 50,000.
     if not app.leftovers_removed:
@@ -179,7 +179,7 @@ def sync(
 def cluster(app: App) -> CycleReport:
     """Open new facesets from the pool of unmatched faces, and export."""
     check_adopted(app)
-    _prepare_to_embed(app)
+    _check_model(app)
 
     def body(report: CycleReport) -> None:
         identify = app.identify_parts()
@@ -192,7 +192,7 @@ def cluster(app: App) -> CycleReport:
 
 def import_facesets(app: App, directory: Path, *, merge: bool = False) -> ImportReport:
     """Adopt a tree of faceset_NNN folders (see importer.py), then export."""
-    _prepare_to_embed(app)
+    _check_model(app)
     result: list[ImportReport] = []
 
     def body(report: CycleReport) -> None:

@@ -701,20 +701,15 @@ def main(argv: list[str] | None = None) -> None:
     arguments = global_options_first(sys.argv[1:] if argv is None else argv)
     try:
         code = app(args=arguments, standalone_mode=False, prog_name="facesyncd")
-    except FacesyncError as error:
+    except (FacesyncError, PermissionError) as error:  # PermissionError: another user's folder (the service's)
         if _state.debug:
             logging.getLogger("facesyncd").exception("error")
-        typer.echo(f"facesyncd: error: {error}", err=True)
-        sys.exit(error.exit_code)
+        problem = error if isinstance(error, FacesyncError) else permission_denied(error)
+        typer.echo(f"facesyncd: error: {problem}", err=True)
+        sys.exit(problem.exit_code)
     except KeyboardInterrupt:
         typer.echo("facesyncd: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    except PermissionError as error:  # a folder of another user's (the service's state directory)
-        if _state.debug:
-            logging.getLogger("facesyncd").exception("error")
-        refused = permission_denied(error)
-        typer.echo(f"facesyncd: error: {refused}", err=True)
-        sys.exit(refused.exit_code)
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except typer.Abort:

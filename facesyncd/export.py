@@ -176,9 +176,9 @@ class Exported:
 
 def exported(facesets_dir: Path, number: int) -> Exported | None:
     """What faceset `number`'s folder holds (None: no folder of facesyncd's for it)."""
-    folder = own_facesets(facesets_dir, {number}).get(number)
-    data = _read_manifest(folder) if folder is not None else None
-    if data is None:
+    folder = facesets_dir / faceset_name(number)
+    data = _read_manifest(folder) if folder.is_dir() and not folder.is_symlink() else None
+    if data is None:  # (own_facesets would read the manifest to find the folder, and again here)
         return None
     faces = [
         face for face in data.get("faces") or [] if isinstance(face, dict) and isinstance(face.get("face_id"), int)
@@ -274,13 +274,12 @@ def _new_file_group(folder: Path) -> int:
     return status.st_gid if status.st_mode & stat.S_ISGID else os.getegid()
 
 
-def _place(source: Path, target: Path) -> None:
+def _place(source: Path, target: Path, group: int, mode: int) -> None:
     """Put one of facesyncd's own files (a crop, a PNG of state_dir) into a folder being written, as
     a file made there would be: a hard link shares the source's inode, so the source is first given
-    the group and mode a new file in the folder gets (the folder's set-group-ID group, the umask),
-    which the state directory, private to the service, does not show to anyone. Where that cannot
-    be done (another owner's file, a file system without links), a copy."""
-    group, mode = _new_file_group(target.parent), new_file_mode()
+    the group and mode a new file in the folder gets (`group`: the folder's set-group-ID group;
+    `mode`: the umask's), which the state directory, private to the service, does not show to
+    anyone. Where that cannot be done (another owner's file, a file system without links), a copy."""
     try:
         status = source.stat()
         if status.st_gid != group:
@@ -439,13 +438,14 @@ def write_folder(facesets_dir: Path, name: str, plan: Plan) -> bool:
     try:
         staging.mkdir(parents=True)
         placed: dict[Path, Path] = {}  # a file wanted under two names (top/): one inode
+        group, mode = _new_file_group(staging), new_file_mode()  # once per folder, not per file
         for name, source in plan.files.items():
             target = staging / name
             target.parent.mkdir(parents=True, exist_ok=True)
             if isinstance(source, Path) and source in placed:
                 _link_or_copy(placed[source], target)
             elif isinstance(source, Path):
-                _place(source, target)
+                _place(source, target, group, mode)
                 placed[source] = target
             else:
                 target.write_bytes(source)

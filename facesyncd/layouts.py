@@ -25,7 +25,7 @@ from .embedder import Embedder
 from .export import NAME_FILE, export_all, export_plans, folders, no_link, own_facesets
 from .imaging import DecodedImage
 from .models import Box, ExportFace
-from .swap import SwapCache, plan, select
+from .swap import NO_PNG, SwapCache, plan, select
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,8 @@ class SwapLayout:
             for folder, (number, subset, members) in wanted.items()
         }
         written = export_plans(self._facesets_dir, plans, highest_number=highest, only=only, retired=library.retired())
-        return written, all(self._cache.has(face.crop) for chosen, _ in choices.values() for face in chosen)
+        waiting = any(entry["why"] == NO_PNG for each in plans.values() for entry in each.manifest["left_out"])
+        return written, not waiting
 
     def _read_names(self, library: Library, only: frozenset[int] | None) -> None:
         """A name the user wrote into a faceset's NAME.txt is the faceset's name from then on."""

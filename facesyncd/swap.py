@@ -45,6 +45,8 @@ MASK_GROWTH = 0.15
 DUPLICATE_SIMILARITY = 0.95
 # The export's own outlier gate, tighter than joining an identity: distance to the set's centre.
 OUTLIER_DISTANCE = 0.45
+# Why a chosen face is not in its set yet: its PNG could not be made (no photo, no crop); tried again.
+NO_PNG = "no PNG yet (its photo could not be fetched)"
 
 
 def square(box: Box, padding: float) -> tuple[float, float, float]:
@@ -296,7 +298,7 @@ def plan(
         elif cache.png(face.crop).is_file():
             usable.append(face)
         else:
-            left_out[face.face_id] = "no PNG yet (its photo could not be fetched)"
+            left_out[face.face_id] = NO_PNG
     # A face keeps its file name as long as it stays in the set (tools keep paths); its rank is the
     # manifest's order (and `rank`) and the bundles' order.
     files = {f"face_{face.face_id:07d}.png": face for face in usable}

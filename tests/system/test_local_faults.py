@@ -49,11 +49,11 @@ def test_disk_full_while_exporting(fake: FakeImmich, app: App, monkeypatch: pyte
     real = export_module._place
     calls = {"n": 0}
 
-    def fill_up(source: Path, target: Path) -> None:
+    def fill_up(source: Path, target: Path, group: int, mode: int) -> None:
         calls["n"] += 1
         if calls["n"] == 5:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
-        real(source, target)
+        real(source, target, group, mode)
 
     monkeypatch.setattr(export_module, "_place", fill_up)
     with pytest.raises(LocalWriteError, match="No space left on device"):
