@@ -156,6 +156,11 @@ SECRET_KEYS = {
 KEYS_FOLDER = "keys"  # beside the config: where a bare key file name is found outside the service
 
 
+def _bare_name(name: str) -> bool:
+    """A key file named without a folder: a systemd credential's name, or a file in keys/."""
+    return not _is_path(name) and not Path(name).is_absolute()
+
+
 def key_file_path(name: str, base: Path) -> Path:
     """Where an api_key_file is read. systemd's LoadCredential= puts the service's secrets in
     $CREDENTIALS_DIRECTORY, under the credential's name: a bare name is looked up there first; outside
@@ -163,10 +168,8 @@ def key_file_path(name: str, base: Path) -> Path:
     keys/ beside the config, where the service guide's recipe keeps the file LoadCredential= reads, and
     then beside the config itself (where `init` writes a key)."""
     path = Path(name).expanduser()
-    if path.is_absolute():
-        return path
-    if _is_path(name):
-        return base / path
+    if not _bare_name(name):
+        return path if path.is_absolute() else base / path
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
     places = [Path(credentials) / path] if credentials else []
     places += [base / KEYS_FOLDER / path, base / path]
@@ -533,12 +536,10 @@ def _read_secret(entry: dict[str, Any], where: str, base: Path, problems: _Probl
         mode = path.stat().st_mode
     except OSError as error:
         bare = (
-            ""
-            if _is_path(str(file_name)) or Path(str(file_name)).is_absolute()
-            else (
-                f" (a bare name is looked up in $CREDENTIALS_DIRECTORY under systemd, then in {base / KEYS_FOLDER}/ "
-                f"and {base}/)"
-            )
+            f" (a bare name is looked up in $CREDENTIALS_DIRECTORY under systemd, then in {base / KEYS_FOLDER}/ "
+            f"and {base}/)"
+            if _bare_name(str(file_name))
+            else ""
         )
         problems.add(f"{where}.api_key_file", f"cannot read {path}: {error.strerror or error}{bare}")
         return None
