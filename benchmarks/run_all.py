@@ -16,6 +16,7 @@ import bench_export_disk
 import bench_immich_ml
 import bench_nochange
 import bench_pages
+import bench_queries
 
 import bench_cluster
 import bench_index
@@ -45,6 +46,7 @@ def main() -> None:
         ("index", bench_index.main),
         ("export disk use", bench_export_disk.main),
         ("a cycle with nothing new", bench_nochange.main),
+        ("store queries of the page, status, faceset list", bench_queries.main),
     ):
         print(f"\n== {name} ==", flush=True)
         rows += run()

@@ -29,6 +29,10 @@ MIGRATIONS_DIR: Path | None = None
 Parameters = Sequence[Any] | dict[str, Any]
 
 
+# How long a statement waits for another process's write lock before it fails.
+BUSY_TIMEOUT_MS = 30_000
+
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -80,6 +84,7 @@ class Database:
         create: make the database when there is none (sync, run, import); the other commands say
         that there is none instead."""
         self.path = path
+        self.readonly = readonly
         self._db: sqlite_utils.Database | None = None
         self._savepoints = 0
         if not path.exists():
@@ -111,7 +116,7 @@ class Database:
                 )
             else:
                 connection = sqlite3.connect(path, isolation_level=None, check_same_thread=not threaded)
-            connection.execute("PRAGMA busy_timeout = 30000")
+            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             connection.execute("PRAGMA foreign_keys = ON")
             if not readonly:
                 connection.execute("PRAGMA journal_mode = WAL")

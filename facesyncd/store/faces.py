@@ -30,14 +30,30 @@ if TYPE_CHECKING:  # numpy stays out of `status`
 # A face that facesets show: not one whose photo is only kept for a return (in Immich's trash, or a
 # hidden partner's).
 _KEPT = ", ".join(f"'{state}'" for state in AssetState.kept())
+
+
+def _not_kept_by_another(sha256: str) -> str:
+    """SQL: no done asset and no live import keeps the photo `sha256` in the facesets."""
+    return (
+        f"NOT EXISTS (SELECT 1 FROM assets a WHERE a.sha256 = {sha256} AND a.state = '{AssetState.DONE}') "
+        f"AND NOT EXISTS (SELECT 1 FROM imports i WHERE i.sha256 = {sha256} AND i.state = 'done' "
+        "AND i.superseded_at IS NULL)"
+    )
+
+
 LIVE_FACE = (
     f"(NOT EXISTS (SELECT 1 FROM assets t WHERE t.sha256 = f.sha256 AND t.state IN ({_KEPT})) "
-    f"OR EXISTS (SELECT 1 FROM assets a WHERE a.sha256 = f.sha256 AND a.state = '{AssetState.DONE}') "
-    "OR EXISTS (SELECT 1 FROM imports i WHERE i.sha256 = f.sha256 AND i.state = 'done' AND i.superseded_at IS NULL))"
+    f"OR NOT ({_not_kept_by_another('f.sha256')}))"
+)
+# The same test for a pass over many faces: the photos only kept for a return are found once per
+# statement (from the few assets in those states), and each face is looked up in that set, where
+# LIVE_FACE costs three look-ups per face (3x as long over 500,000 faces).
+LIVE_FACES = (
+    f"f.sha256 NOT IN (SELECT t.sha256 FROM assets t WHERE t.state IN ({_KEPT}) AND {_not_kept_by_another('t.sha256')})"
 )
 
 # A face compared with every identity and in none, that clustering may open a faceset from.
-POOL = f"f.identity IS NULL AND f.matched_at IS NOT NULL AND f.held IS NULL AND {LIVE_FACE}"
+POOL = f"f.identity IS NULL AND f.matched_at IS NOT NULL AND f.held IS NULL AND {LIVE_FACES}"
 
 
 def _open_identity(number: str) -> str:
@@ -477,7 +493,7 @@ class FaceQueries(Database):
                        f.distance, f.quality_parts, f.subset,
                        (SELECT a.rowid FROM assets a WHERE a.sha256 = f.sha256 AND a.state = :done
                         ORDER BY a.source, a.asset_id LIMIT 1) AS representative
-                FROM faces f WHERE f.identity IS NOT NULL {among} AND {LIVE_FACE}
+                FROM faces f WHERE f.identity IS NOT NULL {among} AND {LIVE_FACES}
                   AND NOT EXISTS (SELECT 1 FROM identities h WHERE h.number = f.identity AND h.hidden_at IS NOT NULL)
             ) f LEFT JOIN assets a ON a.rowid = f.representative
             ORDER BY f.identity, f.face_id

@@ -1,0 +1,200 @@
+"""The facesets summary (faces, best face, last change per faceset) kept in faceset_stats: after any
+write, by any path, it equals the summary counted afresh over every face."""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from facesyncd.store import Store
+from facesyncd.store.faces import LIVE_FACE
+
+# Many facesets, few faces each: a write touches few of them, so a missed one shows.
+PHOTOS = 40
+IDENTITIES = 30
+
+# The summary counted over every face, as facesets() did before faceset_stats (the reference).
+COUNTED_OVER_EVERY_FACE = f"""
+WITH live AS (
+    SELECT f.identity, f.id, COALESCE(f.quality, 0) AS quality FROM faces f
+    WHERE f.identity IS NOT NULL AND {LIVE_FACE}),
+counted AS (SELECT identity, COUNT(*) AS faces FROM live GROUP BY identity),
+best AS (
+    SELECT identity, id FROM (
+        SELECT identity, id, ROW_NUMBER() OVER (PARTITION BY identity ORDER BY quality DESC, id) AS rank
+        FROM live) WHERE rank = 1),
+moved AS (
+    SELECT f.identity, MAX(COALESCE(f.placed_at, f.matched_at)) AS at FROM faces f
+    WHERE f.identity IS NOT NULL GROUP BY f.identity),
+touched AS (
+    SELECT json_extract(undo, '$.number') AS number, at FROM corrections
+    UNION ALL SELECT json_extract(undo, '$.from'), at FROM corrections
+    UNION ALL SELECT json_extract(undo, '$.to'), at FROM corrections
+    UNION ALL SELECT json_extract(undo, '$.kept'), at FROM corrections
+    UNION ALL SELECT json_extract(undo, '$.before'), at FROM corrections),
+corrected AS (SELECT number, MAX(at) AS at FROM touched WHERE number IS NOT NULL GROUP BY number)
+SELECT i.number, COALESCE(counted.faces, 0), best.id,
+       MAX(i.created_at, COALESCE(i.merged_at, ''), COALESCE(i.locked_at, ''), COALESCE(i.forgotten_at, ''),
+           COALESCE(i.hidden_at, ''), COALESCE(moved.at, ''), COALESCE(corrected.at, ''))
+FROM identities i
+LEFT JOIN counted ON counted.identity = i.number LEFT JOIN best ON best.identity = i.number
+LEFT JOIN moved ON moved.identity = i.number LEFT JOIN corrected ON corrected.number = i.number
+ORDER BY i.number
+"""
+
+
+def reference(store: Store) -> list[tuple[int, int, int | None, str | None]]:
+    return [(number, faces, best, last or None) for number, faces, best, last in store.tuples(COUNTED_OVER_EVERY_FACE)]
+
+
+def summary(store: Store) -> list[tuple[int, int, int | None, str | None]]:
+    return [(s.number, s.faces, s.best_face, s.last_change) for s in store.facesets()]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    opened = Store(tmp_path / "facesyncd.db")
+    now = "2026-01-01T00:00:00.000Z"
+    with opened.transaction():
+        opened.execute("INSERT INTO sources (name, url, watermark) VALUES ('alice', 'http://x', ?)", (now,))
+        for number in range(1, IDENTITIES + 1):
+            opened.ensure_identity(number, "cluster")
+        for photo in range(PHOTOS):
+            sha = f"{photo:064x}"
+            opened.execute(
+                "INSERT INTO blobs (sha256, size, decoded_from, model, embedded_at) VALUES (?, 1, 'original', 'm', ?)",
+                (sha, now),
+            )
+            opened.execute(
+                "INSERT INTO assets (source, asset_id, type, state, sha256, first_seen_at, changed_at) "
+                "VALUES ('alice', ?, 'IMAGE', 'done', ?, ?, ?)",
+                (f"{photo:08x}-0000-4000-8000-000000000000", sha, now, now),
+            )
+            for index in range(3):
+                opened.execute(
+                    "INSERT INTO faces (sha256, face_index, x1, y1, x2, y2, det_score, landmarks, embedding, crop, "
+                    "identity, quality, matched_at) VALUES (?, ?, 0, 0, 1, 1, 0.9, '[]', x'00', 'c', ?, ?, ?)",
+                    (sha, index, (photo + index) % IDENTITIES + 1, (photo * 7 + index) % 5 / 5, now),
+                )
+    yield opened
+    opened.close()
+
+
+def random_write(store: Store, rng: random.Random, step: int) -> str:
+    """One write of a kind that changes what the summary shows, by raw SQL (the triggers, not the
+    store's methods, keep the summary: no write path may forget it)."""
+    face = rng.choice([row[0] for row in store.tuples("SELECT id FROM faces")] or [0])
+    sha = f"{rng.randrange(PHOTOS):064x}"
+    identity = rng.choice([None, *range(1, IDENTITIES + 1)])
+    at = f"2026-02-{1 + step % 28:02d}T00:00:{step % 60:02d}.000Z"
+    writes = {
+        "face joins or leaves": ("UPDATE faces SET identity = ?, matched_at = ? WHERE id = ?", (identity, at, face)),
+        "face quality": ("UPDATE faces SET quality = ? WHERE id = ?", (rng.random(), face)),
+        "face placed": ("UPDATE faces SET placed_at = ? WHERE id = ?", (at, face)),
+        "face deleted": ("DELETE FROM faces WHERE id = ?", (face,)),
+        "face added": (
+            "INSERT OR IGNORE INTO faces (sha256, face_index, x1, y1, x2, y2, det_score, landmarks, embedding, crop, "
+            "identity, quality, matched_at) VALUES (?, ?, 0, 0, 1, 1, 0.9, '[]', x'00', 'c', ?, ?, ?)",
+            (sha, 10 + step, identity, rng.random(), at),
+        ),
+        "photo trashed": ("UPDATE assets SET state = 'trashed' WHERE sha256 = ?", (sha,)),
+        "photo withheld": ("UPDATE assets SET state = 'withheld' WHERE sha256 = ?", (sha,)),
+        "photo back": ("UPDATE assets SET state = 'done' WHERE sha256 = ?", (sha,)),
+        "listed again": (  # as a listing records it: an upsert, whose conflict rule reaches the triggers
+            "INSERT INTO assets (source, asset_id, type, state, sha256, first_seen_at, changed_at) "
+            "SELECT source, asset_id, type, ?, sha256, first_seen_at, ? FROM assets WHERE sha256 = ? "
+            "ON CONFLICT (source, asset_id) DO UPDATE SET state = excluded.state, changed_at = excluded.changed_at",
+            (rng.choice(["done", "trashed"]), at, sha),
+        ),
+        "second asset": (
+            "INSERT OR IGNORE INTO assets (source, asset_id, type, state, sha256, first_seen_at, changed_at) "
+            "VALUES ('alice', ?, 'IMAGE', ?, ?, ?, ?)",
+            (f"{step:08x}-1111-4000-8000-000000000000", rng.choice(["done", "trashed"]), sha, at, at),
+        ),
+        "asset deleted": (  # a trashed one first: its photo's faces come back
+            "DELETE FROM assets WHERE rowid = (SELECT rowid FROM assets WHERE sha256 = ? "
+            "ORDER BY state = 'trashed' DESC LIMIT 1)",
+            (sha,),
+        ),
+        "import kept": (
+            "INSERT OR IGNORE INTO imports (path, sha256, identity, state, imported_at) VALUES (?, ?, ?, 'done', ?)",
+            (f"/old/{step}.png", sha, identity or 1, at),
+        ),
+        "import superseded": ("UPDATE imports SET superseded_at = ? WHERE sha256 = ?", (at, sha)),
+        "import deleted": ("DELETE FROM imports WHERE sha256 = ?", (sha,)),
+        "correction": (  # a later one names this faceset; a rename's "before" is a name, not a number
+            "INSERT INTO corrections (at, kind, summary, undo) VALUES (?, 'k', 's', ?)",
+            (at, json.dumps({rng.choice(["number", "from", "to", "kept", "before"]): identity or "old name"})),
+        ),
+        "faceset opened": (
+            "INSERT OR IGNORE INTO identities (number, origin, created_at) VALUES (?, 'cluster', ?)",
+            (IDENTITIES + 1 + step, at),
+        ),
+    }
+    kind = rng.choice(sorted(writes))
+    sql, parameters = writes[kind]
+    with store.transaction():
+        store.execute(sql, parameters)
+    return kind
+
+
+def test_the_summary_follows_every_write(store: Store) -> None:
+    rng = random.Random(24)
+    assert summary(store) == reference(store)
+    kinds = set()
+    for step in range(300):
+        kind = random_write(store, rng, step)
+        kinds.add(kind)
+        if step % 2 == 0:  # some writes pile up between two reads
+            assert summary(store) == reference(store), f"after step {step} ({kind})"
+    assert len(kinds) == 16  # every kind of write was tried
+
+
+def test_a_reader_that_may_not_write_counts_the_stale_facesets_afresh(store: Store, tmp_path: Path) -> None:
+    store.facesets()
+    with store.transaction():
+        store.execute("UPDATE assets SET state = 'trashed' WHERE sha256 = ?", (f"{3:064x}",))
+        store.execute("UPDATE faces SET identity = 2 WHERE identity = 1")
+    reader = Store(store.path, readonly=True)
+    try:
+        assert summary(reader) == reference(store)
+        assert reader.scalar("SELECT COUNT(*) FROM faceset_stats_stale") > 0  # left for a writer
+    finally:
+        reader.close()
+    assert summary(store) == reference(store)
+    assert store.scalar("SELECT COUNT(*) FROM faceset_stats_stale") == 0  # kept by the writer
+
+
+def test_a_page_does_not_wait_for_another_process_that_is_writing(store: Store) -> None:
+    store.facesets()
+    with store.transaction():
+        store.execute("UPDATE faces SET identity = 3 WHERE identity = 4")
+    writer = sqlite3.connect(store.path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # a cycle in the middle of its write
+    try:
+        assert summary(store) == reference(store)
+        assert store.scalar("SELECT COUNT(*) FROM faceset_stats_stale") > 0
+        assert store.conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0  # waits again for its own writes
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert summary(store) == reference(store)
+    assert store.scalar("SELECT COUNT(*) FROM faceset_stats_stale") == 0
+
+
+def test_the_pool_size_counts_live_unheld_compared_faces_only(store: Store) -> None:
+    counted = (
+        "SELECT COUNT(*) FROM faces f WHERE f.identity IS NULL AND f.matched_at IS NOT NULL AND f.held IS NULL AND "
+    )
+    with store.transaction():
+        store.execute("UPDATE faces SET identity = NULL WHERE id % 2 = 0")
+        store.execute("UPDATE faces SET held = 'thin' WHERE id % 8 = 0")
+        store.execute("UPDATE faces SET matched_at = NULL WHERE id % 6 = 0")
+        store.execute("UPDATE assets SET state = 'trashed' WHERE sha256 = ?", (f"{1:064x}",))
+    expected = store.scalar(counted + LIVE_FACE)
+    assert 0 < expected < store.scalar(counted + "1")
+    assert store.pool_size() == expected
