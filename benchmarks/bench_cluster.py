@@ -21,7 +21,7 @@ import numpy as np
 from bench_index import dataset
 from facesyncd.identities import cluster_pool
 count, limit = int(sys.argv[1]), int(sys.argv[2])
-people = dataset(count // 2, seed=3)
+people, _ = dataset(count // 2, seed=3)
 rng = np.random.default_rng(4)
 strangers = rng.normal(size=(count - len(people), people.shape[1])).astype(np.float32)
 pool = np.concatenate([people, strangers / np.linalg.norm(strangers, axis=1, keepdims=True)])

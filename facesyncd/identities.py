@@ -275,10 +275,8 @@ def _nearest(embeddings: NDArray[np.float32], k: int) -> tuple[NDArray[np.int64]
             neighbours[start : start + 1024] = nearest
             distances[start : start + 1024] = np.take_along_axis(block, nearest, axis=1)
         return neighbours, distances
-    from .index import EF_CONSTRUCTION, M
-
     index = hnswlib.Index(space="cosine", dim=dimension)
-    index.init_index(max_elements=count, ef_construction=EF_CONSTRUCTION, M=M)
+    index.init_index(max_elements=count, ef_construction=100, M=16)
     index.add_items(embeddings, np.arange(count))
     index.set_ef(max(64, k))
     labels, found = index.knn_query(embeddings, k=k)

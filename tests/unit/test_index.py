@@ -1,23 +1,14 @@
-"""The HNSW index: a cache that knows what it was built from."""
+"""The face index: a cache that knows what it was built from, searched by identity."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 import facesyncd.index as index_module
 from facesyncd.index import INDEX_FILE, SIDECAR_FILE, FaceIndex, needs_rebuild, read_sidecar
-
-
-@pytest.fixture(autouse=True, params=["hnswlib", "exact"])
-def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test runs on both backends: hnswlib, and the exact numpy search used where no hnswlib
-    wheel exists (Windows on Python 3.12 and newer)."""
-    if request.param == "exact":
-        monkeypatch.setattr(index_module, "_backend", index_module._Exact)
-    return str(request.param)
 
 
 def vectors(count: int, dimension: int = 32, seed: int = 0) -> np.ndarray:
@@ -51,13 +42,17 @@ def test_saved_index_loads_only_for_its_version(tmp_path: Path) -> None:
     assert FaceIndex.load(tmp_path, 32, 6, identity_of) is None, "stale index was used"
     assert FaceIndex.load(tmp_path, 64, 5, identity_of) is None
     assert needs_rebuild(tmp_path, 6) and not needs_rebuild(tmp_path, 5)
-    expected = {"version": 5, "dimension": 32, "faces": 3000, "deleted": 0, "deleted_labels": []}
-    assert read_sidecar(tmp_path) == (expected if index.backend == "hnswlib" else {**expected, "backend": "exact"})
+    expected = {"version": 5, "dimension": 32, "faces": 3000, "deleted": 0, "deleted_labels": [], "backend": "routed"}
+    assert read_sidecar(tmp_path) == expected
 
 
 def test_corrupt_or_missing_files_mean_rebuild(tmp_path: Path) -> None:
     _, _, identity_of = built(tmp_path)
     (tmp_path / INDEX_FILE).write_bytes(b"\0" * 100)
+    assert FaceIndex.load(tmp_path, 32, 5, identity_of) is None
+    built(tmp_path)
+    whole = (tmp_path / INDEX_FILE).read_bytes()
+    (tmp_path / INDEX_FILE).write_bytes(whole[: len(whole) // 2])  # cut short (a disk fault)
     assert FaceIndex.load(tmp_path, 32, 5, identity_of) is None
     (tmp_path / INDEX_FILE).unlink()
     assert FaceIndex.load(tmp_path, 32, 5, identity_of) is None
@@ -88,11 +83,13 @@ def test_removed_faces_are_never_found_and_survive_a_save(tmp_path: Path) -> Non
     assert len(loaded) == 2951
 
 
-def test_an_index_written_by_the_other_backend_is_rebuilt(tmp_path: Path, backend: str, monkeypatch) -> None:
-    """An install with hnswlib and one without (another machine, another Python) share a state_dir."""
+def test_an_index_written_by_an_earlier_facesyncd_is_rebuilt(tmp_path: Path) -> None:
+    """Earlier versions saved an hnswlib graph, with no `backend` in the sidecar."""
     _, _, identity_of = built(tmp_path)
-    other = index_module._Exact if backend == "hnswlib" else index_module._Hnsw
-    monkeypatch.setattr(index_module, "_backend", other)
+    sidecar = read_sidecar(tmp_path)
+    assert sidecar is not None
+    del sidecar["backend"]
+    (tmp_path / SIDECAR_FILE).write_text(json.dumps(sidecar))
     assert FaceIndex.load(tmp_path, 32, 5, identity_of) is None
 
 
@@ -136,7 +133,84 @@ def test_an_index_far_behind_the_store_or_without_its_deleted_labels_is_rebuilt(
     sidecar = read_sidecar(tmp_path)
     assert sidecar is not None
     del sidecar["deleted_labels"]  # written by an earlier version
-    (tmp_path / SIDECAR_FILE).write_text(__import__("json").dumps(sidecar))
+    (tmp_path / SIDECAR_FILE).write_text(json.dumps(sidecar))
     assert FaceIndex.load(tmp_path, 32, 5, identity_of) is not None  # current: used as before
     fewer = dict(list(identity_of.items())[:-1])
     assert FaceIndex.load(tmp_path, 32, 6, fewer, lambda ids: {}) is None  # behind, and cannot tell what left
+
+
+def clustered(identities: int, per_identity: int, dimension: int = 64, seed: int = 3) -> tuple[np.ndarray, list[int]]:
+    """Faces as they come: tight identities, nearly orthogonal to one another."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(identities, dimension))
+    owners = [n % identities + 1 for n in range(identities * per_identity)]
+    data = centres[np.asarray(owners) - 1] + rng.normal(scale=0.12, size=(len(owners), dimension))
+    return (data / np.linalg.norm(data, axis=1, keepdims=True)).astype(np.float32), owners
+
+
+def exact(data: np.ndarray, ids: list[int], queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    distances = 1.0 - queries @ data.T
+    nearest = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    return np.asarray(ids)[nearest], np.take_along_axis(distances, nearest, axis=1)
+
+
+def test_a_library_with_few_identities_is_searched_exactly(tmp_path: Path) -> None:
+    data, owners = clustered(index_module.ROUTE, 12)
+    ids = list(range(1, len(owners) + 1))
+    index = FaceIndex(64)
+    index.add(ids, data, owners)
+    queries = vectors(40, 64, seed=5)  # anywhere, not only near a face
+    labels, distances = index.query(queries, 16)
+    expected_labels, expected_distances = exact(data, ids, queries, 16)
+    assert (labels == expected_labels).all()
+    assert np.allclose(distances, expected_distances, atol=1e-5)
+
+
+def test_many_identities_are_searched_through_the_nearest_ones_with_full_recall(tmp_path: Path) -> None:
+    data, owners = clustered(400, 8)
+    ids = list(range(1, len(owners) + 1))
+    index = FaceIndex(64)
+    index.add(ids, data, owners)
+    rng = np.random.default_rng(8)
+    queries = data[rng.choice(len(ids), 200, replace=False)] + rng.normal(scale=0.05, size=(200, 64))
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    labels, distances = index.query(queries, 10)
+    expected_labels, expected_distances = exact(data, ids, queries, 10)
+    assert all(set(found) == set(truth) for found, truth in zip(labels, expected_labels, strict=True))
+    assert np.allclose(distances, expected_distances, atol=1e-5)
+    one, _ = index.query(queries[:1], 10)  # one query alone: the same answer as in a batch
+    assert (one[0] == labels[0]).all()
+
+
+def test_identities_too_small_to_fill_k_widen_the_search_to_every_face() -> None:
+    data, owners = clustered(index_module.ROUTE * 3, 1)
+    ids = list(range(1, len(owners) + 1))
+    index = FaceIndex(64)
+    index.add(ids, data, owners)
+    labels, _ = index.query(data[:5], index_module.ROUTE + 10)
+    assert (labels == exact(data, ids, data[:5], index_module.ROUTE + 10)[0]).all()
+
+
+def test_merged_moved_removed_and_restored_faces_are_found_where_the_store_says(tmp_path: Path) -> None:
+    data, owners = clustered(200, 6)
+    ids = list(range(1, len(owners) + 1))
+    index = FaceIndex(64)
+    index.add(ids, data, owners)
+    index.relabel(7, 3)  # a merge: identity 7's faces are found as 3's
+    sevens = [face for face, owner in zip(ids, owners, strict=True) if owner == 7]
+    labels, _ = index.query(data[[face - 1 for face in sevens]], 1)
+    assert labels[:, 0].tolist() == sevens and {index.identity_of[face] for face in sevens} == {3}
+    index.remove([1])
+    assert index.query(data[:1], 1)[0][0, 0] != 1
+    moved = vectors(1, 64, seed=11)
+    index.add([1], moved, [150])  # back, elsewhere and changed (an undo, then a re-embed)
+    assert index.query(moved, 1)[0][0, 0] == 1
+    assert index.query(data[:1], 1)[0][0, 0] != 1  # its old row stays dead
+    index.save(tmp_path, version=9)
+    store = dict(index.identity_of)
+    store[2] = 150  # moved by hand while no process held the index
+    loaded = FaceIndex.load(tmp_path, 64, 10, store, lambda face_ids: {})
+    assert loaded is not None
+    # routed by the store's identities: face 2 is searched with 150's faces, and still found
+    assert loaded.query(data[1:2], 1)[0][0, 0] == 2
+    assert loaded.query(moved, 1)[0][0, 0] == 1
