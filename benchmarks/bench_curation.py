@@ -68,7 +68,7 @@ def make_library(
             sha = f"{face:064x}"
             crop = f"{sha[:2]}/{sha}_0.jpg"
             (crops / crop).parent.mkdir(exist_ok=True)
-            if face % 60_000 == 0 and face:  # a file takes at most 65,000 links (ext4)
+            if face % 20_000 == 0 and face:  # a file takes at most 65,000 links (ext4), the export adds two
                 sample = directory / f"sample{face}.jpg"
                 Image.new("RGB", (112, 112), (128, 96, 80)).save(sample, quality=85)
             os.link(sample, crops / crop)

@@ -1,0 +1,155 @@
+"""Issue 24, behaviour 3: what 1,000 new faces cost at 10,000 / 100,000 / 500,000 faces.
+
+A library as bench_nochange.py makes it (60% of the faces in facesets of 100 or so, 40% waiting in the
+pool, each unlike any other), exported and synced once. Then 1,000 faces arrive as a stage leaves
+them (embedded, not yet compared): 600 of people the library has (each near a face of a faceset) and
+400 strangers. One sync (nothing more listed by the fake Immich) assigns them, clusters the pool,
+looks for merges and exports; CPU seconds of each step in this process, and of the whole cycle.
+
+    .venv/bin/python benchmarks/bench_new_faces.py [--sizes 10000 100000 500000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bench_curation import QUALITY, export_everything, make_library
+
+from common import API_KEY, require_shared
+from fake_server import FakeServerProcess
+
+NEW = 1_000
+STEPS = ("assign_new_faces", "open_new_facesets", "merge_identities", "publish")
+
+
+def add_new_faces(config: Path, seed: int = 12) -> None:
+    """NEW faces as a stage commits them: 60% close to a face of some faceset, 40% strangers."""
+    from facesyncd.store import Store
+
+    state = Path(next(line for line in config.read_text().splitlines() if line.startswith("state_dir")).split('"')[1])
+    store = Store(state / "facesyncd.db")
+    rng = np.random.default_rng(seed)
+    known = store.tuples("SELECT embedding FROM faces WHERE identity IS NOT NULL ORDER BY RANDOM() LIMIT ?", (NEW,))
+    dimension = len(known[0][0]) // 4
+    crop_source = next((state / "crops").rglob("*.jpg"))
+    now = "2026-12-02T00:00:00.000Z"
+    with store.transaction():
+        for n in range(NEW):
+            if n < NEW * 6 // 10:
+                vector = np.frombuffer(known[n][0], np.float32) + rng.normal(scale=0.02, size=dimension)
+            else:
+                vector = rng.normal(size=dimension)
+            vector = (vector / np.linalg.norm(vector)).astype(np.float32)
+            sha = f"{0xFFFF0000 + n:064x}"
+            crop = f"{sha[:2]}/{sha}_0.jpg"
+            (state / "crops" / crop).parent.mkdir(exist_ok=True)
+            shutil.copyfile(crop_source, state / "crops" / crop)
+            store.execute(
+                "INSERT INTO blobs (sha256, size, width, height, decoded_from, model, embedded_at) "
+                "VALUES (?, 1, 1000, 1000, 'original', 'buffalo_test', ?)",
+                (sha, now),
+            )
+            store.execute(
+                "INSERT INTO assets (source, asset_id, type, state, sha256, checksum, first_seen_at, changed_at, "
+                "file_created_at, original_file_name) VALUES ('alice', ?, 'IMAGE', 'done', ?, ?, ?, ?, ?, ?)",
+                (f"{0xFFFF0000 + n:08x}-1111-4000-8000-000000000000", sha, sha[:27], now, now, now, f"NEW_{n}.jpg"),
+            )
+            store.execute(
+                "INSERT INTO faces (sha256, face_index, x1, y1, x2, y2, det_score, landmarks, embedding, crop, "
+                "quality, quality_parts) VALUES (?, 0, 100, 100, 300, 300, 0.9, '[]', ?, ?, 0.8, ?)",
+                (sha, vector.tobytes(), crop, QUALITY),
+            )
+    store.close()
+
+
+def sync_seconds(config: Path, url: str) -> tuple[float, dict[str, float], Any]:
+    """CPU seconds of one sync, in all and per step, and its report."""
+    import facesyncd.cycle as cycle
+    from facesyncd import actions
+    from facesyncd.app import open_app
+    from facesyncd.config import load_settings
+
+    spent = dict.fromkeys(STEPS, 0.0)
+    originals = {name: getattr(cycle, name) for name in STEPS}
+
+    def timed(name: str, step: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*arguments: Any, **keywords: Any) -> Any:
+            started = time.process_time()
+            try:
+                return step(*arguments, **keywords)
+            finally:
+                spent[name] += time.process_time() - started
+
+        return run
+
+    text = config.read_text().replace("http://127.0.0.1:9", url).replace('"NOT_NEEDED"', '"BENCH_NEW_KEY"')
+    config.write_text(text)
+    os.environ["BENCH_NEW_KEY"] = API_KEY
+    for name, step in originals.items():
+        setattr(cycle, name, timed(name, step))
+    try:
+        with open_app(load_settings(config)) as app:
+            started = time.process_time()
+            report = actions.sync(app, reconcile=False, census=False)
+            return time.process_time() - started, spent, report
+    finally:
+        for name, step in originals.items():
+            setattr(cycle, name, step)
+
+
+def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str, str, str]]:
+    require_shared()
+    measured: dict[int, tuple[float, dict[str, float]]] = {}
+    for size in sizes:
+        directory = Path(tempfile.mkdtemp(prefix="bench-new-faces-"))
+        try:
+            in_sets, pool = size * 6 // 10, size * 4 // 10
+            facesets = max(10, min(5_000, in_sets // 100))
+            config = make_library(directory, in_sets, facesets, pool=pool)
+            export_everything(config)
+            with FakeServerProcess([]) as server:
+                sync_seconds(config, server.url)  # the state a sync leaves: index saved, pool clustered
+                add_new_faces(config)
+                total, steps, report = sync_seconds(config, server.url)
+            measured[size] = (total, steps)
+            print(
+                f"{size:>7} faces ({pool} in the pool, {facesets} facesets): {NEW} new faces cost {total:.2f} CPU-s "
+                f"({', '.join(f'{name} {seconds:.2f}' for name, seconds in steps.items())}); "
+                f"{report.faces_assigned} assigned, {len(report.identities_created)} facesets opened",
+                flush=True,
+            )
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+    names = "/".join(f"{size // 1000}k" for size in sizes)
+    growth = measured[sizes[-1]][0] / measured[sizes[0]][0]
+    return [
+        (
+            f"1,000 new faces, CPU-s of the sync ({names} faces)",
+            " / ".join(f"{measured[size][0]:.2f}" for size in sizes),
+            f"{growth:.1f}x from {sizes[0]:,} to {sizes[-1]:,}; flat is the target",
+        ),
+        *(
+            (
+                f"  of which {name.replace('_', ' ')}",
+                " / ".join(f"{measured[size][1][name]:.2f}" for size in sizes),
+                "",
+            )
+            for name in STEPS
+        ),
+    ]
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 500_000])
+    arguments = parser.parse_args()
+    for row in main(tuple(arguments.sizes)):
+        print(" | ".join(row))
