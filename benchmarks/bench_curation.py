@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import REPO, TEST_PACK, require_shared
+from common import API_KEY, REPO, TEST_PACK, require_shared
 
 QUALITY = json.dumps({"det_score": 0.9, "size": 0.8, "blur": 0.9, "frontality": 0.7, "symmetry": 0.8})
 
@@ -100,6 +100,23 @@ def make_library(
         f'[model]\npack = "{TEST_PACK}"\nproviders = ["CPUExecutionProvider"]\n'
     )
     return config
+
+
+def pooled_library(directory: Path, size: int, *, per_faceset: int, most: int) -> tuple[Path, int, int, int]:
+    """A library of `size` faces as a long-lived one looks: 60% in facesets of about `per_faceset`
+    faces (`most` facesets at most), 40% waiting in the pool; exported. Returns the config and the
+    faces in facesets, in the pool, and the facesets."""
+    in_sets, pool = size * 6 // 10, size * 4 // 10
+    facesets = max(10, min(most, in_sets // per_faceset))
+    config = make_library(directory, in_sets, facesets, pool=pool)
+    export_everything(config)
+    return config, in_sets, pool, facesets
+
+
+def point_at(config: Path, url: str, key_env: str) -> None:
+    """The library's config, made to ask the fake Immich at `url`, with the key in `key_env`."""
+    config.write_text(config.read_text().replace("http://127.0.0.1:9", url).replace('"NOT_NEEDED"', f'"{key_env}"'))
+    os.environ[key_env] = API_KEY
 
 
 def export_everything(config: Path) -> None:

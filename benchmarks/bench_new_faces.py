@@ -12,7 +12,6 @@ looks for merges and exports; CPU seconds of each step in this process, and of t
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time
@@ -21,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_curation import QUALITY, export_everything, make_library
+from bench_curation import QUALITY, point_at, pooled_library
 
-from common import API_KEY, require_shared
+from common import require_shared
 from fake_server import FakeServerProcess
 
 NEW = 1_000
@@ -90,9 +89,7 @@ def sync_seconds(config: Path, url: str) -> tuple[float, dict[str, float], Any]:
 
         return run
 
-    text = config.read_text().replace("http://127.0.0.1:9", url).replace('"NOT_NEEDED"', '"BENCH_NEW_KEY"')
-    config.write_text(text)
-    os.environ["BENCH_NEW_KEY"] = API_KEY
+    point_at(config, url, "BENCH_NEW_KEY")
     for name, step in originals.items():
         setattr(cycle, name, timed(name, step))
     try:
@@ -111,10 +108,7 @@ def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str,
     for size in sizes:
         directory = Path(tempfile.mkdtemp(prefix="bench-new-faces-"))
         try:
-            in_sets, pool = size * 6 // 10, size * 4 // 10
-            facesets = max(10, min(5_000, in_sets // 100))
-            config = make_library(directory, in_sets, facesets, pool=pool)
-            export_everything(config)
+            config, _, pool, facesets = pooled_library(directory, size, per_faceset=100, most=5_000)
             with FakeServerProcess([]) as server:
                 sync_seconds(config, server.url)  # the state a sync leaves: index saved, pool clustered
                 add_new_faces(config)

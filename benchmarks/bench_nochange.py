@@ -11,16 +11,15 @@ nothing new: two requests), not wall time; each figure is the median of `rounds`
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from bench_curation import export_everything, make_library
+from bench_curation import point_at, pooled_library
 
-from common import API_KEY, require_shared
+from common import require_shared
 from fake_server import FakeServerProcess
 
 
@@ -31,9 +30,7 @@ def _cycle_seconds(config: Path, url: str, *, forced: bool) -> tuple[float, int]
     from facesyncd.app import open_app
     from facesyncd.config import load_settings
 
-    text = config.read_text().replace("http://127.0.0.1:9", url).replace('"NOT_NEEDED"', '"BENCH_NOCHANGE_KEY"')
-    config.write_text(text)
-    os.environ["BENCH_NOCHANGE_KEY"] = API_KEY
+    point_at(config, url, "BENCH_NOCHANGE_KEY")
     with open_app(load_settings(config)) as app:
         if forced:
             app.store.conn.execute("DELETE FROM meta WHERE key LIKE 'unchanged:%'")
@@ -50,10 +47,7 @@ def main(sizes: tuple[int, ...] = (10_000, 100_000), rounds: int = 3) -> list[tu
     for size in sizes:
         directory = Path(tempfile.mkdtemp(prefix="bench-nochange-"))
         try:
-            in_sets, pool = size * 6 // 10, size * 4 // 10
-            facesets = max(10, min(1_000, in_sets // 60))
-            config = make_library(directory, in_sets, facesets, pool=pool)
-            export_everything(config)
+            config, in_sets, pool, facesets = pooled_library(directory, size, per_faceset=60, most=1_000)
             with FakeServerProcess([]) as server:
                 _cycle_seconds(config, server.url, forced=True)  # the state a first sync leaves
                 _cycle_seconds(config, server.url, forced=False)

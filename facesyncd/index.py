@@ -75,14 +75,8 @@ class _Routed:
         self._groups = None
         self._sorted = None
 
-    def create(self, capacity: int) -> None:
-        self.resize(capacity)
-
     def count(self) -> int:
         return self._count
-
-    def capacity(self) -> int:
-        return len(self._labels)
 
     def resize(self, capacity: int) -> None:
         """Room for `capacity` rows: adding 1,000 faces to 500,000 copies nothing until it is full."""
@@ -271,7 +265,7 @@ class FaceIndex:
         self.dimension = dimension
         self._index = _Routed(dimension)
         if empty:
-            self._index.create(max(1024, capacity))
+            self._index.resize(max(1024, capacity))
         self.identity_of: dict[int, int] = {}
         # Per identity, the sum of its faces' embeddings and their count: a face's mean distance to
         # an identity's faces is 1 - face . sum / count, and its centre is sum / |sum|.

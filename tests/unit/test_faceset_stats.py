@@ -17,38 +17,31 @@ from facesyncd.store.faces import LIVE_FACE
 PHOTOS = 40
 IDENTITIES = 30
 
-# The summary counted over every face, as facesets() did before faceset_stats (the reference).
-COUNTED_OVER_EVERY_FACE = f"""
-WITH live AS (
-    SELECT f.identity, f.id, COALESCE(f.quality, 0) AS quality FROM faces f
-    WHERE f.identity IS NOT NULL AND {LIVE_FACE}),
-counted AS (SELECT identity, COUNT(*) AS faces FROM live GROUP BY identity),
-best AS (
-    SELECT identity, id FROM (
-        SELECT identity, id, ROW_NUMBER() OVER (PARTITION BY identity ORDER BY quality DESC, id) AS rank
-        FROM live) WHERE rank = 1),
-moved AS (
-    SELECT f.identity, MAX(COALESCE(f.placed_at, f.matched_at)) AS at FROM faces f
-    WHERE f.identity IS NOT NULL GROUP BY f.identity),
-touched AS (
-    SELECT json_extract(undo, '$.number') AS number, at FROM corrections
-    UNION ALL SELECT json_extract(undo, '$.from'), at FROM corrections
-    UNION ALL SELECT json_extract(undo, '$.to'), at FROM corrections
-    UNION ALL SELECT json_extract(undo, '$.kept'), at FROM corrections
-    UNION ALL SELECT json_extract(undo, '$.before'), at FROM corrections),
-corrected AS (SELECT number, MAX(at) AS at FROM touched WHERE number IS NOT NULL GROUP BY number)
-SELECT i.number, COALESCE(counted.faces, 0), best.id,
-       MAX(i.created_at, COALESCE(i.merged_at, ''), COALESCE(i.locked_at, ''), COALESCE(i.forgotten_at, ''),
-           COALESCE(i.hidden_at, ''), COALESCE(moved.at, ''), COALESCE(corrected.at, ''))
-FROM identities i
-LEFT JOIN counted ON counted.identity = i.number LEFT JOIN best ON best.identity = i.number
-LEFT JOIN moved ON moved.identity = i.number LEFT JOIN corrected ON corrected.number = i.number
-ORDER BY i.number
-"""
-
 
 def reference(store: Store) -> list[tuple[int, int, int | None, str | None]]:
-    return [(number, faces, best, last or None) for number, faces, best, last in store.tuples(COUNTED_OVER_EVERY_FACE)]
+    """The summary worked out in Python from every face, identity and correction (the oracle)."""
+    faces: dict[int, list[tuple[float, int]]] = {}
+    last: dict[int, str] = {}
+    for face, number, quality, moved, live in store.tuples(
+        f"SELECT f.id, f.identity, COALESCE(f.quality, 0), COALESCE(f.placed_at, f.matched_at), {LIVE_FACE} "
+        "FROM faces f WHERE f.identity IS NOT NULL"
+    ):
+        if live:
+            faces.setdefault(number, []).append((-quality, face))
+        last[number] = max(last.get(number, ""), moved or "")
+    for at, undo in store.tuples("SELECT at, undo FROM corrections"):
+        undone = json.loads(undo)
+        for key in ("number", "from", "to", "kept", "before"):  # the facesets a correction names
+            if isinstance(undone.get(key), int):
+                last[undone[key]] = max(last.get(undone[key], ""), at)
+    result = []
+    for number, *times in store.tuples(
+        "SELECT number, created_at, merged_at, locked_at, forgotten_at, hidden_at FROM identities ORDER BY number"
+    ):
+        best = min(faces[number])[1] if number in faces else None
+        changed = max([last.get(number, ""), *(time or "" for time in times)]) or None
+        result.append((number, len(faces.get(number, [])), best, changed))
+    return result
 
 
 def summary(store: Store) -> list[tuple[int, int, int | None, str | None]]:
@@ -128,7 +121,12 @@ def random_write(store: Store, rng: random.Random, step: int) -> str:
         "import deleted": ("DELETE FROM imports WHERE sha256 = ?", (sha,)),
         "correction": (  # a later one names this faceset; a rename's "before" is a name, not a number
             "INSERT INTO corrections (at, kind, summary, undo) VALUES (?, 'k', 's', ?)",
-            (at, json.dumps({rng.choice(["number", "from", "to", "kept", "before"]): identity or "old name"})),
+            (
+                at,
+                json.dumps(
+                    {rng.choice(["number", "from", "to", "kept", "before"]): identity or "old name", "face": face}
+                ),
+            ),
         ),
         "faceset opened": (
             "INSERT OR IGNORE INTO identities (number, origin, created_at) VALUES (?, 'cluster', ?)",
