@@ -30,7 +30,8 @@ STEPS = ("assign_new_faces", "open_new_facesets", "merge_identities", "publish")
 
 
 def add_new_faces(config: Path, seed: int = 12) -> None:
-    """NEW faces as a stage commits them: 60% close to a face of some faceset, 40% strangers."""
+    """NEW faces as a stage commits them: 60% close to a face of some faceset, 10% of 20 people new
+    to the library (5 photos each), 30% strangers."""
     from facesyncd.store import Store
 
     state = Path(next(line for line in config.read_text().splitlines() if line.startswith("state_dir")).split('"')[1])
@@ -40,10 +41,13 @@ def add_new_faces(config: Path, seed: int = 12) -> None:
     dimension = len(known[0][0]) // 4
     crop_source = next((state / "crops").rglob("*.jpg"))
     now = "2026-12-02T00:00:00.000Z"
+    newcomers = rng.normal(size=(NEW // 50, dimension))
     with store.transaction():
         for n in range(NEW):
             if n < NEW * 6 // 10:
                 vector = np.frombuffer(known[n][0], np.float32) + rng.normal(scale=0.02, size=dimension)
+            elif n < NEW * 7 // 10:
+                vector = newcomers[(n - NEW * 6 // 10) // 5] + rng.normal(scale=0.6, size=dimension)
             else:
                 vector = rng.normal(size=dimension)
             vector = (vector / np.linalg.norm(vector)).astype(np.float32)
@@ -69,42 +73,77 @@ def add_new_faces(config: Path, seed: int = 12) -> None:
     store.close()
 
 
-def sync_seconds(config: Path, url: str) -> tuple[float, dict[str, float], Any]:
-    """CPU seconds of one sync, in all and per step, and its report."""
+def sync_seconds(config: Path, url: str) -> tuple[float, dict[str, float], Any, dict[str, Any]]:
+    """CPU seconds of one sync, in all and per step, and its report; and the clustering compared
+    with clustering the whole pool at once as before issue 24 (the same pool, right after the
+    assignment): its CPU seconds, and whether it finds the same clusters."""
     import facesyncd.cycle as cycle
+    import facesyncd.cycle.identify as identify
     from facesyncd import actions
     from facesyncd.app import open_app
     from facesyncd.config import load_settings
+    from facesyncd.identities import cluster_pool, may_seed
 
     spent = dict.fromkeys(STEPS, 0.0)
     originals = {name: getattr(cycle, name) for name in STEPS}
+    opened: list[frozenset[int]] = []
+    compared: dict[str, Any] = {}
+    open_identities = identify._open_identities
 
     def timed(name: str, step: Callable[..., Any]) -> Callable[..., Any]:
         def run(*arguments: Any, **keywords: Any) -> Any:
+            pool = []
+            if name == "open_new_facesets":
+                parts = arguments[0]
+                pool = [face for face in parts.store.pool_faces() if may_seed(face, parts.settings)]
             started = time.process_time()
             try:
                 return step(*arguments, **keywords)
             finally:
                 spent[name] += time.process_time() - started
+                if pool:
+                    compared.update(whole_pool(parts.settings, pool))
+                    compared["clustering"] = spent[name] - compared.get("opening", 0.0)
 
         return run
+
+    def whole_pool(settings: Any, pool: list[Any]) -> dict[str, Any]:
+        started = time.process_time()
+        clustering = cluster_pool(
+            np.stack([face.embedding for face in pool]),
+            [face.sha256 for face in pool],
+            cluster_distance=settings.cluster_distance,
+            member_distance=settings.match_distance,
+            min_faces=settings.min_faceset_faces,
+        )
+        found = {frozenset(pool[row].id for row in cluster.rows) for cluster in clustering.clusters}
+        return {"whole": time.process_time() - started, "same": found == set(opened), "clusters": len(found)}
+
+    def recorded(parts: Any, pool: list[Any], clusters: list[Any], report: Any) -> None:
+        opened.extend(frozenset(pool[row].id for row in cluster.rows) for cluster in clusters)
+        started = time.process_time()
+        open_identities(parts, pool, clusters, report)
+        compared["opening"] = compared.get("opening", 0.0) + time.process_time() - started
 
     point_at(config, url, "BENCH_NEW_KEY")
     for name, step in originals.items():
         setattr(cycle, name, timed(name, step))
+    identify._open_identities = recorded
     try:
         with open_app(load_settings(config)) as app:
             started = time.process_time()
             report = actions.sync(app, reconcile=False, census=False)
-            return time.process_time() - started, spent, report
+            return time.process_time() - started, spent, report, compared
     finally:
         for name, step in originals.items():
             setattr(cycle, name, step)
+        identify._open_identities = open_identities
 
 
 def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str, str, str]]:
     require_shared()
     measured: dict[int, tuple[float, dict[str, float]]] = {}
+    wholes: dict[int, dict[str, Any]] = {}
     for size in sizes:
         directory = Path(tempfile.mkdtemp(prefix="bench-new-faces-"))
         try:
@@ -112,31 +151,45 @@ def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str,
             with FakeServerProcess([]) as server:
                 sync_seconds(config, server.url)  # the state a sync leaves: index saved, pool clustered
                 add_new_faces(config)
-                total, steps, report = sync_seconds(config, server.url)
+                total, steps, report, compared = sync_seconds(config, server.url)
             measured[size] = (total, steps)
+            wholes[size] = compared
             print(
                 f"{size:>7} faces ({pool} in the pool, {facesets} facesets): {NEW} new faces cost {total:.2f} CPU-s "
                 f"({', '.join(f'{name} {seconds:.2f}' for name, seconds in steps.items())}); "
-                f"{report.faces_assigned} assigned, {len(report.identities_created)} facesets opened",
+                f"{report.faces_assigned} assigned, {len(report.identities_created)} facesets opened; clustering alone "
+                f"{compared['clustering']:.2f} CPU-s, the whole pool as before: {compared['whole']:.2f} CPU-s, "
+                f"{'the same' if compared['same'] else 'OTHER'} {compared['clusters']} clusters",
                 flush=True,
             )
         finally:
             shutil.rmtree(directory, ignore_errors=True)
     names = "/".join(f"{size // 1000}k" for size in sizes)
     growth = measured[sizes[-1]][0] / measured[sizes[0]][0]
+
+    def series(values: list[float]) -> str:
+        return " / ".join(f"{value:.2f}" for value in values)
+
+    same = all(wholes[size]["same"] for size in sizes)
     return [
         (
             f"1,000 new faces, CPU-s of the sync ({names} faces)",
-            " / ".join(f"{measured[size][0]:.2f}" for size in sizes),
+            series([measured[size][0] for size in sizes]),
             f"{growth:.1f}x from {sizes[0]:,} to {sizes[-1]:,}; flat is the target",
         ),
         *(
-            (
-                f"  of which {name.replace('_', ' ')}",
-                " / ".join(f"{measured[size][1][name]:.2f}" for size in sizes),
-                "",
-            )
+            (f"  of which {name.replace('_', ' ')}", series([measured[size][1][name] for size in sizes]), "")
             for name in STEPS
+        ),
+        (
+            "  clustering alone (the rest: opening facesets, matching the pool to them)",
+            series([wholes[size]["clustering"] for size in sizes]),
+            "",
+        ),
+        (
+            "  clustering the whole pool instead, as before",
+            series([wholes[size]["whole"] for size in sizes]),
+            f"clusters {'the same' if same else 'NOT the same'} ({'/'.join(str(wholes[s]['clusters']) for s in sizes)})",
         ),
     ]
 

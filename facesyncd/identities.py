@@ -155,6 +155,9 @@ class Clustering:
     clusters: list[Cluster]
     clustered: NDArray[np.int64]  # the rows this round clustered
     more_rounds: bool  # some faces were left for a later round (see cluster_pool)
+    # The rows split into groups no cluster crosses: the components of the graph of faces within the
+    # cut (exact, or through the neighbour graph for a large pool); see pool_scope.
+    groups: list[NDArray[np.int64]]
 
 
 def cluster_pool(
@@ -186,9 +189,14 @@ def cluster_pool(
     """
     count = len(blobs)
     nothing = np.zeros(0, np.int64)
-    if count < min_faces:
-        return Clustering([], nothing, False)
     exact_limit = exact_limit or EXACT_LIMIT
+    components = (
+        _exact_components(embeddings, cluster_distance)
+        if count <= exact_limit
+        else _components(embeddings, cluster_distance)
+    )
+    if count < min_faces:
+        return Clustering([], nothing, False, components)
     fresh = np.ones(count, bool) if fresh is None else np.asarray(fresh, bool)
     groups: list[NDArray[np.int64]] = []
     clustered: list[NDArray[np.int64]] = []
@@ -196,7 +204,7 @@ def cluster_pool(
     if count <= exact_limit:
         clustered.append(np.arange(count))
     else:
-        for component in _components(embeddings, cluster_distance):
+        for component in components:
             new = component[fresh[component]]
             if len(component) < min_faces or not len(new):
                 continue
@@ -213,7 +221,39 @@ def cluster_pool(
         if (cluster := _gate(embeddings, blobs, rows, member_distance=member_distance, min_faces=min_faces))
     ]
     clusters.sort(key=lambda cluster: cluster.rows[0])
-    return Clustering(clusters, np.concatenate(clustered) if clustered else nothing, more_rounds)
+    return Clustering(clusters, np.concatenate(clustered) if clustered else nothing, more_rounds, components)
+
+
+def pool_scope(
+    embeddings: NDArray[np.float32],
+    group_of: NDArray[np.int64],
+    sizes: Mapping[int, int],
+    cut: float,
+    block: int = 64,
+) -> NDArray[np.bool_] | None:
+    """The rows of the pool a cycle must cluster again, given the groups the last clustering split
+    it into (`group_of`: each row's group, -1 for a face new to the pool; `sizes`: each group's size
+    then); None: all of them (no record, or mostly new faces).
+
+    A group no new face comes within `cut` of, and that lost no face, holds the same faces as when
+    it was clustered, and no cluster crosses groups (two groups merge only when some pair of their
+    faces is within the cut): clustering it again would give what it gave, which opened nothing
+    (what it opened left the pool, and the group with it). So only the groups new faces reach
+    (found exactly, a block of new faces at a time against the whole pool) and the groups that
+    changed are clustered, with the new faces."""
+    new = group_of < 0
+    known = ~new
+    if not known.any() or new.sum() * 2 > len(group_of):
+        return None
+    present, counts = np.unique(group_of[known], return_counts=True)
+    dirty = {int(group) for group, count in zip(present, counts, strict=True) if sizes.get(int(group)) != count}
+    new_rows = np.flatnonzero(new)
+    for start in range(0, len(new_rows), block):
+        rows = new_rows[start : start + block]
+        close = (1.0 - embeddings[rows] @ embeddings.T) <= cut
+        neighbours = group_of[np.flatnonzero(close.any(axis=0))]
+        dirty.update(int(group) for group in np.unique(neighbours[neighbours >= 0]))
+    return new | np.isin(group_of, np.fromiter(dirty, np.int64, len(dirty)))
 
 
 def look_alike(embeddings: NDArray[np.float32], distance: float) -> list[list[int]]:
@@ -257,6 +297,19 @@ def _components(embeddings: NDArray[np.float32], cut: float) -> list[NDArray[np.
     targets = neighbours.ravel()[close.ravel()].astype(np.int64)
     graph = coo_matrix((np.ones(len(sources), np.int8), (sources, targets)), shape=(count, count))
     _, labels = connected_components(graph, directed=False)
+    return sorted(_split_by_label(labels), key=len, reverse=True)
+
+
+def _exact_components(embeddings: NDArray[np.float32], cut: float) -> list[NDArray[np.int64]]:
+    """Connected components of the graph linking every two rows within `cut` (at most EXACT_LIMIT
+    rows: a 4,000 x 4,000 matrix of booleans)."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if len(embeddings) <= 1:
+        return [np.arange(len(embeddings))]
+    close = (1.0 - embeddings @ embeddings.T) <= cut
+    _, labels = connected_components(csr_matrix(close), directed=False)
     return sorted(_split_by_label(labels), key=len, reverse=True)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..config import IdentitySettings
 from ..crashpoints import checkpoint
-from ..identities import SAME_FACE, Cluster, assign, cluster_pool, may_seed, merges
+from ..identities import SAME_FACE, Cluster, assign, cluster_pool, may_seed, merges, pool_scope
 from ..index import FaceIndex, IndexKeeper
 from ..models import CycleReport, StoredFace
 from ..progress import Reporter
@@ -81,14 +81,19 @@ def open_new_facesets(parts: IdentifyParts, report: CycleReport) -> None:
 
 
 def _cluster_rounds(parts: IdentifyParts, report: CycleReport) -> None:
+    """Cluster the pool faces in scope (see _scope), in rounds; then remember how the first round
+    split them (a crash before that leaves the new faces new: the next cycle clusters them again)."""
     settings = parts.settings
+    pool = [face for face in parts.store.pool_faces() if may_seed(face, settings)]
+    scope, members = _scope(parts, pool)
+    if scope is not None:
+        pool = [face for face in pool if face.id in scope]
+    if not pool:
+        return
+    first_pool = pool
     clustered: set[int] = set()  # face ids some round clustered
+    groups: list[np.ndarray] | None = None
     while True:
-        # Poor faces (blurred, strong profiles, cut by the edge) never open or grow a faceset: they
-        # wait in the pool, and join an identity only when close to one (see may_seed).
-        pool = [face for face in parts.store.pool_faces() if may_seed(face, settings)]
-        if len(pool) < settings.min_faceset_faces:
-            return
         parts.reporter.stage("clustering", len(pool))
         clustering = cluster_pool(
             np.stack([face.embedding for face in pool]),
@@ -98,11 +103,57 @@ def _cluster_rounds(parts: IdentifyParts, report: CycleReport) -> None:
             min_faces=settings.min_faceset_faces,
             fresh=np.array([face.id not in clustered for face in pool], bool),
         )
+        groups = clustering.groups if groups is None else groups  # as they were before any faceset opened
         clustered.update(pool[int(row)].id for row in clustering.clustered)
         if clustering.clusters:
             _open_identities(parts, pool, clustering.clusters, report)
         if not clustering.more_rounds:
-            return
+            break
+        # Poor faces (blurred, strong profiles, cut by the edge) never open or grow a faceset: they
+        # wait in the pool, and join an identity only when close to one (see may_seed).
+        pool = [face for face in parts.store.pool_faces() if may_seed(face, settings)]
+        if scope is not None:
+            pool = [face for face in pool if face.id in scope]
+        if len(pool) < settings.min_faceset_faces:
+            break
+    _remember_groups(parts, first_pool, groups, members, everything=scope is None)
+
+
+# The cut the remembered groups were made at: another cut makes other groups.
+_GROUPS_CUT = "pool_groups_cut"
+
+
+def _scope(parts: IdentifyParts, pool: list[StoredFace]) -> tuple[set[int] | None, dict[int, int]]:
+    """The pool faces this cycle clusters: those in groups new faces reach or that changed since
+    the last clustering (identities.pool_scope); None: all of them. With the groups remembered."""
+    members, sizes = parts.store.pool_groups()
+    if not pool or not members or parts.store.get_meta(_GROUPS_CUT) != repr(parts.settings.cluster_distance):
+        return None, members
+    group_of = np.array([members.get(face.id, -1) for face in pool], np.int64)
+    rows = pool_scope(np.stack([face.embedding for face in pool]), group_of, sizes, parts.settings.cluster_distance)
+    if rows is None:
+        return None, members
+    log.debug("clustering %d of the pool's %d faces (the groups new faces reach)", int(rows.sum()), len(pool))
+    return {face.id for face, chosen in zip(pool, rows, strict=True) if chosen}, members
+
+
+def _remember_groups(
+    parts: IdentifyParts,
+    pool: list[StoredFace],
+    groups: list[np.ndarray],
+    members: dict[int, int],
+    *,
+    everything: bool,
+) -> None:
+    """The groups this clustering split `pool` into, in place of the ones its faces were in."""
+    replaced = {members[face.id] for face in pool if face.id in members}
+    named = {}
+    for rows in groups:
+        if len(rows):
+            ids = sorted(pool[int(row)].id for row in rows)
+            named[ids[0]] = ids
+    parts.store.replace_pool_groups(named, replaced, everything=everything)
+    parts.store.set_meta(_GROUPS_CUT, repr(parts.settings.cluster_distance))
 
 
 def _open_identities(

@@ -214,6 +214,32 @@ class FaceQueries(Database):
         """The faces clustering may open facesets from: in no identity, and not only in the trash."""
         return self._faces(POOL)
 
+    def pool_groups(self) -> tuple[dict[int, int], dict[int, int]]:
+        """The pool as the last clustering split it (migrations/0016): face id -> group, and each
+        group's size then."""
+        members = dict(self.tuples("SELECT face_id, grp FROM pool_members"))
+        return members, dict(self.tuples("SELECT grp, faces FROM pool_groups"))
+
+    def replace_pool_groups(self, groups: dict[int, list[int]], replaced: Collection[int], *, everything: bool) -> None:
+        """Groups (lowest face id -> its faces) made by a clustering, in place of the `replaced`
+        ones (or of all of them)."""
+        with self.transaction():
+            if everything:
+                self.execute("DELETE FROM pool_members")
+                self.execute("DELETE FROM pool_groups")
+            else:
+                for chunk, marks in self.id_chunks(sorted(replaced)):
+                    self.execute(f"DELETE FROM pool_members WHERE grp IN ({marks})", chunk)
+                    self.execute(f"DELETE FROM pool_groups WHERE grp IN ({marks})", chunk)
+            self.executemany(
+                "INSERT INTO pool_groups (grp, faces) VALUES (?, ?)",
+                [(group, len(faces)) for group, faces in groups.items()],
+            )
+            self.executemany(
+                "INSERT OR REPLACE INTO pool_members (face_id, grp) VALUES (?, ?)",
+                [(face, group) for group, faces in groups.items() for face in faces],
+            )
+
     def held_faces(self) -> list[tuple[int, str, NDArray[np.float32]]]:
         """(face id, decision, embedding) of every face the user set aside."""
         import numpy as np

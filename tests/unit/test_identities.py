@@ -310,3 +310,87 @@ def test_the_pool_page_groups_faces_that_look_alike_largest_first() -> None:
     groups = look_alike(np.asarray(rows, np.float32), 0.6)
     assert groups == [[2, 3, 4, 5], [0, 1], [6]]
     assert look_alike(np.zeros((0, 64), np.float32), 0.6) == []
+
+
+# -- the pool clustered again only where it changed ----------------------------------------------------
+
+
+def test_pool_scope_takes_the_groups_new_faces_reach_and_those_that_changed() -> None:
+    from facesyncd.identities import pool_scope
+
+    rng = np.random.default_rng(21)
+    centres = unit(rng.normal(size=(4, 64)))
+    old = np.concatenate([unit(centre + 0.3 * unit(rng.normal(size=(5, 64)))) for centre in centres])
+    group_of = np.repeat([10, 20, 30, 40], 5)
+    sizes = {10: 5, 20: 5, 30: 6, 40: 5}  # group 30 lost a face since it was clustered
+    newcomer = unit(centres[1:2] + 0.3 * unit(rng.normal(size=(1, 64))))  # one of group 20's people
+    stranger = unit(rng.normal(size=(1, 64)))
+    embeddings = np.concatenate([old, newcomer, stranger]).astype(np.float32)
+    scope = pool_scope(embeddings, np.concatenate([group_of, [-1, -1]]), sizes, cut=0.55)
+    assert scope is not None
+    assert sorted(set(np.concatenate([group_of, [-1, -1]])[scope].tolist())) == [-1, 20, 30]
+    assert scope[-2:].all()  # the new faces themselves
+    assert pool_scope(embeddings, np.full(len(embeddings), -1), {}, cut=0.55) is None  # nothing remembered
+    mostly_new = np.concatenate([group_of[:5], np.full(len(embeddings) - 5, -1)])
+    assert pool_scope(embeddings, mostly_new, sizes, cut=0.55) is None
+
+
+@requires_shared
+def test_a_pool_clustered_where_it_changed_opens_the_facesets_a_whole_clustering_opens(tmp_path, monkeypatch) -> None:
+    """Issue 24, behaviour 2: after a first clustering, a cycle clusters only the groups new pool
+    faces reach (and the new faces); the facesets it opens are those clustering the whole pool
+    again opens, and an untouched stranger is never clustered again."""
+    import facesyncd.cycle.identify as identify
+    import facesyncd.identities as identities
+    from facesyncd.cycle import open_new_facesets
+    from facesyncd.models import CycleReport
+
+    monkeypatch.setattr(identities, "EXACT_LIMIT", 60)  # split the pool by its neighbour graph, as a large one is
+    sizes: list[int] = []
+    real = identify.cluster_pool
+    monkeypatch.setattr(
+        identify,
+        "cluster_pool",
+        lambda embeddings, blobs, **kw: sizes.append(len(blobs)) or real(embeddings, blobs, **kw),
+    )
+
+    rng = np.random.default_rng(33)
+    people = [unit(centre + 0.45 * unit(rng.normal(size=(6, 128)))) for centre in unit(rng.normal(size=(3, 128)))]
+    strangers = unit(rng.normal(size=(150, 128)))
+    later_strangers = unit(rng.normal(size=(10, 128)))
+    first = np.concatenate([strangers, people[0][:2], people[1][:2], people[2]])  # 0 and 1: too few yet
+    later = np.concatenate([people[0][2:], people[1][2:], later_strangers])
+
+    def members(app) -> set[frozenset[str]]:
+        identity_of = app.store.identity_map()
+        faces = {face.id: face.sha256 for face in app.store.faces_by_id(list(identity_of))}
+        sets: dict[int, set[str]] = {}
+        for face, number in identity_of.items():
+            sets.setdefault(number, set()).add(faces[face])
+        return {frozenset(names) for names in sets.values()}
+
+    stepwise = _app(tmp_path / "stepwise")
+    stepwise.store.record_matches({}, _add(stepwise, first, "first"))
+    open_new_facesets(stepwise.identify_parts(), CycleReport())
+    assert len(set(stepwise.store.identity_map().values())) == 1  # person 2 alone had enough faces
+    sizes.clear()
+    stepwise.store.record_matches({}, _add(stepwise, later, "later"))
+    open_new_facesets(stepwise.identify_parts(), CycleReport())
+    pool_then = len(first) - 6 + len(later)
+    assert sizes and sizes[0] < pool_then // 4, (sizes, pool_then)  # the new faces and people 0 and 1 only
+    for round in ("third", "fourth"):
+        # the faces left behind where facesets opened are clustered once more (as the whole pool
+        # would be), then only what arrives: strangers that reach no one
+        sizes.clear()
+        stepwise.store.record_matches({}, _add(stepwise, unit(rng.normal(size=(3, 128))), round))
+        open_new_facesets(stepwise.identify_parts(), CycleReport())
+    assert sizes == [3]
+
+    whole = _app(tmp_path / "whole")
+    whole.store.record_matches({}, _add(whole, first, "first"))
+    whole.store.record_matches({}, _add(whole, later, "later"))
+    open_new_facesets(whole.identify_parts(), CycleReport())
+    assert len(members(whole)) == 3
+    assert members(stepwise) == members(whole)
+    stepwise.close()
+    whole.close()
