@@ -85,7 +85,7 @@ def _cluster_rounds(parts: IdentifyParts, report: CycleReport) -> None:
     split them (a crash before that leaves the new faces new: the next cycle clusters them again)."""
     settings = parts.settings
     pool = [face for face in parts.store.pool_faces() if may_seed(face, settings)]
-    scope, members = _scope(parts, pool)
+    scope, replaced = _scope(parts, pool)
     if scope is not None:
         pool = [face for face in pool if face.id in scope]
     if not pool:
@@ -116,37 +116,34 @@ def _cluster_rounds(parts: IdentifyParts, report: CycleReport) -> None:
             pool = [face for face in pool if face.id in scope]
         if len(pool) < settings.min_faceset_faces:
             break
-    _remember_groups(parts, first_pool, groups, members, everything=scope is None)
+    _remember_groups(parts, first_pool, groups, replaced, everything=scope is None)
 
 
 # The cut the remembered groups were made at: another cut makes other groups.
 _GROUPS_CUT = "pool_groups_cut"
 
 
-def _scope(parts: IdentifyParts, pool: list[StoredFace]) -> tuple[set[int] | None, dict[int, int]]:
+def _scope(parts: IdentifyParts, pool: list[StoredFace]) -> tuple[set[int] | None, set[int]]:
     """The pool faces this cycle clusters: those in groups new faces reach or that changed since
-    the last clustering (identities.pool_scope); None: all of them. With the groups remembered."""
+    the last clustering (identities.pool_scope); None: all of them. With the remembered groups
+    this clustering replaces: those of the faces it clusters, and those no face of the pool is in
+    any longer (their faces opened a faceset, say)."""
     members, sizes = parts.store.pool_groups()
     if not pool or not members or parts.store.get_meta(_GROUPS_CUT) != repr(parts.settings.cluster_distance):
-        return None, members
+        return None, set()
     group_of = np.array([members.get(face.id, -1) for face in pool], np.int64)
     rows = pool_scope(np.stack([face.embedding for face in pool]), group_of, sizes, parts.settings.cluster_distance)
     if rows is None:
-        return None, members
+        return None, set()
     log.debug("clustering %d of the pool's %d faces (the groups new faces reach)", int(rows.sum()), len(pool))
-    return {face.id for face, chosen in zip(pool, rows, strict=True) if chosen}, members
+    replaced = (set(sizes) - set(group_of.tolist())) | set(group_of[rows].tolist())
+    return {face.id for face, chosen in zip(pool, rows, strict=True) if chosen}, replaced - {-1}
 
 
 def _remember_groups(
-    parts: IdentifyParts,
-    pool: list[StoredFace],
-    groups: list[np.ndarray],
-    members: dict[int, int],
-    *,
-    everything: bool,
+    parts: IdentifyParts, pool: list[StoredFace], groups: list[np.ndarray], replaced: set[int], *, everything: bool
 ) -> None:
-    """The groups this clustering split `pool` into, in place of the ones its faces were in."""
-    replaced = {members[face.id] for face in pool if face.id in members}
+    """The groups this clustering split `pool` into, in place of the `replaced` ones (or of all)."""
     named = {}
     for rows in groups:
         if len(rows):
