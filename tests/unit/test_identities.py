@@ -397,3 +397,31 @@ def test_a_pool_clustered_where_it_changed_opens_the_facesets_a_whole_clustering
     assert members(stepwise) == members(whole)
     stepwise.close()
     whole.close()
+
+
+@requires_shared
+def test_a_poor_face_waiting_in_the_pool_joins_the_faceset_its_person_opens(tmp_path) -> None:
+    """A blurred face never opens a faceset, but once its person's faceset opens it joins it (it is
+    close to one of its faces); a stranger, and a blurred stranger, do not."""
+    from facesyncd.cycle import open_new_facesets
+    from facesyncd.models import CycleReport, Quality
+
+    rng = np.random.default_rng(41)
+    centre = unit(rng.normal(size=(1, 128)))
+    person = unit(centre + 0.45 * unit(rng.normal(size=(5, 128))))
+    blurred = unit(person[:1] + 0.25 * unit(rng.normal(size=(1, 128))))  # the same person, out of focus
+    app = _app(tmp_path)
+    poor = _add(app, np.concatenate([blurred, unit(rng.normal(size=(1, 128)))]), "blurred")
+    app.store.set_qualities({face: Quality(0.9, 0.8, 0.01, 0.9, 0.9) for face in poor})
+    strangers = _add(app, unit(rng.normal(size=(20, 128))), "stranger")
+    app.store.record_matches({}, poor + strangers)
+    report = CycleReport()
+    open_new_facesets(app.identify_parts(), report)
+    assert not report.identities_created  # the blurred face alone opens nothing
+    app.store.record_matches({}, _add(app, person, "person"))
+    open_new_facesets(app.identify_parts(), report)
+    assert len(report.identities_created) == 1
+    identity_of = app.store.identity_map()
+    assert identity_of.get(poor[0]) == report.identities_created[0]
+    assert poor[1] not in identity_of and not any(face in identity_of for face in strangers)
+    app.close()
