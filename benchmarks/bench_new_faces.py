@@ -51,7 +51,7 @@ def add_new_faces(config: Path, seed: int = 12) -> None:
             else:
                 vector = rng.normal(size=dimension)
             vector = (vector / np.linalg.norm(vector)).astype(np.float32)
-            sha = f"{0xFFFF0000 + n:064x}"
+            sha = _sha(n)
             crop = f"{sha[:2]}/{sha}_0.jpg"
             (state / "crops" / crop).parent.mkdir(exist_ok=True)
             shutil.copyfile(crop_source, state / "crops" / crop)
@@ -73,6 +73,16 @@ def add_new_faces(config: Path, seed: int = 12) -> None:
     store.close()
 
 
+def newcomers() -> set[frozenset[str]]:
+    """The photos of each of the people add_new_faces brought, as the faceset each should open."""
+    first = NEW * 6 // 10
+    return {frozenset(_sha(first + person * 5 + k) for k in range(5)) for person in range(NEW // 50)}
+
+
+def _sha(n: int) -> str:
+    return f"{0xFFFF0000 + n:064x}"
+
+
 def sync_seconds(config: Path, url: str) -> tuple[float, dict[str, float], Any, dict[str, Any]]:
     """CPU seconds of one sync, in all and per step, and its report; and the clustering compared
     with clustering the whole pool at once as before issue 24 (the same pool, right after the
@@ -86,7 +96,7 @@ def sync_seconds(config: Path, url: str) -> tuple[float, dict[str, float], Any, 
 
     spent = dict.fromkeys(STEPS, 0.0)
     originals = {name: getattr(cycle, name) for name in STEPS}
-    opened: list[frozenset[int]] = []
+    opened: list[frozenset[str]] = []
     compared: dict[str, Any] = {}
     open_identities = identify._open_identities
 
@@ -116,11 +126,17 @@ def sync_seconds(config: Path, url: str) -> tuple[float, dict[str, float], Any, 
             member_distance=settings.match_distance,
             min_faces=settings.min_faceset_faces,
         )
-        found = {frozenset(pool[row].id for row in cluster.rows) for cluster in clustering.clusters}
-        return {"whole": time.process_time() - started, "same": found == set(opened), "clusters": len(found)}
+        found = {frozenset(pool[row].sha256 for row in cluster.rows) for cluster in clustering.clusters}
+        people = newcomers()
+        return {
+            "whole": time.process_time() - started,
+            "same": found == set(opened),
+            "clusters": len(found),
+            "people found": (len(set(opened) & people), len(found & people), len(people)),
+        }
 
     def recorded(parts: Any, pool: list[Any], clusters: list[Any], report: Any) -> None:
-        opened.extend(frozenset(pool[row].id for row in cluster.rows) for cluster in clusters)
+        opened.extend(frozenset(pool[row].sha256 for row in cluster.rows) for cluster in clusters)
         started = time.process_time()
         open_identities(parts, pool, clusters, report)
         compared["opening"] = compared.get("opening", 0.0) + time.process_time() - started
@@ -160,7 +176,9 @@ def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str,
                 f"({', '.join(f'{name} {seconds:.2f}' for name, seconds in steps.items())}); "
                 f"{report.faces_assigned} assigned, {len(report.identities_created)} facesets opened; clustering alone "
                 f"{compared['clustering']:.2f} CPU-s, the whole pool as before: {compared['whole']:.2f} CPU-s, "
-                f"{'the same' if compared['same'] else 'OTHER'} {compared['clusters']} clusters",
+                f"{'the same' if compared['same'] else 'OTHER'} {compared['clusters']} clusters; of the "
+                f"{compared['people found'][2]} new people, found whole: {compared['people found'][0]} "
+                f"(as before: {compared['people found'][1]})",
                 flush=True,
             )
         finally:
@@ -190,7 +208,10 @@ def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str,
         (
             "  clustering the whole pool instead, as before",
             series([wholes[size]["whole"] for size in sizes]),
-            f"clusters {'the same' if same else 'NOT the same'} ({'/'.join(str(wholes[s]['clusters']) for s in sizes)})",
+            f"clusters {'the same' if same else 'NOT the same'}; new people found whole: "
+            f"{'/'.join(str(wholes[s]['people found'][0]) for s in sizes)} "
+            f"(as before: {'/'.join(str(wholes[s]['people found'][1]) for s in sizes)}) "
+            f"of {wholes[sizes[0]]['people found'][2]}",
         ),
     ]
 

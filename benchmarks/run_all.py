@@ -1,4 +1,5 @@
-"""Run every benchmark and print one table. `python benchmarks/run_all.py` (about 7 minutes on 2 cores).
+"""Run every benchmark and print one table. `python benchmarks/run_all.py` (about an hour on 2 cores: the
+index and 1,000 new faces at 500,000 faces take most of it).
 
 Each figure comes with its baseline or target measured in the same run; the machines are shared and
 noisy, so read ratios, not absolute times.
@@ -14,6 +15,7 @@ import bench_census
 import bench_curation
 import bench_export_disk
 import bench_immich_ml
+import bench_new_faces
 import bench_nochange
 import bench_pages
 import bench_queries
@@ -47,6 +49,7 @@ def main() -> None:
         ("export disk use", bench_export_disk.main),
         ("a cycle with nothing new", bench_nochange.main),
         ("store queries of the page, status, faceset list", bench_queries.main),
+        ("1,000 new faces", bench_new_faces.main),
     ):
         print(f"\n== {name} ==", flush=True)
         rows += run()
