@@ -92,7 +92,7 @@ def sync_seconds(config: Path, url: str) -> tuple[float, dict[str, float], Any, 
     from facesyncd import actions
     from facesyncd.app import open_app
     from facesyncd.config import load_settings
-    from facesyncd.identities import cluster_pool, may_seed
+    from facesyncd.identities import may_seed
 
     spent = dict.fromkeys(STEPS, 0.0)
     originals = {name: getattr(cycle, name) for name in STEPS}
@@ -119,13 +119,7 @@ def sync_seconds(config: Path, url: str) -> tuple[float, dict[str, float], Any, 
 
     def whole_pool(settings: Any, pool: list[Any]) -> dict[str, Any]:
         started = time.process_time()
-        clustering = cluster_pool(
-            np.stack([face.embedding for face in pool]),
-            [face.sha256 for face in pool],
-            cluster_distance=settings.cluster_distance,
-            member_distance=settings.match_distance,
-            min_faces=settings.min_faceset_faces,
-        )
+        clustering = identify.cluster_faces(pool, settings)
         found = {frozenset(pool[row].sha256 for row in cluster.rows) for cluster in clustering.clusters}
         people = newcomers()
         return {

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..config import IdentitySettings
 from ..crashpoints import checkpoint
-from ..identities import SAME_FACE, Cluster, assign, cluster_pool, may_seed, merges, pool_scope
+from ..identities import SAME_FACE, Cluster, Clustering, assign, cluster_pool, may_seed, merges, pool_scope
 from ..index import FaceIndex, IndexKeeper
 from ..models import CycleReport, StoredFace
 from ..progress import Reporter
@@ -95,14 +95,7 @@ def _cluster_rounds(parts: IdentifyParts, report: CycleReport) -> None:
     groups: list[np.ndarray] | None = None
     while True:
         parts.reporter.stage("clustering", len(pool))
-        clustering = cluster_pool(
-            np.stack([face.embedding for face in pool]),
-            [face.sha256 for face in pool],
-            cluster_distance=settings.cluster_distance,
-            member_distance=settings.match_distance,
-            min_faces=settings.min_faceset_faces,
-            fresh=np.array([face.id not in clustered for face in pool], bool),
-        )
+        clustering = cluster_faces(pool, settings, np.array([face.id not in clustered for face in pool], bool))
         groups = clustering.groups if groups is None else groups  # as they were before any faceset opened
         clustered.update(pool[int(row)].id for row in clustering.clustered)
         if clustering.clusters:
@@ -117,6 +110,18 @@ def _cluster_rounds(parts: IdentifyParts, report: CycleReport) -> None:
         if len(pool) < settings.min_faceset_faces:
             break
     _remember_groups(parts, first_pool, groups, replaced, everything=scope is None)
+
+
+def cluster_faces(faces: list[StoredFace], settings: IdentitySettings, fresh: np.ndarray | None = None) -> Clustering:
+    """identities.cluster_pool over these faces, with the [identities] settings."""
+    return cluster_pool(
+        np.stack([face.embedding for face in faces]),
+        [face.sha256 for face in faces],
+        cluster_distance=settings.cluster_distance,
+        member_distance=settings.match_distance,
+        min_faces=settings.min_faceset_faces,
+        fresh=fresh,
+    )
 
 
 # The cut the remembered groups were made at: another cut makes other groups.
