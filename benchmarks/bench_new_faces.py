@@ -129,10 +129,10 @@ def sync_seconds(config: Path, url: str) -> tuple[float, dict[str, float], Any, 
             "people found": (len(set(opened) & people), len(found & people), len(people)),
         }
 
-    def recorded(parts: Any, pool: list[Any], clusters: list[Any], report: Any) -> None:
+    def recorded(parts: Any, pool: list[Any], clusters: list[Any], *rest: Any) -> None:
         opened.extend(frozenset(pool[row].sha256 for row in cluster.rows) for cluster in clusters)
         started = time.process_time()
-        open_identities(parts, pool, clusters, report)
+        open_identities(parts, pool, clusters, *rest)
         compared["opening"] = compared.get("opening", 0.0) + time.process_time() - started
 
     point_at(config, url, "BENCH_NEW_KEY")

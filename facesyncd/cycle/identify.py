@@ -84,7 +84,8 @@ def _cluster_rounds(parts: IdentifyParts, report: CycleReport) -> None:
     """Cluster the pool faces in scope (see _scope), in rounds; then remember how the first round
     split them (a crash before that leaves the new faces new: the next cycle clusters them again)."""
     settings = parts.settings
-    pool = [face for face in parts.store.pool_faces() if may_seed(face, settings)]
+    everyone = parts.store.pool_faces()
+    pool = [face for face in everyone if may_seed(face, settings)]
     scope, replaced = _scope(parts, pool)
     if scope is not None:
         pool = [face for face in pool if face.id in scope]
@@ -99,12 +100,13 @@ def _cluster_rounds(parts: IdentifyParts, report: CycleReport) -> None:
         groups = clustering.groups if groups is None else groups  # as they were before any faceset opened
         clustered.update(pool[int(row)].id for row in clustering.clustered)
         if clustering.clusters:
-            _open_identities(parts, pool, clustering.clusters, report)
+            _open_identities(parts, pool, clustering.clusters, report, everyone)
         if not clustering.more_rounds:
             break
         # Poor faces (blurred, strong profiles, cut by the edge) never open or grow a faceset: they
         # wait in the pool, and join an identity only when close to one (see may_seed).
-        pool = [face for face in parts.store.pool_faces() if may_seed(face, settings)]
+        everyone = parts.store.pool_faces()
+        pool = [face for face in everyone if may_seed(face, settings)]
         if scope is not None:
             pool = [face for face in pool if face.id in scope]
         if len(pool) < settings.min_faceset_faces:
@@ -159,12 +161,20 @@ def _remember_groups(
 
 
 def _open_identities(
-    parts: IdentifyParts, pool: list[StoredFace], clusters: list[Cluster], report: CycleReport
+    parts: IdentifyParts,
+    pool: list[StoredFace],
+    clusters: list[Cluster],
+    report: CycleReport,
+    everyone: list[StoredFace],
 ) -> None:
+    """Open an identity per cluster of `pool`; then match to them the faces of `everyone` (the
+    whole pool, poor faces included, as read before) within their reach."""
     index = parts.index.get()
+    joined: set[int] = set()
     for cluster in clusters:
         members = {pool[row].id: distance for row, distance in zip(cluster.rows, cluster.distances, strict=True)}
         number = parts.store.create_identity(members)
+        joined.update(parts.store.face_ids_of(number))
         checkpoint("identity-created")
         parts.index.add(list(members), np.stack([pool[row].embedding for row in cluster.rows]), [number] * len(members))
         report.identities_created.append(number)
@@ -174,7 +184,7 @@ def _open_identities(
     # average), not the whole pool again (40,000 queries for 20 new facesets cost 11 CPU-s).
     opened = np.stack([pool[row].embedding for cluster in clusters for row in cluster.rows])
     reach = max(parts.settings.match_distance, parts.settings.cluster_distance)
-    remaining = _within(parts.store.pool_faces(), opened, reach)
+    remaining = _within([face for face in everyone if face.id not in joined], opened, reach)
     matches = _match(parts, remaining, index)
     if matches:
         parts.store.record_matches(matches, [])
