@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -229,7 +230,6 @@ def pool_scope(
     group_of: NDArray[np.int64],
     sizes: Mapping[int, int],
     cut: float,
-    block: int = 64,
 ) -> NDArray[np.bool_] | None:
     """The rows of the pool a cycle must cluster again, given the groups the last clustering split
     it into (`group_of`: each row's group, -1 for a face new to the pool; `sizes`: each group's size
@@ -239,7 +239,7 @@ def pool_scope(
     it was clustered, and no cluster crosses groups (two groups merge only when some pair of their
     faces is within the cut): clustering it again would give what it gave, which opened nothing
     (what it opened left the pool, and the group with it). So only the groups new faces reach
-    (found exactly, a block of new faces at a time against the whole pool) and the groups that
+    (found exactly: near_any) and the groups that
     changed are clustered, with the new faces."""
     new = group_of < 0
     known = ~new
@@ -247,13 +247,22 @@ def pool_scope(
         return None
     present, counts = np.unique(group_of[known], return_counts=True)
     dirty = {int(group) for group, count in zip(present, counts, strict=True) if sizes.get(int(group)) != count}
-    new_rows = np.flatnonzero(new)
-    for start in range(0, len(new_rows), block):
-        rows = new_rows[start : start + block]
-        close = (1.0 - embeddings[rows] @ embeddings.T) <= cut
-        neighbours = group_of[np.flatnonzero(close.any(axis=0))]
-        dirty.update(int(group) for group in np.unique(neighbours[neighbours >= 0]))
+    reached = group_of[near_any(embeddings, embeddings[new], cut)]
+    dirty.update(int(group) for group in np.unique(reached[reached >= 0]))
     return new | np.isin(group_of, np.fromiter(dirty, np.int64, len(dirty)))
+
+
+def near_any(
+    embeddings: NDArray[np.float32], targets: NDArray[np.float32], distance: float, block: int = 8192
+) -> NDArray[np.bool_]:
+    """Which rows lie within `distance` (cosine) of any of `targets`: exactly, a block of rows at a
+    time (bounded memory)."""
+    near = np.zeros(len(embeddings), bool)
+    if not len(targets):
+        return near
+    for start in range(0, len(embeddings), block):
+        near[start : start + block] = (embeddings[start : start + block] @ targets.T).max(axis=1) >= 1.0 - distance
+    return near
 
 
 def look_alike(embeddings: NDArray[np.float32], distance: float) -> list[list[int]]:
@@ -287,7 +296,6 @@ def _components(embeddings: NDArray[np.float32], cut: float) -> list[NDArray[np.
     """Connected components of the graph linking each face to those of its NEIGHBOURS nearest
     (hnswlib) within `cut`, largest first; each component's rows in pool order."""
     from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
 
     count = len(embeddings)
     k = min(NEIGHBOURS + 1, count)
@@ -295,21 +303,25 @@ def _components(embeddings: NDArray[np.float32], cut: float) -> list[NDArray[np.
     close = distances <= cut
     sources = np.repeat(np.arange(count), k)[close.ravel()]
     targets = neighbours.ravel()[close.ravel()].astype(np.int64)
-    graph = coo_matrix((np.ones(len(sources), np.int8), (sources, targets)), shape=(count, count))
-    _, labels = connected_components(graph, directed=False)
-    return sorted(_split_by_label(labels), key=len, reverse=True)
+    return _sorted_components(coo_matrix((np.ones(len(sources), np.int8), (sources, targets)), shape=(count, count)))
 
 
 def _exact_components(embeddings: NDArray[np.float32], cut: float) -> list[NDArray[np.int64]]:
     """Connected components of the graph linking every two rows within `cut` (at most EXACT_LIMIT
     rows: a 4,000 x 4,000 matrix of booleans)."""
     from scipy.sparse import csr_matrix
-    from scipy.sparse.csgraph import connected_components
 
     if len(embeddings) <= 1:
         return [np.arange(len(embeddings))]
-    close = (1.0 - embeddings @ embeddings.T) <= cut
-    _, labels = connected_components(csr_matrix(close), directed=False)
+    return _sorted_components(csr_matrix((1.0 - embeddings @ embeddings.T) <= cut))
+
+
+def _sorted_components(graph: Any) -> list[NDArray[np.int64]]:
+    """The connected components of `graph` (a scipy sparse adjacency, read as undirected), largest
+    first; each one's rows ascending."""
+    from scipy.sparse.csgraph import connected_components
+
+    _, labels = connected_components(graph, directed=False)
     return sorted(_split_by_label(labels), key=len, reverse=True)
 
 

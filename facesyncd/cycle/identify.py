@@ -9,7 +9,17 @@ import numpy as np
 
 from ..config import IdentitySettings
 from ..crashpoints import checkpoint
-from ..identities import SAME_FACE, Cluster, Clustering, assign, cluster_pool, may_seed, merges, pool_scope
+from ..identities import (
+    SAME_FACE,
+    Cluster,
+    Clustering,
+    assign,
+    cluster_pool,
+    may_seed,
+    merges,
+    near_any,
+    pool_scope,
+)
 from ..index import FaceIndex, IndexKeeper
 from ..models import CycleReport, StoredFace
 from ..progress import Reporter
@@ -184,22 +194,14 @@ def _open_identities(
     # average), not the whole pool again (40,000 queries for 20 new facesets cost 11 CPU-s).
     opened = np.stack([pool[row].embedding for cluster in clusters for row in cluster.rows])
     reach = max(parts.settings.match_distance, parts.settings.cluster_distance)
-    remaining = _within([face for face in everyone if face.id not in joined], opened, reach)
+    left = [face for face in everyone if face.id not in joined]
+    near = near_any(np.stack([face.embedding for face in left]), opened, reach) if left else np.zeros(0, bool)
+    remaining = [face for face, close in zip(left, near, strict=True) if close]
     matches = _match(parts, remaining, index)
     if matches:
         parts.store.record_matches(matches, [])
         _add_to_index(parts, remaining, matches)
         report.faces_assigned += len(matches)
-
-
-def _within(faces: list[StoredFace], targets: np.ndarray, distance: float, block: int = 8192) -> list[StoredFace]:
-    """The faces within `distance` of any of `targets` (exactly, a block of faces at a time)."""
-    close: list[StoredFace] = []
-    for start in range(0, len(faces), block):
-        chunk = faces[start : start + block]
-        nearest = (np.stack([face.embedding for face in chunk]) @ targets.T).max(axis=1)
-        close.extend(face for face, similarity in zip(chunk, nearest, strict=True) if 1.0 - similarity <= distance)
-    return close
 
 
 def _match(parts: IdentifyParts, faces: list[StoredFace], index: FaceIndex) -> dict[int, tuple[int, float]]:
