@@ -18,7 +18,7 @@ from ..progress import Reporter
 from ..store import Store
 from .stage import decode
 from .tidy import Caches
-from .unchanged import PUBLISH, finished, unchanged
+from .unchanged import PUBLISH, as_left, finished
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +48,30 @@ def publish(parts: PublishParts, report: CycleReport, only: frozenset[int] | Non
 
     only: the facesets a correction touched: their folders alone are written, and the index is
     neither built nor loaded for it (only saved if this process holds it already), so a correction
-    costs what it changes, not the library. A whole export after which nothing changed (the store,
-    the settings, the folders and their NAME.txt) is not done again."""
+    costs what it changes, not the library.
+
+    Without it (a cycle, or corrections another process made): while the settings and the folders
+    are as the last export left them (no folder added, removed or touched by hand since), only the
+    facesets the store marked since (export_stale) are written, none if none was; else every folder
+    is compared with the store and written where it differs."""
     state = (parts.export, parts.facesets_dir, [(source.url, source.web_url) for source in parts.sources])
-    if only is None and unchanged(parts.store, PUBLISH, *state, folder_state(parts.facesets_dir)):
-        log.debug("nothing changed since the last export: the folders are as the store says")
+    upto, stale = parts.store.export_stale()
+    left = as_left(parts.store, PUBLISH, *state, folder_state(parts.facesets_dir))
+    numbers = only if only is not None else stale if left else None
+    if only is None and numbers is not None and not numbers:
+        log.debug("no faceset changed since the last export: the folders are as the store says")
         return
-    complete = _publish(parts, report, only)
-    if only is None and complete:  # else the faces whose photo could not be had are tried again
+    if only is None and numbers is not None:
+        log.debug("exporting the %d facesets that changed since the last export", len(numbers))
+    complete = _publish(parts, report, numbers, cycle=only is None)
+    if not complete:  # the faces whose photo could not be had are tried again: their marks stay
+        return
+    parts.store.clear_export_stale(upto, numbers)
+    if numbers is None or left:  # the folders are now as this export left them
         finished(parts.store, PUBLISH, *state, folder_state(parts.facesets_dir))
 
 
-def _publish(parts: PublishParts, report: CycleReport, only: frozenset[int] | None) -> bool:
+def _publish(parts: PublishParts, report: CycleReport, only: frozenset[int] | None, *, cycle: bool) -> bool:
     parts.reporter.stage("exporting", None)
     for number in parts.store.forgotten_numbers():  # `faceset forget`: nothing of them is kept
         if (only is None or number in only) and remove_faceset(parts.facesets_dir, number):
@@ -82,7 +94,7 @@ def _publish(parts: PublishParts, report: CycleReport, only: frozenset[int] | No
             retired=parts.store.retired_numbers,
         )
         report.facesets_written, complete = parts.layout.write(faces, parts.store.highest_identity(), library, only)
-    if only is None:
+    if cycle:
         index = parts.caches.index.get()  # a first export builds the index the next start loads
         if not parts.store.centres_current():  # what "same person?" suggestions compare
             parts.store.save_centres(index.centres(), index.face_counts())

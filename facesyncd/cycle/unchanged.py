@@ -4,6 +4,8 @@ The store counts every change clustering, merging or the export could see (meta 
 by triggers: migrations/0014). A step records the generation it finished at, with a signature of the
 settings (and, for the export, of the folders) it depended on; while both are the same, running it
 again would change nothing, so a cycle with nothing new costs its two requests, not the library.
+The export goes further: it keeps marks of the facesets that changed (migrations/0017), and while the
+settings and the folders are as it left them, it writes those alone.
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ def _key(step: str) -> str:
 def unchanged(store: Store, step: str, *values: object) -> bool:
     """Whether `step` last finished at the store's present generation, with these values."""
     return store.get_meta(_key(step)) == f"{store.generation()}|{_signature(values)}"
+
+
+def as_left(store: Store, step: str, *values: object) -> bool:
+    """Whether `step` last finished with these values, whatever the store did since: for a step that
+    keeps its own marks of what changed in the store (the export: migrations/0017)."""
+    recorded = store.get_meta(_key(step))
+    return recorded is not None and recorded.partition("|")[2] == _signature(values)
 
 
 def finished(store: Store, step: str, *values: object) -> None:

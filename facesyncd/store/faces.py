@@ -505,6 +505,29 @@ class FaceQueries(Database):
 
     # -- export ---------------------------------------------------------------------------------
 
+    def export_stale(self) -> tuple[int, frozenset[int]]:
+        """The facesets whose folders may differ from the store (marked by triggers, migrations/0017),
+        and the newest mark's sequence number: what an export that begins now may clear."""
+        rows = self.tuples("SELECT seq, number FROM export_stale")
+        marked = {number for _, number in rows}
+        # A faceset merged away says in its folder where its faces are now, the end of its chain of
+        # merges: one merged into a marked faceset, directly or through others, goes with it (a
+        # trigger cannot follow the chain).
+        merged = self.tuples("SELECT number, merged_into FROM identities WHERE merged_into IS NOT NULL")
+        while grown := {number for number, into in merged if into in marked and number not in marked}:
+            marked |= grown
+        return max((seq for seq, _ in rows), default=0), frozenset(marked)
+
+    def clear_export_stale(self, upto: int, numbers: Collection[int] | None = None) -> None:
+        """The folders are written as the store stood at mark `upto`: those marks are cleared (of
+        `numbers` only, when given); a faceset marked again since stays marked."""
+        with self.transaction():
+            if numbers is None:
+                self.execute("DELETE FROM export_stale WHERE seq <= ?", (upto,))
+                return
+            for chunk, marks in self.id_chunks(list(numbers)):
+                self.execute(f"DELETE FROM export_stale WHERE seq <= ? AND number IN ({marks})", (upto, *chunk))
+
     def export_faces(self, numbers: Collection[int] | None = None) -> dict[int, list[ExportFace]]:
         """Live faces per identity, with one representative asset each (lowest source/asset id); with
         `numbers`, of those identities only. A hidden identity has none to export."""
