@@ -241,6 +241,33 @@ def _our_files(existing: dict[str, Any] | None) -> set[str]:
     return files
 
 
+@dataclass(frozen=True)
+class _Folder:
+    """One of our folders as it is: its manifest (None: not there, or not ours), the entries that
+    facesyncd did not write, and the plain files at its top (read once, from one listing)."""
+
+    path: Path
+    existing: dict[str, Any] | None
+    users: list[str]
+    files: frozenset[str]
+
+    @classmethod
+    def read(cls, path: Path) -> _Folder:
+        existing = _read_manifest(path) if path.is_dir() else None
+        if existing is None:
+            return cls(path, None, [], frozenset())
+        ours = _our_files(existing)
+        try:
+            entries = list(os.scandir(path))
+        except OSError:
+            entries = []
+        users = sorted(entry.name for entry in entries if entry.name not in ours)
+        return cls(path, existing, users, frozenset(entry.name for entry in entries if entry.is_file()))
+
+    def holds(self, name: str) -> bool:
+        return name in self.files if "/" not in name else (self.path / name).is_file()
+
+
 def _user_entries(folder: Path, existing: dict[str, Any] | None) -> list[str]:
     """Entries of one of our folders that facesyncd did not write."""
     ours = _our_files(existing)
@@ -250,15 +277,30 @@ def _user_entries(folder: Path, existing: dict[str, Any] | None) -> list[str]:
         return []
 
 
-def _is_current(folder: Path, existing: dict[str, Any] | None, plan: Plan, users: list[str]) -> bool:
-    if existing is None or folder.is_symlink():
+def _is_current(folder: _Folder, plan: Plan) -> bool:
+    existing = folder.existing
+    if existing is None or folder.path.is_symlink():
         return False
     recorded = {key: value for key, value in existing.items() if key not in ("user_files", "manifest")}
     if recorded != plan.manifest or existing.get("manifest", MANIFEST) != plan.manifest_name:
         return False
-    if sorted(existing.get("user_files") or []) != users:
+    if sorted(existing.get("user_files") or []) != folder.users:
         return False  # a file the user added since: recorded (and reported) once
-    return all((folder / name).is_file() for name in plan.files)
+    return all(folder.holds(name) for name in plan.files)
+
+
+def manifest_text(data: Mapping[str, Any]) -> str:
+    """A manifest as JSON a person can read: a key per line, and each face (each entry of a list of
+    entries) on a line of its own. Written entry by entry through the C encoder: json.dumps with an
+    indent runs in Python, and took 10 ms per faceset of 100 faces, a third of writing its folder."""
+    lines = []
+    for key, value in data.items():
+        if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            text = "[\n  " + ",\n  ".join(json.dumps(item) for item in value) + "\n ]"
+        else:
+            text = json.dumps(value)
+        lines.append(f" {json.dumps(key)}: {text}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -393,21 +435,20 @@ def write_faceset(
     store and is written again once their crops are back). With no face at all, a folder is kept
     only for the user's files in it.
     """
-    name = faceset_name(number, subset)
-    final = _claim(facesets_dir, name)
-    existing = _read_manifest(final) if final.is_dir() else None
-    users = _user_entries(final, existing) if existing is not None else []
-    if _is_current(final, existing, crops_plan(number, faces, crops_dir, subset, set_name, link_of), users):
+    folder = _Folder.read(_claim(facesets_dir, faceset_name(number, subset)))
+    plan = crops_plan(number, faces, crops_dir, subset, set_name, link_of)
+    if _is_current(folder, plan):
         return False
-    present = [face for face in faces if (crops_dir / face.crop).is_file()]
+    present = [face for face in faces if os.path.isfile(os.path.join(crops_dir, face.crop))]
     if len(present) < len(faces):
         if missing is not None:
             missing.extend(face for face in faces if face not in present)
             return False
         faces = present
-        if not faces and not users:
+        if not faces and not folder.users:
             return False
-    return write_folder(facesets_dir, name, crops_plan(number, faces, crops_dir, subset, set_name, link_of))
+        plan = crops_plan(number, faces, crops_dir, subset, set_name, link_of)
+    return _write_folder(facesets_dir, folder, plan)
 
 
 def _claim(facesets_dir: Path, name: str) -> Path:
@@ -422,11 +463,13 @@ def _claim(facesets_dir: Path, name: str) -> Path:
 def write_folder(facesets_dir: Path, name: str, plan: Plan) -> bool:
     """Make the folder `name` hold what `plan` says, carrying the user's files along. Returns whether
     anything was written."""
-    final = _claim(facesets_dir, name)
-    existing = _read_manifest(final) if final.is_dir() else None
-    users = _user_entries(final, existing) if existing is not None else []
+    return _write_folder(facesets_dir, _Folder.read(_claim(facesets_dir, name)), plan)
+
+
+def _write_folder(facesets_dir: Path, folder: _Folder, plan: Plan) -> bool:
+    final, existing, users = folder.path, folder.existing, folder.users
     placeholders = {name: data for name, data in plan.placeholders.items() if name not in users}
-    if _is_current(final, existing, plan, users) and not placeholders:
+    if _is_current(folder, plan) and not placeholders:
         return False
     recorded_users = sorted({*users, *placeholders})
     new_users = [name for name in users if name not in (existing or {}).get("user_files", [])]
@@ -441,7 +484,8 @@ def write_folder(facesets_dir: Path, name: str, plan: Plan) -> bool:
         group, mode = _new_file_group(staging), new_file_mode()  # once per folder, not per file
         for name, source in plan.files.items():
             target = staging / name
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if "/" in name:  # top/: a folder of its own
+                target.parent.mkdir(parents=True, exist_ok=True)
             if isinstance(source, Path) and source in placed:
                 _link_or_copy(placed[source], target)
             elif isinstance(source, Path):
@@ -454,7 +498,7 @@ def write_folder(facesets_dir: Path, name: str, plan: Plan) -> bool:
             _carry(final / name, staging / name)
         for name, data in placeholders.items():
             (staging / name).write_bytes(data)
-        (staging / plan.manifest_name).write_text(json.dumps(wanted, indent=1) + "\n", encoding="utf-8")
+        (staging / plan.manifest_name).write_text(manifest_text(wanted), encoding="utf-8")
         _fsync_dir(staging)
     except OSError:
         _remove(staging)  # no half-written folder stays behind
@@ -668,7 +712,7 @@ def export_plans(
         "retired": [{"number": number, "merged_into": into} for number, into in sorted(retired.items())],
         "written_by": "facesyncd",
     }
-    data = (json.dumps(tree, indent=1) + "\n").encode()
+    data = manifest_text(tree).encode()
     if path.is_symlink() or (path.exists() and not _ours(path)):
         # The older pipeline's tree manifest, when facesets_dir is that tree: kept, not overwritten.
         _set_aside(facesets_dir, path, "which facesyncd did not write")

@@ -148,3 +148,18 @@ def test_a_contact_sheet_says_what_the_folder_does_with_each_face() -> None:
     assert sheet_caption(replace(face, face_id=9), folder) == "#9 left out"
     assert sheet_caption(face, None) == "#7"
     assert folder.status(10) == "not exported"
+
+
+def test_a_manifest_is_json_with_each_face_on_a_line_of_its_own(tree: tuple[Path, Path]) -> None:
+    """Written by the C encoder, face by face (an indented json.dumps runs in Python: a third of
+    writing a folder), and still a file a person reads line by line."""
+    crops, facesets = tree
+    faces = make_faces(crops, [3, 4, 5])
+    export_all(facesets, crops, {1: faces}, names={1: "Zoë"})
+    text = (facesets / "faceset_001" / "faceset.json").read_text(encoding="utf-8")
+    data = json.loads(text)
+    assert [face["face_id"] for face in data["faces"]] == [3, 4, 5] and data["name"] == "Zoë"
+    lines = text.splitlines()
+    assert [json.loads(line.rstrip(","))["face_id"] for line in lines if line.startswith('  {"face_id"')] == [3, 4, 5]
+    assert ' "number": 1,' in lines
+    assert export_all(facesets, crops, {1: faces}, names={1: "Zoë"}) == 0  # read back as written
