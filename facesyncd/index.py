@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 ROUTE = 32
 # Up to this many queries at once, each is searched alone (see _Routed._one_by_one).
 FEW_QUERIES = 8
+# A kept index's file is written again once it lacks this share of the index (IndexKeeper): half of
+# what a start brings in step rather than rebuilding (FaceIndex.load: a tenth).
+SAVE_BEHIND = 0.05
 
 
 @contextmanager
@@ -276,7 +279,8 @@ class FaceIndex:
         # with a store that changed since (a correction, a deletion) instead of building it anew.
         # None: not known (a sidecar written before they were kept).
         self._dead: set[int] | None = set()
-        self.stale_on_disk = False  # loaded and brought in step with the store: the file is behind
+        # Faces the file lacks or still holds: loaded, then brought in step with the store.
+        self.behind_on_disk = 0
 
     @property
     def backend(self) -> str:
@@ -413,7 +417,7 @@ class FaceIndex:
         deletions and new faces since), it is brought in step: faces that left identities are marked
         deleted, faces that joined are added (their embeddings from `embeddings_of`), identities are
         the store's. Only when that is most of the index is it built anew: a correction in a library
-        of 500,000 faces costs what it changed, not a rebuild (`stale_on_disk` then says to save it).
+        of 500,000 faces costs what it changed, not a rebuild (`behind_on_disk` then says by how much).
         """
         sidecar = read_sidecar(state_dir)
         if sidecar is None or sidecar.get("dimension") != dimension:
@@ -465,7 +469,7 @@ class FaceIndex:
                 if known:
                     stacked = np.stack([vectors[face_id] for face_id in known])
                     index.add(known, stacked, [identity_of[face_id] for face_id in known])
-            index.stale_on_disk = True
+            index.behind_on_disk = len(leaving) + len(joining)
             log.info(
                 "face index brought in step with the database: %d faces left it, %d joined", len(leaving), len(joining)
             )
@@ -491,15 +495,18 @@ class IndexSource(Protocol):
     def embeddings_of(self, face_ids: Sequence[int]) -> dict[int, NDArray[np.float32]]: ...
 
 
-def load_or_build(source: IndexSource, state_dir: Path, dimension: int, *, force: bool = False) -> FaceIndex:
-    """The saved index when it was built from the store as it is now, else one rebuilt from the store."""
+def load_or_build(
+    source: IndexSource, state_dir: Path, dimension: int, *, force: bool = False, save_behind: bool = True
+) -> FaceIndex:
+    """The saved index when it was built from the store as it is now, else one rebuilt from the store.
+    One brought in step with the store is saved so (save_behind False: left to the caller)."""
     version = source.index_version()
     index = (
         None if force else FaceIndex.load(state_dir, dimension, version, source.identity_map(), source.embeddings_of)
     )
-    if index is not None and index.stale_on_disk:
+    if index is not None and index.behind_on_disk and save_behind:
         index.save(state_dir, version)
-        index.stale_on_disk = False
+        index.behind_on_disk = 0
     if index is None:
         index = FaceIndex(dimension, capacity=source.count_identity_faces())
         for face_ids, embeddings, identities in source.iter_identity_faces():
@@ -513,7 +520,10 @@ class IndexKeeper:
     """The index's life in a long-running process: loaded (or rebuilt) when first needed, kept in
     memory between cycles and in step with the store (faces that left their identities are marked
     deleted in it rather than rebuilt), dropped when a cycle fails half way or deleted entries pile
-    up, saved only when the store changed since it was last saved."""
+    up. Its file is saved once the faces it lacks or still holds are SAVE_BEHIND of the index: a
+    start brings a file that far behind in step with the store (FaceIndex.load) for what it lacks,
+    and writing 1 GB at 500,000 faces after every cycle that placed a face cost more than the
+    faces did (issue 24)."""
 
     def __init__(self, source: IndexSource, state_dir: Path, dimension: Callable[[], int]) -> None:
         self._source = source
@@ -521,6 +531,7 @@ class IndexKeeper:
         self._dimension = dimension
         self._index: FaceIndex | None = None
         self._saved_version: int | None = None
+        self._unsaved = 0  # faces added or removed since the file was written
 
     @property
     def loaded(self) -> bool:
@@ -528,8 +539,9 @@ class IndexKeeper:
 
     def get(self) -> FaceIndex:
         if self._index is None:
-            self._index = load_or_build(self._source, self._state_dir, self._dimension())
+            self._index = load_or_build(self._source, self._state_dir, self._dimension(), save_behind=False)
             self._saved_version = self._source.index_version()
+            self._unsaved = self._index.behind_on_disk
         return self._index
 
     def add(self, face_ids: Sequence[int], embeddings: NDArray[np.float32], identities: Sequence[int]) -> None:
@@ -537,6 +549,7 @@ class IndexKeeper:
         built from the store, which already has them)."""
         if self._index is not None and len(face_ids):
             self._index.add(face_ids, embeddings, identities)
+            self._unsaved += len(face_ids)
 
     def forget(self, face_ids: Sequence[int]) -> None:
         """Faces that left their identities. Once deleted entries outnumber half the live ones, the
@@ -544,6 +557,7 @@ class IndexKeeper:
         if self._index is None or not face_ids:
             return
         self._index.remove(face_ids)
+        self._unsaved += len(face_ids)
         if self._index.deleted > max(1024, len(self._index) // 2):
             self.drop()
 
@@ -551,11 +565,18 @@ class IndexKeeper:
         """Forget the index in memory (after a failure: it may be ahead of the store)."""
         self._index = None
         self._saved_version = None
+        self._unsaved = 0
 
     def save_if_changed(self) -> None:
+        """Write the file when the store changed since and the file lacks SAVE_BEHIND of the index."""
         if self._index is None:
             return
         version = self._source.index_version()
-        if version != self._saved_version:  # unchanged: the file on disk is already this index
-            self._index.save(self._state_dir, version)
-            self._saved_version = version
+        if version == self._saved_version and not self._unsaved:  # the file on disk is this index
+            return
+        if self._unsaved < SAVE_BEHIND * len(self._index):
+            log.debug("the index file is %d faces behind: saved later", self._unsaved)
+            return
+        self._index.save(self._state_dir, version)
+        self._saved_version = version
+        self._unsaved = 0

@@ -42,9 +42,10 @@ class PublishParts:
 
 def publish(parts: PublishParts, report: CycleReport, only: frozenset[int] | None = None) -> None:
     """Write the faceset folders in the configured layout (layouts.py) and save the index for the
-    next start. The folders can always be rebuilt: a layout fetches a face's photo again from Immich
-    when it needs it (a lost crop, a swap PNG not cut yet). Faces under [export] min_quality stay out
-    of the folders (not the store).
+    next start, once its file lacks enough of it (IndexKeeper.save_if_changed). The folders can
+    always be rebuilt: a layout fetches a face's photo again from Immich when it needs it (a lost
+    crop, a swap PNG not cut yet). Faces under [export] min_quality stay out of the folders (not the
+    store).
 
     only: the facesets a correction touched: their folders alone are written, and the index is
     neither built nor loaded for it (only saved if this process holds it already), so a correction

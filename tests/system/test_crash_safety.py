@@ -36,8 +36,8 @@ SECOND_PHASE = [
     ("embedded", 1),
     ("committed", 1),
     ("assigned", 1),
-    ("index-save", 1),  # the kill above left the saved index behind the database: rebuilt and saved
     ("export-swap", 1),
+    ("index-save", 1),  # the kills above left the saved index behind the database: brought in step, saved
     ("export-file", 2),
     ("identity-created", 1),
     ("index-save", 1),

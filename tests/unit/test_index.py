@@ -113,7 +113,7 @@ def test_a_saved_index_behind_the_store_is_brought_in_step_not_rebuilt(tmp_path:
         return {face: embeddings[face] for face in face_ids}
 
     loaded = FaceIndex.load(tmp_path, 32, 6, store, embeddings_of)
-    assert loaded is not None and loaded.stale_on_disk
+    assert loaded is not None and loaded.behind_on_disk
     assert loaded.identity_of == store
     assert sorted(asked[0]) == [101, *range(9000, 9005)]  # only the faces that joined are read
     labels, _ = loaded.query(np.stack([data[2], data[3]]), k=1)
@@ -123,7 +123,7 @@ def test_a_saved_index_behind_the_store_is_brought_in_step_not_rebuilt(tmp_path:
     assert loaded.mean_distances(spare[0], [42])[42] < 1.0  # the centres follow the store
     loaded.save(tmp_path, version=6)
     again = FaceIndex.load(tmp_path, 32, 6, store, embeddings_of)
-    assert again is not None and not again.stale_on_disk and again.identity_of == store
+    assert again is not None and not again.behind_on_disk and again.identity_of == store
 
 
 def test_an_index_far_behind_the_store_or_without_its_deleted_labels_is_rebuilt(tmp_path: Path) -> None:
@@ -214,3 +214,60 @@ def test_merged_moved_removed_and_restored_faces_are_found_where_the_store_says(
     # routed by the store's identities: face 2 is searched with 150's faces, and still found
     assert loaded.query(data[1:2], 1)[0][0, 0] == 2
     assert loaded.query(moved, 1)[0][0, 0] == 1
+
+
+class Source:
+    """The store as the index sees it: faces, their identities and embeddings, a version."""
+
+    def __init__(self, count: int) -> None:
+        self.data = {100 + row: vector for row, vector in enumerate(vectors(count + 500, seed=4))}
+        self.identity = {face: face % 9 + 1 for face in list(self.data)[:count]}
+        self.version = 1
+
+    def index_version(self) -> int:
+        return self.version
+
+    def identity_map(self) -> dict[int, int]:
+        return dict(self.identity)
+
+    def count_identity_faces(self) -> int:
+        return len(self.identity)
+
+    def iter_identity_faces(self):  # type: ignore[no-untyped-def]
+        faces = list(self.identity)
+        yield faces, np.stack([self.data[face] for face in faces]), [self.identity[face] for face in faces]
+
+    def embeddings_of(self, face_ids: list[int]) -> dict[int, np.ndarray]:
+        return {face: self.data[face] for face in face_ids}
+
+    def join(self, faces: list[int]) -> None:
+        self.identity |= {face: 5 for face in faces}
+        self.version += 1
+
+
+def test_a_kept_index_is_saved_once_its_file_lacks_a_twentieth_of_it(tmp_path: Path) -> None:
+    """Each cycle that placed faces wrote the whole file (1 GB at 500,000 faces); the file is let fall
+    behind by up to SAVE_BEHIND of the index, which a start brings in step for what it lacks."""
+    from facesyncd.index import SAVE_BEHIND, IndexKeeper
+
+    source = Source(2000)
+    keeper = IndexKeeper(source, tmp_path, lambda: 32)
+    keeper.get()  # built and saved
+    assert read_sidecar(tmp_path)["version"] == 1
+    extra = list(source.data)[2000:]
+    step = int(SAVE_BEHIND * 2000) // 4
+    for cycle in range(4):
+        faces = extra[cycle * step : (cycle + 1) * step]
+        source.join(faces)
+        keeper.add(faces, np.stack([source.data[face] for face in faces]), [5] * len(faces))
+        keeper.save_if_changed()
+        assert read_sidecar(tmp_path)["version"] == 1, f"saved after cycle {cycle}, {step * (cycle + 1)} faces behind"
+        restarted = IndexKeeper(source, tmp_path, lambda: 32).get()  # a start while the file is behind
+        assert restarted.identity_of == source.identity and restarted.behind_on_disk == step * (cycle + 1)
+    faces = extra[4 * step : 5 * step]
+    source.join(faces)
+    keeper.add(faces, np.stack([source.data[face] for face in faces]), [5] * len(faces))
+    keeper.save_if_changed()
+    assert 5 * step >= SAVE_BEHIND * len(source.identity)
+    assert read_sidecar(tmp_path)["version"] == source.version  # a twentieth behind: written
+    assert IndexKeeper(source, tmp_path, lambda: 32).get().behind_on_disk == 0
