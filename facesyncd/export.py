@@ -6,8 +6,12 @@ Each identity N with live faces gets `facesets_dir/faceset_NNN/`, in one of two 
   name, the bundles `faceset_NNN.fsz` (every face) and `faceset_NNN.top.fsz` (the best `top_n`), a
   `manifest.json`, and a `NAME.txt` written once for the user to fill in; `facesets_dir/manifest.json`
   lists every faceset.
-A folder is rebuilt beside its final name (`.faceset_NNN.tmp`) and swapped in by rename, and only when
-its content changed, so exporting twice changes nothing; switching layout rewrites each folder once.
+A new folder is made beside its final name (`.faceset_NNN.tmp`) and renamed into place. A folder that is
+there is brought in line where it stands, only when its content changed (exporting twice changes
+nothing), and at the cost of what changed, not of its size: `.facesyncd-pending` first lists every name
+about to be added, replaced or removed, then the files change, then the new manifest replaces the old
+and the list goes, so a crash anywhere leaves no file of facesyncd's taken for the user's. Switching
+layout rebuilds each folder once, beside it, and swaps it in.
 
 The folders are shared with people: a file in a faceset folder that facesyncd did not write (notes, a
 hand-added photo, NAME.txt) is kept, carried into the rebuilt folder, and reported once (`user_files`
@@ -31,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .atomic import PREFIX as ATOMIC_PREFIX
 from .atomic import new_file_mode, remove_leftovers, write_atomic
 from .crashpoints import checkpoint
 from .models import ExportFace
@@ -48,6 +53,9 @@ TOP_FOLDER = "top"  # the swap layout's best top_n PNGs again, loose, for tools 
 # taken_at, immich_url, png_box, top_folder and the tree's retired numbers.
 SCHEMA_VERSION = 2
 PRESERVED = ".facesyncd-preserved"
+# In a folder being updated in place, the names being added, replaced or removed: a crash leaves them
+# facesyncd's, present or not, until the next export finishes the update and removes this file.
+PENDING_FILE = ".facesyncd-pending"
 MARKER = ".facesyncd.json"
 # The highest faceset number facesyncd gives or adopts: a folder or marker naming a higher one is not
 # facesyncd's (a number that large would overflow the store's integers).
@@ -241,6 +249,23 @@ def _our_files(existing: dict[str, Any] | None) -> set[str]:
     return files
 
 
+def _pending(folder: Path) -> set[str]:
+    """The names an update in place that did not finish was changing (see PENDING_FILE)."""
+    names = read_json(folder / PENDING_FILE)
+    return {PENDING_FILE, *(name for name in names if _safe_name(name))} if isinstance(names, list) else set()
+
+
+def _safe_name(name: object) -> bool:
+    """A name a manifest may give one of facesyncd's files: in the folder, or in its top/ (a manifest
+    is a file anyone with the folder can edit; nothing it names outside the folder is touched)."""
+    if not isinstance(name, str) or not name or "\\" in name or "\0" in name:
+        return False
+    parts = name.split("/")
+    if len(parts) == 2 and parts[0] != TOP_FOLDER:
+        return False
+    return len(parts) <= 2 and all(part not in ("", ".", "..") for part in parts)
+
+
 @dataclass(frozen=True)
 class _Folder:
     """One of our folders as it is: its manifest (None: not there, or not ours), the entries that
@@ -256,31 +281,42 @@ class _Folder:
         existing = _read_manifest(path) if path.is_dir() else None
         if existing is None:
             return cls(path, None, [], frozenset())
-        ours = _our_files(existing)
+        ours = _our_files(existing) | _pending(path)
         try:
             entries = list(os.scandir(path))
         except OSError:
             entries = []
-        users = sorted(entry.name for entry in entries if entry.name not in ours)
+        users = sorted(entry.name for entry in entries if _users(entry, ours))
         return cls(path, existing, users, frozenset(entry.name for entry in entries if entry.is_file()))
 
     def holds(self, name: str) -> bool:
         return name in self.files if "/" not in name else (self.path / name).is_file()
 
 
+def _users(entry: os.DirEntry[str], ours: set[str]) -> bool:
+    """Whether an entry of one of our folders is the user's: not named by its manifest (a manifest's
+    temporary file, left by a crash while it was written, is facesyncd's too), or a folder (facesyncd
+    writes none but top/, whatever a manifest says)."""
+    if entry.name == TOP_FOLDER and TOP_FOLDER in ours:
+        return False
+    if entry.name in ours:
+        return entry.is_dir(follow_symlinks=False)
+    return not entry.name.startswith(tuple(f"{ATOMIC_PREFIX}{name}." for name in (*MANIFESTS, PENDING_FILE)))
+
+
 def _user_entries(folder: Path, existing: dict[str, Any] | None) -> list[str]:
     """Entries of one of our folders that facesyncd did not write."""
-    ours = _our_files(existing)
+    ours = _our_files(existing) | _pending(folder)
     try:
-        return sorted(entry.name for entry in folder.iterdir() if entry.name not in ours)
+        return sorted(entry.name for entry in os.scandir(folder) if _users(entry, ours))
     except OSError:
         return []
 
 
 def _is_current(folder: _Folder, plan: Plan) -> bool:
     existing = folder.existing
-    if existing is None or folder.path.is_symlink():
-        return False
+    if existing is None or folder.path.is_symlink() or PENDING_FILE in folder.files:
+        return False  # (an update in place that a crash cut short is finished)
     recorded = {key: value for key, value in existing.items() if key not in ("user_files", "manifest")}
     if recorded != plan.manifest or existing.get("manifest", MANIFEST) != plan.manifest_name:
         return False
@@ -331,6 +367,9 @@ def _place(source: Path, target: Path, group: int, mode: int) -> None:
         os.link(source, target)
     except OSError:
         shutil.copyfile(source, target)
+        # The copy keeps the source's time, so that the next export sees it holds the same file.
+        with_time = source.stat()
+        os.utime(target, ns=(with_time.st_atime_ns, with_time.st_mtime_ns))
 
 
 def _carry(source: Path, target: Path) -> None:
@@ -476,6 +515,92 @@ def _write_folder(facesets_dir: Path, folder: _Folder, plan: Plan) -> bool:
     wanted = dict(plan.manifest)
     if recorded_users:
         wanted["user_files"] = recorded_users
+    if existing is not None and existing.get("manifest", MANIFEST) == plan.manifest_name:
+        _update_in_place(folder, plan, wanted, placeholders)
+    else:
+        _rebuild(facesets_dir, folder, plan, wanted, placeholders)
+    if new_users:
+        log.warning(
+            "kept %d file(s) in %s that facesyncd did not write: %s", len(new_users), final, ", ".join(new_users)
+        )
+    return True
+
+
+def _update_in_place(folder: _Folder, plan: Plan, wanted: dict[str, Any], placeholders: Mapping[str, bytes]) -> None:
+    """Change only what differs: a faceset that gained a face gets one file and a new manifest, not a
+    folder rebuilt whole (600 facesets of 100 faces each rebuilt cost 5 CPU-s per 1,000 new faces).
+    The list of names about to change goes first (PENDING_FILE); then files are placed and removed;
+    the new manifest last. The user's files are not touched."""
+    final = folder.path
+    remove_leftovers(final, *MANIFESTS, PENDING_FILE)
+    present = _ours_present(folder)
+    changed = [name for name, source in plan.files.items() if not _same_file(final / name, source)]
+    retired = sorted(present - set(plan.files))
+    top = final / TOP_FOLDER
+    drop_top = not any(name.startswith(f"{TOP_FOLDER}/") for name in plan.files) and TOP_FOLDER in present
+    if changed or retired:
+        write_atomic(final / PENDING_FILE, json.dumps(sorted({*changed, *retired})).encode())
+        group, mode = _new_file_group(final), new_file_mode()
+        for name in changed:
+            target, source = final / name, plan.files[name]
+            if "/" in name:
+                target.parent.mkdir(exist_ok=True)
+            if target.is_symlink() or target.is_file():
+                target.unlink()
+            if isinstance(source, Path):
+                _place(source, target, group, mode)
+            else:
+                target.write_bytes(source)
+            checkpoint("export-update")
+        for name in retired:
+            if name == TOP_FOLDER:
+                continue
+            path = final / name
+            if path.is_symlink() or path.is_file():  # never a folder a hostile manifest names
+                path.unlink()
+            checkpoint("export-retire")
+        if drop_top and top.is_dir() and not top.is_symlink() and not any(top.iterdir()):
+            top.rmdir()
+    for name, data in placeholders.items():
+        (final / name).write_bytes(data)
+    write_atomic(final / plan.manifest_name, manifest_text(wanted).encode())
+    (final / PENDING_FILE).unlink(missing_ok=True)
+
+
+def _ours_present(folder: _Folder) -> set[str]:
+    """facesyncd's files in one of its folders, as its manifest says, that are there (top/ and
+    everything in it counted as facesyncd's, as a rebuild does)."""
+    ours = {name for name in _our_files(folder.existing) | _pending(folder.path) if _safe_name(name)}
+    ours -= {str((folder.existing or {}).get("manifest", MANIFEST)), PENDING_FILE}
+    top = folder.path / TOP_FOLDER
+    if TOP_FOLDER in ours and top.is_dir() and not top.is_symlink():
+        ours.update(f"{TOP_FOLDER}/{entry.name}" for entry in os.scandir(top))
+    return {name for name in ours if name == TOP_FOLDER or os.path.lexists(folder.path / name)}
+
+
+def _same_file(target: Path, source: Path | bytes) -> bool:
+    """Whether `target` already holds `source`: the same inode as the file it was linked from (or a
+    copy of the same size and time: see _place), or the same bytes."""
+    try:
+        status = os.lstat(target)
+        if not stat.S_ISREG(status.st_mode):
+            return False
+        if isinstance(source, bytes):
+            return status.st_size == len(source) and target.read_bytes() == source
+        origin = os.stat(source)
+    except OSError:
+        return False
+    if (status.st_ino, status.st_dev) == (origin.st_ino, origin.st_dev):
+        return True
+    return status.st_nlink == 1 and (status.st_size, status.st_mtime_ns) == (origin.st_size, origin.st_mtime_ns)
+
+
+def _rebuild(
+    facesets_dir: Path, folder: _Folder, plan: Plan, wanted: dict[str, Any], placeholders: Mapping[str, bytes]
+) -> None:
+    """Make the folder whole beside its final name and rename it into place (a new folder, or one
+    whose layout changed), carrying the user's files along."""
+    final, users = folder.path, folder.users
     staging = facesets_dir / f".{final.name}.tmp"
     _remove(staging)
     try:
@@ -513,11 +638,6 @@ def _write_folder(facesets_dir: Path, folder: _Folder, plan: Plan) -> bool:
     else:
         os.replace(staging, final)
     _fsync_dir(facesets_dir)
-    if new_users:
-        log.warning(
-            "kept %d file(s) in %s that facesyncd did not write: %s", len(new_users), final, ", ".join(new_users)
-        )
-    return True
 
 
 def remove_faceset(facesets_dir: Path, number: int) -> int:

@@ -36,14 +36,22 @@ SECOND_PHASE = [
     ("embedded", 1),
     ("committed", 1),
     ("assigned", 1),
-    ("export-swap", 1),
+    ("export-update", 1),
+    ("export-retire", 1),
     ("index-save", 1),  # the kills above left the saved index behind the database: brought in step, saved
     ("export-file", 2),
     ("identity-created", 1),
     ("index-save", 1),
-    ("export-swap", 1),
+    ("export-update", 2),
     ("listed-page", 1),
     ("sweep-finished", 1),
+]
+# the swap layout chosen: each folder rebuilt beside it and swapped in
+THIRD_PHASE = [
+    ("export-swap", 1),
+    ("export-file", 3),
+    ("export-swap", 2),
+    ("export-file", 1),
 ]
 
 
@@ -68,12 +76,16 @@ def snapshot(base: Path) -> dict:
     marker = json.loads((root / ".facesyncd.json").read_text())
     assert marker == {"highest_number": max(identities)}, "the marker records the highest number"
     for folder in sorted(root.iterdir()):
-        if folder.name == ".facesyncd.json":
+        if folder.name in (".facesyncd.json", "manifest.json"):  # the marker; the swap layout's tree manifest
             continue
         assert folder.name.startswith("faceset_"), f"leftover in facesets: {folder.name}"
-        manifest = json.loads((folder / "faceset.json").read_text())
+        name = "faceset.json" if (folder / "faceset.json").exists() else "manifest.json"
+        manifest = json.loads((folder / name).read_text())
+        ours = {name} | {f["file"] for f in manifest["faces"]} | set(manifest.get("bundles", []))
+        ours |= {manifest["top_folder"]} if manifest.get("top_folder") else set()
         files = {p.name for p in folder.iterdir()}
-        assert files == {"faceset.json"} | {f["file"] for f in manifest["faces"]}, f"{folder} has stray files"
+        assert files == ours | set(manifest.get("user_files", [])), f"{folder} has stray files"
+        assert set(manifest.get("user_files", [])) <= {"NAME.txt"}, "a file of facesyncd's taken for the user's"
         facesets[manifest["number"]] = sorted(f["asset_id"] for f in manifest["faces"])
     on_disk = {str(p.relative_to(state / "crops")) for p in (state / "crops").rglob("*") if p.is_file()}
     assert on_disk == crops, f"orphan or missing crops: {on_disk ^ crops}"
@@ -87,7 +99,7 @@ def snapshot(base: Path) -> dict:
 
 def test_kill_9_anywhere_loses_and_corrupts_nothing(fake: FakeImmich, tmp_path: Path) -> None:
     add_photos(fake, ["wild/obama", "wild/biden", "wild/elon_musk", "noface/denali.webp"])
-    fake.add_file("alice", PHOTOS / "groups" / "two_people.jpg")
+    both = fake.add_file("alice", PHOTOS / "groups" / "two_people.jpg")
     killed = write_config(tmp_path / "killed", fake.url, sync="page_size = 3")
     clean = write_config(tmp_path / "clean", fake.url, sync="page_size = 3")
     kills = 0
@@ -107,16 +119,25 @@ def test_kill_9_anywhere_loses_and_corrupts_nothing(fake: FakeImmich, tmp_path: 
     assert run_cli("--config", str(clean), "sync").returncode == 0
     assert snapshot(tmp_path / "killed") == snapshot(tmp_path / "clean")
 
-    # more photos of known people and a new person: assignment, folder swaps, a new number
+    # more photos of known people, one of them trashed, and a new person: assignment, folders updated in
+    # place (files added and removed), a new number
     for name in ("obama_partial_face.jpg", "obama_partial_face2.jpg", "32bit.png"):
         fake.add_file("alice", PHOTOS / "edge" / name)
     add_photos(fake, ["wild/george_clooney"])
+    fake.trash(both)
     kill_sequence(SECOND_PHASE)
     assert run_cli("--config", str(killed), "sync").returncode == 0
     assert run_cli("--config", str(clean), "sync").returncode == 0
     final = snapshot(tmp_path / "killed")
     assert final == snapshot(tmp_path / "clean")
     assert len(final["identities"]) >= 4 and final["facesets"]
+
+    for config in (killed, clean):
+        config.write_text(config.read_text() + '\n[export]\nformat = "swap"\n')
+    kill_sequence(THIRD_PHASE)
+    assert run_cli("--config", str(killed), "sync").returncode == 0
+    assert run_cli("--config", str(clean), "sync").returncode == 0
+    assert snapshot(tmp_path / "killed") == snapshot(tmp_path / "clean")
 
     assert kills >= 20, f"only {kills} runs were killed"
     assert reached == set(POINTS), f"crash points never reached: {set(POINTS) - reached}"

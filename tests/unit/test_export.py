@@ -163,3 +163,101 @@ def test_a_manifest_is_json_with_each_face_on_a_line_of_its_own(tree: tuple[Path
     assert [json.loads(line.rstrip(","))["face_id"] for line in lines if line.startswith('  {"face_id"')] == [3, 4, 5]
     assert ' "number": 1,' in lines
     assert export_all(facesets, crops, {1: faces}, names={1: "Zoë"}) == 0  # read back as written
+
+
+def inodes(folder: Path) -> dict[str, int]:
+    return {entry.name: entry.inode() for entry in os.scandir(folder)}
+
+
+def test_a_folder_that_is_there_changes_only_where_its_faces_did(tree: tuple[Path, Path]) -> None:
+    """A faceset that gains and loses a face gets one file more and one less, and a new manifest; the
+    folder and the files of its other faces stay as they were (a rebuild wrote them all again)."""
+    crops, facesets = tree
+    export_all(facesets, crops, {1: make_faces(crops, [1, 2, 3])})
+    folder = facesets / "faceset_001"
+    (folder / "notes.txt").write_text("mine")
+    before, folder_inode = inodes(folder), folder.stat().st_ino
+
+    assert export_all(facesets, crops, {1: make_faces(crops, [2, 3, 4])}) == 1
+    after = inodes(folder)
+    assert folder.stat().st_ino == folder_inode
+    assert set(after) == {"faceset.json", "notes.txt", "face_0000002.jpg", "face_0000003.jpg", "face_0000004.jpg"}
+    for kept in ("notes.txt", "face_0000002.jpg", "face_0000003.jpg"):
+        assert after[kept] == before[kept], f"{kept} was written again"
+    manifest = json.loads((folder / "faceset.json").read_text())
+    assert [face["face_id"] for face in manifest["faces"]] == [2, 3, 4]
+    assert manifest["user_files"] == ["notes.txt"] and not (folder / ".facesyncd-pending").exists()
+    assert (folder / "face_0000004.jpg").read_bytes() == b"jpeg of face 4"
+
+    # a crop cut again (a new file under the same name) replaces the folder's copy once the folder changes
+    (crops / "ab/crop_3.jpg").unlink()
+    assert export_all(facesets, crops, {1: make_faces(crops, [2, 3, 4, 5])}) == 1
+    assert (folder / "face_0000003.jpg").stat().st_ino == (crops / "ab/crop_3.jpg").stat().st_ino
+    assert (folder / "face_0000002.jpg").stat().st_ino == after["face_0000002.jpg"]
+
+
+def test_an_update_killed_midway_is_finished_by_the_next_export(tree: tuple[Path, Path]) -> None:
+    """What a kill leaves (the list of names that were changing, some new files placed, some old ones
+    still there, temporary files) is facesyncd's, never the user's."""
+    crops, facesets = tree
+    export_all(facesets, crops, {1: make_faces(crops, [1, 2, 3])})
+    folder = facesets / "faceset_001"
+    pending = ["face_0000001.jpg", "face_0000004.jpg", "face_0000009.jpg"]
+    (folder / ".facesyncd-pending").write_text(json.dumps(pending))
+    (folder / "face_0000004.jpg").write_bytes(b"half of face 4")
+    (folder / ".tmp-faceset.json.x1y2").write_text("{")
+    (folder / ".tmp-.facesyncd-pending.x1y2").write_text("[")
+
+    assert export_all(facesets, crops, {1: make_faces(crops, [2, 3, 4])}) == 1
+    assert sorted(os.listdir(folder)) == ["face_0000002.jpg", "face_0000003.jpg", "face_0000004.jpg", "faceset.json"]
+    assert (folder / "face_0000004.jpg").read_bytes() == b"jpeg of face 4"
+    assert "user_files" not in json.loads((folder / "faceset.json").read_text())
+    assert export_all(facesets, crops, {1: make_faces(crops, [2, 3, 4])}) == 0
+
+    # killed after the manifest, before the list went: the list alone is finished off
+    (folder / ".facesyncd-pending").write_text(json.dumps(["face_0000004.jpg"]))
+    assert export_all(facesets, crops, {1: make_faces(crops, [2, 3, 4])}) == 1
+    assert sorted(os.listdir(folder)) == ["face_0000002.jpg", "face_0000003.jpg", "face_0000004.jpg", "faceset.json"]
+
+
+def test_a_manifest_naming_files_outside_its_folder_touches_none_of_them(tmp_path: Path) -> None:
+    crops, facesets = tmp_path / "crops", tmp_path / "deep" / "facesets"
+    crops.mkdir()
+    export_all(facesets, crops, {1: make_faces(crops, [1])})
+    folder = facesets / "faceset_001"
+    outside = tmp_path / "deep" / "precious.txt"
+    outside.write_text("not facesyncd's")
+    (folder / "album").mkdir()
+    (folder / "album" / "photo.jpg").write_bytes(b"the user's")
+    pending = ["../precious.txt", "/etc/hostname", "album", "album/photo.jpg", "top/../../precious.txt"]
+    (folder / ".facesyncd-pending").write_text(json.dumps(pending))
+    manifest = json.loads((folder / "faceset.json").read_text())
+    manifest["faces"].append({"face_id": 7, "file": "../precious.txt"})
+    (folder / "faceset.json").write_text(json.dumps(manifest))
+
+    assert export_all(facesets, crops, {1: make_faces(crops, [1, 2])}) == 1
+    assert outside.read_text() == "not facesyncd's"
+    assert (folder / "album" / "photo.jpg").read_bytes() == b"the user's"
+    assert json.loads((folder / "faceset.json").read_text())["user_files"] == ["album"]
+
+
+def test_copies_where_links_cannot_be_made_are_not_written_again(
+    tree: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A facesets folder on another disk than the state gets copies: a copy keeps its crop's time, so
+    the next export knows it holds the same file."""
+    crops, facesets = tree
+
+    def no_links(source: object, target: object) -> None:
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    faces = make_faces(crops, [1, 2])
+    export_all(facesets, crops, {1: faces})
+    folder = facesets / "faceset_001"
+    before = inodes(folder)
+    assert export_all(facesets, crops, {1: [*faces, *make_faces(crops, [3])]}) == 1
+    after = inodes(folder)
+    assert after["face_0000001.jpg"] == before["face_0000001.jpg"]
+    assert after["face_0000002.jpg"] == before["face_0000002.jpg"]
+    assert (folder / "face_0000003.jpg").read_bytes() == b"jpeg of face 3"
