@@ -43,23 +43,29 @@ def new_file_mode() -> int:
     return 0o666 & ~_read_umask()
 
 
-def write_atomic(path: Path, content: bytes | Callable[[Path], None], *, mode: int | None = None) -> None:
+def write_atomic(
+    path: Path, content: bytes | Callable[[Path], None], *, mode: int | None = None, durable: bool = True
+) -> None:
     """Replace `path` with `content`: bytes, or a function that writes the file at the path it is given
     (for libraries that only write to a file name, such as hnswlib). `mode`: for a secret (0600);
-    else the umask decides."""
+    else the umask decides. `durable`: on disk before it replaces the file (a power cut then leaves
+    the old content or the new); without it, a kill still leaves one or the other, and a write
+    costs no flush (files of a cache, written by the hundred)."""
     handle, name = tempfile.mkstemp(prefix=f"{PREFIX}{path.name}.", dir=path.parent)
     temporary = Path(name)
     try:
         if callable(content):
             os.close(handle)
             content(temporary)
-            with temporary.open("rb") as written:
-                os.fsync(written.fileno())
+            if durable:
+                with temporary.open("rb") as written:
+                    os.fsync(written.fileno())
         else:
             with os.fdopen(handle, "wb") as output:
                 output.write(content)
                 output.flush()
-                os.fsync(output.fileno())
+                if durable:
+                    os.fsync(output.fileno())
         os.chmod(temporary, new_file_mode() if mode is None else mode)
         os.replace(temporary, path)
     except BaseException:

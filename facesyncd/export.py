@@ -269,12 +269,14 @@ def _safe_name(name: object) -> bool:
 @dataclass(frozen=True)
 class _Folder:
     """One of our folders as it is: its manifest (None: not there, or not ours), the entries that
-    facesyncd did not write, and the plain files at its top (read once, from one listing)."""
+    facesyncd did not write, the plain files at its top, and the inode of each entry (read once,
+    from one listing)."""
 
     path: Path
     existing: dict[str, Any] | None
     users: list[str]
     files: frozenset[str]
+    inodes: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def read(cls, path: Path) -> _Folder:
@@ -287,7 +289,8 @@ class _Folder:
         except OSError:
             entries = []
         users = sorted(entry.name for entry in entries if _users(entry, ours))
-        return cls(path, existing, users, frozenset(entry.name for entry in entries if entry.is_file()))
+        files = frozenset(entry.name for entry in entries if entry.is_file())
+        return cls(path, existing, users, files, {entry.name: entry.inode() for entry in entries})
 
     def holds(self, name: str) -> bool:
         return name in self.files if "/" not in name else (self.path / name).is_file()
@@ -534,12 +537,15 @@ def _update_in_place(folder: _Folder, plan: Plan, wanted: dict[str, Any], placeh
     final = folder.path
     remove_leftovers(final, *MANIFESTS, PENDING_FILE)
     present = _ours_present(folder)
-    changed = [name for name, source in plan.files.items() if not _same_file(final / name, source)]
+    device = final.stat().st_dev
+    changed = [name for name, source in plan.files.items() if not _same_file(folder, device, name, source)]
     retired = sorted(present - set(plan.files))
     top = final / TOP_FOLDER
     drop_top = not any(name.startswith(f"{TOP_FOLDER}/") for name in plan.files) and TOP_FOLDER in present
     if changed or retired:
-        write_atomic(final / PENDING_FILE, json.dumps(sorted({*changed, *retired})).encode())
+        # Not flushed to disk, nor is the manifest: a kill leaves each whole; a power cut at worst
+        # leaves a face's file taken for the user's, in folders that are a cache of the store.
+        write_atomic(final / PENDING_FILE, json.dumps(sorted({*changed, *retired})).encode(), durable=False)
         group, mode = _new_file_group(final), new_file_mode()
         for name in changed:
             target, source = final / name, plan.files[name]
@@ -563,7 +569,7 @@ def _update_in_place(folder: _Folder, plan: Plan, wanted: dict[str, Any], placeh
             top.rmdir()
     for name, data in placeholders.items():
         (final / name).write_bytes(data)
-    write_atomic(final / plan.manifest_name, manifest_text(wanted).encode())
+    write_atomic(final / plan.manifest_name, manifest_text(wanted).encode(), durable=False)
     (final / PENDING_FILE).unlink(missing_ok=True)
 
 
@@ -573,20 +579,30 @@ def _ours_present(folder: _Folder) -> set[str]:
     ours = {name for name in _our_files(folder.existing) | _pending(folder.path) if _safe_name(name)}
     ours -= {str((folder.existing or {}).get("manifest", MANIFEST)), PENDING_FILE}
     top = folder.path / TOP_FOLDER
-    if TOP_FOLDER in ours and top.is_dir() and not top.is_symlink():
-        ours.update(f"{TOP_FOLDER}/{entry.name}" for entry in os.scandir(top))
-    return {name for name in ours if name == TOP_FOLDER or os.path.lexists(folder.path / name)}
+    present = {name for name in ours if name in folder.inodes}
+    if TOP_FOLDER in present and top.is_dir() and not top.is_symlink():
+        present.update(f"{TOP_FOLDER}/{entry.name}" for entry in os.scandir(top))
+    present.update(name for name in ours if "/" in name and os.path.lexists(os.path.join(folder.path, name)))
+    return present
 
 
-def _same_file(target: Path, source: Path | bytes) -> bool:
-    """Whether `target` already holds `source`: the same inode as the file it was linked from (or a
-    copy of the same size and time: see _place), or the same bytes."""
+def _same_file(folder: _Folder, device: int, name: str, source: Path | bytes) -> bool:
+    """Whether the folder's `name` already holds `source`: the file it was linked from (its inode, as
+    the folder's listing gave it: one stat per file, of the source), a copy of the same size and time
+    (see _place), or the same bytes."""
+    target = os.path.join(folder.path, name)
+    inode = folder.inodes.get(name)
     try:
+        if isinstance(source, Path) and inode is not None:
+            origin = os.stat(source)
+            if (inode, device) == (origin.st_ino, origin.st_dev):
+                return True
         status = os.lstat(target)
         if not stat.S_ISREG(status.st_mode):
             return False
         if isinstance(source, bytes):
-            return status.st_size == len(source) and target.read_bytes() == source
+            with open(target, "rb") as held:
+                return status.st_size == len(source) and held.read() == source
         origin = os.stat(source)
     except OSError:
         return False
