@@ -404,6 +404,11 @@ class OnnxEmbedder:
             ", ".join(self.providers),
         )
 
+    @property
+    def aligned_size(self) -> int:
+        """The side of the aligned face the recognizer takes (112 for insightface's packs)."""
+        return self._parts()[1].size
+
     def _parts(self) -> tuple[Detector, Recognizer]:
         self.load()
         assert self._detector is not None and self._recognizer is not None
