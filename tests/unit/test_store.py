@@ -302,3 +302,31 @@ def test_a_reader_of_a_database_from_an_earlier_version_is_told_how_to_upgrade_i
         Store(path, readonly=True)
     Store(path).close()  # a writer migrates it
     assert Store(path, readonly=True).status()["assets"] is not None
+
+
+def test_a_faces_quality_reads_back_as_written_and_garbled_parts_as_none(store: Store) -> None:
+    from facesyncd.models import Quality
+
+    measured = Quality(det_score=0.91, size=0.5, blur=0.25, frontality=0.75, symmetry=0.5)
+    unmeasured = Quality(det_score=0.8, size=0.4, blur=0.3, frontality=None, symmetry=None)
+    store.record_listed("alice", [asset("a")])
+    with store.transaction():
+        store.save_blob_faces(
+            "sha-a",
+            size=1,
+            width=10,
+            height=10,
+            decoded_from="original",
+            model="m",
+            faces=[face(1), face(2), face(3), face(4)],
+            crops=["a_0", "a_1", "a_2", "a_3"],
+            qualities=[measured, unmeasured, measured, measured],
+        )
+        store.mark_done("alice", "a", "sha-a", None)
+    ids = [f.id for f in store.unmatched_new_faces()]
+    store.execute("UPDATE faces SET quality_parts = '{\"det_score\": 0.9, oops' WHERE id = ?", (ids[2],))
+    store.execute("UPDATE faces SET quality_parts = '{\"det_score\": \"high\"}' WHERE id = ?", (ids[3],))
+    expected = [measured, unmeasured, None, None]
+    assert [f.quality for f in store.unmatched_new_faces()] == expected
+    store.create_identity(dict.fromkeys(ids, 0.1))
+    assert [f.quality for f in store.export_faces()[1]] == expected
