@@ -477,7 +477,7 @@ def write_faceset(
     store and is written again once their crops are back). With no face at all, a folder is kept
     only for the user's files in it.
     """
-    folder = _Folder.read(_claim(facesets_dir, faceset_name(number, subset)))
+    folder = _claim(facesets_dir, faceset_name(number, subset))
     plan = crops_plan(number, faces, crops_dir, subset, set_name, link_of)
     if _is_current(folder, plan):
         return False
@@ -493,19 +493,22 @@ def write_faceset(
     return _write_folder(facesets_dir, folder, plan)
 
 
-def _claim(facesets_dir: Path, name: str) -> Path:
-    """The folder's path, once anything there that facesyncd did not write is set aside."""
+def _claim(facesets_dir: Path, name: str) -> _Folder:
+    """The folder as it is, once anything there that facesyncd did not write is set aside (its
+    manifest read once)."""
     final = facesets_dir / name
-    if final.is_symlink() or (final.exists() and _read_manifest(final) is None):
+    folder = _Folder(final, None, [], frozenset()) if final.is_symlink() else _Folder.read(final)
+    if final.is_symlink() or (folder.existing is None and final.exists()):
         # A folder facesyncd did not write (an imported tree exported in place, a link): keep it whole.
         _set_aside(facesets_dir, final, "which facesyncd did not write")
-    return final
+        return _Folder(final, None, [], frozenset())
+    return folder
 
 
 def write_folder(facesets_dir: Path, name: str, plan: Plan) -> bool:
     """Make the folder `name` hold what `plan` says, carrying the user's files along. Returns whether
     anything was written."""
-    return _write_folder(facesets_dir, _Folder.read(_claim(facesets_dir, name)), plan)
+    return _write_folder(facesets_dir, _claim(facesets_dir, name), plan)
 
 
 def _write_folder(facesets_dir: Path, folder: _Folder, plan: Plan) -> bool:
@@ -702,9 +705,11 @@ def folder_state(facesets_dir: Path) -> tuple[tuple[str, int, int], ...]:
     return tuple(sorted(found))
 
 
-def own_folders(facesets_dir: Path, numbers: Collection[int] | None = None) -> dict[str, Path]:
+def own_folders(
+    facesets_dir: Path, numbers: Collection[int] | None = None, besides: Collection[str] = ()
+) -> dict[str, Path]:
     """Every folder that facesyncd wrote (it holds facesyncd's manifest): facesets and sub-sets;
-    with `numbers`, only theirs (no other manifest is read)."""
+    with `numbers`, only theirs; never those named in `besides` (no other manifest is read)."""
     found: dict[str, Path] = {}
     if not facesets_dir.is_dir():
         return found
@@ -714,6 +719,7 @@ def own_folders(facesets_dir: Path, numbers: Collection[int] | None = None) -> d
         if (
             number is not None
             and (numbers is None or number in numbers)
+            and entry.name not in besides
             and entry.is_dir()
             and not entry.is_symlink()
             and _read_manifest(entry)
@@ -873,9 +879,9 @@ def _export(
     for name, faces in sorted(faces_by_folder.items()):
         if faces and write(name, faces):
             written += 1
-    for name, folder in sorted(own_folders(facesets_dir, only).items()):
-        if faces_by_folder.get(name):
-            continue
+    # The folders left without faces (those with faces were written above, their manifests read there).
+    with_faces = {name for name, faces in faces_by_folder.items() if faces}
+    for name, folder in sorted(own_folders(facesets_dir, only, besides=with_faces).items()):
         # In the swap layout NAME.txt is facesyncd's placeholder for the name (kept in the store):
         # alone, it keeps no folder. (In the crops layout a NAME.txt is the user's own file.)
         manifest = _read_manifest(folder)

@@ -534,9 +534,12 @@ class FaceQueries(Database):
         among = "" if numbers is None else f"AND f.identity IN ({', '.join(str(int(n)) for n in numbers) or 'NULL'})"
         # One asset stands for each photo (the lowest source and asset id): found once per face, then
         # read whole (three correlated look-ups per face cost three times as much).
-        rows = self.rows(
+        # Read as tuples in the order written here: a dict per row cost a tenth of an export.
+        rows = self.tuples(
             f"""
-            SELECT f.*, a.source, a.asset_id, a.owner_id, a.file_created_at, a.original_file_name
+            SELECT f.face_id, f.sha256, f.identity, f.crop, f.x1, f.y1, f.x2, f.y2, f.det_score, f.distance,
+                   {", ".join(f"f.{name}" for name in QUALITY_NAMES)}, f.subset,
+                   a.source, a.asset_id, a.owner_id, a.file_created_at, a.original_file_name
             FROM (
                 SELECT f.id AS face_id, f.sha256, f.identity, f.crop, f.x1, f.y1, f.x2, f.y2, f.det_score,
                        f.distance, {QUALITY_PARTS}, f.subset,
@@ -551,21 +554,23 @@ class FaceQueries(Database):
         )
         result: dict[int, list[ExportFace]] = {}
         for row in rows:
-            result.setdefault(row["identity"], []).append(
+            face_id, sha256, identity, crop, x1, y1, x2, y2, det_score, distance, *rest = row
+            *parts, subset, source, asset_id, owner, taken, file_name = rest
+            result.setdefault(identity, []).append(
                 ExportFace(
-                    face_id=row["face_id"],
-                    sha256=row["sha256"],
-                    source=row["source"] or "import",
-                    asset_id=row["asset_id"],
-                    owner=row["owner_id"],
-                    crop=row["crop"],
-                    bbox=(row["x1"], row["y1"], row["x2"], row["y2"]),
-                    det_score=row["det_score"],
-                    distance=row["distance"],
-                    quality=_quality(*(row[part] for part in QUALITY_NAMES)),
-                    subset=row["subset"],
-                    taken=row["file_created_at"] or None,
-                    file_name=row["original_file_name"] or None,
+                    face_id=face_id,
+                    sha256=sha256,
+                    source=source or "import",
+                    asset_id=asset_id,
+                    owner=owner,
+                    crop=crop,
+                    bbox=(x1, y1, x2, y2),
+                    det_score=det_score,
+                    distance=distance,
+                    quality=_quality(*parts),
+                    subset=subset,
+                    taken=taken or None,
+                    file_name=file_name or None,
                 )
             )
         return result
