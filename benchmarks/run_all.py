@@ -13,6 +13,7 @@ import time
 
 import bench_census
 import bench_curation
+import bench_decode
 import bench_export_disk
 import bench_immich_ml
 import bench_new_faces
@@ -35,6 +36,7 @@ def main() -> None:
     rows: list[tuple[str, str, str]] = []
     for name, run in (
         ("sync throughput", bench_sync.main),
+        ("decoding large JPEGs at reduced scale", bench_decode.main),
         ("recognizer batching", bench_recognizer.main),
         ("immich-ml services", bench_immich_ml.main),
         ("polling", bench_poll.main),
