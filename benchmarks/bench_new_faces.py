@@ -4,7 +4,8 @@ A library as bench_nochange.py makes it (60% of the faces in facesets of 100 or 
 pool, each unlike any other), exported and synced once. Then 1,000 faces arrive as a stage leaves
 them (embedded, not yet compared): 600 of people the library has (each near a face of a faceset) and
 400 strangers. One sync (nothing more listed by the fake Immich) assigns them, clusters the pool,
-looks for merges and exports; CPU seconds of each step in this process, and of the whole cycle.
+looks for merges and exports; CPU seconds of each step in this process, and of the whole cycle. Then,
+as a running daemon meets them: a process that has run a cycle (its index loaded) gets another 1,000.
 
     .venv/bin/python benchmarks/bench_new_faces.py [--sizes 10000 100000 500000]
 """
@@ -29,9 +30,10 @@ NEW = 1_000
 STEPS = ("assign_new_faces", "open_new_facesets", "merge_identities", "publish")
 
 
-def add_new_faces(config: Path, seed: int = 12) -> None:
+def add_new_faces(config: Path, seed: int = 12, first: int = 0) -> None:
     """NEW faces as a stage commits them: 60% close to a face of some faceset, 10% of 20 people new
-    to the library (5 photos each), 30% strangers."""
+    to the library (5 photos each), 30% strangers. `first`: the number of the first (a second batch
+    starts after the first one's)."""
     from facesyncd.store import Store
 
     state = Path(next(line for line in config.read_text().splitlines() if line.startswith("state_dir")).split('"')[1])
@@ -43,14 +45,15 @@ def add_new_faces(config: Path, seed: int = 12) -> None:
     now = "2026-12-02T00:00:00.000Z"
     newcomers = rng.normal(size=(NEW // 50, dimension))
     with store.transaction():
-        for n in range(NEW):
-            if n < NEW * 6 // 10:
-                vector = np.frombuffer(known[n][0], np.float32) + rng.normal(scale=0.02, size=dimension)
-            elif n < NEW * 7 // 10:
-                vector = newcomers[(n - NEW * 6 // 10) // 5] + rng.normal(scale=0.6, size=dimension)
+        for k in range(NEW):
+            if k < NEW * 6 // 10:
+                vector = np.frombuffer(known[k][0], np.float32) + rng.normal(scale=0.02, size=dimension)
+            elif k < NEW * 7 // 10:
+                vector = newcomers[(k - NEW * 6 // 10) // 5] + rng.normal(scale=0.6, size=dimension)
             else:
                 vector = rng.normal(size=dimension)
             vector = (vector / np.linalg.norm(vector)).astype(np.float32)
+            n = first + k
             sha = _sha(n)
             crop = f"{sha[:2]}/{sha}_0.jpg"
             (state / "crops" / crop).parent.mkdir(exist_ok=True)
@@ -151,9 +154,47 @@ def sync_seconds(config: Path, url: str) -> tuple[float, dict[str, float], Any, 
         identify._open_identities = open_identities
 
 
+def daemon_seconds(config: Path, url: str) -> tuple[float, dict[str, float]]:
+    """CPU seconds of a running daemon's cycle when a second batch of NEW faces arrives, in all and per
+    step: the process has run a cycle before (its index loaded, leftovers looked for once), as
+    `facesyncd run` has; a `sync` pays those in every new process."""
+    import facesyncd.cycle as cycle
+    from facesyncd import actions
+    from facesyncd.app import open_app
+    from facesyncd.config import load_settings
+
+    spent = dict.fromkeys(STEPS, 0.0)
+    originals = {name: getattr(cycle, name) for name in STEPS}
+
+    def timed(name: str, step: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*arguments: Any, **keywords: Any) -> Any:
+            started = time.process_time()
+            try:
+                return step(*arguments, **keywords)
+            finally:
+                spent[name] += time.process_time() - started
+
+        return run
+
+    point_at(config, url, "BENCH_NEW_KEY")
+    with open_app(load_settings(config)) as app:
+        actions.sync(app, reconcile=False, census=False)
+        add_new_faces(config, seed=13, first=NEW)
+        for name, step in originals.items():
+            setattr(cycle, name, timed(name, step))
+        try:
+            started = time.process_time()
+            actions.sync(app, reconcile=False, census=False)
+            return time.process_time() - started, spent
+        finally:
+            for name, step in originals.items():
+                setattr(cycle, name, step)
+
+
 def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str, str, str]]:
     require_shared()
     measured: dict[int, tuple[float, dict[str, float]]] = {}
+    daemon: dict[int, tuple[float, dict[str, float]]] = {}
     wholes: dict[int, dict[str, Any]] = {}
     for size in sizes:
         directory = Path(tempfile.mkdtemp(prefix="bench-new-faces-"))
@@ -163,6 +204,7 @@ def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str,
                 sync_seconds(config, server.url)  # the state a sync leaves: index saved, pool clustered
                 add_new_faces(config)
                 total, steps, report, compared = sync_seconds(config, server.url)
+                daemon[size] = daemon_seconds(config, server.url)
             measured[size] = (total, steps)
             wholes[size] = compared
             print(
@@ -172,7 +214,8 @@ def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str,
                 f"{compared['clustering']:.2f} CPU-s, the whole pool as before: {compared['whole']:.2f} CPU-s, "
                 f"{'the same' if compared['same'] else 'OTHER'} {compared['clusters']} clusters; of the "
                 f"{compared['people found'][2]} new people, found whole: {compared['people found'][0]} "
-                f"(as before: {compared['people found'][1]})",
+                f"(as before: {compared['people found'][1]}); in a running daemon's cycle: {daemon[size][0]:.2f} "
+                f"CPU-s ({', '.join(f'{name} {seconds:.2f}' for name, seconds in daemon[size][1].items())})",
                 flush=True,
             )
         finally:
@@ -192,6 +235,15 @@ def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str,
         ),
         *(
             (f"  of which {name.replace('_', ' ')}", series([measured[size][1][name] for size in sizes]), "")
+            for name in STEPS
+        ),
+        (
+            f"1,000 new faces, a running daemon's cycle ({names} faces; its index loaded before)",
+            series([daemon[size][0] for size in sizes]),
+            f"{daemon[sizes[-1]][0] / daemon[sizes[0]][0]:.1f}x from {sizes[0]:,} to {sizes[-1]:,}",
+        ),
+        *(
+            (f"  of which {name.replace('_', ' ')}", series([daemon[size][1][name] for size in sizes]), "")
             for name in STEPS
         ),
         (
