@@ -252,7 +252,12 @@ def _our_files(existing: dict[str, Any] | None) -> set[str]:
 def _pending(folder: Path) -> set[str]:
     """The names an update in place that did not finish was changing (see PENDING_FILE)."""
     names = read_json(folder / PENDING_FILE)
-    return {PENDING_FILE, *(name for name in names if _safe_name(name))} if isinstance(names, list) else set()
+    if not isinstance(names, list):
+        return set()
+    pending = {PENDING_FILE, *(name for name in names if _safe_name(name))}
+    if any(name.startswith(f"{TOP_FOLDER}/") for name in pending):
+        pending.add(TOP_FOLDER)  # made by the update, before its manifest said so
+    return pending
 
 
 def _safe_name(name: object) -> bool:

@@ -261,3 +261,35 @@ def test_copies_where_links_cannot_be_made_are_not_written_again(
     assert after["face_0000001.jpg"] == before["face_0000001.jpg"]
     assert after["face_0000002.jpg"] == before["face_0000002.jpg"]
     assert (folder / "face_0000003.jpg").read_bytes() == b"jpeg of face 3"
+
+
+def test_a_top_folder_made_by_an_update_a_kill_cut_short_is_not_taken_for_the_users(tmp_path: Path) -> None:
+    from facesyncd.export import SWAP_MANIFEST, Plan, write_folder
+
+    png = tmp_path / "face.png"
+    png.write_bytes(b"png of a face")
+    facesets = tmp_path / "facesets"
+    facesets.mkdir()
+
+    def plan(top: bool) -> Plan:
+        manifest = {"number": 1, "faces": [{"face_id": 1, "file": "01.png"}], "written_by": "facesyncd"}
+        files: dict[str, Path | bytes] = {"01.png": png}
+        if top:
+            manifest["top_folder"] = "top"
+            files["top/01.png"] = png
+        return Plan(SWAP_MANIFEST, manifest, files)
+
+    assert write_folder(facesets, "faceset_001", plan(top=False))
+    folder = facesets / "faceset_001"
+    (folder / "top").mkdir()  # the update that turned the top folder on, killed after its first file
+    os.link(png, folder / "top" / "01.png")
+    (folder / ".facesyncd-pending").write_text(json.dumps(["top/01.png"]))
+
+    assert write_folder(facesets, "faceset_001", plan(top=True))
+    manifest = json.loads((folder / SWAP_MANIFEST).read_text())
+    assert "user_files" not in manifest and manifest["top_folder"] == "top"
+    assert (folder / "top" / "01.png").stat().st_ino == png.stat().st_ino
+    assert not write_folder(facesets, "faceset_001", plan(top=True))
+
+    assert write_folder(facesets, "faceset_001", plan(top=False))  # turned off: facesyncd's top/ goes
+    assert sorted(os.listdir(folder)) == ["01.png", SWAP_MANIFEST]
