@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import stat
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,6 +32,31 @@ def asset(asset_id: str, checksum: str = "c1", trashed: bool = False) -> RemoteA
 def face(seed: int) -> DetectedFace:
     vector = np.random.default_rng(seed).normal(size=8).astype(np.float32)
     return DetectedFace((0, 0, 100, 100), 0.9, ((1, 1),) * 5, vector / np.linalg.norm(vector))
+
+
+def save_photo(
+    store: Store, sha256: str, faces: list[DetectedFace], qualities: list[Any] | None = None, model: str = "m"
+) -> None:
+    """A photo's faces, as a stage saves them (crops named <sha256>_<n>)."""
+    with store.transaction():
+        store.save_blob_faces(
+            sha256,
+            size=1,
+            width=10,
+            height=10,
+            decoded_from="original",
+            model=model,
+            faces=faces,
+            crops=[f"{sha256}_{index}" for index in range(len(faces))],
+            qualities=qualities,
+        )
+
+
+def photo_done(store: Store, asset_id: str, faces: list[DetectedFace], qualities: list[Any] | None = None) -> None:
+    """Asset `asset_id` of alice (listed already) done, its photo (sha-<asset_id>) with these faces."""
+    save_photo(store, f"sha-{asset_id}", faces, qualities)
+    with store.transaction():
+        store.mark_done("alice", asset_id, f"sha-{asset_id}", None)
 
 
 @pytest.fixture
@@ -114,22 +140,11 @@ def test_a_reader_meeting_a_half_made_database_is_told_so(tmp_path: Path) -> Non
 def test_unchanged_assets_listed_again_need_no_work(store: Store) -> None:
     first = store.record_listed("alice", [asset("a"), asset("b")])
     assert first.needing_work == 2
-    with store.transaction():
-        store.save_blob_faces(
-            "sha-a",
-            size=1,
-            width=10,
-            height=10,
-            decoded_from="original",
-            model="m",
-            faces=[face(1)],
-            crops=["x/a_0.jpg"],
-        )
-        store.mark_done("alice", "a", "sha-a", None)
+    photo_done(store, "a", [face(1)])
     again = store.record_listed("alice", [asset("a"), asset("b")])
     assert again.needing_work == 1  # b is still pending; a is done and unchanged
     changed = store.record_listed("alice", [asset("a", checksum="c2")])
-    assert changed.needing_work == 1 and changed.dropped.crops == ["x/a_0.jpg"]
+    assert changed.needing_work == 1 and changed.dropped.crops == ["sha-a_0"]
     assert changed.dropped.indexed_faces == []  # the face was in no identity
     assert store.get_asset("alice", "a").state == "pending"
 
@@ -144,18 +159,7 @@ def test_trashed_assets_are_reported_once(store: Store) -> None:
 
 def test_identity_numbers_are_never_reused(store: Store) -> None:
     store.record_listed("alice", [asset("a")])
-    with store.transaction():
-        store.save_blob_faces(
-            "sha-a",
-            size=1,
-            width=10,
-            height=10,
-            decoded_from="original",
-            model="m",
-            faces=[face(1), face(2)],
-            crops=["a_0", "a_1"],
-        )
-        store.mark_done("alice", "a", "sha-a", None)
+    photo_done(store, "a", [face(1), face(2)])
     ids = [f.id for f in store.unmatched_new_faces()]
     assert store.create_identity({ids[0]: 0.1}) == 1
     assert store.create_identity({ids[1]: 0.1}) == 2
@@ -165,11 +169,7 @@ def test_identity_numbers_are_never_reused(store: Store) -> None:
         store.ensure_identity(216, "import")
     assert store.highest_identity() == 216
     store.record_listed("alice", [asset("b")])
-    with store.transaction():
-        store.save_blob_faces(
-            "sha-b", size=1, width=10, height=10, decoded_from="original", model="m", faces=[face(3)], crops=["b_0"]
-        )
-        store.mark_done("alice", "b", "sha-b", None)
+    photo_done(store, "b", [face(3)])
     assert store.create_identity({store.unmatched_new_faces()[0].id: 0.1}) == 217
 
 
@@ -189,23 +189,11 @@ def test_the_first_face_of_a_remote_engine_records_its_size(store: Store) -> Non
     store.check_model("immich-ml:buffalo_l", 0)
     assert store.get_meta("embedding_dim") is None
 
-    def save(sha256: str, found: DetectedFace) -> None:
-        with store.transaction():
-            store.save_blob_faces(
-                sha256,
-                size=1,
-                width=100,
-                height=100,
-                decoded_from="original",
-                model="immich-ml:buffalo_l",
-                faces=[found],
-                crops=[f"{sha256[:8]}.jpg"],
-            )
-
-    save("b" * 64, face(1))
+    save_photo(store, "b" * 64, [face(1)], model="immich-ml:buffalo_l")
     assert store.get_meta("embedding_dim") == "8"
+    wider = DetectedFace((0, 0, 100, 100), 0.9, (), np.ones(16, np.float32) / 4)
     with pytest.raises(StoreError, match="holds 8-d embeddings"):
-        save("c" * 64, DetectedFace((0, 0, 100, 100), 0.9, (), np.ones(16, np.float32) / 4))
+        save_photo(store, "c" * 64, [wider], model="immich-ml:buffalo_l")
     assert not store.blob_exists("c" * 64)
 
 
@@ -310,22 +298,10 @@ def test_a_faces_quality_reads_back_as_written_and_garbled_parts_as_none(store: 
     measured = Quality(det_score=0.91, size=0.5, blur=0.25, frontality=0.75, symmetry=0.5)
     unmeasured = Quality(det_score=0.8, size=0.4, blur=0.3, frontality=None, symmetry=None)
     store.record_listed("alice", [asset("a")])
-    with store.transaction():
-        store.save_blob_faces(
-            "sha-a",
-            size=1,
-            width=10,
-            height=10,
-            decoded_from="original",
-            model="m",
-            faces=[face(1), face(2), face(3), face(4)],
-            crops=["a_0", "a_1", "a_2", "a_3"],
-            qualities=[measured, unmeasured, measured, measured],
-        )
-        store.mark_done("alice", "a", "sha-a", None)
+    photo_done(store, "a", [face(1), face(2), face(3), face(4)], [measured, unmeasured, measured, measured])
     ids = [f.id for f in store.unmatched_new_faces()]
     store.execute("UPDATE faces SET quality_parts = '{\"det_score\": 0.9, oops' WHERE id = ?", (ids[2],))
-    store.execute("UPDATE faces SET quality_parts = '{\"det_score\": \"high\"}' WHERE id = ?", (ids[3],))
+    store.execute('UPDATE faces SET quality_parts = \'{"det_score": "high"}\' WHERE id = ?', (ids[3],))
     expected = [measured, unmeasured, None, None]
     assert [f.quality for f in store.unmatched_new_faces()] == expected
     store.create_identity(dict.fromkeys(ids, 0.1))
