@@ -81,6 +81,12 @@ def merges(
     Two identities merge when their centres are within `max_distance` and no photo holds a face of
     each (two faces in one photo are two people). Closest pairs first; an identity takes part in one
     merge per call (the next cycle sees the merged centre)."""
+    return choose_merges(merge_candidates(centres, max_distance), together)
+
+
+def merge_candidates(centres: Mapping[int, NDArray[np.float32]], max_distance: float) -> list[tuple[int, int]]:
+    """(kept, retired) pairs of identities whose centres lie within `max_distance`, closest first:
+    the only pairs whose photos need looking at."""
     if max_distance <= 0 or len(centres) < 2:
         return []
     numbers = sorted(centres)
@@ -88,10 +94,15 @@ def merges(
     distances = 1.0 - matrix @ matrix.T
     rows, columns = np.nonzero(np.triu(distances <= max_distance, k=1))
     candidates = sorted(zip(distances[rows, columns].tolist(), rows.tolist(), columns.tolist(), strict=True))
+    return [(numbers[row], numbers[column]) for _, row, column in candidates]
+
+
+def choose_merges(candidates: Sequence[tuple[int, int]], together: set[frozenset[int]]) -> list[tuple[int, int]]:
+    """(retired, kept) pairs from merge_candidates' pairs, none of two identities in one photo, each
+    identity in one pair at most."""
     done: set[int] = set()
     pairs: list[tuple[int, int]] = []
-    for _, row, column in candidates:
-        kept, retired = numbers[row], numbers[column]
+    for kept, retired in candidates:
         if kept in done or retired in done or frozenset((kept, retired)) in together:
             continue
         pairs.append((retired, kept))

@@ -164,8 +164,7 @@ class Quality:
 
     def parts(self) -> dict[str, float | None]:
         return {
-            part: None if (value := getattr(self, part)) is None else round(float(value), 4)
-            for part in QUALITY_WEIGHTS
+            part: None if (value := getattr(self, part)) is None else round(float(value), 4) for part in QUALITY_WEIGHTS
         }
 
     def as_dict(self) -> dict[str, float | None]:

@@ -14,9 +14,10 @@ from ..identities import (
     Cluster,
     Clustering,
     assign,
+    choose_merges,
     cluster_pool,
     may_seed,
-    merges,
+    merge_candidates,
     near_any,
     pool_scope,
 )
@@ -253,8 +254,13 @@ def _merge(parts: IdentifyParts, report: CycleReport) -> None:
     index = parts.index.get()
     locked = parts.store.locked_identities()
     centres = {number: centre for number, centre in index.centres().items() if number not in locked}
-    apart = parts.store.photos_shared() | parts.store.kept_apart()
-    for retired, kept in merges(centres, apart, parts.settings.merge_distance):
+    candidates = merge_candidates(centres, parts.settings.merge_distance)
+    if not candidates:
+        return
+    # Which identities share a photo is asked of the candidates only: over every face, 0.46 CPU-s at
+    # 500,000 faces, in each cycle that changed the store.
+    apart = parts.store.photos_shared({number for pair in candidates for number in pair}) | parts.store.kept_apart()
+    for retired, kept in choose_merges(candidates, apart):
         if not parts.store.merge_identities(retired, kept):
             continue  # the user's corrections keep them apart (a hand-placed face, a lock made meanwhile)
         index.relabel(retired, kept)

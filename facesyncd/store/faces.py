@@ -334,11 +334,16 @@ class FaceQueries(Database):
             self._bump_index_version()
         return number
 
-    def photos_shared(self) -> set[frozenset[int]]:
-        """Pairs of identities that have faces in one photo (two people, never one)."""
+    def photos_shared(self, numbers: Collection[int] | None = None) -> set[frozenset[int]]:
+        """Pairs of identities that have faces in one photo (two people, never one); with `numbers`,
+        pairs of those identities only."""
+        among = ""
+        if numbers is not None:
+            listed = ", ".join(str(int(number)) for number in numbers) or "NULL"
+            among = f"AND a.identity IN ({listed}) AND b.identity IN ({listed})"
         rows = self.tuples(
             "SELECT DISTINCT a.identity, b.identity FROM faces a JOIN faces b ON a.sha256 = b.sha256 "
-            "WHERE a.identity IS NOT NULL AND b.identity IS NOT NULL AND a.identity < b.identity"
+            f"WHERE a.identity IS NOT NULL AND b.identity IS NOT NULL AND a.identity < b.identity {among}"
         )
         return {frozenset(row) for row in rows}
 

@@ -306,3 +306,17 @@ def test_a_faces_quality_reads_back_as_written_and_garbled_parts_as_none(store: 
     assert [f.quality for f in store.unmatched_new_faces()] == expected
     store.create_identity(dict.fromkeys(ids, 0.1))
     assert [f.quality for f in store.export_faces()[1]] == expected
+
+
+def test_identities_in_one_photo_are_found_among_those_asked_about(store: Store) -> None:
+    store.record_listed("alice", [asset("x"), asset("y")])
+    photo_done(store, "x", [face(1), face(2)])
+    photo_done(store, "y", [face(3), face(4)])
+    first, second, third, fourth = (f.id for f in store.unmatched_new_faces())
+    one, two, three = (store.create_identity({face_id: 0.1}) for face_id in (first, second, third))
+    with store.transaction():
+        store.execute("UPDATE faces SET identity = ? WHERE id = ?", (two, fourth))
+    assert store.photos_shared() == {frozenset((one, two)), frozenset((two, three))}
+    assert store.photos_shared({one, two}) == {frozenset((one, two))}
+    assert store.photos_shared({one, three}) == set()
+    assert store.photos_shared(set()) == set()
