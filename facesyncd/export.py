@@ -526,7 +526,9 @@ def _write_folder(facesets_dir: Path, folder: _Folder, plan: Plan) -> bool:
     wanted = dict(plan.manifest)
     if recorded_users:
         wanted["user_files"] = recorded_users
-    if existing is not None and existing.get("manifest", MANIFEST) == plan.manifest_name:
+    top = final / TOP_FOLDER
+    plain_top = not top.is_symlink() and (top.is_dir() or not top.exists())  # else its names lead elsewhere
+    if existing is not None and existing.get("manifest", MANIFEST) == plan.manifest_name and plain_top:
         _update_in_place(folder, plan, wanted, placeholders)
     else:
         _rebuild(facesets_dir, folder, plan, wanted, placeholders)

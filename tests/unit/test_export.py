@@ -293,3 +293,26 @@ def test_a_top_folder_made_by_an_update_a_kill_cut_short_is_not_taken_for_the_us
 
     assert write_folder(facesets, "faceset_001", plan(top=False))  # turned off: facesyncd's top/ goes
     assert sorted(os.listdir(folder)) == ["01.png", SWAP_MANIFEST]
+
+
+def test_a_top_that_is_a_link_leads_no_update_out_of_its_folder(tmp_path: Path) -> None:
+    from facesyncd.export import SWAP_MANIFEST, Plan, write_folder
+
+    png = tmp_path / "face.png"
+    png.write_bytes(b"png of a face")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "01.png").write_bytes(b"someone else's")
+    facesets = tmp_path / "facesets"
+    facesets.mkdir()
+    manifest = {"number": 1, "faces": [{"face_id": 1, "file": "01.png"}], "written_by": "facesyncd"}
+    assert write_folder(facesets, "faceset_001", Plan(SWAP_MANIFEST, manifest, {"01.png": png}))
+    folder = facesets / "faceset_001"
+    os.symlink(elsewhere, folder / "top")
+    (folder / ".facesyncd-pending").write_text(json.dumps(["top/01.png"]))
+
+    with_top = {**manifest, "top_folder": "top"}
+    assert write_folder(facesets, "faceset_001", Plan(SWAP_MANIFEST, with_top, {"01.png": png, "top/01.png": png}))
+    assert (elsewhere / "01.png").read_bytes() == b"someone else's" and sorted(os.listdir(elsewhere)) == ["01.png"]
+    assert (folder / "top").is_dir() and not (folder / "top").is_symlink()
+    assert (folder / "top" / "01.png").read_bytes() == b"png of a face"
