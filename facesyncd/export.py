@@ -274,34 +274,39 @@ def _safe_name(name: object) -> bool:
 @dataclass(frozen=True)
 class _Folder:
     """One of our folders as it is: its manifest (None: not there, or not ours), the entries that
-    facesyncd did not write, the plain files at its top, and the inode of each entry (read once,
-    from one listing)."""
+    facesyncd did not write, the plain files at its top, the inode of each entry (read once, from
+    one listing), and the names its manifest and an unfinished update call facesyncd's."""
 
     path: Path
     existing: dict[str, Any] | None
     users: list[str]
     files: frozenset[str]
     inodes: dict[str, int] = field(default_factory=dict)
+    ours: frozenset[str] = frozenset()
 
     @classmethod
     def read(cls, path: Path) -> _Folder:
         existing = _read_manifest(path) if path.is_dir() else None
         if existing is None:
             return cls(path, None, [], frozenset())
-        ours = _our_files(existing) | _pending(path)
+        ours = frozenset(_our_files(existing) | _pending(path))
         try:
             entries = list(os.scandir(path))
         except OSError:
             entries = []
         users = sorted(entry.name for entry in entries if _users(entry, ours))
         files = frozenset(entry.name for entry in entries if entry.is_file())
-        return cls(path, existing, users, files, {entry.name: entry.inode() for entry in entries})
+        return cls(path, existing, users, files, {entry.name: entry.inode() for entry in entries}, ours)
 
     def holds(self, name: str) -> bool:
         return name in self.files if "/" not in name else (self.path / name).is_file()
 
 
-def _users(entry: os.DirEntry[str], ours: set[str]) -> bool:
+# A manifest's or the pending list's temporary file, left by a crash while it was written.
+_LEFTOVERS = tuple(f"{ATOMIC_PREFIX}{name}." for name in (*MANIFESTS, PENDING_FILE))
+
+
+def _users(entry: os.DirEntry[str], ours: frozenset[str]) -> bool:
     """Whether an entry of one of our folders is the user's: not named by its manifest (a manifest's
     temporary file, left by a crash while it was written, is facesyncd's too), or a folder (facesyncd
     writes none but top/, whatever a manifest says)."""
@@ -309,16 +314,7 @@ def _users(entry: os.DirEntry[str], ours: set[str]) -> bool:
         return False
     if entry.name in ours:
         return entry.is_dir(follow_symlinks=False)
-    return not entry.name.startswith(tuple(f"{ATOMIC_PREFIX}{name}." for name in (*MANIFESTS, PENDING_FILE)))
-
-
-def _user_entries(folder: Path, existing: dict[str, Any] | None) -> list[str]:
-    """Entries of one of our folders that facesyncd did not write."""
-    ours = _our_files(existing) | _pending(folder)
-    try:
-        return sorted(entry.name for entry in os.scandir(folder) if _users(entry, ours))
-    except OSError:
-        return []
+    return not entry.name.startswith(_LEFTOVERS)
 
 
 def _is_current(folder: _Folder, plan: Plan) -> bool:
@@ -502,8 +498,8 @@ def _claim(facesets_dir: Path, name: str) -> _Folder:
     """The folder as it is, once anything there that facesyncd did not write is set aside (its
     manifest read once)."""
     final = facesets_dir / name
-    folder = _Folder(final, None, [], frozenset()) if final.is_symlink() else _Folder.read(final)
-    if final.is_symlink() or (folder.existing is None and final.exists()):
+    folder = None if final.is_symlink() else _Folder.read(final)
+    if folder is None or (folder.existing is None and final.exists()):
         # A folder facesyncd did not write (an imported tree exported in place, a link): keep it whole.
         _set_aside(facesets_dir, final, "which facesyncd did not write")
         return _Folder(final, None, [], frozenset())
@@ -586,7 +582,7 @@ def _update_in_place(folder: _Folder, plan: Plan, wanted: dict[str, Any], placeh
 def _ours_present(folder: _Folder) -> set[str]:
     """facesyncd's files in one of its folders, as its manifest says, that are there (top/ and
     everything in it counted as facesyncd's, as a rebuild does)."""
-    ours = {name for name in _our_files(folder.existing) | _pending(folder.path) if _safe_name(name)}
+    ours = {name for name in folder.ours if _safe_name(name)}
     ours -= {str((folder.existing or {}).get("manifest", MANIFEST)), PENDING_FILE}
     top = folder.path / TOP_FOLDER
     present = {name for name in ours if name in folder.inodes}
@@ -891,9 +887,9 @@ def _export(
     for name, folder in sorted(own_folders(facesets_dir, only, besides=with_faces).items()):
         # In the swap layout NAME.txt is facesyncd's placeholder for the name (kept in the store):
         # alone, it keeps no folder. (In the crops layout a NAME.txt is the user's own file.)
-        manifest = _read_manifest(folder)
-        placeholder = NAME_FILE if (manifest or {}).get("manifest") == SWAP_MANIFEST else None
-        if [entry for entry in _user_entries(folder, manifest) if entry != placeholder]:
+        left = _Folder.read(folder)
+        placeholder = NAME_FILE if (left.existing or {}).get("manifest") == SWAP_MANIFEST else None
+        if [entry for entry in left.users if entry != placeholder]:
             written += write(name, [])
             continue
         retired = facesets_dir / f".{folder.name}.tmp"
