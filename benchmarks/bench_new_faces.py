@@ -16,7 +16,8 @@ import argparse
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,6 @@ def sync_seconds(config: Path, url: str) -> tuple[float, dict[str, float], Any, 
     """CPU seconds of one sync, in all and per step, and its report; and the clustering compared
     with clustering the whole pool at once as before issue 24 (the same pool, right after the
     assignment): its CPU seconds, and whether it finds the same clusters."""
-    import facesyncd.cycle as cycle
     import facesyncd.cycle.identify as identify
     from facesyncd import actions
     from facesyncd.app import open_app
@@ -98,7 +98,6 @@ def sync_seconds(config: Path, url: str) -> tuple[float, dict[str, float], Any, 
     from facesyncd.identities import may_seed
 
     spent = dict.fromkeys(STEPS, 0.0)
-    originals = {name: getattr(cycle, name) for name in STEPS}
     opened: list[frozenset[str]] = []
     compared: dict[str, Any] = {}
     open_identities = identify._open_identities
@@ -139,32 +138,41 @@ def sync_seconds(config: Path, url: str) -> tuple[float, dict[str, float], Any, 
         compared["opening"] = compared.get("opening", 0.0) + time.process_time() - started
 
     point_at(config, url, "BENCH_NEW_KEY")
-    for name, step in originals.items():
-        setattr(cycle, name, timed(name, step))
     identify._open_identities = recorded
     try:
-        with open_app(load_settings(config)) as app:
+        with steps_wrapped(timed), open_app(load_settings(config)) as app:
             started = time.process_time()
             report = actions.sync(app, reconcile=False, census=False)
             # the comparison ran inside the sync: not the sync's own cost
             return time.process_time() - started - compared.get("whole", 0.0), spent, report, compared
     finally:
+        identify._open_identities = open_identities
+
+
+@contextmanager
+def steps_wrapped(wrap: Callable[[str, Callable[..., Any]], Callable[..., Any]]) -> Iterator[None]:
+    """The cycle's STEPS replaced by `wrap(name, step)` while inside, put back after."""
+    import facesyncd.cycle as cycle
+
+    originals = {name: getattr(cycle, name) for name in STEPS}
+    for name, step in originals.items():
+        setattr(cycle, name, wrap(name, step))
+    try:
+        yield
+    finally:
         for name, step in originals.items():
             setattr(cycle, name, step)
-        identify._open_identities = open_identities
 
 
 def daemon_seconds(config: Path, url: str) -> tuple[float, dict[str, float]]:
     """CPU seconds of a running daemon's cycle when a second batch of NEW faces arrives, in all and per
     step: the process has run a cycle before (its index loaded, leftovers looked for once), as
     `facesyncd run` has; a `sync` pays those in every new process."""
-    import facesyncd.cycle as cycle
     from facesyncd import actions
     from facesyncd.app import open_app
     from facesyncd.config import load_settings
 
     spent = dict.fromkeys(STEPS, 0.0)
-    originals = {name: getattr(cycle, name) for name in STEPS}
 
     def timed(name: str, step: Callable[..., Any]) -> Callable[..., Any]:
         def run(*arguments: Any, **keywords: Any) -> Any:
@@ -180,15 +188,10 @@ def daemon_seconds(config: Path, url: str) -> tuple[float, dict[str, float]]:
     with open_app(load_settings(config)) as app:
         actions.sync(app, reconcile=False, census=False)
         add_new_faces(config, seed=13, first=NEW)
-        for name, step in originals.items():
-            setattr(cycle, name, timed(name, step))
-        try:
+        with steps_wrapped(timed):
             started = time.process_time()
             actions.sync(app, reconcile=False, census=False)
             return time.process_time() - started, spent
-        finally:
-            for name, step in originals.items():
-                setattr(cycle, name, step)
 
 
 def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str, str, str]]:
