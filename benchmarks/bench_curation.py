@@ -24,7 +24,8 @@ import numpy as np
 
 from common import API_KEY, REPO, TEST_PACK, require_shared
 
-QUALITY = json.dumps({"det_score": 0.9, "size": 0.8, "blur": 0.9, "frontality": 0.7, "symmetry": 0.8})
+# Every face's quality parts (store.faces.PART_COLUMNS, in that order)
+QUALITY = (0.9, 0.8, 0.9, 0.7, 0.8)
 
 
 def make_library(
@@ -37,6 +38,7 @@ def make_library(
     from PIL import Image
 
     from facesyncd.store import Store
+    from facesyncd.store.faces import PART_COLUMNS
 
     state = directory / "state"
     crops = state / "crops"
@@ -88,9 +90,9 @@ def make_library(
         )
         store.conn.executemany(
             "INSERT INTO faces (sha256, face_index, x1, y1, x2, y2, det_score, landmarks, embedding, crop, identity, "
-            "distance, matched_at, quality, quality_parts) VALUES (?, 0, 100, 100, 300, 300, 0.9, '[]', ?, ?, ?, 0.3, ?, "
-            "0.8, ?)",
-            ((sha, blob, crop, identity, now, QUALITY) for sha, blob, crop, identity, _ in rows),
+            f"distance, matched_at, quality, {PART_COLUMNS}) VALUES (?, 0, 100, 100, 300, 300, 0.9, '[]', ?, ?, ?, 0.3, ?, "
+            "0.8, ?, ?, ?, ?, ?)",
+            ((sha, blob, crop, identity, now, *QUALITY) for sha, blob, crop, identity, _ in rows),
         )
     store.close()
     config = directory / "config.toml"

@@ -36,6 +36,7 @@ def add_new_faces(config: Path, seed: int = 12, first: int = 0) -> None:
     to the library (5 photos each), 30% strangers. `first`: the number of the first (a second batch
     starts after the first one's)."""
     from facesyncd.store import Store
+    from facesyncd.store.faces import PART_COLUMNS
 
     state = Path(next(line for line in config.read_text().splitlines() if line.startswith("state_dir")).split('"')[1])
     store = Store(state / "facesyncd.db")
@@ -71,8 +72,8 @@ def add_new_faces(config: Path, seed: int = 12, first: int = 0) -> None:
             )
             store.execute(
                 "INSERT INTO faces (sha256, face_index, x1, y1, x2, y2, det_score, landmarks, embedding, crop, "
-                "quality, quality_parts) VALUES (?, 0, 100, 100, 300, 300, 0.9, '[]', ?, ?, 0.8, ?)",
-                (sha, vector.tobytes(), crop, QUALITY),
+                f"quality, {PART_COLUMNS}) VALUES (?, 0, 100, 100, 300, 300, 0.9, '[]', ?, ?, 0.8, ?, ?, ?, ?, ?)",
+                (sha, vector.tobytes(), crop, *QUALITY),
             )
     store.close()
 

@@ -19,17 +19,25 @@ SAME_FACE = 0.2
 
 
 def may_seed(face: StoredFace, settings: IdentitySettings) -> bool:
-    """Whether a face may open a new faceset or grow one from the pool. Blurred faces, strong
-    profiles and faces cut by the photo's edge are close to many people at once: clustered, they
-    chained strangers into one faceset (80 blurred faces of 80 people, 95 edge-cut or profile
-    bystanders in another). Such a face only joins an identity it is close to (match_distance), and
-    otherwise waits in the pool. A face without a measured part is not held to it."""
+    """Whether a face may open a new faceset or grow one from the pool (see seed_mask)."""
     quality = face.quality
-    if quality is not None and quality.blur < settings.seed_min_blur:
-        return False
-    if quality is not None and quality.frontality is not None and quality.frontality < settings.seed_min_frontality:
-        return False
-    return settings.seed_from_cut_faces or not face.cut
+    blur = np.nan if quality is None else quality.blur
+    frontality = np.nan if quality is None or quality.frontality is None else quality.frontality
+    return bool(seed_mask(np.array([blur]), np.array([frontality]), np.array([face.cut]), settings)[0])
+
+
+def seed_mask(
+    blur: NDArray[np.float64], frontality: NDArray[np.float64], cut: NDArray[np.bool_], settings: IdentitySettings
+) -> NDArray[np.bool_]:
+    """Which faces may open a new faceset or grow one from the pool, by their blur, frontality
+    (NaN: not measured) and whether the photo's edge cuts them. Blurred faces, strong profiles and
+    faces cut by the photo's edge are close to many people at once: clustered, they chained
+    strangers into one faceset (80 blurred faces of 80 people, 95 edge-cut or profile bystanders in
+    another). Such a face only joins an identity it is close to (match_distance), and otherwise
+    waits in the pool. A part not measured is not held to its rule."""
+    # (NaN compares false: an unmeasured part passes)
+    mask = ~(blur < settings.seed_min_blur) & ~(frontality < settings.seed_min_frontality)
+    return mask if settings.seed_from_cut_faces else mask & ~cut
 
 
 def assign(

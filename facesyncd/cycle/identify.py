@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..config import IdentitySettings
 from ..crashpoints import checkpoint
@@ -20,9 +21,10 @@ from ..identities import (
     merge_candidates,
     near_any,
     pool_scope,
+    seed_mask,
 )
 from ..index import FaceIndex, IndexKeeper
-from ..models import CycleReport, StoredFace
+from ..models import CycleReport, PoolArrays, StoredFace
 from ..progress import Reporter
 from ..store import Store
 from .unchanged import CLUSTER, MERGE, finished, unchanged
@@ -93,13 +95,13 @@ def open_new_facesets(parts: IdentifyParts, report: CycleReport) -> None:
 
 def _cluster_rounds(parts: IdentifyParts, report: CycleReport) -> None:
     """Cluster the pool faces in scope (see _scope), in rounds; then remember how the first round
-    split them (a crash before that leaves the new faces new: the next cycle clusters them again)."""
+    split them (a crash before that leaves the new faces new: the next cycle clusters them again).
+    The whole pool is read as arrays (Store.pool_arrays); only the faces clustered are read whole."""
     settings = parts.settings
-    everyone = parts.store.pool_faces()
-    pool = [face for face in everyone if may_seed(face, settings)]
-    scope, replaced = _scope(parts, pool)
-    if scope is not None:
-        pool = [face for face in pool if face.id in scope]
+    everyone = parts.store.pool_arrays()
+    seeds = _seeds(everyone, settings)
+    scope, replaced = _scope(parts, everyone, seeds)
+    pool = parts.store.faces_by_ids(_in_scope(everyone, seeds, scope))
     if not pool:
         return
     first_pool = pool
@@ -115,14 +117,23 @@ def _cluster_rounds(parts: IdentifyParts, report: CycleReport) -> None:
         if not clustering.more_rounds:
             break
         # Poor faces (blurred, strong profiles, cut by the edge) never open or grow a faceset: they
-        # wait in the pool, and join an identity only when close to one (see may_seed).
-        everyone = parts.store.pool_faces()
-        pool = [face for face in everyone if may_seed(face, settings)]
-        if scope is not None:
-            pool = [face for face in pool if face.id in scope]
-        if len(pool) < settings.min_faceset_faces:
+        # wait in the pool, and join an identity only when close to one (see seed_mask).
+        everyone = parts.store.pool_arrays()
+        in_scope = _in_scope(everyone, _seeds(everyone, settings), scope)
+        if len(in_scope) < settings.min_faceset_faces:
             break
+        pool = parts.store.faces_by_ids(in_scope)
     _remember_groups(parts, first_pool, groups, replaced, everything=scope is None)
+
+
+def _seeds(pool: PoolArrays, settings: IdentitySettings) -> NDArray[np.bool_]:
+    return seed_mask(pool.blur, pool.frontality, pool.cut, settings)
+
+
+def _in_scope(pool: PoolArrays, seeds: NDArray[np.bool_], scope: set[int] | None) -> list[int]:
+    """The ids of the pool faces that may seed, of those in `scope` (None: all)."""
+    ids = pool.ids[seeds].tolist()
+    return ids if scope is None else [face for face in ids if face in scope]
 
 
 def cluster_faces(faces: list[StoredFace], settings: IdentitySettings, fresh: np.ndarray | None = None) -> Clustering:
@@ -141,21 +152,23 @@ def cluster_faces(faces: list[StoredFace], settings: IdentitySettings, fresh: np
 _GROUPS_CUT = "pool_groups_cut"
 
 
-def _scope(parts: IdentifyParts, pool: list[StoredFace]) -> tuple[set[int] | None, set[int]]:
-    """The pool faces this cycle clusters: those in groups new faces reach or that changed since
-    the last clustering (identities.pool_scope); None: all of them. With the remembered groups
-    this clustering replaces: those of the faces it clusters, and those no face of the pool is in
-    any longer (their faces opened a faceset, say)."""
-    members, sizes = parts.store.pool_groups()
-    if not pool or not members or parts.store.get_meta(_GROUPS_CUT) != repr(parts.settings.cluster_distance):
+def _scope(parts: IdentifyParts, pool: PoolArrays, seeds: NDArray[np.bool_]) -> tuple[set[int] | None, set[int]]:
+    """The pool faces this cycle clusters, of those that may seed: those in groups new faces reach
+    or that changed since the last clustering (identities.pool_scope); None: all of them. With the
+    remembered groups this clustering replaces: those of the faces it clusters, and those no face
+    of the pool is in any longer (their faces opened a faceset, say)."""
+    if not seeds.any():
         return None, set()
-    group_of = np.array([members.get(face.id, -1) for face in pool], np.int64)
-    rows = pool_scope(np.stack([face.embedding for face in pool]), group_of, sizes, parts.settings.cluster_distance)
+    sizes = parts.store.pool_group_sizes()
+    if not sizes or parts.store.get_meta(_GROUPS_CUT) != repr(parts.settings.cluster_distance):
+        return None, set()
+    group_of = pool.group[seeds]
+    rows = pool_scope(pool.embeddings[seeds], group_of, sizes, parts.settings.cluster_distance)
     if rows is None:
         return None, set()
-    log.debug("clustering %d of the pool's %d faces (the groups new faces reach)", int(rows.sum()), len(pool))
+    log.debug("clustering %d of the pool's %d faces (the groups new faces reach)", int(rows.sum()), len(group_of))
     replaced = (set(sizes) - set(group_of.tolist())) | set(group_of[rows].tolist())
-    return {face.id for face, chosen in zip(pool, rows, strict=True) if chosen}, replaced - {-1}
+    return set(pool.ids[seeds][rows].tolist()), replaced - {-1}
 
 
 def _remember_groups(
@@ -176,7 +189,7 @@ def _open_identities(
     pool: list[StoredFace],
     clusters: list[Cluster],
     report: CycleReport,
-    everyone: list[StoredFace],
+    everyone: PoolArrays,
 ) -> None:
     """Open an identity per cluster of `pool`; then match to them the faces of `everyone` (the
     whole pool, poor faces included, as read before) within their reach."""
@@ -195,9 +208,8 @@ def _open_identities(
     # average), not the whole pool again (40,000 queries for 20 new facesets cost 11 CPU-s).
     opened = np.stack([pool[row].embedding for cluster in clusters for row in cluster.rows])
     reach = max(parts.settings.match_distance, parts.settings.cluster_distance)
-    left = [face for face in everyone if face.id not in joined]
-    near = near_any(np.stack([face.embedding for face in left]), opened, reach) if left else np.zeros(0, bool)
-    remaining = [face for face, close in zip(left, near, strict=True) if close]
+    near = near_any(everyone.embeddings, opened, reach) & ~np.isin(everyone.ids, np.fromiter(joined, np.int64))
+    remaining = parts.store.faces_by_ids(everyone.ids[near].tolist())
     matches = _match(parts, remaining, index)
     if matches:
         parts.store.record_matches(matches, [])

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
 from ..models import (
+    QUALITY_WEIGHTS,
     AssetState,
     Box,
     DecodeSource,
@@ -16,6 +17,7 @@ from ..models import (
     ExportFace,
     ImportClaim,
     ImportProvenance,
+    PoolArrays,
     Quality,
     StoredFace,
     UnmeasuredFace,
@@ -51,6 +53,19 @@ LIVE_FACE = (
 LIVE_FACES = (
     f"f.sha256 NOT IN (SELECT t.sha256 FROM assets t WHERE t.state IN ({_KEPT}) AND {_not_kept_by_another('t.sha256')})"
 )
+
+# A face's quality parts, a column each (migrations/0018), in the order of Quality's fields.
+_PARTS = tuple(f"q_{part}" for part in QUALITY_WEIGHTS)
+PART_COLUMNS = ", ".join(_PARTS)
+
+
+def _parts_of(alias: str) -> str:
+    return ", ".join(f"{alias}.{column}" for column in _PARTS)
+
+
+# SQL: the face f (its photo b joined) is "cut": it touches its photo's edge (a bystander half out of
+# the frame); an imported crop fills its image by design and is not.
+_CUT = "b.decoded_from != 'import' AND (f.x1 <= 1 OR f.y1 <= 1 OR f.x2 >= b.width - 1 OR f.y2 >= b.height - 1) AS cut"
 
 # A face compared with every identity and in none, that clustering may open a faceset from.
 POOL = f"f.identity IS NULL AND f.matched_at IS NOT NULL AND f.held IS NULL AND {LIVE_FACES}"
@@ -150,7 +165,7 @@ class FaceQueries(Database):
         for face_index, (face, crop, quality) in enumerate(zip(faces, crops, qualities, strict=True)):
             self.execute(
                 "INSERT INTO faces (sha256, face_index, x1, y1, x2, y2, det_score, landmarks, embedding, crop, "
-                "quality, quality_parts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"quality, {PART_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     sha256,
                     face_index,
@@ -184,27 +199,23 @@ class FaceQueries(Database):
         with self.transaction():
             for face_id, quality in qualities.items():
                 self.execute(
-                    "UPDATE faces SET quality = ?, quality_parts = ? WHERE id = ?",
+                    f"UPDATE faces SET quality = ?, {', '.join(f'{column} = ?' for column in _PARTS)} WHERE id = ?",
                     (*_quality_columns(quality), face_id),
                 )
 
     def _faces(self, where: str, parameters: Sequence[Any] = ()) -> list[StoredFace]:
         import numpy as np
 
-        # A face "cut" touches its photo's edge (a bystander half out of the frame); an imported crop
-        # fills its image by design and is not.
         rows = self.tuples(
             f"""
-            SELECT f.id, f.sha256, f.embedding, f.identity, f.quality_parts,
-                   b.decoded_from != 'import' AND (f.x1 <= 1 OR f.y1 <= 1 OR f.x2 >= b.width - 1
-                                                   OR f.y2 >= b.height - 1) AS cut
+            SELECT f.id, f.sha256, f.embedding, f.identity, {_parts_of("f")}, {_CUT}
             FROM faces f LEFT JOIN blobs b ON b.sha256 = f.sha256 WHERE {where} ORDER BY f.id
             """,
             parameters,
         )
         return [
             StoredFace(face_id, sha256, np.frombuffer(blob, dtype=np.float32), identity, _quality(parts), bool(cut))
-            for face_id, sha256, blob, identity, parts, cut in rows
+            for face_id, sha256, blob, identity, *parts, cut in rows
         ]
 
     def unmatched_new_faces(self) -> list[StoredFace]:
@@ -214,11 +225,42 @@ class FaceQueries(Database):
         """The faces clustering may open facesets from: in no identity, and not only in the trash."""
         return self._faces(POOL)
 
-    def pool_groups(self) -> tuple[dict[int, int], dict[int, int]]:
-        """The pool as the last clustering split it (migrations/0016): face id -> group, and each
-        group's size then."""
-        members = dict(self.tuples("SELECT face_id, grp FROM pool_members"))
-        return members, dict(self.tuples("SELECT grp, faces FROM pool_groups"))
+    def pool_arrays(self) -> PoolArrays:
+        """pool_faces as arrays (see PoolArrays). A face's blur and frontality are NaN where its
+        quality was not measured (the parts are written all together: _quality_columns)."""
+        import numpy as np
+
+        rows = self.tuples(
+            f"SELECT f.id, f.embedding, f.q_blur, f.q_frontality, {_CUT}, COALESCE(m.grp, -1) "
+            "FROM faces f LEFT JOIN blobs b ON b.sha256 = f.sha256 LEFT JOIN pool_members m ON m.face_id = f.id "
+            f"WHERE {POOL} ORDER BY f.id"
+        )
+        if not rows:
+            none = np.zeros(0, np.int64)
+            return PoolArrays(none, np.zeros((0, 0), np.float32), np.zeros(0), np.zeros(0), np.zeros(0, bool), none)
+        ids, blobs, blur, frontality, cut, group = zip(*rows, strict=True)
+        # One buffer for every embedding: no array per face (the rows are all one length: one model).
+        embeddings = np.frombuffer(b"".join(blobs), np.float32).reshape(len(rows), -1)
+        return PoolArrays(
+            np.array(ids, np.int64),
+            embeddings,
+            np.array(blur, np.float64),  # (None becomes NaN)
+            np.array(frontality, np.float64),
+            np.array(cut, bool),
+            np.array(group, np.int64),
+        )
+
+    def faces_by_ids(self, ids: Sequence[int]) -> list[StoredFace]:
+        """These faces (those still there), by id."""
+        found: list[StoredFace] = []
+        for chunk, marks in self.id_chunks(sorted(ids)):
+            found.extend(self._faces(f"f.id IN ({marks})", chunk))
+        return found
+
+    def pool_group_sizes(self) -> dict[int, int]:
+        """How many faces each group of the pool had when the last clustering made it
+        (migrations/0016; a face's group: PoolArrays.group)."""
+        return dict(self.tuples("SELECT grp, faces FROM pool_groups"))
 
     def replace_pool_groups(self, groups: dict[int, list[int]], replaced: Collection[int], *, everything: bool) -> None:
         """Groups (lowest face id -> its faces) made by a clustering, in place of the `replaced`
@@ -543,11 +585,11 @@ class FaceQueries(Database):
         rows = self.tuples(
             f"""
             SELECT f.face_id, f.sha256, f.identity, f.crop, f.x1, f.y1, f.x2, f.y2, f.det_score, f.distance,
-                   f.quality_parts, f.subset,
+                   {_parts_of("f")}, f.subset,
                    a.source, a.asset_id, a.owner_id, a.file_created_at, a.original_file_name
             FROM (
                 SELECT f.id AS face_id, f.sha256, f.identity, f.crop, f.x1, f.y1, f.x2, f.y2, f.det_score,
-                       f.distance, f.quality_parts, f.subset,
+                       f.distance, {_parts_of("f")}, f.subset,
                        (SELECT a.rowid FROM assets a WHERE a.sha256 = f.sha256 AND a.state = :done
                         ORDER BY a.source, a.asset_id LIMIT 1) AS representative
                 FROM faces f WHERE f.identity IS NOT NULL {among} AND {LIVE_FACES}
@@ -559,8 +601,8 @@ class FaceQueries(Database):
         )
         result: dict[int, list[ExportFace]] = {}
         for row in rows:
-            face_id, sha256, identity, crop, x1, y1, x2, y2, det_score, distance, parts, *rest = row
-            subset, source, asset_id, owner, taken, file_name = rest
+            face_id, sha256, identity, crop, x1, y1, x2, y2, det_score, distance, *rest = row
+            parts, (subset, source, asset_id, owner, taken, file_name) = rest[:5], rest[5:]
             result.setdefault(identity, []).append(
                 ExportFace(
                     face_id=face_id,
@@ -630,19 +672,16 @@ def _box(values: Sequence[Any]) -> Box:
     return x1, y1, x2, y2
 
 
-def _quality_columns(quality: Quality | None) -> tuple[float | None, str | None]:
+def _quality_columns(quality: Quality | None) -> tuple[float | None, ...]:
+    """The composite and the parts (PART_COLUMNS) as stored."""
     if quality is None:
-        return None, None
-    return round(quality.composite, 6), json.dumps(quality.parts())
+        return (None,) * (1 + len(_PARTS))
+    return round(quality.composite, 6), *quality.parts().values()
 
 
-def _quality(parts: str | None) -> Quality | None:
-    """A face's quality from its stored parts; None where they are missing or not what parts() wrote.
-    (Reading them out with SQLite's json_extract instead measured no cheaper over 100,000 pooled
-    faces: SQLite parses the text once per part.)"""
-    if not parts:
+def _quality(parts: Sequence[float | None]) -> Quality | None:
+    """A face's quality from its stored parts (PART_COLUMNS); None where it was never measured."""
+    det_score, size, blur, frontality, symmetry = parts
+    if det_score is None or size is None or blur is None:
         return None
-    try:
-        return Quality.from_parts(json.loads(parts))
-    except (ValueError, TypeError, KeyError):
-        return None
+    return Quality(det_score, size, blur, frontality, symmetry)

@@ -120,8 +120,8 @@ def test_a_sync_through_the_service_builds_the_facesets_the_local_engine_builds(
     assert grouping(through_ml) == grouping(local)
     assert through_ml.sql("SELECT value FROM meta WHERE key = 'model'") == [("immich-ml:buffalo_l",)]
     assert through_ml.sql("SELECT value FROM meta WHERE key = 'embedding_dim'") == [("128",)]
-    parts = json.loads(through_ml.sql("SELECT quality_parts FROM faces LIMIT 1")[0][0])
-    assert parts["frontality"] is None and parts["blur"] is not None
+    [(frontality, blur)] = through_ml.sql("SELECT q_frontality, q_blur FROM faces LIMIT 1")
+    assert frontality is None and blur is not None
     status = json.loads(through_ml.cli("status", "--json"))
     assert status["assets"]["failed"] == 0
     assert "model:      immich-ml:buffalo_l, 128-d embeddings" in through_ml.cli("status")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import sqlite3
 from contextlib import closing
 from dataclasses import replace
@@ -433,7 +432,7 @@ def test_blurred_faces_open_no_faceset_and_join_one_only_when_close(fake: FakeIm
         blurred.append(fake.add_asset("alice", bytes(jpeg.tobytes()), f"blurred_{path.name}"))
     actions.sync(app)
     with sqlite3.connect(app.settings.database_path) as connection:
-        blur = [json.loads(parts)["blur"] for (parts,) in connection.execute("SELECT quality_parts FROM faces")]
+        blur = [blur for (blur,) in connection.execute("SELECT q_blur FROM faces")]
     assert blur and max(blur) < app.settings.identities.seed_min_blur, blur  # the photos are blurred enough
     assert app.store.export_faces() == {}, "blurred faces opened a faceset"
     assert len(app.store.pool_faces()) == len(blur), "they wait in the pool"

@@ -218,7 +218,10 @@ def test_faces_stored_before_qualities_get_theirs_from_their_crops(fake: FakeImm
     database = tmp_path / "state" / "facesyncd.db"
     with sqlite3.connect(database) as connection:
         fresh = dict(connection.execute("SELECT id, quality FROM faces WHERE identity IS NOT NULL"))
-        connection.execute("UPDATE faces SET quality = NULL, quality_parts = NULL")
+        connection.execute(
+            "UPDATE faces SET quality = NULL, q_det_score = NULL, q_size = NULL, q_blur = NULL, q_frontality = NULL, "
+            "q_symmetry = NULL"
+        )
     fake.add_file("alice", PHOTOS / "edge" / "obama_partial_face.jpg")
     assert run_cli("--config", str(config), "sync").returncode == 0
     with sqlite3.connect(database) as connection:

@@ -390,9 +390,9 @@ def test_a_pool_clustered_where_it_changed_opens_the_facesets_a_whole_clustering
         stepwise.store.record_matches({}, _add(stepwise, unit(rng.normal(size=(3, 128))), round))
         open_new_facesets(stepwise.identify_parts(), CycleReport())
     assert sizes == [3]
-    group_of, groups = stepwise.store.pool_groups()
-    in_pool = {group_of.get(face.id) for face in stepwise.store.pool_faces()}
-    assert set(groups) <= in_pool  # the groups whose faces all opened facesets are forgotten
+    groups = stepwise.store.pool_group_sizes()
+    in_pool = set(stepwise.store.pool_arrays().group.tolist())
+    assert groups and set(groups) <= in_pool  # the groups whose faces all opened facesets are forgotten
 
     whole = _app(tmp_path / "whole")
     whole.store.record_matches({}, _add(whole, first, "first"))

@@ -292,20 +292,110 @@ def test_a_reader_of_a_database_from_an_earlier_version_is_told_how_to_upgrade_i
     assert Store(path, readonly=True).status()["assets"] is not None
 
 
-def test_a_faces_quality_reads_back_as_written_and_garbled_parts_as_none(store: Store) -> None:
+def test_a_faces_quality_reads_back_as_written_and_a_part_that_is_no_number_is_refused(store: Store) -> None:
     from facesyncd.models import Quality
 
     measured = Quality(det_score=0.91, size=0.5, blur=0.25, frontality=0.75, symmetry=0.5)
     unmeasured = Quality(det_score=0.8, size=0.4, blur=0.3, frontality=None, symmetry=None)
     store.record_listed("alice", [asset("a")])
-    photo_done(store, "a", [face(1), face(2), face(3), face(4)], [measured, unmeasured, measured, measured])
+    photo_done(store, "a", [face(1), face(2), face(3)], [measured, unmeasured, None])
     ids = [f.id for f in store.unmatched_new_faces()]
-    store.execute("UPDATE faces SET quality_parts = '{\"det_score\": 0.9, oops' WHERE id = ?", (ids[2],))
-    store.execute('UPDATE faces SET quality_parts = \'{"det_score": "high"}\' WHERE id = ?', (ids[3],))
-    expected = [measured, unmeasured, None, None]
+    expected = [measured, unmeasured, None]
     assert [f.quality for f in store.unmatched_new_faces()] == expected
     store.create_identity(dict.fromkeys(ids, 0.1))
     assert [f.quality for f in store.export_faces()[1]] == expected
+    with pytest.raises(StoreError, match="CHECK constraint failed: q_blur"):
+        store.execute("UPDATE faces SET q_blur = 'high' WHERE id = ?", (ids[0],))
+    assert [f.quality for f in store.export_faces()[1]] == expected
+
+
+def test_the_pool_as_arrays_is_the_pool_read_face_by_face(store: Store) -> None:
+    """What clustering reads of every pool face (Store.pool_arrays) says what the faces read whole
+    say: ids, embeddings, blur and frontality (NaN: not measured), cut by the edge; and which
+    faces may seed a faceset, by either."""
+    from facesyncd.config import IdentitySettings
+    from facesyncd.identities import may_seed, seed_mask
+    from facesyncd.models import Quality
+
+    inside = DetectedFace((2, 2, 8, 8), 0.9, ((1, 1),) * 5, face(9).embedding)
+    qualities = [
+        Quality(det_score=0.9, size=0.5, blur=0.9, frontality=0.8, symmetry=0.5),
+        Quality(det_score=0.9, size=0.5, blur=0.1, frontality=0.8, symmetry=0.5),
+        Quality(det_score=0.9, size=0.5, blur=0.9, frontality=None, symmetry=None),
+        None,
+        Quality(det_score=0.9, size=0.5, blur=0.9, frontality=0.05, symmetry=0.5),
+    ]
+    store.record_listed("alice", [asset("a")])
+    photo_done(store, "a", [inside, face(1), inside, face(2), inside], qualities)
+    store.record_matches({}, [f.id for f in store.unmatched_new_faces()])
+    whole = store.pool_faces()
+    arrays = store.pool_arrays()
+    assert arrays.ids.tolist() == [f.id for f in whole]
+    assert np.array_equal(arrays.embeddings, np.stack([f.embedding for f in whole]))
+    assert arrays.cut.tolist() == [f.cut for f in whole] == [False, True, False, True, False]
+    assert np.array_equal(arrays.blur, [0.9, 0.1, 0.9, np.nan, 0.9], equal_nan=True)
+    assert np.array_equal(arrays.frontality, [0.8, 0.8, np.nan, np.nan, 0.05], equal_nan=True)
+    assert arrays.group.tolist() == [-1] * 5, "no clustering grouped them yet"
+    for settings in (IdentitySettings(), IdentitySettings(seed_from_cut_faces=True)):
+        mask = seed_mask(arrays.blur, arrays.frontality, arrays.cut, settings)
+        assert mask.tolist() == [may_seed(f, settings) for f in whole]
+    assert mask.tolist() == [True, False, True, True, False]
+    assert [f.id for f in store.faces_by_ids(arrays.ids[::-2].tolist())] == arrays.ids[::2].tolist()
+
+
+def test_version_18_moves_each_faces_quality_parts_into_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0018 reads the JSON text each face's parts were kept in: parts as facesyncd wrote them (a
+    frontality not measured included) become numbers; text that is not what it wrote (not JSON, a
+    part missing or not a number), or none, becomes no quality, as it was read before."""
+    import json
+
+    import facesyncd.store.database as database
+
+    older = tmp_path / "migrations-17"
+    older.mkdir()
+    for migration in migrations():
+        if migration.version <= 17:
+            (older / f"{migration.name}.sql").write_text(migration.script)
+    monkeypatch.setattr(database, "MIGRATIONS_DIR", older)
+    path = tmp_path / "facesyncd.db"
+    before = Store(path)
+    written = [
+        {"det_score": 0.91, "size": 0.5, "blur": 0.25, "frontality": 0.75, "symmetry": 0.5},
+        {"det_score": 1, "size": 0.4, "blur": 0.3, "frontality": None, "symmetry": None},
+        '{"det_score": 0.9, oops',
+        {"det_score": "high", "size": 0.5, "blur": 0.25, "frontality": 0.75, "symmetry": 0.5},
+        {"det_score": 0.9, "size": 0.5, "frontality": 0.75, "symmetry": 0.5},
+        [0.9, 0.5],
+        None,
+    ]
+    with before.transaction():
+        before.execute(
+            "INSERT INTO blobs (sha256, size, decoded_from, model, embedded_at) "
+            "VALUES ('sha-a', 1, 'original', 'm', 'x')"
+        )
+        for index, parts in enumerate(written):
+            text = parts if isinstance(parts, str) or parts is None else json.dumps(parts)
+            before.execute(
+                "INSERT INTO faces (sha256, face_index, x1, y1, x2, y2, det_score, landmarks, embedding, crop, "
+                "quality, quality_parts) VALUES ('sha-a', ?, 0, 0, 10, 10, 0.9, '[]', x'00', 'c.jpg', 0.5, ?)",
+                (index, text),
+            )
+    before.close()
+    monkeypatch.setattr(database, "MIGRATIONS_DIR", None)
+    after = Store(path)
+    assert after.schema_version() >= 18
+    assert "quality_parts" not in {row[1] for row in after.conn.execute("PRAGMA table_info(faces)")}
+    rows = after.tuples(
+        "SELECT q_det_score, q_size, q_blur, q_frontality, q_symmetry, quality FROM faces ORDER BY face_index"
+    )
+    assert rows == [
+        (0.91, 0.5, 0.25, 0.75, 0.5, 0.5),
+        (1.0, 0.4, 0.3, None, None, 0.5),
+        *[(None, None, None, None, None, 0.5)] * 5,
+    ]
+    after.close()
 
 
 def test_identities_in_one_photo_are_found_among_those_asked_about(store: Store) -> None:
