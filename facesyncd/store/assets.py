@@ -193,10 +193,12 @@ class AssetQueries(FaceQueries):
 
     def assets_to_process(self, source: str, now: str) -> list[AssetRow]:
         """Pending assets, and failed ones whose retry time has come, in listing order."""
+        # Two look-ups of assets_by_source_state (an OR of the two states read every asset of the source).
         rows = self.rows(
-            f"SELECT {ASSET_COLUMNS} FROM assets WHERE source = ? AND (state = ? OR (state = ? AND "
-            "(next_attempt_at IS NULL OR next_attempt_at <= ?))) ORDER BY file_created_at, asset_id",
-            (source, AssetState.PENDING, AssetState.FAILED, now),
+            f"SELECT {ASSET_COLUMNS} FROM (SELECT * FROM assets WHERE source = ? AND state = ? UNION ALL "
+            "SELECT * FROM assets WHERE source = ? AND state = ? "
+            "AND (next_attempt_at IS NULL OR next_attempt_at <= ?)) ORDER BY file_created_at, asset_id",
+            (source, AssetState.PENDING, source, AssetState.FAILED, now),
         )
         return [_asset_row(row) for row in rows]
 

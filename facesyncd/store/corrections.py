@@ -269,29 +269,34 @@ class CorrectionQueries(FaceQueries):
         self.execute("UPDATE identities SET name = ?, name_origin = ? WHERE number = ?", (name, origin, number))
 
     def name_votes(self) -> dict[int, tuple[int, dict[str, int]]]:
-        """For each live identity that may take a name from Immich (none given in facesyncd): its live
-        faces, and per name of an Immich person, how many of its faces' photos show that person."""
+        """For each live identity that may take a name from Immich (none given in facesyncd) and whose
+        faces' photos show a person Immich names: its live faces, and per name, how many of its faces'
+        photos show that person."""
         open_to_names = (
             "i.merged_into IS NULL AND i.forgotten_at IS NULL "
             "AND (i.name_origin = 'immich' OR (i.name IS NULL AND i.name_origin IS NULL))"
         )
-        votes: dict[int, tuple[int, dict[str, int]]] = {}
-        for number, faces in self.tuples(
-            f"SELECT f.identity, COUNT(*) FROM faces f JOIN identities i ON i.number = f.identity "
-            f"WHERE {open_to_names} AND {LIVE_FACES} GROUP BY f.identity"
-        ):
-            votes[number] = (faces, {})
+        # From the photos Immich names people in (CROSS JOIN keeps that order): SQLite's planner went
+        # from every done asset instead, 0.57 CPU-s at 500,000 with no person named in any.
+        named: dict[int, dict[str, int]] = {}
         for number, name, count in self.tuples(
             f"""
-            SELECT f.identity, p.name, COUNT(DISTINCT f.id) FROM faces f
+            SELECT f.identity, p.name, COUNT(DISTINCT f.id) FROM asset_people p
+            CROSS JOIN assets a ON a.source = p.source AND a.asset_id = p.asset_id AND a.state = '{AssetState.DONE}'
+            JOIN faces f ON f.sha256 = a.sha256
             JOIN identities i ON i.number = f.identity
-            JOIN assets a ON a.sha256 = f.sha256 AND a.state = '{AssetState.DONE}'
-            JOIN asset_people p ON p.source = a.source AND p.asset_id = a.asset_id
             WHERE {open_to_names} GROUP BY f.identity, p.name
             """
         ):
-            if number in votes:
-                votes[number][1][name] = count
+            named.setdefault(number, {})[name] = count
+        votes: dict[int, tuple[int, dict[str, int]]] = {}
+        for chunk, marks in self.id_chunks(sorted(named)):  # the faces of those identities only
+            for number, faces in self.tuples(
+                f"SELECT f.identity, COUNT(*) FROM faces f WHERE f.identity IN ({marks}) AND {LIVE_FACES} "
+                "GROUP BY f.identity",
+                chunk,
+            ):
+                votes[number] = (faces, named[number])
         return votes
 
     def save_centres(self, centres: dict[int, NDArray[np.float32]], counts: dict[int, int]) -> None:

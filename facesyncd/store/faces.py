@@ -203,13 +203,16 @@ class FaceQueries(Database):
                     (*_quality_columns(quality), face_id),
                 )
 
-    def _faces(self, where: str, parameters: Sequence[Any] = ()) -> list[StoredFace]:
+    def _faces(self, where: str, parameters: Sequence[Any] = (), *, index: str | None = None) -> list[StoredFace]:
+        """The faces `where` picks, by id; `index`: the one to read them through (SQLite's planner
+        takes faces_by_identity for "identity IS NULL" without it, and reads the whole pool)."""
         import numpy as np
 
         rows = self.tuples(
             f"""
             SELECT f.id, f.sha256, f.embedding, f.identity, {_parts_of("f")}, {_CUT}
-            FROM faces f LEFT JOIN blobs b ON b.sha256 = f.sha256 WHERE {where} ORDER BY f.id
+            FROM faces f {f"INDEXED BY {index}" if index else ""} LEFT JOIN blobs b ON b.sha256 = f.sha256
+            WHERE {where} ORDER BY f.id
             """,
             parameters,
         )
@@ -219,7 +222,7 @@ class FaceQueries(Database):
         ]
 
     def unmatched_new_faces(self) -> list[StoredFace]:
-        return self._faces("identity IS NULL AND matched_at IS NULL AND held IS NULL")
+        return self._faces("identity IS NULL AND matched_at IS NULL AND held IS NULL", index="faces_new")
 
     def pool_faces(self) -> list[StoredFace]:
         """The faces clustering may open facesets from: in no identity, and not only in the trash."""
