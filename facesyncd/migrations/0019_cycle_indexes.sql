@@ -14,10 +14,3 @@ CREATE INDEX faces_new ON faces(id) WHERE identity IS NULL AND matched_at IS NUL
 -- A source's assets by state: those to process (pending, failed ones due again), and the count of
 -- those Immich still lists (read from the index alone).
 CREATE INDEX assets_by_source_state ON assets(source, state, reason);
-
--- The asset that stands for a photo in its faceset folder (the lowest source and asset id among its
--- done ones), found for every face an export writes: read from the index in that order, where the
--- index of sha256 alone left each face's assets to be sorted (a quarter of export_faces at 500,000).
--- It leads with sha256, so it serves every look-up assets_by_sha256 did.
-CREATE INDEX assets_by_photo ON assets(sha256, state, source, asset_id);
-DROP INDEX assets_by_sha256;

@@ -265,7 +265,7 @@ def test_version_10_keeps_every_asset_and_adds_the_withheld_state(
     moved = after.conn.execute(f"SELECT {', '.join(columns)} FROM assets ORDER BY asset_id").fetchall()
     assert [tuple(row) for row in moved] == [tuple(row) for row in rows]
     indexes = {row[1] for row in after.conn.execute("PRAGMA index_list(assets)")}
-    assert {"assets_by_state", "assets_by_photo", "assets_by_checksum"} <= indexes  # (0019: by_sha256 -> by_photo)
+    assert {"assets_by_state", "assets_by_sha256", "assets_by_checksum"} <= indexes
     after.conn.execute("UPDATE assets SET state = 'withheld' WHERE asset_id = 'a1'")
     assert after.census_offset("alice") is None and after.census_due("alice", 900)
     after.close()
@@ -346,8 +346,7 @@ def test_the_pool_as_arrays_is_the_pool_read_face_by_face(store: Store) -> None:
 def test_what_each_cycle_asks_is_read_through_an_index_of_it_not_among_every_face(store: Store) -> None:
     """The faces set aside, the new faces, the assets to process and the photos that show a person
     Immich names are each found through an index of just those: among every face or asset, each
-    cost 0.1-0.6 CPU-s per cycle at 500,000 (issue 24). The asset that stands for each exported
-    face's photo is read from an index in the order that chooses it. Checked on SQLite's plans of the statements
+    cost 0.1-0.6 CPU-s per cycle at 500,000 (issue 24). Checked on SQLite's plans of the statements
     the store runs (a plan depends on the schema, not on how many rows there are)."""
     store.record_listed("alice", [asset("a"), asset("b")])
     photo_done(store, "a", [face(1), face(2)])
@@ -358,7 +357,6 @@ def test_what_each_cycle_asks_is_read_through_an_index_of_it_not_among_every_fac
         store.unmatched_new_faces()
         store.assets_to_process("alice", "2030-01-01T00:00:00.000Z")
         store.name_votes()
-        store.export_faces()
     finally:
         store.conn.set_trace_callback(None)
     plans = {
@@ -367,12 +365,7 @@ def test_what_each_cycle_asks_is_read_through_an_index_of_it_not_among_every_fac
         if sql.lstrip().upper().startswith("SELECT")
     }
     used = " ".join(line for plan in plans.values() for line in plan)
-    for index in (
-        "faces_held",
-        "faces_new",
-        "assets_by_source_state (source=? AND state=?)",
-        "COVERING INDEX assets_by_photo (sha256=? AND state=?)",
-    ):
+    for index in ("faces_held", "faces_new", "assets_by_source_state (source=? AND state=?)"):
         assert index in used, (index, plans)
     for sql, plan in plans.items():
         assert not [line for line in plan if line in ("SCAN faces", "SCAN f", "SCAN assets", "SCAN a")], (sql, plan)
