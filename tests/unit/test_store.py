@@ -59,6 +59,19 @@ def photo_done(store: Store, asset_id: str, faces: list[DetectedFace], qualities
         store.mark_done("alice", asset_id, f"sha-{asset_id}", None)
 
 
+def migrations_up_to(version: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Until MIGRATIONS_DIR is set back to None: the migrations of a facesyncd whose schema ends at
+    `version` (a database made then is one an older facesyncd made)."""
+    import facesyncd.store.database as database
+
+    older = tmp_path / f"migrations-{version}"
+    older.mkdir()
+    for migration in migrations():
+        if migration.version <= version:
+            (older / f"{migration.name}.sql").write_text(migration.script)
+    monkeypatch.setattr(database, "MIGRATIONS_DIR", older)
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
     opened = Store(tmp_path / "state" / "facesyncd.db")
@@ -238,12 +251,7 @@ def test_version_10_keeps_every_asset_and_adds_the_withheld_state(
     indexes are there again, and a partner's photo can now be withheld."""
     import facesyncd.store.database as database
 
-    older = tmp_path / "migrations-9"
-    older.mkdir()
-    for migration in migrations():
-        if migration.version < 10:
-            (older / f"{migration.name}.sql").write_text(migration.script)
-    monkeypatch.setattr(database, "MIGRATIONS_DIR", older)
+    migrations_up_to(9, tmp_path, monkeypatch)
     path = tmp_path / "facesyncd.db"
     before = Store(path)
     before.ensure_source("alice", "http://immich")
@@ -277,12 +285,7 @@ def test_a_reader_of_a_database_from_an_earlier_version_is_told_how_to_upgrade_i
     """`status` (a read-only reader) met "no such column: census_at" after an upgrade, before any sync."""
     import facesyncd.store.database as database
 
-    older = tmp_path / "migrations-9"
-    older.mkdir()
-    for migration in migrations():
-        if migration.version <= 9:
-            (older / f"{migration.name}.sql").write_text(migration.script)
-    monkeypatch.setattr(database, "MIGRATIONS_DIR", older)
+    migrations_up_to(9, tmp_path, monkeypatch)
     path = tmp_path / "facesyncd.db"
     Store(path).close()
     monkeypatch.setattr(database, "MIGRATIONS_DIR", None)
@@ -383,12 +386,7 @@ def test_version_18_moves_each_faces_quality_parts_into_columns(
 
     import facesyncd.store.database as database
 
-    older = tmp_path / "migrations-17"
-    older.mkdir()
-    for migration in migrations():
-        if migration.version <= 17:
-            (older / f"{migration.name}.sql").write_text(migration.script)
-    monkeypatch.setattr(database, "MIGRATIONS_DIR", older)
+    migrations_up_to(17, tmp_path, monkeypatch)
     path = tmp_path / "facesyncd.db"
     before = Store(path)
     written = [
