@@ -599,18 +599,19 @@ def _same_file(folder: _Folder, device: int, name: str, source: Path | bytes) ->
     target = os.path.join(folder.path, name)
     inode = folder.inodes.get(name)
     try:
-        if isinstance(source, Path) and inode is not None:
-            origin = os.stat(source)
-            if (inode, device) == (origin.st_ino, origin.st_dev):
-                return True
-        status = os.lstat(target)
-        if not stat.S_ISREG(status.st_mode):
-            return False
         if isinstance(source, bytes):
+            status = os.lstat(target)
+            if not stat.S_ISREG(status.st_mode):
+                return False
             with open(target, "rb") as held:
                 return status.st_size == len(source) and held.read() == source
-        origin = os.stat(source)
+        origin = os.stat(source)  # once: the listing's inode first, then the target's own stat
+        if inode is not None and (inode, device) == (origin.st_ino, origin.st_dev):
+            return True
+        status = os.lstat(target)
     except OSError:
+        return False
+    if not stat.S_ISREG(status.st_mode):
         return False
     if (status.st_ino, status.st_dev) == (origin.st_ino, origin.st_dev):
         return True

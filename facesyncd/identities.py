@@ -81,17 +81,6 @@ def assign(
     return result
 
 
-def merges(
-    centres: Mapping[int, NDArray[np.float32]], together: set[frozenset[int]], max_distance: float
-) -> list[tuple[int, int]]:
-    """Identities that are one person: (retired, kept) pairs, the higher number going into the lower.
-
-    Two identities merge when their centres are within `max_distance` and no photo holds a face of
-    each (two faces in one photo are two people). Closest pairs first; an identity takes part in one
-    merge per call (the next cycle sees the merged centre)."""
-    return choose_merges(merge_candidates(centres, max_distance), together)
-
-
 def merge_candidates(centres: Mapping[int, NDArray[np.float32]], max_distance: float) -> list[tuple[int, int]]:
     """(kept, retired) pairs of identities whose centres lie within `max_distance`, closest first:
     the only pairs whose photos need looking at."""
@@ -106,8 +95,10 @@ def merge_candidates(centres: Mapping[int, NDArray[np.float32]], max_distance: f
 
 
 def choose_merges(candidates: Sequence[tuple[int, int]], together: set[frozenset[int]]) -> list[tuple[int, int]]:
-    """(retired, kept) pairs from merge_candidates' pairs, none of two identities in one photo, each
-    identity in one pair at most."""
+    """Identities that are one person: (retired, kept) pairs from merge_candidates' pairs, the higher
+    number going into the lower. None of two identities seen in one photo (`together`: two faces in
+    one photo are two people); closest pairs first, an identity in one merge per call (the next cycle
+    sees the merged centre)."""
     done: set[int] = set()
     pairs: list[tuple[int, int]] = []
     for kept, retired in candidates:

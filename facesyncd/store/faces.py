@@ -63,6 +63,11 @@ def _parts_of(alias: str) -> str:
     return ", ".join(f"{alias}.{column}" for column in _PARTS)
 
 
+def _numbers_sql(numbers: Collection[int]) -> str:
+    """Identity numbers as an SQL list (integers: nothing to quote); NULL for none, which matches nothing."""
+    return ", ".join(str(int(number)) for number in numbers) or "NULL"
+
+
 # SQL: the face f (its photo b joined) is "cut": it touches its photo's edge (a bystander half out of
 # the frame); an imported crop fills its image by design and is not.
 _CUT = "b.decoded_from != 'import' AND (f.x1 <= 1 OR f.y1 <= 1 OR f.x2 >= b.width - 1 OR f.y2 >= b.height - 1) AS cut"
@@ -384,7 +389,7 @@ class FaceQueries(Database):
         pairs of those identities only."""
         among = ""
         if numbers is not None:
-            listed = ", ".join(str(int(number)) for number in numbers) or "NULL"
+            listed = _numbers_sql(numbers)
             among = f"AND a.identity IN ({listed}) AND b.identity IN ({listed})"
         rows = self.tuples(
             "SELECT DISTINCT a.identity, b.identity FROM faces a JOIN faces b ON a.sha256 = b.sha256 "
@@ -581,7 +586,7 @@ class FaceQueries(Database):
     def export_faces(self, numbers: Collection[int] | None = None) -> dict[int, list[ExportFace]]:
         """Live faces per identity, with one representative asset each (lowest source/asset id); with
         `numbers`, of those identities only. A hidden identity has none to export."""
-        among = "" if numbers is None else f"AND f.identity IN ({', '.join(str(int(n)) for n in numbers) or 'NULL'})"
+        among = "" if numbers is None else f"AND f.identity IN ({_numbers_sql(numbers)})"
         # One asset stands for each photo (the lowest source and asset id): found once per face, then
         # read whole (three correlated look-ups per face cost three times as much).
         # Read as tuples in the order written here: a dict per row cost a tenth of an export.
@@ -605,7 +610,7 @@ class FaceQueries(Database):
         result: dict[int, list[ExportFace]] = {}
         for row in rows:
             face_id, sha256, identity, crop, x1, y1, x2, y2, det_score, distance, *rest = row
-            parts, (subset, source, asset_id, owner, taken, file_name) = rest[:5], rest[5:]
+            parts, (subset, source, asset_id, owner, taken, file_name) = rest[: len(_PARTS)], rest[len(_PARTS) :]
             result.setdefault(identity, []).append(
                 ExportFace(
                     face_id=face_id,

@@ -263,7 +263,10 @@ def test_two_identities_of_one_person_merge_into_the_lower_number(
 
 
 def test_identities_seen_together_in_a_photo_never_merge() -> None:
-    from facesyncd.identities import merges
+    from facesyncd.identities import choose_merges, merge_candidates
+
+    def merges(centres: dict[int, np.ndarray], together: set[frozenset[int]], distance: float) -> list[tuple[int, int]]:
+        return choose_merges(merge_candidates(centres, distance), together)
 
     rng = np.random.default_rng(3)
     base = unit(rng.normal(size=(1, 32)))[0]
