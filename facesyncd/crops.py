@@ -8,6 +8,7 @@ an exported folder, else cut again from the photo.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from .models import Box, ExportFace, Quality, UnmeasuredFace
 from .quality import assess
 
 log = logging.getLogger(__name__)
+
+CROPS_MARKER = ".facesyncd-crops"  # see Crops.state
 
 
 def crop_name(sha256: str, face_index: int) -> str:
@@ -55,6 +58,25 @@ class Crops:
 
     def path(self, name: str) -> Path:
         return self.directory / name
+
+    def state(self) -> str:
+        """A token of this crops directory, made anew with the directory ("" while there is none): a
+        directory lost and made again says so to an export that trusts its folders, which would not
+        bring back the crops of faces it does not touch (a whole export restores them from the
+        folders). Kept in a file, not taken from the directory's inode, which a new directory may
+        reuse."""
+        marker = self.directory / CROPS_MARKER
+        try:
+            return marker.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError):
+            if not self.directory.is_dir():
+                return ""
+        token = secrets.token_hex(8)
+        try:
+            write_atomic(marker, token.encode())
+        except OSError:  # a full disk: the next export compares every folder, as without a token
+            return ""
+        return token
 
     def exists(self, name: str) -> bool:
         return (self.directory / name).is_file()

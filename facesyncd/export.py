@@ -10,8 +10,10 @@ A new folder is made beside its final name (`.faceset_NNN.tmp`) and renamed into
 there is brought in line where it stands, only when its content changed (exporting twice changes
 nothing), and at the cost of what changed, not of its size: `.facesyncd-pending` first lists every name
 about to be added, replaced or removed, then the files change, then the new manifest replaces the old
-and the list goes, so a crash anywhere leaves no file of facesyncd's taken for the user's. Switching
-layout rebuilds each folder once, beside it, and swaps it in.
+and the list goes, so a crash anywhere leaves no file of facesyncd's taken for the user's. While the
+folders are as the last export left them, a crops folder whose faceset only had faces change is
+brought in line from those faces alone (update_marked): the other faces' lines are taken from its
+manifest. Switching layout rebuilds each folder once, beside it, and swaps it in.
 
 The folders are shared with people: a file in a faceset folder that facesyncd did not write (notes, a
 hand-added photo, NAME.txt) is kept, carried into the rebuilt folder, and reported once (`user_files`
@@ -94,7 +96,12 @@ def folders(
 
 
 def face_file(face: ExportFace) -> str:
-    return f"face_{face.face_id:07d}.jpg"
+    return face_file_of(face.face_id)
+
+
+def face_file_of(face_id: int) -> str:
+    """The name of a face's file in its folder (the crops layout)."""
+    return f"face_{face_id:07d}.jpg"
 
 
 def no_link(face: ExportFace) -> str | None:
@@ -113,23 +120,25 @@ def manifest(
         "number": number,
         **({"subset": subset} if subset else {}),
         **({"name": name} if name else {}),
-        "faces": [
-            {
-                "face_id": face.face_id,
-                "source": face.source,
-                "asset_id": face.asset_id,
-                "owner": face.owner,
-                "file_name": face.file_name,
-                "taken_at": face.taken,
-                "immich_url": link_of(face),
-                "file": face_file(face),
-                "bbox": [round(v, 1) for v in face.bbox],
-                "det_score": round(face.det_score, 4),
-                "distance": None if face.distance is None else round(face.distance, 4),
-                "quality": None if face.quality is None else face.quality.as_dict(),
-            }
-            for face in faces
-        ],
+        "faces": [face_entry(face, link_of) for face in faces],
+    }
+
+
+def face_entry(face: ExportFace, link_of: Callable[[ExportFace], str | None] = no_link) -> dict[str, Any]:
+    """One face as the crops layout's manifest lists it."""
+    return {
+        "face_id": face.face_id,
+        "source": face.source,
+        "asset_id": face.asset_id,
+        "owner": face.owner,
+        "file_name": face.file_name,
+        "taken_at": face.taken,
+        "immich_url": link_of(face),
+        "file": face_file(face),
+        "bbox": [round(v, 1) for v in face.bbox],
+        "det_score": round(face.det_score, 4),
+        "distance": None if face.distance is None else round(face.distance, 4),
+        "quality": None if face.quality is None else face.quality.as_dict(),
     }
 
 
@@ -343,6 +352,47 @@ def manifest_text(data: Mapping[str, Any]) -> str:
     return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
+@dataclass(frozen=True)
+class _Listed:
+    """A crops manifest as manifest_text wrote it, in lines: those before its faces, each face's
+    line by face id (in the order written: by id), and those after."""
+
+    original: str
+    head: list[str]
+    faces: dict[int, str]
+    tail: list[str]
+
+    @classmethod
+    def read(cls, folder: Path) -> _Listed | None:
+        """None: no manifest, or one in another form (not as manifest_text writes it, no face)."""
+        text = read_text(folder / MANIFEST)
+        lines = text.split("\n") if text is not None else []
+        try:
+            start = lines.index(_FACES_OPEN) + 1
+        except ValueError:
+            return None
+        faces: dict[int, str] = {}
+        end = start
+        while end < len(lines) and (match := _FACE_LINE.match(lines[end])):
+            line = lines[end][2:]
+            faces[int(match.group(1))] = line[:-1] if line.endswith(",") else line
+            end += 1
+        if not faces or end == len(lines) or lines[end] not in (" ]", " ],") or list(faces) != sorted(faces):
+            return None
+        assert text is not None
+        return cls(text, lines[:start], faces, lines[end:])
+
+    def text(self, faces: Sequence[str]) -> str:
+        """The manifest with these face lines (JSON objects, in order) in place of its own."""
+        body = [f"  {line}," for line in faces[:-1]] + [f"  {faces[-1]}"]
+        return "\n".join([*self.head, *body, *self.tail])
+
+
+# How manifest_text writes the list of faces: one face per line, each a JSON object opening with its id.
+_FACES_OPEN = ' "faces": ['
+_FACE_LINE = re.compile(r' {2}\{"face_id": (\d+), ')
+
+
 def _link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
@@ -494,6 +544,97 @@ def write_faceset(
     return _write_folder(facesets_dir, folder, plan)
 
 
+def update_marked(
+    facesets_dir: Path,
+    crops_dir: Path,
+    marked: Mapping[int, Collection[int]],
+    faces: Mapping[int, Sequence[ExportFace]],
+    link_of: Callable[[ExportFace], str | None] = no_link,
+) -> tuple[frozenset[int], int]:
+    """Bring the crops layout's folders of the `marked` facesets in line from their marked faces alone
+    (number -> ids of its faces that changed; `faces`: those of them each faceset has now, as
+    export_faces gives them), at the cost of those faces, not of the folders' sizes: the other faces'
+    lines are taken from the manifest as it stands, and only the marked faces' files are placed or
+    removed. Only for folders as the last export left them (the caller knows: nothing in the tree
+    changed since), whose manifest is as manifest_text wrote it. A faceset for which that is not
+    enough (no folder yet, or none for a sub-set a face joined; a folder left without faces; a crop
+    missing; a manifest in another form) is left alone, for the caller to write whole. Returns the
+    facesets done, and how many folders were written."""
+    names: dict[int, list[str]] = {}
+    try:
+        entries = list(os.scandir(facesets_dir))
+    except OSError:
+        return frozenset(), 0
+    for entry in entries:
+        match = FOLDER_RE.match(entry.name)
+        number = faceset_number(match.group(1)) if match else None
+        if number is not None and number in marked:
+            names.setdefault(number, []).append(entry.name)
+    done: set[int] = set()
+    written = 0
+    for number, ids in marked.items():
+        folders_of = sorted(names.get(number, []))
+        changes = _marked_changes(facesets_dir, crops_dir, number, folders_of, ids, faces.get(number, ()), link_of)
+        if changes is None:
+            continue
+        for change in changes:
+            _apply(change.folder, change.place, change.retire, (MANIFEST, change.text))
+            written += 1
+        done.add(number)
+    return frozenset(done), written
+
+
+@dataclass(frozen=True)
+class _Change:
+    """What one folder's marked faces change: its new manifest text, the files to place, to remove."""
+
+    folder: Path
+    text: str
+    place: dict[str, Path | bytes]
+    retire: list[str]
+
+
+def _marked_changes(
+    facesets_dir: Path,
+    crops_dir: Path,
+    number: int,
+    names: Sequence[str],
+    marked: Collection[int],
+    faces: Sequence[ExportFace],
+    link_of: Callable[[ExportFace], str | None],
+) -> list[_Change] | None:
+    """The changes of one faceset's folders (all decided before any is made), or None when its marked
+    faces are not enough to decide them (see update_marked)."""
+    wanted: dict[str, list[ExportFace]] = {}
+    for face in faces:
+        wanted.setdefault(faceset_name(number, face.subset), []).append(face)
+    if not names or not set(wanted) <= set(names):
+        return None
+    changes = []
+    for name in names:
+        final = facesets_dir / name
+        listed = _Listed.read(final) if final.is_dir() and not final.is_symlink() else None
+        if listed is None:
+            return None
+        lines = {face_id: line for face_id, line in listed.faces.items() if face_id not in marked}
+        place: dict[str, Path | bytes] = {}
+        for face in wanted.get(name, ()):
+            lines[face.face_id] = json.dumps(face_entry(face, link_of))
+            place[face_file(face)] = crops_dir / face.crop
+        if not lines:
+            return None  # a folder left without faces goes, or stays for the user's files: written whole
+        if not all(os.path.isfile(source) for source in place.values()):
+            return None  # a crop to restore first (write_faceset's `missing`)
+        if place:
+            here, device = _Folder(final, None, [], frozenset()), final.stat().st_dev
+            place = {file: source for file, source in place.items() if not _same_file(here, device, file, source)}
+        retire = [face_file_of(face_id) for face_id in listed.faces if face_id in marked and face_id not in lines]
+        text = listed.text([lines[face_id] for face_id in sorted(lines)])
+        if place or retire or text != listed.original:
+            changes.append(_Change(final, text, place, retire))
+    return changes
+
+
 def _claim(facesets_dir: Path, name: str) -> _Folder:
     """The folder as it is, once anything there that facesyncd did not write is set aside (its
     manifest read once)."""
@@ -538,23 +679,37 @@ def _write_folder(facesets_dir: Path, folder: _Folder, plan: Plan) -> bool:
 def _update_in_place(folder: _Folder, plan: Plan, wanted: dict[str, Any], placeholders: Mapping[str, bytes]) -> None:
     """Change only what differs: a faceset that gained a face gets one file and a new manifest, not a
     folder rebuilt whole (600 facesets of 100 faces each rebuilt cost 5 CPU-s per 1,000 new faces).
-    The list of names about to change goes first (PENDING_FILE); then files are placed and removed;
-    the new manifest last. The user's files are not touched."""
+    The user's files are not touched."""
     final = folder.path
     remove_leftovers(final, *MANIFESTS, PENDING_FILE)
     present = _ours_present(folder)
     device = final.stat().st_dev
-    changed = [name for name, source in plan.files.items() if not _same_file(folder, device, name, source)]
+    changed = {name: source for name, source in plan.files.items() if not _same_file(folder, device, name, source)}
     retired = sorted(present - set(plan.files))
-    top = final / TOP_FOLDER
     drop_top = not any(name.startswith(f"{TOP_FOLDER}/") for name in plan.files) and TOP_FOLDER in present
+    _apply(final, changed, retired, (plan.manifest_name, manifest_text(wanted)), placeholders, drop_top=drop_top)
+
+
+def _apply(
+    final: Path,
+    changed: Mapping[str, Path | bytes],
+    retired: Sequence[str],
+    manifest: tuple[str, str],
+    placeholders: Mapping[str, bytes] | None = None,
+    *,
+    drop_top: bool = False,
+) -> None:
+    """Update a folder in place: the list of names about to change goes first (PENDING_FILE); then
+    the `changed` files are placed and the `retired` ones removed; the new manifest (name, text)
+    last, and the list goes."""
+    top = final / TOP_FOLDER
     if changed or retired:
         # Not flushed to disk, nor is the manifest: a kill leaves each whole; a power cut at worst
         # leaves a face's file taken for the user's, in folders that are a cache of the store.
         write_atomic(final / PENDING_FILE, json.dumps(sorted({*changed, *retired})).encode(), durable=False)
         group, mode = _new_file_group(final), new_file_mode()
-        for name in changed:
-            target, source = final / name, plan.files[name]
+        for name, source in changed.items():
+            target = final / name
             if "/" in name:
                 target.parent.mkdir(exist_ok=True)
             if target.is_symlink() or target.is_file():
@@ -573,9 +728,9 @@ def _update_in_place(folder: _Folder, plan: Plan, wanted: dict[str, Any], placeh
             checkpoint("export-retire")
         if drop_top and top.is_dir() and not top.is_symlink() and not any(top.iterdir()):
             top.rmdir()
-    for name, data in placeholders.items():
+    for name, data in (placeholders or {}).items():
         (final / name).write_bytes(data)
-    write_atomic(final / plan.manifest_name, manifest_text(wanted).encode(), durable=False)
+    write_atomic(final / manifest[0], manifest[1].encode(), durable=False)
     (final / PENDING_FILE).unlink(missing_ok=True)
 
 
@@ -686,11 +841,12 @@ def write_names(facesets_dir: Path, names: Mapping[int, str | None]) -> None:
             write_atomic(folder / NAME_FILE, ((names[number] or "") + "\n").encode())
 
 
-def folder_state(facesets_dir: Path) -> tuple[tuple[str, int, int], ...]:
+def folder_state(facesets_dir: Path) -> tuple[tuple[str, int, int, tuple[int, ...]], ...]:
     """What a user may have changed in the tree since the last export, cheaply (no manifest read): the
-    faceset folders there are, when each one's entries last changed (a file added or deleted), and
-    when its NAME.txt (read back as the set's name) changed."""
-    found: list[tuple[str, int, int]] = []
+    faceset folders there are, when each one's entries last changed (a file added or deleted), when
+    its NAME.txt (read back as the set's name) changed, and its crops manifest's inode, size and
+    time (a manifest edited where it stands: an export may take its lines as written)."""
+    found: list[tuple[str, int, int, tuple[int, ...]]] = []
     try:
         entries = list(os.scandir(facesets_dir))
     except OSError:
@@ -705,7 +861,12 @@ def folder_state(facesets_dir: Path) -> tuple[tuple[str, int, int], ...]:
                 named = os.stat(os.path.join(entry.path, NAME_FILE)).st_mtime_ns
             except OSError:
                 named = 0
-            found.append((entry.name, listed, named))
+            try:
+                status = os.stat(os.path.join(entry.path, MANIFEST))
+                written: tuple[int, ...] = (status.st_ino, status.st_size, status.st_mtime_ns)
+            except OSError:
+                written = ()
+            found.append((entry.name, listed, named, written))
     return tuple(sorted(found))
 
 

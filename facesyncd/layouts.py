@@ -11,7 +11,7 @@ make_layout names a layout, so no other module asks which format is configured.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from .config import ExportSettings
 from .crops import Crops
 from .embedder import Embedder
-from .export import NAME_FILE, export_all, export_plans, folders, no_link, own_facesets
+from .export import NAME_FILE, export_all, export_plans, folders, no_link, own_facesets, update_marked
 from .imaging import DecodedImage
 from .models import Box, ExportFace
 from .swap import NO_PNG, SwapCache, plan, select
@@ -42,6 +42,10 @@ class Library:
     photo_of: Callable[[ExportFace], DecodedImage | None]
     link_of: Callable[[ExportFace], str | None] = no_link
     retired: Callable[[], dict[int, int]] = dict
+
+
+# Reads the export rows of these faces, by faceset (those still in one, good enough to export).
+FacesOf = Callable[[Collection[int]], dict[int, list[ExportFace]]]
 
 
 class Layout(Protocol):
@@ -66,6 +70,16 @@ class Layout(Protocol):
         whose faces `faces` holds; a correction touches a few); returns how many folders were written,
         and whether every face got its file (False: a photo could not be had; the next export tries
         again even if nothing else changed)."""
+        ...
+
+    def write_marked(
+        self, marked: Mapping[int, frozenset[int]], faces_of: FacesOf, library: Library
+    ) -> tuple[frozenset[int], int]:
+        """Bring the folders of the `marked` facesets (number -> ids of its faces that changed) in line
+        from those faces alone (`faces_of` reads their rows as `write` gets them), where the layout
+        and the folder allow it; only called while every folder is as the last export left it.
+        Returns the facesets done and how many folders were written; the caller writes the others
+        whole (`write`)."""
         ...
 
 
@@ -126,6 +140,14 @@ class CropsLayout:
             )
         return written, complete
 
+    def write_marked(
+        self, marked: Mapping[int, frozenset[int]], faces_of: FacesOf, library: Library
+    ) -> tuple[frozenset[int], int]:
+        if not marked:
+            return frozenset(), 0
+        faces = faces_of({face_id for ids in marked.values() for face_id in ids})
+        return update_marked(self._facesets_dir, self._crops.directory, marked, faces, library.link_of)
+
 
 class SwapLayout:
     def __init__(
@@ -181,6 +203,11 @@ class SwapLayout:
         written = export_plans(self._facesets_dir, plans, highest_number=highest, only=only, retired=library.retired())
         waiting = any(entry["why"] == NO_PNG for each in plans.values() for entry in each.manifest["left_out"])
         return written, not waiting
+
+    def write_marked(
+        self, marked: Mapping[int, frozenset[int]], faces_of: FacesOf, library: Library
+    ) -> tuple[frozenset[int], int]:
+        return frozenset(), 0  # one face changed can change which faces a folder gets, and their ranks
 
     def _read_names(self, library: Library, only: frozenset[int] | None) -> None:
         """A name the user wrote into a faceset's NAME.txt is the faceset's name from then on."""

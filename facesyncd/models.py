@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -326,6 +326,26 @@ class ExportFace:
     owner: str | None = None  # the Immich user whose photo it is (a partner's, with include_partners)
     taken: str | None = None  # when the photo was taken, as Immich says (fileCreatedAt)
     file_name: str | None = None  # the photo's original file name in Immich
+
+
+@dataclass(frozen=True)
+class ExportMarks:
+    """What changed since the folders were last written (migrations/0020), up to mark `upto`: the
+    faces that changed in each faceset (number -> face ids; a face that moved is marked in both), and
+    the facesets whose folder is compared whole (a name, hidden, merged or forgotten; marks from
+    before faces were marked)."""
+
+    upto: int
+    faces: Mapping[int, frozenset[int]]
+    whole: frozenset[int]
+
+    @property
+    def numbers(self) -> frozenset[int]:
+        return frozenset(self.faces) | self.whole
+
+    def partial(self, among: Collection[int]) -> dict[int, frozenset[int]]:
+        """The facesets of `among` whose folders may follow their marked faces alone."""
+        return {number: ids for number, ids in self.faces.items() if number in among and number not in self.whole}
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ExportSettings, FaceSettings, ImmichSettings
 from ..errors import ImageError, ImmichAuthError, ImmichError, ImmichUnreachable
-from ..export import folder_state, remove_faceset
+from ..export import SCHEMA_VERSION, folder_state, remove_faceset
 from ..imaging import DecodedImage
 from ..immich import ClientSet, ImmichClient
 from ..layouts import Layout, Library
@@ -52,39 +53,54 @@ def publish(parts: PublishParts, report: CycleReport, only: frozenset[int] | Non
     costs what it changes, not the library.
 
     Without it (a cycle, or corrections another process made): while the settings and the folders
-    are as the last export left them (no folder added, removed or touched by hand since), only the
-    facesets the store marked since (export_stale) are written, none if none was; else every folder
-    is compared with the store and written where it differs."""
-    state = (parts.export, parts.facesets_dir, [(source.url, source.web_url) for source in parts.sources])
-    upto, stale = parts.store.export_stale()
-    left = as_left(parts.store, PUBLISH, *state, folder_state(parts.facesets_dir))
-    numbers = only if only is not None else stale if left else None
+    are as the last export left them (no folder added, removed or touched by hand since, nor the
+    crops directory lost: see Crops.state), only the facesets the store marked since (export_marks)
+    are written, none if none was; else every folder is compared with the store and written where
+    it differs. While the folders are as left, the layout brings a faceset's folder in line from its
+    marked faces alone where it can (write_marked): a faceset that gained a face costs that face,
+    not its size."""
+    _measure_unmeasured(parts)  # first: the qualities it sets are marks this export clears
+    state = (
+        SCHEMA_VERSION,  # the form of what is written, with the settings it depends on
+        parts.export,
+        parts.facesets_dir,
+        [(source.url, source.web_url) for source in parts.sources],
+    )
+    marks = parts.store.export_marks()
+    left = as_left(parts.store, PUBLISH, *state, folder_state(parts.facesets_dir), parts.caches.crops.state())
+    numbers = only if only is not None else marks.numbers if left else None
     if only is None and numbers is not None and not numbers:
         log.debug("no faceset changed since the last export: the folders are as the store says")
         return
     if only is None and numbers is not None:
         log.debug("exporting the %d facesets that changed since the last export", len(numbers))
-    complete = _publish(parts, report, numbers, cycle=only is None)
+    partial = marks.partial(numbers) if left and numbers is not None else {}
+    complete = _publish(parts, report, numbers, partial, cycle=only is None)
     if not complete:  # the faces whose photo could not be had are tried again: their marks stay
         return
-    parts.store.clear_export_stale(upto, numbers)
+    parts.store.clear_export_marks(marks.upto, numbers)
     if numbers is None or left:  # the folders are now as this export left them
-        finished(parts.store, PUBLISH, *state, folder_state(parts.facesets_dir))
+        finished(parts.store, PUBLISH, *state, folder_state(parts.facesets_dir), parts.caches.crops.state())
 
 
-def _publish(parts: PublishParts, report: CycleReport, only: frozenset[int] | None, *, cycle: bool) -> bool:
+def _publish(
+    parts: PublishParts,
+    report: CycleReport,
+    only: frozenset[int] | None,
+    partial: dict[int, frozenset[int]],
+    *,
+    cycle: bool,
+) -> bool:
     parts.reporter.stage("exporting", None)
-    for number in parts.store.forgotten_numbers():  # `faceset forget`: nothing of them is kept
-        if (only is None or number in only) and remove_faceset(parts.facesets_dir, number):
-            log.info("removed the folders of forgotten faceset %03d", number)
-    _measure_unmeasured(parts)
-    faces = _good_enough(parts.store.export_faces(only), parts.export.min_quality)
     with _Photos(parts) as photos:
         sources = {source.name: source for source in parts.sources}
 
         def link_of(face: ExportFace) -> str | None:
             source = sources.get(face.source)
             return source.photo_link(face.asset_id) if source is not None and face.asset_id else None
+
+        def faces_of(ids: Collection[int]) -> dict[int, list[ExportFace]]:
+            return _good_enough(parts.store.export_faces(faces=ids), parts.export.min_quality)
 
         library = Library(
             names=parts.store.identity_names,
@@ -94,7 +110,19 @@ def _publish(parts: PublishParts, report: CycleReport, only: frozenset[int] | No
             link_of=link_of,
             retired=parts.store.retired_numbers,
         )
-        report.facesets_written, complete = parts.layout.write(faces, parts.store.highest_identity(), library, only)
+        done, written = parts.layout.write_marked(partial, faces_of, library)
+        if done:
+            log.debug("brought %d facesets in line from their changed faces alone", len(done))
+        rest = None if only is None else only - done
+        complete = True
+        if rest is None or rest:
+            for number in parts.store.forgotten_numbers():  # `faceset forget`: nothing of them is kept
+                if (rest is None or number in rest) and remove_faceset(parts.facesets_dir, number):
+                    log.info("removed the folders of forgotten faceset %03d", number)
+            faces = _good_enough(parts.store.export_faces(rest), parts.export.min_quality)
+            whole, complete = parts.layout.write(faces, parts.store.highest_identity(), library, rest)
+            written += whole
+        report.facesets_written = written
     if cycle:
         index = parts.caches.index.get()  # a first export builds the index the next start loads
         if not parts.store.centres_current():  # what "same person?" suggestions compare

@@ -4,8 +4,8 @@ The store counts every change clustering, merging or the export could see (meta 
 by triggers: migrations/0014). A step records the generation it finished at, with a signature of the
 settings (and, for the export, of the folders) it depended on; while both are the same, running it
 again would change nothing, so a cycle with nothing new costs its two requests, not the library.
-The export goes further: it keeps marks of the facesets that changed (migrations/0017), and while the
-settings and the folders are as it left them, it writes those alone.
+The export goes further: it keeps marks of the faces and facesets that changed (migrations/0020), and
+while the settings and the folders are as it left them, it writes those alone.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def unchanged(store: Store, step: str, *values: object) -> bool:
 
 def as_left(store: Store, step: str, *values: object) -> bool:
     """Whether `step` last finished with these values, whatever the store did since: for a step that
-    keeps its own marks of what changed in the store (the export: migrations/0017)."""
+    keeps its own marks of what changed in the store (the export: migrations/0020)."""
     recorded = store.get_meta(_key(step))
     return recorded is not None and recorded.partition("|")[2] == _signature(values)
 

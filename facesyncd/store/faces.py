@@ -15,6 +15,7 @@ from ..models import (
     DetectedFace,
     Dropped,
     ExportFace,
+    ExportMarks,
     ImportClaim,
     ImportProvenance,
     PoolArrays,
@@ -560,33 +561,45 @@ class FaceQueries(Database):
 
     # -- export ---------------------------------------------------------------------------------
 
-    def export_stale(self) -> tuple[int, frozenset[int]]:
-        """The facesets whose folders may differ from the store (marked by triggers, migrations/0017),
+    def export_marks(self) -> ExportMarks:
+        """What changed since the folders were last written (marked by triggers, migrations/0020),
         and the newest mark's sequence number: what an export that begins now may clear."""
-        rows = self.tuples("SELECT seq, number FROM export_stale")
-        marked = {number for _, number in rows}
+        rows = self.tuples("SELECT seq, number, face_id FROM export_marks")
+        faces: dict[int, set[int]] = {}
+        whole = {number for _, number, face_id in rows if face_id == 0}
+        for _, number, face_id in rows:
+            if face_id:
+                faces.setdefault(number, set()).add(face_id)
         # A faceset merged away says in its folder where its faces are now, the end of its chain of
-        # merges: one merged into a marked faceset, directly or through others, goes with it (a
-        # trigger cannot follow the chain).
+        # merges: one merged into a marked faceset, directly or through others, goes with it, whole
+        # (a trigger cannot follow the chain).
+        marked = whole | faces.keys()
         merged = self.tuples("SELECT number, merged_into FROM identities WHERE merged_into IS NOT NULL")
         while grown := {number for number, into in merged if into in marked and number not in marked}:
             marked |= grown
-        return max((seq for seq, _ in rows), default=0), frozenset(marked)
+            whole |= grown
+        upto = max((seq for seq, _, _ in rows), default=0)
+        return ExportMarks(upto, {number: frozenset(ids) for number, ids in faces.items()}, frozenset(whole))
 
-    def clear_export_stale(self, upto: int, numbers: Collection[int] | None = None) -> None:
+    def clear_export_marks(self, upto: int, numbers: Collection[int] | None = None) -> None:
         """The folders are written as the store stood at mark `upto`: those marks are cleared (of
-        `numbers` only, when given); a faceset marked again since stays marked."""
+        `numbers` only, when given); a face or faceset marked again since stays marked."""
         with self.transaction():
             if numbers is None:
-                self.execute("DELETE FROM export_stale WHERE seq <= ?", (upto,))
+                self.execute("DELETE FROM export_marks WHERE seq <= ?", (upto,))
                 return
             for chunk, marks in self.id_chunks(list(numbers)):
-                self.execute(f"DELETE FROM export_stale WHERE seq <= ? AND number IN ({marks})", (upto, *chunk))
+                self.execute(f"DELETE FROM export_marks WHERE seq <= ? AND number IN ({marks})", (upto, *chunk))
 
-    def export_faces(self, numbers: Collection[int] | None = None) -> dict[int, list[ExportFace]]:
+    def export_faces(
+        self, numbers: Collection[int] | None = None, faces: Collection[int] | None = None
+    ) -> dict[int, list[ExportFace]]:
         """Live faces per identity, with one representative asset each (lowest source/asset id); with
-        `numbers`, of those identities only. A hidden identity has none to export."""
+        `numbers`, of those identities only; with `faces`, those faces only (those live, in a faceset).
+        A hidden identity has none to export."""
         among = "" if numbers is None else f"AND f.identity IN ({_numbers_sql(numbers)})"
+        if faces is not None:  # the ids as one JSON parameter: thousands inline would pass SQL's length limit
+            among += " AND f.id IN (SELECT value FROM json_each(:faces))"
         # One asset stands for each photo (the lowest source and asset id): found once per face, then
         # read whole (three correlated look-ups per face cost three times as much).
         # Read as tuples in the order written here: a dict per row cost a tenth of an export.
@@ -605,7 +618,7 @@ class FaceQueries(Database):
             ) f LEFT JOIN assets a ON a.rowid = f.representative
             ORDER BY f.identity, f.face_id
             """,
-            {"done": AssetState.DONE},
+            {"done": AssetState.DONE, "faces": json.dumps(sorted(faces or ()))},
         )
         result: dict[int, list[ExportFace]] = {}
         for row in rows:

@@ -226,14 +226,19 @@ def test_a_correction_costs_what_it_changes_not_the_library(
     configured = lib.config.read_text()
     # no model pack at all: a correction needs none
     lib.config.write_text(configured.replace(str(TEST_PACK), str(tmp_path / "no-pack-here")))
-    written: list[int] = []
-    original = export.write_faceset
+    written: list[int] = []  # the facesets whose folders were read, whole or from their marked faces
+    whole, marked = export.write_faceset, export._marked_changes
 
-    def counting(facesets_dir: Path, crops_dir: Path, number: int, *rest: object) -> bool:
+    def counting_whole(facesets_dir: Path, crops_dir: Path, number: int, *rest: object) -> bool:
         written.append(number)
-        return original(facesets_dir, crops_dir, number, *rest)  # type: ignore[arg-type]
+        return whole(facesets_dir, crops_dir, number, *rest)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(export, "write_faceset", counting)
+    def counting_marked(facesets_dir: Path, crops_dir: Path, number: int, *rest: object) -> object:
+        written.append(number)
+        return marked(facesets_dir, crops_dir, number, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(export, "write_faceset", counting_whole)
+    monkeypatch.setattr(export, "_marked_changes", counting_marked)
     lib.cli("faceset", "name", str(angelina), "Angelina Jolie")
     lib.cli("face", "reject", str(min(lib.faces(katy))))
     assert sorted(set(written)) == sorted({angelina, katy})  # scarlett's folder is not even read

@@ -113,8 +113,21 @@ def test_a_cycle_exports_only_the_facesets_that_changed(fake: FakeImmich, tmp_pa
     new = run_cli("--config", str(config), "--log-level", "debug", "sync")
     assert new.returncode == 0 and "embedded 1 assets with 1 faces" in new.stdout, new.stdout
     assert "exporting the 1 facesets that changed since the last export" in new.stderr, new.stderr
+    assert "brought 1 facesets in line from their changed faces alone" in new.stderr, new.stderr
     changed = [name for name, before in folders.items() if snapshot(facesets / name) != before]
     assert len(changed) == 1 and "obama3.jpg" in (facesets / changed[0] / "faceset.json").read_text()
+    written = (facesets / changed[0] / "faceset.json").read_text()
+
+    # a manifest edited where it stands (its folder's listing unchanged): its lines are not taken as
+    # written; every folder is compared with the store, and that one written again
+    manifest = facesets / changed[0] / "faceset.json"
+    with manifest.open("r+", encoding="utf-8") as edited:
+        edited.write(written.replace('"det_score": 0.', '"det_score": 1.', 1))
+    again_taken = (PHOTOS / "wild" / "obama" / "obama3.jpg").read_bytes() + b"\0"  # other bytes, the same face
+    fake.add_asset("alice", again_taken, "obama4.jpg", label="wild/obama/obama3.jpg")
+    again = run_cli("--config", str(config), "--log-level", "debug", "sync")
+    assert again.returncode == 0 and "brought" not in again.stderr, again.stderr
+    assert '"det_score": 1.' not in manifest.read_text() and "obama4.jpg" in manifest.read_text()
 
     with sqlite3.connect(tmp_path / "state" / "facesyncd.db") as db:  # forget how the folders were left
         db.execute("DELETE FROM meta WHERE key = 'unchanged:publish'")

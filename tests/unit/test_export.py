@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from facesyncd.export import PRESERVED, export_all
+from facesyncd.export import PRESERVED, export_all, update_marked
 from facesyncd.models import ExportFace
 
 
@@ -316,3 +316,52 @@ def test_a_top_that_is_a_link_leads_no_update_out_of_its_folder(tmp_path: Path) 
     assert (elsewhere / "01.png").read_bytes() == b"someone else's" and sorted(os.listdir(elsewhere)) == ["01.png"]
     assert (folder / "top").is_dir() and not (folder / "top").is_symlink()
     assert (folder / "top" / "01.png").read_bytes() == b"png of a face"
+
+
+def test_a_folder_is_brought_in_line_from_its_marked_faces_alone(tree: tuple[Path, Path], tmp_path: Path) -> None:
+    """Face 2 left, face 3's box changed, face 4 joined: one file placed, one removed, the manifest
+    as an export of every face writes it; the other faces' files are not touched."""
+    crops, facesets = tree
+    faces = make_faces(crops, [1, 2, 3])
+    export_all(facesets, crops, {1: faces, 2: make_faces(crops, [10])})
+    folder, other = facesets / "faceset_001", snapshot(facesets / "faceset_002")
+    before = inodes(folder)
+    moved, joined = replace(faces[2], bbox=(5.0, 6.0, 50.0, 60.0)), make_faces(crops, [4])[0]
+
+    assert update_marked(facesets, crops, {1: {2, 3, 4}}, {1: [moved, joined]}) == ({1}, 1)
+    whole = tmp_path / "whole"
+    export_all(whole, crops, {1: [faces[0], moved, joined]})
+    assert snapshot(folder) == snapshot(whole / "faceset_001")
+    after = inodes(folder)
+    assert after["face_0000001.jpg"] == before["face_0000001.jpg"] and "face_0000002.jpg" not in after
+    assert after["face_0000003.jpg"] == before["face_0000003.jpg"]
+    assert snapshot(facesets / "faceset_002") == other
+    assert update_marked(facesets, crops, {1: {3}}, {1: [moved]}) == ({1}, 0)  # nothing to change
+
+
+@pytest.mark.parametrize(
+    "case", ["no folder yet", "a new sub-set", "left without faces", "crop missing", "manifest in another form"]
+)
+def test_a_faceset_its_marked_faces_cannot_decide_is_left_to_be_written_whole(
+    tree: tuple[Path, Path], case: str
+) -> None:
+    crops, facesets = tree
+    faces = make_faces(crops, [1, 2])
+    export_all(facesets, crops, {1: faces})
+    folder = facesets / "faceset_001"
+    joined = make_faces(crops, [3])[0]
+    marked, now = {1: frozenset({3})}, {1: [joined]}
+    if case == "no folder yet":
+        marked, now = {2: frozenset({3})}, {2: [joined]}
+    elif case == "a new sub-set":
+        now = {1: [replace(joined, subset="1990s")]}
+    elif case == "left without faces":
+        marked, now = {1: frozenset({1, 2})}, {}
+    elif case == "crop missing":
+        (crops / joined.crop).unlink()
+    else:  # as a person or another tool writes JSON
+        data = json.loads((folder / "faceset.json").read_text())
+        (folder / "faceset.json").write_text(json.dumps(data, indent=2))
+    before = snapshot(folder)
+    assert update_marked(facesets, crops, marked, now) == (frozenset(), 0)
+    assert snapshot(folder) == before and not (facesets / "faceset_002").exists()

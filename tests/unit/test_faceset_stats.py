@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -231,34 +232,102 @@ def export_view(store: Store) -> dict[int, tuple[object, ...]]:
 # Two sequences: a write that matters only in rare states (an import deleted or superseded while its
 # photo is in the trash) is met by one of them; removing any one trigger fails one of them.
 @pytest.mark.parametrize("seed", [5, 9])
-def test_every_write_that_changes_a_folder_marks_its_faceset(store: Store, seed: int) -> None:
+def test_every_write_that_changes_a_folder_marks_its_faceset_and_faces(store: Store, seed: int) -> None:
+    """A faceset whose faces changed has each changed face marked (an export then writes those
+    alone); one whose name, merge or standing changed is marked whole."""
     rng = random.Random(seed)
-    kinds, caught = set(), 0
+    kinds, caught, by_face = set(), 0, 0
+    nothing: tuple[object, ...] = (None, None, None, False)
     for step in range(300):
-        upto, _ = store.export_stale()
-        store.clear_export_stale(upto)
+        store.clear_export_marks(store.export_marks().upto)
         before = export_view(store)
         kind = random_write(store, rng, step)
         kinds.add(kind)
         after = export_view(store)
         changed = {number for number in before.keys() | after.keys() if before.get(number) != after.get(number)}
-        _, marked = store.export_stale()
-        assert changed <= marked, f"step {step} ({kind}) changed facesets {sorted(changed - marked)} unmarked"
+        marks = store.export_marks()
+        assert changed <= marks.numbers, f"step {step} ({kind}) changed facesets {sorted(changed - marks.numbers)}"
         caught += len(changed)
-    assert len(kinds) == 23 and caught > 100  # the writes did change folders, of every kind
+        for number in changed - marks.whole:
+            was, now = before.get(number, nothing), after.get(number, nothing)
+            assert was[1:] == now[1:], f"step {step} ({kind}): faceset {number} changed, not marked whole"
+            faces_was = {face.face_id: face for face in was[0] or []}  # type: ignore[attr-defined]
+            faces_now = {face.face_id: face for face in now[0] or []}  # type: ignore[attr-defined]
+            moved = {face for face in faces_was.keys() | faces_now.keys() if faces_was.get(face) != faces_now.get(face)}
+            unmarked = moved - marks.faces.get(number, frozenset())
+            assert not unmarked, f"step {step} ({kind}): faces {sorted(unmarked)} of faceset {number} unmarked"
+            by_face += 1
+    assert len(kinds) == 23 and caught > 100 and by_face > 50  # the writes did change folders, of every kind
 
 
 def test_an_export_clears_only_the_marks_it_saw(store: Store) -> None:
-    store.clear_export_stale(store.export_stale()[0])
-    assert store.export_stale() == (store.export_stale()[0], frozenset())
+    store.clear_export_marks(store.export_marks().upto)
+    assert not store.export_marks().numbers
     with store.transaction():
         store.execute("UPDATE faces SET det_score = 0.5 WHERE identity IN (1, 2)")
-    upto, marked = store.export_stale()
-    assert marked == {1, 2}
+    first = store.export_marks()
+    assert first.numbers == {1, 2} and not first.whole
+    ones = {row[0] for row in store.tuples("SELECT id FROM faces WHERE identity = 1")}
+    assert first.faces[1] == ones
     with store.transaction():  # while that export runs, faceset 2 changes again, and 3
         store.execute("UPDATE faces SET det_score = 0.6 WHERE identity IN (2, 3)")
-    store.clear_export_stale(upto)
-    assert store.export_stale()[1] == {2, 3}
-    upto, _ = store.export_stale()
-    store.clear_export_stale(upto, [3])  # a correction's export of faceset 3 alone
-    assert store.export_stale()[1] == {2}
+        store.execute("UPDATE identities SET name = 'Ann' WHERE number = 3")
+    store.clear_export_marks(first.upto)
+    assert store.export_marks().numbers == {2, 3} and store.export_marks().whole == {3}
+    store.clear_export_marks(store.export_marks().upto, [3])  # a correction's export of faceset 3 alone
+    assert store.export_marks().numbers == {2}
+
+
+def tree_of(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("seed", [3, 11])
+def test_folders_brought_in_line_from_their_marked_faces_are_those_a_whole_export_writes(
+    store: Store, tmp_path: Path, seed: int
+) -> None:
+    """After every kind of write, the folders an export brings in line from the marked faces alone
+    (and writes whole where those are not enough) hold, byte for byte, what an export of every face
+    into an empty tree writes; and a whole export of the same tree finds nothing to write."""
+    from facesyncd.export import export_all, remove_faceset, update_marked
+
+    crops, facesets = tmp_path / "crops", tmp_path / "facesets"
+    crops.mkdir()
+    (crops / "c").write_bytes(b"the crop of a face added later")
+    with store.transaction():
+        store.execute("UPDATE faces SET crop = 'c' || id, x1 = id % 7, det_score = 0.5 + id % 5 / 10.0")
+    for (crop,) in store.tuples("SELECT crop FROM faces"):
+        (crops / crop).write_bytes(f"the crop {crop}".encode())
+
+    def export_changes() -> frozenset[int]:
+        marks = store.export_marks()
+        partial = marks.partial(marks.numbers)
+        faces = store.export_faces(faces={face for ids in partial.values() for face in ids})
+        done, _ = update_marked(facesets, crops, partial, faces)
+        rest = marks.numbers - done
+        for number in set(store.forgotten_numbers()) & rest:
+            remove_faceset(facesets, number)
+        export_all(facesets, crops, store.export_faces(rest), names=store.identity_names(), only=rest)
+        store.clear_export_marks(marks.upto)
+        return done
+
+    rng = random.Random(seed)
+    export_all(facesets, crops, store.export_faces(), names=store.identity_names())
+    store.clear_export_marks(store.export_marks().upto)
+    (facesets / "faceset_001" / "notes.txt").write_text("the user's")
+    export_all(facesets, crops, store.export_faces(), names=store.identity_names())
+    fast, kinds = 0, set()
+    for step in range(80):
+        kind = random_write(store, rng, step)
+        fast += len(export_changes())
+        kinds.add(kind)
+        fresh = tmp_path / f"fresh-{step}"
+        export_all(fresh, crops, store.export_faces(), names=store.identity_names())
+        ours = {name: files for name, files in tree_of(facesets).items() if not name.startswith("faceset_001/")}
+        theirs = {name: files for name, files in tree_of(fresh).items() if not name.startswith("faceset_001/")}
+        assert ours == theirs, f"step {step} ({kind})"
+        assert export_all(facesets, crops, store.export_faces(), names=store.identity_names()) == 0, f"{step} ({kind})"
+        shutil.rmtree(fresh)
+    notes = json.loads((facesets / "faceset_001" / "faceset.json").read_text())
+    assert (facesets / "faceset_001" / "notes.txt").is_file() and notes["user_files"] == ["notes.txt"]
+    assert fast > 30 and len(kinds) > 15  # most changes were brought in line from their faces alone

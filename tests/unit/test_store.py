@@ -360,6 +360,7 @@ def test_what_each_cycle_asks_is_read_through_an_index_of_it_not_among_every_fac
         store.unmatched_new_faces()
         store.assets_to_process("alice", "2030-01-01T00:00:00.000Z")
         store.name_votes()
+        store.export_faces(faces=[1, 2])  # the faces an export's marks name
     finally:
         store.conn.set_trace_callback(None)
     plans = {
@@ -368,7 +369,12 @@ def test_what_each_cycle_asks_is_read_through_an_index_of_it_not_among_every_fac
         if sql.lstrip().upper().startswith("SELECT")
     }
     used = " ".join(line for plan in plans.values() for line in plan)
-    for index in ("faces_held", "faces_new", "assets_by_source_state (source=? AND state=?)"):
+    for index in (
+        "faces_held",
+        "faces_new",
+        "assets_by_source_state (source=? AND state=?)",
+        "SEARCH f USING INTEGER PRIMARY KEY (rowid=?)",
+    ):
         assert index in used, (index, plans)
     for sql, plan in plans.items():
         assert not [line for line in plan if line in ("SCAN faces", "SCAN f", "SCAN assets", "SCAN a")], (sql, plan)
@@ -438,3 +444,40 @@ def test_identities_in_one_photo_are_found_among_those_asked_about(store: Store)
     assert store.photos_shared({one, two}) == {frozenset((one, two))}
     assert store.photos_shared({one, three}) == set()
     assert store.photos_shared(set()) == set()
+
+
+def test_migration_20_marks_whole_the_facesets_marked_before_faces_were(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Which face of a faceset 0017 marked is not known: its folder is compared whole once; marks
+    made after the migration name the faces."""
+    import facesyncd.store.database as database
+
+    migrations_up_to(19, tmp_path, monkeypatch)
+    path = tmp_path / "facesyncd.db"
+    before = Store(path)
+    before.ensure_source("alice", "http://immich")
+    before.record_listed("alice", [asset("a", "c1"), asset("b", "c2")])
+    photo_done(before, "a", [face(1), face(2)])
+    photo_done(before, "b", [face(3)])
+    a_faces = [row[0] for row in before.tuples("SELECT id FROM faces WHERE sha256 = 'sha-a' ORDER BY id")]
+    b_face = before.scalar("SELECT id FROM faces WHERE sha256 = 'sha-b'")
+    before.create_identity(dict.fromkeys(a_faces, 0.1))
+    before.create_identity({b_face: 0.1})
+    with before.transaction():
+        before.execute("DELETE FROM export_stale")
+        before.execute("UPDATE faces SET det_score = 0.5 WHERE id = ?", (a_faces[0],))
+    assert [row[0] for row in before.tuples("SELECT number FROM export_stale")] == [1]
+    before.close()
+
+    monkeypatch.setattr(database, "MIGRATIONS_DIR", None)
+    after = Store(path)
+    marks = after.export_marks()
+    assert marks.whole == {1} and not marks.faces
+    after.clear_export_marks(marks.upto)
+    with after.transaction():
+        after.execute("UPDATE faces SET det_score = 0.6 WHERE id = ?", (b_face,))
+        after.execute("UPDATE assets SET original_file_name = 'renamed.jpg' WHERE asset_id = 'a'")
+    marks = after.export_marks()
+    assert not marks.whole and marks.faces == {1: frozenset(a_faces), 2: frozenset({b_face})}
+    after.close()
