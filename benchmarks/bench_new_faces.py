@@ -165,13 +165,16 @@ def steps_wrapped(wrap: Callable[[str, Callable[..., Any]], Callable[..., Any]])
             setattr(cycle, name, step)
 
 
-def daemon_seconds(config: Path, url: str) -> tuple[float, dict[str, float]]:
+def daemon_seconds(config: Path, url: str) -> tuple[float, dict[str, float], float]:
     """CPU seconds of a running daemon's cycle when a second batch of NEW faces arrives, in all and per
     step: the process has run a cycle before (its index loaded, leftovers looked for once), as
-    `facesyncd run` has; a `sync` pays those in every new process."""
+    `facesyncd run` has; a `sync` pays those in every new process. Then the baseline of its publish:
+    a third batch, each touched folder written whole from every face of its faceset, as before the
+    export's marks named faces (migrations/0020)."""
     from facesyncd import actions
     from facesyncd.app import open_app
     from facesyncd.config import load_settings
+    from facesyncd.layouts import CropsLayout
 
     spent = dict.fromkeys(STEPS, 0.0)
 
@@ -192,13 +195,23 @@ def daemon_seconds(config: Path, url: str) -> tuple[float, dict[str, float]]:
         with steps_wrapped(timed):
             started = time.process_time()
             actions.sync(app, reconcile=False, census=False)
-            return time.process_time() - started, spent
+            total, steps = time.process_time() - started, dict(spent)
+        add_new_faces(config, seed=14, first=2 * NEW)
+        spent["publish"] = 0.0
+        by_marks = CropsLayout.write_marked
+        CropsLayout.write_marked = lambda *_: (frozenset(), 0)  # type: ignore[method-assign,assignment]
+        try:
+            with steps_wrapped(timed):
+                actions.sync(app, reconcile=False, census=False)
+        finally:
+            CropsLayout.write_marked = by_marks  # type: ignore[method-assign]
+        return total, steps, spent["publish"]
 
 
 def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str, str, str]]:
     require_shared()
     measured: dict[int, tuple[float, dict[str, float]]] = {}
-    daemon: dict[int, tuple[float, dict[str, float]]] = {}
+    daemon: dict[int, tuple[float, dict[str, float], float]] = {}
     wholes: dict[int, dict[str, Any]] = {}
     for size in sizes:
         directory = Path(tempfile.mkdtemp(prefix="bench-new-faces-"))
@@ -219,7 +232,8 @@ def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str,
                 f"{'the same' if compared['same'] else 'OTHER'} {compared['clusters']} clusters; of the "
                 f"{compared['people found'][2]} new people, found whole: {compared['people found'][0]} "
                 f"(as before: {compared['people found'][1]}); in a running daemon's cycle: {daemon[size][0]:.2f} "
-                f"CPU-s ({', '.join(f'{name} {seconds:.2f}' for name, seconds in daemon[size][1].items())})",
+                f"CPU-s ({', '.join(f'{name} {seconds:.2f}' for name, seconds in daemon[size][1].items())}); "
+                f"its publish with each folder written whole, as before: {daemon[size][2]:.2f} CPU-s",
                 flush=True,
             )
         finally:
@@ -249,6 +263,12 @@ def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str,
         *(
             (f"  of which {name.replace('_', ' ')}", series([daemon[size][1][name] for size in sizes]), "")
             for name in STEPS
+        ),
+        (
+            "  its publish with each touched folder written whole instead, as before (the next 1,000)",
+            series([daemon[size][2] for size in sizes]),
+            f"from the marked faces alone: {daemon[sizes[-1]][1]['publish'] / daemon[sizes[-1]][2]:.2f}x of that "
+            f"at {sizes[-1]:,}",
         ),
         (
             "  clustering alone (the rest: opening facesets, matching the pool to them)",
