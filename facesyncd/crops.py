@@ -24,7 +24,7 @@ from .quality import assess
 
 log = logging.getLogger(__name__)
 
-CROPS_MARKER = ".facesyncd-crops"  # see Crops.state
+CROPS_MARKER = "facesyncd-crops.id"  # see Crops.state (not a dot name: those are half-written files)
 
 
 def crop_name(sha256: str, face_index: int) -> str:

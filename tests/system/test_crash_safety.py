@@ -8,6 +8,7 @@ from pathlib import Path
 
 from conftest import PHOTOS, add_photos, requires_shared, run_cli, run_process, write_config
 from facesyncd.crashpoints import POINTS
+from facesyncd.crops import CROPS_MARKER
 from fake_immich import FakeImmich
 
 pytestmark = requires_shared
@@ -88,6 +89,7 @@ def snapshot(base: Path) -> dict:
         assert set(manifest.get("user_files", [])) <= {"NAME.txt"}, "a file of facesyncd's taken for the user's"
         facesets[manifest["number"]] = sorted(f["asset_id"] for f in manifest["faces"])
     on_disk = {str(p.relative_to(state / "crops")) for p in (state / "crops").rglob("*") if p.is_file()}
+    on_disk.discard(CROPS_MARKER)  # not a crop: the directory's token (Crops.state)
     assert on_disk == crops, f"orphan or missing crops: {on_disk ^ crops}"
     leftovers = [p.name for p in state.rglob("*") if p.name.endswith((".tmp", ".part")) or p.name.startswith(".")]
     assert not leftovers, f"half-written files left: {leftovers}"
