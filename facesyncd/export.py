@@ -371,14 +371,21 @@ class _Listed:
             start = lines.index(_FACES_OPEN) + 1
         except ValueError:
             return None
-        faces: dict[int, str] = {}
         end = start
-        while end < len(lines) and (match := _FACE_LINE.match(lines[end])):
-            line = lines[end][2:]
-            faces[int(match.group(1))] = line[:-1] if line.endswith(",") else line
+        while end < len(lines) and lines[end].startswith(_FACE_LINE):
             end += 1
-        if not faces or end == len(lines) or lines[end] not in (" ]", " ],") or list(faces) != sorted(faces):
+        block = lines[start:end]
+        if not block or end == len(lines) or lines[end] not in (" ]", " ],"):
             return None
+        if not all(line.endswith(",") for line in block[:-1]) or block[-1].endswith(","):
+            return None
+        try:  # by slicing, not a pattern: a third of the time of reading a folder's manifest
+            ids = [int(line[len(_FACE_LINE) : line.index(",", len(_FACE_LINE))]) for line in block]
+        except ValueError:
+            return None
+        if ids != sorted(set(ids)):
+            return None
+        faces = dict(zip(ids, [line[2:-1] for line in block[:-1]] + [block[-1][2:]], strict=True))
         assert text is not None
         return cls(text, lines[:start], faces, lines[end:])
 
@@ -390,7 +397,7 @@ class _Listed:
 
 # How manifest_text writes the list of faces: one face per line, each a JSON object opening with its id.
 _FACES_OPEN = ' "faces": ['
-_FACE_LINE = re.compile(r' {2}\{"face_id": (\d+), ')
+_FACE_LINE = '  {"face_id": '
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -571,14 +578,14 @@ def update_marked(
         if number is not None and number in marked:
             names.setdefault(number, []).append(entry.name)
     done: set[int] = set()
-    written = 0
+    written, mode = 0, new_file_mode()
     for number, ids in marked.items():
         folders_of = sorted(names.get(number, []))
         changes = _marked_changes(facesets_dir, crops_dir, number, folders_of, ids, faces.get(number, ()), link_of)
         if changes is None:
             continue
         for change in changes:
-            _apply(change.folder, change.place, change.retire, (MANIFEST, change.text))
+            _apply(change.folder, change.place, change.retire, (MANIFEST, change.text), mode=mode)
             written += 1
         done.add(number)
     return frozenset(done), written
@@ -698,16 +705,20 @@ def _apply(
     placeholders: Mapping[str, bytes] | None = None,
     *,
     drop_top: bool = False,
+    mode: int | None = None,
 ) -> None:
     """Update a folder in place: the list of names about to change goes first (PENDING_FILE); then
     the `changed` files are placed and the `retired` ones removed; the new manifest (name, text)
-    last, and the list goes."""
+    last, and the list goes. `mode`: a new file's (new_file_mode, which reads /proc: an export of
+    many folders reads it once)."""
     top = final / TOP_FOLDER
+    mode = new_file_mode() if mode is None else mode
     if changed or retired:
         # Not flushed to disk, nor is the manifest: a kill leaves each whole; a power cut at worst
         # leaves a face's file taken for the user's, in folders that are a cache of the store.
-        write_atomic(final / PENDING_FILE, json.dumps(sorted({*changed, *retired})).encode(), durable=False)
-        group, mode = _new_file_group(final), new_file_mode()
+        pending = json.dumps(sorted({*changed, *retired})).encode()
+        write_atomic(final / PENDING_FILE, pending, mode=mode, durable=False)
+        group = _new_file_group(final)
         for name, source in changed.items():
             target = final / name
             if "/" in name:
@@ -730,7 +741,7 @@ def _apply(
             top.rmdir()
     for name, data in (placeholders or {}).items():
         (final / name).write_bytes(data)
-    write_atomic(final / manifest[0], manifest[1].encode(), durable=False)
+    write_atomic(final / manifest[0], manifest[1].encode(), mode=mode, durable=False)
     (final / PENDING_FILE).unlink(missing_ok=True)
 
 
