@@ -127,6 +127,18 @@ def manifest(
 def face_entry(face: ExportFace, link_of: Callable[[ExportFace], str | None] = no_link) -> dict[str, Any]:
     """One face as the crops layout's manifest lists it."""
     return {
+        **photo_entry(face, link_of),
+        "file": face_file(face),
+        "bbox": [round(v, 1) for v in face.bbox],
+        "det_score": round(face.det_score, 4),
+        "distance": None if face.distance is None else round(face.distance, 4),
+        "quality": None if face.quality is None else face.quality.as_dict(),
+    }
+
+
+def photo_entry(face: ExportFace, link_of: Callable[[ExportFace], str | None]) -> dict[str, Any]:
+    """Which face of which photo a manifest's entry is (either layout: the keys in this order)."""
+    return {
         "face_id": face.face_id,
         "source": face.source,
         "asset_id": face.asset_id,
@@ -134,11 +146,6 @@ def face_entry(face: ExportFace, link_of: Callable[[ExportFace], str | None] = n
         "file_name": face.file_name,
         "taken_at": face.taken,
         "immich_url": link_of(face),
-        "file": face_file(face),
-        "bbox": [round(v, 1) for v in face.bbox],
-        "det_score": round(face.det_score, 4),
-        "distance": None if face.distance is None else round(face.distance, 4),
-        "quality": None if face.quality is None else face.quality.as_dict(),
     }
 
 

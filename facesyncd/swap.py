@@ -30,7 +30,7 @@ from .atomic import remove_leftovers, write_atomic
 from .boxes import overlap
 from .config import ExportSettings
 from .embedder import Embedder
-from .export import NAME_FILE, SCHEMA_VERSION, SWAP_MANIFEST, TOP_FOLDER, Plan, faceset_name
+from .export import NAME_FILE, SCHEMA_VERSION, SWAP_MANIFEST, TOP_FOLDER, Plan, faceset_name, photo_entry
 from .imaging import DecodedImage
 from .models import Box, ExportFace
 
@@ -319,13 +319,7 @@ def plan(
                 "file": file,
                 "rank": rank,
                 "top": file in top,  # in top/ and the top bundle
-                "face_id": face.face_id,
-                "source": face.source,
-                "asset_id": face.asset_id,
-                "owner": face.owner,
-                "file_name": face.file_name,
-                "taken_at": face.taken,
-                "immich_url": link_of(face),
+                **photo_entry(face, link_of),
                 "bbox": [round(v, 1) for v in face.bbox],
                 "png_box": [round(v, 1) for v in placed_box(face.bbox, cache.padding, cache.size)],
                 "det_score": round(face.det_score, 4),
