@@ -373,7 +373,9 @@ class _Listed:
     def read(cls, folder: Path) -> _Listed | None:
         """None: no manifest, or one in another form (not as manifest_text writes it, no face)."""
         text = read_text(folder / MANIFEST)
-        lines = text.split("\n") if text is not None else []
+        if text is None:
+            return None
+        lines = text.split("\n")
         try:
             start = lines.index(_FACES_OPEN) + 1
         except ValueError:
@@ -393,7 +395,6 @@ class _Listed:
         if ids != sorted(set(ids)):
             return None
         faces = dict(zip(ids, [line[2:-1] for line in block[:-1]] + [block[-1][2:]], strict=True))
-        assert text is not None
         return cls(text, lines[:start], faces, lines[end:])
 
     def text(self, faces: Sequence[str]) -> str:
@@ -640,8 +641,8 @@ def _marked_changes(
         if not all(os.path.isfile(source) for source in place.values()):
             return None  # a crop to restore first (write_faceset's `missing`)
         if place:
-            here, device = _Folder(final, None, [], frozenset()), final.stat().st_dev
-            place = {file: source for file, source in place.items() if not _same_file(here, device, file, source)}
+            device = final.stat().st_dev
+            place = {file: source for file, source in place.items() if not _same_file(final, {}, device, file, source)}
         retire = [face_file_of(face_id) for face_id in listed.faces if face_id in marked and face_id not in lines]
         text = listed.text([lines[face_id] for face_id in sorted(lines)])
         if place or retire or text != listed.original:
@@ -698,7 +699,11 @@ def _update_in_place(folder: _Folder, plan: Plan, wanted: dict[str, Any], placeh
     remove_leftovers(final, *MANIFESTS, PENDING_FILE)
     present = _ours_present(folder)
     device = final.stat().st_dev
-    changed = {name: source for name, source in plan.files.items() if not _same_file(folder, device, name, source)}
+    changed = {
+        name: source
+        for name, source in plan.files.items()
+        if not _same_file(final, folder.inodes, device, name, source)
+    }
     retired = sorted(present - set(plan.files))
     drop_top = not any(name.startswith(f"{TOP_FOLDER}/") for name in plan.files) and TOP_FOLDER in present
     _apply(final, changed, retired, (plan.manifest_name, manifest_text(wanted)), placeholders, drop_top=drop_top)
@@ -765,12 +770,12 @@ def _ours_present(folder: _Folder) -> set[str]:
     return present
 
 
-def _same_file(folder: _Folder, device: int, name: str, source: Path | bytes) -> bool:
+def _same_file(folder: Path, inodes: Mapping[str, int], device: int, name: str, source: Path | bytes) -> bool:
     """Whether the folder's `name` already holds `source`: the file it was linked from (its inode, as
-    the folder's listing gave it: one stat per file, of the source), a copy of the same size and time
-    (see _place), or the same bytes."""
-    target = os.path.join(folder.path, name)
-    inode = folder.inodes.get(name)
+    the folder's listing gave it, `inodes`: one stat per file, of the source; without it, the target
+    is stat'ed), a copy of the same size and time (see _place), or the same bytes."""
+    target = os.path.join(folder, name)
+    inode = inodes.get(name)
     try:
         if isinstance(source, bytes):
             status = os.lstat(target)

@@ -67,7 +67,7 @@ def publish(parts: PublishParts, report: CycleReport, only: frozenset[int] | Non
         [(source.url, source.web_url) for source in parts.sources],
     )
     marks = parts.store.export_marks()
-    left = as_left(parts.store, PUBLISH, *state, folder_state(parts.facesets_dir), parts.caches.crops.state())
+    left = as_left(parts.store, PUBLISH, *state, *_tree_state(parts))
     numbers = only if only is not None else marks.numbers if left else None
     if only is None and numbers is not None and not numbers:
         log.debug("no faceset changed since the last export: the folders are as the store says")
@@ -80,7 +80,13 @@ def publish(parts: PublishParts, report: CycleReport, only: frozenset[int] | Non
         return
     parts.store.clear_export_marks(marks.upto, numbers)
     if numbers is None or left:  # the folders are now as this export left them
-        finished(parts.store, PUBLISH, *state, folder_state(parts.facesets_dir), parts.caches.crops.state())
+        finished(parts.store, PUBLISH, *state, *_tree_state(parts))
+
+
+def _tree_state(parts: PublishParts) -> tuple[object, ...]:
+    """What the user (or a lost disk) may have changed under the export since it last ran: the
+    faceset folders (export.folder_state) and the crops directory they are linked from."""
+    return folder_state(parts.facesets_dir), parts.caches.crops.state()
 
 
 def _publish(
