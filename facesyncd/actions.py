@@ -130,6 +130,7 @@ def apply_corrections(app: App, only: frozenset[int] | None = None) -> CycleRepo
 
 def _record_failure(app: App, cycle_id: int, started: float, report: CycleReport, error: BaseException) -> None:
     app.index.drop()
+    app.pool.drop()
     report.seconds = round(time.monotonic() - started, 3)
     try:
         app.store.finish_cycle(cycle_id, ok=False, error=str(error) or type(error).__name__, report=report.as_dict())

@@ -18,6 +18,7 @@ from .embedder import Embedder, make_embedder
 from .immich import ClientFactory, ClientSet, ImmichClient
 from .index import IndexKeeper
 from .layouts import Layout, make_layout
+from .pool import PoolKeeper
 from .progress import Reporter, SilentReporter
 from .store import Store
 from .swap import SwapCache
@@ -37,6 +38,7 @@ class App:
     crops: Crops = field(init=False)
     swap: SwapCache = field(init=False)
     index: IndexKeeper = field(init=False)
+    pool: PoolKeeper = field(init=False)  # the pool's arrays, held between cycles
     layout: Layout = field(init=False)  # what the faceset folders hold ([export] format), decided here only
     caches: Caches = field(init=False)  # what follows the faces in the store (crops, swap PNGs, index)
     corrections_seen: int = field(init=False, default=-1)  # the store's corrections_version last acted on
@@ -47,6 +49,7 @@ class App:
         export = self.settings.export
         self.swap = SwapCache(self.settings.state_dir / "swap", export.swap_size, export.swap_padding)
         self.index = IndexKeeper(self.store, self.settings.state_dir, self._dimension)
+        self.pool = PoolKeeper(self.store)
         self.layout = make_layout(export, self.settings.facesets_dir, self.crops, self.swap, self.embedder)
         self.caches = Caches(self.crops, self.swap, self.index)
         self.leftovers_removed = False  # a killed process's temporary files: looked for once per process
@@ -88,7 +91,7 @@ class App:
         )
 
     def identify_parts(self) -> IdentifyParts:
-        return IdentifyParts(self.store, self.index, self.settings.identities, self.reporter)
+        return IdentifyParts(self.store, self.index, self.pool, self.settings.identities, self.reporter)
 
     def publish_parts(self) -> PublishParts:
         settings = self.settings

@@ -240,26 +240,37 @@ def pool_scope(
     group_of: NDArray[np.int64],
     sizes: Mapping[int, int],
     cut: float,
+    among: NDArray[np.bool_] | None = None,
 ) -> NDArray[np.bool_] | None:
-    """The rows of the pool a cycle must cluster again, given the groups the last clustering split
-    it into (`group_of`: each row's group, -1 for a face new to the pool; `sizes`: each group's size
-    then); None: all of them (no record, or mostly new faces).
+    """The rows of the pool a cycle must cluster again, of those `among` (all: None), given the
+    groups the last clustering split them into (`group_of`: each row's group, -1 for a face new to
+    the pool; `sizes`: each group's size then); None: all of them (no record, or mostly new faces).
 
     A group no new face comes within `cut` of, and that lost no face, holds the same faces as when
     it was clustered, and no cluster crosses groups (two groups merge only when some pair of their
     faces is within the cut): clustering it again would give what it gave, which opened nothing
     (what it opened left the pool, and the group with it). So only the groups new faces reach
-    (found exactly: near_any) and the groups that
-    changed are clustered, with the new faces."""
-    new = group_of < 0
-    known = ~new
-    if not known.any() or new.sum() * 2 > len(group_of):
+    (found exactly: near_any) and the groups that changed are clustered, with the new faces.
+    (Rows outside `among` are skipped, not copied out: the pool's arrays are 400 MB at 200,000
+    faces.)"""
+    among = np.ones(len(group_of), bool) if among is None else among
+    new = among & (group_of < 0)
+    known = among & ~new
+    if not known.any() or new.sum() * 2 > among.sum():
         return None
     present, counts = np.unique(group_of[known], return_counts=True)
-    dirty = {int(group) for group, count in zip(present, counts, strict=True) if sizes.get(int(group)) != count}
-    reached = group_of[near_any(embeddings, embeddings[new], cut)]
-    dirty.update(int(group) for group in np.unique(reached[reached >= 0]))
-    return new | np.isin(group_of, np.fromiter(dirty, np.int64, len(dirty)))
+    # the groups whose faces now are not those they were made with (each group's count, looked up)
+    made = np.fromiter(sizes.keys(), np.int64, len(sizes))
+    made_counts = np.fromiter(sizes.values(), np.int64, len(sizes))
+    order = np.argsort(made)
+    made, made_counts = made[order], made_counts[order]
+    same = np.zeros(len(present), bool)
+    if len(made):
+        at = np.minimum(np.searchsorted(made, present), len(made) - 1)
+        same = (made[at] == present) & (made_counts[at] == counts)
+    dirty = present[~same]
+    reached = group_of[near_any(embeddings, embeddings[new], cut) & known]
+    return among & (new | np.isin(group_of, np.union1d(dirty, reached)))
 
 
 def near_any(

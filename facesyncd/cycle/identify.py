@@ -25,6 +25,7 @@ from ..identities import (
 )
 from ..index import FaceIndex, IndexKeeper
 from ..models import CycleReport, PoolArrays, StoredFace
+from ..pool import PoolKeeper
 from ..progress import Reporter
 from ..store import Store
 from .unchanged import CLUSTER, MERGE, finished, unchanged
@@ -36,10 +37,12 @@ NEIGHBOURS = 16
 
 @dataclass(frozen=True)
 class IdentifyParts:
-    """What identifying faces uses: the store, the index, [identities] and the reporter."""
+    """What identifying faces uses: the store, the index, the pool's arrays, [identities] and the
+    reporter."""
 
     store: Store
     index: IndexKeeper
+    pool: PoolKeeper
     settings: IdentitySettings
     reporter: Reporter
 
@@ -96,9 +99,10 @@ def open_new_facesets(parts: IdentifyParts, report: CycleReport) -> None:
 def _cluster_rounds(parts: IdentifyParts, report: CycleReport) -> None:
     """Cluster the pool faces in scope (see _scope), in rounds; then remember how the first round
     split them (a crash before that leaves the new faces new: the next cycle clusters them again).
-    The whole pool is read as arrays (Store.pool_arrays); only the faces clustered are read whole."""
+    The whole pool is read as arrays (held between cycles: PoolKeeper); only the faces clustered are
+    read whole."""
     settings = parts.settings
-    everyone = parts.store.pool_arrays()
+    everyone = parts.pool.get()
     seeds = _seeds(everyone, settings)
     scope, replaced = _scope(parts, everyone, seeds)
     pool = parts.store.faces_by_ids(_in_scope(everyone, seeds, scope))
@@ -118,7 +122,7 @@ def _cluster_rounds(parts: IdentifyParts, report: CycleReport) -> None:
             break
         # Poor faces (blurred, strong profiles, cut by the edge) never open or grow a faceset: they
         # wait in the pool, and join an identity only when close to one (see seed_mask).
-        everyone = parts.store.pool_arrays()
+        everyone = parts.pool.get()
         in_scope = _in_scope(everyone, _seeds(everyone, settings), scope)
         if len(in_scope) < settings.min_faceset_faces:
             break
@@ -162,13 +166,14 @@ def _scope(parts: IdentifyParts, pool: PoolArrays, seeds: NDArray[np.bool_]) -> 
     sizes = parts.store.pool_group_sizes()
     if not sizes or parts.store.get_meta(_GROUPS_CUT) != repr(parts.settings.cluster_distance):
         return None, set()
-    group_of = pool.group[seeds]
-    rows = pool_scope(pool.embeddings[seeds], group_of, sizes, parts.settings.cluster_distance)
+    rows = pool_scope(pool.embeddings, pool.group, sizes, parts.settings.cluster_distance, among=seeds)
     if rows is None:
         return None, set()
-    log.debug("clustering %d of the pool's %d faces (the groups new faces reach)", int(rows.sum()), len(group_of))
-    replaced = (set(sizes) - set(group_of.tolist())) | set(group_of[rows].tolist())
-    return set(pool.ids[seeds][rows].tolist()), replaced - {-1}
+    log.debug("clustering %d of the pool's %d faces (the groups new faces reach)", int(rows.sum()), int(seeds.sum()))
+    made = np.fromiter(sizes, np.int64, len(sizes))
+    gone = made[~np.isin(made, pool.group[seeds], kind="table")]  # no face of the pool is in them any longer
+    replaced = set(gone.tolist()) | set(np.unique(pool.group[rows]).tolist())
+    return set(pool.ids[rows].tolist()), replaced - {-1}
 
 
 def _remember_groups(

@@ -73,6 +73,9 @@ def _numbers_sql(numbers: Collection[int]) -> str:
 # the frame); an imported crop fills its image by design and is not.
 _CUT = "b.decoded_from != 'import' AND (f.x1 <= 1 OR f.y1 <= 1 OR f.x2 >= b.width - 1 OR f.y2 >= b.height - 1) AS cut"
 
+# The newest pool mark cleared (see Store.pool_marks).
+_POOL_MARKS_CLEARED = "pool_marks_cleared"
+
 # A face compared with every identity and in none, that clustering may open a faceset from.
 POOL = f"f.identity IS NULL AND f.matched_at IS NOT NULL AND f.held IS NULL AND {LIVE_FACES}"
 
@@ -234,15 +237,18 @@ class FaceQueries(Database):
         """The faces clustering may open facesets from: in no identity, and not only in the trash."""
         return self._faces(POOL)
 
-    def pool_arrays(self) -> PoolArrays:
-        """pool_faces as arrays (see PoolArrays). A face's blur and frontality are NaN where its
-        quality was not measured (the parts are written all together: _quality_columns)."""
+    def pool_arrays(self, ids: Sequence[int] | None = None) -> PoolArrays:
+        """pool_faces as arrays (see PoolArrays), by id; with `ids`, those of them in the pool only.
+        A face's blur and frontality are NaN where its quality was not measured (the parts are
+        written all together: _quality_columns)."""
         import numpy as np
 
+        among = "" if ids is None else " AND f.id IN (SELECT value FROM json_each(:ids))"
         rows = self.tuples(
             f"SELECT f.id, f.embedding, f.q_blur, f.q_frontality, {_CUT}, COALESCE(m.grp, -1) "
             "FROM faces f LEFT JOIN blobs b ON b.sha256 = f.sha256 LEFT JOIN pool_members m ON m.face_id = f.id "
-            f"WHERE {POOL} ORDER BY f.id"
+            f"WHERE {POOL}{among} ORDER BY f.id",
+            {} if ids is None else {"ids": json.dumps(list(ids))},
         )
         if not rows:
             none = np.zeros(0, np.int64)
@@ -258,6 +264,25 @@ class FaceQueries(Database):
             np.array(cut, bool),
             np.array(group, np.int64),
         )
+
+    def pool_marks(self, since: int) -> tuple[int, list[int]] | None:
+        """The faces whose rows of pool_arrays may have changed after mark `since` (marked by
+        triggers, migrations/0021), and the newest mark; None when some of those marks were cleared
+        (a reader that far behind reads the pool whole)."""
+        if int(self.get_meta(_POOL_MARKS_CLEARED) or 0) > since:
+            return None
+        rows = self.tuples("SELECT seq, face_id FROM pool_marks WHERE seq > ? ORDER BY seq", (since,))
+        return (rows[-1][0] if rows else since), [face for _, face in rows]
+
+    def newest_pool_mark(self) -> int:
+        return int(self.scalar("SELECT COALESCE(MAX(seq), 0) FROM pool_marks"))
+
+    def clear_pool_marks(self, upto: int) -> None:
+        """The pool as it stood at mark `upto` was read: those marks are cleared (a reader behind
+        them reads the pool whole, see pool_marks)."""
+        with self.transaction():
+            if self.execute("DELETE FROM pool_marks WHERE seq <= ?", (upto,)).rowcount:
+                self.set_meta(_POOL_MARKS_CLEARED, str(upto))
 
     def faces_by_ids(self, ids: Sequence[int]) -> list[StoredFace]:
         """These faces (those still there), by id."""
