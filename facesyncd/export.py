@@ -864,32 +864,45 @@ def write_names(facesets_dir: Path, names: Mapping[int, str | None]) -> None:
             write_atomic(folder / NAME_FILE, ((names[number] or "") + "\n").encode())
 
 
-def folder_state(facesets_dir: Path) -> tuple[tuple[str, int, int, tuple[int, ...]], ...]:
+FolderState = tuple[tuple[str, int, int, tuple[int, ...]], ...]
+
+
+def folder_state(facesets_dir: Path, known: FolderState = (), written: Collection[int] | None = None) -> FolderState:
     """What a user may have changed in the tree since the last export, cheaply (no manifest read): the
     faceset folders there are, when each one's entries last changed (a file added or deleted), when
     its NAME.txt (read back as the set's name) changed, and its crops manifest's inode, size and
-    time (a manifest edited where it stands: an export may take its lines as written)."""
+    time (a manifest edited where it stands: an export may take its lines as written).
+
+    `known`: this state as read before an export that wrote the folders of the facesets `written`
+    alone; another faceset's folder is taken from it, not looked at again (three stats per folder:
+    0.15 CPU-s at 3,000 folders). A change made to one meanwhile then shows at the next look."""
+    before = {entry[0]: entry for entry in known}
     found: list[tuple[str, int, int, tuple[int, ...]]] = []
     try:
         entries = list(os.scandir(facesets_dir))
     except OSError:
         return ()
     for entry in entries:
-        if FOLDER_RE.match(entry.name) or entry.name in (SWAP_MANIFEST, MARKER):
-            try:
-                listed = entry.stat(follow_symlinks=False).st_mtime_ns
-            except OSError:
-                listed = 0
-            try:
-                named = os.stat(os.path.join(entry.path, NAME_FILE)).st_mtime_ns
-            except OSError:
-                named = 0
-            try:
-                status = os.stat(os.path.join(entry.path, MANIFEST))
-                written: tuple[int, ...] = (status.st_ino, status.st_size, status.st_mtime_ns)
-            except OSError:
-                written = ()
-            found.append((entry.name, listed, named, written))
+        match = FOLDER_RE.match(entry.name)
+        if not match and entry.name not in (SWAP_MANIFEST, MARKER):
+            continue
+        if written is not None and match and entry.name in before and int(match.group(1)) not in written:
+            found.append(before[entry.name])
+            continue
+        try:
+            listed = entry.stat(follow_symlinks=False).st_mtime_ns
+        except OSError:
+            listed = 0
+        try:
+            named = os.stat(os.path.join(entry.path, NAME_FILE)).st_mtime_ns
+        except OSError:
+            named = 0
+        try:
+            status = os.stat(os.path.join(entry.path, MANIFEST))
+            manifest: tuple[int, ...] = (status.st_ino, status.st_size, status.st_mtime_ns)
+        except OSError:
+            manifest = ()
+        found.append((entry.name, listed, named, manifest))
     return tuple(sorted(found))
 
 

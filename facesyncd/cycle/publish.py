@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..config import ExportSettings, FaceSettings, ImmichSettings
 from ..errors import ImageError, ImmichAuthError, ImmichError, ImmichUnreachable
-from ..export import SCHEMA_VERSION, folder_state, remove_faceset
+from ..export import SCHEMA_VERSION, FolderState, folder_state, remove_faceset
 from ..imaging import DecodedImage
 from ..immich import ClientSet, ImmichClient
 from ..layouts import Layout, Library
@@ -67,7 +67,8 @@ def publish(parts: PublishParts, report: CycleReport, only: frozenset[int] | Non
         [(source.url, source.web_url) for source in parts.sources],
     )
     marks = parts.store.export_marks()
-    left = as_left(parts.store, PUBLISH, *state, *_tree_state(parts))
+    tree = _tree_state(parts)
+    left = as_left(parts.store, PUBLISH, *state, *tree)
     numbers = only if only is not None else marks.numbers if left else None
     if only is None and numbers is not None and not numbers:
         log.debug("no faceset changed since the last export: the folders are as the store says")
@@ -80,13 +81,16 @@ def publish(parts: PublishParts, report: CycleReport, only: frozenset[int] | Non
         return
     parts.store.clear_export_marks(marks.upto, numbers)
     if numbers is None or left:  # the folders are now as this export left them
-        finished(parts.store, PUBLISH, *state, *_tree_state(parts))
+        finished(parts.store, PUBLISH, *state, *_tree_state(parts, tree[0], numbers))
 
 
-def _tree_state(parts: PublishParts) -> tuple[object, ...]:
+def _tree_state(
+    parts: PublishParts, before: FolderState = (), written: Collection[int] | None = None
+) -> tuple[FolderState, str]:
     """What the user (or a lost disk) may have changed under the export since it last ran: the
-    faceset folders (export.folder_state) and the crops directory they are linked from."""
-    return folder_state(parts.facesets_dir), parts.caches.crops.state()
+    faceset folders (export.folder_state) and the crops directory they are linked from. `before`:
+    as read before an export that wrote the facesets `written` alone (None: any)."""
+    return folder_state(parts.facesets_dir, before, written), parts.caches.crops.state()
 
 
 def _publish(

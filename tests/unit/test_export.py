@@ -365,3 +365,27 @@ def test_a_faceset_its_marked_faces_cannot_decide_is_left_to_be_written_whole(
     before = snapshot(folder)
     assert update_marked(facesets, crops, marked, now) == (frozenset(), 0)
     assert snapshot(folder) == before and not (facesets / "faceset_002").exists()
+
+
+def test_the_tree_after_an_export_is_read_again_where_it_wrote_alone(tmp_path: Path) -> None:
+    """folder_state after an export that wrote some facesets: their folders (and new ones, and the
+    top-level files) are looked at again, the others taken from the look before it, and a folder
+    gone is gone."""
+    from facesyncd.export import MANIFEST, folder_state
+
+    for name in ("faceset_001", "faceset_002", "faceset_002_beach", "faceset_003"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / MANIFEST).write_text("{}")
+    before = folder_state(tmp_path)
+    assert [entry[0] for entry in before] == ["faceset_001", "faceset_002", "faceset_002_beach", "faceset_003"]
+    for name in ("faceset_001", "faceset_002_beach"):  # 2 written, 1 touched by hand meanwhile
+        (tmp_path / name / MANIFEST).write_text('{"faces": []}')
+    (tmp_path / "faceset_004").mkdir()
+    (tmp_path / "faceset_003" / MANIFEST).unlink()
+    (tmp_path / "faceset_003").rmdir()
+    after = {entry[0]: entry for entry in folder_state(tmp_path, before, written={2, 3, 4})}
+    looked = {entry[0]: entry for entry in folder_state(tmp_path)}
+    assert after.keys() == looked.keys() == {"faceset_001", "faceset_002", "faceset_002_beach", "faceset_004"}
+    assert after["faceset_002_beach"] == looked["faceset_002_beach"] != before[2]
+    assert after["faceset_004"] == looked["faceset_004"]
+    assert after["faceset_001"] == before[0] != looked["faceset_001"]  # seen at the next look
