@@ -386,6 +386,9 @@ def test_a_pool_clustered_where_it_changed_opens_the_facesets_a_whole_clustering
     open_new_facesets(stepwise.identify_parts(), CycleReport())
     pool_then = len(first) - 6 + len(later)
     assert sizes and sizes[0] < pool_then // 4, (sizes, pool_then)  # the new faces and people 0 and 1 only
+    whole_reads = []
+    read = stepwise.store.pool_arrays
+    monkeypatch.setattr(stepwise.store, "pool_arrays", lambda ids=None: whole_reads.append(ids is None) or read(ids))
     for round in ("third", "fourth"):
         # the faces left behind where facesets opened are clustered once more (as the whole pool
         # would be), then only what arrives: strangers that reach no one
@@ -393,6 +396,7 @@ def test_a_pool_clustered_where_it_changed_opens_the_facesets_a_whole_clustering
         stepwise.store.record_matches({}, _add(stepwise, unit(rng.normal(size=(3, 128))), round))
         open_new_facesets(stepwise.identify_parts(), CycleReport())
     assert sizes == [3]
+    assert whole_reads and not any(whole_reads)  # the process held the pool: only the marked faces were read
     groups = stepwise.store.pool_group_sizes()
     in_pool = set(stepwise.store.pool_arrays().group.tolist())
     assert groups and set(groups) <= in_pool  # the groups whose faces all opened facesets are forgotten
