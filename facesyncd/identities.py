@@ -89,7 +89,9 @@ def merge_candidates(centres: Mapping[int, NDArray[np.float32]], max_distance: f
     numbers = sorted(centres)
     matrix = np.stack([centres[number] for number in numbers])
     distances = 1.0 - matrix @ matrix.T
-    rows, columns = np.nonzero(np.triu(distances <= max_distance, k=1))
+    rows, columns = np.nonzero(distances <= max_distance)
+    upper = rows < columns  # each pair once, never an identity with itself
+    rows, columns = rows[upper], columns[upper]
     candidates = sorted(zip(distances[rows, columns].tolist(), rows.tolist(), columns.tolist(), strict=True))
     return [(numbers[row], numbers[column]) for _, row, column in candidates]
 
