@@ -26,6 +26,9 @@ class PoolKeeper:
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._empty()
+
+    def _empty(self) -> None:
         self._upto = 0  # the newest pool mark the arrays hold
         self._rows: dict[int, int] | None = None  # face id -> row; None: nothing read yet
         self._count = 0
@@ -58,8 +61,9 @@ class PoolKeeper:
 
     def drop(self) -> None:
         """Read the pool whole at the next get() (after a failure: a transaction the arrays were
-        brought in step within may have been undone)."""
-        self._rows = None
+        brought in step within may have been undone). The arrays go now, not when the next ones
+        are read beside them."""
+        self._empty()
 
     def _view(self) -> PoolArrays:
         count = self._count

@@ -451,3 +451,27 @@ def test_a_reader_behind_the_marks_another_cleared_reads_the_pool_whole(store: S
     changed = second.get()
     assert by_id(first.get()) == by_id(changed) == by_id(store.pool_arrays())
     assert len(changed.ids) == int(np.sum(np.ones(len(changed.ids)))) and store.newest_pool_mark() == 0
+
+
+def test_a_pool_read_inside_a_transaction_that_is_undone_is_read_whole_after_a_drop(store: Store) -> None:
+    """A cycle that fails after reading the pool may undo what it read (its transaction rolls back):
+    the keeper then holds a pool the store never had. A failed cycle drops it (actions), and the next
+    read is whole."""
+    from facesyncd.pool import PoolKeeper
+
+    rng = random.Random(3)
+    with store.transaction():
+        store.execute("UPDATE faces SET embedding = ?, identity = NULL WHERE id % 2 = 0", (embedding(rng),))
+    keeper = PoolKeeper(store)
+    before = by_id(keeper.get())
+
+    class Failed(Exception):
+        pass
+
+    with pytest.raises(Failed), store.transaction():
+        store.execute("UPDATE faces SET held = 'quarantine' WHERE id % 4 = 0")
+        assert len(keeper.get().ids) < len(before["ids"])
+        raise Failed
+    assert by_id(keeper.get()) != by_id(store.pool_arrays()) == before  # why a failure must drop it
+    keeper.drop()
+    assert by_id(keeper.get()) == before

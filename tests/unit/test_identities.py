@@ -344,6 +344,32 @@ def test_pool_scope_takes_the_groups_new_faces_reach_and_those_that_changed() ->
 
 
 @requires_shared
+def test_a_cycle_that_fails_after_reading_the_pool_leaves_no_pool_the_store_never_had(tmp_path) -> None:
+    """A cycle whose transaction is undone after it read the pool (it fails half way) drops what the
+    process holds of the pool: the next cycle reads the pool as the store has it."""
+    from facesyncd.actions import run_action
+    from facesyncd.models import JobKind
+
+    app = _app(tmp_path)
+    app.store.record_matches({}, _add(app, unit(np.random.default_rng(4).normal(size=(8, 128))), "p"))
+    assert len(app.pool.get().ids) == 8
+
+    def body(report: object) -> None:
+        with app.store.transaction():
+            app.store.execute("UPDATE faces SET held = 'quarantine' WHERE id % 2 = 0")
+            assert len(app.pool.get().ids) == 4
+            raise RuntimeError("the cycle fails")
+
+    with pytest.raises(RuntimeError):
+        run_action(app, JobKind.SYNC, body)
+    assert (
+        sorted(app.pool.get().ids.tolist()) == app.store.pool_arrays().ids.tolist()
+        and len(app.store.pool_arrays().ids) == 8
+    )
+    app.close()
+
+
+@requires_shared
 def test_a_pool_clustered_where_it_changed_opens_the_facesets_a_whole_clustering_opens(tmp_path, monkeypatch) -> None:
     """Issue 24, behaviour 2: after a first clustering, a cycle clusters only the groups new pool
     faces reach (and the new faces); the facesets it opens are those clustering the whole pool
