@@ -25,6 +25,7 @@ database was lost can be adopted without giving a number to another person.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ import re
 import shutil
 import stat
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -634,6 +635,8 @@ def _marked_changes(
         lines = {face_id: line for face_id, line in listed.faces.items() if face_id not in marked}
         place: dict[str, Path | bytes] = {}
         for face in wanted.get(name, ()):
+            if face.face_id not in listed.faces and os.path.lexists(final / face_file(face)):
+                return None  # the user's entry has the name of a joining face's file: set aside first
             lines[face.face_id] = json.dumps(face_entry(face, link_of))
             place[face_file(face)] = crops_dir / face.crop
         if not lines:
@@ -669,6 +672,7 @@ def write_folder(facesets_dir: Path, name: str, plan: Plan) -> bool:
 
 
 def _write_folder(facesets_dir: Path, folder: _Folder, plan: Plan) -> bool:
+    folder = _out_of_the_way(folder, plan)
     final, existing, users = folder.path, folder.existing, folder.users
     placeholders = {name: data for name, data in plan.placeholders.items() if name not in users}
     if _is_current(folder, plan) and not placeholders:
@@ -689,6 +693,34 @@ def _write_folder(facesets_dir: Path, folder: _Folder, plan: Plan) -> bool:
             "kept %d file(s) in %s that facesyncd did not write: %s", len(new_users), final, ", ".join(new_users)
         )
     return True
+
+
+def _out_of_the_way(folder: _Folder, plan: Plan) -> _Folder:
+    """The folder once the user's entries named like a file facesyncd is to write there are renamed
+    beside it, "face_0000003 (yours).jpg": a photo the user copied in from another faceset, then that
+    face joined this one. Never replaced, nor taken for facesyncd's (and a folder of that name made
+    every export of this one fail)."""
+    wanted = {name.split("/")[0] for name in plan.files} | set(plan.placeholders) | {plan.manifest_name}
+    clashes = [name for name in folder.users if name in wanted and name not in plan.placeholders]
+    if not clashes:
+        return folder
+    users, files, inodes = list(folder.users), set(folder.files), dict(folder.inodes)
+    for name in clashes:
+        stem, dot, suffix = name.partition(".")
+        free = next(
+            candidate
+            for count in itertools.count(1)
+            if not os.path.lexists(
+                folder.path / (candidate := f"{stem} (yours{'' if count == 1 else f' {count}'}){dot}{suffix}")
+            )
+        )
+        os.rename(folder.path / name, folder.path / free)
+        log.warning("%s: your %s has the name of a file facesyncd writes there: renamed %s", folder.path, name, free)
+        users[users.index(name)] = free
+        if name in files:
+            files = (files - {name}) | {free}
+        inodes[free] = inodes.pop(name, 0)
+    return replace(folder, users=sorted(users), files=frozenset(files), inodes=inodes)
 
 
 def _update_in_place(folder: _Folder, plan: Plan, wanted: dict[str, Any], placeholders: Mapping[str, bytes]) -> None:

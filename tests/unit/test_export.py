@@ -389,3 +389,46 @@ def test_the_tree_after_an_export_is_read_again_where_it_wrote_alone(tmp_path: P
     assert after["faceset_002_beach"] == looked["faceset_002_beach"] != before[2]
     assert after["faceset_004"] == looked["faceset_004"]
     assert after["faceset_001"] == before[0] != looked["faceset_001"]  # seen at the next look
+
+
+@pytest.mark.parametrize("kind", ["file", "folder", "link"])
+def test_a_users_entry_named_like_a_joining_faces_file_is_renamed_beside_never_replaced(
+    tree: tuple[Path, Path], kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The user put a photo (or made a folder, or a link) named face_0000003.jpg in faceset_001, say
+    copied from another faceset; then face 3 joins it. Its file is written, and the user's entry is
+    renamed beside it, never replaced or taken for facesyncd's, on the path from marks as on the whole
+    one, and the export does not fail over it."""
+    crops, facesets = tree
+    faces = make_faces(crops, [1, 2, 3])
+    export_all(facesets, crops, {1: faces[:2]})
+    folder = facesets / "faceset_001"
+    mine = folder / "face_0000003.jpg"
+    if kind == "file":
+        mine.write_bytes(b"the user's own photo")
+    elif kind == "folder":
+        mine.mkdir()
+        (mine / "inside.txt").write_text("the user's")
+    else:
+        os.symlink("/somewhere/of/the/users", mine)
+    export_all(facesets, crops, {1: faces[:2]})  # the user's file is seen (and reported) by an export
+    caplog.set_level(logging.WARNING)
+
+    done, _ = update_marked(facesets, crops, {1: {3}}, {1: [faces[2]]})
+    assert done == frozenset()  # left to the whole path, which sets the user's entry aside
+    assert export_all(facesets, crops, {1: faces}) == 1
+    assert (folder / "face_0000003.jpg").read_bytes() == b"jpeg of face 3"
+    kept = folder / "face_0000003 (yours).jpg"
+    if kind == "file":
+        assert kept.read_bytes() == b"the user's own photo"
+    elif kind == "folder":
+        assert (kept / "inside.txt").read_text() == "the user's"
+    else:
+        assert os.readlink(kept) == "/somewhere/of/the/users"
+    manifest = json.loads((folder / "faceset.json").read_text())
+    assert manifest["user_files"] == ["face_0000003 (yours).jpg"]
+    assert "face_0000003 (yours).jpg" in caplog.text
+    assert export_all(facesets, crops, {1: faces}) == 0
+
+    export_all(facesets, crops, {1: faces[:2]})  # face 3 leaves again: only facesyncd's file goes
+    assert not (folder / "face_0000003.jpg").exists() and os.path.lexists(kept)
