@@ -4,6 +4,7 @@ for good. Nothing is written to Immich."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 from ..config import IdentitySettings
@@ -11,7 +12,7 @@ from ..curation import NameRecord
 from ..models import CycleReport
 from ..naming import clear_names, normalised
 from ..store import Store
-from .unchanged import NAMES, finished, unchanged
+from .unchanged import NAMES, as_left, finished, unchanged
 
 log = logging.getLogger(__name__)
 
@@ -23,15 +24,42 @@ def adopt_immich_names(store: Store, settings: IdentitySettings, report: CycleRe
     nothing in the store changed since the last count."""
     if unchanged(store, NAMES, settings.name_min_faces, settings.name_min_share):
         return {}
-    named = _adopt(store, settings, report)
+    # Only the facesets whose votes may have changed are counted again (their marks: migrations/0022),
+    # while the settings are those of the last count and no name was given up since (one that was may
+    # be taken now by a faceset it kept from it); a faceset not marked would decide as it did.
+    upto, marked = store.name_marks()
+    before = _taken(store)
+    recorded = store.get_meta(_TAKEN)
+    whole = (
+        not as_left(store, NAMES, settings.name_min_faces, settings.name_min_share)
+        or not recorded
+        or bool(set(json.loads(recorded)) - before)
+    )
+    # Counting a faceset from its faces costs more per photo than going through every named photo
+    # once: past a fifth of the facesets, the whole count is the cheaper (bench_queries.py).
+    whole = whole or len(marked) * 5 > store.highest_identity()
+    named = _adopt(store, settings, report, None if whole else marked)
+    after = _taken(store)
+    store.set_meta(_TAKEN, "" if before - after else json.dumps(sorted(after)))  # a name given up: whole next
+    store.clear_name_marks(upto)
     finished(store, NAMES, settings.name_min_faces, settings.name_min_share)
     return named
 
 
-def _adopt(store: Store, settings: IdentitySettings, report: CycleReport) -> dict[int, str]:
+# The names the facesets had when the last count ended (JSON; "": the next count is whole).
+_TAKEN = "names_taken"
+
+
+def _taken(store: Store) -> set[str]:
+    return {normalised(name) for name in store.identity_names().values()}
+
+
+def _adopt(
+    store: Store, settings: IdentitySettings, report: CycleReport, among: frozenset[int] | None
+) -> dict[int, str]:
     names = store.identity_names()
     taken = {normalised(name) for name in names.values()}
-    votes = store.name_votes()
+    votes = store.name_votes(among)
     named: dict[int, str] = {}
     for number, name in clear_names(
         votes, min_faces=settings.name_min_faces, min_share=settings.name_min_share

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..boxes import overlap
@@ -268,26 +268,39 @@ class CorrectionQueries(FaceQueries):
         names, even a name removed), or 'immich' (see cycle/names.py)."""
         self.execute("UPDATE identities SET name = ?, name_origin = ? WHERE number = ?", (name, origin, number))
 
-    def name_votes(self) -> dict[int, tuple[int, dict[str, int]]]:
+    def name_votes(self, numbers: Collection[int] | None = None) -> dict[int, tuple[int, dict[str, int]]]:
         """For each live identity that may take a name from Immich (none given in facesyncd) and whose
         faces' photos show a person Immich names: its live faces, and per name, how many of its faces'
-        photos show that person."""
+        photos show that person. With `numbers`: of those identities only, read from their faces (not
+        from every photo Immich names people in)."""
         open_to_names = (
             "i.merged_into IS NULL AND i.forgotten_at IS NULL "
             "AND (i.name_origin = 'immich' OR (i.name IS NULL AND i.name_origin IS NULL))"
         )
-        # From the photos Immich names people in (CROSS JOIN keeps that order): SQLite's planner went
-        # from every done asset instead, 0.57 CPU-s at 500,000 with no person named in any.
+        done = AssetState.DONE
+        if numbers is None:
+            # From the photos Immich names people in (CROSS JOIN keeps that order): SQLite's planner went
+            # from every done asset instead, 0.57 CPU-s at 500,000 with no person named in any.
+            sql = f"""
+                SELECT f.identity, p.name, COUNT(DISTINCT f.id) FROM asset_people p
+                CROSS JOIN assets a ON a.source = p.source AND a.asset_id = p.asset_id AND a.state = '{done}'
+                JOIN faces f ON f.sha256 = a.sha256
+                JOIN identities i ON i.number = f.identity
+                WHERE {open_to_names} GROUP BY f.identity, p.name
+                """
+            parameters: dict[str, str] = {}
+        else:
+            sql = f"""
+                SELECT f.identity, p.name, COUNT(DISTINCT f.id) FROM identities i
+                CROSS JOIN faces f ON f.identity = i.number
+                JOIN assets a ON a.sha256 = f.sha256 AND a.state = '{done}'
+                JOIN asset_people p ON p.source = a.source AND p.asset_id = a.asset_id
+                WHERE i.number IN (SELECT value FROM json_each(:numbers)) AND {open_to_names}
+                GROUP BY f.identity, p.name
+                """
+            parameters = {"numbers": json.dumps(sorted(numbers))}
         named: dict[int, dict[str, int]] = {}
-        for number, name, count in self.tuples(
-            f"""
-            SELECT f.identity, p.name, COUNT(DISTINCT f.id) FROM asset_people p
-            CROSS JOIN assets a ON a.source = p.source AND a.asset_id = p.asset_id AND a.state = '{AssetState.DONE}'
-            JOIN faces f ON f.sha256 = a.sha256
-            JOIN identities i ON i.number = f.identity
-            WHERE {open_to_names} GROUP BY f.identity, p.name
-            """
-        ):
+        for number, name, count in self.tuples(sql, parameters):
             named.setdefault(number, {})[name] = count
         votes: dict[int, tuple[int, dict[str, int]]] = {}
         for chunk, marks in self.id_chunks(sorted(named)):  # the faces of those identities only
@@ -298,6 +311,17 @@ class CorrectionQueries(FaceQueries):
             ):
                 votes[number] = (faces, named[number])
         return votes
+
+    def name_marks(self) -> tuple[int, frozenset[int]]:
+        """The newest names mark and the identities marked (by triggers, migrations/0022): those whose
+        name_votes may have changed since the marks were last cleared."""
+        rows = self.tuples("SELECT seq, number FROM name_marks")
+        return max((seq for seq, _ in rows), default=0), frozenset(number for _, number in rows)
+
+    def clear_name_marks(self, upto: int) -> None:
+        """The votes were counted as the store stood at mark `upto`."""
+        with self.transaction():
+            self.execute("DELETE FROM name_marks WHERE seq <= ?", (upto,))
 
     def save_centres(self, centres: dict[int, NDArray[np.float32]], counts: dict[int, int]) -> None:
         """The identities' centres as of this index version (see migration 0013)."""
