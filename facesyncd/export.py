@@ -759,8 +759,11 @@ def _apply(
     mode = new_file_mode() if mode is None else mode
     if changed or retired:
         # Not flushed to disk, nor is the manifest: a kill leaves each whole; a power cut at worst
-        # leaves a face's file taken for the user's, in folders that are a cache of the store.
-        pending = json.dumps(sorted({*changed, *retired})).encode()
+        # leaves a face's file taken for the user's, in folders that are a cache of the store. The
+        # names an unfinished update listed stay listed: a file it placed that this one leaves as it
+        # is (the same file) is named by no manifest yet, and a kill now would leave it the user's.
+        unfinished = _pending(final) - {PENDING_FILE}
+        pending = json.dumps(sorted({*changed, *retired, *unfinished})).encode()
         write_atomic(final / PENDING_FILE, pending, mode=mode, durable=False)
         group = _new_file_group(final)
         for name, source in changed.items():

@@ -432,3 +432,42 @@ def test_a_users_entry_named_like_a_joining_faces_file_is_renamed_beside_never_r
 
     export_all(facesets, crops, {1: faces[:2]})  # face 3 leaves again: only facesyncd's file goes
     assert not (folder / "face_0000003.jpg").exists() and os.path.lexists(kept)
+
+
+def test_a_file_two_killed_updates_placed_and_kept_stays_facesyncds(
+    tree: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An update killed after it placed face 3's file; the next one, which finds that file as it
+    should be (nothing to place) and removes face 1's, is killed too: face 3's file must still be
+    facesyncd's for the export after them, not the user's (it was: the second list of pending names
+    replaced the first)."""
+    import facesyncd.export as export
+
+    class Killed(BaseException):
+        pass
+
+    def kill_at(point: str) -> None:
+        def checkpoint(name: str) -> None:
+            if name == point:
+                raise Killed
+
+        monkeypatch.setattr(export, "checkpoint", checkpoint)
+
+    crops, facesets = tree
+    faces = make_faces(crops, [1, 2, 3])
+    export_all(facesets, crops, {1: faces[:2]})
+    kill_at("export-update")
+    with pytest.raises(Killed):
+        export_all(facesets, crops, {1: faces})
+    kill_at("export-retire")
+    with pytest.raises(Killed):
+        export_all(facesets, crops, {1: faces[1:]})
+    monkeypatch.setattr(export, "checkpoint", lambda name: None)
+    export_all(facesets, crops, {1: faces[1:]})
+    folder = facesets / "faceset_001"
+    manifest = json.loads((folder / "faceset.json").read_text())
+    assert "user_files" not in manifest and sorted(path.name for path in folder.iterdir()) == [
+        "face_0000002.jpg",
+        "face_0000003.jpg",
+        "faceset.json",
+    ]
