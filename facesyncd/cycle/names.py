@@ -35,9 +35,6 @@ def adopt_immich_names(store: Store, settings: IdentitySettings, report: CycleRe
         or not recorded
         or bool(set(json.loads(recorded)) - before)
     )
-    # Counting a faceset from its faces costs more per photo than going through every named photo
-    # once: past a fifth of the facesets, the whole count is the cheaper (bench_queries.py).
-    whole = whole or len(marked) * 5 > store.highest_identity()
     named = _adopt(store, settings, report, None if whole else marked)
     after = _taken(store)
     store.set_meta(_TAKEN, "" if before - after else json.dumps(sorted(after)))  # a name given up: whole next

@@ -271,8 +271,12 @@ class CorrectionQueries(FaceQueries):
     def name_votes(self, numbers: Collection[int] | None = None) -> dict[int, tuple[int, dict[str, int]]]:
         """For each live identity that may take a name from Immich (none given in facesyncd) and whose
         faces' photos show a person Immich names: its live faces, and per name, how many of its faces'
-        photos show that person. With `numbers`: of those identities only, read from their faces (not
-        from every photo Immich names people in)."""
+        photos show that person. With `numbers`: those identities' at least, read from their faces
+        rather than from every photo Immich names people in, where they have fewer faces than there
+        are such photos (a face costs about what a named photo does; with no person named in any
+        photo, going through the faces of 600 facesets cost 0.5 CPU-s at 500,000 faces for nothing)."""
+        if numbers is not None and self._faces_of(numbers) > int(self.scalar("SELECT COUNT(*) FROM asset_people")):
+            numbers = None
         open_to_names = (
             "i.merged_into IS NULL AND i.forgotten_at IS NULL "
             "AND (i.name_origin = 'immich' OR (i.name IS NULL AND i.name_origin IS NULL))"
@@ -311,6 +315,16 @@ class CorrectionQueries(FaceQueries):
             ):
                 votes[number] = (faces, named[number])
         return votes
+
+    def _faces_of(self, numbers: Collection[int]) -> int:
+        """About how many live faces these identities have (faceset_stats: a count still to be brought
+        up to date is the last one)."""
+        return int(
+            self.scalar(
+                "SELECT COALESCE(SUM(faces), 0) FROM faceset_stats WHERE number IN (SELECT value FROM json_each(?))",
+                (json.dumps(sorted(numbers)),),
+            )
+        )
 
     def name_marks(self) -> tuple[int, frozenset[int]]:
         """The newest names mark and the identities marked (by triggers, migrations/0022): those whose
