@@ -28,7 +28,7 @@ from common import require_shared
 from fake_server import FakeServerProcess
 
 NEW = 1_000
-STEPS = ("assign_new_faces", "open_new_facesets", "merge_identities", "publish")
+STEPS = ("assign_new_faces", "open_new_facesets", "merge_identities", "adopt_immich_names", "publish")
 
 
 def add_new_faces(config: Path, seed: int = 12, first: int = 0) -> None:
