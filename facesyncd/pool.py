@@ -77,12 +77,10 @@ class PoolKeeper:
         )
 
     def _load(self, pool: PoolArrays) -> None:
-        count = len(pool.ids)
-        capacity, kept, width = count + count // 8 + 1024, count, pool.embeddings.shape[1]
-        self._ids, self._embeddings = _grown(pool.ids, capacity, kept), _grown(pool.embeddings, capacity, kept, width)
-        self._blur, self._frontality = _grown(pool.blur, capacity, kept), _grown(pool.frontality, capacity, kept)
-        self._cut, self._group = _grown(pool.cut, capacity, kept), _grown(pool.group, capacity, kept)
-        self._count = count
+        self._ids, self._embeddings, self._blur = pool.ids, pool.embeddings, pool.blur
+        self._frontality, self._cut, self._group = pool.frontality, pool.cut, pool.group
+        self._count = count = len(pool.ids)
+        self._grow(count + count // 8 + 1024, pool.embeddings.shape[1])  # (copies: the store's are read-only)
         self._rows = {face: row for row, face in enumerate(pool.ids.tolist())}
 
     def _update(self, changed: Sequence[int], present: PoolArrays) -> None:
@@ -100,12 +98,8 @@ class PoolKeeper:
             return
         self._reserve(self._count + len(present.ids), width)
         start, end = self._count, self._count + len(present.ids)
-        self._ids[start:end] = present.ids
-        self._embeddings[start:end] = present.embeddings
-        self._blur[start:end] = present.blur
-        self._frontality[start:end] = present.frontality
-        self._cut[start:end] = present.cut
-        self._group[start:end] = present.group
+        for mine, theirs in zip(self._arrays(), _columns(present), strict=True):
+            mine[start:end] = theirs
         self._rows.update((int(face), start + offset) for offset, face in enumerate(present.ids.tolist()))
         self._count = end
 
@@ -124,7 +118,10 @@ class PoolKeeper:
         the rows appended, and the room to spare small: the embeddings are 400 MB at 200,000 faces)."""
         if count <= len(self._ids) and width == self._embeddings.shape[1]:
             return
-        capacity = max(count, len(self._ids) * 5 // 4, 1024)
+        self._grow(max(count, len(self._ids) * 5 // 4, 1024), width)
+
+    def _grow(self, capacity: int, width: int) -> None:
+        """The arrays again, with room for `capacity` rows (of `width` floats), the rows held kept."""
         kept = self._count
         self._ids = _grown(self._ids, capacity, kept)
         self._embeddings = _grown(self._embeddings, capacity, kept, width)
@@ -135,6 +132,11 @@ class PoolKeeper:
 
     def _arrays(self) -> tuple[NDArray[np.generic], ...]:
         return self._ids, self._embeddings, self._blur, self._frontality, self._cut, self._group
+
+
+def _columns(pool: PoolArrays) -> tuple[NDArray[np.generic], ...]:
+    """A PoolArrays' arrays, in the order of PoolKeeper._arrays."""
+    return pool.ids, pool.embeddings, pool.blur, pool.frontality, pool.cut, pool.group
 
 
 _T = TypeVar("_T", bound=np.generic)
