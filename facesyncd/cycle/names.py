@@ -28,15 +28,16 @@ def adopt_immich_names(store: Store, settings: IdentitySettings, report: CycleRe
     # while the settings are those of the last count and no name was given up since (one that was may
     # be taken now by a faceset it kept from it); a faceset not marked would decide as it did.
     upto, marked = store.name_marks()
-    before = _taken(store)
+    names = store.identity_names()
+    before = _taken(names)
     recorded = store.get_meta(_TAKEN)
     whole = (
         not as_left(store, NAMES, settings.name_min_faces, settings.name_min_share)
         or not recorded
         or bool(set(json.loads(recorded)) - before)
     )
-    named = _adopt(store, settings, report, None if whole else marked)
-    after = _taken(store)
+    named = _adopt(store, settings, report, None if whole else marked, names)
+    after = _taken(store.identity_names())
     store.set_meta(_TAKEN, "" if before - after else json.dumps(sorted(after)))  # a name given up: whole next
     store.clear_name_marks(upto)
     finished(store, NAMES, settings.name_min_faces, settings.name_min_share)
@@ -47,15 +48,19 @@ def adopt_immich_names(store: Store, settings: IdentitySettings, report: CycleRe
 _TAKEN = "names_taken"
 
 
-def _taken(store: Store) -> set[str]:
-    return {normalised(name) for name in store.identity_names().values()}
+def _taken(names: dict[int, str]) -> set[str]:
+    return {normalised(name) for name in names.values()}
 
 
 def _adopt(
-    store: Store, settings: IdentitySettings, report: CycleReport, among: frozenset[int] | None
+    store: Store,
+    settings: IdentitySettings,
+    report: CycleReport,
+    among: frozenset[int] | None,
+    names: dict[int, str],
 ) -> dict[int, str]:
-    names = store.identity_names()
-    taken = {normalised(name) for name in names.values()}
+    """`names`: the facesets' names as the count begins."""
+    taken = _taken(names)
     votes = store.name_votes(among)
     named: dict[int, str] = {}
     for number, name in clear_names(
