@@ -621,9 +621,7 @@ def _marked_changes(
 ) -> list[_Change] | None:
     """The changes of one faceset's folders (all decided before any is made), or None when its marked
     faces are not enough to decide them (see update_marked)."""
-    wanted: dict[str, list[ExportFace]] = {}
-    for face in faces:
-        wanted.setdefault(faceset_name(number, face.subset), []).append(face)
+    wanted = {name: grouped for name, (_, _, grouped) in folders({number: faces}).items()}
     if not names or not set(wanted) <= set(names):
         return None
     changes = []
