@@ -163,7 +163,7 @@ def _scope(parts: IdentifyParts, pool: PoolArrays, seeds: NDArray[np.bool_]) -> 
     of the pool is in any longer (their faces opened a faceset, say)."""
     if not seeds.any():
         return None, set()
-    sizes = parts.store.pool_group_sizes()
+    sizes = parts.pool.group_sizes()
     if not sizes or parts.store.get_meta(_GROUPS_CUT) != repr(parts.settings.cluster_distance):
         return None, set()
     rows = pool_scope(pool.embeddings, pool.group, sizes, parts.settings.cluster_distance, among=seeds)
@@ -185,7 +185,7 @@ def _remember_groups(
         if len(rows):
             ids = sorted(pool[int(row)].id for row in rows)
             named[ids[0]] = ids
-    parts.store.replace_pool_groups(named, replaced, everything=everything)
+    parts.pool.replace_groups(named, replaced, everything=everything)
     parts.store.set_meta(_GROUPS_CUT, repr(parts.settings.cluster_distance))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,9 @@ if TYPE_CHECKING:  # numpy stays out of `status`
 # A face that facesets show: not one whose photo is only kept for a return (in Immich's trash, or a
 # hidden partner's).
 _KEPT = ", ".join(f"'{state}'" for state in AssetState.kept())
+
+# Meta: a token replace_pool_groups writes anew with each change of the pool's groups.
+POOL_GROUPS_TOKEN = "pool_groups_token"
 
 
 def _not_kept_by_another(sha256: str) -> str:
@@ -291,15 +295,24 @@ class FaceQueries(Database):
             found.extend(self._faces(f"f.id IN ({marks})", chunk))
         return found
 
-    def pool_group_sizes(self) -> dict[int, int]:
+    def pool_group_sizes(self) -> tuple[str | None, dict[int, int]]:
         """How many faces each group of the pool had when the last clustering made it
-        (migrations/0016; a face's group: PoolArrays.group)."""
-        return dict(self.tuples("SELECT grp, faces FROM pool_groups"))
-
-    def replace_pool_groups(self, groups: dict[int, list[int]], replaced: Collection[int], *, everything: bool) -> None:
-        """Groups (lowest face id -> its faces) made by a clustering, in place of the `replaced`
-        ones (or of all of them)."""
+        (migrations/0016; a face's group: PoolArrays.group), with the token the last
+        replace_pool_groups left (None: none yet): the same token, the same groups."""
         with self.transaction():
+            return self.get_meta(POOL_GROUPS_TOKEN), dict(self.tuples("SELECT grp, faces FROM pool_groups"))
+
+    def pool_groups_token(self) -> str | None:
+        return self.get_meta(POOL_GROUPS_TOKEN)
+
+    def replace_pool_groups(
+        self, groups: dict[int, list[int]], replaced: Collection[int], *, everything: bool
+    ) -> tuple[str | None, str]:
+        """Groups (lowest face id -> its faces) made by a clustering, in place of the `replaced`
+        ones (or of all of them). Returns the groups' token before and after (a fresh one, random:
+        a write undone, or another process's, never leaves a token a holder of the sizes knows)."""
+        with self.transaction():
+            before = self.get_meta(POOL_GROUPS_TOKEN)
             if everything:
                 self.execute("DELETE FROM pool_members")
                 self.execute("DELETE FROM pool_groups")
@@ -315,6 +328,9 @@ class FaceQueries(Database):
                 "INSERT OR REPLACE INTO pool_members (face_id, grp) VALUES (?, ?)",
                 [(face, group) for group, faces in groups.items() for face in faces],
             )
+            after = secrets.token_hex(8)
+            self.set_meta(POOL_GROUPS_TOKEN, after)
+        return before, after
 
     def held_faces(self) -> list[tuple[int, str, NDArray[np.float32]]]:
         """(face id, decision, embedding) of every face the user set aside."""
