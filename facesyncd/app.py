@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .config import ImmichSettings, Settings
 from .crops import Crops
-from .cycle.identify import IdentifyParts
+from .cycle.identify import IdentifyParts, MergeLook
 from .cycle.poll import PollParts
 from .cycle.publish import PublishParts
 from .cycle.stage import StageParts
@@ -39,6 +39,7 @@ class App:
     swap: SwapCache = field(init=False)
     index: IndexKeeper = field(init=False)
     pool: PoolKeeper = field(init=False)  # the pool's arrays, held between cycles
+    merges: MergeLook = field(init=False, default_factory=MergeLook)  # what the last look for merges saw
     layout: Layout = field(init=False)  # what the faceset folders hold ([export] format), decided here only
     caches: Caches = field(init=False)  # what follows the faces in the store (crops, swap PNGs, index)
     corrections_seen: int = field(init=False, default=-1)  # the store's corrections_version last acted on
@@ -91,7 +92,7 @@ class App:
         )
 
     def identify_parts(self) -> IdentifyParts:
-        return IdentifyParts(self.store, self.index, self.pool, self.settings.identities, self.reporter)
+        return IdentifyParts(self.store, self.index, self.pool, self.settings.identities, self.reporter, self.merges)
 
     def publish_parts(self) -> PublishParts:
         settings = self.settings

@@ -81,18 +81,27 @@ def assign(
     return result
 
 
-def merge_candidates(centres: Mapping[int, NDArray[np.float32]], max_distance: float) -> list[tuple[int, int]]:
+def merge_candidates(
+    centres: Mapping[int, NDArray[np.float32]], max_distance: float, among: Collection[int] | None = None
+) -> list[tuple[int, int]]:
     """(kept, retired) pairs of identities whose centres lie within `max_distance`, closest first:
-    the only pairs whose photos need looking at."""
+    the only pairs whose photos need looking at. `among`: only the pairs with one of these (None:
+    every pair; comparing the few whose centres moved with all costs those, not facesets squared)."""
     if max_distance <= 0 or len(centres) < 2:
         return []
     numbers = sorted(centres)
     matrix = np.stack([centres[number] for number in numbers])
-    distances = 1.0 - matrix @ matrix.T
-    rows, columns = np.nonzero(distances <= max_distance)
-    upper = rows < columns  # each pair once, never an identity with itself
-    rows, columns = rows[upper], columns[upper]
-    candidates = sorted(zip(distances[rows, columns].tolist(), rows.tolist(), columns.tolist(), strict=True))
+    asked = np.arange(len(numbers)) if among is None else np.flatnonzero(np.isin(numbers, list(among)))
+    distances = 1.0 - matrix[asked] @ matrix.T
+    found, columns = np.nonzero(distances <= max_distance)
+    rows = asked[found]
+    is_asked = np.zeros(len(numbers), bool)
+    is_asked[asked] = True
+    # each pair once, never an identity with itself: a pair of two asked rows is found from both
+    once = (rows < columns) | ((rows > columns) & ~is_asked[columns])
+    low, high = np.minimum(rows, columns)[once], np.maximum(rows, columns)[once]
+    close = distances[found[once], columns[once]]
+    candidates = sorted(zip(close.tolist(), low.tolist(), high.tolist(), strict=True))
     return [(numbers[row], numbers[column]) for _, row, column in candidates]
 
 

@@ -9,6 +9,7 @@ written beside their final name and renamed into place, so a crash leaves the ol
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -39,6 +40,8 @@ BATCH = 4096
 # A kept index's file is written again once it lacks this share of the index (IndexKeeper): half of
 # what a start brings in step rather than rebuilding (FaceIndex.load: a tenth).
 SAVE_BEHIND = 0.05
+# Each FaceIndex made gets the next: what a look remembers of one index is not taken for another's.
+_SERIALS = itertools.count(1)
 
 
 @contextmanager
@@ -294,6 +297,8 @@ class FaceIndex:
         self._dead: set[int] | None = set()
         # Faces the file lacks or still holds: loaded, then brought in step with the store.
         self.behind_on_disk = 0
+        self.serial = next(_SERIALS)
+        self._moved: set[int] = set()  # identities whose centres changed since take_moved
 
     @property
     def backend(self) -> str:
@@ -327,6 +332,7 @@ class FaceIndex:
         owners, rows = np.unique(np.asarray(identities, np.int64), return_inverse=True)
         totals = np.zeros((len(owners), vectors.shape[1]))
         np.add.at(totals, rows, vectors.astype(np.float64))
+        self._moved.update(owners.tolist())
         for identity, total, count in zip(owners.tolist(), totals, np.bincount(rows).tolist(), strict=True):
             self._sums[identity] = self._sums.get(identity, np.zeros(self.dimension)) + sign * total
             self._counts[identity] = self._counts.get(identity, 0) + sign * count
@@ -355,6 +361,12 @@ class FaceIndex:
         norms = np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
         return dict(zip(numbers, np.asarray(sums / norms, np.float32), strict=True))
 
+    def take_moved(self) -> set[int]:
+        """The identities whose centres changed (a face joined or left, a merge) since the last call
+        (since the index was made, at the first)."""
+        moved, self._moved = self._moved, set()
+        return moved
+
     def relabel(self, retired: int, kept: int) -> None:
         """Every face of identity `retired` now belongs to `kept` (a merge)."""
         for face_id, identity in self.identity_of.items():
@@ -362,6 +374,7 @@ class FaceIndex:
                 self.identity_of[face_id] = kept
         self._index.relabel(retired, kept)
         self._centre_rows = None
+        self._moved.update((retired, kept))
         if retired in self._counts:
             self._sums[kept] = self._sums.get(kept, np.zeros(self.dimension)) + self._sums.pop(retired)
             self._counts[kept] = self._counts.get(kept, 0) + self._counts.pop(retired)

@@ -262,6 +262,95 @@ def test_two_identities_of_one_person_merge_into_the_lower_number(
     app.close()
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_look_for_merges_at_the_centres_that_moved_merges_what_a_look_at_every_pair_merges(
+    tmp_path, seed: int, monkeypatch
+) -> None:
+    """Two stores take the same writes: faces joining identities (drawn towards another identity),
+    faces put in another identity's photo (two people), locks and unlocks. After each, one store's
+    process looks for merges as a daemon does (the centres that moved since its last look), the
+    other's at every pair: they merge the same identities, step by step."""
+    from dataclasses import replace
+
+    import facesyncd.cycle.identify as identify
+    from facesyncd.cycle import merge_identities
+    from facesyncd.cycle.identify import MergeLook
+    from facesyncd.models import CycleReport
+
+    rng = np.random.default_rng(seed)
+    moved, whole = (_app(tmp_path / name, mean_join=False, merge_distance=0.4) for name in ("moved", "whole"))
+    asked: list[bool] = []
+    candidates = identify.merge_candidates
+    monkeypatch.setattr(identify, "merge_candidates", lambda *a: asked.append(a[2] is not None) or candidates(*a))
+    directions = unit(rng.normal(size=(8, 128)))
+    centres = np.concatenate([unit(directions + 0.8 * unit(rng.normal(size=(8, 128)))) for _ in range(2)])
+    made = 0
+
+    def join(number: int, vector: np.ndarray) -> int:
+        nonlocal made
+        made += 1
+        for app in (moved, whole):
+            [face] = _add(app, vector[None], f"face{made}")
+            app.store.record_matches({face: (number, 0.3)}, [face])
+            app.index.add([face], vector[None].astype(np.float32), [number])
+        return face
+
+    numbers = []
+    for centre in centres:
+        numbers.append(moved.store.create_identity({}))
+        assert whole.store.create_identity({}) == numbers[-1]
+        for _ in range(3):
+            join(numbers[-1], unit(centre + 0.3 * unit(rng.normal(size=128))))
+    for app in (moved, whole):
+        app.index.get()
+    merged = []
+    for step in range(60):
+        live = sorted(set(moved.store.identity_map().values()))
+        assert live == sorted(set(whole.store.identity_map().values()))
+        number, other = (int(n) for n in rng.choice(live, 2, replace=False))
+        now = moved.index.get().centres()
+        if rng.random() < 0.5:  # the nearest other: one look of the same person, mostly
+            other = max((n for n in live if n != number), key=lambda n: float(now[n] @ now[number]))
+        kind = rng.choice(["towards", "towards", "photo", "lock"])
+        if kind == "towards":  # a face of `number` that looks like `other`'s
+            join(number, unit(now[other] + 0.3 * unit(rng.normal(size=128))))
+        elif kind == "photo":  # a face of `number` in a photo of `other`'s: two people
+            face = join(number, unit(now[number] + 0.5 * unit(rng.normal(size=128))))
+            for app in (moved, whole):
+                with app.store.transaction():
+                    app.store.execute(
+                        "UPDATE faces SET sha256 = (SELECT sha256 FROM faces WHERE identity = ? LIMIT 1), "
+                        "face_index = ? WHERE id = ?",
+                        (other, 100 + step, face),
+                    )
+        else:
+            locked = number in moved.store.locked_identities()
+            for app in (moved, whole):
+                with app.store.transaction():
+                    app.store.set_locked(number, not locked)
+        reports = CycleReport(), CycleReport()
+        merge_identities(moved.identify_parts(), reports[0])
+        merge_identities(replace(whole.identify_parts(), merges=MergeLook()), reports[1])
+        assert reports[0].identities_merged == reports[1].identities_merged, step
+        merged += reports[0].identities_merged
+    assert merged and any(asked)  # merges were made, and looks asked of the centres that moved
+    moved.close()
+    whole.close()
+
+
+def test_merge_candidates_among_some_identities_are_the_pairs_of_all_that_hold_one_of_them() -> None:
+    from facesyncd.identities import merge_candidates
+
+    rng = np.random.default_rng(4)
+    bases = unit(rng.normal(size=(6, 64)))
+    centres = {number: unit((bases[number % 6] + 0.06 * rng.normal(size=64))[None])[0] for number in range(1, 40)}
+    every = merge_candidates(centres, 0.4)
+    assert len(every) > 20
+    for among in ({3}, {3, 9}, {1, 7, 13, 19, 25}, set(range(1, 40)), {99}, set()):
+        some = merge_candidates(centres, 0.4, among)
+        assert some == [pair for pair in every if set(pair) & among], among  # the same order: closest first
+
+
 def test_identities_seen_together_in_a_photo_never_merge() -> None:
     from facesyncd.identities import choose_merges, merge_candidates
 
