@@ -228,28 +228,32 @@ class _Routed:
     ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
         # Each query's k nearest rows in each identity it is routed to go in a table, a row per (query,
         # identity) pair; a query's k nearest of all are taken from its rows once, at the end (merging
-        # them identity by identity cost 0.4 CPU-s per 1,000 queries over 3,000 identities).
+        # them identity by identity cost 0.4 CPU-s per 1,000 queries over 3,000 identities). The table
+        # is filled in the pairs' order by identity, each identity's pairs a slice, then put back in the
+        # queries' order: the loop runs once per identity (3,000 times for 1,000 queries, where a
+        # library of 60 facesets runs it 60 times), so it does as little as it can each time.
         count, width = chosen.shape
         table_rows = np.full((count * width, k), -1, np.int64)
-        table = np.full((count * width, k), np.inf, np.float32)
+        table = np.full((count * width, k), -np.inf, np.float32)  # similarities, until the end
         asked = np.argsort(chosen, axis=None, kind="stable")  # pairs, by identity
         identities = chosen.ravel()[asked]
-        bounds = np.flatnonzero(np.diff(identities)) + 1
-        for start, pairs in zip(np.concatenate([[0], bounds]), np.split(asked, bounds), strict=True):
-            if not len(pairs):
-                continue
+        query_of = asked // width
+        bounds = np.concatenate([[0], np.flatnonzero(np.diff(identities)) + 1, [len(asked)]]).tolist()
+        for start, end in itertools.pairwise(bounds):
             rows = groups[int(identities[start])]
-            distances = 1.0 - vectors[pairs // width] @ self._vectors[rows].T
+            similar = vectors[query_of[start:end]] @ self._vectors[rows].T
             if len(rows) > k:
-                nearest = np.argpartition(distances, k - 1, axis=1)[:, :k]
-                table_rows[pairs] = rows[nearest]
-                table[pairs] = np.take_along_axis(distances, nearest, axis=1)
+                nearest = np.argpartition(similar, -k, axis=1)[:, -k:]
+                table_rows[start:end] = rows[nearest]
+                table[start:end] = similar[np.arange(end - start)[:, None], nearest]
             else:
-                table_rows[pairs, : len(rows)] = rows
-                table[pairs, : len(rows)] = distances
-        table_rows, table = table_rows.reshape(count, width * k), table.reshape(count, width * k)
-        best = np.argsort(table, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(table_rows, best, axis=1), np.take_along_axis(table, best, axis=1)
+                table_rows[start:end, : len(rows)] = rows
+                table[start:end, : len(rows)] = similar
+        ordered_rows, ordered = np.empty_like(table_rows), np.empty_like(table)
+        ordered_rows[asked], ordered[asked] = table_rows, 1.0 - table
+        ordered_rows, ordered = ordered_rows.reshape(count, width * k), ordered.reshape(count, width * k)
+        best = np.argsort(ordered, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(ordered_rows, best, axis=1), np.take_along_axis(ordered, best, axis=1)
 
     def _everywhere(self, vectors: NDArray[np.float32], k: int) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
         live = np.flatnonzero(self._live[: self._count])
