@@ -339,6 +339,39 @@ def test_a_folder_is_brought_in_line_from_its_marked_faces_alone(tree: tuple[Pat
     assert update_marked(facesets, crops, {1: {3}}, {1: [moved]}) == ({1}, 0)  # nothing to change
 
 
+@pytest.mark.parametrize("point", ["export-retire", "export-update"])
+def test_an_update_from_marks_killed_half_way_leaves_no_file_of_facesyncds_to_the_user(
+    tree: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, point: str
+) -> None:
+    """Killed after a leaving face's file went, or after a joining face's file was placed: the next
+    export brings the folder to what an unkilled one writes, and takes none of facesyncd's files
+    for the user's (it writes no list of pending names: the manifest names a file before it is
+    placed, and after it is gone)."""
+    import facesyncd.export as export
+
+    class Killed(BaseException):
+        pass
+
+    def checkpoint(name: str) -> None:
+        if name == point:
+            raise Killed
+
+    crops, facesets = tree
+    faces = make_faces(crops, [1, 2, 3])
+    export_all(facesets, crops, {1: faces})
+    now = [faces[0], faces[2], *make_faces(crops, [4, 5])]
+    monkeypatch.setattr(export, "checkpoint", checkpoint)
+    with pytest.raises(Killed):
+        update_marked(facesets, crops, {1: {2, 4, 5}}, {1: now[2:]})
+    monkeypatch.setattr(export, "checkpoint", lambda name: None)
+    folder = facesets / "faceset_001"
+    assert not (folder / ".facesyncd-pending").exists()
+    export_all(facesets, crops, {1: now})
+    export_all(tmp_path / "whole", crops, {1: now})
+    assert snapshot(folder) == snapshot(tmp_path / "whole" / "faceset_001")
+    assert "user_files" not in json.loads((folder / "faceset.json").read_text())
+
+
 @pytest.mark.parametrize(
     "case", ["no folder yet", "a new sub-set", "left without faces", "crop missing", "manifest in another form"]
 )
