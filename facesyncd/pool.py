@@ -5,7 +5,7 @@ whole pool (1.1 CPU-s at 200,000 pooled faces, in every cycle that new pool face
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -61,11 +61,11 @@ class PoolKeeper:
         self._upto = upto
         return self._view()
 
-    def group_sizes(self) -> dict[int, int]:
+    def group_sizes(self) -> Mapping[int, int]:
         """How many faces each group of the pool had when made (Store.pool_group_sizes), kept between
         calls while the store's groups token is the one they were read or written with (a whole read:
-        0.19 CPU-s over 200,000 groups, in every cycle that new pool faces arrived in). Not changed
-        by the caller: replace_groups changes them."""
+        0.19 CPU-s over 200,000 groups, in every cycle that new pool faces arrived in). Only
+        replace_groups changes them."""
         if self._sizes is None or self._store.pool_groups_token() != self._sizes_token:
             self._sizes_token, self._sizes = self._store.pool_group_sizes()
         return self._sizes
