@@ -657,16 +657,20 @@ def _apply_marked(change: _Change, mode: int) -> None:
     are placed. A kill in between leaves a manifest naming a file that is not there (the next export
     places it, or drops it), never a file of facesyncd's that no manifest names (it would be taken for
     the user's). Writing the list and removing it cost a third of the update of a folder."""
-    final = change.folder
-    for name in change.retire:
-        path = final / name
-        if path.is_symlink() or path.is_file():  # never a folder a hostile manifest names
-            path.unlink()
-        checkpoint("export-retire")
-    write_atomic(final / MANIFEST, change.text.encode(), mode=mode, durable=False)
-    group = _new_file_group(final) if change.place else 0
-    for name, source in change.place.items():
+    _retire(change.folder, change.retire)
+    write_atomic(change.folder / MANIFEST, change.text.encode(), mode=mode, durable=False)
+    if change.place:
+        _put(change.folder, change.place, mode)
+
+
+def _put(final: Path, files: Mapping[str, Path | bytes], mode: int) -> None:
+    """Facesyncd's `files` (name -> the file to place, or bytes) into the folder `final`, each in
+    place of what has its name."""
+    group = _new_file_group(final)
+    for name, source in files.items():
         target = final / name
+        if "/" in name:
+            target.parent.mkdir(exist_ok=True)
         if target.is_symlink() or target.is_file():
             target.unlink()
         if isinstance(source, Path):
@@ -674,6 +678,18 @@ def _apply_marked(change: _Change, mode: int) -> None:
         else:
             target.write_bytes(source)
         checkpoint("export-update")
+
+
+def _retire(final: Path, names: Sequence[str]) -> None:
+    """Facesyncd's files of these names out of the folder `final` (never top/, nor any folder a
+    hostile manifest names)."""
+    for name in names:
+        if name == TOP_FOLDER:
+            continue
+        path = final / name
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        checkpoint("export-retire")
 
 
 def _claim(facesets_dir: Path, name: str) -> _Folder:
@@ -788,25 +804,8 @@ def _apply(
         unfinished = _pending(final) - {PENDING_FILE}
         pending = json.dumps(sorted({*changed, *retired, *unfinished})).encode()
         write_atomic(final / PENDING_FILE, pending, mode=mode, durable=False)
-        group = _new_file_group(final)
-        for name, source in changed.items():
-            target = final / name
-            if "/" in name:
-                target.parent.mkdir(exist_ok=True)
-            if target.is_symlink() or target.is_file():
-                target.unlink()
-            if isinstance(source, Path):
-                _place(source, target, group, mode)
-            else:
-                target.write_bytes(source)
-            checkpoint("export-update")
-        for name in retired:
-            if name == TOP_FOLDER:
-                continue
-            path = final / name
-            if path.is_symlink() or path.is_file():  # never a folder a hostile manifest names
-                path.unlink()
-            checkpoint("export-retire")
+        _put(final, changed, mode)
+        _retire(final, retired)
         if drop_top and top.is_dir() and not top.is_symlink() and not any(top.iterdir()):
             top.rmdir()
     for name, data in (placeholders or {}).items():
