@@ -123,11 +123,7 @@ class AssetQueries(FaceQueries):
         with self.transaction():
             for asset in assets:
                 if asset.people is not None:  # the named people Immich shows in it (withPeople)
-                    self.execute("DELETE FROM asset_people WHERE source = ? AND asset_id = ?", (source, asset.id))
-                    self.executemany(
-                        "INSERT INTO asset_people (source, asset_id, name) VALUES (?, ?, ?)",
-                        [(source, asset.id, name) for name in asset.people],
-                    )
+                    self._record_people(source, asset.id, set(asset.people))
                 known = self.get_asset(source, asset.id)
                 if asset.is_trashed:
                     if known is not None and known.state not in AssetState.removed():
@@ -168,6 +164,22 @@ class AssetQueries(FaceQueries):
                     # New bytes under a known asset: its old faces leave the facesets.
                     page.dropped.extend(self._detach_asset(source, asset.id))
         return page
+
+    def _record_people(self, source: str, asset_id: str, people: set[str]) -> None:
+        """The named people Immich shows in a photo, where they changed: a photo listed again as it
+        was (Immich's jobs bump updatedAt all the time) writes nothing, so it counts no change for
+        the names step, clustering or merges (each write of asset_people does: migrations 0014, 0022)."""
+        key = (source, asset_id)
+        had = {name for (name,) in self.tuples("SELECT name FROM asset_people WHERE source = ? AND asset_id = ?", key)}
+        gone, new = sorted(had - people), sorted(people - had)
+        if gone:
+            self.executemany(
+                "DELETE FROM asset_people WHERE source = ? AND asset_id = ? AND name = ?", [(*key, n) for n in gone]
+            )
+        if new:
+            self.executemany(
+                "INSERT INTO asset_people (source, asset_id, name) VALUES (?, ?, ?)", [(*key, n) for n in new]
+            )
 
     def _upsert_listed(self, source: str, asset: RemoteAsset, state: AssetState, reason: str | None, now: str) -> None:
         """Record a listed asset as it now is, to be processed (pending) or set aside (skipped, with

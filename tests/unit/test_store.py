@@ -29,6 +29,28 @@ def asset(asset_id: str, checksum: str = "c1", trashed: bool = False) -> RemoteA
     )
 
 
+def test_a_photo_listed_again_with_the_same_people_changes_nothing(store: Store) -> None:
+    """Immich's jobs bump updatedAt all the time: a photo listed again with the people it had writes
+    nothing (no change counted for clustering, merges or the names step); one whose people changed
+    writes just that."""
+    from dataclasses import replace
+
+    def people() -> set[str]:
+        return {name for (name,) in store.tuples("SELECT name FROM asset_people WHERE asset_id = 'a1'")}
+
+    store.record_listed("alice", [replace(asset("a1"), people=("Ann", "Bob"))])
+    assert people() == {"Ann", "Bob"}
+    generation = store.generation()
+    store.record_listed("alice", [replace(asset("a1"), people=("Bob", "Ann"), updated_at="2024-02-01T00:00:00.000Z")])
+    assert store.generation() == generation
+    store.record_listed("alice", [replace(asset("a1"), people=("Ann", "Cy"))])
+    assert people() == {"Ann", "Cy"} and store.generation() > generation
+    store.record_listed("alice", [replace(asset("a1"), people=())])
+    assert people() == set()
+    store.record_listed("alice", [asset("a1")])  # people not asked for: left as they are
+    assert people() == set()
+
+
 def face(seed: int) -> DetectedFace:
     vector = np.random.default_rng(seed).normal(size=8).astype(np.float32)
     return DetectedFace((0, 0, 100, 100), 0.9, ((1, 1),) * 5, vector / np.linalg.norm(vector))
