@@ -13,7 +13,7 @@ import itertools
 import json
 import logging
 import os
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
@@ -302,7 +302,9 @@ class FaceIndex:
         # Faces the file lacks or still holds: loaded, then brought in step with the store.
         self.behind_on_disk = 0
         self.serial = next(_SERIALS)
-        self._moved: set[int] = set()  # identities whose centres changed since take_moved
+        # When each identity's centre last changed (a count of changes to this index): see moved_since.
+        self._changes = 0
+        self._moved_at: dict[int, int] = {}
 
     @property
     def backend(self) -> str:
@@ -336,7 +338,7 @@ class FaceIndex:
         owners, rows = np.unique(np.asarray(identities, np.int64), return_inverse=True)
         totals = np.zeros((len(owners), vectors.shape[1]))
         np.add.at(totals, rows, vectors.astype(np.float64))
-        self._moved.update(owners.tolist())
+        self._moved(owners.tolist())
         for identity, total, count in zip(owners.tolist(), totals, np.bincount(rows).tolist(), strict=True):
             self._sums[identity] = self._sums.get(identity, np.zeros(self.dimension)) + sign * total
             self._counts[identity] = self._counts.get(identity, 0) + sign * count
@@ -355,21 +357,27 @@ class FaceIndex:
         """Each identity's faces in the index."""
         return dict(self._counts)
 
-    def centres(self) -> dict[int, NDArray[np.float32]]:
-        """Each identity's centre: the mean of its faces' embeddings, normalised (all in one array: a
-        norm per identity cost 0.12 CPU-s per call over 3,000 identities)."""
-        if not self._sums:
+    def centres(self, among: Collection[int] | None = None) -> dict[int, NDArray[np.float32]]:
+        """Each identity's centre (of those `among` that have faces; None: all): the mean of its faces'
+        embeddings, normalised (all in one array: a norm per identity cost 0.12 CPU-s per call over
+        3,000 identities)."""
+        numbers = list(self._sums) if among is None else [number for number in among if number in self._sums]
+        if not numbers:
             return {}
-        numbers = list(self._sums)
         sums = np.stack([self._sums[number] for number in numbers])
         norms = np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
         return dict(zip(numbers, np.asarray(sums / norms, np.float32), strict=True))
 
-    def take_moved(self) -> set[int]:
-        """The identities whose centres changed (a face joined or left, a merge) since the last call
-        (since the index was made, at the first)."""
-        moved, self._moved = self._moved, set()
-        return moved
+    def moved_since(self, change: int) -> tuple[set[int], int]:
+        """The identities whose centres changed (a face joined or left, a merge) after the index's
+        `change`-th change, and the count of its changes now (0: since it was made). Each caller
+        keeps the count it was given: a look for merges and the saved centres ask apart."""
+        moved = {identity for identity, at in self._moved_at.items() if at > change}
+        return moved, self._changes
+
+    def _moved(self, identities: Iterable[int]) -> None:
+        self._changes += 1
+        self._moved_at.update((identity, self._changes) for identity in identities)
 
     def relabel(self, retired: int, kept: int) -> None:
         """Every face of identity `retired` now belongs to `kept` (a merge)."""
@@ -378,7 +386,7 @@ class FaceIndex:
                 self.identity_of[face_id] = kept
         self._index.relabel(retired, kept)
         self._centre_rows = None
-        self._moved.update((retired, kept))
+        self._moved((retired, kept))
         if retired in self._counts:
             self._sums[kept] = self._sums.get(kept, np.zeros(self.dimension)) + self._sums.pop(retired)
             self._counts[kept] = self._counts.get(kept, 0) + self._counts.pop(retired)

@@ -47,6 +47,7 @@ class MergeLook:
 
     seen: tuple[int, float, frozenset[int], frozenset[frozenset[int]]] | None = None
     again: set[int] = field(default_factory=set)
+    change: int = 0  # the index's count of changes at that look (FaceIndex.moved_since)
 
 
 @dataclass(frozen=True)
@@ -285,10 +286,10 @@ def merge_identities(parts: IdentifyParts, report: CycleReport) -> None:
 def _merge(parts: IdentifyParts, report: CycleReport) -> None:
     index = parts.index.get()
     look = parts.merges
-    moved = index.take_moved()
     locked = parts.store.locked_identities()
     kept_apart = parts.store.kept_apart()
     seen = (index.serial, parts.settings.merge_distance, frozenset(locked), frozenset(kept_apart))
+    moved, change = index.moved_since(look.change if look.seen == seen else 0)
     among = moved | look.again if look.seen == seen else None
     look.seen, look.again = None, set()  # (a look that fails half way is not remembered)
     centres = {number: centre for number, centre in index.centres().items() if number not in locked}
@@ -305,7 +306,7 @@ def _merge(parts: IdentifyParts, report: CycleReport) -> None:
         index.relabel(retired, kept)
         report.identities_merged.append((retired, kept))
         log.info("faceset %03d is the same person as %03d: merged into it, %03d retired", retired, kept, retired)
-    look.seen, look.again = seen, {number for pair in chosen for number in pair}
+    look.seen, look.again, look.change = seen, {number for pair in chosen for number in pair}, change
 
 
 def _add_to_index(parts: IdentifyParts, faces: list[StoredFace], matches: dict[int, tuple[int, float]]) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection, Sequence
+import secrets
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..boxes import overlap
@@ -337,18 +338,36 @@ class CorrectionQueries(FaceQueries):
         with self.transaction():
             self.execute("DELETE FROM name_marks WHERE seq <= ?", (upto,))
 
-    def save_centres(self, centres: dict[int, NDArray[np.float32]], counts: dict[int, int]) -> None:
-        """The identities' centres as of this index version (see migration 0013)."""
+    def save_centres(
+        self,
+        centres: Mapping[int, NDArray[np.float32]],
+        counts: Mapping[int, int],
+        only: Collection[int] | None = None,
+    ) -> str:
+        """The identities' centres as of this index version (see migration 0013): all of them, or
+        those of the identities `only` (the others' rows as they are; an identity not in `centres`
+        loses its row). Returns the token this write leaves (see centres_token)."""
         with self.transaction():
-            self.execute("DELETE FROM identity_centres")
+            if only is None:
+                self.execute("DELETE FROM identity_centres")
+            else:
+                self.executemany("DELETE FROM identity_centres WHERE number = ?", [(number,) for number in only])
             self.executemany(
                 "INSERT INTO identity_centres (number, centre, faces) VALUES (?, ?, ?)",
                 [
                     (number, centre.astype("float32").tobytes(), counts.get(number, 0))
                     for number, centre in centres.items()
+                    if only is None or number in only
                 ],
             )
             self.set_meta("centres_version", str(self.index_version()))
+            token = secrets.token_hex(8)
+            self.set_meta("centres_token", token)
+        return token
+
+    def centres_token(self) -> str | None:
+        """A token save_centres writes anew each time: the same token, the rows it wrote."""
+        return self.get_meta("centres_token")
 
     def centres_current(self) -> bool:
         return self.get_meta("centres_version") == str(self.index_version())

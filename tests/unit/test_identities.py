@@ -351,6 +351,58 @@ def test_merge_candidates_among_some_identities_are_the_pairs_of_all_that_hold_o
         assert some == [pair for pair in every if set(pair) & among], among  # the same order: closest first
 
 
+def test_the_centres_saved_are_the_index_centres_and_only_those_that_moved_are_written_again(
+    tmp_path, monkeypatch
+) -> None:
+    """After each cycle the index's centres go to the store (the page's "same person?"): after the
+    first write, only those that moved (a face joined, a merge, an identity emptied); all again
+    once another process wrote them."""
+    from facesyncd.cycle.publish import _save_centres
+
+    rng = np.random.default_rng(7)
+    app = _app(tmp_path)
+
+    def join(number: int, vectors: np.ndarray, prefix: str) -> list[int]:
+        ids = _add(app, vectors, prefix)
+        app.store.record_matches({face: (number, 0.3) for face in ids}, ids)
+        app.index.add(ids, vectors.astype(np.float32), [number] * len(ids))
+        return ids
+
+    numbers = [app.store.create_identity({}) for _ in range(6)]
+    faces = {number: join(number, unit(rng.normal(size=(3, 128))), f"p{number}") for number in numbers}
+    index = app.index.get()
+    parts = app.publish_parts()
+    written: list[object] = []
+    save = app.store.save_centres
+    monkeypatch.setattr(
+        app.store,
+        "save_centres",
+        lambda centres, counts, only=None: written.append(only) or save(centres, counts, only),
+    )
+
+    def stored() -> dict[int, bytes]:
+        return {number: bytes(blob) for number, blob in app.store.tuples("SELECT number, centre FROM identity_centres")}
+
+    def expected() -> dict[int, bytes]:
+        return {number: centre.astype(np.float32).tobytes() for number, centre in index.centres().items()}
+
+    _save_centres(parts, index)
+    assert written[-1] is None and stored() == expected() and len(expected()) == 6
+    join(numbers[0], unit(rng.normal(size=(1, 128))), "more")
+    index.relabel(numbers[2], numbers[1])
+    index.remove(faces[numbers[3]])
+    _save_centres(parts, index)
+    assert written[-1] == {numbers[0], numbers[1], numbers[2], numbers[3]}
+    assert stored() == expected() and len(expected()) == 4
+    _save_centres(parts, index)
+    assert written[-1] == set() and stored() == expected()
+    save({}, {})  # another process's write
+    join(numbers[4], unit(rng.normal(size=(1, 128))), "later")
+    _save_centres(parts, index)
+    assert written[-1] is None and stored() == expected()
+    app.close()
+
+
 def test_identities_seen_together_in_a_photo_never_merge() -> None:
     from facesyncd.identities import choose_merges, merge_candidates
 
