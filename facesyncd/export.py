@@ -788,14 +788,12 @@ def _apply(
     placeholders: Mapping[str, bytes] | None = None,
     *,
     drop_top: bool = False,
-    mode: int | None = None,
 ) -> None:
     """Update a folder in place: the list of names about to change goes first (PENDING_FILE); then
     the `changed` files are placed and the `retired` ones removed; the new manifest (name, text)
-    last, and the list goes. `mode`: a new file's (new_file_mode, which reads /proc: an export of
-    many folders reads it once)."""
+    last, and the list goes."""
     top = final / TOP_FOLDER
-    mode = new_file_mode() if mode is None else mode
+    mode = new_file_mode()
     if changed or retired:
         # Not flushed to disk, nor is the manifest: a kill leaves each whole; a power cut at worst
         # leaves a face's file taken for the user's, in folders that are a cache of the store. The
