@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -361,8 +360,7 @@ class CorrectionQueries(FaceQueries):
                 ],
             )
             self.set_meta("centres_version", str(self.index_version()))
-            token = secrets.token_hex(8)
-            self.set_meta("centres_token", token)
+            token = self.renew_token("centres_token")
         return token
 
     def centres_token(self) -> str | None:

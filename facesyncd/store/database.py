@@ -9,6 +9,7 @@ explicit transactions; a transaction opened inside another is a savepoint, undon
 from __future__ import annotations
 
 import os
+import secrets
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -341,3 +342,11 @@ class Database:
             "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
+
+    def renew_token(self, key: str) -> str:
+        """A fresh random token under meta `key`, returned: what a process that holds a copy of some
+        rows compares with the store's to know they are still the ones it wrote. Random, not a count:
+        a write undone, or another process's, never leaves a token the holder knows."""
+        token = secrets.token_hex(8)
+        self.set_meta(key, token)
+        return token

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -309,8 +308,7 @@ class FaceQueries(Database):
         self, groups: dict[int, list[int]], replaced: Collection[int], *, everything: bool
     ) -> tuple[str | None, str]:
         """Groups (lowest face id -> its faces) made by a clustering, in place of the `replaced`
-        ones (or of all of them). Returns the groups' token before and after (a fresh one, random:
-        a write undone, or another process's, never leaves a token a holder of the sizes knows)."""
+        ones (or of all of them). Returns the groups' token before and after (renew_token)."""
         with self.transaction():
             before = self.get_meta(POOL_GROUPS_TOKEN)
             if everything:
@@ -328,8 +326,7 @@ class FaceQueries(Database):
                 "INSERT OR REPLACE INTO pool_members (face_id, grp) VALUES (?, ?)",
                 [(face, group) for group, faces in groups.items() for face in faces],
             )
-            after = secrets.token_hex(8)
-            self.set_meta(POOL_GROUPS_TOKEN, after)
+            after = self.renew_token(POOL_GROUPS_TOKEN)
         return before, after
 
     def held_faces(self) -> list[tuple[int, str, NDArray[np.float32]]]:
