@@ -289,8 +289,9 @@ def _merge(parts: IdentifyParts, report: CycleReport) -> None:
     locked = parts.store.locked_identities()
     kept_apart = parts.store.kept_apart()
     seen = (index.serial, parts.settings.merge_distance, frozenset(locked), frozenset(kept_apart))
-    moved, change = index.moved_since(look.change if look.seen == seen else 0)
-    among = moved | look.again if look.seen == seen else None
+    same = look.seen == seen
+    moved, change = index.moved_since(look.change if same else 0)
+    among = moved | look.again if same else None
     look.seen, look.again = None, set()  # (a look that fails half way is not remembered)
     centres = {number: centre for number, centre in index.centres().items() if number not in locked}
     candidates = merge_candidates(centres, parts.settings.merge_distance, among)
