@@ -120,7 +120,7 @@ def _cluster_rounds(parts: IdentifyParts, report: CycleReport) -> None:
     settings = parts.settings
     everyone = parts.pool.get()
     seeds = _seeds(everyone, settings)
-    scope, replaced = _scope(parts, everyone, seeds)
+    scope, replaced, reached = _scope(parts, everyone, seeds)
     pool = parts.store.faces_by_ids(_in_scope(everyone, seeds, scope))
     if not pool:
         return
@@ -133,9 +133,10 @@ def _cluster_rounds(parts: IdentifyParts, report: CycleReport) -> None:
         groups = clustering.groups if groups is None else groups  # as they were before any faceset opened
         clustered.update(pool[int(row)].id for row in clustering.clustered)
         if clustering.clusters:
-            _open_identities(parts, pool, clustering.clusters, report, everyone)
+            _open_identities(parts, pool, clustering.clusters, report, everyone, reached)
         if not clustering.more_rounds:
             break
+        reached = None  # (of the pool as it was before this round)
         # Poor faces (blurred, strong profiles, cut by the edge) never open or grow a faceset: they
         # wait in the pool, and join an identity only when close to one (see seed_mask).
         everyone = parts.pool.get()
@@ -150,10 +151,11 @@ def _seeds(pool: PoolArrays, settings: IdentitySettings) -> NDArray[np.bool_]:
     return seed_mask(pool.blur, pool.frontality, pool.cut, settings)
 
 
-def _in_scope(pool: PoolArrays, seeds: NDArray[np.bool_], scope: set[int] | None) -> list[int]:
+def _in_scope(pool: PoolArrays, seeds: NDArray[np.bool_], scope: NDArray[np.int64] | None) -> list[int]:
     """The ids of the pool faces that may seed, of those in `scope` (None: all)."""
-    ids = pool.ids[seeds].tolist()
-    return ids if scope is None else [face for face in ids if face in scope]
+    ids = pool.ids[seeds]
+    chosen: list[int] = (ids if scope is None else ids[np.isin(ids, scope)]).tolist()
+    return chosen
 
 
 def cluster_faces(faces: list[StoredFace], settings: IdentitySettings, fresh: np.ndarray | None = None) -> Clustering:
@@ -172,24 +174,43 @@ def cluster_faces(faces: list[StoredFace], settings: IdentitySettings, fresh: np
 _GROUPS_CUT = "pool_groups_cut"
 
 
-def _scope(parts: IdentifyParts, pool: PoolArrays, seeds: NDArray[np.bool_]) -> tuple[set[int] | None, set[int]]:
-    """The pool faces this cycle clusters, of those that may seed: those in groups new faces reach
-    or that changed since the last clustering (identities.pool_scope); None: all of them. With the
-    remembered groups this clustering replaces: those of the faces it clusters, and those no face
-    of the pool is in any longer (their faces opened a faceset, say)."""
+@dataclass(frozen=True)
+class _Reached:
+    """The faces new to the pool when a cycle began (`new`), and the faces of the pool within reach
+    (of a new faceset's faces: see _open_identities) of one of them (`near`), by id."""
+
+    new: NDArray[np.int64]
+    near: NDArray[np.int64]
+
+
+def _scope(
+    parts: IdentifyParts, pool: PoolArrays, seeds: NDArray[np.bool_]
+) -> tuple[NDArray[np.int64] | None, set[int], _Reached | None]:
+    """The ids of the pool faces this cycle clusters, of those that may seed: those in groups new
+    faces reach or that changed since the last clustering (identities.pool_scope); None: all of
+    them. With the remembered groups this clustering replaces: those of the faces it clusters, and
+    those no face of the pool is in any longer (their faces opened a faceset, say); and what the
+    new faces reach, found on the way."""
     if not seeds.any():
-        return None, set()
+        return None, set(), None
     sizes = parts.pool.group_sizes()
-    if not sizes or parts.store.get_meta(_GROUPS_CUT) != repr(parts.settings.cluster_distance):
-        return None, set()
-    rows = pool_scope(pool.embeddings, pool.group, sizes, parts.settings.cluster_distance, among=seeds)
-    if rows is None:
-        return None, set()
+    if not len(sizes) or parts.store.get_meta(_GROUPS_CUT) != repr(parts.settings.cluster_distance):
+        return None, set(), None
+    scope = pool_scope(pool.embeddings, pool.group, sizes, parts.settings.cluster_distance, among=seeds)
+    if scope is None:
+        return None, set(), None
+    rows = scope.rows
     log.debug("clustering %d of the pool's %d faces (the groups new faces reach)", int(rows.sum()), int(seeds.sum()))
-    made = np.fromiter(sizes, np.int64, len(sizes))
-    gone = made[~np.isin(made, pool.group[seeds], kind="table")]  # no face of the pool is in them any longer
+    gone = sizes.groups[~np.isin(sizes.groups, pool.group[seeds])]  # no face of the pool is in them any longer
     replaced = set(gone.tolist()) | set(np.unique(pool.group[rows]).tolist())
-    return set(pool.ids[rows].tolist()), replaced - {-1}
+    reached = _Reached(pool.ids[seeds & (pool.group < 0)], pool.ids[scope.closest >= 1.0 - _reach(parts.settings)])
+    return pool.ids[rows], replaced - {-1}, reached
+
+
+def _reach(settings: IdentitySettings) -> float:
+    """How close a face of the pool comes to a face of a new faceset for _match to be asked about it:
+    a face joins within match_distance of a face, or within cluster_distance on average."""
+    return max(settings.match_distance, settings.cluster_distance)
 
 
 def _remember_groups(
@@ -211,9 +232,11 @@ def _open_identities(
     clusters: list[Cluster],
     report: CycleReport,
     everyone: PoolArrays,
+    reached: _Reached | None = None,
 ) -> None:
     """Open an identity per cluster of `pool`; then match to them the faces of `everyone` (the
-    whole pool, poor faces included, as read before) within their reach."""
+    whole pool, poor faces included, as read before) within their reach (`reached`: what the
+    faces new to `everyone` reach, when known)."""
     index = parts.index.get()
     joined: set[int] = set()
     for cluster in clusters:
@@ -225,11 +248,19 @@ def _open_identities(
         report.identities_created.append(number)
         log.info("opened faceset %03d with %d faces", number, len(members))
     # Faces left in the pool may belong to the identities just opened: those within reach of one of
-    # their faces (a face joins within match_distance of a face, or within cluster_distance on
-    # average), not the whole pool again (40,000 queries for 20 new facesets cost 11 CPU-s).
-    opened = np.stack([pool[row].embedding for cluster in clusters for row in cluster.rows])
-    reach = max(parts.settings.match_distance, parts.settings.cluster_distance)
-    near = near_any(everyone.embeddings, opened, reach) & ~np.isin(everyone.ids, np.fromiter(joined, np.int64))
+    # their faces, not the whole pool again (40,000 queries for 20 new facesets cost 11 CPU-s). What
+    # lies within reach of a face new to the pool lies within reach of some new face, which the
+    # cycle found on its way (_scope): only its faces are compared with those. Older faces of the
+    # new facesets are compared with the whole pool.
+    opened = [pool[row] for cluster in clusters for row in cluster.rows]
+    vectors = np.stack([face.embedding for face in opened])
+    fresh = np.zeros(len(opened), bool) if reached is None else np.isin([face.id for face in opened], reached.new)
+    reach = _reach(parts.settings)
+    near = near_any(everyone.embeddings, vectors[~fresh], reach)
+    if fresh.any() and reached is not None:
+        candidates = np.flatnonzero(np.isin(everyone.ids, reached.near))
+        near[candidates] |= near_any(everyone.embeddings[candidates], vectors[fresh], reach)
+    near &= ~np.isin(everyone.ids, np.fromiter(joined, np.int64))
     remaining = parts.store.faces_by_ids(everyone.ids[near].tolist())
     matches = _match(parts, remaining, index)
     if matches:

@@ -466,20 +466,23 @@ def test_the_pool_page_groups_faces_that_look_alike_largest_first() -> None:
 
 def test_pool_scope_takes_the_groups_new_faces_reach_and_those_that_changed() -> None:
     from facesyncd.identities import pool_scope
+    from facesyncd.pool import sizes_of
 
     rng = np.random.default_rng(21)
     centres = unit(rng.normal(size=(4, 64)))
     old = np.concatenate([unit(centre + 0.3 * unit(rng.normal(size=(5, 64)))) for centre in centres])
     group_of = np.repeat([10, 20, 30, 40], 5)
-    sizes = {10: 5, 20: 5, 30: 6, 40: 5}  # group 30 lost a face since it was clustered
+    sizes = sizes_of({10: 5, 20: 5, 30: 6, 40: 5})  # group 30 lost a face since it was clustered
     newcomer = unit(centres[1:2] + 0.3 * unit(rng.normal(size=(1, 64))))  # one of group 20's people
     stranger = unit(rng.normal(size=(1, 64)))
     embeddings = np.concatenate([old, newcomer, stranger]).astype(np.float32)
     scope = pool_scope(embeddings, np.concatenate([group_of, [-1, -1]]), sizes, cut=0.55)
     assert scope is not None
-    assert sorted(set(np.concatenate([group_of, [-1, -1]])[scope].tolist())) == [-1, 20, 30]
-    assert scope[-2:].all()  # the new faces themselves
-    assert pool_scope(embeddings, np.full(len(embeddings), -1), {}, cut=0.55) is None  # nothing remembered
+    assert sorted(set(np.concatenate([group_of, [-1, -1]])[scope.rows].tolist())) == [-1, 20, 30]
+    assert scope.rows[-2:].all()  # the new faces themselves
+    # each face's similarity to its nearest new face, found on the way
+    assert np.allclose(scope.closest, (embeddings @ embeddings[-2:].T).max(axis=1), atol=1e-6)
+    assert pool_scope(embeddings, np.full(len(embeddings), -1), sizes_of({}), cut=0.55) is None  # nothing remembered
     mostly_new = np.concatenate([group_of[:5], np.full(len(embeddings) - 5, -1)])
     assert pool_scope(embeddings, mostly_new, sizes, cut=0.55) is None
 
@@ -565,7 +568,7 @@ def test_a_pool_clustered_where_it_changed_opens_the_facesets_a_whole_clustering
     assert sizes == [3]
     assert whole_reads and not any(whole_reads)  # the process held the pool: only the marked faces were read
     _, groups = stepwise.store.pool_group_sizes()
-    assert stepwise.pool.group_sizes() == groups  # held as the store has them
+    assert stepwise.pool.group_sizes().as_dict() == groups  # held as the store has them
     in_pool = set(stepwise.store.pool_arrays().group.tolist())
     assert groups and set(groups) <= in_pool  # the groups whose faces all opened facesets are forgotten
 
@@ -605,3 +608,61 @@ def test_a_poor_face_waiting_in_the_pool_joins_the_faceset_its_person_opens(tmp_
     assert identity_of.get(poor[0]) == report.identities_created[0]
     assert poor[1] not in identity_of and not any(face in identity_of for face in strangers)
     app.close()
+
+
+@requires_shared
+def test_a_new_facesets_older_faces_reach_the_whole_pool_and_its_new_faces_what_they_reached(
+    tmp_path, monkeypatch
+) -> None:
+    """The pool faces within reach of a new faceset join it. For its faces new to the pool, those
+    are among what the new faces reached (found while choosing what to cluster): only those are
+    compared. Its older faces are compared with the whole pool: a blurred face next to one of
+    them, far from every new face, joins as it does when the whole pool is clustered at once."""
+    import facesyncd.cycle.identify as identify
+    from facesyncd.cycle import open_new_facesets
+    from facesyncd.models import CycleReport, Quality
+
+    axes = np.eye(128, dtype=np.float32)
+    old = unit(np.stack([axes[0] + 0.5 * axes[1], axes[0] + 0.1 * axes[5]]))  # too few for a faceset yet
+    blurred = unit(axes[0] + 1.2 * axes[1])[None]  # 0.08 from old[0], 0.77 from every new face
+    new = unit(np.stack([axes[0] - 0.5 * axes[1] + 0.1 * axes[2 + k] for k in range(3)]))
+    strangers = unit(np.random.default_rng(5).normal(size=(20, 128)))
+    scanned: list[tuple[int, int]] = []
+    real = identify.near_any
+    monkeypatch.setattr(
+        identify,
+        "near_any",
+        lambda rows, targets, d: scanned.append((len(rows), len(targets))) or real(rows, targets, d),
+    )
+
+    def faces(app, prefix: str, vectors: np.ndarray, *, poor: bool = False) -> list[int]:
+        ids = _add(app, vectors, prefix)
+        if poor:
+            app.store.set_qualities({face: Quality(0.9, 0.8, 0.01, 0.9, 0.9) for face in ids})
+        return ids
+
+    def first(app) -> tuple[list[int], list[int]]:
+        held, olds = faces(app, "blurred", blurred, poor=True), faces(app, "old", old)
+        return held, olds + faces(app, "stranger", strangers)
+
+    stepwise = _app(tmp_path / "stepwise")
+    held, rest = first(stepwise)
+    stepwise.store.record_matches({}, held + rest)
+    open_new_facesets(stepwise.identify_parts(), CycleReport())
+    assert not stepwise.store.identity_map()
+    stepwise.store.record_matches({}, faces(stepwise, "new", new))
+    scanned.clear()
+    report = CycleReport()
+    open_new_facesets(stepwise.identify_parts(), report)
+    [number] = report.identities_created
+    assert stepwise.store.identity_map().get(held[0]) == number  # through an older face
+    pool = 1 + len(old) + len(strangers) + len(new)
+    assert scanned[0] == (pool, len(old)) and scanned[1][0] < pool and scanned[1][1] == len(new), scanned
+
+    whole = _app(tmp_path / "whole")
+    held, rest = first(whole)
+    whole.store.record_matches({}, held + rest + faces(whole, "new", new))
+    open_new_facesets(whole.identify_parts(), CycleReport())
+    assert stepwise.store.identity_map() == whole.store.identity_map()
+    stepwise.close()
+    whole.close()
