@@ -290,16 +290,20 @@ def _match(parts: IdentifyParts, faces: list[StoredFace], index: FaceIndex) -> d
         blobs, neighbour_ids, neighbour_distances, index.identity_of, settings.match_distance, taken, banned
     )
     if settings.mean_join:
+        # the identities each photo's faces are in, those matched just now included (one face each)
+        used = {blob: set(identities) for blob, identities in taken.items()}
+        for other, (identity, _) in matches.items():
+            used[blobs[other]].add(identity)
         for row, blob in enumerate(blobs):
             if row in matches or not may_seed(faces[row], settings):  # a poor face joins only when close
                 continue
             near = {index.identity_of[int(face)] for face in neighbour_ids[row] if int(face) in index.identity_of}
-            used = taken[blob] | {identity for other, (identity, _) in matches.items() if blobs[other] == blob}
-            means = index.mean_distances(embeddings[row], sorted(near - used - banned[row]))
+            means = index.mean_distances(embeddings[row], sorted(near - used[blob] - banned[row]))
             if means:
                 identity, distance = min(means.items(), key=lambda item: (item[1], item[0]))
                 if distance <= settings.cluster_distance:
                     matches[row] = (identity, distance)
+                    used[blob].add(identity)
     return {faces[row].id: match for row, match in matches.items()}
 
 

@@ -206,6 +206,45 @@ def test_a_face_near_no_single_face_joins_by_its_mean_distance(tmp_path) -> None
 
 
 @requires_shared
+def test_two_faces_of_one_photo_never_join_one_identity_by_their_mean_distance(tmp_path) -> None:
+    """Two faces of one new photo, each near no single face of a person's faceset but close to its
+    faces on average: one joins (the closer), the other waits in the pool."""
+    from facesyncd.cycle import assign_new_faces, open_new_facesets
+    from facesyncd.models import CycleReport, DetectedFace
+
+    rng = np.random.default_rng(11)
+    centre, faces = _hard_person(rng, 10)
+    app = _app(tmp_path, merge_distance=0)
+    app.store.record_matches({}, _add(app, faces[:8], "first"))
+    report = CycleReport()
+    open_new_facesets(app.identify_parts(), report)
+    [number] = report.identities_created
+    index = app.index.get()
+    known = np.stack([face.embedding for face in app.store.faces_by_id(list(index.identity_of))])
+    candidates = unit(centre + 0.9 * unit(rng.normal(size=(50, 128))))
+    pair = np.stack(
+        [
+            vector
+            for vector in candidates  # each would join alone, by its mean distance only
+            if index.mean_distances(vector, [number])[number] <= 0.55 and (1.0 - known @ vector).min() > 0.45
+        ][:2]
+    )
+    landmarks = ((1.0, 1.0),) * 5
+    with app.store.transaction():
+        app.store.save_blob_faces(
+            "together", size=1, width=400, height=200, decoded_from="original", model=app.embedder.name,
+            faces=[DetectedFace((40, 40, 160, 160), 0.9, landmarks, pair[0]),
+                   DetectedFace((240, 40, 360, 160), 0.9, landmarks, pair[1])],
+            crops=["c/t0.jpg", "c/t1.jpg"],
+        )  # fmt: skip
+    assign_new_faces(app.identify_parts(), report)
+    identity_of = app.store.identity_map()
+    together = [face for (face,) in app.store.tuples("SELECT id FROM faces WHERE sha256 = 'together'")]
+    assert len(together) == 2 and [identity_of.get(face) for face in together].count(number) == 1
+    app.close()
+
+
+@requires_shared
 @pytest.mark.parametrize(("merge_distance", "together"), [(0.40, False), (0.0, False), (0.40, True)])
 def test_two_identities_of_one_person_merge_into_the_lower_number(
     tmp_path, merge_distance: float, together: bool
