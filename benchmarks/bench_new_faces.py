@@ -2,10 +2,11 @@
 
 A library as bench_nochange.py makes it (60% of the faces in facesets of 100 or so, 40% waiting in the
 pool, each unlike any other), exported and synced once. Then 1,000 faces arrive as a stage leaves
-them (embedded, not yet compared): 600 of people the library has (each near a face of a faceset) and
-400 strangers. One sync (nothing more listed by the fake Immich) assigns them, clusters the pool,
-looks for merges and exports; CPU seconds of each step in this process, and of the whole cycle. Then,
-as a running daemon meets them: a process that has run a cycle (its index and pool loaded) gets another 1,000.
+them (embedded, not yet compared): 600 of people the library has (each near a face of one of TOUCHED
+facesets: the same change at every size) and 400 strangers. One sync (nothing more listed by the fake
+Immich) assigns them, clusters the pool, looks for merges and exports; CPU seconds of each step in this
+process, and of the whole cycle. Then, as a running daemon meets them: a process that has run a cycle
+(its index and pool loaded) gets another 1,000 (see daemon_seconds).
 
     .venv/bin/python benchmarks/bench_new_faces.py [--sizes 10000 100000 500000]
 """
@@ -18,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +30,28 @@ from common import require_shared
 from fake_server import FakeServerProcess
 
 NEW = 1_000
+# The faces of known people land in this many facesets, at every size (the smallest library has 60):
+# the same change in each library. Spread over all of a library's facesets instead, 600 faces touch 60
+# folders at 10,000 faces and about 550 at 500,000: a cost of what changed, measured apart (daemon_seconds).
+TOUCHED = 60
 STEPS = ("assign_new_faces", "open_new_facesets", "merge_identities", "adopt_immich_names", "publish")
 
 
-def add_new_faces(config: Path, seed: int = 12, first: int = 0) -> None:
-    """NEW faces as a stage commits them: 60% close to a face of some faceset, 10% of 20 people new
-    to the library (5 photos each), 30% strangers. `first`: the number of the first (a second batch
-    starts after the first one's)."""
+def add_new_faces(config: Path, seed: int = 12, first: int = 0, touched: int | None = TOUCHED) -> None:
+    """NEW faces as a stage commits them: 60% close to a face of one of `touched` facesets drawn at
+    random (None: of any), 10% of 20 people new to the library (5 photos each), 30% strangers.
+    `first`: the number of the first (a second batch starts after the first one's)."""
     from facesyncd.store import Store
     from facesyncd.store.faces import PART_COLUMNS
 
     state = Path(next(line for line in config.read_text().splitlines() if line.startswith("state_dir")).split('"')[1])
     store = Store(state / "facesyncd.db")
     rng = np.random.default_rng(seed)
-    known = store.tuples("SELECT embedding FROM faces WHERE identity IS NOT NULL ORDER BY RANDOM() LIMIT ?", (NEW,))
+    known = store.tuples(
+        "SELECT embedding FROM faces WHERE identity IN (SELECT DISTINCT identity FROM faces "
+        "WHERE identity IS NOT NULL ORDER BY RANDOM() LIMIT ?) ORDER BY RANDOM() LIMIT ?",
+        (-1 if touched is None else touched, NEW),
+    )
     dimension = len(known[0][0]) // 4
     crop_source = next((state / "crops").rglob("*.jpg"))
     now = "2026-12-02T00:00:00.000Z"
@@ -165,14 +175,27 @@ def steps_wrapped(wrap: Callable[[str, Callable[..., Any]], Callable[..., Any]])
             setattr(cycle, name, step)
 
 
-def daemon_seconds(config: Path, url: str) -> tuple[float, dict[str, float], float, float]:
+@dataclass
+class Daemon:
+    """CPU seconds of a running daemon's cycles (daemon_seconds)."""
+
+    total: float  # the cycle with NEW faces, TOUCHED facesets getting the known ones
+    steps: dict[str, float]
+    whole_publish: float  # the next NEW's publish with each touched folder written whole
+    loading: float  # once per process, before
+    spread: float  # the next NEW's cycle, the known faces from any faceset
+    spread_publish: float
+    spread_folders: int  # the facesets that last cycle touched
+
+
+def daemon_seconds(config: Path, url: str) -> Daemon:
     """CPU seconds of a running daemon's cycle when a second batch of NEW faces arrives, in all and per
-    step: the process has run a cycle before and holds its index and pool, and has looked for merges once
-    (a process's first look compares every pair of facesets, its later ones the centres that moved), all
-    apart (their CPU seconds are
-    returned last), as `facesyncd run` has; a `sync` pays those in every new process. Then the baseline of its publish:
-    a third batch, each touched folder written whole from every face of its faceset, as before the
-    export's marks named faces (migrations/0020)."""
+    step: the process has run a cycle before and holds its index, the pool and its groups' sizes, and
+    has looked for merges once (a process's first look compares every pair of facesets, its later
+    ones the centres that moved), all apart, as `facesyncd run` has; a `sync` pays those in every new
+    process. Then the baseline of its publish: a third batch, each touched folder written whole from
+    every face of its faceset, as before the export's marks named faces (migrations/0020). Then a
+    fourth, its known faces drawn from any faceset (as many folders to write as facesets touched)."""
     import facesyncd.cycle.identify as identify
     from facesyncd import actions
     from facesyncd.app import open_app
@@ -192,37 +215,46 @@ def daemon_seconds(config: Path, url: str) -> tuple[float, dict[str, float], flo
 
         return run
 
-    point_at(config, url, "BENCH_NEW_KEY")
-    with open_app(load_settings(config)) as app:
-        actions.sync(app, reconcile=False, census=False)
-        # A running daemon holds its index and the pool's arrays from its first cycle with new faces
-        # on, and has looked at every pair of facesets for merges once: done here, apart.
-        started = time.process_time()
-        app.caches.index.get()
-        app.pool.get()
-        identify._merge(app.identify_parts(), CycleReport())
-        loading = time.process_time() - started
-        add_new_faces(config, seed=13, first=NEW)
+    def cycle() -> tuple[float, dict[str, float]]:
+        spent.update(dict.fromkeys(STEPS, 0.0))
         with steps_wrapped(timed):
             started = time.process_time()
             actions.sync(app, reconcile=False, census=False)
-            total, steps = time.process_time() - started, dict(spent)
+            return time.process_time() - started, dict(spent)
+
+    point_at(config, url, "BENCH_NEW_KEY")
+    with open_app(load_settings(config)) as app:
+        actions.sync(app, reconcile=False, census=False)
+        # A running daemon holds its index, the pool's arrays and its groups' sizes from its first cycle
+        # with new faces on, and has looked at every pair of facesets for merges once: done here, apart.
+        started = time.process_time()
+        app.caches.index.get()
+        app.pool.get()
+        app.pool.group_sizes()
+        identify._merge(app.identify_parts(), CycleReport())
+        loading = time.process_time() - started
+        add_new_faces(config, seed=13, first=NEW)
+        total, steps = cycle()
         add_new_faces(config, seed=14, first=2 * NEW)
-        spent["publish"] = 0.0
         by_marks = CropsLayout.write_marked
         CropsLayout.write_marked = lambda *_: (frozenset(), 0)  # type: ignore[method-assign,assignment]
         try:
-            with steps_wrapped(timed):
-                actions.sync(app, reconcile=False, census=False)
+            whole_publish = cycle()[1]["publish"]
         finally:
             CropsLayout.write_marked = by_marks  # type: ignore[method-assign]
-        return total, steps, spent["publish"], loading
+        add_new_faces(config, seed=15, first=3 * NEW, touched=None)
+        spread, spread_steps = cycle()
+        folders = app.store.scalar(
+            "SELECT COUNT(DISTINCT identity) FROM faces WHERE sha256 >= ? AND sha256 < ? AND identity IS NOT NULL",
+            (_sha(3 * NEW), _sha(4 * NEW)),
+        )
+        return Daemon(total, steps, whole_publish, loading, spread, spread_steps["publish"], int(folders or 0))
 
 
 def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str, str, str]]:
     require_shared()
     measured: dict[int, tuple[float, dict[str, float]]] = {}
-    daemon: dict[int, tuple[float, dict[str, float], float, float]] = {}
+    daemon: dict[int, Daemon] = {}
     wholes: dict[int, dict[str, Any]] = {}
     for size in sizes:
         directory = Path(tempfile.mkdtemp(prefix="bench-new-faces-"))
@@ -242,10 +274,12 @@ def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str,
                 f"{compared['clustering']:.2f} CPU-s, the whole pool as before: {compared['whole']:.2f} CPU-s, "
                 f"{'the same' if compared['same'] else 'OTHER'} {compared['clusters']} clusters; of the "
                 f"{compared['people found'][2]} new people, found whole: {compared['people found'][0]} "
-                f"(as before: {compared['people found'][1]}); in a running daemon's cycle: {daemon[size][0]:.2f} "
-                f"CPU-s ({', '.join(f'{name} {seconds:.2f}' for name, seconds in daemon[size][1].items())}); "
-                f"its publish with each folder written whole, as before: {daemon[size][2]:.2f} CPU-s; "
-                f"loading its index and pool and a first look for merges before: {daemon[size][3]:.2f} CPU-s",
+                f"(as before: {compared['people found'][1]}); in a running daemon's cycle: {daemon[size].total:.2f} "
+                f"CPU-s ({', '.join(f'{name} {seconds:.2f}' for name, seconds in daemon[size].steps.items())}); "
+                f"its publish with each folder written whole, as before: {daemon[size].whole_publish:.2f} CPU-s; "
+                f"loading its index, pool and groups and a first look for merges before: {daemon[size].loading:.2f} "
+                f"CPU-s; the known faces spread over {daemon[size].spread_folders} facesets: {daemon[size].spread:.2f} "
+                f"CPU-s, publish {daemon[size].spread_publish:.2f}",
                 flush=True,
             )
         finally:
@@ -270,23 +304,30 @@ def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str,
         (
             f"1,000 new faces, a running daemon's cycle ({names} faces; its index and pool loaded and a first look "
             "for merges made before, apart)",
-            series([daemon[size][0] for size in sizes]),
-            f"{daemon[sizes[-1]][0] / daemon[sizes[0]][0]:.1f}x from {sizes[0]:,} to {sizes[-1]:,}",
+            series([daemon[size].total for size in sizes]),
+            f"{daemon[sizes[-1]].total / daemon[sizes[0]].total:.1f}x from {sizes[0]:,} to {sizes[-1]:,}",
         ),
         *(
-            (f"  of which {name.replace('_', ' ')}", series([daemon[size][1][name] for size in sizes]), "")
+            (f"  of which {name.replace('_', ' ')}", series([daemon[size].steps[name] for size in sizes]), "")
             for name in STEPS
         ),
         (
-            "  loading the index and the pool and a first look for merges, once per process, before that cycle",
-            series([daemon[size][3] for size in sizes]),
+            "  loading the index, the pool and its groups' sizes and a first look for merges, once per process, "
+            "before that cycle",
+            series([daemon[size].loading for size in sizes]),
             "",
         ),
         (
             "  its publish with each touched folder written whole instead, as before (the next 1,000)",
-            series([daemon[size][2] for size in sizes]),
-            f"from the marked faces alone: {daemon[sizes[-1]][1]['publish'] / daemon[sizes[-1]][2]:.2f}x of that "
-            f"at {sizes[-1]:,}",
+            series([daemon[size].whole_publish for size in sizes]),
+            f"from the marked faces alone: "
+            f"{daemon[sizes[-1]].steps['publish'] / daemon[sizes[-1]].whole_publish:.2f}x of that at {sizes[-1]:,}",
+        ),
+        (
+            f"  the next 1,000 with the known faces from any faceset, not {TOUCHED} (facesets touched: "
+            f"{' / '.join(str(daemon[size].spread_folders) for size in sizes)}): the cycle, then its publish",
+            f"{series([daemon[size].spread for size in sizes])}; {series([daemon[size].spread_publish for size in sizes])}",
+            "a folder more to write per faceset touched: a cost of the change",
         ),
         (
             "  clustering alone (the rest: opening facesets, matching the pool to them)",
