@@ -497,11 +497,11 @@ def clean_leftovers(facesets_dir: Path) -> None:
 
     Only a real folder holding our manifest is restored from `.faceset_NNN.old`; anything else under
     our temporary names (a symbolic link, a file) is removed, never followed."""
-    if not facesets_dir.is_dir():
+    try:
+        names = [entry.name for entry in os.scandir(facesets_dir) if entry.name.startswith(".faceset_")]
+    except OSError:
         return
-    for entry in facesets_dir.iterdir():
-        if not entry.name.startswith(".faceset_"):
-            continue
+    for entry in (facesets_dir / name for name in names):
         if entry.name.endswith(".old"):
             final = facesets_dir / entry.name[1:-4]
             genuine = entry.is_dir() and not entry.is_symlink() and _read_manifest(entry) is not None
@@ -967,20 +967,21 @@ def own_folders(
     """Every folder that facesyncd wrote (it holds facesyncd's manifest): facesets and sub-sets;
     with `numbers`, only theirs; never those named in `besides` (no other manifest is read)."""
     found: dict[str, Path] = {}
-    if not facesets_dir.is_dir():
+    try:
+        entries = list(os.scandir(facesets_dir))  # (not Paths: 3,000 folders are listed in each export)
+    except OSError:
         return found
-    for entry in facesets_dir.iterdir():
+    for entry in entries:
         match = FOLDER_RE.match(entry.name)
         number = faceset_number(match.group(1)) if match else None
         if (
             number is not None
             and (numbers is None or number in numbers)
             and entry.name not in besides
-            and entry.is_dir()
-            and not entry.is_symlink()
-            and _read_manifest(entry)
+            and entry.is_dir(follow_symlinks=False)
+            and _read_manifest(folder := facesets_dir / entry.name)
         ):
-            found[entry.name] = entry
+            found[entry.name] = folder
     return found
 
 
