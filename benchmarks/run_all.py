@@ -26,6 +26,7 @@ import bench_index
 import bench_memory
 import bench_poll
 import bench_pool
+import bench_pool_reach
 import bench_recognizer
 import bench_status
 import bench_sync
@@ -52,6 +53,7 @@ def main() -> None:
         ("a cycle with nothing new", bench_nochange.main),
         ("store queries of the page, status, faceset list", bench_queries.main),
         ("1,000 new faces", bench_new_faces.main),
+        ("the pool searched exactly or through a graph index", bench_pool_reach.main),
     ):
         print(f"\n== {name} ==", flush=True)
         rows += run()
