@@ -60,6 +60,24 @@ def test_corrupt_or_missing_files_mean_rebuild(tmp_path: Path) -> None:
     assert FaceIndex.load(tmp_path, 32, 5, identity_of) is None
 
 
+def test_a_loaded_index_has_room_for_more_faces_and_refuses_vectors_of_another_kind(tmp_path: Path) -> None:
+    """A start reads the saved rows into room for a quarter more, so the first faces added copy
+    nothing (the vectors are 600 MB at 500,000 faces); vectors stored as another type are refused."""
+    index, data, identity_of = built(tmp_path)
+    loaded = FaceIndex.load(tmp_path, 32, 5, identity_of)
+    assert loaded is not None
+    rows = loaded._index._vectors
+    assert len(rows) >= 3000 * 5 // 4 and np.array_equal(loaded._index.vectors(list(identity_of)), data)
+    loaded.add([9000, 9001], vectors(2, seed=9), [1, 2])
+    assert loaded._index._vectors is rows  # added in the room made at load
+    assert (loaded.query(vectors(2, seed=9), 1)[0][:, 0] == [9000, 9001]).all()
+    with np.load(tmp_path / INDEX_FILE) as saved:
+        arrays = {name: saved[name] for name in saved.files}
+    with (tmp_path / INDEX_FILE).open("wb") as output:
+        np.savez(output, **{**arrays, "vectors": arrays["vectors"].astype(np.float64)})
+    assert FaceIndex.load(tmp_path, 32, 5, identity_of) is None
+
+
 def test_index_disagreeing_with_the_store_is_refused(tmp_path: Path) -> None:
     _, _, identity_of = built(tmp_path)
     fewer = dict(list(identity_of.items())[:-1])
