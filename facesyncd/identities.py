@@ -298,10 +298,10 @@ def near_any(
 
 def closest(embeddings: NDArray[np.float32], targets: NDArray[np.float32], block: int = 8192) -> NDArray[np.float32]:
     """Each row's cosine similarity to the nearest of `targets` (-inf: no targets): exactly, a block
-    of rows at a time (bounded memory). Every row times every target: 0.5 CPU-s for 400 targets
-    over 200,000 rows of 512 floats, at the speed of the machine's matrix product; a graph index
-    (hnswlib) found 87 of 199 such neighbours among 50,000 random strangers, after 65 CPU-s of
-    building (issue 24)."""
+    of rows at a time (bounded memory). Every row times every target: about 0.4 CPU-s for 400
+    targets over 200,000 rows of 512 floats, at the speed of the machine's matrix product. A graph
+    index over the pool found half to four fifths of the rows within the cut of such targets among
+    50,000 strangers, after 56 CPU-s of building, and cost more to ask (benchmarks/bench_pool_reach.py)."""
     found = np.full(len(embeddings), -np.inf, np.float32)
     if not len(targets):
         return found
