@@ -126,8 +126,10 @@ def _sweep(
     listing = client.list_changed(
         None if full else watermark,
         parts.sync.page_size,
-        # read here: the listing pages on a thread of its own, and the store is this thread's
-        known=store.counted_assets(source.name, own_only=False) + store.partner_assets(source.name),
+        # Read here: the listing pages on a thread of its own, and the store is this thread's. Only a
+        # full listing is told what the store holds (counted over every asset: 0.13 CPU-s at 500,000);
+        # a listing of what changed that runs past LISTING_SLACK asks Immich's count, one request.
+        known=store.counted_assets(source.name, own_only=False) + store.partner_assets(source.name) if full else 0,
         cursor_first=by_cursor,
         with_people=source.adopt_names,
     )
