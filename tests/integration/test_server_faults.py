@@ -260,17 +260,20 @@ def test_a_listing_that_never_advances_ends_the_cycle_with_a_clear_error(fake: F
     assert fake.count("POST", "/api/search/metadata") < 20
 
 
-def test_a_listing_of_ever_new_asset_ids_is_bounded_by_immichs_own_count(fake: FakeImmich, tmp_path: Path) -> None:
+@pytest.mark.parametrize("listing", [["--reconcile"], []], ids=["full", "what changed"])
+def test_a_listing_of_ever_new_asset_ids_is_bounded_by_immichs_own_count(
+    fake: FakeImmich, tmp_path: Path, listing: list[str]
+) -> None:
     """A server answering new ids on every page was followed for 409 pages (240 s) and would have
-    gone on to 50 million assets: a listing far past what the store knows asks Immich's count, and
-    ends past twice that plus LISTING_SLACK."""
+    gone on to 50 million assets: a full listing far past what the store knows, or a listing of what
+    changed past LISTING_SLACK, asks Immich's count, and ends past twice that plus LISTING_SLACK."""
     from facesyncd.immich.listing import LISTING_SLACK
 
     library = add_photos(fake, ["wild/obama"])
     config = write_config(tmp_path, fake.url, sync="page_size = 100")
     assert run_cli("--config", str(config), "sync").returncode == 0
     fake.new_ids_for_pages = 400  # 40,000 ids that were never there, then the listing would end
-    result = run_cli("--config", str(config), "sync", "--reconcile")
+    result = run_cli("--config", str(config), "sync", *listing)
     assert result.returncode == 4, result.stderr
     assert f"counts {len(library)}" in result.stderr and "Traceback" not in result.stderr
     pages = (2 * len(library) + LISTING_SLACK) // 100 + 2
