@@ -17,9 +17,9 @@ from pathlib import Path
 from .app import App
 from .config import Settings
 from .curation import Correction, FileHashes, Outcome
-from .cycle import merge_identities, open_new_facesets, publish, run_cycle
+from .cycle import merge_identities, name_folders, open_new_facesets, publish, run_cycle
 from .errors import AlreadyRunning, FacesyncError, LocalWriteError, OrphanedFacesets, StoreError
-from .export import PRESERVED, Exported, exported, own_facesets, set_aside_facesets, write_names
+from .export import PRESERVED, Exported, exported, own_facesets, set_aside_facesets
 from .importer import ImportReport
 from .importer import import_facesets as import_tree
 from .index import load_or_build
@@ -78,7 +78,7 @@ def correct(app: App, correction: Correction, *, export: bool = True) -> Outcome
     are written to NAME.txt first (it is read back as the user's word)."""
     names = correction.names(app.store)
     if names:
-        write_names(app.settings.facesets_dir, names)
+        name_folders(app.publish_parts(), names)
     outcome = correction.apply(app.store, file_hashes(app))
     app.caches.forget(outcome.dropped)
     if export:

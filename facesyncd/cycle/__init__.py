@@ -14,12 +14,11 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..errors import FacesyncError, ImmichAuthError, ImmichError, ImmichUnreachable
-from ..export import write_names
 from ..models import CycleReport
 from .identify import assign_new_faces, merge_identities, open_new_facesets
 from .names import adopt_immich_names
 from .poll import poll
-from .publish import publish
+from .publish import name_folders, publish
 from .stage import stage
 
 if TYPE_CHECKING:
@@ -27,7 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_cycle", "assign_new_faces", "merge_identities", "open_new_facesets", "publish"]
+__all__ = ["run_cycle", "assign_new_faces", "merge_identities", "name_folders", "open_new_facesets", "publish"]
 
 
 def run_cycle(
@@ -58,6 +57,6 @@ def run_cycle(
     merge_identities(identify, report)
     names = adopt_immich_names(app.store, app.settings.identities, report)
     if names:
-        write_names(app.settings.facesets_dir, names)  # NAME.txt is read back as the user's word
+        name_folders(app.publish_parts(), names)
     publish(app.publish_parts(), report)
     return first_error

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..config import ExportSettings, FaceSettings, ImmichSettings
 from ..errors import ImageError, ImmichAuthError, ImmichError, ImmichUnreachable
-from ..export import SCHEMA_VERSION, FolderState, folder_state, remove_faceset
+from ..export import SCHEMA_VERSION, FolderState, folder_state, remove_faceset, write_names
 from ..imaging import DecodedImage
 from ..immich import ClientSet, ImmichClient
 from ..layouts import Layout, Library
@@ -78,12 +78,7 @@ def publish(parts: PublishParts, report: CycleReport, only: frozenset[int] | Non
     marked faces alone where it can (write_marked): a faceset that gained a face costs that face,
     not its size."""
     _measure_unmeasured(parts)  # first: the qualities it sets are marks this export clears
-    state = (
-        SCHEMA_VERSION,  # the form of what is written, with the settings it depends on
-        parts.export,
-        parts.facesets_dir,
-        [(source.url, source.web_url) for source in parts.sources],
-    )
+    state = _settings(parts)
     marks = parts.store.export_marks()
     tree = _tree_state(parts)
     left = as_left(parts.store, PUBLISH, *state, *tree)
@@ -100,6 +95,29 @@ def publish(parts: PublishParts, report: CycleReport, only: frozenset[int] | Non
     parts.store.clear_export_marks(marks.upto, numbers)
     if numbers is None or left:  # the folders are now as this export left them
         finished(parts.store, PUBLISH, *state, *_tree_state(parts, tree[0], numbers))
+
+
+def name_folders(parts: PublishParts, names: Mapping[int, str | None]) -> None:
+    """Names facesyncd gives (a correction, Immich's names) written into the folders' NAME.txt
+    (export.write_names: it is read back as the user's word). While the folders were as the last
+    export left them, they still are: a NAME.txt facesyncd wrote is no change of the user's, and must
+    not make the next export compare every folder with the store (3,000 at 500,000 faces)."""
+    state = _settings(parts)
+    tree = _tree_state(parts)
+    left = as_left(parts.store, PUBLISH, *state, *tree)
+    write_names(parts.facesets_dir, names)
+    if left:
+        finished(parts.store, PUBLISH, *state, *_tree_state(parts, tree[0], names.keys()))
+
+
+def _settings(parts: PublishParts) -> tuple[object, ...]:
+    """What the folders' form depends on: when it changes, every folder is compared with the store."""
+    return (
+        SCHEMA_VERSION,  # the form of what is written, with the settings it depends on
+        parts.export,
+        parts.facesets_dir,
+        [(source.url, source.web_url) for source in parts.sources],
+    )
 
 
 def _tree_state(

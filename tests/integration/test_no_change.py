@@ -133,3 +133,26 @@ def test_a_cycle_exports_only_the_facesets_that_changed(fake: FakeImmich, tmp_pa
         db.execute("DELETE FROM meta WHERE key = 'unchanged:publish'")
     whole = run_cli("--config", str(config), "sync")
     assert whole.returncode == 0 and " 0 folders written" in whole.stdout, whole.stdout
+
+
+def test_a_name_facesyncd_writes_into_name_txt_leaves_the_folders_as_an_export_left_them(
+    fake: FakeImmich, tmp_path: Path
+) -> None:
+    """NAME.txt is read back as the user's word, so a name a correction gives (or Immich's, adopted)
+    is written into it. That is facesyncd's own write, not a change of the user's: the next cycle
+    exports what changed, and does not compare every folder with the store."""
+    add_photos(fake, ["wild/obama", "wild/katy_perry"])
+    config = write_config(tmp_path, fake.url)
+    facesets = tmp_path / "facesets"
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    folder = sorted(facesets.glob("faceset_*"))[0]
+    (folder / "NAME.txt").write_text("Barack\n")  # the user's own file
+    assert run_cli("--config", str(config), "sync").returncode == 0  # the user's change: all compared
+    quiet = run_cli("--config", str(config), "--log-level", "debug", "sync")
+    assert "no faceset changed since the last export" in quiet.stderr, quiet.stderr
+
+    named = run_cli("--config", str(config), "faceset", "name", folder.name.split("_")[1], "Barack Obama")
+    assert named.returncode == 0, named.stderr
+    assert (folder / "NAME.txt").read_text() == "Barack Obama\n"
+    after = run_cli("--config", str(config), "--log-level", "debug", "sync")
+    assert after.returncode == 0 and "no faceset changed since the last export" in after.stderr, after.stderr
