@@ -74,7 +74,7 @@ class PoolKeeper:
         """Store.replace_pool_groups, and the same change made to the sizes held (when they were those
         the store had: else they are read again when next asked for)."""
         before, after = self._store.replace_pool_groups(groups, replaced, everything=everything)
-        if self._sizes is None or before is None or before != self._sizes_token:
+        if self._sizes is None or before != self._sizes_token:  # (None twice: no token yet, nothing else wrote)
             self._sizes = None
             return
         made = sizes_of({group: len(faces) for group, faces in groups.items()})
