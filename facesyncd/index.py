@@ -135,15 +135,13 @@ class _Routed:
     def set_owners(self, identity_of: dict[int, int]) -> None:
         """Each live row's identity, from the store (after a load: merges and moves made meanwhile)."""
         rows = np.flatnonzero(self._live[: self._count])
+        # (looked up as arrays: a comprehension over 500,000 faces cost 0.19 CPU-s)
+        faces = np.fromiter(identity_of.keys(), np.int64, len(identity_of))
+        owners = np.fromiter(identity_of.values(), np.int64, len(identity_of))
+        order = np.argsort(faces)
+        at, known = _find(faces[order], self._labels[rows])
         self._owners[rows] = -1
-        if identity_of:  # (looked up as arrays: a comprehension over 500,000 faces cost 0.19 CPU-s)
-            faces = np.fromiter(identity_of.keys(), np.int64, len(identity_of))
-            owners = np.fromiter(identity_of.values(), np.int64, len(identity_of))
-            order = np.argsort(faces)
-            faces, owners = faces[order], owners[order]
-            at = np.minimum(np.searchsorted(faces, self._labels[rows]), len(faces) - 1)
-            known = faces[at] == self._labels[rows]
-            self._owners[rows[known]] = owners[at[known]]
+        self._owners[rows[known]] = owners[order][at[known]]
         self._live[rows] &= self._owners[rows] >= 0
         self._changed()
 
@@ -163,11 +161,10 @@ class _Routed:
             self._sorted = (self._labels[live][order], live[order])
         keys, rows = self._sorted
         wanted = np.asarray(labels, np.int64)
-        found = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
-        if not len(keys) or (keys[found] != wanted).any():
-            missing = wanted[keys[found] != wanted] if len(keys) else wanted
-            raise KeyError(f"face {int(missing[0])} is not in the index")
-        return rows[found]
+        at, found = _find(keys, wanted)
+        if not found.all():
+            raise KeyError(f"face {int(wanted[~found][0])} is not in the index")
+        return rows[at]
 
     def vectors(self, labels: Sequence[int]) -> NDArray[np.float32]:
         return self._vectors[self._rows_of(labels)].reshape(len(labels), -1)
@@ -284,9 +281,8 @@ class _Routed:
         more face cost 2.3 CPU-s of each start)."""
         with np.load(path) as data:
             labels, live = data["labels"], data["live"]
-        spare = len(labels) // 4 + 1024
-        with ZipFile(path) as archive:
-            vectors = _read_rows(archive, "vectors.npy", spare=spare)
+            spare = len(labels) // 4 + 1024
+            vectors = _read_rows(data.zip, "vectors.npy", spare=spare)
         count = len(labels)
         if not (len(vectors) - spare == count == len(live)):
             raise ValueError("the index file's arrays disagree")
@@ -300,6 +296,15 @@ class _Routed:
         self._live[:count] = live
         self._count = count
         self._changed()
+
+
+def _find(keys: NDArray[np.int64], wanted: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+    """Where each of `wanted` stands in the ascending `keys`, and whether it is there at all."""
+    if not len(keys):
+        return np.zeros(len(wanted), np.int64), np.zeros(len(wanted), bool)
+    at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    found: NDArray[np.bool_] = keys[at] == wanted
+    return at, found
 
 
 # What _read_rows reads at a time: a buffer as large as the rows would double the memory of a load.
