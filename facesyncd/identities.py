@@ -251,7 +251,8 @@ class PoolScope:
     """What pool_scope found."""
 
     rows: NDArray[np.bool_]  # the rows to cluster again
-    closest: NDArray[np.float32]  # each row's cosine similarity to the nearest new face
+    new: NDArray[np.bool_]  # the rows new to the pool, of those asked about
+    closest: NDArray[np.float32]  # each row's cosine similarity to the nearest of them
 
 
 def pool_scope(
@@ -285,7 +286,7 @@ def pool_scope(
     again = now != made  # the groups whose faces now are not those they were made with
     similarity = closest(embeddings, embeddings[new])
     again[group_of[(similarity >= 1.0 - cut) & known]] = True
-    return PoolScope(new | (known & again[np.maximum(group_of, 0)]), similarity)
+    return PoolScope(new | (known & again[np.maximum(group_of, 0)]), new, similarity)
 
 
 def near_any(

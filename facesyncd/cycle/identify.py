@@ -203,7 +203,7 @@ def _scope(
     log.debug("clustering %d of the pool's %d faces (the groups new faces reach)", int(rows.sum()), int(seeds.sum()))
     gone = sizes.groups[~np.isin(sizes.groups, pool.group[seeds])]  # no face of the pool is in them any longer
     replaced = set(gone.tolist()) | set(np.unique(pool.group[rows]).tolist())
-    reached = _Reached(pool.ids[seeds & (pool.group < 0)], pool.ids[scope.closest >= 1.0 - _reach(parts.settings)])
+    reached = _Reached(pool.ids[scope.new], pool.ids[scope.closest >= 1.0 - _reach(parts.settings)])
     return pool.ids[rows], replaced - {-1}, reached
 
 

@@ -518,7 +518,7 @@ def test_pool_scope_takes_the_groups_new_faces_reach_and_those_that_changed() ->
     scope = pool_scope(embeddings, np.concatenate([group_of, [-1, -1]]), sizes, cut=0.55)
     assert scope is not None
     assert sorted(set(np.concatenate([group_of, [-1, -1]])[scope.rows].tolist())) == [-1, 20, 30]
-    assert scope.rows[-2:].all()  # the new faces themselves
+    assert scope.rows[-2:].all() and scope.new.tolist() == [False] * 20 + [True, True]  # the new faces themselves
     # each face's similarity to its nearest new face, found on the way
     assert np.allclose(scope.closest, (embeddings @ embeddings[-2:].T).max(axis=1), atol=1e-6)
     assert pool_scope(embeddings, np.full(len(embeddings), -1), sizes_of({}), cut=0.55) is None  # nothing remembered
