@@ -33,6 +33,9 @@ _COUNTED_AFRESH = f"""
 # A face detected again within a forgotten box (intersection over union) is the forgotten face.
 FORGOTTEN_OVERLAP = 0.5
 
+# Meta: a token save_centres writes anew with each write of the centres.
+CENTRES_TOKEN = "centres_token"
+
 
 class CorrectionQueries(FaceQueries):
     # -- reading -----------------------------------------------------------------------------------
@@ -360,12 +363,12 @@ class CorrectionQueries(FaceQueries):
                 ],
             )
             self.set_meta("centres_version", str(self.index_version()))
-            token = self.renew_token("centres_token")
+            token = self.renew_token(CENTRES_TOKEN)
         return token
 
     def centres_token(self) -> str | None:
         """A token save_centres writes anew each time: the same token, the rows it wrote."""
-        return self.get_meta("centres_token")
+        return self.get_meta(CENTRES_TOKEN)
 
     def centres_current(self) -> bool:
         return self.get_meta("centres_version") == str(self.index_version())
