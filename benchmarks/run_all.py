@@ -19,6 +19,7 @@ import bench_immich_ml
 import bench_new_faces
 import bench_nochange
 import bench_pages
+import bench_pool_reach
 import bench_queries
 
 import bench_cluster
@@ -26,7 +27,6 @@ import bench_index
 import bench_memory
 import bench_poll
 import bench_pool
-import bench_pool_reach
 import bench_recognizer
 import bench_status
 import bench_sync

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .boxes import overlap
+from .coarse import CoarseRows, closest
 from .config import IdentitySettings
 from .models import Box, GroupSizes, StoredFace
 
@@ -252,28 +253,37 @@ class PoolScope:
 
     rows: NDArray[np.bool_]  # the rows to cluster again
     new: NDArray[np.bool_]  # the rows new to the pool, of those asked about
-    closest: NDArray[np.float32]  # each row's cosine similarity to the nearest of them
+    closest: NDArray[np.float32]  # each row's cosine similarity to the nearest of them (see pool_scope's floor)
+
+
+# The float embeddings of some rows of the pool, in the order asked (its arrays hold them rounded).
+PoolRows = Callable[[NDArray[np.int64]], NDArray[np.float32]]
 
 
 def pool_scope(
-    embeddings: NDArray[np.float32],
+    coarse: CoarseRows,
+    exact: PoolRows,
     group_of: NDArray[np.int64],
     sizes: GroupSizes,
     cut: float,
     among: NDArray[np.bool_] | None = None,
+    *,
+    floor: float | None = None,
 ) -> PoolScope | None:
     """The rows of the pool a cycle must cluster again, of those `among` (all: None), given the
     groups the last clustering split them into (`group_of`: each row's group, -1 for a face new to
     the pool; `sizes`: each group's size then); None: all of them (no record, or mostly new faces).
+    The pool's embeddings: `coarse`, and `exact` for the few rows that need them (coarse.closest).
+    The similarities found on the way (PoolScope.closest) are exact at `floor` and above (at most
+    1 - cut; default 1 - cut).
 
     A group no new face comes within `cut` of, and that lost no face, holds the same faces as when
     it was clustered, and no cluster crosses groups (two groups merge only when some pair of their
     faces is within the cut): clustering it again would give what it gave, which opened nothing
     (what it opened left the pool, and the group with it). So only the groups new faces reach
     (found exactly: closest) and the groups that changed are clustered, with the new faces.
-    (Rows outside `among` are skipped, not copied out: the pool's arrays are 400 MB at 200,000
-    faces. Groups are looked up by id in arrays as long as the highest face id, not sorted or
-    hashed: 200,000 groups in each cycle.)"""
+    (Rows outside `among` are skipped, not copied out. Groups are looked up by id in arrays as long
+    as the highest face id, not sorted or hashed: 200,000 groups in each cycle.)"""
     among = np.ones(len(group_of), bool) if among is None else among
     new = among & (group_of < 0)
     known = among & ~new
@@ -284,31 +294,21 @@ def pool_scope(
     made = np.zeros(span, np.int64)
     made[sizes.groups] = sizes.counts
     again = now != made  # the groups whose faces now are not those they were made with
-    similarity = closest(embeddings, embeddings[new])
+    floor = 1.0 - cut if floor is None else min(floor, 1.0 - cut)
+    similarity = closest(coarse, exact(np.flatnonzero(new)), floor, exact)
     again[group_of[(similarity >= 1.0 - cut) & known]] = True
     return PoolScope(new | (known & again[np.maximum(group_of, 0)]), new, similarity)
 
 
-def near_any(
-    embeddings: NDArray[np.float32], targets: NDArray[np.float32], distance: float, block: int = 8192
-) -> NDArray[np.bool_]:
-    """Which rows lie within `distance` (cosine) of any of `targets` (see closest)."""
-    near: NDArray[np.bool_] = closest(embeddings, targets, block) >= 1.0 - distance
+def near_any(coarse: CoarseRows, exact: PoolRows, targets: NDArray[np.float32], distance: float) -> NDArray[np.bool_]:
+    """Which rows of the pool lie within `distance` (cosine) of any of `targets`: exactly, every row
+    with every target (through the rows' rounding, `exact` read for the few it cannot rule out: see
+    coarse.closest). A graph index over the pool found half to four fifths of the rows within the
+    cut of such targets among 50,000 strangers, after 56 CPU-s of building, and cost more to ask
+    (benchmarks/bench_pool_reach.py)."""
+    floor = 1.0 - distance
+    near: NDArray[np.bool_] = closest(coarse, targets, floor, exact) >= floor
     return near
-
-
-def closest(embeddings: NDArray[np.float32], targets: NDArray[np.float32], block: int = 8192) -> NDArray[np.float32]:
-    """Each row's cosine similarity to the nearest of `targets` (-inf: no targets): exactly, a block
-    of rows at a time (bounded memory). Every row times every target: about 0.4 CPU-s for 400
-    targets over 200,000 rows of 512 floats, at the speed of the machine's matrix product. A graph
-    index over the pool found half to four fifths of the rows within the cut of such targets among
-    50,000 strangers, after 56 CPU-s of building, and cost more to ask (benchmarks/bench_pool_reach.py)."""
-    found = np.full(len(embeddings), -np.inf, np.float32)
-    if not len(targets):
-        return found
-    for start in range(0, len(embeddings), block):
-        found[start : start + block] = (embeddings[start : start + block] @ targets.T).max(axis=1)
-    return found
 
 
 def look_alike(embeddings: NDArray[np.float32], distance: float) -> list[list[int]]:

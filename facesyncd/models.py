@@ -11,6 +11,8 @@ if TYPE_CHECKING:  # numpy stays out of `status`, which never touches an embeddi
     import numpy as np
     from numpy.typing import NDArray
 
+    from .coarse import CoarseRows
+
 Embedding: TypeAlias = "NDArray[np.float32]"
 Box: TypeAlias = tuple[float, float, float, float]  # x1, y1, x2, y2 in the image's pixels
 
@@ -199,7 +201,7 @@ class PoolArrays:
     per cycle."""
 
     ids: NDArray[np.int64]
-    embeddings: NDArray[np.float32]  # a row per face
+    coarse: CoarseRows  # the embeddings, a row per face, rounded to 8 bits (the float ones: Store.embeddings_of)
     blur: NDArray[np.float64]  # the quality parts may_seed asks for; NaN: not measured
     frontality: NDArray[np.float64]
     cut: NDArray[np.bool_]

@@ -11,6 +11,7 @@ from typing import TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from .coarse import CoarseRows, round_rows
 from .models import GroupSizes, PoolArrays
 from .store import Store
 
@@ -22,7 +23,8 @@ class PoolKeeper:
 
     The rows are in no particular order: a face that leaves the pool takes the place of the last row,
     and one that arrives goes last, so that bringing the arrays in step costs the faces marked, not
-    the pool. What get() returns are views of the keeper's arrays: valid until the next get()."""
+    the pool. What get() returns are views of the keeper's arrays: valid until the next get(). The
+    embeddings are held rounded to 8 bits (coarse.py): 100 MB at 200,000 faces of 512-d, not 400."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -35,7 +37,7 @@ class PoolKeeper:
         self._rows: dict[int, int] | None = None  # face id -> row; None: nothing read yet
         self._count = 0
         self._ids = np.zeros(0, np.int64)
-        self._embeddings = np.zeros((0, 0), np.float32)
+        self._coarse = round_rows(np.zeros((0, 0), np.float32))
         self._blur = np.zeros(0)
         self._frontality = np.zeros(0)
         self._cut = np.zeros(0, bool)
@@ -97,10 +99,10 @@ class PoolKeeper:
         self._sizes = None
 
     def _view(self) -> PoolArrays:
-        count = self._count
+        count, coarse = self._count, self._coarse
         return PoolArrays(
             self._ids[:count],
-            self._embeddings[:count],
+            CoarseRows(coarse.codes[:count], coarse.scale[:count], coarse.length[:count], coarse.error[:count]),
             self._blur[:count],
             self._frontality[:count],
             self._cut[:count],
@@ -108,17 +110,17 @@ class PoolKeeper:
         )
 
     def _load(self, pool: PoolArrays) -> None:
-        self._ids, self._embeddings, self._blur = pool.ids, pool.embeddings, pool.blur
+        self._ids, self._coarse, self._blur = pool.ids, pool.coarse, pool.blur
         self._frontality, self._cut, self._group = pool.frontality, pool.cut, pool.group
         self._count = count = len(pool.ids)
-        self._grow(count + count // 8 + 1024, pool.embeddings.shape[1])  # (copies: the store's are read-only)
+        self._grow(count + count // 8 + 1024, pool.coarse.codes.shape[1])  # (room to add rows in place)
         self._rows = {face: row for row, face in enumerate(pool.ids.tolist())}
 
     def _update(self, changed: Sequence[int], present: PoolArrays) -> None:
         """The `changed` faces' rows replaced by those `present` in the pool now."""
         assert self._rows is not None
-        width = present.embeddings.shape[1] if len(present.ids) else self._embeddings.shape[1]
-        if self._count and width != self._embeddings.shape[1]:  # another model's embeddings: read again
+        width = present.coarse.codes.shape[1] if len(present.ids) else self._coarse.codes.shape[1]
+        if self._count and width != self._coarse.codes.shape[1]:  # another model's embeddings: read again
             self._load(self._store.pool_arrays())
             return
         for face in changed:
@@ -145,24 +147,32 @@ class PoolKeeper:
         self._count = last
 
     def _reserve(self, count: int, width: int) -> None:
-        """Room for `count` rows of `width` floats (growing by a quarter: appending stays linear in
-        the rows appended, and the room to spare small: the embeddings are 400 MB at 200,000 faces)."""
-        if count <= len(self._ids) and width == self._embeddings.shape[1]:
+        """Room for `count` rows of `width` components (growing by a quarter: appending stays linear
+        in the rows appended, and the room to spare small: the codes are 100 MB at 200,000 faces)."""
+        if count <= len(self._ids) and width == self._coarse.codes.shape[1]:
             return
         self._grow(max(count, len(self._ids) * 5 // 4, 1024), width)
 
     def _grow(self, capacity: int, width: int) -> None:
-        """The arrays again, with room for `capacity` rows (of `width` floats), the rows held kept."""
+        """The arrays again, with room for `capacity` rows (of `width` components), the rows held kept."""
         kept = self._count
         self._ids = _grown(self._ids, capacity, kept)
-        self._embeddings = _grown(self._embeddings, capacity, kept, width)
         self._blur = _grown(self._blur, capacity, kept)
         self._frontality = _grown(self._frontality, capacity, kept)
         self._cut = _grown(self._cut, capacity, kept)
         self._group = _grown(self._group, capacity, kept)
+        coarse = self._coarse
+        self._coarse = CoarseRows(
+            _grown(coarse.codes, capacity, kept, width),
+            *(_grown(array, capacity, kept) for array in (coarse.scale, coarse.length, coarse.error)),
+        )
 
     def _arrays(self) -> tuple[NDArray[np.generic], ...]:
-        return self._ids, self._embeddings, self._blur, self._frontality, self._cut, self._group
+        coarse = self._coarse
+        return (
+            *(self._ids, self._blur, self._frontality, self._cut, self._group),
+            *(coarse.codes, coarse.scale, coarse.length, coarse.error),
+        )
 
 
 def sizes_of(sizes: Mapping[int, int]) -> GroupSizes:
@@ -174,7 +184,11 @@ def sizes_of(sizes: Mapping[int, int]) -> GroupSizes:
 
 def _columns(pool: PoolArrays) -> tuple[NDArray[np.generic], ...]:
     """A PoolArrays' arrays, in the order of PoolKeeper._arrays."""
-    return pool.ids, pool.embeddings, pool.blur, pool.frontality, pool.cut, pool.group
+    coarse = pool.coarse
+    return (
+        *(pool.ids, pool.blur, pool.frontality, pool.cut, pool.group),
+        *(coarse.codes, coarse.scale, coarse.length, coarse.error),
+    )
 
 
 _T = TypeVar("_T", bound=np.generic)

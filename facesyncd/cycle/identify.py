@@ -14,6 +14,7 @@ from ..identities import (
     SAME_FACE,
     Cluster,
     Clustering,
+    PoolRows,
     assign,
     choose_merges,
     cluster_pool,
@@ -196,7 +197,15 @@ def _scope(
     sizes = parts.pool.group_sizes()
     if not len(sizes) or parts.store.get_meta(_GROUPS_CUT) != repr(parts.settings.cluster_distance):
         return None, set(), None
-    scope = pool_scope(pool.embeddings, pool.group, sizes, parts.settings.cluster_distance, among=seeds)
+    scope = pool_scope(
+        pool.coarse,
+        _pool_rows(parts, pool),
+        pool.group,
+        sizes,
+        parts.settings.cluster_distance,
+        among=seeds,
+        floor=1.0 - _reach(parts.settings),
+    )
     if scope is None:
         return None, set(), None
     rows = scope.rows
@@ -205,6 +214,20 @@ def _scope(
     replaced = set(gone.tolist()) | set(np.unique(pool.group[rows]).tolist())
     reached = _Reached(pool.ids[scope.new], pool.ids[scope.closest >= 1.0 - _reach(parts.settings)])
     return pool.ids[rows], replaced - {-1}, reached
+
+
+def _pool_rows(parts: IdentifyParts, pool: PoolArrays) -> PoolRows:
+    """The float embeddings of rows of `pool`, read from the store: the pool's arrays hold them
+    rounded (coarse.py), and a cycle needs a few hundred of them as they are."""
+
+    def read(rows: NDArray[np.int64]) -> NDArray[np.float32]:
+        ids = pool.ids[rows].tolist()
+        if not ids:
+            return np.zeros((0, pool.coarse.codes.shape[1]), np.float32)
+        found = parts.store.embeddings_of(ids)
+        return np.stack([found[face] for face in ids])
+
+    return read
 
 
 def _reach(settings: IdentitySettings) -> float:
@@ -256,10 +279,13 @@ def _open_identities(
     vectors = np.stack([face.embedding for face in opened])
     fresh = np.zeros(len(opened), bool) if reached is None else np.isin([face.id for face in opened], reached.new)
     reach = _reach(parts.settings)
-    near = near_any(everyone.embeddings, vectors[~fresh], reach)
+    exact = _pool_rows(parts, everyone)
+    near = near_any(everyone.coarse, exact, vectors[~fresh], reach)
     if fresh.any() and reached is not None:
         candidates = np.flatnonzero(np.isin(everyone.ids, reached.near))
-        near[candidates] |= near_any(everyone.embeddings[candidates], vectors[fresh], reach)
+        near[candidates] |= near_any(
+            everyone.coarse.take(candidates), lambda rows: exact(candidates[rows]), vectors[fresh], reach
+        )
     near &= ~np.isin(everyone.ids, np.fromiter(joined, np.int64))
     remaining = parts.store.faces_by_ids(everyone.ids[near].tolist())
     matches = _match(parts, remaining, index)

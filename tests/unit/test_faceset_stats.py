@@ -382,14 +382,17 @@ def embedding(rng: random.Random) -> bytes:
 
 
 def by_id(pool: object) -> dict[str, list[object]]:
-    """A PoolArrays' rows sorted by face id, as lists (NaN as None: comparable)."""
+    """A PoolArrays' rows sorted by face id, as lists (NaN as None: comparable), its embeddings'
+    8-bit rounding included."""
     import numpy as np
 
     order = np.argsort(pool.ids)  # type: ignore[attr-defined]
     result = {}
-    for name in ("ids", "embeddings", "blur", "frontality", "cut", "group"):
+    for name in ("ids", "blur", "frontality", "cut", "group"):
         array = getattr(pool, name)[order]
         result[name] = [None if isinstance(x, float) and x != x else x for x in array.tolist()]
+    for name in ("codes", "scale", "length", "error"):
+        result[name] = getattr(pool.coarse, name)[order].tolist()  # type: ignore[attr-defined]
     return result
 
 
