@@ -78,6 +78,21 @@ def test_rounding_keeps_a_row_of_zeros_and_refuses_rows_of_other_embeddings() ->
     assert (closest(rounded, targets[:0], 0.5, lambda wanted: rows[wanted]) == -np.inf).all()
 
 
+def test_a_session_that_cannot_be_made_leaves_the_pass_to_numpy(monkeypatch, tmp_path, caplog) -> None:
+    """An install without the model file (or an onnxruntime without the operator) is warned about,
+    and the pass goes on, as exact."""
+    rows, targets = library(128, seed=3)
+    rounded = round_rows(rows)
+    through_onnxruntime = closest(rounded, targets, 0.45, lambda wanted: rows[wanted])
+    monkeypatch.setattr(coarse, "PRODUCT_MODEL", tmp_path / "missing.onnx")
+    coarse._engine.cache_clear()
+    try:
+        assert np.array_equal(closest(rounded, targets, 0.45, lambda wanted: rows[wanted]), through_onnxruntime)
+        assert coarse._engine() is None and "without onnxruntime's integer product" in caplog.text
+    finally:
+        coarse._engine.cache_clear()
+
+
 def test_a_small_pass_leaves_onnxruntime_alone(monkeypatch) -> None:
     """Below WORTH rows times targets, numpy's product costs less than loading onnxruntime would."""
     rows, targets = library(128, seed=2)
