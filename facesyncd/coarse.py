@@ -148,7 +148,7 @@ def _engine() -> Any | None:
     try:
         import onnxruntime
     except ImportError as error:
-        log.debug("no integer product (%s): the pool is compared in float32", error)
+        log.debug("no onnxruntime (%s): the pool's codes are multiplied by numpy", error)
         return None
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = min(4, os.cpu_count() or 1)
