@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .app import App
+from .blas import one_thread
 from .config import Settings
 from .curation import Correction, FileHashes, Outcome
 from .cycle import merge_identities, name_folders, open_new_facesets, publish, run_cycle
@@ -36,7 +37,8 @@ def run_action(app: App, kind: JobKind, body: Callable[[CycleReport], FacesyncEr
     _pick_up_corrections(app)
     cycle_id = app.store.start_cycle(kind)
     try:
-        deferred = body(report)
+        with one_thread():  # (see blas.py)
+            deferred = body(report)
         app.reporter.done()
     except OSError as error:
         problem = LocalWriteError(

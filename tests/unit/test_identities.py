@@ -559,6 +559,38 @@ def test_a_cycle_that_fails_after_reading_the_pool_leaves_no_pool_the_store_neve
 
 
 @requires_shared
+def test_a_cycle_runs_its_products_on_one_blas_thread_and_gives_the_process_its_threads_back(tmp_path) -> None:
+    """OpenBLAS's threads spin between a cycle's many small products (twice the CPU of a cycle of new
+    faces on two cores): a cycle's body sees one BLAS thread, and what the process had comes back
+    after, when the body fails too."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from facesyncd.actions import run_action
+    from facesyncd.models import JobKind
+
+    def blas_threads() -> set[int]:
+        return {int(library["num_threads"]) for library in threadpool_info() if library["user_api"] == "blas"}
+
+    app = _app(tmp_path)
+    seen: list[set[int]] = []
+
+    def body(report: object) -> None:
+        seen.append(blas_threads())
+        if len(seen) == 2:
+            raise RuntimeError("the cycle fails")
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        assert blas_threads() == {2}, "numpy's BLAS was not found"
+        run_action(app, JobKind.SYNC, body)
+        assert blas_threads() == {2}
+        with pytest.raises(RuntimeError):
+            run_action(app, JobKind.SYNC, body)
+        assert blas_threads() == {2}
+    assert seen == [{1}, {1}]
+    app.close()
+
+
+@requires_shared
 def test_a_pool_clustered_where_it_changed_opens_the_facesets_a_whole_clustering_opens(tmp_path, monkeypatch) -> None:
     """Issue 24, behaviour 2: after a first clustering, a cycle clusters only the groups new pool
     faces reach (and the new faces); the facesets it opens are those clustering the whole pool
