@@ -200,6 +200,38 @@ def test_many_identities_are_searched_through_the_nearest_ones_with_full_recall(
     assert (one[0] == labels[0]).all()
 
 
+def test_faces_added_after_a_search_join_their_identities_groups_as_a_regrouping_would() -> None:
+    """A search groups the rows by identity; faces added after it join those groups (new identities
+    among them) instead of every row being grouped again, and the groups are those a regrouping
+    gives: searches after each addition find what a fresh index of the same faces finds."""
+    data, owners = clustered(index_module.ROUTE * 4, 10)
+    first = len(owners) // 2
+    index = FaceIndex(64)
+    index.add(list(range(1, first + 1)), data[:first], owners[:first])
+    rng = np.random.default_rng(9)
+    queries = data[rng.choice(len(owners), 60, replace=False)]
+    index.query(queries, 10)  # the groups are made
+    for start, end in ((first, first + 7), (first + 7, first + 300), (first + 300, len(owners))):
+        index.add(list(range(start + 1, end + 1)), data[start:end], owners[start:end])
+        fresh = FaceIndex(64)
+        fresh.add(list(range(1, end + 1)), data[:end], owners[:end])
+        for batch in (queries, data[start:end]):  # (a batch of many queries, and one of a few)
+            labels, distances = index.query(batch, 10)
+            expected_labels, expected_distances = fresh.query(batch, 10)
+            assert (labels == expected_labels).all() and np.allclose(distances, expected_distances)
+        assert (index.query(data[start:end], 1)[0][:, 0] == np.arange(start + 1, end + 1)).all()
+        kept, regrouped = index._index._rows_by_owner(), fresh._index._rows_by_owner()
+        assert (kept[0] == regrouped[0]).all() and all(
+            (mine == theirs).all() for mine, theirs in zip(kept[1], regrouped[1], strict=True)
+        )
+    # a face added again into another identity keeps its row, which moves to that identity's group
+    index.add([1], data[:1], [owners[1]])
+    known, members = index._index._rows_by_owner()
+    row = int(np.flatnonzero(index._index._labels == 1)[0])
+    group = {int(identity): set(rows.tolist()) for identity, rows in zip(known, members, strict=True)}
+    assert row in group[owners[1]] and row not in group[owners[0]]
+
+
 def test_identities_too_small_to_fill_k_widen_the_search_to_every_face() -> None:
     data, owners = clustered(index_module.ROUTE * 3, 1)
     ids = list(range(1, len(owners) + 1))
