@@ -6,7 +6,8 @@ them (embedded, not yet compared): 600 of people the library has (each near a fa
 facesets: the same change at every size) and 400 strangers. One sync (nothing more listed by the fake
 Immich) assigns them, clusters the pool, looks for merges and exports; CPU seconds of each step in this
 process, and of the whole cycle. Then, as a running daemon meets them: a process that has run a cycle
-(its index and pool loaded) gets another 1,000 (see daemon_seconds).
+(its index and pool loaded) gets another 1,000, REPEATS times (see daemon_seconds); of its cycle, what
+the three passes that grow with the library by design cost (PASSES), and the rest: the new faces' own.
 
     .venv/bin/python benchmarks/bench_new_faces.py [--sizes 10000 100000 500000]
 """
@@ -34,6 +35,9 @@ NEW = 1_000
 # the same change in each library. Spread over all of a library's facesets instead, 600 faces touch 60
 # folders at 10,000 faces and about 550 at 500,000: a cost of what changed, measured apart (daemon_seconds).
 TOUCHED = 60
+# A running daemon's cycle is measured this many times, each with its own 1,000 new faces: the median
+# (one cycle's CPU swings by a quarter on this shared machine).
+REPEATS = 3
 STEPS = ("assign_new_faces", "open_new_facesets", "merge_identities", "adopt_immich_names", "publish")
 
 
@@ -179,23 +183,67 @@ def steps_wrapped(wrap: Callable[[str, Callable[..., Any]], Callable[..., Any]])
 class Daemon:
     """CPU seconds of a running daemon's cycles (daemon_seconds)."""
 
-    total: float  # the cycle with NEW faces, TOUCHED facesets getting the known ones
+    total: float  # the cycle with NEW faces, TOUCHED facesets getting the known ones (the median of REPEATS)
     steps: dict[str, float]
     whole_publish: float  # the next NEW's publish with each touched folder written whole
     loading: float  # once per process, before
     spread: float  # the next NEW's cycle, the known faces from any faceset
     spread_publish: float
     spread_folders: int  # the facesets that last cycle touched
+    passes: dict[str, float]  # of `total`, the passes that grow with the library by design (PASSES)
+
+    @property
+    def rest(self) -> float:
+        return self.total - sum(self.passes.values())
+
+
+# The three passes of a cycle that read something of the whole library, each exact by design: the
+# routed search compares each new face with every identity's centre and reads each identity it is
+# routed to (index.py), the pool's pass compares each face new to the pool with every pooled face
+# (coarse.py), the look at the folders stats every faceset's folder for the user's changes
+# (export.folder_state). What is left of a cycle is the cost of the new faces themselves.
+PASSES = {
+    "the routed search": ("facesyncd.index", "FaceIndex", "query"),
+    "the pool's pass": ("facesyncd.identities", None, "closest"),
+    "the folder look": ("facesyncd.cycle.publish", None, "folder_state"),
+}
+
+
+@contextmanager
+def passes_timed(spent: dict[str, float]) -> Iterator[None]:
+    """CPU seconds of each of PASSES added into `spent` while inside."""
+    import importlib
+
+    patched: list[tuple[Any, str, Any]] = []
+    for name, (module, owner, attribute) in PASSES.items():
+        holder = getattr(importlib.import_module(module), owner) if owner else importlib.import_module(module)
+        original = getattr(holder, attribute)
+
+        def run(*arguments: Any, _original: Any = original, _name: str = name, **keywords: Any) -> Any:
+            started = time.process_time()
+            try:
+                return _original(*arguments, **keywords)
+            finally:
+                spent[_name] = spent.get(_name, 0.0) + time.process_time() - started
+
+        setattr(holder, attribute, run)
+        patched.append((holder, attribute, original))
+    try:
+        yield
+    finally:
+        for holder, attribute, original in patched:
+            setattr(holder, attribute, original)
 
 
 def daemon_seconds(config: Path, url: str) -> Daemon:
-    """CPU seconds of a running daemon's cycle when a second batch of NEW faces arrives, in all and per
-    step: the process has run a cycle before and holds its index, the pool and its groups' sizes, and
-    has looked for merges once (a process's first look compares every pair of facesets, its later
-    ones the centres that moved), all apart, as `facesyncd run` has; a `sync` pays those in every new
-    process. Then the baseline of its publish: a third batch, each touched folder written whole from
-    every face of its faceset, as before the export's marks named faces (migrations/0020). Then a
-    fourth, its known faces drawn from any faceset (as many folders to write as facesets touched)."""
+    """CPU seconds of a running daemon's cycle when a batch of NEW faces arrives, in all, per step and
+    per pass of PASSES (the median of REPEATS batches, one cycle each): the process has run a cycle
+    before and holds its index, the pool and its groups' sizes, and has looked for merges once (a
+    process's first look compares every pair of facesets, its later ones the centres that moved), all
+    apart, as `facesyncd run` has; a `sync` pays those in every new process. Then the baseline of its
+    publish: another batch, each touched folder written whole from every face of its faceset, as before
+    the export's marks named faces (migrations/0020). Then one more, its known faces drawn from any
+    faceset (as many folders to write as facesets touched)."""
     import facesyncd.cycle.identify as identify
     from facesyncd import actions
     from facesyncd.app import open_app
@@ -215,9 +263,12 @@ def daemon_seconds(config: Path, url: str) -> Daemon:
 
         return run
 
+    passes = dict.fromkeys(PASSES, 0.0)
+
     def cycle() -> tuple[float, dict[str, float]]:
         spent.update(dict.fromkeys(STEPS, 0.0))
-        with steps_wrapped(timed):
+        passes.update(dict.fromkeys(PASSES, 0.0))
+        with steps_wrapped(timed), passes_timed(passes):
             started = time.process_time()
             actions.sync(app, reconcile=False, census=False)
             return time.process_time() - started, dict(spent)
@@ -233,22 +284,29 @@ def daemon_seconds(config: Path, url: str) -> Daemon:
         app.pool.group_sizes()
         identify._merge(app.identify_parts(), CycleReport())
         loading = time.process_time() - started
-        add_new_faces(config, seed=13, first=NEW)
-        total, steps = cycle()
-        add_new_faces(config, seed=14, first=2 * NEW)
+        runs = []
+        for repeat in range(REPEATS):
+            add_new_faces(config, seed=13 + 10 * repeat, first=(1 + repeat) * NEW)
+            total, steps = cycle()
+            runs.append((total, steps, dict(passes)))
+        total, steps, passes_of_total = sorted(runs, key=lambda run: run[0])[len(runs) // 2]
+        first = (1 + REPEATS) * NEW
+        add_new_faces(config, seed=14, first=first)
         by_marks = CropsLayout.write_marked
         CropsLayout.write_marked = lambda *_: (frozenset(), 0)  # type: ignore[method-assign,assignment]
         try:
             whole_publish = cycle()[1]["publish"]
         finally:
             CropsLayout.write_marked = by_marks  # type: ignore[method-assign]
-        add_new_faces(config, seed=15, first=3 * NEW, touched=None)
+        add_new_faces(config, seed=15, first=first + NEW, touched=None)
         spread, spread_steps = cycle()
         folders = app.store.scalar(
             "SELECT COUNT(DISTINCT identity) FROM faces WHERE sha256 >= ? AND sha256 < ? AND identity IS NOT NULL",
-            (_sha(3 * NEW), _sha(4 * NEW)),
+            (_sha(first + NEW), _sha(first + 2 * NEW)),
         )
-        return Daemon(total, steps, whole_publish, loading, spread, spread_steps["publish"], int(folders or 0))
+        return Daemon(
+            total, steps, whole_publish, loading, spread, spread_steps["publish"], int(folders or 0), passes_of_total
+        )
 
 
 def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str, str, str]]:
@@ -279,7 +337,9 @@ def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str,
                 f"its publish with each folder written whole, as before: {daemon[size].whole_publish:.2f} CPU-s; "
                 f"loading its index, pool and groups and a first look for merges before: {daemon[size].loading:.2f} "
                 f"CPU-s; the known faces spread over {daemon[size].spread_folders} facesets: {daemon[size].spread:.2f} "
-                f"CPU-s, publish {daemon[size].spread_publish:.2f}",
+                f"CPU-s, publish {daemon[size].spread_publish:.2f}; of that first daemon cycle, "
+                f"{', '.join(f'{name} {seconds:.2f}' for name, seconds in daemon[size].passes.items())}, the rest "
+                f"{daemon[size].rest:.2f}",
                 flush=True,
             )
         finally:
@@ -303,13 +363,26 @@ def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str,
         ),
         (
             f"1,000 new faces, a running daemon's cycle ({names} faces; its index and pool loaded and a first look "
-            "for merges made before, apart)",
+            f"for merges made before, apart; the median of {REPEATS} batches)",
             series([daemon[size].total for size in sizes]),
             f"{daemon[sizes[-1]].total / daemon[sizes[0]].total:.1f}x from {sizes[0]:,} to {sizes[-1]:,}",
         ),
         *(
             (f"  of which {name.replace('_', ' ')}", series([daemon[size].steps[name] for size in sizes]), "")
             for name in STEPS
+        ),
+        *(
+            (
+                f"  of which {name} (exact; it grows with the library by design)",
+                series([daemon[size].passes[name] for size in sizes]),
+                "",
+            )
+            for name in PASSES
+        ),
+        (
+            "  the rest of that cycle: the new faces' own cost",
+            series([daemon[size].rest for size in sizes]),
+            f"{daemon[sizes[-1]].rest / daemon[sizes[0]].rest:.1f}x from {sizes[0]:,} to {sizes[-1]:,}",
         ),
         (
             "  loading the index, the pool and its groups' sizes and a first look for merges, once per process, "
