@@ -961,6 +961,33 @@ def folder_state(facesets_dir: Path, known: FolderState = (), written: Collectio
     return tuple(sorted(found))
 
 
+def changed_facesets(before: FolderState, now: FolderState) -> frozenset[int] | None:
+    """The facesets whose folders differ between two looks at the tree (folder_state), when that is
+    all that differs: the same folders there (none added, removed or renamed) and the files at the
+    top as they were. None otherwise: only comparing every folder with the store tells what to do."""
+    old = {entry[0]: entry for entry in before}
+    new = {entry[0]: entry for entry in now}
+    if old.keys() != new.keys():
+        return None
+    numbers: set[int] = set()
+    for name, entry in new.items():
+        if entry == old[name]:
+            continue
+        match = FOLDER_RE.match(name)
+        number = faceset_number(match.group(1)) if match else None
+        if number is None:
+            return None
+        numbers.add(number)
+    return frozenset(numbers)
+
+
+def folder_state_of(seen: Any) -> FolderState:
+    """A FolderState back from its JSON (lists for tuples)."""
+    return tuple(
+        (str(name), int(listed), int(named), tuple(int(n) for n in manifest)) for name, listed, named, manifest in seen
+    )
+
+
 def own_folders(
     facesets_dir: Path, numbers: Collection[int] | None = None, besides: Collection[str] = ()
 ) -> dict[str, Path]:

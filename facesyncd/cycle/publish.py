@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING
 
 from ..config import ExportSettings, FaceSettings, ImmichSettings
 from ..errors import ImageError, ImmichAuthError, ImmichError, ImmichUnreachable
-from ..export import SCHEMA_VERSION, FolderState, folder_state, remove_faceset, write_names
+from ..export import (
+    SCHEMA_VERSION,
+    FolderState,
+    changed_facesets,
+    folder_state,
+    folder_state_of,
+    remove_faceset,
+    write_names,
+)
 from ..imaging import DecodedImage
 from ..immich import ClientSet, ImmichClient
 from ..layouts import Layout, Library
@@ -20,7 +28,7 @@ from ..progress import Reporter
 from ..store import Store
 from .stage import decode
 from .tidy import Caches
-from .unchanged import PUBLISH, as_left, finished
+from .unchanged import PUBLISH, as_left, finished, remember_seen, seen_with
 
 if TYPE_CHECKING:
     from ..index import FaceIndex
@@ -73,28 +81,35 @@ def publish(parts: PublishParts, report: CycleReport, only: frozenset[int] | Non
     Without it (a cycle, or corrections another process made): while the settings and the folders
     are as the last export left them (no folder added, removed or touched by hand since, nor the
     crops directory lost: see Crops.state), only the facesets the store marked since (export_marks)
-    are written, none if none was; else every folder is compared with the store and written where
-    it differs. While the folders are as left, the layout brings a faceset's folder in line from its
-    marked faces alone where it can (write_marked): a faceset that gained a face costs that face,
-    not its size."""
+    are written, none if none was. When the user changed some folders by hand (a file deleted or
+    added, a NAME.txt written) and nothing else, those facesets' folders are compared with the store
+    too, whole (see _changed_by_hand: one edit cost a comparison of every folder, 3,000 at 500,000
+    faces). Else every folder is compared with the store and written where it differs. A faceset
+    whose folder is as left is brought in line from its marked faces alone where the layout can
+    (write_marked): a faceset that gained a face costs that face, not its size."""
     _measure_unmeasured(parts)  # first: the qualities it sets are marks this export clears
     state = _settings(parts)
     marks = parts.store.export_marks()
     tree = _tree_state(parts)
     left = as_left(parts.store, PUBLISH, *state, *tree)
-    numbers = only if only is not None else marks.numbers if left else None
+    by_hand = _changed_by_hand(parts, state, tree) if not left and only is None else None
+    if by_hand:
+        log.info("the folders of %d facesets were changed by hand: compared with the store", len(by_hand))
+    as_it_was = left or by_hand is not None  # every folder but those changed by hand is as left
+    by_hand = by_hand or frozenset()
+    numbers = only if only is not None else marks.numbers | by_hand if as_it_was else None
     if only is None and numbers is not None and not numbers:
         log.debug("no faceset changed since the last export: the folders are as the store says")
         return
     if only is None and numbers is not None:
         log.debug("exporting the %d facesets that changed since the last export", len(numbers))
-    partial = marks.partial(numbers) if left and numbers is not None else {}
+    partial = marks.partial(numbers - by_hand) if as_it_was and numbers is not None else {}
     complete = _publish(parts, report, numbers, partial, cycle=only is None)
     if not complete:  # the faces whose photo could not be had are tried again: their marks stay
         return
     parts.store.clear_export_marks(marks.upto, numbers)
-    if numbers is None or left:  # the folders are now as this export left them
-        finished(parts.store, PUBLISH, *state, *_tree_state(parts, tree[0], numbers))
+    if numbers is None or as_it_was:  # the folders are now as this export left them
+        _finished(parts, state, _tree_state(parts, tree[0], numbers))
 
 
 def name_folders(parts: PublishParts, names: Mapping[int, str | None]) -> None:
@@ -107,7 +122,24 @@ def name_folders(parts: PublishParts, names: Mapping[int, str | None]) -> None:
     left = as_left(parts.store, PUBLISH, *state, *tree)
     write_names(parts.facesets_dir, names)
     if left:
-        finished(parts.store, PUBLISH, *state, *_tree_state(parts, tree[0], names.keys()))
+        _finished(parts, state, _tree_state(parts, tree[0], names.keys()))
+
+
+def _finished(parts: PublishParts, state: tuple[object, ...], tree: tuple[FolderState, str]) -> None:
+    """The folders are as the store says, in this state: recorded, and the folders' state kept for
+    the next export to tell the folders the user changes from the rest (_changed_by_hand)."""
+    finished(parts.store, PUBLISH, *state, *tree)
+    remember_seen(parts.store, PUBLISH, (*state, tree[1]), tree[0])
+
+
+def _changed_by_hand(
+    parts: PublishParts, state: tuple[object, ...], tree: tuple[FolderState, str]
+) -> frozenset[int] | None:
+    """The facesets whose folders changed since the last export finished, when nothing else changed:
+    the settings and the crops directory as they were then, and the folders' changes those of
+    export.changed_facesets (none added, removed or renamed). None otherwise."""
+    seen = seen_with(parts.store, PUBLISH, (*state, tree[1]))
+    return None if seen is None else changed_facesets(folder_state_of(seen), tree[0])
 
 
 def _settings(parts: PublishParts) -> tuple[object, ...]:

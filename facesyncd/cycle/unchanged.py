@@ -5,12 +5,15 @@ by triggers: migrations/0014). A step records the generation it finished at, wit
 settings (and, for the export, of the folders) it depended on; while both are the same, running it
 again would change nothing, so a cycle with nothing new costs its two requests, not the library.
 The export goes further: it keeps marks of the faces and facesets that changed (migrations/0020), and
-while the settings and the folders are as it left them, it writes those alone.
+while the settings and the folders are as it left them, it writes those alone. It also keeps what it
+saw of the folders (remember_seen), so that when the user changed some by hand it compares those alone.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+from typing import Any
 
 from ..store import Store
 
@@ -43,3 +46,18 @@ def as_left(store: Store, step: str, *values: object) -> bool:
 def finished(store: Store, step: str, *values: object) -> None:
     """`step` ran to the end: at this generation (its own writes included), with these values."""
     store.set_meta(_key(step), f"{store.generation()}|{_signature(values)}")
+
+
+def remember_seen(store: Store, step: str, values: tuple[object, ...], seen: Any) -> None:
+    """What `step` saw when it last finished, kept whole (as JSON) beside a signature of `values`, so
+    that a later run can tell what changed in it while the `values` stayed the same (seen_with)."""
+    store.set_meta(_key(step) + ":seen", f"{_signature(values)}|{json.dumps(seen, separators=(',', ':'))}")
+
+
+def seen_with(store: Store, step: str, values: tuple[object, ...]) -> Any | None:
+    """What remember_seen kept for `step`, if it was kept with these `values`; else None."""
+    recorded = store.get_meta(_key(step) + ":seen")
+    if recorded is None:
+        return None
+    signature, _, seen = recorded.partition("|")
+    return json.loads(seen) if signature == _signature(values) else None

@@ -39,19 +39,33 @@ def test_a_cycle_with_nothing_new_loads_no_model_clusters_nothing_and_writes_not
     assert snapshot(facesets) == before
     assert len(fake.requests) - requests == 2, fake.requests[requests:]
 
-    # What a user changes in the folders is still seen: a face's file deleted, a name written into
-    # NAME.txt, a folder deleted
+    # What a user changes in the folders is still seen, and costs the folders changed: a face's file
+    # deleted and a file of the user's added, a name written into NAME.txt (those folders alone are
+    # compared with the store); a folder deleted (every folder is)
     numbers = sorted(path.name for path in facesets.glob("faceset_*"))
     lost = sorted((facesets / numbers[0]).glob("face_*.png"))[0]
     lost.unlink()
-    assert run_cli("--config", str(config), "sync").returncode == 0
+    (facesets / numbers[2] / "mine.txt").write_text("the user's own file\n")
+    changed = {numbers[0], numbers[2]}
+    others = {path: state for path, state in snapshot(facesets).items() if not changed & set(path.parts)}
+    mended = run_cli("--config", str(config), "--log-level", "debug", "sync")
+    assert mended.returncode == 0, mended.stderr
+    assert "the folders of 2 facesets were changed by hand" in mended.stderr, mended.stderr
+    assert "exporting the 2 facesets that changed since the last export" in mended.stderr, mended.stderr
     assert lost.is_file(), "a face's file deleted by hand did not come back"
+    assert (facesets / numbers[2] / "mine.txt").read_text() == "the user's own file\n"
+    assert {path: state for path, state in snapshot(facesets).items() if path in others} == others
     (facesets / numbers[0] / "NAME.txt").write_text("Someone\n")
-    shutil.rmtree(facesets / numbers[1])
-    again = run_cli("--config", str(config), "sync")
-    assert again.returncode == 0 and LOADED not in again.stderr, again.stderr
+    named = run_cli("--config", str(config), "--log-level", "debug", "sync")
+    assert named.returncode == 0 and "the folders of 1 facesets were changed by hand" in named.stderr, named.stderr
     assert json.loads((facesets / numbers[0] / "manifest.json").read_text())["name"] == "Someone"
+    shutil.rmtree(facesets / numbers[1])
+    again = run_cli("--config", str(config), "--log-level", "debug", "sync")
+    assert again.returncode == 0 and LOADED not in again.stderr, again.stderr
+    assert "changed by hand" not in again.stderr, "a folder deleted was taken for a change inside one"
     assert (facesets / numbers[1] / "manifest.json").is_file(), "a folder deleted by hand did not come back"
+    quiet_again = run_cli("--config", str(config), "--log-level", "debug", "sync")
+    assert "no faceset changed since the last export" in quiet_again.stderr, quiet_again.stderr
 
     # A new photo: the model loads, its face is placed and its folder written
     fake.add_file("alice", PHOTOS / "wild" / "biden" / "biden.jpg", label="wild/biden/biden.jpg")
