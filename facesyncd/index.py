@@ -670,11 +670,17 @@ class IndexKeeper:
     def loaded(self) -> bool:
         return self._index is not None
 
+    def on_disk(self) -> bool:
+        """Whether a saved index is there for the next start (of any version: a start brings one
+        behind the store in step, or rebuilds it)."""
+        return read_sidecar(self._state_dir) is not None and (self._state_dir / INDEX_FILE).is_file()
+
     def get(self) -> FaceIndex:
         if self._index is None:
             self._index = load_or_build(self._source, self._state_dir, self._dimension(), save_behind=False)
             self._saved_version = self._source.index_version()
             self._unsaved = self._index.behind_on_disk
+            log.debug("face index loaded: %d faces", len(self._index))
         return self._index
 
     def add(self, face_ids: Sequence[int], embeddings: NDArray[np.float32], identities: Sequence[int]) -> None:

@@ -202,9 +202,12 @@ def _publish(
             written += whole
         report.facesets_written = written
     if cycle:
-        index = parts.caches.index.get()  # a first export builds the index the next start loads
+        # A first export builds the index the next start loads. A cycle that needs it for nothing
+        # else (one that mended a folder the user changed) does not load it: 0.3 CPU-s at 100,000 faces.
+        if not parts.caches.index.loaded and not parts.caches.index.on_disk():
+            parts.caches.index.get()
         if not parts.store.centres_current():  # what "same person?" suggestions compare
-            _save_centres(parts, index)
+            _save_centres(parts, parts.caches.index.get())
     parts.caches.index.save_if_changed()
     return complete
 

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from conftest import PHOTOS, add_photos, requires_shared, run_cli, write_config
+from facesyncd.sidecar import INDEX_FILE
 from fake_immich import FakeImmich
 
 pytestmark = requires_shared
@@ -52,12 +53,15 @@ def test_a_cycle_with_nothing_new_loads_no_model_clusters_nothing_and_writes_not
     assert mended.returncode == 0, mended.stderr
     assert "the folders of 2 facesets were changed by hand" in mended.stderr, mended.stderr
     assert "exporting the 2 facesets that changed since the last export" in mended.stderr, mended.stderr
+    assert "face index loaded" not in mended.stderr, "the index was loaded to mend two folders"
     assert lost.is_file(), "a face's file deleted by hand did not come back"
     assert (facesets / numbers[2] / "mine.txt").read_text() == "the user's own file\n"
     assert {path: state for path, state in snapshot(facesets).items() if path in others} == others
     (facesets / numbers[0] / "NAME.txt").write_text("Someone\n")
+    (tmp_path / "state" / INDEX_FILE).unlink()  # lost: the next export that writes a folder makes it again
     named = run_cli("--config", str(config), "--log-level", "debug", "sync")
     assert named.returncode == 0 and "the folders of 1 facesets were changed by hand" in named.stderr, named.stderr
+    assert (tmp_path / "state" / INDEX_FILE).is_file(), "an export left no index for the next start"
     assert json.loads((facesets / numbers[0] / "manifest.json").read_text())["name"] == "Someone"
     shutil.rmtree(facesets / numbers[1])
     again = run_cli("--config", str(config), "--log-level", "debug", "sync")
