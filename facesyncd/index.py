@@ -670,10 +670,9 @@ class IndexKeeper:
     def loaded(self) -> bool:
         return self._index is not None
 
-    def on_disk(self) -> bool:
-        """Whether a saved index is there for the next start (of any version: a start brings one
-        behind the store in step, or rebuilds it)."""
-        return read_sidecar(self._state_dir) is not None and (self._state_dir / INDEX_FILE).is_file()
+    def current_on_disk(self) -> bool:
+        """Whether the saved index is the store's as it is now: the next start loads it as it is."""
+        return not needs_rebuild(self._state_dir, self._source.index_version())
 
     def get(self) -> FaceIndex:
         if self._index is None:

@@ -202,9 +202,11 @@ def _publish(
             written += whole
         report.facesets_written = written
     if cycle:
-        # A first export builds the index the next start loads. A cycle that needs it for nothing
-        # else (one that mended a folder the user changed) does not load it: 0.3 CPU-s at 100,000 faces.
-        if not parts.caches.index.loaded and not parts.caches.index.on_disk():
+        # The index the next start loads: built by a first export, brought in step with the store
+        # when the file is behind it (a killed cycle's), and saved below. A cycle that needs it for
+        # nothing else while the file is the store's (one that mended a folder the user changed)
+        # does not load it: 0.3 CPU-s at 100,000 faces.
+        if not parts.caches.index.loaded and not parts.caches.index.current_on_disk():
             parts.caches.index.get()
         if not parts.store.centres_current():  # what "same person?" suggestions compare
             _save_centres(parts, parts.caches.index.get())
