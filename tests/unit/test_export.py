@@ -504,3 +504,46 @@ def test_a_file_two_killed_updates_placed_and_kept_stays_facesyncds(
         "face_0000003.jpg",
         "faceset.json",
     ]
+
+
+def test_the_facesets_changed_between_two_looks_are_named_only_when_nothing_else_changed(tmp_path: Path) -> None:
+    """What the export tells from two looks at the tree (folder_state): the facesets whose folders
+    changed inside (a file deleted or added, NAME.txt written), a sub-set's folder counted as its
+    faceset's; nothing to tell (None) once a folder was added, removed or renamed, or a file at the
+    top changed; and the look survives being kept as JSON."""
+    from facesyncd.export import changed_facesets, folder_state, folder_state_of
+
+    root = tmp_path / "facesets"
+    for name in ("faceset_001", "faceset_002", "faceset_002_beach", "faceset_003"):
+        (root / name).mkdir(parents=True)
+        (root / name / "face_0000001.jpg").write_bytes(b"x")
+    (root / "manifest.json").write_text("{}")
+
+    def changed_after(change) -> frozenset[int] | None:
+        before = folder_state_of(json.loads(json.dumps(folder_state(root))))
+        change()
+        return changed_facesets(before, folder_state(root))
+
+    def later(path: Path, text: str) -> None:  # a write the file system's clock can tell apart
+        path.write_text(text)
+        stamp = path.stat().st_mtime_ns + 10_000_000
+        os.utime(path, ns=(stamp, stamp))
+        os.utime(path.parent, ns=(stamp, stamp))
+
+    def moved(source: Path, target: Path) -> None:
+        source.rename(target)
+        for folder in (source.parent, target.parent):  # (a clock tick apart from the look before)
+            stamp = folder.stat().st_mtime_ns + 10_000_000
+            os.utime(folder, ns=(stamp, stamp))
+
+    assert changed_after(lambda: None) == frozenset()
+    assert changed_after(lambda: moved(root / "faceset_001" / "face_0000001.jpg", tmp_path / "gone.jpg")) == {1}
+    assert changed_after(lambda: later(root / "faceset_002_beach" / "mine.txt", "the user's")) == {2}
+    assert changed_after(lambda: later(root / "faceset_003" / "NAME.txt", "Someone\n")) == {3}
+    assert changed_after(lambda: moved(root / "faceset_003" / "face_0000001.jpg", root / "faceset_002" / "m.jpg")) == {
+        2,
+        3,
+    }
+    assert changed_after(lambda: later(root / "manifest.json", '{"x": 1}')) is None
+    assert changed_after(lambda: (root / "faceset_004").mkdir()) is None
+    assert changed_after(lambda: (root / "faceset_004").rename(root / "faceset_005")) is None
