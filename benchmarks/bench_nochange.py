@@ -56,7 +56,7 @@ def _hand_edit_seconds(config: Path, url: str, folder: int, *, remembered: bool)
     lost.unlink()
     with open_app(load_settings(config)) as app:
         if not remembered:
-            app.store.conn.execute("DELETE FROM meta WHERE key = 'unchanged:publish:seen'")
+            app.store.conn.execute("DELETE FROM meta WHERE key = 'unchanged:publish'")
         started = time.process_time()
         actions.sync(app, reconcile=False, census=False)
         seconds = time.process_time() - started

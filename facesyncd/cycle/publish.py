@@ -28,7 +28,7 @@ from ..progress import Reporter
 from ..store import Store
 from .stage import decode
 from .tidy import Caches
-from .unchanged import PUBLISH, as_left, finished, remember_seen, seen_with
+from .unchanged import PUBLISH, remember_seen, seen_with
 
 if TYPE_CHECKING:
     from ..index import FaceIndex
@@ -91,12 +91,13 @@ def publish(parts: PublishParts, report: CycleReport, only: frozenset[int] | Non
     state = _settings(parts)
     marks = parts.store.export_marks()
     tree = _tree_state(parts)
-    left = as_left(parts.store, PUBLISH, *state, *tree)
-    by_hand = _changed_by_hand(parts, state, tree) if not left and only is None else None
+    changed = _changed_by_hand(parts, state, tree)
+    left = changed == frozenset()
+    # a cycle compares the folders changed by hand; every other folder is as left
+    by_hand = (changed or frozenset()) if only is None else frozenset()
+    as_it_was = left or (only is None and changed is not None)
     if by_hand:
         log.info("the folders of %d facesets were changed by hand: compared with the store", len(by_hand))
-    as_it_was = left or by_hand is not None  # every folder but those changed by hand is as left
-    by_hand = by_hand or frozenset()
     numbers = only if only is not None else marks.numbers | by_hand if as_it_was else None
     if only is None and numbers is not None and not numbers:
         log.debug("no faceset changed since the last export: the folders are as the store says")
@@ -119,27 +120,29 @@ def name_folders(parts: PublishParts, names: Mapping[int, str | None]) -> None:
     not make the next export compare every folder with the store (3,000 at 500,000 faces)."""
     state = _settings(parts)
     tree = _tree_state(parts)
-    left = as_left(parts.store, PUBLISH, *state, *tree)
+    left = _changed_by_hand(parts, state, tree) == frozenset()
     write_names(parts.facesets_dir, names)
     if left:
         _finished(parts, state, _tree_state(parts, tree[0], names.keys()))
 
 
 def _finished(parts: PublishParts, state: tuple[object, ...], tree: tuple[FolderState, str]) -> None:
-    """The folders are as the store says, in this state: recorded, and the folders' state kept for
-    the next export to tell the folders the user changes from the rest (_changed_by_hand)."""
-    finished(parts.store, PUBLISH, *state, *tree)
+    """The folders are as the store says, in this state: recorded with the folders' state, for the
+    next export to tell the folders the user changes from the rest (_changed_by_hand)."""
     remember_seen(parts.store, PUBLISH, (*state, tree[1]), tree[0])
 
 
 def _changed_by_hand(
     parts: PublishParts, state: tuple[object, ...], tree: tuple[FolderState, str]
 ) -> frozenset[int] | None:
-    """The facesets whose folders changed since the last export finished, when nothing else changed:
-    the settings and the crops directory as they were then, and the folders' changes those of
-    export.changed_facesets (none added, removed or renamed). None otherwise."""
-    seen = seen_with(parts.store, PUBLISH, (*state, tree[1]))
-    return None if seen is None else changed_facesets(folder_state_of(seen), tree[0])
+    """The facesets whose folders changed since the last export finished (none: the folders are as
+    it left them), when nothing else changed: the settings and the crops directory as they were
+    then, and the folders' changes those of export.changed_facesets (none added, removed or
+    renamed). None otherwise, or when no export finished yet."""
+    seen = seen_with(parts.store, PUBLISH, (*state, tree[1]), tree[0])
+    if seen is None:
+        return None
+    return frozenset() if seen is tree[0] else changed_facesets(folder_state_of(seen), tree[0])
 
 
 def _settings(parts: PublishParts) -> tuple[object, ...]:

@@ -5,8 +5,9 @@ by triggers: migrations/0014). A step records the generation it finished at, wit
 settings (and, for the export, of the folders) it depended on; while both are the same, running it
 again would change nothing, so a cycle with nothing new costs its two requests, not the library.
 The export goes further: it keeps marks of the faces and facesets that changed (migrations/0020), and
-while the settings and the folders are as it left them, it writes those alone. It also keeps what it
-saw of the folders (remember_seen), so that when the user changed some by hand it compares those alone.
+while the settings and the folders are as it left them, it writes those alone. It records what it saw
+of the folders whole (remember_seen), not a signature, so that when the user changed some by hand it
+compares those alone.
 """
 
 from __future__ import annotations
@@ -49,15 +50,24 @@ def finished(store: Store, step: str, *values: object) -> None:
 
 
 def remember_seen(store: Store, step: str, values: tuple[object, ...], seen: Any) -> None:
-    """What `step` saw when it last finished, kept whole (as JSON) beside a signature of `values`, so
-    that a later run can tell what changed in it while the `values` stayed the same (seen_with)."""
-    store.set_meta(_key(step) + ":seen", f"{_signature(values)}|{json.dumps(seen, separators=(',', ':'))}")
+    """`step` ran to the end with these `values`, and saw `seen`: kept whole (as JSON) in place of
+    finished's record, so that a later run can tell what changed in it (seen_with). For a step that
+    keeps its own marks of what changed in the store (the export), as as_left's."""
+    store.set_meta(_key(step), f"{_signature(values)}|{_seen_text(seen)}")
 
 
-def seen_with(store: Store, step: str, values: tuple[object, ...]) -> Any | None:
-    """What remember_seen kept for `step`, if it was kept with these `values`; else None."""
-    recorded = store.get_meta(_key(step) + ":seen")
+def seen_with(store: Store, step: str, values: tuple[object, ...], now: Any) -> Any | None:
+    """What `step` saw when it last ran to the end (remember_seen), if that was with these `values`;
+    else None. `now` itself when it is what was seen (then not read back: the export's look at 3,000
+    folders is 270 KB of JSON)."""
+    recorded = store.get_meta(_key(step))
     if recorded is None:
         return None
     signature, _, seen = recorded.partition("|")
-    return json.loads(seen) if signature == _signature(values) else None
+    if signature != _signature(values):
+        return None
+    return now if seen == _seen_text(now) else json.loads(seen)
+
+
+def _seen_text(seen: Any) -> str:
+    return json.dumps(seen, separators=(",", ":"))
