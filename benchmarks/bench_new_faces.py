@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,18 +168,42 @@ def sync_seconds(config: Path, url: str) -> tuple[float, dict[str, float], Any, 
 
 
 @contextmanager
-def steps_wrapped(wrap: Callable[[str, Callable[..., Any]], Callable[..., Any]]) -> Iterator[None]:
-    """The cycle's STEPS replaced by `wrap(name, step)` while inside, put back after."""
-    import facesyncd.cycle as cycle
-
-    originals = {name: getattr(cycle, name) for name in STEPS}
-    for name, step in originals.items():
-        setattr(cycle, name, wrap(name, step))
+def wrapped(
+    targets: dict[str, tuple[Any, str]], wrap: Callable[[str, Callable[..., Any]], Callable[..., Any]]
+) -> Iterator[None]:
+    """Each of `targets` (name -> the module or class holding it, its attribute) replaced by
+    `wrap(name, original)` while inside, put back after."""
+    originals = {name: (holder, attribute, getattr(holder, attribute)) for name, (holder, attribute) in targets.items()}
+    for name, (holder, attribute, original) in originals.items():
+        setattr(holder, attribute, wrap(name, original))
     try:
         yield
     finally:
-        for name, step in originals.items():
-            setattr(cycle, name, step)
+        for holder, attribute, original in originals.values():
+            setattr(holder, attribute, original)
+
+
+def timer(spent: dict[str, float]) -> Callable[[str, Callable[..., Any]], Callable[..., Any]]:
+    """A `wrap` for `wrapped` that adds the CPU seconds of each call into `spent[name]`."""
+
+    def wrap(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*arguments: Any, **keywords: Any) -> Any:
+            started = time.process_time()
+            try:
+                return original(*arguments, **keywords)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.process_time() - started
+
+        return run
+
+    return wrap
+
+
+def steps_wrapped(wrap: Callable[[str, Callable[..., Any]], Callable[..., Any]]) -> AbstractContextManager[None]:
+    """The cycle's STEPS replaced by `wrap(name, step)` while inside, put back after."""
+    import facesyncd.cycle as cycle
+
+    return wrapped({name: (cycle, name) for name in STEPS}, wrap)
 
 
 @dataclass
@@ -212,30 +236,16 @@ PASSES = {
 }
 
 
-@contextmanager
-def passes_timed(spent: dict[str, float]) -> Iterator[None]:
+def passes_timed(spent: dict[str, float]) -> AbstractContextManager[None]:
     """CPU seconds of each of PASSES added into `spent` while inside."""
     import importlib
 
-    patched: list[tuple[Any, str, Any]] = []
-    for name, (module, owner, attribute) in PASSES.items():
-        holder = getattr(importlib.import_module(module), owner) if owner else importlib.import_module(module)
-        original = getattr(holder, attribute)
+    def holder(module: str, owner: str | None) -> Any:
+        found = importlib.import_module(module)
+        return getattr(found, owner) if owner else found
 
-        def run(*arguments: Any, _original: Any = original, _name: str = name, **keywords: Any) -> Any:
-            started = time.process_time()
-            try:
-                return _original(*arguments, **keywords)
-            finally:
-                spent[_name] = spent.get(_name, 0.0) + time.process_time() - started
-
-        setattr(holder, attribute, run)
-        patched.append((holder, attribute, original))
-    try:
-        yield
-    finally:
-        for holder, attribute, original in patched:
-            setattr(holder, attribute, original)
+    targets = {name: (holder(module, owner), attribute) for name, (module, owner, attribute) in PASSES.items()}
+    return wrapped(targets, timer(spent))
 
 
 def daemon_seconds(config: Path, url: str) -> Daemon:
@@ -255,23 +265,12 @@ def daemon_seconds(config: Path, url: str) -> Daemon:
     from facesyncd.models import CycleReport
 
     spent = dict.fromkeys(STEPS, 0.0)
-
-    def timed(name: str, step: Callable[..., Any]) -> Callable[..., Any]:
-        def run(*arguments: Any, **keywords: Any) -> Any:
-            started = time.process_time()
-            try:
-                return step(*arguments, **keywords)
-            finally:
-                spent[name] += time.process_time() - started
-
-        return run
-
     passes = dict.fromkeys(PASSES, 0.0)
 
     def cycle() -> tuple[float, dict[str, float]]:
         spent.update(dict.fromkeys(STEPS, 0.0))
         passes.update(dict.fromkeys(PASSES, 0.0))
-        with steps_wrapped(timed), passes_timed(passes):
+        with steps_wrapped(timer(spent)), passes_timed(passes):
             started = time.process_time()
             actions.sync(app, reconcile=False, census=False)
             return time.process_time() - started, dict(spent)
@@ -340,7 +339,7 @@ def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str,
                 f"its publish with each folder written whole, as before: {daemon[size].whole_publish:.2f} CPU-s; "
                 f"loading its index, pool and groups and a first look for merges before: {daemon[size].loading:.2f} "
                 f"CPU-s; the known faces spread over {daemon[size].spread_folders} facesets: {daemon[size].spread:.2f} "
-                f"CPU-s, publish {daemon[size].spread_publish:.2f}; of that first daemon cycle, "
+                f"CPU-s, publish {daemon[size].spread_publish:.2f}; of that daemon cycle, "
                 f"{', '.join(f'{name} {seconds:.2f}' for name, seconds in daemon[size].passes.items())}, the rest "
                 f"{daemon[size].rest:.2f}",
                 flush=True,
