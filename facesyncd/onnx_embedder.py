@@ -15,6 +15,8 @@ are never downloaded.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import threading
@@ -37,8 +39,9 @@ log = logging.getLogger(__name__)
 AUTO_PROVIDERS = ("DmlExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 # The coarsest feature stride of SCRFD: input sides must be multiples of it.
 DETECTOR_STRIDE = 32
-# Faces per recognizer call on a GPU.
-GPU_RECOGNIZER_BATCH = 64
+# Faces per recognizer call on a GPU. Every such call takes exactly this many (padded), in a session
+# of its own: see Recognizer.embed_batch.
+GPU_RECOGNIZER_BATCH = 16
 # SCRFD's own settings, as insightface uses them.
 NMS_THRESHOLD = 0.4
 DETECTOR_MEAN, DETECTOR_STD = 127.5, 128.0
@@ -111,6 +114,34 @@ def task_of(graph: _Graph) -> str | None:
     if height == width and height >= 112 and height % 16 == 0 and graph.outputs == 1:
         return "recognition"
     return None
+
+
+_preloaded = False
+
+
+def _preload_gpu_libraries(onnxruntime: Any, providers: list[str]) -> None:
+    """Load the CUDA and cuDNN libraries before the first CUDA session, once per process.
+
+    onnxruntime-gpu's CUDA provider is a library of its own that needs CUDA's and cuDNN's, and the
+    dynamic loader finds them only on its search path. `./install.sh --cuda` installs them as
+    NVIDIA's Python packages, beside onnxruntime, where the loader does not look: without this the
+    session comes up on the CPU with no error. `preload_dlls` (onnxruntime-gpu 1.21 and newer) loads
+    them from there, or by name from a system install. It reports what it could not load by
+    printing; that goes to the log instead.
+    """
+    global _preloaded
+    if _preloaded or "CUDAExecutionProvider" not in providers or not hasattr(onnxruntime, "preload_dlls"):
+        return
+    _preloaded = True
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            onnxruntime.preload_dlls()
+    except Exception as error:  # a foreign layout of the libraries: the session still tries the loader's path
+        log.warning("could not preload the CUDA libraries: %s", error)
+    for line in printed.getvalue().splitlines():
+        if line.strip():
+            log.warning("onnxruntime: %s", line.strip())
 
 
 def _session(path: Path, providers: list[str], options: Any) -> tuple[Any, list[str]]:
@@ -310,9 +341,28 @@ class Recognizer:
         declared = session.get_outputs()[0].shape[-1]
         self.declared_dimension = declared if isinstance(declared, int) and declared > 0 else None
 
-    def embed(self, faces: list[NDArray[np.uint8]]) -> NDArray[np.float32]:
+        # A second session of the same model for batches, on a GPU only (embed_batch).
+        self.batch_session: Any = None
+
+    def _blob(self, faces: list[NDArray[np.uint8]]) -> NDArray[np.float32]:
         blob = cv2.dnn.blobFromImages(faces, 1.0 / self.std, (self.size, self.size), (self.mean,) * 3, swapRB=True)
-        return np.asarray(self.session.run([self.output_name], {self.input_name: blob.astype(np.float32)})[0])
+        return np.asarray(blob, np.float32)
+
+    def embed(self, faces: list[NDArray[np.uint8]]) -> NDArray[np.float32]:
+        return np.asarray(self.session.run([self.output_name], {self.input_name: self._blob(faces)})[0])
+
+    def embed_batch(self, faces: list[NDArray[np.uint8]]) -> NDArray[np.float32]:
+        """Up to GPU_RECOGNIZER_BATCH faces in one call of the batch session, padded to exactly that
+        many. A GPU session pays for every new input shape: on an H200 with onnxruntime-gpu 1.31,
+        each change of batch size between calls cost 1.4-2.4 s, so that photos of one, two and
+        three faces in turn made the GPU 16x slower than the CPU (benchmarks/bench_providers.py). One
+        face per photo, the usual case, goes to the single-face session instead of paying for the
+        padding; each session then only ever sees one shape."""
+        blob = self._blob(faces)
+        padded = np.zeros((GPU_RECOGNIZER_BATCH, *blob.shape[1:]), np.float32)
+        padded[: len(faces)] = blob
+        outputs = self.batch_session.run([self.output_name], {self.input_name: padded})[0]
+        return np.asarray(outputs[: len(faces)])
 
 
 class OnnxEmbedder:
@@ -329,7 +379,6 @@ class OnnxEmbedder:
         self.threads = 0
         self.dimension = 0
         self._detector_on_cpu = True
-        self._recognizer_on_cpu = True
 
     @property
     def name(self) -> str:
@@ -370,6 +419,8 @@ class OnnxEmbedder:
             ) from error
         onnxruntime.set_default_logger_severity(3)
         providers = choose_providers(self._model_settings.providers, onnxruntime.get_available_providers())
+        _preload_gpu_libraries(onnxruntime, providers)
+        chosen = providers[0]
         options = onnxruntime.SessionOptions()
         # Several workers run the models at once (see the stage): on a small CPU, one onnxruntime
         # thread each keeps every core busy without oversubscribing (measured: 2 workers x 1 thread
@@ -387,12 +438,22 @@ class OnnxEmbedder:
             elif task == "recognition" and self._recognizer is None:
                 session, providers = _session(path, providers, options)
                 self._recognizer = Recognizer(session, graph)
+                if session.get_providers()[0] != "CPUExecutionProvider" and not self._recognizer.batch_fixed:
+                    self._recognizer.batch_session = _session(path, providers, options)[0]
         if self._detector is None or self._recognizer is None:
             missing = "detector" if self._detector is None else "recognizer"
             raise ModelError(f"model pack {pack} has no {missing} model")
         self.providers = list(self._recognizer.session.get_providers())
+        if self.providers[0] != chosen:
+            # onnxruntime falls back to the CPU by itself, with no error, when a GPU provider's
+            # libraries are missing: say so, or a GPU user waits on the CPU without knowing why.
+            log.warning(
+                "the models run on %s, not %s: the provider did not start (for CUDA, install with "
+                "./install.sh --cuda, which brings CUDA's and cuDNN's libraries)",
+                self.providers[0],
+                chosen,
+            )
         self._detector_on_cpu = self._detector.session.get_providers()[0] == "CPUExecutionProvider"
-        self._recognizer_on_cpu = self.providers[0] == "CPUExecutionProvider"
         self.dimension = self._recognizer.declared_dimension or int(
             self._recognizer.embed([np.zeros((self._recognizer.size,) * 2 + (3,), np.uint8)]).shape[-1]
         )
@@ -417,17 +478,20 @@ class OnnxEmbedder:
     def embed_aligned(self, aligned: list[NDArray[np.uint8]]) -> NDArray[np.float32]:
         """Embed aligned face crops (recognizer input size, BGR); rows are L2-normalised.
 
-        On a GPU the faces go in batches. On the CPU one face per call is fastest (a batch of 64
-        costs 1.5x as much per face: benchmarks/bench_recognizer.py), and some exported recognizers
-        have their batch dimension fixed at 1: both get one call per face.
+        On a GPU several faces go in fixed-size batches (Recognizer.embed_batch). On the CPU one
+        face per call is fastest (a batch of 64 costs 1.5x as much per face:
+        benchmarks/bench_recognizer.py), and some exported recognizers have their batch dimension
+        fixed at 1: both get one call per face.
         """
         _, recognizer = self._parts()
         if not aligned:
             return np.zeros((0, self.dimension), np.float32)
-        step = 1 if recognizer.batch_fixed or self._recognizer_on_cpu else GPU_RECOGNIZER_BATCH
-        raw = np.concatenate(
-            [recognizer.embed(aligned[start : start + step]) for start in range(0, len(aligned), step)]
-        )
+        if recognizer.batch_session is None or len(aligned) == 1:
+            parts = [recognizer.embed([face]) for face in aligned]
+        else:
+            step = GPU_RECOGNIZER_BATCH
+            parts = [recognizer.embed_batch(aligned[start : start + step]) for start in range(0, len(aligned), step)]
+        raw = np.concatenate(parts)
         raw = raw.astype(np.float32).reshape(len(aligned), -1)
         norms = np.linalg.norm(raw, axis=1, keepdims=True)
         return np.asarray(raw / np.maximum(norms, 1e-12), dtype=np.float32)

@@ -124,6 +124,111 @@ def test_a_provider_that_fails_to_start_falls_back_to_the_next(monkeypatch: pyte
     assert ["CPUExecutionProvider"] in attempts
 
 
+class _GpuLikeSession:
+    """A real CPU session that reports a GPU provider, as onnxruntime-gpu's would, and records the
+    shape of every input it is given."""
+
+    def __init__(self, session: object, provider: str, shapes: list[tuple[int, ...]]) -> None:
+        self._session, self._provider, self.shapes = session, provider, shapes
+
+    def get_providers(self) -> list[str]:
+        return [self._provider, "CPUExecutionProvider"] if self._provider else ["CPUExecutionProvider"]
+
+    def run(self, names: object, feeds: dict[str, np.ndarray]) -> object:
+        self.shapes.extend(value.shape for value in feeds.values())
+        return self._session.run(names, feeds)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._session, name)
+
+
+def _sessions_like(monkeypatch: pytest.MonkeyPatch, provider: str) -> dict[str, list[list[tuple[int, ...]]]]:
+    """Make onnxruntime's sessions claim `provider` ('' for one that did not start); returns each
+    model file's sessions' input shapes, one list per session."""
+    import onnxruntime
+
+    real_session = onnxruntime.InferenceSession
+    shapes: dict[str, list[list[tuple[int, ...]]]] = {}
+
+    def session(path: str, sess_options: object = None, providers: object = None) -> object:
+        shapes.setdefault(Path(path).name, []).append([])
+        made = real_session(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+        return _GpuLikeSession(made, provider, shapes[Path(path).name][-1])
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session)
+    monkeypatch.setattr(
+        "onnxruntime.get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    monkeypatch.setattr("facesyncd.onnx_embedder._preloaded", True)
+    return shapes
+
+
+def test_on_a_gpu_each_session_sees_one_input_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPU session pays for every new input shape (1.5-2.4 s per change of the recognizer's batch
+    size, measured on CUDA), so on a GPU the detector takes one input size, single faces go to one
+    recognizer session and several faces to a second one, padded to one batch size. The embeddings
+    are the CPU's own for the same faces. (The faces themselves can differ a little: the CPU's
+    detector takes an input trimmed to the photo's shape, which a GPU would pay for per shape.)"""
+    from facesyncd.onnx_embedder import GPU_RECOGNIZER_BATCH, align
+
+    photos = [
+        PHOTOS / "wild" / "obama" / "obama.jpg",
+        PHOTOS / "groups" / "two_people.jpg",
+        PHOTOS / "groups" / "t1.jpg",
+    ]
+    images = [load(path) for path in photos]
+    on_cpu = embedder_for(TEST_PACK, min_face_px=0)
+    on_cpu.load()
+    shapes = _sessions_like(monkeypatch, "CUDAExecutionProvider")
+    embedder = OnnxEmbedder(
+        ModelSettings(pack=str(TEST_PACK), providers=("CUDAExecutionProvider",)), FaceSettings(min_face_px=0)
+    )
+    found = [embedder.faces(image) for image in images]
+    many = embedder.embed_aligned([np.full((112, 112, 3), shade, np.uint8) for shade in range(0, 250, 10)])
+    assert [len(faces) for faces in found] == [1, 2, 6]
+    for image, faces in zip(images, found, strict=True):
+        crops = [align(image.pixels, np.array(face.landmarks, np.float32), 112) for face in faces]
+        assert np.allclose(np.stack([face.embedding for face in faces]), on_cpu.embed_aligned(crops), atol=1e-5)
+    alone = on_cpu.embed_aligned([np.full((112, 112, 3), shade, np.uint8) for shade in range(0, 250, 10)])
+    assert many.shape == (25, 128) and np.allclose(many, alone, atol=1e-5)
+    (detector,) = shapes["det_500m.onnx"]
+    single, batches = shapes["rec_mobilefacenet_128d.onnx"]
+    assert set(detector) == {(1, 3, 640, 640)}
+    assert single == [(1, 3, 112, 112)]  # the one-face photo
+    # two faces, six faces, and 25 faces in two calls
+    assert batches == [(GPU_RECOGNIZER_BATCH, 3, 112, 112)] * 4
+
+
+def test_cuda_libraries_are_preloaded_once_and_a_provider_that_did_not_start_is_told(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """onnxruntime-gpu falls back to the CPU with no error when CUDA's libraries are not on the
+    loader's path; facesyncd preloads them (where ./install.sh --cuda puts them) and, where that
+    fails too, says that the models run on the CPU. onnxruntime prints its complaints: they go to the
+    log."""
+    import onnxruntime
+
+    _sessions_like(monkeypatch, "")
+    calls: list[int] = []
+
+    def preload_dlls() -> None:
+        calls.append(1)
+        print("Failed to load libcublasLt.so.13: cannot open shared object file")
+
+    monkeypatch.setattr(onnxruntime, "preload_dlls", preload_dlls, raising=False)
+    monkeypatch.setattr("facesyncd.onnx_embedder._preloaded", False)
+    OnnxEmbedder(ModelSettings(pack=str(TEST_PACK), providers=CPU), FaceSettings()).load()
+    assert calls == []
+    with caplog.at_level("WARNING", logger="facesyncd.onnx_embedder"):
+        for _ in range(2):
+            embedder = OnnxEmbedder(ModelSettings(pack=str(TEST_PACK), providers=("auto",)), FaceSettings())
+            embedder.load()
+    assert calls == [1] and embedder.providers == ["CPUExecutionProvider"]
+    messages = [record.getMessage() for record in caplog.records]
+    assert "onnxruntime: Failed to load libcublasLt.so.13: cannot open shared object file" in messages
+    assert sum("run on CPUExecutionProvider, not CUDAExecutionProvider" in m for m in messages) == 2
+
+
 def test_faces_are_insightfaces_own_without_insightface() -> None:
     """facesyncd reads the pack with onnxruntime directly (insightface's package metadata would pull
     opencv-python and plain onnxruntime into every install); insightface 2.1 is the reference: the
