@@ -218,18 +218,66 @@ def test_faces_added_after_a_search_join_their_identities_groups_as_a_regrouping
         for batch in (queries, data[start:end]):  # (a batch of many queries, and one of a few)
             labels, distances = index.query(batch, 10)
             expected_labels, expected_distances = fresh.query(batch, 10)
-            assert (labels == expected_labels).all() and np.allclose(distances, expected_distances)
+            assert (labels == expected_labels).all() and np.allclose(distances, expected_distances, atol=1e-6)
         assert (index.query(data[start:end], 1)[0][:, 0] == np.arange(start + 1, end + 1)).all()
-        kept, regrouped = index._index._rows_by_owner(), fresh._index._rows_by_owner()
-        assert (kept[0] == regrouped[0]).all() and all(
-            (mine == theirs).all() for mine, theirs in zip(kept[1], regrouped[1], strict=True)
-        )
+        assert groups_of(index) == groups_of(fresh)
     # a face added again into another identity keeps its row, which moves to that identity's group
     index.add([1], data[:1], [owners[1]])
-    known, members = index._index._rows_by_owner()
-    row = int(np.flatnonzero(index._index._labels == 1)[0])
-    group = {int(identity): set(rows.tolist()) for identity, rows in zip(known, members, strict=True)}
-    assert row in group[owners[1]] and row not in group[owners[0]]
+    group = groups_of(index)
+    assert 1 in group[owners[1]] and 1 not in group[owners[0]]
+
+
+def groups_of(index: FaceIndex) -> dict[int, list[int]]:
+    """Each identity's faces as the routed search groups them."""
+    routed = index._index
+    known, members = routed._rows_by_owner()
+    return {
+        int(identity): sorted(routed._labels[index_module._rows(group)].tolist())
+        for identity, group in zip(known, members, strict=True)
+    }
+
+
+def test_rows_are_read_as_runs_and_sorted_again_once_too_many_are_out_of_place() -> None:
+    """An identity's rows are read as a run of the matrix where they lie together. Faces arriving in
+    no order (a rebuild reads them by face id) get sorted by identity; faces added later, merges and
+    deletions put rows out of their runs until they are more than 1 in OUT_OF_PLACE, and then the
+    rows are sorted again. Searches find what an exact search finds all along."""
+    data, owners = clustered(index_module.ROUTE * 4, 12)
+    order = np.random.default_rng(4).permutation(len(owners))  # identities interleaved, as a rebuild
+    data, owners = data[order], [owners[i] for i in order]
+    ids = list(range(1, len(owners) + 1))
+    first = len(ids) * 3 // 4
+    index = FaceIndex(64)
+    index.add(ids[:first], data[:first], owners[:first])
+    queries = data[np.random.default_rng(5).choice(len(ids), 50, replace=False)]
+
+    def check(count: int) -> None:
+        live = [i for i in range(count) if ids[i] in index.identity_of]
+        labels, distances = index.query(queries, 10)
+        truth, truth_distances = exact(data[live], [ids[i] for i in live], queries, 10)
+        assert all(set(a) == set(b) for a, b in zip(labels, truth, strict=True))
+        assert np.allclose(distances, truth_distances, atol=1e-5)
+
+    check(first)
+    routed = index._index
+    assert routed._out_of_place == 0 and all(len(group[2]) == 0 for group in routed._rows_by_owner()[1])
+    for label in (1, 2):  # rows sorted by identity: each identity's rows lie together
+        assert routed._owners[np.flatnonzero(routed._labels == label)[0]] == owners[label - 1]
+    sorts: list[int] = []
+    sort = routed._compact
+    routed._compact = lambda: (sorts.append(1), sort())[1]  # type: ignore[method-assign]
+    step = (len(ids) - first) // 4
+    outside = []
+    for start in range(first, first + 4 * step, step):  # added in no order, after the sort
+        index.add(ids[start : start + step], data[start : start + step], owners[start : start + step])
+        check(start + step)
+        outside.append(routed._out_of_place)
+        assert routed._out_of_place * index_module.OUT_OF_PLACE <= routed._count
+    assert max(outside) > 0 and 0 < len(sorts) < 4  # read apart for a while, then sorted again
+    index.relabel(owners[0], owners[1])  # a merge: owners[0]'s rows join owners[1]'s group out of its run
+    index.remove(ids[5:40])
+    check(first + 4 * step)
+    assert routed._out_of_place * index_module.OUT_OF_PLACE <= routed._count
 
 
 def test_identities_too_small_to_fill_k_widen_the_search_to_every_face() -> None:
