@@ -280,6 +280,29 @@ def test_rows_are_read_as_runs_and_sorted_again_once_too_many_are_out_of_place()
     assert routed._out_of_place * index_module.OUT_OF_PLACE <= routed._count
 
 
+def test_an_index_is_saved_sorted_by_identity(tmp_path: Path) -> None:
+    """A process that loads the file reads identities as runs from its first search: it does not
+    sort the rows again itself."""
+    data, owners = clustered(index_module.ROUTE * 2, 12)
+    order = np.random.default_rng(6).permutation(len(owners))
+    data, owners = data[order], [owners[i] for i in order]
+    ids = list(range(1, len(owners) + 1))
+    index = FaceIndex(64)
+    index.add(ids[:-5], data[:-5], owners[:-5])
+    index.query(data[:20], 10)
+    index.add(ids[-5:], data[-5:], owners[-5:])  # a few out of place: not sorted again in memory
+    assert index._index._rows_by_owner() and index._index._out_of_place > 0
+    index.save(tmp_path, version=1)
+    loaded = FaceIndex.load(tmp_path, 64, 1, dict(zip(ids, owners, strict=True)))
+    assert loaded is not None
+    sorts: list[int] = []
+    sort = loaded._index._compact
+    loaded._index._compact = lambda: (sorts.append(1), sort())[1]  # type: ignore[method-assign]
+    labels, _ = loaded.query(data[:20], 10)
+    assert sorts == [] and loaded._index._out_of_place == 0
+    assert (labels == index.query(data[:20], 10)[0]).all()
+
+
 def test_identities_too_small_to_fill_k_widen_the_search_to_every_face() -> None:
     data, owners = clustered(index_module.ROUTE * 3, 1)
     ids = list(range(1, len(owners) + 1))
