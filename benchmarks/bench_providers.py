@@ -9,7 +9,9 @@ For each GPU provider it prints:
 - detect + align + embed per photo, wall and process CPU seconds, against the CPU in the same run;
 - the stage's way of running it, `workers` photos at once on one session, with the same faces as one
   at a time;
-- the recognizer alone on batches of 64 aligned faces, ms per face.
+- the recognizer alone on batches of 64 aligned faces, ms per face;
+- the input shapes each of its sessions was given: on a GPU each session must see one shape (a new
+  one cost 1.4-2.4 s per change on CUDA: see docs/performance.md).
 
     .venv/bin/python benchmarks/bench_providers.py [provider ...]
 
@@ -50,13 +52,42 @@ def _images() -> list[Any]:
     return [decode_image(path, max_pixels=50_000_000) for path in paths]
 
 
-def _embedder(pack: Path, provider: str) -> Any:
+class _Recorded:
+    """A session that notes the shape of every input it runs on (a Python call around run: a few
+    microseconds a call)."""
+
+    def __init__(self, session: Any, shapes: set[tuple[int, ...]]) -> None:
+        self._session, self._shapes = session, shapes
+
+    def run(self, names: Any, feeds: dict[str, Any]) -> Any:
+        self._shapes.update(tuple(value.shape) for value in feeds.values())
+        return self._session.run(names, feeds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
+def _embedder(pack: Path, provider: str) -> tuple[Any, list[tuple[str, set[tuple[int, ...]]]]]:
+    """The embedder on this provider, and each of its sessions' model file and the shapes it is given."""
+    import onnxruntime
+
     from facesyncd.config import FaceSettings, ModelSettings
     from facesyncd.onnx_embedder import OnnxEmbedder
 
-    embedder = OnnxEmbedder(ModelSettings(pack=str(pack), providers=(provider,)), FaceSettings())
-    embedder.load()
-    return embedder
+    sessions: list[tuple[str, set[tuple[int, ...]]]] = []
+    real = onnxruntime.InferenceSession
+
+    def recorded(path: str, *arguments: Any, **keywords: Any) -> Any:
+        sessions.append((Path(path).name, set()))
+        return _Recorded(real(path, *arguments, **keywords), sessions[-1][1])
+
+    onnxruntime.InferenceSession = recorded  # type: ignore[misc]
+    try:
+        embedder = OnnxEmbedder(ModelSettings(pack=str(pack), providers=(provider,)), FaceSettings())
+        embedder.load()
+    finally:
+        onnxruntime.InferenceSession = real  # type: ignore[misc]
+    return embedder, sessions
 
 
 def _pass_seconds(embedder: Any, images: list[Any]) -> tuple[float, float, list[Any]]:
@@ -117,7 +148,7 @@ def main(requested: list[str]) -> int:
         print("no GPU provider in this onnxruntime: nothing to compare")
         return 0
     images = _images()
-    cpu = _embedder(pack, "CPUExecutionProvider")
+    cpu, _ = _embedder(pack, "CPUExecutionProvider")
     cpu_wall, cpu_cpu, cpu_faces = _pass_seconds(cpu, images)
     cpu_rec = _recognizer_ms(cpu)
     print(
@@ -126,7 +157,7 @@ def main(requested: list[str]) -> int:
     )
     failed = 0
     for name in gpus:
-        gpu = _embedder(pack, name)
+        gpu, sessions = _embedder(pack, name)
         if gpu.providers[0] != name:
             print(f"{name}: did not start, the models run on {gpu.providers[0]}")
             failed += 1
@@ -144,6 +175,10 @@ def main(requested: list[str]) -> int:
         print(
             f"{name}: {wall * 1000:.1f} ms wall ({wall / cpu_wall:.2f}x the CPU's) and {cpu_seconds * 1000:.1f} ms "
             f"CPU ({cpu_seconds / cpu_cpu:.2f}x) per photo; recognizer {rec:.2f} ms/face ({rec / cpu_rec:.2f}x)"
+        )
+        seen = "; ".join(f"{model}: {sorted(shapes)}" for model, shapes in sessions)
+        print(
+            f"{name}: input shapes per session ({'one each' if all(len(shapes) <= 1 for _, shapes in sessions) else 'SEVERAL'}): {seen}"
         )
         print(
             f"{name}: {gpu.workers} workers on one session: {workers_wall * 1000:.1f} ms wall per photo; "
