@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,48 @@ def test_windows_installs_without_a_compiler(python: str) -> None:
     assert "opencv-python-headless" in pins and "opencv-python" not in pins, "OpenCV with libGL"
     assert "insightface" not in pins and "hnswlib" not in pins
     assert ("chroma-hnswlib" in pins) == (python == "3.11")
+
+
+@pytest.mark.parametrize("python", ["3.11", "3.12", "3.13"])
+def test_the_cuda_extra_brings_cuda_and_cudnn_as_pinned(python: str) -> None:
+    """`./install.sh --cuda` on Linux: onnxruntime-gpu with NVIDIA's CUDA and cuDNN libraries as
+    wheels, at the versions constraints.txt pins (those a CUDA check ran with), so that a machine
+    needs only the driver; and no second onnxruntime flavour."""
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["cuda"]
+    result = subprocess.run(
+        [
+            str(UV),
+            "pip",
+            "compile",
+            "-",
+            "--python-platform",
+            "x86_64-manylinux_2_28",
+            "--python-version",
+            python,
+            "--only-binary",
+            ":all:",
+            "-c",
+            str(REPO / "constraints.txt"),
+            "--no-header",
+            "--no-annotate",
+            "--quiet",
+        ],
+        input="\n".join(extra),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    resolved = dict(line.split("==") for line in result.stdout.splitlines() if "==" in line)
+    pinned = dict(
+        line.split("==")
+        for line in (REPO / "constraints.txt").read_text().splitlines()
+        if line.startswith(("onnxruntime-gpu==", "nvidia-"))
+    )
+    assert {"nvidia-cuda-runtime", "nvidia-cudnn-cu13", "nvidia-cublas"} <= pinned.keys()
+    assert all(resolved.get(name) == version for name, version in pinned.items()), (resolved, pinned)
+    assert not resolved.keys() & {"onnxruntime", "onnxruntime-directml"}, "a second onnxruntime flavour"
 
 
 def _source_copy(target: Path) -> Path:
