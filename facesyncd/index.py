@@ -191,22 +191,26 @@ class _Routed:
     def _rows_by_owner(self) -> tuple[NDArray[np.int64], list[Group]]:
         """The identities with live rows (ascending) and the rows of each, as a Group: its first run
         of adjacent rows and the rest. Sorts the rows again first where too many are out of place."""
-        if self._groups is not None and self._out_of_place * OUT_OF_PLACE <= self._count:
+        if self._groups is not None and not self._scattered():
             return self._groups
-        if self._groups is not None:
+        if self._groups is not None:  # rows added since the last grouping put too many out of place
             self._compact()
+        groups = self._regrouped()
+        if self._scattered():
+            self._compact()
+            groups = self._regrouped()
+        return groups
+
+    def _regrouped(self) -> tuple[NDArray[np.int64], list[Group]]:
         live = np.flatnonzero(self._live[: self._count])
         owners, members = _grouped(live, self._owners[live])
         groups = [_group(rows) for rows in members]
         self._out_of_place = sum(len(group[2]) for group in groups)
-        if self._out_of_place * OUT_OF_PLACE > self._count:
-            self._compact()
-            live = np.flatnonzero(self._live[: self._count])
-            owners, members = _grouped(live, self._owners[live])
-            groups = [_group(rows) for rows in members]
-            self._out_of_place = sum(len(group[2]) for group in groups)
         self._groups = owners, groups
-        return owners, groups
+        return self._groups
+
+    def _scattered(self) -> bool:
+        return self._out_of_place * OUT_OF_PLACE > self._count
 
     def _compact(self) -> None:
         """The rows reordered: live rows by identity (then as they were), dead rows last. In place, a
