@@ -22,22 +22,17 @@ from fake_immich import FakeImmich
 UV = Path(sys.executable).with_name("uv")
 
 
-@pytest.mark.parametrize("python", ["3.11", "3.12", "3.13"])
-def test_windows_installs_without_a_compiler(python: str) -> None:
-    """`pip install "facesyncd[directml]"` on Windows: every dependency must come as a wheel for
-    win_amd64 (no compiler there). pip's --platform misreads environment markers, so uv resolves
-    for the Windows target; hnswlib has no Windows wheel at all, chroma-hnswlib (the same module)
-    has one for Python 3.11 only, and newer Pythons go without (the index then searches exactly)."""
+def _resolved(what: list[str], platform: str, python: str, given: str | None = None) -> dict[str, str]:
+    """What `uv pip compile` resolves `what` to (name -> version) for another platform and Python,
+    with wheels only and the pins of constraints.txt; `given`: the requirements read from stdin."""
     result = subprocess.run(
         [
             str(UV),
             "pip",
             "compile",
-            str(REPO / "pyproject.toml"),
-            "--extra",
-            "directml",
+            *what,
             "--python-platform",
-            "x86_64-pc-windows-msvc",
+            platform,
             "--python-version",
             python,
             "--only-binary",
@@ -48,13 +43,25 @@ def test_windows_installs_without_a_compiler(python: str) -> None:
             "--no-annotate",
             "--quiet",
         ],
+        input=given,
         capture_output=True,
         text=True,
         timeout=300,
         cwd=REPO,
     )
     assert result.returncode == 0, result.stderr
-    pins = {line.split("==")[0] for line in result.stdout.splitlines() if "==" in line}
+    pins = (line.split("==", 1) for line in result.stdout.splitlines() if "==" in line)
+    return {name.strip(): version.split(";")[0].strip() for name, version in pins}
+
+
+@pytest.mark.parametrize("python", ["3.11", "3.12", "3.13"])
+def test_windows_installs_without_a_compiler(python: str) -> None:
+    """`pip install "facesyncd[directml]"` on Windows: every dependency must come as a wheel for
+    win_amd64 (no compiler there). pip's --platform misreads environment markers, so uv resolves
+    for the Windows target; hnswlib has no Windows wheel at all, chroma-hnswlib (the same module)
+    has one for Python 3.11 only, and newer Pythons go without (the index then searches exactly)."""
+    resolved = _resolved([str(REPO / "pyproject.toml"), "--extra", "directml"], "x86_64-pc-windows-msvc", python)
+    pins = set(resolved)
     assert "onnxruntime-directml" in pins
     assert not pins & {"onnxruntime", "onnxruntime-gpu"}, "a second onnxruntime flavour"
     assert "opencv-python-headless" in pins and "opencv-python" not in pins, "OpenCV with libGL"
@@ -68,32 +75,7 @@ def test_the_cuda_extra_brings_cuda_and_cudnn_as_pinned(python: str) -> None:
     wheels, at the versions constraints.txt pins (those a CUDA check ran with), so that a machine
     needs only the driver; and no second onnxruntime flavour."""
     extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["cuda"]
-    result = subprocess.run(
-        [
-            str(UV),
-            "pip",
-            "compile",
-            "-",
-            "--python-platform",
-            "x86_64-manylinux_2_28",
-            "--python-version",
-            python,
-            "--only-binary",
-            ":all:",
-            "-c",
-            str(REPO / "constraints.txt"),
-            "--no-header",
-            "--no-annotate",
-            "--quiet",
-        ],
-        input="\n".join(extra),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
-    assert result.returncode == 0, result.stderr
-    resolved = dict(line.split("==") for line in result.stdout.splitlines() if "==" in line)
+    resolved = _resolved(["-"], "x86_64-manylinux_2_28", python, given="\n".join(extra))
     pinned = dict(
         line.split("==")
         for line in (REPO / "constraints.txt").read_text().splitlines()
