@@ -191,12 +191,8 @@ class _Routed:
     def _rows_by_owner(self) -> tuple[NDArray[np.int64], list[Group]]:
         """The identities with live rows (ascending) and the rows of each, as a Group: its first run
         of adjacent rows and the rest. Sorts the rows again first where too many are out of place."""
-        if self._groups is not None and not self._scattered():
-            return self._groups
-        if self._groups is not None:  # rows added since the last grouping put too many out of place
-            self._compact()
-        groups = self._regrouped()
-        if self._scattered():
+        groups = self._groups if self._groups is not None else self._regrouped()
+        if self._scattered():  # rows added since, or the rows as loaded or built
             self._compact()
             groups = self._regrouped()
         return groups
