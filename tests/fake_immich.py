@@ -24,6 +24,7 @@ import mimetypes
 import random
 import re
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -293,8 +294,9 @@ RANDOM_FAULTS: list[dict[str, Any]] = [
 
 
 class FakeImmich:
-    def __init__(self, *, version: str = "3.1.0") -> None:
+    def __init__(self, *, version: str = "3.1.0", tls: ssl.SSLContext | None = None) -> None:
         self.version = version
+        self.tls = tls  # served over TLS with this server context (https://)
         self.major, self.minor = (int(part) for part in version.split(".")[:2])
         # 3.2 pages /search/metadata by a cursor of its own (`cursor` in, `nextCursor` out) and deprecates
         # `page` (still honoured); facts from 3.2.0's spec as third parties report it (see the README).
@@ -536,7 +538,7 @@ class FakeImmich:
     @property
     def url(self) -> str:
         host, port = self._http.address
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
     def _listen(self, address: tuple[str, int]) -> None:
         fake = self
@@ -545,7 +547,7 @@ class FakeImmich:
             server_fake = fake
             timeout = fake.keepalive_seconds  # an idle connection is closed after this
 
-        self._http.serve(address, Handler)
+        self._http.serve(address, Handler, self.tls)
 
     def start(self) -> FakeImmich:
         self._listen(("127.0.0.1", 0))

@@ -3,6 +3,7 @@ test doubles of Immich and of its ML service both serve through one)."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,10 +32,16 @@ class LoopbackServer:
         host, port = self._server.server_address[:2]
         return str(host), int(port)
 
-    def serve(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> tuple[str, int]:
-        """Listen on `address` (port 0: any free one) and answer with `handler`; returns the address."""
+    def serve(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext | None = None
+    ) -> tuple[str, int]:
+        """Listen on `address` (port 0: any free one) and answer with `handler`; returns the address.
+        With `tls`, over TLS (a client that refuses the certificate fails its handshake: a kept
+        error, see _QuietServer)."""
         self._server = _QuietServer(address, handler)
         self._server.errors = self.errors
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self.address
 

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import random
+import ssl
 import threading
 import time
 import urllib.parse
@@ -203,6 +204,17 @@ class _QuickGet:
                 connection.close()
 
 
+def _refused_certificate(problem: BaseException) -> str | None:
+    """Why the server's certificate was refused, when that is what made this request fail (httpx
+    wraps the ssl module's error in its own)."""
+    cause: BaseException | None = problem
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return str(cause.verify_message or cause.reason or cause)
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 class Transport:
     """Requests to one Immich server with one API key; counts them, and knows the server's clock."""
 
@@ -322,6 +334,14 @@ class Transport:
                 self.check_stop()  # a read broken by a shutdown is not worth retrying
                 if self._closed:
                     raise ImmichUnreachable(f"{self.name}: {what}: connection closed") from None
+                refused = _refused_certificate(problem)
+                if refused is not None:  # the same certificate again at every try
+                    raise ImmichUnreachable(
+                        f"{self.name}: {what} at {self.url}: the server's TLS certificate is not trusted "
+                        f"({refused}). If Immich's certificate comes from an authority of your own, set "
+                        f"SSL_CERT_FILE to a file of its certificate (PEM); or set verify_tls = false "
+                        f"for this server (not advised beyond your own network)"
+                    ) from None
                 last_problem = f"{type(problem).__name__}: {problem}" if str(problem) else type(problem).__name__
                 if isinstance(problem, _Fault):
                     last_problem = str(problem)
