@@ -79,3 +79,14 @@ def tls_context(verify: bool) -> ssl.SSLContext:
     each time: 0.036 CPU-s, paid by every cycle (each opens its clients), where a cycle with nothing
     new costs about as much in all at 10,000 faces. One context serves every connection and thread."""
     return httpx.create_ssl_context(verify=verify)
+
+
+def refused_certificate(problem: BaseException) -> str | None:
+    """Why the server's TLS certificate was refused, when that is what made a request fail (httpx
+    wraps the ssl module's error in its own): a failure no retry mends, to be said as what it is."""
+    cause: BaseException | None = problem
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return str(cause.verify_message or cause.reason or cause)
+        cause = cause.__cause__ or cause.__context__
+    return None

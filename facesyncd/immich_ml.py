@@ -41,7 +41,7 @@ import httpx
 import numpy as np
 
 from .boxes import clip
-from .breakable import SocketTracker
+from .breakable import SocketTracker, refused_certificate
 from .config import FaceSettings, ModelSettings
 from .errors import EngineUnavailable, Interrupted, ModelError
 from .imaging import DecodedImage
@@ -318,6 +318,12 @@ class ImmichMlEmbedder:
 
 
 def _describe(error: BaseException) -> str:
+    refused = refused_certificate(error)
+    if refused is not None:
+        return (
+            f"its TLS certificate is not trusted ({refused}): if it comes from an authority of your own, "
+            f"set SSL_CERT_FILE to a file of that authority's certificate (PEM)"
+        )
     if isinstance(error, httpx.ConnectError):
         return "connection refused or host unreachable"
     if isinstance(error, httpx.TimeoutException):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -36,8 +37,11 @@ RAW_SCALE = 23.5  # the recognizer's raw embeddings are not unit vectors: nor ar
 
 
 class FakeImmichMl:
-    def __init__(self, pack: Path, *, model_name: str = "buffalo_l", port: int = 0) -> None:
+    def __init__(
+        self, pack: Path, *, model_name: str = "buffalo_l", port: int = 0, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.model_name = model_name
+        self.tls = tls  # served over TLS with this server context (https://)
         self.engine = OnnxEmbedder(
             ModelSettings(pack=str(pack), providers=("CPUExecutionProvider",), threads=1),
             FaceSettings(min_face_px=0, min_det_score=0.3),
@@ -60,10 +64,10 @@ class FakeImmichMl:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> FakeImmichMl:
-        self.port = self._http.serve(("127.0.0.1", self.port), _handler(self))[1]
+        self.port = self._http.serve(("127.0.0.1", self.port), _handler(self), self.tls)[1]
         return self
 
     def stop(self) -> None:

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import random
-import ssl
 import threading
 import time
 import urllib.parse
@@ -31,7 +30,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ..breakable import SocketTracker
+from ..breakable import SocketTracker, refused_certificate
 from ..config import ImmichSettings, SyncSettings
 from ..errors import AssetGone, ImmichAuthError, ImmichError, ImmichUnreachable, Interrupted, PermissionMissing
 
@@ -204,17 +203,6 @@ class _QuickGet:
                 connection.close()
 
 
-def _refused_certificate(problem: BaseException) -> str | None:
-    """Why the server's certificate was refused, when that is what made this request fail (httpx
-    wraps the ssl module's error in its own)."""
-    cause: BaseException | None = problem
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return str(cause.verify_message or cause.reason or cause)
-        cause = cause.__cause__ or cause.__context__
-    return None
-
-
 class Transport:
     """Requests to one Immich server with one API key; counts them, and knows the server's clock."""
 
@@ -334,7 +322,7 @@ class Transport:
                 self.check_stop()  # a read broken by a shutdown is not worth retrying
                 if self._closed:
                     raise ImmichUnreachable(f"{self.name}: {what}: connection closed") from None
-                refused = _refused_certificate(problem)
+                refused = refused_certificate(problem)
                 if refused is not None:  # the same certificate again at every try
                     raise ImmichUnreachable(
                         f"{self.name}: {what} at {self.url}: the server's TLS certificate is not trusted "

@@ -1,7 +1,8 @@
-"""Immich over TLS: the fake Immich served over https with a certificate of a test authority. The
-server's certificate is checked against the authorities httpx would trust (SSL_CERT_FILE, else
-certifi's bundle) unless verify_tls = false; a certificate none of them vouches for is refused at
-once, with what to do; and the TLS settings are made once per process, not per client."""
+"""Immich and its ML service over TLS: the fakes served over https with a certificate of a test
+authority. A server's certificate is checked against the authorities httpx would trust (SSL_CERT_FILE,
+else certifi's bundle) unless verify_tls = false; a certificate none of them vouches for is refused
+at once, said as what it is, with what to do; and the TLS settings are made once per process, not
+per client."""
 
 from __future__ import annotations
 
@@ -13,12 +14,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fake_immich_ml import FakeImmichMl
 
-from conftest import API_KEY
+import facesyncd.immich_ml as immich_ml
+from conftest import API_KEY, PHOTOS, TEST_PACK, requires_shared
 from facesyncd.breakable import tls_context
-from facesyncd.config import ImmichSettings, Secret, SyncSettings
-from facesyncd.errors import ImmichUnreachable
+from facesyncd.config import FaceSettings, ImmichSettings, ModelSettings, Secret, SyncSettings
+from facesyncd.errors import EngineUnavailable, ImmichUnreachable
+from facesyncd.imaging import decode_image
 from facesyncd.immich import ImmichClient
+from facesyncd.immich_ml import ImmichMlEmbedder
 from fake_immich import FakeImmich
 
 # Retries that would each be counted: a refused certificate must not be asked again.
@@ -56,22 +61,32 @@ def authority(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def immich(authority: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeImmich]:
-    """The fake Immich over TLS; the process's TLS settings made afresh for the test (and after it:
-    they read SSL_CERT_FILE when first made)."""
+def fresh_tls(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process's TLS settings made afresh for the test, and after it (they read SSL_CERT_FILE
+    when first made)."""
     for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
         monkeypatch.delenv(name, raising=False)
     tls_context.cache_clear()
-    served = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    served.load_cert_chain(authority / "server.pem", authority / "server.key")
-    server = FakeImmich(tls=served)
+    yield
+    tls_context.cache_clear()
+
+
+def _served(authority: Path) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(authority / "server.pem", authority / "server.key")
+    return context
+
+
+@pytest.fixture
+def immich(authority: Path, fresh_tls: None) -> Iterator[FakeImmich]:
+    """The fake Immich over TLS."""
+    server = FakeImmich(tls=_served(authority))
     server.add_user("alice", API_KEY)
     server.start()
     try:
         yield server
     finally:
         server.stop()
-        tls_context.cache_clear()
 
 
 def _client(server: FakeImmich, *, verify: bool = True) -> ImmichClient:
@@ -119,3 +134,30 @@ def test_verify_tls_false_takes_any_certificate(immich: FakeImmich) -> None:
         assert client.whoami().user_id
     assert tls_context(False).verify_mode == ssl.CERT_NONE
     assert tls_context(True).verify_mode == ssl.CERT_REQUIRED and tls_context(True).check_hostname
+
+
+@requires_shared
+def test_the_ml_service_over_tls_is_trusted_as_immich_is_and_a_refused_certificate_is_named(
+    authority: Path, fresh_tls: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused certificate was told as "connection refused or host unreachable": the service is
+    there, and the fix is the user's trust, not the network."""
+    monkeypatch.setattr(immich_ml, "PASS_WAIT_SECONDS", 0.01)  # (the passes over the services, quickly)
+    service = FakeImmichMl(TEST_PACK, tls=_served(authority)).start()
+    image = decode_image(PHOTOS / "groups" / "two_people.jpg", max_pixels=250_000_000)
+
+    def engine() -> ImmichMlEmbedder:
+        model = ModelSettings(backend="immich-ml", urls=(service.url,), timeout_seconds=10)
+        return ImmichMlEmbedder(model, FaceSettings(min_face_px=20))
+
+    try:
+        with pytest.raises(EngineUnavailable) as raised:
+            engine().faces(image)
+        message = str(raised.value)
+        assert f"{service.url}: its TLS certificate is not trusted" in message and "SSL_CERT_FILE" in message
+        assert "connection refused" not in message and service.posts == 0
+        monkeypatch.setenv("SSL_CERT_FILE", str(authority / "ca.pem"))
+        tls_context.cache_clear()
+        assert len(engine().faces(image)) == 2 and service.posts == 1
+    finally:
+        service.stop()
