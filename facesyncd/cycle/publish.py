@@ -146,12 +146,15 @@ def _changed_by_hand(
 
 
 def _settings(parts: PublishParts) -> tuple[object, ...]:
-    """What the folders' form depends on: when it changes, every folder is compared with the store."""
+    """What the folders' form depends on: when it changes, every folder is compared with the store.
+    Of each source, the links to its photos the manifests hold: Immich's address moved behind a
+    web_url that stays (a new IP, a proxy) leaves every folder as it is (comparing them all cost
+    30 CPU-s at 500,000 faces)."""
     return (
         SCHEMA_VERSION,  # the form of what is written, with the settings it depends on
         parts.export,
         parts.facesets_dir,
-        [(source.url, source.web_url) for source in parts.sources],
+        [(source.name, source.photo_link("")) for source in parts.sources],
     )
 
 

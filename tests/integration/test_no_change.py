@@ -174,3 +174,32 @@ def test_a_name_facesyncd_writes_into_name_txt_leaves_the_folders_as_an_export_l
     assert (folder / "NAME.txt").read_text() == "Barack Obama\n"
     after = run_cli("--config", str(config), "--log-level", "debug", "sync")
     assert after.returncode == 0 and "no faceset changed since the last export" in after.stderr, after.stderr
+
+
+def test_immich_moved_behind_the_same_web_url_leaves_the_folders_and_a_new_web_url_rewrites_the_links(
+    fake: FakeImmich, tmp_path: Path
+) -> None:
+    """The folders hold links to the photos in Immich's web app: the links, not the API's address,
+    decide whether every folder must be compared again."""
+    add_photos(fake, ["wild/katy_perry", "wild/obama/obama.jpg", "wild/obama/obama1.jpg"])
+    config = write_config(tmp_path, fake.url)
+    config.write_text(config.read_text().replace("api_key_env", 'web_url = "https://photos.example.org"\napi_key_env'))
+    facesets = tmp_path / "facesets"
+    assert run_cli("--config", str(config), "sync").returncode == 0
+    folders = {path.name: snapshot(path) for path in facesets.glob("faceset_*")}
+    assert folders and all(
+        "https://photos.example.org/photos/" in (facesets / name / "faceset.json").read_text() for name in folders
+    )
+
+    # the same server under another address (localhost for 127.0.0.1)
+    config.write_text(config.read_text().replace(fake.url, fake.url.replace("127.0.0.1", "localhost")))
+    moved = run_cli("--config", str(config), "--log-level", "debug", "sync")
+    assert moved.returncode == 0 and "no faceset changed since the last export" in moved.stderr, moved.stderr
+    assert {name: snapshot(facesets / name) for name in folders} == folders
+
+    config.write_text(config.read_text().replace("https://photos.example.org", "https://immich.example.net"))
+    relinked = run_cli("--config", str(config), "--log-level", "debug", "sync")
+    assert relinked.returncode == 0 and "no faceset changed" not in relinked.stderr, relinked.stderr
+    for name in folders:
+        manifest = (facesets / name / "faceset.json").read_text()
+        assert "https://immich.example.net/photos/" in manifest and "photos.example.org" not in manifest
