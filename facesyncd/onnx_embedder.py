@@ -387,7 +387,12 @@ class OnnxEmbedder:
     def load(self) -> None:
         with self._lock:
             if self._detector is None:
-                self._load()
+                try:
+                    self._load()
+                except BaseException:
+                    # half loaded is not loaded: the next call tries again (and fails as clearly)
+                    self._detector = self._recognizer = None
+                    raise
 
     def abort(self) -> None:
         """Nothing in flight to break off: a model call here ends by itself."""
@@ -473,13 +478,20 @@ class OnnxEmbedder:
         assert self._detector is not None and self._recognizer is not None
         recognizer = self._recognizer
         face = np.zeros((recognizer.size, recognizer.size, 3), np.uint8)
-        if not self._detector_on_cpu:
-            size = self._model_settings.det_size
-            self._detector.detect(np.zeros((size, size, 3), np.uint8), (size, size), 1.0)
-        if recognizer.session.get_providers()[0] != "CPUExecutionProvider":
-            recognizer.embed([face])
-        if recognizer.batch_session is not None:
-            recognizer.embed_batch([face])
+        try:
+            if not self._detector_on_cpu:
+                size = self._model_settings.det_size
+                self._detector.detect(np.zeros((size, size, 3), np.uint8), (size, size), 1.0)
+            if recognizer.session.get_providers()[0] != "CPUExecutionProvider":
+                recognizer.embed([face])
+            if recognizer.batch_session is not None:
+                recognizer.embed_batch([face])
+        except Exception as error:  # onnxruntime raises many types (the device's memory full, say)
+            raise ModelError(
+                f"model pack {self._model_settings.pack_dir()} loaded on {self.providers[0]} but failed its "
+                f"first run there ({type(error).__name__}: {error}); set [model] providers to another, "
+                f'e.g. ["CPUExecutionProvider"]'
+            ) from error
 
     @property
     def aligned_size(self) -> int:

@@ -332,3 +332,32 @@ def test_the_alignment_is_scikit_images_similarity_transform() -> None:
             warnings.simplefilter("ignore", FutureWarning)
             reference.estimate(points, ARCFACE_LANDMARKS)
         assert np.abs(similarity_transform(points, ARCFACE_LANDMARKS) - reference.params[:2]).max() < 1e-9
+
+
+def test_a_gpu_session_that_fails_its_first_run_is_a_clear_error_and_the_next_load_tries_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The warm-up at load is a GPU session's first run: where the device cannot run it (its memory
+    full, say), loading fails with what to do, and leaves nothing half loaded behind."""
+    from facesyncd.errors import ModelError
+
+    _sessions_like(monkeypatch, "CUDAExecutionProvider")
+    failing = {"yes": True}
+    real_run = _GpuLikeSession.run
+
+    def run(self: _GpuLikeSession, names: object, feeds: dict[str, np.ndarray]) -> object:
+        if failing["yes"]:
+            raise RuntimeError("CUDA failure 2: out of memory")
+        return real_run(self, names, feeds)
+
+    monkeypatch.setattr(_GpuLikeSession, "run", run)
+    embedder = OnnxEmbedder(
+        ModelSettings(pack=str(TEST_PACK), providers=("CUDAExecutionProvider",)), FaceSettings(min_face_px=0)
+    )
+    for _ in range(2):  # not loaded after a failure: the next use tries again, and says so again
+        with pytest.raises(
+            ModelError, match=r"failed its first run there \(RuntimeError: CUDA failure 2.*CPUExecutionProvider"
+        ):
+            embedder.faces(load(PHOTOS / "wild" / "obama" / "obama.jpg"))
+    failing["yes"] = False
+    assert len(embedder.faces(load(PHOTOS / "wild" / "obama" / "obama.jpg"))) == 1
