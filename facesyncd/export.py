@@ -40,6 +40,7 @@ from typing import Any
 
 from .atomic import PREFIX as ATOMIC_PREFIX
 from .atomic import new_file_mode, remove_leftovers, write_atomic
+from .bundles import Bundle
 from .crashpoints import checkpoint
 from .models import ExportFace
 
@@ -70,12 +71,12 @@ MAX_TEXT_BYTES = 64 * 1024 * 1024
 @dataclass
 class Plan:
     """What one faceset folder must hold: its manifest (under `manifest_name`), and each file by name,
-    as a file to link or bytes to write. `placeholders` are written only where the folder has none
-    (they are the user's from then on)."""
+    as a file to link, bytes to write or a bundle to write from its files. `placeholders` are
+    written only where the folder has none (they are the user's from then on)."""
 
     manifest_name: str
     manifest: dict[str, Any]
-    files: dict[str, Path | bytes]
+    files: dict[str, Path | bytes | Bundle]
     placeholders: dict[str, bytes] = field(default_factory=dict)
 
 
@@ -521,7 +522,7 @@ def crops_plan(
     name: str | None = None,
     link_of: Callable[[ExportFace], str | None] = no_link,
 ) -> Plan:
-    files: dict[str, Path | bytes] = {face_file(face): crops_dir / face.crop for face in faces}
+    files: dict[str, Path | bytes | Bundle] = {face_file(face): crops_dir / face.crop for face in faces}
     return Plan(MANIFEST, manifest(number, faces, subset, name, link_of), files)
 
 
@@ -663,7 +664,7 @@ def _apply_marked(change: _Change, mode: int) -> None:
         _put(change.folder, change.place, mode)
 
 
-def _put(final: Path, files: Mapping[str, Path | bytes], mode: int) -> None:
+def _put(final: Path, files: Mapping[str, Path | bytes | Bundle], mode: int) -> None:
     """Facesyncd's `files` (name -> the file to place, or bytes) into the folder `final`, each in
     place of what has its name."""
     group = _new_file_group(final)
@@ -675,6 +676,8 @@ def _put(final: Path, files: Mapping[str, Path | bytes], mode: int) -> None:
             target.unlink()
         if isinstance(source, Path):
             _place(source, target, group, mode)
+        elif isinstance(source, Bundle):  # whole or not at all: it may take a while
+            write_atomic(target, source.write, mode=mode, durable=False)
         else:
             target.write_bytes(source)
         checkpoint("export-update")
@@ -767,7 +770,8 @@ def _update_in_place(folder: _Folder, plan: Plan, wanted: dict[str, Any], placeh
     folder rebuilt whole (600 facesets of 100 faces each rebuilt cost 5 CPU-s per 1,000 new faces).
     The user's files are not touched."""
     final = folder.path
-    remove_leftovers(final, *MANIFESTS, PENDING_FILE)
+    bundles = [name for name, source in plan.files.items() if isinstance(source, Bundle)]
+    remove_leftovers(final, *MANIFESTS, PENDING_FILE, *bundles)
     present = _ours_present(folder)
     device = final.stat().st_dev
     changed = {
@@ -782,7 +786,7 @@ def _update_in_place(folder: _Folder, plan: Plan, wanted: dict[str, Any], placeh
 
 def _apply(
     final: Path,
-    changed: Mapping[str, Path | bytes],
+    changed: Mapping[str, Path | bytes | Bundle],
     retired: Sequence[str],
     manifest: tuple[str, str],
     placeholders: Mapping[str, bytes] | None = None,
@@ -825,12 +829,14 @@ def _ours_present(folder: _Folder) -> set[str]:
     return present
 
 
-def _same_file(folder: Path, inodes: Mapping[str, int], device: int, name: str, source: Path | bytes) -> bool:
+def _same_file(folder: Path, inodes: Mapping[str, int], device: int, name: str, source: Path | bytes | Bundle) -> bool:
     """Whether the folder's `name` already holds `source`: the file it was linked from (its inode, as
     the folder's listing gave it, `inodes`: one stat per file, of the source; without it, the target
-    is stat'ed), a copy of the same size and time (see _place), or the same bytes."""
+    is stat'ed), a copy of the same size and time (see _place), the same bytes, or the same bundle."""
     target = os.path.join(folder, name)
     inode = inodes.get(name)
+    if isinstance(source, Bundle):
+        return not os.path.islink(target) and source.written_at(Path(target))
     try:
         if isinstance(source, bytes):
             status = os.lstat(target)
@@ -872,6 +878,9 @@ def _rebuild(
             elif isinstance(source, Path):
                 _place(source, target, group, mode)
                 placed[source] = target
+            elif isinstance(source, Bundle):
+                source.write(target)
+                os.chmod(target, mode)
             else:
                 target.write_bytes(source)
             checkpoint("export-file")

@@ -12,12 +12,10 @@ first time a set wants them; rebuilt whole when the PNG size or padding changes.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import shutil
 import threading
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from numpy.typing import NDArray
 
 from .atomic import remove_leftovers, write_atomic
 from .boxes import overlap
+from .bundles import Bundle
 from .config import ExportSettings
 from .embedder import Embedder
 from .export import NAME_FILE, SCHEMA_VERSION, SWAP_MANIFEST, TOP_FOLDER, Plan, faceset_name, photo_entry
@@ -263,18 +262,6 @@ def select(
     return chosen, left_out
 
 
-def bundle(members: Sequence[tuple[str, Path]]) -> bytes:
-    """A `.fsz` faceset: a zip of the PNGs (name, file), stored as they are (PNGs are compressed
-    already), with fixed dates so the same faces make the same bytes."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        for name, path in members:
-            info = zipfile.ZipInfo(name, date_time=(2000, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, path.read_bytes())
-    return buffer.getvalue()
-
-
 def plan(
     number: int,
     name: str | None,
@@ -338,8 +325,8 @@ def plan(
         ],
         "written_by": "facesyncd",  # the older pipeline writes a manifest.json too: this one is ours
     }
-    contents: dict[str, Path | bytes] = {file: cache.png(face.crop) for file, face in files.items()}
+    contents: dict[str, Path | bytes | Bundle] = {file: cache.png(face.crop) for file, face in files.items()}
     contents.update({f"{TOP_FOLDER}/{file}": cache.png(files[file].crop) for file in top})
-    for bundle_name, bundled in bundles.items():
-        contents[bundle_name] = bundle([(file, cache.png(files[file].crop)) for file in bundled])
+    for bundle_name, bundled in bundles.items():  # (written from the PNGs only if the folder lacks it)
+        contents[bundle_name] = Bundle(tuple((file, cache.png(files[file].crop)) for file in bundled))
     return Plan(SWAP_MANIFEST, manifest, contents, placeholders={NAME_FILE: ((name or "") + "\n").encode()})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import PHOTOS, TEST_PACK, add_photos, requires_shared, run_cli, write_config
+from facesyncd.bundles import Bundle
 from facesyncd.config import FaceSettings, ModelSettings
 from facesyncd.imaging import DecodedImage, decode_image
 from facesyncd.onnx_embedder import OnnxEmbedder
@@ -159,7 +161,7 @@ def test_swap_sets_hold_one_clean_face_per_png_as_the_face_tools_read_them(
 
 
 def test_swap_export_is_idempotent_keeps_the_users_name_and_switches_layout_once(
-    swap_library: tuple[Path, Path, dict[str, str]],
+    swap_library: tuple[Path, Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config, facesets, _ = swap_library
     assert run_cli("--config", str(config), "sync").returncode == 0
@@ -168,6 +170,17 @@ def test_swap_export_is_idempotent_keeps_the_users_name_and_switches_layout_once
     again = run_cli("--config", str(config), "sync")
     assert "0 folders written" in again.stdout, again.stdout
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+    # every folder compared with the store (as after a change of settings): a folder that holds its
+    # bundles costs no bundle made nor read (each was built from its PNGs: every PNG of the library)
+    with sqlite3.connect(config.parent / "state" / "facesyncd.db") as db:
+        db.execute("DELETE FROM meta WHERE key = 'unchanged:publish'")
+    bundles: list[str] = []
+    monkeypatch.setattr(Bundle, "write", lambda self, target: bundles.append(target.name))
+    monkeypatch.setattr(Bundle, "written_at", lambda self, target: bundles.append(target.name) or False)
+    whole = run_cli("--config", str(config), "--log-level", "debug", "sync")
+    assert "0 folders written" in whole.stdout and "exporting the" not in whole.stderr, whole.stderr
+    assert bundles == [] and {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+    monkeypatch.undo()
     (folder / "NAME.txt").write_text("Angelina\n")  # the user names the set
     assert run_cli("--config", str(config), "sync").returncode == 0
     folder, manifest = the_set(facesets)

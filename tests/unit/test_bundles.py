@@ -1,0 +1,76 @@
+"""`.fsz` bundles written from their files: the bytes a zip of them has always had, never the bundle in
+memory, and a bundle on disk told apart from another by its listing and its files' checksums."""
+
+from __future__ import annotations
+
+import io
+import os
+import tracemalloc
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from facesyncd.bundles import Bundle
+
+
+def _files(folder: Path, count: int, size: int) -> list[tuple[str, Path]]:
+    members = []
+    for number in range(count):
+        path = folder / f"{number}.png"
+        path.write_bytes(os.urandom(size))
+        members.append((f"face_{number:07d}.png", path))
+    return members
+
+
+def _in_memory(members: list[tuple[str, Path]]) -> bytes:
+    """The bundle as facesyncd built it before, whole in memory: what tools have read all along."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, path in members:
+            info = zipfile.ZipInfo(name, date_time=(2000, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, path.read_bytes())
+    return buffer.getvalue()
+
+
+def test_a_bundle_is_the_zip_it_always_was_written_a_chunk_at_a_time(tmp_path: Path) -> None:
+    members = _files(tmp_path, 12, 3_000_000)  # 36 MB
+    bundle = Bundle(tuple(members))
+    tracemalloc.start()
+    try:
+        bundle.write(tmp_path / "set.fsz")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8_000_000, f"{peak} bytes held to write a bundle of 36 MB"
+    written = (tmp_path / "set.fsz").read_bytes()
+    assert written == _in_memory(members)  # the same faces make the same bytes, as before
+    with zipfile.ZipFile(tmp_path / "set.fsz") as archive:
+        assert archive.namelist() == [name for name, _ in members] and archive.testzip() is None
+
+
+def test_a_bundle_on_disk_is_this_one_only_with_the_same_members_in_order_and_their_files_unchanged(
+    tmp_path: Path,
+) -> None:
+    members = _files(tmp_path, 4, 50_000)
+    target = tmp_path / "set.fsz"
+    Bundle(tuple(members)).write(target)
+    assert Bundle(tuple(members)).written_at(target)
+    assert not Bundle(tuple(reversed(members))).written_at(target)  # a new rank
+    assert not Bundle(tuple(members[:3])).written_at(target)  # a face left
+    assert not Bundle(tuple(members + [("face_0000099.png", members[0][1])])).written_at(target)
+    assert not Bundle(tuple(members)).written_at(tmp_path / "missing.fsz")
+    # a PNG cut again with other pixels of the same size: its checksum tells
+    changed = bytearray(members[1][1].read_bytes())
+    changed[100] ^= 0xFF
+    members[1][1].write_bytes(bytes(changed))
+    assert not Bundle(tuple(members)).written_at(target)
+    Bundle(tuple(members)).write(target)
+    assert Bundle(tuple(members)).written_at(target)
+    # a member's file gone, or a bundle cut short (a disk fault)
+    with pytest.raises(FileNotFoundError):
+        Bundle(((members[0][0], tmp_path / "gone.png"),)).write(tmp_path / "other.fsz")
+    assert not Bundle(((members[0][0], tmp_path / "gone.png"),)).written_at(target)
+    target.write_bytes(target.read_bytes()[:-30])
+    assert not Bundle(tuple(members)).written_at(target)
