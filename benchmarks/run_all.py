@@ -11,6 +11,7 @@ import os
 import platform
 import time
 
+import bench_bundles
 import bench_census
 import bench_curation
 import bench_decode
@@ -50,6 +51,7 @@ def main() -> None:
         ("review pages", bench_pages.main),
         ("index", bench_index.main),
         ("export disk use", bench_export_disk.main),
+        ("swap bundles", bench_bundles.main),
         ("a cycle with nothing new", bench_nochange.main),
         ("store queries of the page, status, faceset list", bench_queries.main),
         ("1,000 new faces", bench_new_faces.main),
