@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from .atomic import remove_leftovers, write_atomic
+from .atomic import Scattered, write_atomic
 from .export import face_file
 from .imaging import DecodedImage, encode_jpeg
 from .models import Box, ExportFace, Quality, UnmeasuredFace
@@ -55,6 +55,7 @@ class Crops:
     def __init__(self, directory: Path, margin: float) -> None:
         self.directory = directory
         self.margin = margin
+        self._tree = Scattered(directory)
 
     def path(self, name: str) -> Path:
         return self.directory / name
@@ -84,7 +85,7 @@ class Crops:
     def write(self, name: str, data: bytes) -> None:
         target = self.directory / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(target, data)
+        self._tree.write(target, data)
 
     def write_faces(self, sha256: str, image: DecodedImage, boxes: Sequence[Box]) -> list[str]:
         """Cut and write the crop of each face of one photo; returns their names."""
@@ -128,10 +129,7 @@ class Crops:
 
     def remove_leftovers(self) -> None:
         """Temporary files of a process killed while writing a crop."""
-        if self.directory.is_dir():
-            for folder in self.directory.iterdir():
-                if folder.is_dir():
-                    remove_leftovers(folder)
+        self._tree.remove_leftovers()
 
     def sweep_orphans(self, known: set[str]) -> int:
         """Remove crops no face in the store names (a crash between writing and committing)."""

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from .atomic import remove_leftovers, write_atomic
+from .atomic import Scattered, write_atomic
 from .boxes import overlap
 from .bundles import Bundle
 from .config import ExportSettings
@@ -119,6 +119,7 @@ class SwapCache:
         self.padding = padding
         self._prepared = False
         self._preparing = threading.Lock()
+        self._tree = Scattered(directory)
 
     def prepare(self) -> None:
         """PNGs of another size or padding are no use: they go, and are made again. Once per process;
@@ -138,6 +139,7 @@ class SwapCache:
                 if self.directory.exists():
                     shutil.rmtree(self.directory)
                 self.directory.mkdir(parents=True, exist_ok=True)
+                self._tree.made()
                 write_atomic(self.directory / PARAMETERS, json.dumps(wanted).encode())
             self._prepared = True
 
@@ -176,12 +178,12 @@ class SwapCache:
         placed = placed_box(box, self.padding, self.size)
         verdict = one_face(np.asarray(pixels, np.uint8), placed, embedder)
         if verdict.pixels is None:
-            write_atomic(self._path(crop, ".excluded"), (verdict.note or "left out").encode())
+            self._tree.write(self._path(crop, ".excluded"), (verdict.note or "left out").encode())
             png.unlink(missing_ok=True)
             return
         if verdict.pixels is not pixels:
             self._write_png(crop, verdict.pixels)
-        write_atomic(checked, b"")
+        self._tree.write(checked, b"")
 
     def _write_png(self, crop: str, pixels: NDArray[np.uint8]) -> None:
         target = self.png(crop)
@@ -189,7 +191,7 @@ class SwapCache:
         ok, encoded = cv2.imencode(".png", pixels)
         if not ok:
             raise OSError(f"cannot encode the PNG of {crop}")
-        write_atomic(target, bytes(encoded.tobytes()))
+        self._tree.write(target, bytes(encoded.tobytes()))
 
     def remove(self, crops: Sequence[str]) -> None:
         """The PNGs (and their notes) of faces that are gone."""
@@ -200,10 +202,8 @@ class SwapCache:
                 (self.directory / Path(crop).with_suffix(suffix)).unlink(missing_ok=True)
 
     def remove_leftovers(self) -> None:
-        if self.directory.is_dir():
-            for folder in self.directory.iterdir():
-                if folder.is_dir():
-                    remove_leftovers(folder)
+        """Temporary files of a process killed while writing a PNG or its note."""
+        self._tree.remove_leftovers()
 
 
 def distances_from_centre(embeddings: dict[int, NDArray[np.float32]], face_ids: Sequence[int]) -> dict[int, float]:
