@@ -68,6 +68,10 @@ MAX_FACESET_NUMBER = 999_999
 MAX_TEXT_BYTES = 64 * 1024 * 1024
 
 
+# What a file of a folder is made from: a file to link (or copy), bytes, or a bundle of files.
+Source = Path | bytes | Bundle
+
+
 @dataclass
 class Plan:
     """What one faceset folder must hold: its manifest (under `manifest_name`), and each file by name,
@@ -76,7 +80,7 @@ class Plan:
 
     manifest_name: str
     manifest: dict[str, Any]
-    files: dict[str, Path | bytes | Bundle]
+    files: dict[str, Source]
     placeholders: dict[str, bytes] = field(default_factory=dict)
 
 
@@ -522,7 +526,7 @@ def crops_plan(
     name: str | None = None,
     link_of: Callable[[ExportFace], str | None] = no_link,
 ) -> Plan:
-    files: dict[str, Path | bytes | Bundle] = {face_file(face): crops_dir / face.crop for face in faces}
+    files: dict[str, Source] = {face_file(face): crops_dir / face.crop for face in faces}
     return Plan(MANIFEST, manifest(number, faces, subset, name, link_of), files)
 
 
@@ -664,9 +668,9 @@ def _apply_marked(change: _Change, mode: int) -> None:
         _put(change.folder, change.place, mode)
 
 
-def _put(final: Path, files: Mapping[str, Path | bytes | Bundle], mode: int) -> None:
-    """Facesyncd's `files` (name -> the file to place, or bytes) into the folder `final`, each in
-    place of what has its name."""
+def _put(final: Path, files: Mapping[str, Source], mode: int) -> None:
+    """Facesyncd's `files` (name -> what to make it from) into the folder `final`, each in place of
+    what has its name."""
     group = _new_file_group(final)
     for name, source in files.items():
         target = final / name
@@ -786,7 +790,7 @@ def _update_in_place(folder: _Folder, plan: Plan, wanted: dict[str, Any], placeh
 
 def _apply(
     final: Path,
-    changed: Mapping[str, Path | bytes | Bundle],
+    changed: Mapping[str, Source],
     retired: Sequence[str],
     manifest: tuple[str, str],
     placeholders: Mapping[str, bytes] | None = None,
@@ -829,7 +833,7 @@ def _ours_present(folder: _Folder) -> set[str]:
     return present
 
 
-def _same_file(folder: Path, inodes: Mapping[str, int], device: int, name: str, source: Path | bytes | Bundle) -> bool:
+def _same_file(folder: Path, inodes: Mapping[str, int], device: int, name: str, source: Source) -> bool:
     """Whether the folder's `name` already holds `source`: the file it was linked from (its inode, as
     the folder's listing gave it, `inodes`: one stat per file, of the source; without it, the target
     is stat'ed), a copy of the same size and time (see _place), the same bytes, or the same bundle."""

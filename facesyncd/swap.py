@@ -29,7 +29,7 @@ from .boxes import overlap
 from .bundles import Bundle
 from .config import ExportSettings
 from .embedder import Embedder
-from .export import NAME_FILE, SCHEMA_VERSION, SWAP_MANIFEST, TOP_FOLDER, Plan, faceset_name, photo_entry
+from .export import NAME_FILE, SCHEMA_VERSION, SWAP_MANIFEST, TOP_FOLDER, Plan, Source, faceset_name, photo_entry
 from .imaging import DecodedImage
 from .models import Box, ExportFace
 
@@ -325,7 +325,7 @@ def plan(
         ],
         "written_by": "facesyncd",  # the older pipeline writes a manifest.json too: this one is ours
     }
-    contents: dict[str, Path | bytes | Bundle] = {file: cache.png(face.crop) for file, face in files.items()}
+    contents: dict[str, Source] = {file: cache.png(face.crop) for file, face in files.items()}
     contents.update({f"{TOP_FOLDER}/{file}": cache.png(files[file].crop) for file in top})
     for bundle_name, bundled in bundles.items():  # (written from the PNGs only if the folder lacks it)
         contents[bundle_name] = Bundle(tuple((file, cache.png(files[file].crop)) for file in bundled))
