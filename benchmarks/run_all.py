@@ -22,6 +22,7 @@ import bench_nochange
 import bench_pages
 import bench_pool_reach
 import bench_queries
+import bench_route
 
 import bench_cluster
 import bench_index
@@ -50,6 +51,7 @@ def main() -> None:
         ("corrections", bench_curation.main),
         ("review pages", bench_pages.main),
         ("index", bench_index.main),
+        ("identities the index search reads", bench_route.main),
         ("export disk use", bench_export_disk.main),
         ("swap bundles", bench_bundles.main),
         ("a cycle with nothing new", bench_nochange.main),
