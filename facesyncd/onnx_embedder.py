@@ -144,6 +144,11 @@ def _preload_gpu_libraries(onnxruntime: Any, providers: list[str]) -> None:
             log.warning("onnxruntime: %s", line.strip())
 
 
+def _on_cpu(session: Any) -> bool:
+    """Whether the session runs on the CPU (onnxruntime's first provider of it), not a GPU."""
+    return bool(session.get_providers()[0] == "CPUExecutionProvider")
+
+
 def _session(path: Path, providers: list[str], options: Any) -> tuple[Any, list[str]]:
     """An onnxruntime session for one model file; a provider that fails to start (a GPU library
     missing, say) is dropped with a warning and the next one is tried, down to the CPU."""
@@ -443,7 +448,7 @@ class OnnxEmbedder:
             elif task == "recognition" and self._recognizer is None:
                 session, providers = _session(path, providers, options)
                 self._recognizer = Recognizer(session, graph)
-                if session.get_providers()[0] != "CPUExecutionProvider" and not self._recognizer.batch_fixed:
+                if not _on_cpu(session) and not self._recognizer.batch_fixed:
                     self._recognizer.batch_session = _session(path, providers, options)[0]
         if self._detector is None or self._recognizer is None:
             missing = "detector" if self._detector is None else "recognizer"
@@ -458,7 +463,7 @@ class OnnxEmbedder:
                 self.providers[0],
                 chosen,
             )
-        self._detector_on_cpu = self._detector.session.get_providers()[0] == "CPUExecutionProvider"
+        self._detector_on_cpu = _on_cpu(self._detector.session)
         self.dimension = self._recognizer.declared_dimension or int(
             self._recognizer.embed([np.zeros((self._recognizer.size,) * 2 + (3,), np.uint8)]).shape[-1]
         )
@@ -482,7 +487,7 @@ class OnnxEmbedder:
             if not self._detector_on_cpu:
                 size = self._model_settings.det_size
                 self._detector.detect(np.zeros((size, size, 3), np.uint8), (size, size), 1.0)
-            if recognizer.session.get_providers()[0] != "CPUExecutionProvider":
+            if not _on_cpu(recognizer.session):
                 recognizer.embed([face])
             if recognizer.batch_session is not None:
                 recognizer.embed_batch([face])
