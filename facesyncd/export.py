@@ -676,11 +676,12 @@ def _put(final: Path, files: Mapping[str, Source], mode: int) -> None:
         target = final / name
         if "/" in name:
             target.parent.mkdir(exist_ok=True)
-        if target.is_symlink() or target.is_file():
+        # (a bundle replaces its old one in one rename: that stays until the new one is whole)
+        if not isinstance(source, Bundle) and (target.is_symlink() or target.is_file()):
             target.unlink()
         if isinstance(source, Path):
             _place(source, target, group, mode)
-        elif isinstance(source, Bundle):  # whole or not at all: it may take a while
+        elif isinstance(source, Bundle):
             write_atomic(target, source.write, mode=mode, durable=False)
         else:
             target.write_bytes(source)

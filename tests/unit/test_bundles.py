@@ -66,3 +66,19 @@ def test_a_bundle_on_disk_is_this_one_only_with_the_same_members_in_order_and_th
     assert not Bundle(((members[0][0], tmp_path / "gone.png"),)).written_at(target)
     target.write_bytes(target.read_bytes()[:-30])
     assert not Bundle(tuple(members)).written_at(target)
+
+
+def test_a_bundle_that_cannot_be_written_whole_leaves_the_one_before_it(tmp_path: Path) -> None:
+    """A folder's bundle is replaced in one rename: a PNG gone meanwhile (or a kill) leaves the old
+    bundle for the tools that read it, not none, and no half-written file beside it."""
+    from facesyncd.export import _put
+
+    members = _files(tmp_path, 3, 20_000)
+    folder = tmp_path / "faceset_001"
+    folder.mkdir()
+    _put(folder, {"faceset_001.fsz": Bundle(tuple(members))}, 0o644)
+    before = (folder / "faceset_001.fsz").read_bytes()
+    broken = Bundle((*members, ("face_0000009.png", tmp_path / "gone.png")))
+    with pytest.raises(FileNotFoundError):
+        _put(folder, {"faceset_001.fsz": broken}, 0o644)
+    assert (folder / "faceset_001.fsz").read_bytes() == before and os.listdir(folder) == ["faceset_001.fsz"]
