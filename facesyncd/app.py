@@ -18,7 +18,7 @@ from .embedder import Embedder, make_embedder
 from .immich import ClientFactory, ClientSet, ImmichClient
 from .index import IndexKeeper
 from .layouts import Layout, make_layout
-from .pool import PoolKeeper
+from .pool import POOL_FILE, PoolKeeper
 from .progress import Reporter, SilentReporter
 from .store import Store
 from .swap import SwapCache
@@ -51,7 +51,7 @@ class App:
         export = self.settings.export
         self.swap = SwapCache(self.settings.state_dir / "swap", export.swap_size, export.swap_padding)
         self.index = IndexKeeper(self.store, self.settings.state_dir, self._dimension)
-        self.pool = PoolKeeper(self.store)
+        self.pool = PoolKeeper(self.store, self.settings.state_dir / POOL_FILE)
         self.layout = make_layout(export, self.settings.facesets_dir, self.crops, self.swap, self.embedder)
         self.caches = Caches(self.crops, self.swap, self.index)
         self.leftovers_removed = False  # a killed process's temporary files: looked for once per process

@@ -78,6 +78,9 @@ _CUT = "b.decoded_from != 'import' AND (f.x1 <= 1 OR f.y1 <= 1 OR f.x2 >= b.widt
 
 # The newest pool mark cleared (see Store.pool_marks).
 _POOL_MARKS_CLEARED = "pool_marks_cleared"
+# Meta: the token of the pool's file that holds the pool as the store had it at the file's mark
+# (pool.PoolKeeper); a file with another token is not the store's.
+_POOL_FILE_TOKEN = "pool_file_token"
 
 # A face compared with every identity and in none, that clustering may open a faceset from.
 POOL = f"f.identity IS NULL AND f.matched_at IS NOT NULL AND f.held IS NULL AND {LIVE_FACES}"
@@ -281,8 +284,23 @@ class FaceQueries(Database):
         rows = self.tuples("SELECT seq, face_id FROM pool_marks WHERE seq > ? ORDER BY seq", (since,))
         return (rows[-1][0] if rows else since), [face for _, face in rows]
 
+    def pool_file_token(self) -> str | None:
+        """The token of the pool's file that is the store's pool at its mark (see kept_pool_file)."""
+        return self.get_meta(_POOL_FILE_TOKEN)
+
+    def kept_pool_file(self, token: str, mark: int) -> None:
+        """The pool's file with `token`, just written, holds the pool as it stood at `mark`: it is
+        the store's from now on (any other is not), and the marks up to it are cleared (a reader of
+        the file reads those after it)."""
+        with self.transaction():
+            self.set_meta(_POOL_FILE_TOKEN, token)
+            self.clear_pool_marks(mark)
+
     def newest_pool_mark(self) -> int:
-        return int(self.scalar("SELECT COALESCE(MAX(seq), 0) FROM pool_marks"))
+        """The newest mark made: of those left, or the newest cleared (with none left, a reader that
+        takes 0 for the newest is behind the marks cleared, and would read the pool whole again)."""
+        left = self.scalar("SELECT MAX(seq) FROM pool_marks")
+        return int(left) if left is not None else int(self.get_meta(_POOL_MARKS_CLEARED) or 0)
 
     def clear_pool_marks(self, upto: int) -> None:
         """The pool as it stood at mark `upto` was read: those marks are cleared (a reader behind

@@ -454,7 +454,7 @@ def test_a_reader_behind_the_marks_another_cleared_reads_the_pool_whole(store: S
     assert store.pool_marks(0) is None  # the first reads cleared marks
     changed = second.get()
     assert by_id(first.get()) == by_id(changed) == by_id(store.pool_arrays())
-    assert len(changed.ids) == int(np.sum(np.ones(len(changed.ids)))) and store.newest_pool_mark() == 0
+    assert len(changed.ids) == int(np.sum(np.ones(len(changed.ids)))) and not store.tuples("SELECT 1 FROM pool_marks")
 
 
 def test_a_pool_read_inside_a_transaction_that_is_undone_is_read_whole_after_a_drop(store: Store) -> None:
@@ -510,6 +510,153 @@ def test_the_pool_groups_sizes_held_are_those_the_store_has_after_any_writer(sto
         assert first.group_sizes().as_dict() == {1: 3, 4: 2, 10: 2}
         raise Failed
     assert first.group_sizes().as_dict() == {1: 3, 4: 2, 9: 1} == read()[1]  # the write undone: read again
+
+
+def _pooled(store: Store, rng: random.Random) -> None:
+    """A third of the faces in the pool, in groups, each face with its own embedding."""
+    with store.transaction():
+        for (face,) in store.tuples("SELECT id FROM faces"):
+            store.execute("UPDATE faces SET embedding = ? WHERE id = ?", (embedding(rng), face))
+        store.execute("UPDATE faces SET identity = NULL WHERE id % 3 = 0")
+        store.execute("INSERT INTO pool_members (face_id, grp) SELECT id, id % 4 FROM faces WHERE id % 3 = 0")
+
+
+def _counting_whole_reads(store: Store, monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], object]:
+    """store.pool_arrays counted: how many times it read the pool whole; and the uncounted read."""
+    whole: list[int] = []
+    read = store.pool_arrays
+
+    def counted(ids: list[int] | None = None) -> object:
+        if ids is None:
+            whole.append(1)
+        return read(ids)
+
+    monkeypatch.setattr(store, "pool_arrays", counted)
+    return whole, read
+
+
+@pytest.mark.parametrize("seed", [13, 22])
+def test_a_new_process_takes_the_pool_from_its_file_and_the_marks_since(
+    store: Store, tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 24: between processes the pool's arrays are kept in a file (pool.POOL_FILE). After every
+    kind of write, a new process (a new keeper) holds what the store has, read from the file and the
+    faces marked since, never the whole pool but the first time; the file is written again as marks
+    pile up, and the marks are cleared up to it (they do not pile up for ever)."""
+    import facesyncd.pool as pool_module
+    from facesyncd.pool import POOL_FILE, PoolKeeper
+
+    monkeypatch.setattr(pool_module, "_SAVE_AT_LEAST", 6)  # (the test's pool is small)
+    rng = random.Random(seed)
+    _pooled(store, rng)
+    file = tmp_path / POOL_FILE
+    whole, read = _counting_whole_reads(store, monkeypatch)
+    writes = []
+    write_file = PoolKeeper._write_file
+    monkeypatch.setattr(PoolKeeper, "_write_file", lambda self: writes.append(1) or write_file(self))
+    daemon = PoolKeeper(store, file)
+    assert by_id(daemon.get()) == by_id(read()) and whole == [1] and file.exists()
+    marks_left = []
+    for step in range(300):
+        kind = random_write(store, rng, step, embedding(rng)) if rng.random() < 0.5 else pool_write(store, rng, step)
+        if rng.random() < 0.3:
+            assert by_id(daemon.get()) == by_id(read()), f"step {step} ({kind}): the daemon"
+        if rng.random() < 0.3:
+            assert by_id(PoolKeeper(store, file).get()) == by_id(read()), f"step {step} ({kind}): a new process"
+        marks_left.append(len(store.tuples("SELECT 1 FROM pool_marks")))
+    assert whole == [1] and len(writes) > 5
+    assert max(marks_left) < 40 and min(marks_left[100:]) < 10  # cleared as the file is written
+
+
+def test_a_pool_file_that_is_not_the_stores_is_passed_over(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file the store did not keep (another store's, one damaged, one whose marks since were
+    cleared, one written in a transaction that was undone) is passed over: the pool is read whole,
+    as the store has it; a file that cannot be written costs the cycle nothing."""
+    import facesyncd.pool as pool_module
+    from facesyncd.pool import POOL_FILE, PoolKeeper
+
+    monkeypatch.setattr(pool_module, "_SAVE_AT_LEAST", 0)  # every read of a mark writes the file
+    monkeypatch.setattr(pool_module, "SAVE_BEHIND", 0.0)
+    _pooled(store, random.Random(4))
+    file = tmp_path / POOL_FILE
+    whole, read = _counting_whole_reads(store, monkeypatch)
+
+    def new_process() -> dict[str, list[object]]:
+        whole.clear()
+        held = by_id(PoolKeeper(store, file).get())
+        assert held == by_id(read())
+        return held
+
+    def change() -> None:
+        with store.transaction():
+            store.execute(  # a pooled face set aside, or back (a mark each time)
+                "UPDATE faces SET held = CASE WHEN held IS NULL THEN 'quarantine' END "
+                "WHERE id = (SELECT MIN(id) FROM faces WHERE identity IS NULL)"
+            )
+
+    new_process()
+    assert whole == [1] and file.exists()
+    before = len(new_process()["ids"])
+    change()
+    assert len(new_process()["ids"]) == before - 1 and not whole  # the file, and the marks since
+    change()
+
+    other = Store(tmp_path / "other.db")  # another store's file: its token is not this one's
+    with other.transaction():
+        other.set_meta("pool_file_token", "0123456789abcdef")
+    PoolKeeper(other, tmp_path / "other-pool.npz").get()
+    shutil.copyfile(tmp_path / "other-pool.npz", file)
+    new_process()
+    assert whole == [1]
+
+    file.write_bytes(file.read_bytes()[:200])  # damaged: cut short
+    with caplog.at_level("WARNING"):
+        new_process()
+    assert whole == [1] and "unreadable" in caplog.text
+
+    change()  # marked after the file; then a keeper without a file clears every mark
+    PoolKeeper(store).get()
+    new_process()
+    assert whole == [1]
+
+    class Failed(Exception):
+        pass
+
+    with pytest.raises(Failed), store.transaction():  # a file written in a transaction that is undone
+        change()
+        PoolKeeper(store, file).get()
+        raise Failed
+    new_process()
+    assert whole == [1]
+
+    def full(*_: object, **__: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pool_module, "write_atomic", full)
+    change()
+    with caplog.at_level("WARNING"):
+        new_process()
+    assert "cannot write the pool's file" in caplog.text
+    change()
+    monkeypatch.undo()  # (the counting too: a plain keeper now)
+    assert by_id(PoolKeeper(store, file).get()) == by_id(store.pool_arrays())
+
+
+def test_a_pool_read_whole_when_no_mark_is_left_is_not_read_whole_again(store: Store, monkeypatch) -> None:
+    """With every mark cleared, the newest mark is the newest cleared, not 0: a keeper that read the
+    pool whole then reads only what is marked after, not the whole pool at each read."""
+    from facesyncd.pool import PoolKeeper
+
+    _pooled(store, random.Random(5))
+    PoolKeeper(store).get()  # clears every mark
+    assert not store.tuples("SELECT 1 FROM pool_marks")
+    whole, _ = _counting_whole_reads(store, monkeypatch)
+    keeper = PoolKeeper(store)
+    keeper.get()
+    keeper.get()
+    assert whole == [1]
 
 
 # -- the names step's marks ----------------------------------------------------------------------------
