@@ -34,6 +34,8 @@ POOL_FILE = "pool.npz"
 # 500,000 reads about as many marked faces, 0.01 CPU-s, and writes 35 MB once in about ten).
 SAVE_BEHIND = 0.05
 _SAVE_AT_LEAST = 1024
+# Faces marked since the last read past which (and past a quarter of the pool) it is read whole.
+_READ_WHOLE_PAST = 1024
 # What a file holds, in which layout: one of another layout is passed over.
 _FILE_FORMAT = 1
 # Arrays of the file, in the order of PoolKeeper._arrays.
@@ -90,7 +92,9 @@ class PoolKeeper:
             else:
                 upto, changed = marks
                 self._behind += len(changed)
-                if len(changed) > max(1024, self._count // 4):  # a clustering of the whole pool regrouped it
+                if len(changed) > max(
+                    _READ_WHOLE_PAST, self._count // 4
+                ):  # a clustering of the whole pool regrouped it
                     self._load(store.pool_arrays())
                 elif changed:
                     self._update(changed, store.pool_arrays(changed))
@@ -152,9 +156,7 @@ class PoolKeeper:
             remove_leftovers(self._file.parent, self._file.name)  # of a process killed while writing it
             write_atomic(self._file, write)
         except OSError as problem:
-            log.warning(
-                "could not write the pool's file %s (%s): a new process reads the whole pool", self._file, problem
-            )
+            log.warning("cannot write the pool's file %s (%s): a new process reads the whole pool", self._file, problem)
             return
         self._store.kept_pool_file(token, self._upto)
         self._file_mark, self._behind = self._upto, 0
@@ -171,8 +173,19 @@ class PoolKeeper:
 
     def replace_groups(self, groups: dict[int, list[int]], replaced: set[int], *, everything: bool) -> None:
         """Store.replace_pool_groups, and the same change made to the sizes held (when they were those
-        the store had: else they are read again when next asked for)."""
+        the store had: else they are read again when next asked for).
+
+        Groups made for the whole pool mark every pooled face: the file then lags by the whole pool,
+        and the next process would read the pool whole and write it. This process, which has just
+        clustered the whole pool, does so now instead (arrays got before are not to be used after)."""
         before, after = self._store.replace_pool_groups(groups, replaced, everything=everything)
+        self._sizes_replaced(groups, replaced, before, after, everything=everything)
+        if everything and self._file is not None:
+            self.get()
+
+    def _sizes_replaced(
+        self, groups: dict[int, list[int]], replaced: set[int], before: str | None, after: str, *, everything: bool
+    ) -> None:
         if self._sizes is None or before != self._sizes_token:  # (None twice: no token yet, nothing else wrote)
             self._sizes = None
             return

@@ -644,6 +644,28 @@ def test_a_pool_file_that_is_not_the_stores_is_passed_over(
     assert by_id(PoolKeeper(store, file).get()) == by_id(store.pool_arrays())
 
 
+def test_a_process_that_groups_the_whole_pool_leaves_a_file_the_next_one_reads(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Grouping the whole pool marks every pooled face: the process that did it writes the file
+    again, so that the next process reads it, not the whole pool."""
+    import facesyncd.pool as pool_module
+    from facesyncd.pool import POOL_FILE, PoolKeeper
+
+    monkeypatch.setattr(pool_module, "_SAVE_AT_LEAST", 2)  # (the test's pool is small)
+    monkeypatch.setattr(pool_module, "_READ_WHOLE_PAST", 2)
+    _pooled(store, random.Random(6))
+    file = tmp_path / POOL_FILE
+    whole, read = _counting_whole_reads(store, monkeypatch)
+    first = PoolKeeper(store, file)
+    ids = first.get().ids.tolist()
+    assert whole == [1] and len(ids) > 8
+    first.replace_groups({face: [face] for face in ids}, set(), everything=True)  # every face its own group
+    whole.clear()
+    held = by_id(PoolKeeper(store, file).get())
+    assert held == by_id(read()) and held["group"] == held["ids"] and not whole
+
+
 def test_a_pool_read_whole_when_no_mark_is_left_is_not_read_whole_again(store: Store, monkeypatch) -> None:
     """With every mark cleared, the newest mark is the newest cleared, not 0: a keeper that read the
     pool whole then reads only what is marked after, not the whole pool at each read."""
