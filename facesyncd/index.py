@@ -197,6 +197,20 @@ class _Routed:
             groups = self._regrouped()
         return groups
 
+    def totals(self) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.int64]]:
+        """The identities with live rows (ascending), the sum of each one's rows (in float64) and
+        their count: read as runs of the matrix, an identity at a time (np.add.reduceat over the
+        rows gathered in identity order took 0.22 CPU-s at 500,000 faces, this 0.04)."""
+        owners, groups = self._groups if self._groups is not None else self._regrouped()
+        sums = np.zeros((len(owners), self._vectors.shape[1]))
+        counts = np.zeros(len(owners), np.int64)
+        for at, (first, stop, rest) in enumerate(groups):
+            sums[at] = self._vectors[first:stop].sum(axis=0, dtype=np.float64)
+            if len(rest):
+                sums[at] += self._vectors[rest].sum(axis=0, dtype=np.float64)
+            counts[at] = stop - first + len(rest)
+        return owners, sums, counts
+
     def _regrouped(self) -> tuple[NDArray[np.int64], list[Group]]:
         live = np.flatnonzero(self._live[: self._count])
         owners, members = _grouped(live, self._owners[live])
@@ -659,14 +673,14 @@ class FaceIndex:
             return None  # as cheap to build afresh, and compact
         index.identity_of = {face_id: identity for face_id, identity in identity_of.items() if face_id in live}
         index._index.set_owners(index.identity_of)  # the store's identities: merges and moves made meanwhile
-        labels = list(index.identity_of)
-        try:
-            for start in range(0, len(labels), 10_000):
-                chunk = labels[start : start + 10_000]
-                index._account(index._index.vectors(chunk), [index.identity_of[label] for label in chunk], 1)
-        except (RuntimeError, KeyError) as error:  # a face the file lacks
-            log.warning("face index in %s lacks faces of the store (%s); rebuilding it", state_dir, error)
+        owners, sums, counts = index._index.totals()
+        if int(counts.sum()) != len(index.identity_of):  # a face the file lacks, or holds twice
+            log.warning("face index in %s does not hold the store's faces once each; rebuilding it", state_dir)
             return None
+        numbers = owners.tolist()
+        index._sums = dict(zip(numbers, sums, strict=True))
+        index._counts = dict(zip(numbers, counts.tolist(), strict=True))
+        index._moved(numbers)
         if not current:
             index._index.mark_deleted(np.asarray(leaving, np.int64))
             if index._dead is not None:

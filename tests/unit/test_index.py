@@ -139,6 +139,11 @@ def test_a_saved_index_behind_the_store_is_brought_in_step_not_rebuilt(tmp_path:
     assert loaded.query(spare[:1], k=1)[0][0, 0] == 9000
     assert loaded.query(data[1:2], k=1)[0][0, 0] == 101
     assert loaded.mean_distances(spare[0], [42])[42] < 1.0  # the centres follow the store
+    fresh = FaceIndex(32)  # every identity's faces and centre: those of the store's faces
+    fresh.add(sorted(store), np.stack([embeddings[face] for face in sorted(store)]), [store[f] for f in sorted(store)])
+    assert loaded.face_counts() == fresh.face_counts()
+    centres = loaded.centres()
+    assert all(np.allclose(centres[number], centre, atol=1e-6) for number, centre in fresh.centres().items())
     loaded.save(tmp_path, version=6)
     again = FaceIndex.load(tmp_path, 32, 6, store, embeddings_of)
     assert again is not None and not again.behind_on_disk and again.identity_of == store
