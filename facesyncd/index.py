@@ -412,6 +412,8 @@ def _joined(
 
 def _grouped(rows: NDArray[np.int64], owners: NDArray[np.int64]) -> tuple[NDArray[np.int64], list[NDArray[np.int64]]]:
     """The owners of these rows (ascending; `owners`: each row's) and the rows of each, in their order."""
+    if not len(rows):  # np.split of no rows gives one empty part: a group without an owner
+        return owners[:0], []
     order = np.argsort(owners, kind="stable")
     distinct, starts = np.unique(owners[order], return_index=True)
     return distinct, np.split(rows[order], starts[1:])

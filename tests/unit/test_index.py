@@ -101,6 +101,18 @@ def test_removed_faces_are_never_found_and_survive_a_save(tmp_path: Path) -> Non
     assert len(loaded) == 2951
 
 
+def test_an_index_whose_every_face_was_removed_loads_empty_and_takes_faces_again(tmp_path: Path) -> None:
+    """Every photo in the trash leaves a saved index without a live face: loading it must not fail
+    (a sync did, on an identity sum for no identity) and it must still take faces."""
+    index, data, identity_of = built(tmp_path, count=40)
+    index.remove(list(identity_of))
+    index.save(tmp_path, version=5)
+    loaded = FaceIndex.load(tmp_path, 32, 5, {})
+    assert loaded is not None and len(loaded) == 0
+    loaded.add([500], vectors(1, seed=9), [4])
+    assert loaded.query(vectors(1, seed=9), 1)[0][0, 0] == 500
+
+
 def test_an_index_written_by_an_earlier_facesyncd_is_rebuilt(tmp_path: Path) -> None:
     """Earlier versions saved an hnswlib graph, with no `backend` in the sidecar."""
     _, _, identity_of = built(tmp_path)
