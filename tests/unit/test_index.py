@@ -217,6 +217,19 @@ def test_many_identities_are_searched_through_the_nearest_ones_with_full_recall(
     assert (one[0] == labels[0]).all()
 
 
+def test_the_identities_a_query_is_routed_to_are_those_with_the_nearest_centres() -> None:
+    """Both ways of taking each row's largest values (few columns: a partition; many: one maximum at
+    a time) give each row's ROUTE largest, as a full sort does."""
+    rng = np.random.default_rng(4)
+    route = index_module.ROUTE
+    for columns in (route + 1, index_module._ROUNDS_PAST * route, index_module._ROUNDS_PAST * route + 1, 1500):
+        values = rng.normal(size=(50, columns)).astype(np.float32)
+        chosen = index_module._largest(values.copy(), route)
+        assert chosen.shape == (50, route) and all(len(set(row)) == route for row in chosen)
+        expected = np.sort(values, axis=1)[:, -route:]
+        assert np.array_equal(np.sort(np.take_along_axis(values, chosen, axis=1), axis=1), expected), columns
+
+
 def test_faces_added_after_a_search_join_their_identities_groups_as_a_regrouping_would() -> None:
     """A search groups the rows by identity; faces added after it join those groups (new identities
     among them) instead of every row being grouped again, and the groups are those a regrouping
