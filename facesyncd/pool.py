@@ -92,9 +92,7 @@ class PoolKeeper:
             else:
                 upto, changed = marks
                 self._behind += len(changed)
-                if len(changed) > max(
-                    _READ_WHOLE_PAST, self._count // 4
-                ):  # a clustering of the whole pool regrouped it
+                if len(changed) > max(_READ_WHOLE_PAST, self._count // 4):  # the whole pool was regrouped
                     self._load(store.pool_arrays())
                 elif changed:
                     self._update(changed, store.pool_arrays(changed))
@@ -153,6 +151,7 @@ class PoolKeeper:
                 np.savez(output, about=np.array(json.dumps(about)), **arrays)
 
         try:
+            # (no other process writes the file meanwhile: get() holds the store's write transaction)
             remove_leftovers(self._file.parent, self._file.name)  # of a process killed while writing it
             write_atomic(self._file, write)
         except OSError as problem:
