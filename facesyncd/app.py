@@ -18,6 +18,7 @@ from .embedder import Embedder, make_embedder
 from .immich import ClientFactory, ClientSet, ImmichClient
 from .index import IndexKeeper
 from .layouts import Layout, make_layout
+from .merge_file import MERGE_FILE, MergeFile
 from .pool import POOL_FILE, PoolKeeper
 from .progress import Reporter, SilentReporter
 from .store import Store
@@ -52,6 +53,7 @@ class App:
         self.swap = SwapCache(self.settings.state_dir / "swap", export.swap_size, export.swap_padding)
         self.index = IndexKeeper(self.store, self.settings.state_dir, self._dimension)
         self.pool = PoolKeeper(self.store, self.settings.state_dir / POOL_FILE)
+        self.merges.file = MergeFile(self.settings.state_dir / MERGE_FILE)
         self.layout = make_layout(export, self.settings.facesets_dir, self.crops, self.swap, self.embedder)
         self.caches = Caches(self.crops, self.swap, self.index)
         self.leftovers_removed = False  # a killed process's temporary files: looked for once per process

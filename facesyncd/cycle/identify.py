@@ -25,6 +25,7 @@ from ..identities import (
     seed_mask,
 )
 from ..index import FaceIndex, IndexKeeper
+from ..merge_file import MergeFile
 from ..models import CycleReport, PoolArrays, StoredFace
 from ..pool import PoolKeeper
 from ..progress import Reporter
@@ -49,6 +50,7 @@ class MergeLook:
     seen: tuple[int, float, frozenset[int], frozenset[frozenset[int]]] | None = None
     again: set[int] = field(default_factory=set)
     change: int = 0  # the index's count of changes at that look (FaceIndex.moved_since)
+    file: MergeFile | None = None  # the last look of any process (merge_file.py), for this one's first
 
 
 @dataclass(frozen=True)
@@ -349,12 +351,16 @@ def _merge(parts: IdentifyParts, report: CycleReport) -> None:
     look = parts.merges
     locked = parts.store.locked_identities()
     kept_apart = parts.store.kept_apart()
-    seen = (index.serial, parts.settings.merge_distance, frozenset(locked), frozenset(kept_apart))
+    key = (parts.settings.merge_distance, frozenset(locked), frozenset(kept_apart))
+    seen = (index.serial, *key)
     same = look.seen == seen
     moved, change = index.moved_since(look.change if same else 0)
-    among = moved | look.again if same else None
-    look.seen, look.again = None, set()  # (a look that fails half way is not remembered)
+    look.seen, again, look.again = None, look.again, set()  # (a look that fails half way is not remembered)
     centres = {number: centre for number, centre in index.centres().items() if number not in locked}
+    if same:
+        among: set[int] | None = moved | again
+    else:
+        among = look.file.moved(key, centres) if look.file is not None else None
     candidates = merge_candidates(centres, parts.settings.merge_distance, among)
     chosen: list[tuple[int, int]] = []
     if candidates:
@@ -368,7 +374,12 @@ def _merge(parts: IdentifyParts, report: CycleReport) -> None:
         index.relabel(retired, kept)
         report.identities_merged.append((retired, kept))
         log.info("faceset %03d is the same person as %03d: merged into it, %03d retired", retired, kept, retired)
-    look.seen, look.again, look.change = seen, {number for pair in chosen for number in pair}, change
+    merged = {number for pair in chosen for number in pair}
+    if look.file is not None:
+        if chosen:  # the centres as the merges left them
+            centres = {number: centre for number, centre in index.centres().items() if number not in locked}
+        look.file.looked(key, centres, among, merged)
+    look.seen, look.again, look.change = seen, merged, change
 
 
 def _add_to_index(parts: IdentifyParts, faces: list[StoredFace], matches: dict[int, tuple[int, float]]) -> None:

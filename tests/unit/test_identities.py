@@ -308,16 +308,24 @@ def test_a_look_for_merges_at_the_centres_that_moved_merges_what_a_look_at_every
     """Two stores take the same writes: faces joining identities (drawn towards another identity),
     faces put in another identity's photo (two people), locks and unlocks. After each, one store's
     process looks for merges as a daemon does (the centres that moved since its last look), the
-    other's at every pair: they merge the same identities, step by step."""
+    other's at every pair: they merge the same identities, step by step. A third store's looks are
+    each a new process's first, with the file the last one left (merge_file.py): the same again."""
     from dataclasses import replace
 
     import facesyncd.cycle.identify as identify
     from facesyncd.cycle import merge_identities
     from facesyncd.cycle.identify import MergeLook
+    from facesyncd.merge_file import MERGE_FILE, MergeFile
     from facesyncd.models import CycleReport
 
     rng = np.random.default_rng(seed)
-    moved, whole = (_app(tmp_path / name, mean_join=False, merge_distance=0.4) for name in ("moved", "whole"))
+    moved, whole, started = (
+        _app(tmp_path / name, mean_join=False, merge_distance=0.4) for name in ("moved", "whole", "started")
+    )
+    apps = (moved, whole, started)
+    from_file: list[set[int] | None] = []
+    read = MergeFile.moved
+    monkeypatch.setattr(MergeFile, "moved", lambda *a: from_file.append(read(*a)) or from_file[-1])
     asked: list[bool] = []
     candidates = identify.merge_candidates
     monkeypatch.setattr(identify, "merge_candidates", lambda *a: asked.append(a[2] is not None) or candidates(*a))
@@ -328,7 +336,7 @@ def test_a_look_for_merges_at_the_centres_that_moved_merges_what_a_look_at_every
     def join(number: int, vector: np.ndarray) -> int:
         nonlocal made
         made += 1
-        for app in (moved, whole):
+        for app in apps:
             [face] = _add(app, vector[None], f"face{made}")
             app.store.record_matches({face: (number, 0.3)}, [face])
             app.index.add([face], vector[None].astype(np.float32), [number])
@@ -337,15 +345,19 @@ def test_a_look_for_merges_at_the_centres_that_moved_merges_what_a_look_at_every
     numbers = []
     for centre in centres:
         numbers.append(moved.store.create_identity({}))
-        assert whole.store.create_identity({}) == numbers[-1]
+        assert whole.store.create_identity({}) == started.store.create_identity({}) == numbers[-1]
         for _ in range(3):
             join(numbers[-1], unit(centre + 0.3 * unit(rng.normal(size=128))))
-    for app in (moved, whole):
+    for app in apps:
         app.index.get()
     merged = []
     for step in range(60):
         live = sorted(set(moved.store.identity_map().values()))
-        assert live == sorted(set(whole.store.identity_map().values()))
+        assert (
+            live
+            == sorted(set(whole.store.identity_map().values()))
+            == sorted(set(started.store.identity_map().values()))
+        )
         number, other = (int(n) for n in rng.choice(live, 2, replace=False))
         now = moved.index.get().centres()
         if rng.random() < 0.5:  # the nearest other: one look of the same person, mostly
@@ -355,7 +367,7 @@ def test_a_look_for_merges_at_the_centres_that_moved_merges_what_a_look_at_every
             join(number, unit(now[other] + 0.3 * unit(rng.normal(size=128))))
         elif kind == "photo":  # a face of `number` in a photo of `other`'s: two people
             face = join(number, unit(now[number] + 0.5 * unit(rng.normal(size=128))))
-            for app in (moved, whole):
+            for app in apps:
                 with app.store.transaction():
                     app.store.execute(
                         "UPDATE faces SET sha256 = (SELECT sha256 FROM faces WHERE identity = ? LIMIT 1), "
@@ -364,17 +376,23 @@ def test_a_look_for_merges_at_the_centres_that_moved_merges_what_a_look_at_every
                     )
         else:
             locked = number in moved.store.locked_identities()
-            for app in (moved, whole):
+            for app in apps:
                 with app.store.transaction():
                     app.store.set_locked(number, not locked)
-        reports = CycleReport(), CycleReport()
+        reports = CycleReport(), CycleReport(), CycleReport()
         merge_identities(moved.identify_parts(), reports[0])
         merge_identities(replace(whole.identify_parts(), merges=MergeLook()), reports[1])
-        assert reports[0].identities_merged == reports[1].identities_merged, step
+        first_look = MergeLook(file=MergeFile(started.settings.state_dir / MERGE_FILE))
+        merge_identities(replace(started.identify_parts(), merges=first_look), reports[2])
+        assert reports[0].identities_merged == reports[1].identities_merged == reports[2].identities_merged, step
         merged += reports[0].identities_merged
     assert merged and any(asked)  # merges were made, and looks asked of the centres that moved
-    moved.close()
-    whole.close()
+    # the new processes' looks went by the file where the locks had not changed since it was written
+    # (another key: every pair), comparing some identities, not every pair
+    assert sum(found is not None for found in from_file) > 10, from_file
+    assert any(found and len(found) < len(live) for found in from_file)
+    for app in apps:
+        app.close()
 
 
 def test_merge_candidates_among_some_identities_are_the_pairs_of_all_that_hold_one_of_them() -> None:
@@ -744,3 +762,37 @@ def test_a_new_facesets_older_faces_reach_the_whole_pool_and_its_new_faces_what_
     assert stepwise.store.identity_map() == whole.store.identity_map()
     stepwise.close()
     whole.close()
+
+
+def test_the_last_look_for_merges_names_what_moved_since_and_is_passed_over_when_not_its_own(tmp_path, caplog) -> None:
+    """merge_file.py: after a look at every pair, a later process looks at the identities whose
+    centres moved (beyond a centre made again in another order), those the file lacks and those of
+    the merges chosen; a file of other settings or an unreadable one means every pair."""
+    from facesyncd.merge_file import MergeFile
+
+    rng = np.random.default_rng(5)
+    centres = {number: unit(rng.normal(size=(1, 32)))[0].astype(np.float32) for number in range(1, 200)}
+    key = (0.4, frozenset({7}), frozenset({frozenset({1, 2})}))
+    path = tmp_path / "merges.npz"
+    assert MergeFile(path).moved(key, centres) is None  # no file yet
+    MergeFile(path).looked(key, centres, None, again={3, 4})
+    later = dict(centres)
+    later[10] = unit(centres[10][None] + 0.01)[0].astype(np.float32)  # a face joined
+    later[11] = centres[11] + np.float32(1e-7)  # the same faces summed in another order
+    later[500] = centres[12]  # a new identity
+    del later[13]  # retired
+    assert MergeFile(path).moved(key, later) == {3, 4, 10, 500}
+    assert MergeFile(path).moved((0.5, *key[1:]), later) is None
+    assert MergeFile(path).moved((0.4, frozenset(), key[2]), later) is None
+    assert MergeFile(path).moved((0.4, key[1], frozenset()), later) is None
+    assert MergeFile(path).moved(key, {n: np.zeros(64, np.float32) for n in later}) is None  # another model
+    # a process that looked at a few since writes the file again only once enough moved
+    look = MergeFile(path)
+    look.moved(key, later)
+    look.looked(key, later, {10, 500}, again=set())
+    assert MergeFile(path).moved(key, later) == {3, 4, 10, 500}  # not written: 2 moved since
+    look.looked(key, later, set(range(1, 100)), again=set())
+    assert MergeFile(path).moved(key, later) == set()
+    path.write_bytes(b"PK\x03\x04 not a zip")
+    assert MergeFile(path).moved(key, later) is None
+    assert "unreadable" in caplog.text
