@@ -68,8 +68,8 @@ class MergeFile:
             return set()
         current = np.asarray(sorted(centres), np.int64)
         matrix = np.stack([centres[int(number)] for number in current])
-        if saved.ndim != 2 or saved.shape[1] != matrix.shape[1] or len(saved) != len(numbers):
-            return None  # another model's centres
+        if saved.ndim != 2 or saved.shape[1] != matrix.shape[1] or len(saved) != len(numbers) or not len(numbers):
+            return None  # another model's centres, or none
         at = np.searchsorted(numbers, current)
         known = (at < len(numbers)) & (numbers[np.minimum(at, len(numbers) - 1)] == current)
         same = np.zeros(len(current), bool)
