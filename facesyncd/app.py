@@ -40,7 +40,7 @@ class App:
     swap: SwapCache = field(init=False)
     index: IndexKeeper = field(init=False)
     pool: PoolKeeper = field(init=False)  # the pool's arrays, held between cycles
-    merges: MergeLook = field(init=False, default_factory=MergeLook)  # what the last look for merges saw
+    merges: MergeLook = field(init=False)  # what the last look for merges saw (and any process's, in its file)
     centres_saved: CentresSaved = field(init=False, default_factory=CentresSaved)  # what publish last wrote of them
     layout: Layout = field(init=False)  # what the faceset folders hold ([export] format), decided here only
     caches: Caches = field(init=False)  # what follows the faces in the store (crops, swap PNGs, index)
@@ -53,7 +53,7 @@ class App:
         self.swap = SwapCache(self.settings.state_dir / "swap", export.swap_size, export.swap_padding)
         self.index = IndexKeeper(self.store, self.settings.state_dir, self._dimension)
         self.pool = PoolKeeper(self.store, self.settings.state_dir / POOL_FILE)
-        self.merges.file = MergeFile(self.settings.state_dir / MERGE_FILE)
+        self.merges = MergeLook(file=MergeFile(self.settings.state_dir / MERGE_FILE))
         self.layout = make_layout(export, self.settings.facesets_dir, self.crops, self.swap, self.embedder)
         self.caches = Caches(self.crops, self.swap, self.index)
         self.leftovers_removed = False  # a killed process's temporary files: looked for once per process

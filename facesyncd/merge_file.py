@@ -42,6 +42,14 @@ def _key_text(key: Key) -> str:
     return json.dumps([distance, sorted(locked), sorted(sorted(pair) for pair in apart)])
 
 
+def _by_number(centres: Mapping[int, NDArray[np.float32]]) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+    """The identities' numbers (ascending) and their centres as rows, in that order."""
+    numbers = np.asarray(sorted(centres), np.int64)
+    if not len(numbers):
+        return numbers, np.zeros((0, 0), np.float32)
+    return numbers, np.stack([centres[int(number)] for number in numbers]).astype(np.float32, copy=False)
+
+
 class MergeFile:
     """Read and write the last look's file; counts what moved since it was written (`unsaved`)."""
 
@@ -66,8 +74,7 @@ class MergeFile:
             return None
         if not centres:
             return set()
-        current = np.asarray(sorted(centres), np.int64)
-        matrix = np.stack([centres[int(number)] for number in current])
+        current, matrix = _by_number(centres)
         if saved.ndim != 2 or saved.shape[1] != matrix.shape[1] or len(saved) != len(numbers) or not len(numbers):
             return None  # another model's centres, or none
         at = np.searchsorted(numbers, current)
@@ -87,13 +94,12 @@ class MergeFile:
             self.unsaved |= set(among)
             if len(self.unsaved) <= max(_WRITE_PAST, _WRITE_SHARE * len(centres)):
                 return
-        numbers = np.asarray(sorted(centres), np.int64)
-        matrix = np.stack([centres[int(number)] for number in numbers]) if len(numbers) else np.zeros((0, 0))
+        numbers, matrix = _by_number(centres)
         about = {"format": _FORMAT, "key": _key_text(key), "again": sorted(again)}
 
         def write(path: Path) -> None:
             with path.open("wb") as output:
-                np.savez(output, about=np.array(json.dumps(about)), numbers=numbers, centres=matrix.astype(np.float32))
+                np.savez(output, about=np.array(json.dumps(about)), numbers=numbers, centres=matrix)
 
         try:
             remove_leftovers(self.path.parent, self.path.name)  # of a process killed while writing it

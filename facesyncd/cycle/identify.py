@@ -356,7 +356,11 @@ def _merge(parts: IdentifyParts, report: CycleReport) -> None:
     same = look.seen == seen
     moved, change = index.moved_since(look.change if same else 0)
     look.seen, again, look.again = None, look.again, set()  # (a look that fails half way is not remembered)
-    centres = {number: centre for number, centre in index.centres().items() if number not in locked}
+
+    def unlocked_centres() -> dict[int, NDArray[np.float32]]:
+        return {number: centre for number, centre in index.centres().items() if number not in locked}
+
+    centres = unlocked_centres()
     if same:
         among: set[int] | None = moved | again
     else:
@@ -377,7 +381,7 @@ def _merge(parts: IdentifyParts, report: CycleReport) -> None:
     merged = {number for pair in chosen for number in pair}
     if look.file is not None:
         if chosen:  # the centres as the merges left them
-            centres = {number: centre for number, centre in index.centres().items() if number not in locked}
+            centres = unlocked_centres()
         look.file.looked(key, centres, among, merged)
     look.seen, look.again, look.change = seen, merged, change
 
