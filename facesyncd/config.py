@@ -771,6 +771,10 @@ def reference() -> str:
         "It is sent only in the `x-api-key` header, only to the configured URL's origin (a redirect elsewhere",
         "is refused), and never appears in logs, errors, the database or `status`. It must be one line of",
         "printable ASCII (a key file may end with a newline).",
+        "",
+        "The links to photos in each faceset's manifest are made from `web_url` (else from `url`'s origin):",
+        "changing it rewrites every faceset's manifest at the next export, once. With `web_url` set, `url`",
+        "may change (a new address, a proxy) and leave every folder as it is.",
     ]
     for name, kind in SECTIONS.items():
         lines += ["", f"## [{name}]", "", (kind.__doc__ or "").split(":", 1)[1].strip().capitalize() + ".", ""]
