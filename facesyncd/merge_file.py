@@ -1,7 +1,7 @@
 """The last look for merges, kept between processes (MERGE_FILE in the state folder): the centres it
 compared, with what else decided it. A process's first look compares every pair of identities (0.13
 CPU-s over 3,000 facesets, growing with their square, in every `sync` of its own); with the file, only
-the identities whose centres differ from those it holds, and those of the merges it chose.
+the identities whose centres differ from those it holds, and those of the merges the store refused.
 
 A pair of identities whose centres are those of the file, under the same merge distance, locks and
 pairs kept apart, is as that look found it: too far apart, or kept apart (two that share a photo
@@ -56,10 +56,11 @@ class MergeFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.unsaved: set[int] | None = None  # identities looked at since the file was written; None: no file of ours
+        self.again: set[int] = set()  # the file's identities to look at again
 
     def moved(self, key: Key, centres: Mapping[int, NDArray[np.float32]]) -> set[int] | None:
         """The identities of `centres` to look at again: those the file lacks or holds elsewhere, and
-        those of its merges; None (every pair) without a file of this key."""
+        its `again`; None (every pair) without a file of this key."""
         try:
             with np.load(self.path) as data:
                 about = json.loads(str(data["about"]))
@@ -81,18 +82,20 @@ class MergeFile:
         known = (at < len(numbers)) & (numbers[np.minimum(at, len(numbers) - 1)] == current)
         same = np.zeros(len(current), bool)
         same[known] = (np.abs(saved[at[known]] - matrix[known]) <= _SAME_CENTRE).all(axis=1)
-        self.unsaved = set()
+        self.unsaved, self.again = set(), again
         return {int(number) for number in current[~same]} | (again & set(centres))
 
     def looked(
         self, key: Key, centres: Mapping[int, NDArray[np.float32]], among: Collection[int] | None, again: set[int]
     ) -> None:
         """A look ended with these `centres` (its merges made), having compared `among` with all
-        (None: every pair); `again`: its merges' identities. The file is written after a look at
-        every pair, and once what moved since the last write passes _WRITE_PAST and _WRITE_SHARE."""
+        (None: every pair); `again`: the identities to look at again though their centres stay (of a
+        merge the store refused). The file is written after a look at every pair, when `again` holds
+        one the file does not (nothing else would name it to a new process), and once what moved
+        since the last write passes _WRITE_PAST and _WRITE_SHARE."""
         if among is not None and self.unsaved is not None:
             self.unsaved |= set(among)
-            if len(self.unsaved) <= max(_WRITE_PAST, _WRITE_SHARE * len(centres)):
+            if again <= self.again and len(self.unsaved) <= max(_WRITE_PAST, _WRITE_SHARE * len(centres)):
                 return
         numbers, matrix = _by_number(centres)
         about = {"format": _FORMAT, "key": _key_text(key), "again": sorted(again)}
@@ -108,4 +111,4 @@ class MergeFile:
             log.warning("cannot write the last look for merges %s (%s): a new process compares all", self.path, problem)
             self.unsaved = None
             return
-        self.unsaved = set()
+        self.unsaved, self.again = set(), set(again)

@@ -41,11 +41,12 @@ NEIGHBOURS = 16
 class MergeLook:
     """What this process's last look for merges saw (merge_identities): the index (its serial), the
     merge distance, the locked identities and the pairs the user keeps apart; and the identities of
-    the merges it chose. While the first are the same, a pair of identities whose centres did not
+    the merges the store refused. While the first are the same, a pair of identities whose centres did not
     move since is as it was then: too far apart, or kept apart (two that share a photo share it
     still: a face that joins or leaves moves a centre). So the next look compares only the centres
-    that moved, and those of its merges (one that the store refused left pairs unlooked at), with
-    all: not every pair (0.12-0.3 CPU-s over 3,000 facesets, in each cycle that changed the store)."""
+    that moved, and those of the merges the store refused (an undone rejection allows one and
+    moves no centre), with all: not every pair (0.12-0.3 CPU-s over 3,000 facesets, in each cycle
+    that changed the store)."""
 
     seen: tuple[int, float, frozenset[int], frozenset[frozenset[int]]] | None = None
     again: set[int] = field(default_factory=set)
@@ -366,24 +367,44 @@ def _merge(parts: IdentifyParts, report: CycleReport) -> None:
     else:
         among = look.file.moved(key, centres) if look.file is not None else None
     candidates = merge_candidates(centres, parts.settings.merge_distance, among)
-    chosen: list[tuple[int, int]] = []
+    refused: set[int] = set()
     if candidates:
         # Which identities share a photo is asked of the candidates only: over every face, 0.46 CPU-s
         # at 500,000 faces, in each cycle that changed the store.
         apart = parts.store.photos_shared({number for pair in candidates for number in pair}) | kept_apart
-        chosen = choose_merges(candidates, apart)
-    for retired, kept in chosen:
-        if not parts.store.merge_identities(retired, kept):
-            continue  # the user's corrections keep them apart (a hand-placed face, a lock made meanwhile)
-        index.relabel(retired, kept)
-        report.identities_merged.append((retired, kept))
-        log.info("faceset %03d is the same person as %03d: merged into it, %03d retired", retired, kept, retired)
-    merged = {number for pair in chosen for number in pair}
+        refused = _make_merges(parts.store, index, candidates, apart, report)
+        centres = unlocked_centres()  # as the merges left them
     if look.file is not None:
-        if chosen:  # the centres as the merges left them
-            centres = unlocked_centres()
-        look.file.looked(key, centres, among, merged)
-    look.seen, look.again, look.change = seen, merged, change
+        look.file.looked(key, centres, among, refused)
+    look.seen, look.again, look.change = seen, refused, change
+
+
+def _make_merges(
+    store: Store, index: FaceIndex, candidates: list[tuple[int, int]], apart: set[frozenset[int]], report: CycleReport
+) -> set[int]:
+    """Merge the pairs choose_merges picks; returned: the identities of the pairs the store refused
+    (the user's corrections keep them apart: a hand-placed face, a face rejected from the other),
+    for the next look to compare again (a rejection undone allows the merge and moves no centre).
+    A refused pair frees its two identities for their other candidates, in the same look: otherwise
+    a pair refused for good, the closest of either identity, would hold both out of every merge,
+    cycle after cycle. (A merge moves the kept identity's centre: the next look sees it anyway.)"""
+    merged: set[int] = set()
+    refused: set[frozenset[int]] = set()
+    chosen = choose_merges(candidates, apart)
+    while chosen:
+        for retired, kept in chosen:
+            if not store.merge_identities(retired, kept):
+                refused.add(frozenset((retired, kept)))
+                continue
+            index.relabel(retired, kept)
+            merged.update((retired, kept))
+            report.identities_merged.append((retired, kept))
+            log.info("faceset %03d is the same person as %03d: merged into it, %03d retired", retired, kept, retired)
+        # Another round for the pairs a refusal freed: a merged identity's other pairs wait for its
+        # new centre (the next look), a refused pair is set apart, so each round's pairs are new and
+        # a round without a refusal is the last.
+        chosen = choose_merges([pair for pair in candidates if not merged.intersection(pair)], apart | refused)
+    return {number for pair in refused for number in pair}
 
 
 def _add_to_index(parts: IdentifyParts, faces: list[StoredFace], matches: dict[int, tuple[int, float]]) -> None:

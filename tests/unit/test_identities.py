@@ -395,6 +395,87 @@ def test_a_look_for_merges_at_the_centres_that_moved_merges_what_a_look_at_every
         app.close()
 
 
+def _close_identities(app, rng, *offsets: float) -> list[tuple[int, list[int]]]:
+    """Identities of 3 faces each, in the index, whose centres lie close: the first's at a random
+    direction, each next one's that far off it along a direction of its own (offsets 0.3, 0.5 make
+    the pairs 0.04, 0.11 and 0.14 apart). Their numbers and faces, in order."""
+    directions = np.linalg.qr(rng.normal(size=(128, len(offsets) + 1)))[0].T
+    made = []
+    for k, offset in enumerate((0.0, *offsets)):
+        centre = unit(directions[0] + offset * directions[k])
+        number = app.store.create_identity({})
+        vectors = unit(centre + 0.01 * rng.normal(size=(3, 128)))
+        faces = _add(app, vectors, f"person{number}")
+        app.store.record_matches({face: (number, 0.1) for face in faces}, faces)
+        app.index.add(faces, vectors, [number] * 3)
+        made.append((number, faces))
+    return made
+
+
+def test_a_merge_the_store_refuses_frees_its_identities_for_their_other_merges(tmp_path) -> None:
+    """Three identities of one person; the middle one holds a face placed by hand, so merging it away
+    is refused (its face would change number). The pair the closest to both, refused, does not hold
+    the other merge back: it is made in the same look, and in no later one is the refusal made
+    twice into a merge."""
+    from facesyncd.cycle import merge_identities
+    from facesyncd.models import CycleReport
+
+    app = _app(tmp_path, mean_join=False, merge_distance=0.4)
+    (first, _), (second, placed), (third, _) = _close_identities(app, np.random.default_rng(11), 0.3, 0.5)
+    with app.store.transaction():
+        app.store.place_faces(placed[:1], second, placed=True)
+    report = CycleReport()
+    merge_identities(app.identify_parts(), report)
+    assert report.identities_merged == [(third, first)]
+    again = CycleReport()
+    merge_identities(app.identify_parts(), again)
+    assert not again.identities_merged
+    assert sorted(set(app.store.identity_map().values())) == [first, second]
+    app.close()
+
+
+@pytest.mark.parametrize("later", ["in the same process", "in a new process"])
+@pytest.mark.parametrize("held_by", ["a rejection, undone since", "the store, once"])
+def test_a_merge_held_back_is_made_at_the_next_look_once_allowed(tmp_path, later: str, held_by: str) -> None:
+    """Two identities of one person, not merged at a look: a face of one was rejected from the other
+    (undone since), or the store refused the merge once (whatever refused it, a lock made meanwhile
+    by another process, lifted since). Neither centre moved, yet the next look, by the same process
+    or a new one (through the last look's file), merges them."""
+    from dataclasses import replace
+
+    from facesyncd.cycle import merge_identities
+    from facesyncd.cycle.identify import MergeLook
+    from facesyncd.merge_file import MERGE_FILE, MergeFile
+    from facesyncd.models import CycleReport
+
+    app = _app(tmp_path, mean_join=False, merge_distance=0.4)
+    (first, _), (second, faces) = _close_identities(app, np.random.default_rng(12), 0.3)
+    refusals = []
+    if held_by.startswith("a rejection"):
+        with app.store.transaction():
+            app.store.reject(faces[0], first, app.store.record_correction("reject", "a test's", {}))
+    else:
+        merge = app.store.merge_identities
+        app.store.merge_identities = lambda *pair: (refusals.append(pair), False)[1] if not refusals else merge(*pair)
+    app.index.get()
+    report = CycleReport()
+    merge_identities(app.identify_parts(), report)
+    assert not report.identities_merged
+    if held_by.startswith("a rejection"):
+        with app.store.transaction():
+            assert app.store.unreject(faces[0], first)
+    else:
+        assert refusals == [(second, first)]
+        with app.store.transaction():  # (lifting it changed the store: the look is made)
+            app.store.set_name(first, "Ann")
+    parts = app.identify_parts()
+    if later == "in a new process":
+        parts = replace(parts, merges=MergeLook(file=MergeFile(app.settings.state_dir / MERGE_FILE)))
+    merge_identities(parts, report)
+    assert report.identities_merged == [(second, first)]
+    app.close()
+
+
 def test_merge_candidates_among_some_identities_are_the_pairs_of_all_that_hold_one_of_them() -> None:
     from facesyncd.identities import merge_candidates
 
@@ -767,7 +848,7 @@ def test_a_new_facesets_older_faces_reach_the_whole_pool_and_its_new_faces_what_
 def test_the_last_look_for_merges_names_what_moved_since_and_is_passed_over_when_not_its_own(tmp_path, caplog) -> None:
     """merge_file.py: after a look at every pair, a later process looks at the identities whose
     centres moved (beyond a centre made again in another order), those the file lacks and those of
-    the merges chosen; a file of other settings or an unreadable one means every pair."""
+    the merges the store refused; a file of other settings or an unreadable one means every pair."""
     from facesyncd.merge_file import MergeFile
 
     rng = np.random.default_rng(5)
@@ -793,6 +874,14 @@ def test_the_last_look_for_merges_names_what_moved_since_and_is_passed_over_when
     assert MergeFile(path).moved(key, later) == {3, 4, 10, 500}  # not written: 2 moved since
     look.looked(key, later, set(range(1, 100)), again=set())
     assert MergeFile(path).moved(key, later) == set()
+    # a merge the store refused is written at once: nothing else would name its identities again
+    look.looked(key, later, {20, 21}, again={20, 21})
+    assert MergeFile(path).moved(key, later) == {20, 21}
+    written = path.stat().st_ino
+    look.looked(key, later, {20, 21}, again={20, 21})  # the same refusal again: not written again
+    assert path.stat().st_ino == written
+    look.looked(key, later, {20, 22}, again={22})
+    assert MergeFile(path).moved(key, later) == {22}
     path.write_bytes(b"PK\x03\x04 not a zip")
     assert MergeFile(path).moved(key, later) is None
     assert "unreadable" in caplog.text
