@@ -54,6 +54,10 @@ def test_corrupt_or_missing_files_mean_rebuild(tmp_path: Path) -> None:
     whole = (tmp_path / INDEX_FILE).read_bytes()
     (tmp_path / INDEX_FILE).write_bytes(whole[: len(whole) // 2])  # cut short (a disk fault)
     assert FaceIndex.load(tmp_path, 32, 5, identity_of) is None
+    damaged = bytearray(whole)
+    damaged[len(whole) // 3] ^= 0x10  # a bit flipped in the vectors: the file's size and form are as they were
+    (tmp_path / INDEX_FILE).write_bytes(bytes(damaged))
+    assert FaceIndex.load(tmp_path, 32, 5, identity_of) is None
     (tmp_path / INDEX_FILE).unlink()
     assert FaceIndex.load(tmp_path, 32, 5, identity_of) is None
     (tmp_path / SIDECAR_FILE).write_text("{not json")
