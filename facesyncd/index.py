@@ -174,6 +174,10 @@ class _Routed:
         """Every label added, those marked deleted included."""
         return [int(label) for label in self._labels[: self._count]]
 
+    def label_array(self) -> NDArray[np.int64]:
+        """labels(), as an array (a copy)."""
+        return self._labels[: self._count].copy()
+
     def _rows_of(self, labels: Sequence[int]) -> NDArray[np.int64]:
         """The live row of each label (KeyError for a label with none)."""
         if self._sorted is None:
@@ -700,23 +704,31 @@ class FaceIndex:
             count, deleted = int(sidecar["faces"]), int(sidecar.get("deleted", 0))
             index._index.load(state_dir / INDEX_FILE)
             dead = {int(label) for label in dead_listed} if isinstance(dead_listed, list) else None
-            stored = set(index._index.labels())
+            stored = _distinct(index._index.label_array())
         except (RuntimeError, OSError, ValueError, KeyError, TypeError, MemoryError, EOFError, BadZipFile) as error:
             log.warning("face index in %s is unreadable (%s); rebuilding it", state_dir, error)
             return None
-        if index._index.count() != count + deleted or (dead is not None and (len(dead) != deleted or dead - stored)):
+        # (as sorted arrays: sets and a dict made face by face cost 0.16 CPU-s at 300,000 faces)
+        dead_labels = np.fromiter(dead or (), np.int64)
+        if index._index.count() != count + deleted or (
+            dead is not None and (len(dead) != deleted or not np.isin(dead_labels, stored).all())
+        ):
             log.warning("face index in %s does not match its sidecar; rebuilding it", state_dir)
             return None
         index._dead = dead
-        live = stored - dead if dead is not None else stored
-        leaving = sorted(live - identity_of.keys()) if dead is not None else []
-        joining = sorted(set(identity_of) - live) if dead is not None else []
+        live = np.setdiff1d(stored, dead_labels, assume_unique=True)
+        faces = np.fromiter(identity_of.keys(), np.int64, len(identity_of))
+        absent = faces[~np.isin(faces, live)]  # the store's faces the file does not hold
+        leaving = live[~np.isin(live, faces)].tolist() if dead is not None else []
+        joining = np.sort(absent).tolist() if dead is not None else []
         if current and (len(identity_of) != count or leaving or joining):
             log.warning("face index in %s does not match the database; rebuilding it", state_dir)
             return None
         if len(leaving) + len(joining) > max(1024, len(identity_of) // 10):
             return None  # as cheap to build afresh, and compact
-        index.identity_of = {face_id: identity for face_id, identity in identity_of.items() if face_id in live}
+        index.identity_of = dict(identity_of)
+        for face_id in absent.tolist():
+            del index.identity_of[face_id]
         index._index.set_owners(index.identity_of)  # the store's identities: merges and moves made meanwhile
         owners, sums, counts = index._index.totals()
         if int(counts.sum()) != len(index.identity_of):  # a face the file lacks, or holds twice
@@ -741,6 +753,15 @@ class FaceIndex:
                 "face index brought in step with the database: %d faces left it, %d joined", len(leaving), len(joining)
             )
         return index
+
+
+def _distinct(values: NDArray[np.int64]) -> NDArray[np.int64]:
+    """The distinct values, ascending: np.unique, by a sort (np.unique hashes them: 3x the sort's
+    CPU over 300,000 labels)."""
+    values = np.sort(values)
+    first = np.ones(len(values), bool)
+    first[1:] = values[1:] != values[:-1]
+    return values[first]
 
 
 def needs_rebuild(state_dir: Path, version: int) -> bool:

@@ -115,6 +115,11 @@ def test_an_index_whose_every_face_was_removed_loads_empty_and_takes_faces_again
     assert loaded is not None and len(loaded) == 0
     loaded.add([500], vectors(1, seed=9), [4])
     assert loaded.query(vectors(1, seed=9), 1)[0][0, 0] == 500
+    FaceIndex(32).save(tmp_path, version=6)  # one that never held a face (a library without one yet)
+    empty = FaceIndex.load(tmp_path, 32, 6, {})
+    assert empty is not None and len(empty) == 0
+    joined = FaceIndex.load(tmp_path, 32, 7, {500: 4}, lambda faces: {500: vectors(1, seed=9)[0]})
+    assert joined is not None and joined.identity_of == {500: 4}
 
 
 def test_an_index_written_by_an_earlier_facesyncd_is_rebuilt(tmp_path: Path) -> None:
