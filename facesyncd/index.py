@@ -9,23 +9,22 @@ written beside their final name and renamed into place, so a crash leaves the ol
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import logging
 import os
-import zlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
-from zipfile import ZIP_STORED, BadZipFile, ZipFile
+from zipfile import BadZipFile
 
 import numpy as np
 from numpy.typing import NDArray
 
 from .atomic import remove_leftovers, write_atomic
 from .crashpoints import checkpoint
+from .npz import read_with_room
 from .sidecar import INDEX_FILE, LOCK_FILE, SIDECAR_FILE, read_sidecar
 
 log = logging.getLogger(__name__)
@@ -355,7 +354,7 @@ class _Routed:
             with np.load(file) as data:
                 labels, live = data["labels"], data["live"]
             spare = len(labels) // 4 + 1024
-            vectors = _read_rows(file, "vectors.npy", spare=spare)
+            vectors = read_with_room(file, "vectors", spare=spare, dtype=np.float32)
         count = len(labels)
         if not (len(vectors) - spare == count == len(live)):
             raise ValueError("the index file's arrays disagree")
@@ -450,60 +449,6 @@ def _find(keys: NDArray[np.int64], wanted: NDArray[np.int64]) -> tuple[NDArray[n
     at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
     found: NDArray[np.bool_] = keys[at] == wanted
     return at, found
-
-
-# What _read_rows reads at a time (the CRC is taken of each part while it is in the cache).
-_READ_CHUNK = 16 << 20
-_LOCAL_HEADER = 30  # a zip member's local header, before its name and extra field
-
-
-def _read_rows(file: io.BufferedReader, name: str, *, spare: int) -> NDArray[np.float32]:
-    """The matrix of float32 rows saved as `name` in the .npz archive `file`, read into an array
-    with room for `spare` more rows after them (not filled: their memory is taken when written).
-
-    Read from the file straight into the array, and checked against the member's CRC as zipfile
-    checks it: through zipfile, each part was read into a new bytes object first and copied (at
-    300,000 faces of 128-d, 0.16-0.48 CPU-s against 0.06-0.25, most of it the system's, mapping the
-    parts' fresh memory: 21,000 page faults against 500)."""
-    from numpy.lib import format as npy
-
-    with ZipFile(file) as archive:
-        info = archive.getinfo(name)
-        if info.compress_type != ZIP_STORED:
-            raise ValueError("the index file's vectors are compressed")
-        file.seek(info.header_offset)
-        local = file.read(_LOCAL_HEADER)
-        if len(local) != _LOCAL_HEADER or local[:4] != b"PK\x03\x04":
-            raise ValueError("the index file's vectors are not where its directory says")
-        begin = info.header_offset + _LOCAL_HEADER + int.from_bytes(local[26:28], "little")
-        begin += int.from_bytes(local[28:30], "little")
-        file.seek(begin)
-        version = npy.read_magic(file)
-        if version == (1, 0):
-            shape, fortran, dtype = npy.read_array_header_1_0(file)
-        elif version == (2, 0):
-            shape, fortran, dtype = npy.read_array_header_2_0(file)
-        else:
-            raise ValueError(f"the index file's vectors are in an unknown format ({version})")
-        if len(shape) != 2 or fortran or dtype != np.dtype(np.float32):
-            raise ValueError("the index file's vectors are not rows of float32")
-        header = file.tell() - begin
-        rows = np.empty((shape[0] + spare, shape[1]), np.float32)
-        wanted = rows[: shape[0]].reshape(-1).view(np.uint8).data  # (a view: the bytes of the rows)
-        if header + len(wanted) != info.file_size:
-            raise ValueError("the index file's vectors are not the size its directory says")
-        file.seek(begin)
-        crc = zlib.crc32(file.read(header))
-        done = 0
-        while done < len(wanted):
-            got = file.readinto(wanted[done : done + _READ_CHUNK])
-            if not got:
-                raise ValueError("the index file's vectors are cut short")
-            crc = zlib.crc32(wanted[done : done + got], crc)
-            done += got
-        if crc != info.CRC:
-            raise ValueError("the index file's vectors are damaged (their CRC differs)")
-    return rows
 
 
 class FaceIndex:

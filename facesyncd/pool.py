@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 from .atomic import remove_leftovers, write_atomic
 from .coarse import CoarseRows, round_rows
 from .models import GroupSizes, PoolArrays
+from .npz import read_with_room
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -114,25 +115,33 @@ class PoolKeeper:
         if token is None:
             return None
         try:
-            with np.load(self._file) as data:
-                about = json.loads(str(data["about"]))
-                if about.get("token") != token or about.get("format") != _FILE_FORMAT:
-                    return None
+            with self._file.open("rb") as file:
+                with np.load(file) as data:
+                    about = json.loads(str(data["about"]))
+                    if about.get("token") != token or about.get("format") != _FILE_FORMAT:
+                        return None
+                    ids = data["ids"]
                 mark = int(about["mark"])
                 marks = self._store.pool_marks(mark)
                 if marks is None:
                     return None
-                ids, blur, frontality, cut, group, codes, scale, length, error = (data[name] for name in _FILE_ARRAYS)
+                # each array read into room for more rows (the codes are 100 MB at 200,000 faces of 512-d)
+                count = len(ids)
+                room = _room(count)
+                arrays = [_grown(ids, room, count)]
+                arrays += [read_with_room(file, name, spare=room - count) for name in _FILE_ARRAYS[1:]]
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError, EOFError, BadZipFile) as problem:
             log.warning("the pool's file %s is unreadable (%s): the pool is read from the store", self._file, problem)
             return None
-        pool = PoolArrays(ids, CoarseRows(codes, scale, length, error), blur, frontality, cut, group)
-        if any(len(array) != len(ids) for array in _columns(pool)) or codes.ndim != 2:
+        if any(
+            len(array) != room or array.ndim != (2 if name == "codes" else 1)
+            for name, array in zip(_FILE_ARRAYS, arrays, strict=True)
+        ):
             log.warning("the pool's file %s does not hold whole rows: the pool is read from the store", self._file)
             return None
-        self._load(pool)
+        self._hold(arrays, count)
         self._file_mark, self._behind = mark, 0
         log.debug("read the pool's file: %d faces, %d marked since", self._count, len(marks[1]))
         return marks
@@ -219,11 +228,17 @@ class PoolKeeper:
         )
 
     def _load(self, pool: PoolArrays) -> None:
-        self._ids, self._coarse, self._blur = pool.ids, pool.coarse, pool.blur
-        self._frontality, self._cut, self._group = pool.frontality, pool.cut, pool.group
-        self._count = count = len(pool.ids)
-        self._grow(count + count // 8 + 1024, pool.coarse.codes.shape[1])  # (room to add rows in place)
-        self._rows = {face: row for row, face in enumerate(pool.ids.tolist())}
+        count = len(pool.ids)
+        width = pool.coarse.codes.shape[1]
+        self._hold([_grown(array, _room(count), count, width) for array in _columns(pool)], count)
+
+    def _hold(self, arrays: Sequence[NDArray[Any]], count: int) -> None:
+        """These arrays (in the order of _arrays, with room past their first `count` rows) as the pool."""
+        ids, blur, frontality, cut, group, codes, scale, length, error = arrays
+        self._ids, self._blur, self._frontality, self._cut, self._group = ids, blur, frontality, cut, group
+        self._coarse = CoarseRows(codes, scale, length, error)
+        self._count = count
+        self._rows = {face: row for row, face in enumerate(ids[:count].tolist())}
 
     def _update(self, changed: Sequence[int], present: PoolArrays) -> None:
         """The `changed` faces' rows replaced by those `present` in the pool now."""
@@ -301,6 +316,11 @@ def _columns(pool: PoolArrays) -> tuple[NDArray[np.generic], ...]:
 
 
 _T = TypeVar("_T", bound=np.generic)
+
+
+def _room(count: int) -> int:
+    """The rows to hold `count` faces in, with room to add some in place."""
+    return count + count // 8 + 1024
 
 
 def _grown(array: NDArray[_T], rows: int, kept: int, width: int = 0) -> NDArray[_T]:

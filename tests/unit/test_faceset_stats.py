@@ -9,6 +9,7 @@ import json
 import random
 import shutil
 import sqlite3
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -615,6 +616,16 @@ def test_a_pool_file_that_is_not_the_stores_is_passed_over(
     with caplog.at_level("WARNING"):
         new_process()
     assert whole == [1] and "unreadable" in caplog.text
+
+    caplog.clear()  # (that read wrote the file again) damaged: a bit flipped in the codes, size and form kept
+    damaged = bytearray(file.read_bytes())
+    with zipfile.ZipFile(file) as archive:
+        codes = archive.getinfo("codes.npy")
+    damaged[codes.header_offset + codes.file_size // 2 + 64] ^= 0x10
+    file.write_bytes(bytes(damaged))
+    with caplog.at_level("WARNING"):
+        new_process()
+    assert whole == [1] and "damaged" in caplog.text
 
     change()  # marked after the file; then a keeper without a file clears every mark
     PoolKeeper(store).get()
