@@ -306,7 +306,8 @@ def test_a_look_for_merges_at_the_centres_that_moved_merges_what_a_look_at_every
     tmp_path, seed: int, monkeypatch
 ) -> None:
     """Two stores take the same writes: faces joining identities (drawn towards another identity),
-    faces put in another identity's photo (two people), locks and unlocks. After each, one store's
+    faces put in another identity's photo (two people), locks and unlocks, a face placed by hand
+    (merging its identity away is refused) and the mark taken off again. After each, one store's
     process looks for merges as a daemon does (the centres that moved since its last look), the
     other's at every pair: they merge the same identities, step by step. A third store's looks are
     each a new process's first, with the file the last one left (merge_file.py): the same again."""
@@ -362,7 +363,7 @@ def test_a_look_for_merges_at_the_centres_that_moved_merges_what_a_look_at_every
         now = moved.index.get().centres()
         if rng.random() < 0.5:  # the nearest other: one look of the same person, mostly
             other = max((n for n in live if n != number), key=lambda n: float(now[n] @ now[number]))
-        kind = rng.choice(["towards", "towards", "photo", "lock"])
+        kind = rng.choice(["towards", "towards", "photo", "lock", "place"])
         if kind == "towards":  # a face of `number` that looks like `other`'s
             join(number, unit(now[other] + 0.3 * unit(rng.normal(size=128))))
         elif kind == "photo":  # a face of `number` in a photo of `other`'s: two people
@@ -374,6 +375,12 @@ def test_a_look_for_merges_at_the_centres_that_moved_merges_what_a_look_at_every
                         "face_index = ? WHERE id = ?",
                         (other, 100 + step, face),
                     )
+        elif kind == "place":  # a face of `number` placed there by hand, or no longer: no centre moves
+            placed = number in moved.store.identities_with_placed_faces()
+            face = moved.store.face_ids_of(number)[0]
+            for app in apps:
+                with app.store.transaction():
+                    app.store.place_faces([face], number, placed=not placed)
         else:
             locked = number in moved.store.locked_identities()
             for app in apps:
