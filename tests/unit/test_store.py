@@ -370,6 +370,18 @@ def test_the_pool_as_arrays_is_the_pool_read_face_by_face(store: Store) -> None:
     assert [f.id for f in store.faces_by_ids(arrays.ids[::-2].tolist())] == arrays.ids[::2].tolist()
 
 
+def test_the_identity_of_each_face_in_one_is_what_its_row_says(store: Store) -> None:
+    """Store.identity_map (read as one text of numbers): every face in an identity, none in the pool."""
+    assert store.identity_map() == {}
+    store.record_listed("alice", [asset("a")])
+    photo_done(store, "a", [face(k) for k in range(6)])
+    faces = [f.id for f in store.unmatched_new_faces()]
+    first, second = store.create_identity({}), store.create_identity({})
+    store.record_matches({faces[0]: (first, 0.1), faces[2]: (second, 0.2), faces[5]: (first, 0.3)}, faces)
+    rows = dict(store.tuples("SELECT id, identity FROM faces WHERE identity IS NOT NULL"))
+    assert store.identity_map() == rows == {faces[0]: first, faces[2]: second, faces[5]: first}
+
+
 def test_what_each_cycle_asks_is_read_through_an_index_of_it_not_among_every_face(store: Store) -> None:
     """The faces set aside, the new faces, the assets to process and the photos that show a person
     Immich names are each found through an index of just those: among every face or asset, each
