@@ -175,8 +175,7 @@ class PoolKeeper:
         calls while the store's groups token is the one they were read or written with (a whole read:
         0.19 CPU-s over 200,000 groups, once per process). Only replace_groups changes them."""
         if self._sizes is None or self._store.pool_groups_token() != self._sizes_token:
-            self._sizes_token, sizes = self._store.pool_group_sizes()
-            self._sizes = sizes_of(sizes)
+            self._sizes_token, self._sizes = self._store.pool_group_sizes()
         return self._sizes
 
     def replace_groups(self, groups: dict[int, list[int]], replaced: set[int], *, everything: bool) -> None:

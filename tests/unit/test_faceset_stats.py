@@ -493,15 +493,15 @@ def test_the_pool_groups_sizes_held_are_those_the_store_has_after_any_writer(sto
     read = store.pool_group_sizes
     store.pool_group_sizes = lambda: reads.append(1) or read()  # type: ignore[method-assign]
     first.replace_groups({1: [1, 2, 3], 4: [4], 5: [5, 6]}, set(), everything=True)  # the first token
-    assert first.group_sizes().as_dict() == {1: 3, 4: 1, 5: 2} == read()[1] and not reads
+    assert first.group_sizes().as_dict() == {1: 3, 4: 1, 5: 2} == read()[1].as_dict() and not reads
     first.replace_groups({4: [4, 7], 8: [8]}, {4, 5}, everything=False)
     assert (
-        first.group_sizes().as_dict() == {1: 3, 4: 2, 8: 1} == read()[1] and not reads
+        first.group_sizes().as_dict() == {1: 3, 4: 2, 8: 1} == read()[1].as_dict() and not reads
     )  # changed as written, not read
     assert second.group_sizes().as_dict() == {1: 3, 4: 2, 8: 1} and reads  # another process's write: read again
     reads.clear()
     second.replace_groups({9: [9]}, {8}, everything=False)
-    assert first.group_sizes().as_dict() == {1: 3, 4: 2, 9: 1} == read()[1] and reads
+    assert first.group_sizes().as_dict() == {1: 3, 4: 2, 9: 1} == read()[1].as_dict() and reads
 
     class Failed(Exception):
         pass
@@ -510,7 +510,7 @@ def test_the_pool_groups_sizes_held_are_those_the_store_has_after_any_writer(sto
         first.replace_groups({10: [10, 11]}, {9}, everything=False)
         assert first.group_sizes().as_dict() == {1: 3, 4: 2, 10: 2}
         raise Failed
-    assert first.group_sizes().as_dict() == {1: 3, 4: 2, 9: 1} == read()[1]  # the write undone: read again
+    assert first.group_sizes().as_dict() == {1: 3, 4: 2, 9: 1} == read()[1].as_dict()  # the write undone: read again
 
 
 def _pooled(store: Store, rng: random.Random) -> None:

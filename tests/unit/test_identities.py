@@ -750,7 +750,7 @@ def test_a_pool_clustered_where_it_changed_opens_the_facesets_a_whole_clustering
         open_new_facesets(stepwise.identify_parts(), CycleReport())
     assert sizes == [3]
     assert whole_reads and not any(whole_reads)  # the process held the pool: only the marked faces were read
-    _, groups = stepwise.store.pool_group_sizes()
+    groups = stepwise.store.pool_group_sizes()[1].as_dict()
     assert stepwise.pool.group_sizes().as_dict() == groups  # held as the store has them
     in_pool = set(stepwise.store.pool_arrays().group.tolist())
     assert groups and set(groups) <= in_pool  # the groups whose faces all opened facesets are forgotten
