@@ -386,7 +386,7 @@ class FaceQueries(Database):
 
     def identity_map(self) -> dict[int, int]:
         """face id -> identity for every face in an identity (what the index holds). Read as one text
-        of numbers (_pairs), not a row per face: 0.11 CPU-s against 0.22-0.26 at 310,000 faces, in
+        of numbers (_pairs), not a row per face: 0.10-0.11 CPU-s against 0.14-0.26 at 310,000 faces, in
         every process that loads the index."""
         pairs = _pairs(
             self.tuples("SELECT group_concat(id || ',' || identity) FROM faces WHERE identity IS NOT NULL")[0][0]
