@@ -41,12 +41,12 @@ NEIGHBOURS = 16
 class MergeLook:
     """What this process's last look for merges saw (merge_identities): the index (its serial), the
     merge distance, the locked identities and the pairs the user keeps apart; and the identities of
-    the merges the store refused. While the first are the same, a pair of identities whose centres did not
-    move since is as it was then: too far apart, or kept apart (two that share a photo share it
-    still: a face that joins or leaves moves a centre). So the next look compares only the centres
-    that moved, and those of the merges the store refused (an undone rejection allows one and
-    moves no centre), with all: not every pair (0.12-0.3 CPU-s over 3,000 facesets, in each cycle
-    that changed the store)."""
+    the merges the store refused. While the first are the same, a pair of identities whose centres
+    did not move since is as it was then: too far apart, or kept apart (two that share a photo
+    share it still: a face that joins or leaves moves a centre). So the next look compares only the
+    centres that moved, and those of the merges the store refused (whatever refused one may be
+    lifted with no centre moving), with all: not every pair (0.12-0.3 CPU-s over 3,000 facesets, in
+    each cycle that changed the store)."""
 
     seen: tuple[int, float, frozenset[int], frozenset[frozenset[int]]] | None = None
     again: set[int] = field(default_factory=set)
@@ -383,8 +383,8 @@ def _make_merges(
     store: Store, index: FaceIndex, candidates: list[tuple[int, int]], apart: set[frozenset[int]], report: CycleReport
 ) -> set[int]:
     """Merge the pairs choose_merges picks; returned: the identities of the pairs the store refused
-    (the user's corrections keep them apart: a hand-placed face, a face rejected from the other),
-    for the next look to compare again (a rejection undone allows the merge and moves no centre).
+    (the user's corrections keep them apart: a face placed by hand in the one to retire), for the
+    next look to compare again (whatever refused a merge may be lifted with no centre moving).
     A refused pair frees its two identities for their other candidates, in the same look: otherwise
     a pair refused for good, the closest of either identity, would hold both out of every merge,
     cycle after cycle. (A merge moves the kept identity's centre: the next look sees it anyway.)"""

@@ -445,9 +445,9 @@ def test_a_merge_the_store_refuses_frees_its_identities_for_their_other_merges(t
 @pytest.mark.parametrize("held_by", ["a rejection, undone since", "the store, once"])
 def test_a_merge_held_back_is_made_at_the_next_look_once_allowed(tmp_path, later: str, held_by: str) -> None:
     """Two identities of one person, not merged at a look: a face of one was rejected from the other
-    (undone since), or the store refused the merge once (whatever refused it, a lock made meanwhile
-    by another process, lifted since). Neither centre moved, yet the next look, by the same process
-    or a new one (through the last look's file), merges them."""
+    (undone since: the pairs kept apart changed), or the store refused the merge once (whatever
+    refused it was lifted since). Neither centre moved, yet the next look, by the same process or a
+    new one (through the last look's file), merges them."""
     from dataclasses import replace
 
     from facesyncd.cycle import merge_identities
