@@ -783,4 +783,10 @@ def _pairs(text: str | None) -> NDArray[np.int64]:
     cost twice the CPU, most of it in making a Python tuple and two ints of each."""
     import numpy as np
 
-    return np.fromstring(text or "", np.int64, sep=",").reshape(-1, 2)
+    try:
+        numbers = np.fromstring(text or "", np.int64, sep=",")
+    except ValueError as problem:  # (a value that is no integer where ids are: never written so)
+        raise StoreError(f"the database holds a value that is no integer where ids are: {problem}") from problem
+    if text and (len(numbers) != text.count(",") + 1 or len(numbers) % 2):
+        raise StoreError("the database holds a value that is no integer where ids are")
+    return numbers.reshape(-1, 2)

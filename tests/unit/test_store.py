@@ -371,7 +371,9 @@ def test_the_pool_as_arrays_is_the_pool_read_face_by_face(store: Store) -> None:
 
 
 def test_the_identity_of_each_face_in_one_is_what_its_row_says(store: Store) -> None:
-    """Store.identity_map (read as one text of numbers): every face in an identity, none in the pool."""
+    """Store.identity_map (read as one text of numbers): every face in an identity, none in the pool.
+    A value that is no integer in such a text (the pool groups' sizes) is an error, never pairs read
+    out of step."""
     assert store.identity_map() == {}
     store.record_listed("alice", [asset("a")])
     photo_done(store, "a", [face(k) for k in range(6)])
@@ -380,6 +382,10 @@ def test_the_identity_of_each_face_in_one_is_what_its_row_says(store: Store) -> 
     store.record_matches({faces[0]: (first, 0.1), faces[2]: (second, 0.2), faces[5]: (first, 0.3)}, faces)
     rows = dict(store.tuples("SELECT id, identity FROM faces WHERE identity IS NOT NULL"))
     assert store.identity_map() == rows == {faces[0]: first, faces[2]: second, faces[5]: first}
+    with store.transaction():  # what facesyncd never writes (a hand-edited database): said, not misread
+        store.execute("INSERT INTO pool_groups (grp, faces) VALUES (7, 3), (9, '2.5')")
+    with pytest.raises(StoreError, match="no integer"):
+        store.pool_group_sizes()
 
 
 def test_what_each_cycle_asks_is_read_through_an_index_of_it_not_among_every_face(store: Store) -> None:
