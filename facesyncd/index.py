@@ -174,8 +174,8 @@ class _Routed:
         return [int(label) for label in self._labels[: self._count]]
 
     def label_array(self) -> NDArray[np.int64]:
-        """labels(), as an array (a copy)."""
-        return self._labels[: self._count].copy()
+        """labels(), as an array (a view: not to be changed)."""
+        return self._labels[: self._count]
 
     def _rows_of(self, labels: Sequence[int]) -> NDArray[np.int64]:
         """The live row of each label (KeyError for a label with none)."""

@@ -368,13 +368,15 @@ def _merge(parts: IdentifyParts, report: CycleReport) -> None:
         among = look.file.moved(key, centres) if look.file is not None else None
     candidates = merge_candidates(centres, parts.settings.merge_distance, among)
     refused: set[int] = set()
+    merges = len(report.identities_merged)
     if candidates:
         # Which identities share a photo is asked of the candidates only: over every face, 0.46 CPU-s
         # at 500,000 faces, in each cycle that changed the store.
         apart = parts.store.photos_shared({number for pair in candidates for number in pair}) | kept_apart
         refused = _make_merges(parts.store, index, candidates, apart, report)
-        centres = unlocked_centres()  # as the merges left them
     if look.file is not None:
+        if len(report.identities_merged) > merges:  # the centres as the merges left them
+            centres = unlocked_centres()
         look.file.looked(key, centres, among, refused)
     look.seen, look.again, look.change = seen, refused, change
 
