@@ -13,8 +13,9 @@ import itertools
 import json
 import logging
 import os
+import secrets
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Protocol
 from zipfile import BadZipFile
@@ -344,15 +345,18 @@ class _Routed:
                 vectors=self._vectors[: self._count],
                 labels=self._labels[: self._count],
                 live=self._live[: self._count],
+                owners=self._owners[: self._count],
             )
 
-    def load(self, path: Path) -> None:
+    def load(self, path: Path) -> bool:
         """The rows saved, with room for a quarter more: the first faces added after a start copy
         nothing (the vectors are 600 MB at 500,000 faces, and copying them into room made for one
-        more face cost 2.3 CPU-s of each start)."""
+        more face cost 2.3 CPU-s of each start). Whether the file held each row's identity as it was
+        saved (else they are -1, for set_owners)."""
         with path.open("rb") as file:  # (once: a file saved meanwhile replaces it, and this one stays)
             with np.load(file) as data:
                 labels, live = data["labels"], data["live"]
+                saved_owners = data["owners"] if "owners" in data.files else None
             spare = len(labels) // 4 + 1024
             vectors = read_with_room(file, "vectors", spare=spare, dtype=np.float32)
         count = len(labels)
@@ -360,14 +364,24 @@ class _Routed:
             raise ValueError("the index file's arrays disagree")
         if vectors.shape[1:] != self._vectors.shape[1:]:
             raise ValueError("the index file's vectors are of another dimension")
+        if saved_owners is not None and len(saved_owners) != count:
+            raise ValueError("the index file's arrays disagree")
         self._vectors = vectors
         self._labels = np.zeros(len(vectors), np.int64)
         self._labels[:count] = labels
         self._owners = np.full(len(vectors), -1, np.int64)
+        if saved_owners is not None:
+            self._owners[:count] = saved_owners
         self._live = np.zeros(len(vectors), bool)
         self._live[:count] = live
         self._count = count
         self._changed()
+        return saved_owners is not None
+
+    def held(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """The live rows' labels and identities (as loaded with them, or set)."""
+        live = np.flatnonzero(self._live[: self._count])
+        return self._labels[live], self._owners[live]
 
 
 # An identity's live rows (ascending): the first run of adjacent ones, as (first, stop), and the rest.
@@ -475,6 +489,13 @@ class FaceIndex:
         # When each identity's centre last changed (a count of changes to this index): see moved_since.
         self._changes = 0
         self._moved_at: dict[int, int] = {}
+        # The store's newest index mark (migrations/0023) this index is known to hold every change
+        # up to: a change marked after it may be missing. None: not known (the file is then written
+        # without one, and the next process compares it with every face of the store).
+        self.mark: int | None = None
+        # Loaded from a file that is not the store's marked one (load, not load_marked): worth writing
+        # again soon, so that the next process brings it in step from the marks.
+        self.unmarked_file = False
 
     @property
     def backend(self) -> str:
@@ -595,14 +616,15 @@ class FaceIndex:
             self._centre_rows = (identities.copy(), np.asarray(sums / norms, np.float32))
         return self._centre_rows[1]
 
-    def save(self, state_dir: Path, version: int) -> None:
+    def save(self, state_dir: Path, version: int, token: str | None = None) -> None:
         """Write the index and its sidecar. A lock keeps two processes (the daemon and a
-        `rebuild-index`) from interleaving their two renames."""
+        `rebuild-index`) from interleaving their two renames. With a `token`, the sidecar records it
+        and the index's mark (see save_in_step)."""
         state_dir.mkdir(parents=True, exist_ok=True)
         with _save_lock(state_dir):
-            self._save(state_dir, version)
+            self._save(state_dir, version, token)
 
-    def _save(self, state_dir: Path, version: int) -> None:
+    def _save(self, state_dir: Path, version: int, token: str | None = None) -> None:
         remove_leftovers(state_dir, INDEX_FILE, SIDECAR_FILE)  # of a process killed mid-save
         write_atomic(state_dir / INDEX_FILE, self._index.save)
         checkpoint("index-save")
@@ -615,6 +637,8 @@ class FaceIndex:
         if self._dead is not None and len(self._dead) == self.deleted:
             sidecar["deleted_labels"] = sorted(self._dead)
         sidecar["backend"] = self.backend
+        if token is not None and self.mark is not None:
+            sidecar["token"], sidecar["mark"] = token, self.mark
         write_atomic(state_dir / SIDECAR_FILE, json.dumps(sidecar).encode())
 
     @classmethod
@@ -699,6 +723,93 @@ class FaceIndex:
             )
         return index
 
+    @classmethod
+    def load_marked(cls, state_dir: Path, dimension: int, source: IndexSource) -> FaceIndex | None:
+        """The saved index brought in step with the store through the faces marked since the file was
+        written (migrations/0023), not by comparing it with every face of the store (load): what a
+        new process pays is the faces that changed, and reading the file. None when the file is not
+        the store's (its token), was written without a mark, lacks its rows' identities, or the marks
+        since were cleared or are most of it (load then decides)."""
+        sidecar = read_sidecar(state_dir)
+        if sidecar is None or sidecar.get("dimension") != dimension or sidecar.get("backend") != _Routed.name:
+            return None
+        token, mark, dead = sidecar.get("token"), sidecar.get("mark"), sidecar.get("deleted_labels")
+        if not isinstance(token, str) or not isinstance(mark, int) or not isinstance(dead, list):
+            return None
+        if token != source.index_file_token():
+            return None
+        index = cls(dimension, empty=False)
+        try:
+            count, deleted = int(sidecar["faces"]), int(sidecar.get("deleted", 0))
+            if not index._index.load(state_dir / INDEX_FILE):
+                return None  # written before the rows' identities were saved
+            index._dead = {int(label) for label in dead}
+        except (RuntimeError, OSError, ValueError, KeyError, TypeError, MemoryError, EOFError, BadZipFile) as error:
+            log.debug("face index in %s is unreadable (%s)", state_dir, error)  # (load says so, and rebuilds)
+            return None
+        labels, owners = index._index.held()
+        if index._index.count() != count + deleted or len(labels) != count or len(index._dead) != deleted:
+            log.debug("face index in %s does not match its sidecar", state_dir)
+            return None
+        if (owners < 0).any():
+            return None
+        index.identity_of = dict(zip(labels.tolist(), owners.tolist(), strict=True))
+        numbers, sums, counts = index._index.totals()
+        index._sums = dict(zip(numbers.tolist(), sums, strict=True))
+        index._counts = dict(zip(numbers.tolist(), counts.tolist(), strict=True))
+        index._moved(numbers.tolist())
+        index.mark = mark
+        with source.transaction():  # (the marks, the faces they name and the count, as of one moment)
+            caught_up = index._catch_up(source, limit=max(1024, count // 10))
+            expected = source.count_identity_faces()
+        if caught_up is None:
+            return None
+        if len(index.identity_of) != expected:
+            log.warning("face index in %s does not hold the store's faces after its marks; rebuilding it", state_dir)
+            return None
+        index.behind_on_disk = caught_up
+        if caught_up:
+            log.info("face index: its file and the %d faces marked since it was written", caught_up)
+        return index
+
+    def _catch_up(self, source: IndexSource, limit: int | None = None) -> int | None:
+        """The faces marked in the store after self.mark taken out and put back as the store has
+        them now (in an identity or not, which one, the embedding): what this index lacks of every
+        change since. How many were marked; None (nothing changed) when the marks were cleared
+        meanwhile or are more than `limit`."""
+        assert self.mark is not None
+        marks = source.index_marks(self.mark)
+        if marks is None:
+            return None
+        newest, marked = marks
+        if limit is not None and len(marked) > limit:
+            return None
+        if marked:
+            ids, identities, embeddings = source.index_entries(marked)
+            self.remove([face for face in marked if face in self.identity_of])
+            if ids:
+                vectors = np.frombuffer(b"".join(embeddings), np.float32).reshape(len(ids), -1)
+                self.add(ids, vectors, identities)
+        self.mark = newest
+        return len(marked)
+
+
+def save_in_step(index: FaceIndex, source: IndexSource, state_dir: Path) -> int:
+    """Write the index as the store has it now: the changes marked since its mark are taken in
+    first (another process's corrections among them), and the file is recorded as the store's at
+    that mark, whose marks up to it are then cleared. An index whose mark is not known (or whose
+    marks were cleared meanwhile) is written without one: the next process compares it whole.
+    Returns the store's index version the file was written at."""
+    with source.transaction():
+        version = source.index_version()
+        if index.mark is not None and index._catch_up(source) is None:
+            index.mark = None
+    token = secrets.token_hex(8) if index.mark is not None else None
+    index.save(state_dir, version, token)
+    if token is not None and index.mark is not None:
+        source.kept_index_file(token, index.mark)
+    return version
+
 
 def _distinct(values: NDArray[np.int64]) -> NDArray[np.int64]:
     """The distinct values, ascending: np.unique, by a sort (np.unique hashes them: 3x the sort's
@@ -717,7 +828,19 @@ def needs_rebuild(state_dir: Path, version: int) -> bool:
 class IndexSource(Protocol):
     """What the index is derived from (the store)."""
 
+    def transaction(self) -> AbstractContextManager[None]: ...
+
     def index_version(self) -> int: ...
+
+    def index_marks(self, since: int) -> tuple[int, list[int]] | None: ...
+
+    def newest_index_mark(self) -> int: ...
+
+    def index_file_token(self) -> str | None: ...
+
+    def kept_index_file(self, token: str, mark: int) -> None: ...
+
+    def index_entries(self, face_ids: Sequence[int]) -> tuple[list[int], list[int], list[bytes]]: ...
 
     def identity_map(self) -> dict[int, int]: ...
 
@@ -733,18 +856,29 @@ def load_or_build(
 ) -> FaceIndex:
     """The saved index when it was built from the store as it is now, else one rebuilt from the store.
     One brought in step with the store is saved so (save_behind False: left to the caller)."""
-    version = source.index_version()
-    index = (
-        None if force else FaceIndex.load(state_dir, dimension, version, source.identity_map(), source.embeddings_of)
-    )
-    if index is not None and index.behind_on_disk and save_behind:
-        index.save(state_dir, version)
-        index.behind_on_disk = 0
+    index = None if force else FaceIndex.load_marked(state_dir, dimension, source)
+    if index is None:
+        # (the mark first: a change made while the faces are read is marked after it, and taking a
+        # marked face out and back in again changes nothing)
+        mark = source.newest_index_mark()
+        version = source.index_version()
+        index = (
+            None
+            if force
+            else FaceIndex.load(state_dir, dimension, version, source.identity_map(), source.embeddings_of)
+        )
+        if index is not None:
+            index.mark = mark
+            index.unmarked_file = True
+    if index is not None and (index.behind_on_disk or index.unmarked_file) and save_behind:
+        save_in_step(index, source, state_dir)
+        index.behind_on_disk, index.unmarked_file = 0, False
     if index is None:
         index = FaceIndex(dimension, capacity=source.count_identity_faces())
+        index.mark = mark
         for face_ids, embeddings, identities in source.iter_identity_faces():
             index.add(face_ids, embeddings, identities)
-        index.save(state_dir, version)
+        save_in_step(index, source, state_dir)
         log.info("face index rebuilt from the database: %d faces", len(index))
     return index
 
@@ -754,9 +888,10 @@ class IndexKeeper:
     memory between cycles and in step with the store (faces that left their identities are marked
     deleted in it rather than rebuilt), dropped when a cycle fails half way or deleted entries pile
     up. Its file is saved once the faces it lacks or still holds are SAVE_BEHIND of the index: a
-    start brings a file that far behind in step with the store (FaceIndex.load) for what it lacks,
-    and writing 1 GB at 500,000 faces after every cycle that placed a face cost more than the
-    faces did (issue 24)."""
+    start brings a file that far behind in step with the store (FaceIndex.load_marked) for what it
+    lacks, and writing 1 GB at 500,000 faces after every cycle that placed a face cost more than the
+    faces did (issue 24). A file that the store's marks do not describe (load) is saved at the
+    first chance."""
 
     def __init__(self, source: IndexSource, state_dir: Path, dimension: Callable[[], int]) -> None:
         self._source = source
@@ -779,6 +914,8 @@ class IndexKeeper:
             self._index = load_or_build(self._source, self._state_dir, self._dimension(), save_behind=False)
             self._saved_version = self._source.index_version()
             self._unsaved = self._index.behind_on_disk
+            if self._index.unmarked_file:  # written again at the first chance (see save_if_changed)
+                self._unsaved = max(self._unsaved, int(SAVE_BEHIND * len(self._index)) + 1)
             log.debug("face index loaded: %d faces", len(self._index))
         return self._index
 
@@ -809,12 +946,11 @@ class IndexKeeper:
         """Write the file when the store changed since and the file lacks SAVE_BEHIND of the index."""
         if self._index is None:
             return
-        version = self._source.index_version()
-        if version == self._saved_version and not self._unsaved:  # the file on disk is this index
+        if self._source.index_version() == self._saved_version and not self._unsaved:  # the file is this index
             return
         if self._unsaved < SAVE_BEHIND * len(self._index):
             log.debug("the index file is %d faces behind: saved later", self._unsaved)
             return
-        self._index.save(self._state_dir, version)
-        self._saved_version = version
+        self._saved_version = save_in_step(self._index, self._source, self._state_dir)
+        self._index.unmarked_file = False
         self._unsaved = 0

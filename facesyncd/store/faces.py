@@ -82,6 +82,10 @@ _POOL_MARKS_CLEARED = "pool_marks_cleared"
 # Meta: the token of the pool's file that holds the pool as the store had it at the file's mark
 # (pool.PoolKeeper); a file with another token is not the store's.
 _POOL_FILE_TOKEN = "pool_file_token"
+# The newest index mark cleared, and the token of the index's file that holds the faces in identities
+# as the store had them at the file's mark (see Store.index_marks, index.FaceIndex.load).
+_INDEX_MARKS_CLEARED = "index_marks_cleared"
+_INDEX_FILE_TOKEN = "index_file_token"
 
 # A face compared with every identity and in none, that clustering may open a faceset from.
 POOL = f"f.identity IS NULL AND f.matched_at IS NOT NULL AND f.held IS NULL AND {LIVE_FACES}"
@@ -309,6 +313,44 @@ class FaceQueries(Database):
         with self.transaction():
             if self.execute("DELETE FROM pool_marks WHERE seq <= ?", (upto,)).rowcount:
                 self.set_meta(_POOL_MARKS_CLEARED, str(upto))
+
+    def index_marks(self, since: int) -> tuple[int, list[int]] | None:
+        """The faces whose place in the face index (in an identity or not, which one, the embedding)
+        may have changed after mark `since` (marked by triggers, migrations/0023), and the newest
+        mark; None when some of those marks were cleared (a file that far behind is not brought in
+        step from them)."""
+        if int(self.get_meta(_INDEX_MARKS_CLEARED) or 0) > since:
+            return None
+        rows = self.tuples("SELECT seq, face_id FROM index_marks WHERE seq > ? ORDER BY seq", (since,))
+        return (rows[-1][0] if rows else since), [face for _, face in rows]
+
+    def newest_index_mark(self) -> int:
+        """The newest index mark made: of those left, or the newest cleared."""
+        left = self.scalar("SELECT MAX(seq) FROM index_marks")
+        return int(left) if left is not None else int(self.get_meta(_INDEX_MARKS_CLEARED) or 0)
+
+    def index_file_token(self) -> str | None:
+        """The token of the index's file that is the store's at its mark (see kept_index_file)."""
+        return self.get_meta(_INDEX_FILE_TOKEN)
+
+    def kept_index_file(self, token: str, mark: int) -> None:
+        """The index's file with `token`, just written, holds the faces in identities as they stood at
+        `mark`: it is the store's from now on (any other is not), and the marks up to it are cleared
+        (a reader of the file reads those after it)."""
+        with self.transaction():
+            self.set_meta(_INDEX_FILE_TOKEN, token)
+            if self.execute("DELETE FROM index_marks WHERE seq <= ?", (mark,)).rowcount:
+                self.set_meta(_INDEX_MARKS_CLEARED, str(max(mark, int(self.get_meta(_INDEX_MARKS_CLEARED) or 0))))
+
+    def index_entries(self, face_ids: Sequence[int]) -> tuple[list[int], list[int], list[bytes]]:
+        """Of these faces, those in an identity now: their ids (ascending), identities and embeddings."""
+        rows: list[tuple[int, int, bytes]] = []
+        for chunk, marks in self.id_chunks(sorted(face_ids)):
+            rows += self.tuples(
+                f"SELECT id, identity, embedding FROM faces WHERE id IN ({marks}) AND identity IS NOT NULL", chunk
+            )
+        rows.sort()
+        return [row[0] for row in rows], [row[1] for row in rows], [row[2] for row in rows]
 
     def faces_by_ids(self, ids: Sequence[int]) -> list[StoredFace]:
         """These faces (those still there), by id."""

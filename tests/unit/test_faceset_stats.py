@@ -780,3 +780,128 @@ def test_a_name_given_up_is_counted_for_every_faceset_it_kept_from_another(store
     assert 2 not in store.name_marks()[1]
     adopt_immich_names(store, settings, CycleReport())
     assert store.identity_names()[2] == "Ann"
+
+
+def index_write(store: Store, rng: random.Random, step: int, embedding: bytes) -> str:
+    """One write of a kind that changes only what the face index holds (random_write's face writes
+    aside), by raw SQL."""
+    face = rng.choice([row[0] for row in store.tuples("SELECT id FROM faces")] or [0])
+    sha = f"{rng.randrange(PHOTOS):064x}"
+    number, other = rng.randrange(1, IDENTITIES + 1), rng.randrange(1, IDENTITIES + 1)
+    writes = {
+        "face embedded anew": ("UPDATE faces SET embedding = ? WHERE id = ?", (embedding, face)),
+        "faces moved whole": ("UPDATE faces SET identity = ? WHERE identity = ?", (other, number)),
+        "photo's faces deleted": ("DELETE FROM faces WHERE sha256 = ?", (sha,)),
+        "face moved, nothing else": ("UPDATE faces SET identity = ? WHERE id = ?", (number, face)),
+    }
+    kind = rng.choice(sorted(writes))
+    sql, parameters = writes[kind]
+    with store.transaction():
+        store.execute(sql, parameters)
+    return kind
+
+
+def held_index(index: object, store: Store) -> tuple[dict[int, int], dict[int, int], list[list[float]]]:
+    """What an index holds, to compare with the store: each face's identity, each identity's face
+    count, and each face's vector (by face id)."""
+    faces = sorted(index.identity_of)  # type: ignore[attr-defined]
+    vectors = index._index.vectors(faces).tolist() if faces else []  # type: ignore[attr-defined]
+    return dict(index.identity_of), index.face_counts(), vectors  # type: ignore[attr-defined]
+
+
+def store_index(store: Store) -> tuple[dict[int, int], dict[int, int], list[list[float]]]:
+    import numpy as np
+
+    identity_of = Store.identity_map(store)  # (the store's own, not one a test counts the calls of)
+    faces = sorted(identity_of)
+    counts: dict[int, int] = {}
+    for number in identity_of.values():
+        counts[number] = counts.get(number, 0) + 1
+    stored = store.embeddings_of(faces)
+    return identity_of, counts, [np.asarray(stored[face], np.float32).tolist() for face in faces]
+
+
+@pytest.mark.parametrize("seed", [3, 8, 21])
+def test_a_new_process_brings_the_index_in_step_from_the_marks_alone(
+    store: Store, seed: int, tmp_path: Path, monkeypatch
+) -> None:
+    """Issue 24: a new process read every face in an identity (Store.identity_map: 0.13-0.21 CPU-s
+    at 310,000 faces) to bring the index's file in step; it now reads the faces marked since the
+    file was written (migrations/0023). After every kind of write, by raw SQL, an index loaded so
+    holds what the store has (each face's identity and embedding, each identity's count), and no
+    load reads the whole map; files are written now and then (their marks cleared)."""
+    from facesyncd.index import load_or_build
+
+    rng = random.Random(seed)
+    with store.transaction():
+        for (face,) in store.tuples("SELECT id FROM faces"):
+            store.execute("UPDATE faces SET embedding = ? WHERE id = ?", (embedding(rng), face))
+    state = tmp_path / "state"
+    load_or_build(store, state, WIDTH)  # built and written with the store's mark
+    whole_reads = 0
+    read_whole = store.identity_map
+
+    def counted() -> dict[int, int]:
+        nonlocal whole_reads
+        whole_reads += 1
+        return read_whole()
+
+    monkeypatch.setattr(store, "identity_map", counted)
+    kinds, written = set(), 0
+    for step in range(200):
+        write = random_write if rng.random() < 0.6 else index_write
+        kinds.add(write(store, rng, step, embedding(rng)))
+        if rng.random() < 0.5:
+            continue  # marks pile up between loads
+        save = rng.random() < 0.3
+        loaded = load_or_build(store, state, WIDTH, save_behind=save)
+        written += save and loaded.behind_on_disk == 0
+        assert held_index(loaded, store) == store_index(store), f"step {step}"
+    assert whole_reads == 0 and written > 5
+    assert len(kinds) > 25 and len(read_whole()) > 10  # (every kind tried; faces still in identities)
+
+
+def test_an_index_file_the_marks_do_not_describe_is_compared_whole_then_written_with_them(
+    store: Store, tmp_path: Path
+) -> None:
+    """A file another process wrote after it (its marks cleared past this one's), a file of another
+    store, or one from before the marks: the whole map is read, never a file missing a change;
+    the next load is from the marks again."""
+    from facesyncd.index import INDEX_FILE, SIDECAR_FILE, load_or_build
+
+    rng = random.Random(4)
+    with store.transaction():
+        for (face,) in store.tuples("SELECT id FROM faces"):
+            store.execute("UPDATE faces SET embedding = ? WHERE id = ?", (embedding(rng), face))
+    state, aside = tmp_path / "state", tmp_path / "aside"
+    load_or_build(store, state, WIDTH)
+    aside.mkdir()
+    for name in (INDEX_FILE, SIDECAR_FILE):
+        shutil.copy(state / name, aside / name)
+    token = store.index_file_token()
+    for step in range(6):
+        index_write(store, rng, step, embedding(rng))
+    load_or_build(store, state, WIDTH)  # another process writes its file: the marks up to it go
+    for step in range(6, 12):
+        index_write(store, rng, step, embedding(rng))
+    for name in (INDEX_FILE, SIDECAR_FILE):  # the first file back, as the store's
+        shutil.copy(aside / name, state / name)
+    store.kept_index_file(str(token), 0)
+    assert store.index_marks(json.loads((state / SIDECAR_FILE).read_text())["mark"]) is None
+
+    whole_reads = []
+    read_whole = store.identity_map
+    store.identity_map = lambda: whole_reads.append(1) or read_whole()  # type: ignore[method-assign]
+    loaded = load_or_build(store, state, WIDTH)
+    assert whole_reads == [1] and held_index(loaded, store) == store_index(store)
+    store.kept_index_file("another store's", 0)  # the file is not the store's
+    loaded = load_or_build(store, state, WIDTH)
+    assert whole_reads == [1, 1] and held_index(loaded, store) == store_index(store)
+    sidecar = json.loads((state / SIDECAR_FILE).read_text())
+    del sidecar["token"], sidecar["mark"]  # written before the marks
+    (state / SIDECAR_FILE).write_text(json.dumps(sidecar))
+    loaded = load_or_build(store, state, WIDTH)
+    assert whole_reads == [1, 1, 1] and held_index(loaded, store) == store_index(store)
+    index_write(store, rng, 12, embedding(rng))
+    loaded = load_or_build(store, state, WIDTH)
+    assert whole_reads == [1, 1, 1] and held_index(loaded, store) == store_index(store)

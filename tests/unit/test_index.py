@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -377,15 +378,44 @@ def test_merged_moved_removed_and_restored_faces_are_found_where_the_store_says(
 
 
 class Source:
-    """The store as the index sees it: faces, their identities and embeddings, a version."""
+    """The store as the index sees it: faces, their identities and embeddings, a version, and the
+    marks of the faces that changed (as migrations/0023's triggers make them)."""
 
     def __init__(self, count: int) -> None:
         self.data = {100 + row: vector for row, vector in enumerate(vectors(count + 500, seed=4))}
         self.identity = {face: face % 9 + 1 for face in list(self.data)[:count]}
         self.version = 1
+        self.marks: dict[int, int] = {}  # face -> its newest mark
+        self.made = 0  # the newest mark made
+        self.cleared = 0
+        self.token: str | None = None
+
+    def transaction(self) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()
 
     def index_version(self) -> int:
         return self.version
+
+    def index_marks(self, since: int) -> tuple[int, list[int]] | None:
+        if self.cleared > since:
+            return None
+        marked = sorted((seq, face) for face, seq in self.marks.items() if seq > since)
+        return (marked[-1][0] if marked else since), [face for _, face in marked]
+
+    def newest_index_mark(self) -> int:
+        return self.made
+
+    def index_file_token(self) -> str | None:
+        return self.token
+
+    def kept_index_file(self, token: str, mark: int) -> None:
+        self.token = token
+        self.marks = {face: seq for face, seq in self.marks.items() if seq > mark}
+        self.cleared = max(self.cleared, mark)
+
+    def index_entries(self, face_ids: list[int]) -> tuple[list[int], list[int], list[bytes]]:
+        ids = sorted(face for face in face_ids if face in self.identity)
+        return ids, [self.identity[face] for face in ids], [self.data[face].tobytes() for face in ids]
 
     def identity_map(self) -> dict[int, int]:
         return dict(self.identity)
@@ -403,6 +433,9 @@ class Source:
     def join(self, faces: list[int]) -> None:
         self.identity |= {face: 5 for face in faces}
         self.version += 1
+        for face in faces:
+            self.made += 1
+            self.marks[face] = self.made
 
 
 def test_a_kept_index_is_saved_once_its_file_lacks_a_twentieth_of_it(tmp_path: Path) -> None:
