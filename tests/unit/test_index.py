@@ -464,3 +464,58 @@ def test_a_kept_index_is_saved_once_its_file_lacks_a_twentieth_of_it(tmp_path: P
     assert 5 * step >= SAVE_BEHIND * len(source.identity)
     assert read_sidecar(tmp_path)["version"] == source.version  # a twentieth behind: written
     assert IndexKeeper(source, tmp_path, lambda: 32).get().behind_on_disk == 0
+
+
+def _mapped(array: np.ndarray) -> bool:
+    import mmap
+
+    base = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)
+
+
+def test_a_loaded_index_maps_its_rows_and_reads_them_where_it_may_not(tmp_path: Path, monkeypatch) -> None:
+    """A new process maps the saved rows (npz.map_rows: 160 MB at 500,000 faces of 128-d are not
+    copied), with the room saved after them; where rows are not mapped (Windows refuses to replace a
+    mapped file) they are read into room. Both hold the same index, take faces in their room, sort
+    their rows in place, and never change the file, which a save may replace meanwhile."""
+    index, data, identity_of = built(tmp_path)
+    before = (tmp_path / INDEX_FILE).read_bytes()
+    mapped = FaceIndex.load(tmp_path, 32, 5, identity_of)
+    monkeypatch.setattr(index_module, "MAP_ROWS", False)
+    read = FaceIndex.load(tmp_path, 32, 5, identity_of)
+    assert mapped is not None and read is not None
+    assert _mapped(mapped._index._vectors) and not _mapped(read._index._vectors)
+    for loaded in (mapped, read):
+        rows = loaded._index._vectors
+        loaded.add([9000, 9001], vectors(2, seed=9), [3, 5])
+        loaded.remove([100, 101])
+        loaded._index._compact()  # the rows sorted again, in place
+        assert loaded._index._vectors is rows  # added in the room, sorted where they lie
+        assert (loaded.query(vectors(2, seed=9), 1)[0][:, 0] == [9000, 9001]).all()
+        assert (loaded.query(data[2:40], 1)[0][:, 0] == np.arange(102, 140)).all()
+    assert (tmp_path / INDEX_FILE).read_bytes() == before
+    read.save(tmp_path, version=6)  # replaces the file the other's rows are mapped from
+    assert (mapped.query(data[2:40], 1)[0][:, 0] == np.arange(102, 140)).all()
+    now = {face: identity for face, identity in read.identity_of.items()}
+    again = FaceIndex.load(tmp_path, 32, 6, now)
+    assert again is not None and again.identity_of == mapped.identity_of == now
+
+
+def test_an_index_file_numpy_wrote_before_the_rows_identities_were_saved_loads(tmp_path: Path) -> None:
+    """Files written before this layout (numpy's savez, no rows' identities, no mark): loaded through
+    the store's map (FaceIndex.load), never through the marks."""
+    index, data, identity_of = built(tmp_path)
+    with np.load(tmp_path / INDEX_FILE) as saved:
+        arrays = {name: saved[name] for name in ("vectors", "labels", "live")}
+    with (tmp_path / INDEX_FILE).open("wb") as output:
+        np.savez(output, **{**arrays, "vectors": arrays["vectors"][:3000]})
+    sidecar = json.loads((tmp_path / SIDECAR_FILE).read_text())
+    (tmp_path / SIDECAR_FILE).write_text(json.dumps({**sidecar, "token": "t", "mark": 0}))
+    source = Source(0)
+    source.token = "t"
+    assert FaceIndex.load_marked(tmp_path, 32, source) is None  # no rows' identities in the file
+    loaded = FaceIndex.load(tmp_path, 32, 5, identity_of)
+    assert loaded is not None and loaded.identity_of == identity_of
+    assert (loaded.query(data[:30], 1)[0][:, 0] == np.arange(100, 130)).all()
