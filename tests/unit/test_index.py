@@ -519,3 +519,41 @@ def test_an_index_file_numpy_wrote_before_the_rows_identities_were_saved_loads(t
     loaded = FaceIndex.load(tmp_path, 32, 5, identity_of)
     assert loaded is not None and loaded.identity_of == identity_of
     assert (loaded.query(data[:30], 1)[0][:, 0] == np.arange(100, 130)).all()
+
+
+def test_the_rows_grouped_and_summed_as_arrays_are_each_identitys(tmp_path: Path) -> None:
+    """_regrouped groups every identity's rows at once (an identity at a time cost 0.04 CPU-s at
+    500,000 faces, in each process): whatever the rows' order (added since, deleted, moved by a
+    merge, sorted again), each identity's group holds its live rows, its first run where they lie,
+    and totals gives the sum and count of its rows."""
+    from facesyncd.index import _Routed, _rows
+
+    rng = np.random.default_rng(5)
+    routed = _Routed(8)
+    label = 0
+    for step in range(40):
+        count = int(rng.integers(1, 60))
+        owners = rng.integers(1, 12, count)
+        routed.add(vectors(count, 8, seed=step), np.arange(label, label + count), owners)
+        label += count
+        if step % 3 == 0:
+            routed.mark_deleted(rng.choice(label, 10))
+        if step % 7 == 0:
+            routed.relabel(int(rng.integers(1, 12)), int(rng.integers(1, 12)))
+        if step % 11 == 0:
+            routed._compact()
+        routed._changed()
+        owners_found, groups = routed._regrouped()
+        live = np.flatnonzero(routed._live[: routed.count()])
+        expected = sorted(set(routed._owners[live].tolist()))
+        assert owners_found.tolist() == expected
+        for owner, group in zip(expected, groups, strict=True):
+            rows = np.sort(live[routed._owners[live] == owner])
+            assert _rows(group).tolist() == rows.tolist()
+            first, stop, _ = group
+            assert rows[: stop - first].tolist() == list(range(first, stop))  # the first run, where it lies
+        numbers, sums, counts = routed.totals()
+        for at, owner in enumerate(numbers.tolist()):
+            rows = live[routed._owners[live] == owner]
+            assert counts[at] == len(rows)
+            assert np.allclose(sums[at], routed._vectors[rows].sum(axis=0, dtype=np.float64), atol=1e-9)
