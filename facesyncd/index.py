@@ -9,7 +9,6 @@ written beside their final name and renamed into place, so a crash leaves the ol
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import logging
@@ -24,9 +23,9 @@ from zipfile import ZIP_STORED, BadZipFile, ZipFile
 import numpy as np
 from numpy.typing import NDArray
 
+from . import npz
 from .atomic import remove_leftovers, write_atomic
 from .crashpoints import checkpoint
-from .npz import map_rows, read_with_room, write_rows
 from .sidecar import INDEX_FILE, LOCK_FILE, SIDECAR_FILE, read_sidecar
 
 log = logging.getLogger(__name__)
@@ -364,9 +363,9 @@ class _Routed:
             self._compact()
         count = self._count
         with path.open("wb") as output, ZipFile(output, "w", ZIP_STORED, allowZip64=True) as archive:
-            write_rows(archive, "vectors", self._vectors[:count], spare=_room(count) - count)
+            npz.write_rows(archive, "vectors", self._vectors[:count], spare=_room(count) - count)
             for name, column in (("labels", self._labels), ("live", self._live), ("owners", self._owners)):
-                write_rows(archive, name, column[:count])
+                npz.write_rows(archive, name, column[:count])
 
     def load(self, path: Path) -> bool:
         """The rows saved, with the room for more saved with them (_room): the first faces added after
@@ -379,9 +378,7 @@ class _Routed:
                 labels, live = data["labels"], data["live"]
                 saved_owners = data["owners"] if "owners" in data.files else None
             count = len(labels)
-            vectors = _mapped(file)
-            if vectors is None:
-                vectors = read_with_room(file, "vectors", spare=count // 4 + 1024, dtype=np.float32)
+            vectors = npz.rows(file, "vectors", spare=count // 4 + 1024, dtype=np.float32)
         if not (len(vectors) >= count == len(live)):
             raise ValueError("the index file's arrays disagree")
         if vectors.shape[1:] != self._vectors.shape[1:]:
@@ -409,32 +406,11 @@ class _Routed:
 # An identity's live rows (ascending): the first run of adjacent ones, as (first, stop), and the rest.
 Group = tuple[int, int, NDArray[np.int64]]
 
-# Whether the index's rows are mapped from its file (_mapped). Not on Windows, which refuses to
-# replace a file that a process has mapped: the next save would fail.
-MAP_ROWS = os.name == "posix"
-
 
 def _room(count: int) -> int:
     """The rows a file of `count` faces holds, the room for more included: a process adds about
     SAVE_BEHIND of them before the file is written again."""
     return count + count // 8 + 1024
-
-
-def _mapped(file: io.BufferedReader) -> NDArray[np.float32] | None:
-    """The index file's rows, mapped from it copy-on-write (npz.map_rows): a new process pays for
-    checking them, not for copying 160 MB at 500,000 faces of 128-d into memory of its own (0.27-0.49
-    CPU-s on a small virtual machine, most of it the system's first touch of that memory), and
-    shares the pages with the file cache and other processes until it writes them. A running
-    process that writes a new file keeps the old one's pages (and its disk space) until the rows
-    are copied (a resize) or it ends. None where rows are not mapped (MAP_ROWS; a file numpy wrote;
-    a file system that cannot map): read instead."""
-    if not MAP_ROWS:
-        return None
-    try:
-        return map_rows(file, "vectors", dtype=np.float32)
-    except OSError as problem:
-        log.debug("cannot map the index's rows (%s): read instead", problem)
-        return None
 
 
 def _group(rows: NDArray[np.int64]) -> Group:

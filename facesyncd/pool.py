@@ -15,15 +15,15 @@ import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
-from zipfile import BadZipFile
+from zipfile import ZIP_STORED, BadZipFile, ZipFile
 
 import numpy as np
 from numpy.typing import NDArray
 
+from . import npz
 from .atomic import remove_leftovers, write_atomic
 from .coarse import CoarseRows, round_rows
 from .models import GroupSizes, PoolArrays
-from .npz import read_with_room
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,9 @@ SAVE_BEHIND = 0.05
 _SAVE_AT_LEAST = 1024
 # Faces marked since the last read past which (and past a quarter of the pool) it is read whole.
 _READ_WHOLE_PAST = 1024
-# What a file holds, in which layout: one of another layout is passed over.
-_FILE_FORMAT = 1
+# What a file holds, in which layout: one of another layout is passed over (2: each array's rows
+# aligned, with room after them, npz.write_rows; the count of faces in `about`).
+_FILE_FORMAT = 2
 # Arrays of the file, in the order of PoolKeeper._arrays.
 _FILE_ARRAYS = ("ids", "blur", "frontality", "cut", "group", "codes", "scale", "length", "error")
 
@@ -120,23 +121,20 @@ class PoolKeeper:
                     about = json.loads(str(data["about"]))
                     if about.get("token") != token or about.get("format") != _FILE_FORMAT:
                         return None
-                    ids = data["ids"]
-                mark = int(about["mark"])
+                mark, count = int(about["mark"]), int(about["count"])
                 marks = self._store.pool_marks(mark)
                 if marks is None:
                     return None
-                # each array read into room for more rows (the codes are 100 MB at 200,000 faces of 512-d)
-                count = len(ids)
-                room = _room(count)
-                arrays = [_grown(ids, room, count)]
-                arrays += [read_with_room(file, name, spare=room - count) for name in _FILE_ARRAYS[1:]]
+                # each array mapped with the room saved after its rows, or read into room for more
+                # (the codes are 100 MB at 200,000 faces of 512-d)
+                arrays = [npz.rows(file, name, spare=_room(count) - count) for name in _FILE_ARRAYS]
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError, EOFError, BadZipFile) as problem:
             log.warning("the pool's file %s is unreadable (%s): the pool is read from the store", self._file, problem)
             return None
         if any(
-            len(array) != room or array.ndim != (2 if name == "codes" else 1)
+            len(array) != len(arrays[0]) or len(array) < count or array.ndim != (2 if name == "codes" else 1)
             for name, array in zip(_FILE_ARRAYS, arrays, strict=True)
         ):
             log.warning("the pool's file %s does not hold whole rows: the pool is read from the store", self._file)
@@ -151,13 +149,16 @@ class PoolKeeper:
         the store's. A write that fails costs the next process a read of the whole pool, not the cycle."""
         assert self._file is not None
         token = secrets.token_hex(8)
-        about = {"format": _FILE_FORMAT, "token": token, "mark": self._upto}
-        held = (array[: self._count] for array in self._arrays())
+        count = self._count
+        about = {"format": _FILE_FORMAT, "token": token, "mark": self._upto, "count": count}
+        held = (array[:count] for array in self._arrays())
         arrays: dict[str, Any] = dict(zip(_FILE_ARRAYS, held, strict=True))
 
         def write(path: Path) -> None:
-            with path.open("wb") as output:
-                np.savez(output, about=np.array(json.dumps(about)), **arrays)
+            with path.open("wb") as output, ZipFile(output, "w", ZIP_STORED, allowZip64=True) as archive:
+                npz.write_array(archive, "about", np.array(json.dumps(about)))
+                for name, array in arrays.items():
+                    npz.write_rows(archive, name, array, spare=_room(count) - count)
 
         try:
             # (no other process writes the file meanwhile: get() holds the store's write transaction)

@@ -536,17 +536,24 @@ def _counting_whole_reads(store: Store, monkeypatch: pytest.MonkeyPatch) -> tupl
     return whole, read
 
 
-@pytest.mark.parametrize("seed", [13, 22])
+@pytest.mark.parametrize("seed, mapped", [(13, True), (22, True), (13, False)])
 def test_a_new_process_takes_the_pool_from_its_file_and_the_marks_since(
-    store: Store, tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch
+    store: Store, tmp_path: Path, seed: int, mapped: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 24: between processes the pool's arrays are kept in a file (pool.POOL_FILE). After every
-    kind of write, a new process (a new keeper) holds what the store has, read from the file and the
-    faces marked since, never the whole pool but the first time; the file is written again as marks
-    pile up, and the marks are cleared up to it (they do not pile up for ever)."""
+    kind of write, a new process (a new keeper) holds what the store has, from the file (its arrays
+    mapped from it, npz.rows, or read where they are not) and the faces marked since, never the
+    whole pool but the first time; the file is written again as marks pile up, and the marks are
+    cleared up to it (they do not pile up for ever)."""
+    import mmap
+
+    import numpy as np
+
+    import facesyncd.npz as npz
     import facesyncd.pool as pool_module
     from facesyncd.pool import POOL_FILE, PoolKeeper
 
+    monkeypatch.setattr(npz, "MAP_ROWS", mapped)
     monkeypatch.setattr(pool_module, "_SAVE_AT_LEAST", 6)  # (the test's pool is small)
     rng = random.Random(seed)
     _pooled(store, rng)
@@ -563,7 +570,12 @@ def test_a_new_process_takes_the_pool_from_its_file_and_the_marks_since(
         if rng.random() < 0.3:
             assert by_id(daemon.get()) == by_id(read()), f"step {step} ({kind}): the daemon"
         if rng.random() < 0.3:
-            assert by_id(PoolKeeper(store, file).get()) == by_id(read()), f"step {step} ({kind}): a new process"
+            new_process = PoolKeeper(store, file)
+            assert by_id(new_process.get()) == by_id(read()), f"step {step} ({kind}): a new process"
+            base = new_process._coarse.codes
+            while isinstance(base, np.ndarray):
+                base = base.base
+            assert (isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)) == mapped
         marks_left.append(len(store.tuples("SELECT 1 FROM pool_marks")))
     assert whole == [1] and len(writes) > 5
     assert max(marks_left) < 40 and min(marks_left[100:]) < 10  # cleared as the file is written

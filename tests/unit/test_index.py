@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 import facesyncd.index as index_module
+import facesyncd.npz as npz
 from facesyncd.index import INDEX_FILE, SIDECAR_FILE, FaceIndex, needs_rebuild, read_sidecar
 
 
@@ -483,7 +484,7 @@ def test_a_loaded_index_maps_its_rows_and_reads_them_where_it_may_not(tmp_path: 
     index, data, identity_of = built(tmp_path)
     before = (tmp_path / INDEX_FILE).read_bytes()
     mapped = FaceIndex.load(tmp_path, 32, 5, identity_of)
-    monkeypatch.setattr(index_module, "MAP_ROWS", False)
+    monkeypatch.setattr(npz, "MAP_ROWS", False)
     read = FaceIndex.load(tmp_path, 32, 5, identity_of)
     assert mapped is not None and read is not None
     assert _mapped(mapped._index._vectors) and not _mapped(read._index._vectors)
