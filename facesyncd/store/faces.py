@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
@@ -77,15 +78,20 @@ def _numbers_sql(numbers: Collection[int]) -> str:
 # the frame); an imported crop fills its image by design and is not.
 _CUT = "b.decoded_from != 'import' AND (f.x1 <= 1 OR f.y1 <= 1 OR f.x2 >= b.width - 1 OR f.y2 >= b.height - 1) AS cut"
 
-# The newest pool mark cleared (see Store.pool_marks).
-_POOL_MARKS_CLEARED = "pool_marks_cleared"
-# Meta: the token of the pool's file that holds the pool as the store had it at the file's mark
-# (pool.PoolKeeper); a file with another token is not the store's.
-_POOL_FILE_TOKEN = "pool_file_token"
-# The newest index mark cleared, and the token of the index's file that holds the faces in identities
-# as the store had them at the file's mark (see Store.index_marks, index.FaceIndex.load).
-_INDEX_MARKS_CLEARED = "index_marks_cleared"
-_INDEX_FILE_TOKEN = "index_file_token"
+
+@dataclass(frozen=True)
+class _FileMarks:
+    """A table of face marks kept by triggers for a cache file (the pool's, the index's), and the
+    meta keys of the newest mark cleared and of the token of the file that is the store's at its
+    mark (a file with another token is not the store's)."""
+
+    table: str
+    cleared: str
+    token: str
+
+
+_POOL_MARKS = _FileMarks("pool_marks", "pool_marks_cleared", "pool_file_token")  # pool.PoolKeeper
+_INDEX_MARKS = _FileMarks("index_marks", "index_marks_cleared", "index_file_token")  # index.FaceIndex.load_marked
 
 # A face compared with every identity and in none, that clustering may open a faceset from.
 POOL = f"f.identity IS NULL AND f.matched_at IS NOT NULL AND f.held IS NULL AND {LIVE_FACES}"
@@ -284,63 +290,69 @@ class FaceQueries(Database):
         """The faces whose rows of pool_arrays may have changed after mark `since` (marked by
         triggers, migrations/0021), and the newest mark; None when some of those marks were cleared
         (a reader that far behind reads the pool whole)."""
-        if int(self.get_meta(_POOL_MARKS_CLEARED) or 0) > since:
-            return None
-        rows = self.tuples("SELECT seq, face_id FROM pool_marks WHERE seq > ? ORDER BY seq", (since,))
-        return (rows[-1][0] if rows else since), [face for _, face in rows]
+        return self._marks_since(_POOL_MARKS, since)
 
     def pool_file_token(self) -> str | None:
         """The token of the pool's file that is the store's pool at its mark (see kept_pool_file)."""
-        return self.get_meta(_POOL_FILE_TOKEN)
+        return self.get_meta(_POOL_MARKS.token)
 
     def kept_pool_file(self, token: str, mark: int) -> None:
         """The pool's file with `token`, just written, holds the pool as it stood at `mark`: it is
         the store's from now on (any other is not), and the marks up to it are cleared (a reader of
         the file reads those after it)."""
-        with self.transaction():
-            self.set_meta(_POOL_FILE_TOKEN, token)
-            self.clear_pool_marks(mark)
+        self._kept_file(_POOL_MARKS, token, mark)
 
     def newest_pool_mark(self) -> int:
         """The newest mark made: of those left, or the newest cleared (with none left, a reader that
         takes 0 for the newest is behind the marks cleared, and would read the pool whole again)."""
-        left = self.scalar("SELECT MAX(seq) FROM pool_marks")
-        return int(left) if left is not None else int(self.get_meta(_POOL_MARKS_CLEARED) or 0)
+        return self._newest_mark(_POOL_MARKS)
 
     def clear_pool_marks(self, upto: int) -> None:
         """The pool as it stood at mark `upto` was read: those marks are cleared (a reader behind
         them reads the pool whole, see pool_marks)."""
-        with self.transaction():
-            if self.execute("DELETE FROM pool_marks WHERE seq <= ?", (upto,)).rowcount:
-                self.set_meta(_POOL_MARKS_CLEARED, str(upto))
+        self._clear_marks(_POOL_MARKS, upto)
 
     def index_marks(self, since: int) -> tuple[int, list[int]] | None:
         """The faces whose place in the face index (in an identity or not, which one, the embedding)
         may have changed after mark `since` (marked by triggers, migrations/0023), and the newest
         mark; None when some of those marks were cleared (a file that far behind is not brought in
         step from them)."""
-        if int(self.get_meta(_INDEX_MARKS_CLEARED) or 0) > since:
-            return None
-        rows = self.tuples("SELECT seq, face_id FROM index_marks WHERE seq > ? ORDER BY seq", (since,))
-        return (rows[-1][0] if rows else since), [face for _, face in rows]
+        return self._marks_since(_INDEX_MARKS, since)
 
     def newest_index_mark(self) -> int:
         """The newest index mark made: of those left, or the newest cleared."""
-        left = self.scalar("SELECT MAX(seq) FROM index_marks")
-        return int(left) if left is not None else int(self.get_meta(_INDEX_MARKS_CLEARED) or 0)
+        return self._newest_mark(_INDEX_MARKS)
 
     def index_file_token(self) -> str | None:
         """The token of the index's file that is the store's at its mark (see kept_index_file)."""
-        return self.get_meta(_INDEX_FILE_TOKEN)
+        return self.get_meta(_INDEX_MARKS.token)
 
     def kept_index_file(self, token: str, mark: int) -> None:
         """The index's file with `token`, just written, holds the faces in identities as they stood at
         `mark`: it is the store's from now on (any other is not), and the marks up to it are cleared
         (a reader of the file reads those after it)."""
+        self._kept_file(_INDEX_MARKS, token, mark)
+
+    def _marks_since(self, marks: _FileMarks, since: int) -> tuple[int, list[int]] | None:
+        if int(self.get_meta(marks.cleared) or 0) > since:
+            return None
+        rows = self.tuples(f"SELECT seq, face_id FROM {marks.table} WHERE seq > ? ORDER BY seq", (since,))
+        return (rows[-1][0] if rows else since), [face for _, face in rows]
+
+    def _newest_mark(self, marks: _FileMarks) -> int:
+        left = self.scalar(f"SELECT MAX(seq) FROM {marks.table}")
+        return int(left) if left is not None else int(self.get_meta(marks.cleared) or 0)
+
+    def _clear_marks(self, marks: _FileMarks, upto: int) -> None:
+        # (marks only grow: a mark left at or below `upto` means `upto` is past the newest cleared)
         with self.transaction():
-            self.set_meta(_INDEX_FILE_TOKEN, token)
-            if self.execute("DELETE FROM index_marks WHERE seq <= ?", (mark,)).rowcount:
-                self.set_meta(_INDEX_MARKS_CLEARED, str(max(mark, int(self.get_meta(_INDEX_MARKS_CLEARED) or 0))))
+            if self.execute(f"DELETE FROM {marks.table} WHERE seq <= ?", (upto,)).rowcount:
+                self.set_meta(marks.cleared, str(upto))
+
+    def _kept_file(self, marks: _FileMarks, token: str, mark: int) -> None:
+        with self.transaction():
+            self.set_meta(marks.token, token)
+            self._clear_marks(marks, mark)
 
     def index_entries(self, face_ids: Sequence[int]) -> tuple[list[int], list[int], list[bytes]]:
         """Of these faces, those in an identity now: their ids (ascending), identities and embeddings."""
