@@ -363,15 +363,15 @@ class _Routed:
             self._compact()
         count = self._count
         with path.open("wb") as output, ZipFile(output, "w", ZIP_STORED, allowZip64=True) as archive:
-            npz.write_rows(archive, "vectors", self._vectors[:count], spare=_room(count) - count)
+            npz.write_rows(archive, "vectors", self._vectors[:count], spare=npz.room(count) - count)
             for name, column in (("labels", self._labels), ("live", self._live), ("owners", self._owners)):
                 npz.write_rows(archive, name, column[:count])
 
     def load(self, path: Path) -> bool:
-        """The rows saved, with the room for more saved with them (_room): the first faces added after
-        a start copy nothing (the vectors are 600 MB at 500,000 faces, and copying them into room made
-        for one more face cost 2.3 CPU-s of each start). The rows are mapped from the file (see
-        _mapped), else read into room for a quarter more. Whether the file held each row's identity
+        """The rows saved, with the room for more saved with them (npz.room): the first faces added
+        after a start copy nothing (the vectors are 600 MB at 500,000 faces, and copying them into room
+        made for one more face cost 2.3 CPU-s of each start). The rows are mapped from the file
+        (npz.rows), else read into room for a quarter more. Whether the file held each row's identity
         as it was saved (else they are -1, for set_owners)."""
         with path.open("rb") as file:  # (once: a file saved meanwhile replaces it, and this one stays)
             with np.load(file) as data:
@@ -405,12 +405,6 @@ class _Routed:
 
 # An identity's live rows (ascending): the first run of adjacent ones, as (first, stop), and the rest.
 Group = tuple[int, int, NDArray[np.int64]]
-
-
-def _room(count: int) -> int:
-    """The rows a file of `count` faces holds, the room for more included: a process adds about
-    SAVE_BEHIND of them before the file is written again."""
-    return count + count // 8 + 1024
 
 
 def _group(rows: NDArray[np.int64]) -> Group:
@@ -724,14 +718,9 @@ class FaceIndex:
         for face_id in absent.tolist():
             del index.identity_of[face_id]
         index._index.set_owners(index.identity_of)  # the store's identities: merges and moves made meanwhile
-        owners, sums, counts = index._index.totals()
-        if int(counts.sum()) != len(index.identity_of):  # a face the file lacks, or holds twice
+        if index._take_totals() != len(index.identity_of):  # a face the file lacks, or holds twice
             log.warning("face index in %s does not hold the store's faces once each; rebuilding it", state_dir)
             return None
-        numbers = owners.tolist()
-        index._sums = dict(zip(numbers, sums, strict=True))
-        index._counts = dict(zip(numbers, counts.tolist(), strict=True))
-        index._moved(numbers)
         if not current:
             index._index.mark_deleted(np.asarray(leaving, np.int64))
             if index._dead is not None:
@@ -779,10 +768,7 @@ class FaceIndex:
         if (owners < 0).any():
             return None
         index.identity_of = dict(zip(labels.tolist(), owners.tolist(), strict=True))
-        numbers, sums, counts = index._index.totals()
-        index._sums = dict(zip(numbers.tolist(), sums, strict=True))
-        index._counts = dict(zip(numbers.tolist(), counts.tolist(), strict=True))
-        index._moved(numbers.tolist())
+        index._take_totals()
         index.mark = mark
         with source.transaction():  # (the marks, the faces they name and the count, as of one moment)
             caught_up = index._catch_up(source, limit=max(1024, count // 10))
@@ -796,6 +782,16 @@ class FaceIndex:
         if caught_up:
             log.info("face index: its file and the %d faces marked since it was written", caught_up)
         return index
+
+    def _take_totals(self) -> int:
+        """Each identity's sum and count as the rows loaded hold them (every identity's centre has
+        moved, for a look); how many faces they count."""
+        owners, sums, counts = self._index.totals()
+        numbers = owners.tolist()
+        self._sums = dict(zip(numbers, sums, strict=True))
+        self._counts = dict(zip(numbers, counts.tolist(), strict=True))
+        self._moved(numbers)
+        return int(counts.sum())
 
     def _catch_up(self, source: IndexSource, limit: int | None = None) -> int | None:
         """The faces marked in the store after self.mark taken out and put back as the store has
@@ -939,8 +935,6 @@ class IndexKeeper:
             self._index = load_or_build(self._source, self._state_dir, self._dimension(), save_behind=False)
             self._saved_version = self._source.index_version()
             self._unsaved = self._index.behind_on_disk
-            if self._index.unmarked_file:  # written again at the first chance (see save_if_changed)
-                self._unsaved = max(self._unsaved, int(SAVE_BEHIND * len(self._index)) + 1)
             log.debug("face index loaded: %d faces", len(self._index))
         return self._index
 
@@ -968,12 +962,14 @@ class IndexKeeper:
         self._unsaved = 0
 
     def save_if_changed(self) -> None:
-        """Write the file when the store changed since and the file lacks SAVE_BEHIND of the index."""
+        """Write the file when the store changed since and the file lacks SAVE_BEHIND of the index, or
+        when the store's marks do not describe it (it was loaded whole: written at the first chance)."""
         if self._index is None:
             return
-        if self._source.index_version() == self._saved_version and not self._unsaved:  # the file is this index
-            return
-        if self._unsaved < SAVE_BEHIND * len(self._index):
+        unmarked = self._index.unmarked_file
+        if self._source.index_version() == self._saved_version and not self._unsaved and not unmarked:
+            return  # the file is this index
+        if self._unsaved < SAVE_BEHIND * len(self._index) and not unmarked:
             log.debug("the index file is %d faces behind: saved later", self._unsaved)
             return
         self._saved_version = save_in_step(self._index, self._source, self._state_dir)

@@ -104,15 +104,22 @@ def map_rows(file: io.BufferedReader, name: str, *, dtype: Any = None) -> np.nda
     if start % _ALIGN:
         return None
     mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
-    size = int(np.prod(member.shape)) * member.dtype.itemsize
+    count = int(np.prod(member.shape))
+    size = count * member.dtype.itemsize
     if start + size > len(mapped):
         raise ValueError(f"{name} is cut short")
     with memoryview(mapped) as view:
         crc = zlib.crc32(view[start : start + size], zlib.crc32(view[member.begin : start]))
     if crc != member.crc:
         raise ValueError(f"{name} is damaged (its CRC differs)")
-    count = int(np.prod(member.shape))
     return np.frombuffer(mapped, member.dtype, count=count, offset=start).reshape(member.shape)
+
+
+def room(count: int) -> int:
+    """The rows a cache of `count` faces (the index's, the pool's) is held and written in, with room
+    to add some in place: a process adds about a twentieth of them (their SAVE_BEHIND) before its
+    file is written again."""
+    return count + count // 8 + 1024
 
 
 # Whether rows are mapped from their files (rows). Not on Windows, which refuses to replace a file

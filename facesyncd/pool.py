@@ -127,7 +127,7 @@ class PoolKeeper:
                     return None
                 # each array mapped with the room saved after its rows, or read into room for more
                 # (the codes are 100 MB at 200,000 faces of 512-d)
-                arrays = [npz.rows(file, name, spare=_room(count) - count) for name in _FILE_ARRAYS]
+                arrays = [npz.rows(file, name, spare=npz.room(count) - count) for name in _FILE_ARRAYS]
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError, EOFError, BadZipFile) as problem:
@@ -158,7 +158,7 @@ class PoolKeeper:
             with path.open("wb") as output, ZipFile(output, "w", ZIP_STORED, allowZip64=True) as archive:
                 npz.write_array(archive, "about", np.array(json.dumps(about)))
                 for name, array in arrays.items():
-                    npz.write_rows(archive, name, array, spare=_room(count) - count)
+                    npz.write_rows(archive, name, array, spare=npz.room(count) - count)
 
         try:
             # (no other process writes the file meanwhile: get() holds the store's write transaction)
@@ -230,7 +230,7 @@ class PoolKeeper:
     def _load(self, pool: PoolArrays) -> None:
         count = len(pool.ids)
         width = pool.coarse.codes.shape[1]
-        self._hold([_grown(array, _room(count), count, width) for array in _columns(pool)], count)
+        self._hold([_grown(array, npz.room(count), count, width) for array in _columns(pool)], count)
 
     def _hold(self, arrays: Sequence[NDArray[Any]], count: int) -> None:
         """These arrays (in the order of _arrays, with room past their first `count` rows) as the pool."""
@@ -316,11 +316,6 @@ def _columns(pool: PoolArrays) -> tuple[NDArray[np.generic], ...]:
 
 
 _T = TypeVar("_T", bound=np.generic)
-
-
-def _room(count: int) -> int:
-    """The rows to hold `count` faces in, with room to add some in place."""
-    return count + count // 8 + 1024
 
 
 def _grown(array: NDArray[_T], rows: int, kept: int, width: int = 0) -> NDArray[_T]:

@@ -558,3 +558,30 @@ def test_the_rows_grouped_and_summed_as_arrays_are_each_identitys(tmp_path: Path
             rows = live[routed._owners[live] == owner]
             assert counts[at] == len(rows)
             assert np.allclose(sums[at], routed._vectors[rows].sum(axis=0, dtype=np.float64), atol=1e-9)
+
+
+def test_a_kept_index_loaded_from_a_file_the_marks_do_not_describe_is_written_at_the_first_chance(
+    tmp_path: Path,
+) -> None:
+    """A file from before the marks (no token) is compared with every face of the store once; a
+    running process writes it again at its first save, nothing having changed, so that the next
+    start brings it in step from the marks alone."""
+    from facesyncd.index import IndexKeeper
+
+    source = Source(1500)
+    index = FaceIndex(32)
+    faces = list(source.identity)
+    index.add(faces, np.stack([source.data[face] for face in faces]), [source.identity[f] for f in faces])
+    index.save(tmp_path, version=source.version)  # no token: as written before the marks
+    whole_reads = []
+    read_whole = source.identity_map
+    source.identity_map = lambda: whole_reads.append(1) or read_whole()  # type: ignore[method-assign]
+    keeper = IndexKeeper(source, tmp_path, lambda: 32)
+    assert keeper.get().identity_of == source.identity and whole_reads == [1]
+    assert "token" not in read_sidecar(tmp_path)
+    keeper.save_if_changed()  # nothing changed, nothing behind: written for its marks
+    assert read_sidecar(tmp_path)["token"] == source.token is not None
+    again = IndexKeeper(source, tmp_path, lambda: 32).get()
+    assert again.identity_of == source.identity and whole_reads == [1]
+    keeper.save_if_changed()  # written with its mark: not again
+    assert read_sidecar(tmp_path)["token"] == source.token
