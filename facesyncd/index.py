@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 from zipfile import ZIP_STORED, BadZipFile, ZipFile
 
 import numpy as np
@@ -30,6 +30,8 @@ from .sidecar import INDEX_FILE, LOCK_FILE, SIDECAR_FILE, read_sidecar
 
 log = logging.getLogger(__name__)
 
+# The members of an index file that hold the identities' totals (_Routed.save), in the order of Totals.
+_TOTALS = ("total_owners", "totals", "total_counts")
 # Identities a query is compared with: the ones whose centres are nearest it. A face's nearest faces lie
 # in its own identity or in look-alikes, whose centres rank near the top among thousands of strangers
 # (recall@10 against exact search: benchmarks/bench_index.py).
@@ -64,6 +66,17 @@ def _save_lock(state_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(descriptor)
+
+
+# Each identity's sum of its rows and their count: the identities (ascending), the sums (float64), the counts.
+Totals = tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.int64]]
+
+
+class _Saved(NamedTuple):
+    """What an index file held besides its rows (_Routed.load)."""
+
+    owners: bool  # each row's identity as it was saved (else they are -1, for set_owners)
+    totals: Totals | None  # the identities' sums and counts as saved with the rows (None: not saved)
 
 
 class _Routed:
@@ -203,7 +216,7 @@ class _Routed:
             groups = self._regrouped()
         return groups
 
-    def totals(self) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.int64]]:
+    def totals(self) -> Totals:
         """The identities with live rows (ascending), the sum of each one's rows (in float64) and
         their count: read as runs of the matrix, an identity at a time (np.add.reduceat over the
         rows gathered in identity order took 0.22 CPU-s at 500,000 faces, this 0.04; over the runs
@@ -354,10 +367,12 @@ class _Routed:
         nearest = np.argsort(distances, axis=1, kind="stable")[:, :k]
         return live[nearest], np.take_along_axis(distances, nearest, axis=1).astype(np.float32)
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, totals: Totals | None = None) -> None:
         """The rows as they are, sorted by identity first where some are out of place: a process that
         loads the file then reads identities as runs from its first search, instead of sorting the
-        rows itself (1.0 CPU-s at 500,000 faces of 512-d, in every `sync` of its own)."""
+        rows itself (1.0 CPU-s at 500,000 faces of 512-d, in every `sync` of its own). With the
+        identities' `totals` as the caller keeps them: a process that loads the file takes them
+        rather than summing every row again (0.04 CPU-s at 500,000 faces)."""
         self._rows_by_owner()
         if self._out_of_place:
             self._compact()
@@ -366,17 +381,22 @@ class _Routed:
             npz.write_rows(archive, "vectors", self._vectors[:count], spare=npz.room(count) - count)
             for name, column in (("labels", self._labels), ("live", self._live), ("owners", self._owners)):
                 npz.write_rows(archive, name, column[:count])
+            if totals is not None:
+                for name, array in zip(_TOTALS, totals, strict=True):
+                    npz.write_array(archive, name, array)
 
-    def load(self, path: Path) -> bool:
+    def load(self, path: Path) -> _Saved:
         """The rows saved, with the room for more saved with them (npz.room): the first faces added
         after a start copy nothing (the vectors are 600 MB at 500,000 faces, and copying them into room
         made for one more face cost 2.3 CPU-s of each start). The rows are mapped from the file
-        (npz.rows), else read into room for a quarter more. Whether the file held each row's identity
-        as it was saved (else they are -1, for set_owners)."""
+        (npz.rows), else read into room for a quarter more. What else the file held (_Saved)."""
         with path.open("rb") as file:  # (once: a file saved meanwhile replaces it, and this one stays)
             with np.load(file) as data:
                 labels, live = data["labels"], data["live"]
                 saved_owners = data["owners"] if "owners" in data.files else None
+                totals: Totals | None = None
+                if all(name in data.files for name in _TOTALS):
+                    totals = (data["total_owners"], data["totals"], data["total_counts"])
             count = len(labels)
             vectors = npz.rows(file, "vectors", spare=count // 4 + 1024, dtype=np.float32)
         if not (len(vectors) >= count == len(live)):
@@ -395,7 +415,7 @@ class _Routed:
         self._live[:count] = live
         self._count = count
         self._changed()
-        return saved_owners is not None
+        return _Saved(saved_owners is not None, totals)
 
     def held(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """The live rows' labels and identities (as loaded with them, or set)."""
@@ -475,6 +495,25 @@ def _largest(values: NDArray[np.float32], count: int) -> NDArray[np.int64]:
     return chosen
 
 
+def _totals_hold(totals: Totals, owners: NDArray[np.int64], dimension: int) -> bool:
+    """Whether `totals` (as a file held them) count each identity of these rows' `owners` as the rows
+    do, in the form Totals takes: what can be checked without summing every row again (the sums
+    are as checked as the rows: the file's checksums)."""
+    numbers, sums, counts = totals
+    if numbers.ndim != 1 or sums.shape != (len(numbers), dimension) or counts.shape != numbers.shape:
+        return False
+    if not (numbers.dtype.kind == counts.dtype.kind == "i" and sums.dtype == np.float64):
+        return False
+    if not len(owners) or not len(numbers):
+        return len(owners) == len(numbers) == 0
+    span = int(owners.max()) + 1
+    if int(numbers.min()) < 0 or int(numbers.max()) >= span or span > 16 * len(owners) + 1024:
+        return False  # (an identity the rows lack, or numbers too far apart to count by position)
+    held = np.bincount(owners, minlength=span)
+    ascending = bool((numbers[1:] > numbers[:-1]).all())
+    return ascending and bool((held[numbers] == counts).all()) and int(counts.sum()) == len(owners)
+
+
 def _find(keys: NDArray[np.int64], wanted: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
     """Where each of `wanted` stands in the ascending `keys`, and whether it is there at all."""
     if not len(keys):
@@ -533,6 +572,9 @@ class FaceIndex:
             return
         vectors = np.asarray(embeddings, np.float32)
         owners = np.asarray(identities, np.int64)
+        # a face the index holds already counts once, with its new embedding and identity: its old ones
+        # leave the identity's sum first (kept sums are saved with the rows, see _Routed.save)
+        self.remove([face for face in face_ids if int(face) in self.identity_of])
         # a face back from the dead (an undo) or added again: its row is reused; when the dead are not
         # known (an old sidecar), every face is looked for
         dead = self._dead if self._dead is not None else set(self._index.labels())
@@ -645,7 +687,7 @@ class FaceIndex:
 
     def _save(self, state_dir: Path, version: int, token: str | None = None) -> None:
         remove_leftovers(state_dir, INDEX_FILE, SIDECAR_FILE)  # of a process killed mid-save
-        write_atomic(state_dir / INDEX_FILE, self._index.save)
+        write_atomic(state_dir / INDEX_FILE, lambda path: self._index.save(path, self._totals()))
         checkpoint("index-save")
         sidecar: dict[str, int | str | list[int]] = {
             "version": version,
@@ -755,7 +797,8 @@ class FaceIndex:
         index = cls(dimension, empty=False)
         try:
             count, deleted = int(sidecar["faces"]), int(sidecar.get("deleted", 0))
-            if not index._index.load(state_dir / INDEX_FILE):
+            saved = index._index.load(state_dir / INDEX_FILE)
+            if not saved.owners:
                 return None  # written before the rows' identities were saved
             index._dead = {int(label) for label in dead}
         except (RuntimeError, OSError, ValueError, KeyError, TypeError, MemoryError, EOFError, BadZipFile) as error:
@@ -768,7 +811,11 @@ class FaceIndex:
         if (owners < 0).any():
             return None
         index.identity_of = dict(zip(labels.tolist(), owners.tolist(), strict=True))
-        index._take_totals()
+        totals = saved.totals
+        if totals is not None and not _totals_hold(totals, owners, dimension):
+            log.debug("face index in %s holds totals that disagree with its rows: summed again", state_dir)
+            totals = None
+        index._take_totals(totals)
         index.mark = mark
         with source.transaction():  # (the marks, the faces they name and the count, as of one moment)
             caught_up = index._catch_up(source, limit=max(1024, count // 10))
@@ -783,10 +830,17 @@ class FaceIndex:
             log.info("face index: its file and the %d faces marked since it was written", caught_up)
         return index
 
-    def _take_totals(self) -> int:
-        """Each identity's sum and count as the rows loaded hold them (every identity's centre has
-        moved, for a look); how many faces they count."""
-        owners, sums, counts = self._index.totals()
+    def _totals(self) -> Totals:
+        """Each identity's sum and count as this index keeps them (what _take_totals takes)."""
+        numbers = sorted(self._counts)
+        sums = np.stack([self._sums[number] for number in numbers]) if numbers else np.zeros((0, self.dimension))
+        counts = np.array([self._counts[number] for number in numbers], np.int64)
+        return np.array(numbers, np.int64), sums, counts
+
+    def _take_totals(self, saved: Totals | None = None) -> int:
+        """Each identity's sum and count as the rows loaded hold them, or as `saved` with them (every
+        identity's centre has moved, for a look); how many faces they count."""
+        owners, sums, counts = saved if saved is not None else self._index.totals()
         numbers = owners.tolist()
         self._sums = dict(zip(numbers, sums, strict=True))
         self._counts = dict(zip(numbers, counts.tolist(), strict=True))

@@ -833,6 +833,20 @@ def store_index(store: Store) -> tuple[dict[int, int], dict[int, int], list[list
     return identity_of, counts, [np.asarray(stored[face], np.float32).tolist() for face in faces]
 
 
+def sums_held(index: object, store: Store) -> bool:
+    """Whether each identity's sum the index keeps (what its centre and mean distances come from) is
+    the sum of its faces' embeddings in the store."""
+    import numpy as np
+
+    identity_of = Store.identity_map(store)
+    stored = store.embeddings_of(sorted(identity_of))
+    sums: dict[int, np.ndarray] = {}
+    for face, number in identity_of.items():
+        sums[number] = sums.get(number, np.zeros(WIDTH)) + np.asarray(stored[face], np.float64)
+    kept = index._sums  # type: ignore[attr-defined]
+    return kept.keys() == sums.keys() and all(np.allclose(kept[n], sums[n], atol=1e-9) for n in sums)
+
+
 @pytest.mark.parametrize("seed", [3, 8, 21])
 def test_a_new_process_brings_the_index_in_step_from_the_marks_alone(
     store: Store, seed: int, tmp_path: Path, monkeypatch
@@ -841,8 +855,9 @@ def test_a_new_process_brings_the_index_in_step_from_the_marks_alone(
     at 310,000 faces) to bring the index's file in step; it now reads the faces marked since the
     file was written (migrations/0023). After every kind of write, by raw SQL, an index loaded so
     holds what the store has (each face's identity and embedding, each identity's count), and no
-    load reads the whole map; files are written now and then (their marks cleared)."""
-    from facesyncd.index import load_or_build
+    load reads the whole map; files are written now and then (their marks cleared). Each identity's
+    sum of embeddings is taken from the file and the marks, never by summing every row again."""
+    from facesyncd.index import _Routed, load_or_build
 
     rng = random.Random(seed)
     with store.transaction():
@@ -859,6 +874,9 @@ def test_a_new_process_brings_the_index_in_step_from_the_marks_alone(
         return read_whole()
 
     monkeypatch.setattr(store, "identity_map", counted)
+    summed = []
+    totals = _Routed.totals
+    monkeypatch.setattr(_Routed, "totals", lambda self: summed.append(1) or totals(self))
     kinds, written = set(), 0
     for step in range(200):
         write = random_write if rng.random() < 0.6 else index_write
@@ -869,8 +887,55 @@ def test_a_new_process_brings_the_index_in_step_from_the_marks_alone(
         loaded = load_or_build(store, state, WIDTH, save_behind=save)
         written += save and loaded.behind_on_disk == 0
         assert held_index(loaded, store) == store_index(store), f"step {step}"
-    assert whole_reads == 0 and written > 5
+        assert sums_held(loaded, store), f"step {step}"
+    assert whole_reads == 0 and not summed and written > 5
     assert len(kinds) > 25 and len(read_whole()) > 10  # (every kind tried; faces still in identities)
+
+
+def test_an_index_file_without_its_totals_or_with_totals_its_rows_deny_is_summed_again(
+    store: Store, tmp_path: Path, monkeypatch
+) -> None:
+    """A file written before the totals were kept with the rows, or whose totals do not count the
+    identities its rows hold (each as Totals gives them): every row is summed again, and the index
+    holds the store's sums."""
+    import numpy as np
+
+    from facesyncd.index import INDEX_FILE, _Routed, load_or_build
+
+    rng = random.Random(6)
+    with store.transaction():
+        for (face,) in store.tuples("SELECT id FROM faces"):
+            store.execute("UPDATE faces SET embedding = ? WHERE id = ?", (embedding(rng), face))
+    state = tmp_path / "state"
+    built = load_or_build(store, state, WIDTH)
+    numbers, sums, counts = built._totals()
+    summed = []
+    totals = _Routed.totals
+    monkeypatch.setattr(_Routed, "totals", lambda self: summed.append(1) or totals(self))
+    assert sums_held(load_or_build(store, state, WIDTH), store) and summed == []  # taken as saved
+    one_more, moved = counts.copy(), counts.copy()
+    one_more[0] += 1
+    moved[0], moved[1] = moved[0] + 1, moved[1] - 1  # (as many in all)
+    shifted = numbers.copy()
+    shifted[-1] += 1000
+    wrong = [
+        None,  # written before the totals were kept
+        (numbers, sums, one_more),  # a count the rows deny
+        (numbers, sums, moved),  # two counts the rows deny
+        (shifted, sums, counts),  # an identity the rows lack
+        (numbers[::-1], sums[::-1], counts[::-1]),  # out of order
+        (numbers, sums[:, :2], counts),  # of another width
+        (numbers, sums.astype(np.float32), counts),  # of another kind
+        (numbers[:-1], sums[:-1], counts[:-1]),  # an identity missing
+    ]
+    for step, kept in enumerate(wrong, start=1):
+        rows = _Routed(WIDTH)
+        rows.load(state / INDEX_FILE)  # (its rows mapped: written beside, then renamed, as the index does)
+        rows.save(state / "rewritten", kept)  # type: ignore[arg-type]
+        (state / "rewritten").replace(state / INDEX_FILE)
+        loaded = load_or_build(store, state, WIDTH)
+        assert held_index(loaded, store) == store_index(store) and sums_held(loaded, store), step
+        assert len(summed) == step, step
 
 
 def test_an_index_file_the_marks_do_not_describe_is_compared_whole_then_written_with_them(

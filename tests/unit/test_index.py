@@ -560,6 +560,21 @@ def test_the_rows_grouped_and_summed_as_arrays_are_each_identitys(tmp_path: Path
             assert np.allclose(sums[at], routed._vectors[rows].sum(axis=0, dtype=np.float64), atol=1e-9)
 
 
+def test_a_face_added_again_counts_once_with_its_new_embedding_and_identity() -> None:
+    """A face the index holds, added again (embedded anew, or moved): its old embedding leaves its
+    old identity's sum, as if it had been removed first (the sums are saved with the rows)."""
+    index = FaceIndex(4)
+    first, second, again = np.eye(4, dtype=np.float32)[:3]
+    index.add([1, 2], np.stack([first, second]), [5, 5])
+    index.add([1], again[None, :], [6])
+    assert index.face_counts() == {5: 1, 6: 1}
+    centres = index.centres()
+    assert np.allclose(centres[5], second) and np.allclose(centres[6], again)
+    index.add([2], first[None, :], [5])  # embedded anew, same identity
+    assert index.face_counts() == {5: 1, 6: 1} and np.allclose(index.centres()[5], first)
+    assert len(index) == 2 and index.deleted == 0
+
+
 def test_a_kept_index_loaded_from_a_file_the_marks_do_not_describe_is_written_at_the_first_chance(
     tmp_path: Path,
 ) -> None:
