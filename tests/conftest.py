@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import mmap
 import os
 import socket
 import sqlite3
@@ -247,6 +248,15 @@ def wait_until(condition: Callable[[], object], what: str, guard_seconds: float 
     while not condition():
         assert time.monotonic() < deadline, f"still waiting after {guard_seconds:g}s: {what}"
         time.sleep(0.02)
+
+
+def mapped_from_file(array: object) -> bool:
+    """Whether a numpy array's memory is a mapping of a file (npz.map_rows), not read into memory of
+    its own: its chain of bases ends in a memoryview of an mmap."""
+    base = array
+    while hasattr(base, "base") and not isinstance(base, memoryview):
+        base = base.base
+    return isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)
 
 
 def free_port() -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import mapped_from_file
 from facesyncd.store import Store
 from facesyncd.store.faces import LIVE_FACE
 
@@ -545,10 +546,6 @@ def test_a_new_process_takes_the_pool_from_its_file_and_the_marks_since(
     mapped from it, npz.rows, or read where they are not) and the faces marked since, never the
     whole pool but the first time; the file is written again as marks pile up, and the marks are
     cleared up to it (they do not pile up for ever)."""
-    import mmap
-
-    import numpy as np
-
     import facesyncd.npz as npz
     import facesyncd.pool as pool_module
     from facesyncd.pool import POOL_FILE, PoolKeeper
@@ -572,10 +569,7 @@ def test_a_new_process_takes_the_pool_from_its_file_and_the_marks_since(
         if rng.random() < 0.3:
             new_process = PoolKeeper(store, file)
             assert by_id(new_process.get()) == by_id(read()), f"step {step} ({kind}): a new process"
-            base = new_process._coarse.codes
-            while isinstance(base, np.ndarray):
-                base = base.base
-            assert (isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)) == mapped
+            assert mapped_from_file(new_process._coarse.codes) == mapped
         marks_left.append(len(store.tuples("SELECT 1 FROM pool_marks")))
     assert whole == [1] and len(writes) > 5
     assert max(marks_left) < 40 and min(marks_left[100:]) < 10  # cleared as the file is written

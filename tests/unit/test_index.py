@@ -10,6 +10,7 @@ import numpy as np
 
 import facesyncd.index as index_module
 import facesyncd.npz as npz
+from conftest import mapped_from_file
 from facesyncd.index import INDEX_FILE, SIDECAR_FILE, FaceIndex, needs_rebuild, read_sidecar
 
 
@@ -467,15 +468,6 @@ def test_a_kept_index_is_saved_once_its_file_lacks_a_twentieth_of_it(tmp_path: P
     assert IndexKeeper(source, tmp_path, lambda: 32).get().behind_on_disk == 0
 
 
-def _mapped(array: np.ndarray) -> bool:
-    import mmap
-
-    base = array
-    while isinstance(base, np.ndarray):
-        base = base.base
-    return isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)
-
-
 def test_a_loaded_index_maps_its_rows_and_reads_them_where_it_may_not(tmp_path: Path, monkeypatch) -> None:
     """A new process maps the saved rows (npz.map_rows: 160 MB at 500,000 faces of 128-d are not
     copied), with the room saved after them; where rows are not mapped (Windows refuses to replace a
@@ -487,7 +479,7 @@ def test_a_loaded_index_maps_its_rows_and_reads_them_where_it_may_not(tmp_path: 
     monkeypatch.setattr(npz, "MAP_ROWS", False)
     read = FaceIndex.load(tmp_path, 32, 5, identity_of)
     assert mapped is not None and read is not None
-    assert _mapped(mapped._index._vectors) and not _mapped(read._index._vectors)
+    assert mapped_from_file(mapped._index._vectors) and not mapped_from_file(read._index._vectors)
     for loaded in (mapped, read):
         rows = loaded._index._vectors
         loaded.add([9000, 9001], vectors(2, seed=9), [3, 5])

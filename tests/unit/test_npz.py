@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import mmap
 from pathlib import Path
 from zipfile import ZIP_STORED, ZipFile
 
 import numpy as np
 import pytest
 
+from conftest import mapped_from_file
 from facesyncd.npz import map_rows, read_with_room, write_rows
 
 
@@ -35,10 +35,7 @@ def test_rows_written_with_room_map_aligned_read_alike_and_never_change_their_fi
         read = read_with_room(file, "vectors", spare=7, dtype=np.float32)
     assert mapped is not None and mapped.shape == (383, 24) and mapped.flags.aligned and mapped.flags.writeable
     assert mapped.ctypes.data % 64 == 0
-    base = mapped
-    while isinstance(base, np.ndarray):
-        base = base.base
-    assert isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)  # mapped, not read
+    assert mapped_from_file(mapped)  # mapped, not read
     assert np.array_equal(mapped, read[:383]) and read.shape == (390, 24)
     mapped[:] = 7.0  # rows added and sorted in place
     assert path.read_bytes() == before
