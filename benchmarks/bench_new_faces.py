@@ -51,11 +51,17 @@ def add_new_faces(config: Path, seed: int = 12, first: int = 0, touched: int | N
     state = Path(next(line for line in config.read_text().splitlines() if line.startswith("state_dir")).split('"')[1])
     store = Store(state / "facesyncd.db")
     rng = np.random.default_rng(seed)
-    known = store.tuples(
-        "SELECT embedding FROM faces WHERE identity IN (SELECT DISTINCT identity FROM faces "
-        "WHERE identity IS NOT NULL ORDER BY RANDOM() LIMIT ?) ORDER BY RANDOM() LIMIT ?",
-        (-1 if touched is None else touched, NEW),
-    )
+    # Drawn by the seed, not by SQLite's RANDOM(): the same faces in every run, so that the pool's
+    # clustering can be compared run by run with the whole pool's (see sync_seconds).
+    if touched is None:
+        rows = store.tuples("SELECT embedding FROM faces WHERE identity IS NOT NULL ORDER BY id")
+    else:
+        every = [row[0] for row in store.tuples("SELECT DISTINCT identity FROM faces WHERE identity IS NOT NULL")]
+        chosen = rng.choice(sorted(every), size=min(touched, len(every)), replace=False)
+        marks = ",".join("?" * len(chosen))
+        query = f"SELECT embedding FROM faces WHERE identity IN ({marks}) ORDER BY id"
+        rows = store.tuples(query, tuple(int(n) for n in chosen))
+    known = [rows[int(k)] for k in rng.choice(len(rows), size=min(NEW, len(rows)), replace=False)]
     dimension = len(known[0][0]) // 4
     crop_source = next((state / "crops").rglob("*.jpg"))
     now = "2026-12-02T00:00:00.000Z"
