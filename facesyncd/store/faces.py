@@ -454,16 +454,18 @@ class FaceQueries(Database):
         """Faces in `assignments` join identities; every face in `examined` is marked as compared."""
         now = utc_now()
         with self.transaction():
-            for face_id in examined:
-                self.execute("UPDATE faces SET matched_at = ? WHERE id = ?", (now, face_id))
-            for face_id, (identity, distance) in assignments.items():
-                # The user's corrections win over a match made while they were being saved.
-                self.execute(
-                    "UPDATE faces SET identity = ?, distance = ?, matched_at = ? WHERE id = ? AND identity IS NULL "
-                    "AND NOT EXISTS (SELECT 1 FROM rejections WHERE face_id = faces.id AND identity = ?) "
-                    f"AND {_open_identity('?')}",
-                    (identity, distance, now, face_id, identity, identity),
-                )
+            for chunk, marks in self.id_chunks(sorted(examined)):
+                self.execute(f"UPDATE faces SET matched_at = ? WHERE id IN ({marks})", (now, *chunk))
+            # The user's corrections win over a match made while they were being saved.
+            self.executemany(
+                "UPDATE faces SET identity = ?, distance = ?, matched_at = ? WHERE id = ? AND identity IS NULL "
+                "AND NOT EXISTS (SELECT 1 FROM rejections WHERE face_id = faces.id AND identity = ?) "
+                f"AND {_open_identity('?')}",
+                [
+                    (identity, distance, now, face_id, identity, identity)
+                    for face_id, (identity, distance) in assignments.items()
+                ],
+            )
             if assignments:
                 self._bump_index_version()
 

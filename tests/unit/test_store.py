@@ -388,6 +388,46 @@ def test_the_identity_of_each_face_in_one_is_what_its_row_says(store: Store) -> 
         store.pool_group_sizes()
 
 
+def test_a_match_gives_way_to_the_users_corrections_made_while_it_was_saved(store: Store) -> None:
+    """record_matches, set-wise (one statement per chunk of faces, not one per face): every face
+    examined is marked as compared; a face joins its identity unless the user placed it meanwhile,
+    rejected it from that identity, or locked, merged away or forgot the identity."""
+    store.record_listed("alice", [asset("a")])
+    photo_done(store, "a", [face(k) for k in range(7)])
+    faces = sorted(f.id for f in store.unmatched_new_faces())
+    first, second, locked, merged, forgotten = (store.create_identity({}) for _ in range(5))
+    with store.transaction():  # what the user did while the match was computed
+        store.execute("UPDATE faces SET identity = ? WHERE id = ?", (second, faces[1]))
+        store.reject(faces[2], first, store.record_correction("reject", "not them", {}))
+        store.set_locked(locked, True)
+        store.merge_identities(merged, first)
+        store.execute("UPDATE identities SET forgotten_at = '2026-12-06T00:00:00Z' WHERE number = ?", (forgotten,))
+    wanted = {
+        faces[0]: (first, 0.1),
+        faces[1]: (first, 0.2),
+        faces[2]: (first, 0.3),
+        faces[3]: (locked, 0.1),
+        faces[4]: (merged, 0.1),
+        faces[5]: (forgotten, 0.1),
+    }
+    store.record_matches(wanted, faces)
+    rows = {
+        face_id: (identity, matched)
+        for face_id, identity, matched in store.tuples("SELECT id, identity, matched_at FROM faces")
+    }
+    assert {face_id: identity for face_id, (identity, _) in rows.items()} == {
+        faces[0]: first,
+        faces[1]: second,
+        faces[2]: None,
+        faces[3]: None,
+        faces[4]: None,
+        faces[5]: None,
+        faces[6]: None,
+    }
+    assert all(matched is not None for _, matched in rows.values())
+    assert store.scalar("SELECT distance FROM faces WHERE id = ?", (faces[0],)) == 0.1
+
+
 def test_what_each_cycle_asks_is_read_through_an_index_of_it_not_among_every_face(store: Store) -> None:
     """The faces set aside, the new faces, the assets to process and the photos that show a person
     Immich names are each found through an index of just those: among every face or asset, each
