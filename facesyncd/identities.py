@@ -388,7 +388,12 @@ def _nearest(embeddings: NDArray[np.float32], k: int) -> tuple[NDArray[np.int64]
         return neighbours, distances
     index = hnswlib.Index(space="cosine", dim=dimension)
     index.init_index(max_elements=count, ef_construction=100, M=16)
-    index.add_items(embeddings, np.arange(count))
+    # Built on one thread: threads insert in the order they happen to run, so each build gave another
+    # graph, other neighbours (half the rows of 50,000 faces) and at times other facesets from the
+    # same pool (18 to 20 of 20 people found whole at 200,000). One thread costs the same CPU (44
+    # CPU-s at 50,000 faces of 512-d) and 1.5x the wall time; the queries below, each answered
+    # alone, stay on every core.
+    index.add_items(embeddings, np.arange(count), num_threads=1)
     index.set_ef(max(64, k))
     labels, found = index.knn_query(embeddings, k=k)
     return labels.astype(np.int64), found.astype(np.float32)
