@@ -253,8 +253,10 @@ def wait_until(condition: Callable[[], object], what: str, guard_seconds: float 
 def mapped_from_file(array: object) -> bool:
     """Whether a numpy array's memory is a mapping of a file (npz.map_rows), not read into memory of
     its own: its chain of bases ends in a memoryview of an mmap."""
+    import numpy as np
+
     base = array
-    while hasattr(base, "base") and not isinstance(base, memoryview):
+    while isinstance(base, np.ndarray):
         base = base.base
     return isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)
 
