@@ -160,7 +160,8 @@ def measure(paths: list[Path]) -> dict[str, Any]:
     from facesyncd.quality import assess
 
     cv2.setNumThreads(1)
-    embedder = OnnxEmbedder(ModelSettings(pack=str(TEST_PACK), threads=1), FaceSettings(min_face_px=0))
+    model = ModelSettings(pack=str(TEST_PACK), threads=1)
+    embedder = OnnxEmbedder(model, FaceSettings(min_face_px=0))
     embedder.load()
     try:
         entropy: EntropyPass | None = EntropyPass()
@@ -184,7 +185,7 @@ def measure(paths: list[Path]) -> dict[str, Any]:
                 for face in faces  # noqa: B023
             ]
         )
-        factor, flag = reduced_flag(image.width, image.height, 640)
+        factor, flag = reduced_flag(image.width, image.height, model.det_size)
         totals["reduced"] += best_of(lambda: cv2.imdecode(encoded, flag))  # noqa: B023
         if entropy is not None:
             totals["entropy"] += best_of(lambda: entropy.read(data))  # noqa: B023
@@ -196,7 +197,8 @@ def measure(paths: list[Path]) -> dict[str, Any]:
         # does) instead of today's bilinear resize: how far today's embeddings move with the detector's
         # resampling alone, the pixels of the faces unchanged.
         long_side = max(image.width, image.height)
-        shape = (round(image.width * 640 / long_side), round(image.height * 640 / long_side))
+        side = model.det_size
+        shape = (round(image.width * side / long_side), round(image.height * side / long_side))
         resampled += found_on(embedder, image, faces, cv2.resize(image.pixels, shape, interpolation=cv2.INTER_AREA))
     return {
         **totals,
@@ -244,7 +246,7 @@ def main() -> list[tuple[str, str, str]]:
             f"decoding is {decode / stage:.0%} of it",
         ),
         (
-            "  OpenCV's reduced decode (1/2-1/8, the long side >= 640) against the full decode",
+            "  OpenCV's reduced decode (1/2-1/8, the long side at least the detector's) against the full decode",
             f"{found['reduced'] / decode:.2f}x",
             "detection only: the faces still need full-resolution pixels",
         ),
