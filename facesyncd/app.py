@@ -11,7 +11,7 @@ from .config import ImmichSettings, Settings
 from .crops import Crops
 from .cycle.identify import IdentifyParts, MergeLook
 from .cycle.poll import PollParts
-from .cycle.publish import CentresSaved, PublishParts
+from .cycle.publish import PublishParts
 from .cycle.stage import StageParts
 from .cycle.tidy import Caches
 from .embedder import Embedder, make_embedder
@@ -41,7 +41,6 @@ class App:
     index: IndexKeeper = field(init=False)
     pool: PoolKeeper = field(init=False)  # the pool's arrays, held between cycles
     merges: MergeLook = field(init=False)  # what the last look for merges saw (and any process's, in its file)
-    centres_saved: CentresSaved = field(init=False, default_factory=CentresSaved)  # what publish last wrote of them
     layout: Layout = field(init=False)  # what the faceset folders hold ([export] format), decided here only
     caches: Caches = field(init=False)  # what follows the faces in the store (crops, swap PNGs, index)
     corrections_seen: int = field(init=False, default=-1)  # the store's corrections_version last acted on
@@ -110,7 +109,7 @@ class App:
             settings.facesets_dir,
             self.download_dir,
             self.reporter,
-            self.centres_saved,
+            self.corrections_seen,
         )
 
     def abort(self) -> None:

@@ -627,8 +627,8 @@ class FaceIndex:
 
     def moved_since(self, change: int) -> tuple[set[int], int]:
         """The identities whose centres changed (a face joined or left, a merge) after the index's
-        `change`-th change, and the count of its changes now (0: since it was made). Each caller
-        keeps the count it was given: a look for merges and the saved centres ask apart."""
+        `change`-th change, and the count of its changes now (0: since it was made): the caller (a
+        look for merges) keeps the count it was given."""
         moved = {identity for identity, at in self._moved_at.items() if at > change}
         return moved, self._changes
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection, Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,23 +36,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class CentresSaved:
-    """What this process last wrote to the store's centres (the review page's "same person?"): the
-    token the write left, the index it came from (its serial) and that index's count of changes
-    then. While the store's token and the index are those, the rows of the centres that did not
-    move since are as they should be: only the moved ones are written (every centre was, in each
-    cycle that placed a face: 3,000 rows, 6 MB at 512 floats)."""
-
-    token: str | None = None
-    serial: int = 0
-    change: int = 0
-
-
 @dataclass(frozen=True)
 class PublishParts:
     """What publishing the folders uses: the store, the caches, the layout, and (to fetch a photo
-    again) the Immich clients with the configured sources; and what it last wrote of the centres."""
+    again) the Immich clients with the configured sources; and the store's corrections_version
+    this process's index holds (App.corrections_seen: see _save_centres)."""
 
     store: Store
     caches: Caches
@@ -64,7 +52,7 @@ class PublishParts:
     facesets_dir: Path
     download_dir: Path
     reporter: Reporter
-    centres: CentresSaved = field(default_factory=CentresSaved)
+    corrections_seen: int
 
 
 def publish(parts: PublishParts, report: CycleReport, only: frozenset[int] | None = None) -> None:
@@ -221,14 +209,17 @@ def _publish(
 
 
 def _save_centres(parts: PublishParts, index: FaceIndex) -> None:
-    """The index's centres into the store: those that moved since this process last wrote them, or
-    all (see CentresSaved)."""
-    saved = parts.centres
-    same = saved.token is not None and saved.serial == index.serial and parts.store.centres_token() == saved.token
-    moved, change = index.moved_since(saved.change if same else 0)
-    centres = index.centres(moved) if same else index.centres()
-    token = parts.store.save_centres(centres, index.face_counts(), only=moved if same else None)
-    saved.token, saved.serial, saved.change = token, index.serial, change
+    """The index's centres into the store: those of the identities marked since the rows were
+    written (all, the first time: Store.centre_marks), in the transaction that reads the marks. Not
+    while a correction another process made since this cycle began may be missing from the index
+    (it is dropped and loaded again at the next cycle, actions._pick_up_corrections): a centre
+    written from it would be stale, and its mark gone. The marks stay for that next cycle."""
+    with parts.store.transaction():
+        if parts.store.corrections_version() != parts.corrections_seen:
+            log.debug("a correction came in during the cycle: the centres are written at the next")
+            return
+        marked = parts.store.centre_marks()
+        parts.store.save_centres(index.centres(marked), index.face_counts(), only=marked)
 
 
 def _good_enough(faces: dict[int, list[ExportFace]], min_quality: float) -> dict[int, list[ExportFace]]:

@@ -33,8 +33,9 @@ _COUNTED_AFRESH = f"""
 # A face detected again within a forgotten box (intersection over union) is the forgotten face.
 FORGOTTEN_OVERLAP = 0.5
 
-# Meta: a token save_centres writes anew with each write of the centres.
-CENTRES_TOKEN = "centres_token"
+# Meta: "1" once save_centres wrote every centre since the centres' marks began (migrations/0024): from
+# then on the rows are the store's but for the marked identities.
+CENTRES_BY_MARKS = "centres_by_marks"
 
 
 class CorrectionQueries(FaceQueries):
@@ -340,15 +341,25 @@ class CorrectionQueries(FaceQueries):
         with self.transaction():
             self.execute("DELETE FROM name_marks WHERE seq <= ?", (upto,))
 
+    def centre_marks(self) -> frozenset[int] | None:
+        """The identities whose centres may have moved since their rows were written (marked by
+        triggers, migrations/0024); None while the rows are not kept by the marks (none written
+        since they began): every centre is to be written. Read them in the transaction that writes
+        the centres (save_centres), which clears them."""
+        if self.get_meta(CENTRES_BY_MARKS) != "1":
+            return None
+        return frozenset(number for (number,) in self.tuples("SELECT number FROM centre_marks"))
+
     def save_centres(
         self,
         centres: Mapping[int, NDArray[np.float32]],
         counts: Mapping[int, int],
         only: Collection[int] | None = None,
-    ) -> str:
-        """The identities' centres as of this index version (see migration 0013): all of them, or
+    ) -> None:
+        """The identities' centres, as an index in step with the store has them: all of them, or
         those of the identities `only` (the others' rows as they are; an identity not in `centres`
-        loses its row). Returns the token this write leaves (see centres_token)."""
+        loses its row). Clears the centres' marks: call it in the transaction that read them
+        (centre_marks), with `only` the marks it read."""
         with self.transaction():
             if only is None:
                 self.execute("DELETE FROM identity_centres")
@@ -362,16 +373,12 @@ class CorrectionQueries(FaceQueries):
                     if only is None or number in only
                 ],
             )
-            self.set_meta("centres_version", str(self.index_version()))
-            token = self.renew_token(CENTRES_TOKEN)
-        return token
-
-    def centres_token(self) -> str | None:
-        """A token save_centres writes anew each time: the same token, the rows it wrote."""
-        return self.get_meta(CENTRES_TOKEN)
+            self.execute("DELETE FROM centre_marks")
+            self.set_meta(CENTRES_BY_MARKS, "1")
 
     def centres_current(self) -> bool:
-        return self.get_meta("centres_version") == str(self.index_version())
+        """Whether the centres' rows are the store's: written since the marks began, none marked."""
+        return self.get_meta(CENTRES_BY_MARKS) == "1" and self.scalar("SELECT 1 FROM centre_marks LIMIT 1") is None
 
     def centres(self) -> dict[int, NDArray[np.float32]]:
         """The live, shown identities' centres as the last cycle left them."""

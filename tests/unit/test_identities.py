@@ -513,13 +513,18 @@ def test_merge_candidates_among_some_identities_are_the_pairs_of_all_that_hold_o
         assert some == [pair for pair in every if set(pair) & among], among  # the same order: closest first
 
 
-def test_the_centres_saved_are_the_index_centres_and_only_those_that_moved_are_written_again(
+def test_the_centres_saved_are_the_index_centres_and_only_the_marked_ones_are_written_again(
     tmp_path, monkeypatch
 ) -> None:
-    """After each cycle the index's centres go to the store (the page's "same person?"): after the
-    first write, only those that moved (a face joined, a merge, an identity emptied); all again
-    once another process wrote them."""
+    """After each cycle the index's centres go to the store (the page's "same person?"): the first
+    time all of them; then only those the store marked (a face joined or left, a merge, an identity
+    emptied), in any process. Not while a correction made meanwhile by another process may be
+    missing from the index: its marks wait for the next cycle, whose index holds it."""
+    from facesyncd.actions import _pick_up_corrections
+    from facesyncd.curation import Move
     from facesyncd.cycle.publish import _save_centres
+    from facesyncd.index import FaceIndex
+    from facesyncd.store import Store
 
     rng = np.random.default_rng(7)
     app = _app(tmp_path)
@@ -532,8 +537,8 @@ def test_the_centres_saved_are_the_index_centres_and_only_those_that_moved_are_w
 
     numbers = [app.store.create_identity({}) for _ in range(6)]
     faces = {number: join(number, unit(rng.normal(size=(3, 128))), f"p{number}") for number in numbers}
+    _pick_up_corrections(app)  # (as a cycle begins)
     index = app.index.get()
-    parts = app.publish_parts()
     written: list[object] = []
     save = app.store.save_centres
     monkeypatch.setattr(
@@ -542,26 +547,42 @@ def test_the_centres_saved_are_the_index_centres_and_only_those_that_moved_are_w
         lambda centres, counts, only=None: written.append(only) or save(centres, counts, only),
     )
 
-    def stored() -> dict[int, bytes]:
-        return {number: bytes(blob) for number, blob in app.store.tuples("SELECT number, centre FROM identity_centres")}
+    def stored() -> dict[int, tuple[list[float], int]]:
+        rows = app.store.tuples("SELECT number, centre, faces FROM identity_centres")
+        return {number: (np.frombuffer(blob, np.float32).tolist(), count) for number, blob, count in rows}
 
-    def expected() -> dict[int, bytes]:
-        return {number: centre.astype(np.float32).tobytes() for number, centre in index.centres().items()}
+    def expected(index: FaceIndex) -> dict[int, tuple[list[float], int]]:
+        counts = index.face_counts()
+        return {number: (centre.tolist(), counts[number]) for number, centre in index.centres().items()}
 
-    _save_centres(parts, index)
-    assert written[-1] is None and stored() == expected() and len(expected()) == 6
+    assert not app.store.centres_current()
+    _save_centres(app.publish_parts(), index)
+    assert written[-1] is None and stored() == expected(index) and len(stored()) == 6
+    assert app.store.centres_current()
     join(numbers[0], unit(rng.normal(size=(1, 128))), "more")
+    app.store.merge_identities(numbers[2], numbers[1])
     index.relabel(numbers[2], numbers[1])
+    with app.store.transaction():
+        app.store.place_faces(faces[numbers[3]], None, placed=None)
     index.remove(faces[numbers[3]])
-    _save_centres(parts, index)
+    assert not app.store.centres_current()
+    _save_centres(app.publish_parts(), index)
     assert written[-1] == {numbers[0], numbers[1], numbers[2], numbers[3]}
-    assert stored() == expected() and len(expected()) == 4
-    _save_centres(parts, index)
-    assert written[-1] == set() and stored() == expected()
-    save({}, {})  # another process's write
-    join(numbers[4], unit(rng.normal(size=(1, 128))), "later")
-    _save_centres(parts, index)
-    assert written[-1] is None and stored() == expected()
+    assert stored() == expected(index) and len(stored()) == 4 and app.store.centres_current()
+    # Another process moves a face while this one's cycle runs: nothing is written from an index
+    # that lacks it; the next cycle's, loaded again, writes the marked centre alone.
+    other = Store(app.settings.database_path)
+    moved = faces[numbers[4]][0]
+    Move(moved, numbers[5]).apply(other, lambda names: [])
+    other.close()
+    count = len(written)
+    _save_centres(app.publish_parts(), index)
+    assert len(written) == count and not app.store.centres_current()
+    _pick_up_corrections(app)
+    index = app.index.get()
+    _save_centres(app.publish_parts(), index)
+    assert written[-1] == {numbers[4], numbers[5]} and stored() == expected(index)
+    assert index.identity_of[moved] == numbers[5] and app.store.centres_current()
     app.close()
 
 
