@@ -357,11 +357,12 @@ class FaceQueries(Database):
     def index_entries(self, face_ids: Sequence[int]) -> tuple[list[int], list[int], list[bytes]]:
         """Of these faces, those in an identity now: their ids (ascending), identities and embeddings."""
         rows: list[tuple[int, int, bytes]] = []
-        for chunk, marks in self.id_chunks(sorted(face_ids)):
+        for chunk, marks in self.id_chunks(sorted(face_ids)):  # (chunks of ascending ids: rows in order)
             rows += self.tuples(
-                f"SELECT id, identity, embedding FROM faces WHERE id IN ({marks}) AND identity IS NOT NULL", chunk
+                f"SELECT id, identity, embedding FROM faces WHERE id IN ({marks}) AND identity IS NOT NULL "
+                "ORDER BY id",
+                chunk,
             )
-        rows.sort()
         return [row[0] for row in rows], [row[1] for row in rows], [row[2] for row in rows]
 
     def faces_by_ids(self, ids: Sequence[int]) -> list[StoredFace]:
