@@ -104,13 +104,15 @@ def make_library(
     return config
 
 
-def pooled_library(directory: Path, size: int, *, per_faceset: int, most: int) -> tuple[Path, int, int, int]:
+def pooled_library(
+    directory: Path, size: int, *, per_faceset: int, most: int, dimension: int = 128
+) -> tuple[Path, int, int, int]:
     """A library of `size` faces as a long-lived one looks: 60% in facesets of about `per_faceset`
     faces (`most` facesets at most), 40% waiting in the pool; exported. Returns the config and the
     faces in facesets, in the pool, and the facesets."""
     in_sets, pool = size * 6 // 10, size * 4 // 10
     facesets = max(10, min(most, in_sets // per_faceset))
-    config = make_library(directory, in_sets, facesets, pool=pool)
+    config = make_library(directory, in_sets, facesets, dimension, pool=pool)
     export_everything(config)
     return config, in_sets, pool, facesets
 

@@ -9,7 +9,10 @@ process, and of the whole cycle. Then, as a running daemon meets them: a process
 (its index and pool loaded) gets another 1,000, REPEATS times (see daemon_seconds); of its cycle, what
 the three passes that grow with the library by design cost (PASSES), and the rest: the new faces' own.
 
-    .venv/bin/python benchmarks/bench_new_faces.py [--sizes 10000 100000 500000]
+The embeddings are 128-d by default (the test pack's recognizer); `--dimension 512` makes them
+buffalo_l's size, where the passes that read the whole library read 4x the bytes.
+
+    .venv/bin/python benchmarks/bench_new_faces.py [--sizes 10000 100000 500000] [--dimension 512]
 """
 
 from __future__ import annotations
@@ -317,7 +320,7 @@ def daemon_seconds(config: Path, url: str) -> Daemon:
         )
 
 
-def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str, str, str]]:
+def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000), dimension: int = 128) -> list[tuple[str, str, str]]:
     require_shared()
     measured: dict[int, tuple[float, dict[str, float]]] = {}
     daemon: dict[int, Daemon] = {}
@@ -325,7 +328,9 @@ def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str,
     for size in sizes:
         directory = Path(tempfile.mkdtemp(prefix="bench-new-faces-"))
         try:
-            config, _, pool, facesets = pooled_library(directory, size, per_faceset=100, most=5_000)
+            config, _, pool, facesets = pooled_library(
+                directory, size, per_faceset=100, most=5_000, dimension=dimension
+            )
             with FakeServerProcess([]) as server:
                 sync_seconds(config, server.url)  # the state a sync leaves: index saved, pool clustered
                 add_new_faces(config)
@@ -334,7 +339,8 @@ def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str,
             measured[size] = (total, steps)
             wholes[size] = compared
             print(
-                f"{size:>7} faces ({pool} in the pool, {facesets} facesets): {NEW} new faces cost {total:.2f} CPU-s "
+                f"{size:>7} faces of {dimension}-d ({pool} in the pool, {facesets} facesets): {NEW} new faces cost "
+                f"{total:.2f} CPU-s "
                 f"({', '.join(f'{name} {seconds:.2f}' for name, seconds in steps.items())}); "
                 f"{report.faces_assigned} assigned, {len(report.identities_created)} facesets opened; clustering alone "
                 f"{compared['clustering']:.2f} CPU-s, the whole pool as before: {compared['whole']:.2f} CPU-s, "
@@ -352,7 +358,7 @@ def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str,
             )
         finally:
             shutil.rmtree(directory, ignore_errors=True)
-    names = "/".join(f"{size // 1000}k" for size in sizes)
+    names = "/".join(f"{size // 1000}k" for size in sizes) + f" faces of {dimension}-d"
     growth = measured[sizes[-1]][0] / measured[sizes[0]][0]
 
     def series(values: list[float]) -> str:
@@ -361,7 +367,7 @@ def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str,
     same = all(wholes[size]["same"] for size in sizes)
     return [
         (
-            f"1,000 new faces, CPU-s of the sync ({names} faces)",
+            f"1,000 new faces, CPU-s of the sync ({names})",
             series([measured[size][0] for size in sizes]),
             f"{growth:.1f}x from {sizes[0]:,} to {sizes[-1]:,}; flat is the target",
         ),
@@ -370,7 +376,7 @@ def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str,
             for name in STEPS
         ),
         (
-            f"1,000 new faces, a running daemon's cycle ({names} faces; its index and pool loaded and a first look "
+            f"1,000 new faces, a running daemon's cycle ({names}; its index and pool loaded and a first look "
             f"for merges made before, apart; the median of {REPEATS} batches)",
             series([daemon[size].total for size in sizes]),
             f"{daemon[sizes[-1]].total / daemon[sizes[0]].total:.1f}x from {sizes[0]:,} to {sizes[-1]:,}",
@@ -429,6 +435,7 @@ def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000)) -> list[tuple[str,
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 500_000])
+    parser.add_argument("--dimension", type=int, default=128, help="the embeddings' size (512: buffalo_l's)")
     arguments = parser.parse_args()
-    for row in main(tuple(arguments.sizes)):
+    for row in main(tuple(arguments.sizes), arguments.dimension):
         print(" | ".join(row))
