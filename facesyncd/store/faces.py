@@ -359,8 +359,7 @@ class FaceQueries(Database):
         rows: list[tuple[int, int, bytes]] = []
         for chunk, marks in self.id_chunks(sorted(face_ids)):  # (chunks of ascending ids: rows in order)
             rows += self.tuples(
-                f"SELECT id, identity, embedding FROM faces WHERE id IN ({marks}) AND identity IS NOT NULL "
-                "ORDER BY id",
+                f"SELECT id, identity, embedding FROM faces WHERE id IN ({marks}) AND identity IS NOT NULL ORDER BY id",
                 chunk,
             )
         return [row[0] for row in rows], [row[1] for row in rows], [row[2] for row in rows]
