@@ -395,10 +395,12 @@ def _nearest(embeddings: NDArray[np.float32], k: int) -> tuple[NDArray[np.int64]
     # CPU-s at 50,000 faces of 512-d) and 1.5x the wall time; the queries below, each answered
     # alone, stay on every core.
     index.add_items(embeddings, np.arange(count), num_threads=1)
-    # ef 128, not 64: at 200,000 pooled faces (bench_new_faces at 500,000) the graph searched at 64
-    # missed links within the cut and split 2 of 20 new people that clustering where the pool changed
-    # (exact) found whole; at 128 (and 160) both found all 20, for 1.25x the CPU (119 against 96
-    # CPU-s) of a whole clustering, which a library pays once (a first sync, a new cluster_distance).
+    # ef 128, not 64: at 200,000 pooled faces of 128-d (bench_new_faces at 500,000) the graph searched
+    # at 64 missed links within the cut and split 2 of 20 new people that clustering where the pool
+    # changed (exact) found whole; at 128 (and 160) both found all 20, for 1.25x the CPU (119 against
+    # 96 CPU-s) of a whole clustering, which a library pays once (a first sync, a new cluster_distance).
+    # At 512-d the graph's recall is lower: it split 6 of the 20 at ef 128 and 1 at 256 (for 1.46x the
+    # CPU), where the exact path found all 20 (docs/performance.md).
     index.set_ef(max(_SEARCH_EF, k))
     labels, found = index.knn_query(embeddings, k=k)
     return labels.astype(np.int64), found.astype(np.float32)
