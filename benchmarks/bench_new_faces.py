@@ -8,6 +8,7 @@ Immich) assigns them, clusters the pool, looks for merges and exports; CPU secon
 process, and of the whole cycle. Then, as a running daemon meets them: a process that has run a cycle
 (its index and pool loaded) gets another 1,000, REPEATS times (see daemon_seconds); of its cycle, what
 the three passes that grow with the library by design cost (PASSES), and the rest: the new faces' own.
+Last, what that daemon pays for a correction another process made (corrections_seconds).
 
 The embeddings are 128-d by default (the test pack's recognizer); `--dimension 512` makes them
 buffalo_l's size, where the passes that read the whole library read 4x the bytes.
@@ -227,6 +228,8 @@ class Daemon:
     spread_publish: float
     spread_folders: int  # the facesets that last cycle touched
     passes: dict[str, float]  # of `total`, the passes that grow with the library by design (PASSES)
+    correction: float  # applying a merge another process made (corrections_seconds)
+    correction_reloaded: float  # the same with the index loaded again, as before
 
     @property
     def rest(self) -> float:
@@ -265,7 +268,7 @@ def daemon_seconds(config: Path, url: str) -> Daemon:
     apart, as `facesyncd run` has; a `sync` pays those in every new process. Then the baseline of its
     publish: another batch, each touched folder written whole from every face of its faceset, as before
     the export's marks named faces (migrations/0020). Then one more, its known faces drawn from any
-    faceset (as many folders to write as facesets touched)."""
+    faceset (as many folders to write as facesets touched). Last, corrections_seconds."""
     import facesyncd.cycle.identify as identify
     from facesyncd import actions
     from facesyncd.app import open_app
@@ -315,9 +318,44 @@ def daemon_seconds(config: Path, url: str) -> Daemon:
             "SELECT COUNT(DISTINCT identity) FROM faces WHERE sha256 >= ? AND sha256 < ? AND identity IS NOT NULL",
             (_sha(first + NEW), _sha(first + 2 * NEW)),
         )
+        correction, correction_reloaded = corrections_seconds(app)
         return Daemon(
-            total, steps, whole_publish, loading, spread, spread_steps["publish"], int(folders or 0), passes_of_total
+            total,
+            steps,
+            whole_publish,
+            loading,
+            spread,
+            spread_steps["publish"],
+            int(folders or 0),
+            passes_of_total,
+            correction,
+            correction_reloaded,
         )
+
+
+def corrections_seconds(app: Any) -> tuple[float, float]:
+    """CPU seconds of a running daemon's applying a correction another process made (one faceset
+    merged into another on the review page): taking the faces it changed into the index it holds;
+    then, for the next such merge, dropping the index and loading it again, as before."""
+    from facesyncd import actions
+    from facesyncd.curation import Merge
+    from facesyncd.store import Store
+
+    numbers = sorted(app.caches.index.get().face_counts())
+
+    def merged(kept: int, other: int, *, reloaded: bool) -> float:
+        store = Store(app.settings.database_path)  # (as the review page's process does)
+        try:
+            Merge(kept, (other,)).apply(store, lambda crops: [])
+        finally:
+            store.close()
+        if reloaded:
+            app.caches.index.drop()
+        started = time.process_time()
+        actions.apply_corrections(app)
+        return time.process_time() - started
+
+    return merged(numbers[0], numbers[1], reloaded=False), merged(numbers[2], numbers[3], reloaded=True)
 
 
 def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000), dimension: int = 128) -> list[tuple[str, str, str]]:
@@ -353,7 +391,8 @@ def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000), dimension: int = 1
                 f"CPU-s; the known faces spread over {daemon[size].spread_folders} facesets: {daemon[size].spread:.2f} "
                 f"CPU-s, publish {daemon[size].spread_publish:.2f}; of that daemon cycle, "
                 f"{', '.join(f'{name} {seconds:.2f}' for name, seconds in daemon[size].passes.items())}, the rest "
-                f"{daemon[size].rest:.2f}",
+                f"{daemon[size].rest:.2f}; applying a merge another process made: {daemon[size].correction:.2f} CPU-s, "
+                f"the index loaded again as before: {daemon[size].correction_reloaded:.2f}",
                 flush=True,
             )
         finally:
@@ -415,6 +454,13 @@ def main(sizes: tuple[int, ...] = (10_000, 100_000, 500_000), dimension: int = 1
             f"{' / '.join(str(daemon[size].spread_folders) for size in sizes)}): the cycle, then its publish",
             f"{series([daemon[size].spread for size in sizes])}; {series([daemon[size].spread_publish for size in sizes])}",
             "a folder more to write per faceset touched: a cost of the change",
+        ),
+        (
+            "  a running daemon applying a merge of two facesets that another process made (the review page): "
+            "the faces it changed taken into its index; the index dropped and loaded again instead, as before",
+            f"{series([daemon[size].correction for size in sizes])}; "
+            f"{series([daemon[size].correction_reloaded for size in sizes])}",
+            f"{daemon[sizes[-1]].correction / daemon[sizes[-1]].correction_reloaded:.2f}x of that at {sizes[-1]:,}",
         ),
         (
             "  clustering alone (the rest: opening facesets, matching the pool to them)",

@@ -62,10 +62,10 @@ def run_action(app: App, kind: JobKind, body: Callable[[CycleReport], FacesyncEr
 
 def _pick_up_corrections(app: App) -> None:
     """Corrections made by another process (a command while the daemon runs) changed identities
-    under the index this process holds: it is built again from the store."""
+    under the index this process holds: it takes in the faces they changed (IndexKeeper.catch_up)."""
     version = app.store.corrections_version()
     if version != app.corrections_seen:
-        app.index.drop()
+        app.index.catch_up()
         app.corrections_seen = version
 
 

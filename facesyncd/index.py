@@ -1009,6 +1009,23 @@ class IndexKeeper:
         if self._index.deleted > max(1024, len(self._index) // 2):
             self.drop()
 
+    def catch_up(self) -> None:
+        """Take in what another process changed in the store since this index's mark (a correction
+        made on the review page while the daemon runs): the faces it marked, not the index loaded
+        again, which cost 0.15 CPU-s at 500,000 faces of 128-d per correction. Dropped, to be loaded at
+        its next use, when the marks were cleared meanwhile or are more than a tenth of the index."""
+        index = self._index
+        if index is None:
+            return
+        caught_up = None
+        if index.mark is not None:
+            with self._source.transaction():
+                caught_up = index._catch_up(self._source, limit=max(1024, len(index) // 10))
+        if caught_up is None:
+            self.drop()
+        else:
+            self._unsaved += caught_up
+
     def drop(self) -> None:
         """Forget the index in memory (after a failure: it may be ahead of the store)."""
         self._index = None

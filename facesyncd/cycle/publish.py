@@ -212,8 +212,8 @@ def _save_centres(parts: PublishParts, index: FaceIndex) -> None:
     """The index's centres into the store: those of the identities marked since the rows were
     written (all, the first time: Store.centre_marks), in the transaction that reads the marks. Not
     while a correction another process made since this cycle began may be missing from the index
-    (it is dropped and loaded again at the next cycle, actions._pick_up_corrections): a centre
-    written from it would be stale, and its mark gone. The marks stay for that next cycle."""
+    (the next cycle takes it in first, actions._pick_up_corrections): a centre written from it would
+    be stale, and its mark gone. The marks stay for that next cycle."""
     with parts.store.transaction():
         if parts.store.corrections_version() != parts.corrections_seen:
             log.debug("a correction came in during the cycle: the centres are written at the next")

@@ -586,6 +586,58 @@ def test_the_centres_saved_are_the_index_centres_and_only_the_marked_ones_are_wr
     app.close()
 
 
+def test_corrections_another_process_made_are_taken_into_the_index_this_one_holds(tmp_path) -> None:
+    """A correction made on the review page while the daemon runs (another process) changes faces
+    under the index the daemon holds: its next cycle takes in the faces the correction changed,
+    leaving the index as one built from the store would be, without loading it again. When the marks
+    it would read were cleared meanwhile (another process wrote the index's file), it is dropped, and
+    loaded at its next use."""
+    from facesyncd.actions import _pick_up_corrections
+    from facesyncd.curation import Merge, Move, Reject
+    from facesyncd.index import FaceIndex, load_or_build
+    from facesyncd.store import Store
+
+    rng = np.random.default_rng(11)
+    app = _app(tmp_path)
+    numbers = [app.store.create_identity({}) for _ in range(5)]
+    faces = {}
+    for number in numbers:
+        faces[number] = _add(app, unit(rng.normal(size=(4, 128))), f"p{number}")
+        app.store.record_matches({face: (number, 0.3) for face in faces[number]}, faces[number])
+    _pick_up_corrections(app)  # (as a cycle begins)
+    held = app.index.get()
+    other = Store(app.settings.database_path)
+    Move(faces[numbers[0]][0], numbers[1]).apply(other, lambda names: [])
+    Merge(numbers[2], (numbers[3],)).apply(other, lambda names: [])
+    Reject(faces[numbers[4]][1]).apply(other, lambda names: [])
+    other.close()
+
+    def same(index: FaceIndex, built: FaceIndex) -> None:
+        assert index.identity_of == built.identity_of
+        assert index.face_counts() == built.face_counts()
+        centres, expected = index.centres(), built.centres()
+        assert centres.keys() == expected.keys()
+        for number, centre in expected.items():
+            np.testing.assert_allclose(centres[number], centre, atol=1e-6)
+        queries = unit(rng.normal(size=(6, 128))).astype(np.float32)
+        for got, wanted in zip(index.query(queries, 5), built.query(queries, 5), strict=True):
+            np.testing.assert_allclose(got, wanted, atol=1e-6)
+
+    _pick_up_corrections(app)
+    assert app.index.get() is held  # taken in, not loaded again
+    assert held.identity_of[faces[numbers[0]][0]] == numbers[1]
+    assert {held.identity_of[face] for face in faces[numbers[3]]} == {numbers[2]}
+    assert faces[numbers[4]][1] not in held.identity_of
+    built = load_or_build(app.store, app.settings.state_dir, 128, force=True)  # (writes the file: marks cleared)
+    same(held, built)
+    Move(faces[numbers[1]][0], numbers[0]).apply(app.store, lambda names: [])
+    built = load_or_build(app.store, app.settings.state_dir, 128, force=True)  # (its mark past the held one's)
+    _pick_up_corrections(app)
+    assert not app.index.loaded
+    same(app.index.get(), built)
+    app.close()
+
+
 def test_identities_seen_together_in_a_photo_never_merge() -> None:
     from facesyncd.identities import choose_merges, merge_candidates
 
