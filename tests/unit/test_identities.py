@@ -588,8 +588,9 @@ def test_the_centres_saved_are_the_index_centres_and_only_the_marked_ones_are_wr
 
 def test_corrections_another_process_made_are_taken_into_the_index_this_one_holds(tmp_path) -> None:
     """A correction made on the review page while the daemon runs (another process) changes faces
-    under the index the daemon holds: its next cycle takes in the faces the correction changed,
-    leaving the index as one built from the store would be, without loading it again. When the marks
+    under the index the daemon holds: its next cycle takes in the faces the correction changed (and
+    those its own cycles placed, marked as well), leaving the index as one built from the store would
+    be, without loading it again. When the marks
     it would read were cleared meanwhile (another process wrote the index's file), it is dropped, and
     loaded at its next use."""
     from facesyncd.actions import _pick_up_corrections
@@ -606,6 +607,9 @@ def test_corrections_another_process_made_are_taken_into_the_index_this_one_hold
         app.store.record_matches({face: (number, 0.3) for face in faces[number]}, faces[number])
     _pick_up_corrections(app)  # (as a cycle begins)
     held = app.index.get()
+    own = _add(app, unit(rng.normal(size=(3, 128))), "own")  # this process's cycle: marked, and in its index
+    app.store.record_matches({face: (numbers[0], 0.3) for face in own}, own)
+    app.index.add(own, np.stack([app.store.embeddings_of(own)[face] for face in own]), [numbers[0]] * 3)
     other = Store(app.settings.database_path)
     Move(faces[numbers[0]][0], numbers[1]).apply(other, lambda names: [])
     Merge(numbers[2], (numbers[3],)).apply(other, lambda names: [])
@@ -628,6 +632,7 @@ def test_corrections_another_process_made_are_taken_into_the_index_this_one_hold
     assert held.identity_of[faces[numbers[0]][0]] == numbers[1]
     assert {held.identity_of[face] for face in faces[numbers[3]]} == {numbers[2]}
     assert faces[numbers[4]][1] not in held.identity_of
+    assert held.deleted == 1  # the rejected face's row: a face taken out and put back keeps its own
     built = load_or_build(app.store, app.settings.state_dir, 128, force=True)  # (writes the file: marks cleared)
     same(held, built)
     Move(faces[numbers[1]][0], numbers[0]).apply(app.store, lambda names: [])
